@@ -1,0 +1,89 @@
+"""What the agent holds for its workloads, and how the edges (SDS, Workload API, cert files) read it.
+
+The agent's manager owns a :class:`WorkloadCache`. Each change (a rotated SVID, a new bundle, a new
+federated bundle, an entry added or removed, a revoked SVID dropped) makes a new immutable
+:class:`CacheSnapshot` whose reference is swapped in, then wakes every subscriber. A subscriber sees
+the newest snapshot only ("newest wins"): a slow Envoy never holds up the cache or other streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from spiffe_core.bundle import Bundle
+from spiffe_core.keys import PrivateKey
+from spiffe_core.selectors import Selector, matches
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSvid:
+    """One X509-SVID the agent holds for a registration entry, with the key it generated locally."""
+
+    entry_id: str
+    spiffe_id: SpiffeId
+    cert_chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey = field(repr=False, compare=False)
+    selectors: frozenset[Selector]
+    federates_with: frozenset[TrustDomain] = frozenset()
+    hint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSnapshot:
+    """Everything the agent can hand out at one moment."""
+
+    trust_domain: TrustDomain
+    bundle: Bundle | None = None
+    federated_bundles: Mapping[TrustDomain, Bundle] = field(default_factory=dict)
+    svids: tuple[WorkloadSvid, ...] = ()
+    # DER-encoded CRLs of the own trust domain's authorities, delivered with validation contexts.
+    crls: tuple[bytes, ...] = ()
+    version: int = 0
+
+    def svids_for(self, selectors: frozenset[Selector]) -> tuple[WorkloadSvid, ...]:
+        """The SVIDs a caller with these selectors is entitled to, in entry order (the first is 'default')."""
+        return tuple(s for s in self.svids if matches(s.selectors, selectors))
+
+    def bundles_for(self, svids: tuple[WorkloadSvid, ...]) -> dict[TrustDomain, Bundle]:
+        """Own bundle plus the federated bundles named by these SVIDs' entries (never merged)."""
+        result: dict[TrustDomain, Bundle] = {}
+        if self.bundle is not None:
+            result[self.trust_domain] = self.bundle
+        for svid in svids:
+            for td in svid.federates_with:
+                federated = self.federated_bundles.get(td)
+                if federated is not None:
+                    result[td] = federated
+        return result
+
+
+class WorkloadCache:
+    """Holds the current snapshot; publishes replacements to subscribers."""
+
+    def __init__(self, initial: CacheSnapshot) -> None:
+        self._snapshot = initial
+        self._changed = asyncio.Condition()
+
+    def get_snapshot(self) -> CacheSnapshot:
+        return self._snapshot
+
+    async def publish(self, snapshot: CacheSnapshot) -> None:
+        """Swap in a new snapshot (its version must grow) and wake every subscriber."""
+        async with self._changed:
+            self._snapshot = snapshot
+            self._changed.notify_all()
+
+    async def subscribe(self) -> AsyncIterator[CacheSnapshot]:
+        """Yield the current snapshot at once, then each newer one; intermediate ones may be skipped."""
+        seen = -1
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda last=seen: self._snapshot.version != last)
+                snapshot = self._snapshot
+            seen = snapshot.version
+            yield snapshot

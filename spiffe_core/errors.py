@@ -1,0 +1,60 @@
+"""The error tree shared by every trustmesh package.
+
+One root, :class:`TrustmeshError`, and a handful of kinds that an edge (gRPC, HTTP, CLI) maps to a
+transport code through one table. Domain errors never carry transport codes themselves.
+Messages name the input, the rule it broke and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class TrustmeshError(Exception):
+    """Root of every error trustmesh raises on purpose."""
+
+
+class InvalidArgument(TrustmeshError):
+    """The caller's input breaks a rule (a malformed ID, CSR, token, config or request)."""
+
+
+class SpiffeIdError(InvalidArgument):
+    """A SPIFFE ID or trust domain name breaks a rule of SPIFFE-ID.md."""
+
+
+class X509SvidError(InvalidArgument):
+    """A certificate or chain breaks a rule of X509-SVID.md or fails RFC 5280 path validation."""
+
+
+class JwtSvidError(InvalidArgument):
+    """A JWT-SVID breaks a rule of JWT-SVID.md or fails validation."""
+
+
+class BundleError(InvalidArgument):
+    """A SPIFFE bundle (JWKS) is malformed or belongs to the wrong trust domain."""
+
+
+class ConfigError(InvalidArgument):
+    """A configuration value is missing, malformed or inconsistent with another one."""
+
+
+class NotAuthorized(TrustmeshError):
+    """The caller is known but not entitled to what it asked for (someone else's identity)."""
+
+
+class NotFound(TrustmeshError):
+    """The named thing does not exist."""
+
+
+class AlreadyExists(TrustmeshError):
+    """The thing to create exists already (a unique key was taken)."""
+
+
+class FailedPrecondition(TrustmeshError):
+    """The request is well formed but the system is not in a state that allows it."""
+
+
+class NoActiveAuthority(FailedPrecondition):
+    """No active authority can sign right now (not prepared yet, or all revoked)."""
+
+
+class UpstreamUnavailable(TrustmeshError):
+    """A dependency (database, Vault, upstream CA, peer bundle endpoint) did not answer."""
