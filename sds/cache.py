@@ -83,7 +83,8 @@ class WorkloadCache:
         seen = -1
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda last=seen: self._snapshot.version != last)
+                while self._snapshot.version == seen:
+                    await self._changed.wait()
                 snapshot = self._snapshot
             seen = snapshot.version
             yield snapshot
