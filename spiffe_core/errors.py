@@ -58,3 +58,25 @@ class NoActiveAuthority(FailedPrecondition):
 
 class UpstreamUnavailable(TrustmeshError):
     """A dependency (database, Vault, upstream CA, peer bundle endpoint) did not answer."""
+
+
+# The one table edges use to turn an error kind into a transport status: (HTTP status, gRPC code name).
+# gRPC codes are named, not imported, so this package stays free of grpc. Anything not listed is a bug
+# or an outage: the edge logs the detail and answers 500/INTERNAL with a generic message.
+_STATUS_TABLE: tuple[tuple[type[TrustmeshError], int, str], ...] = (
+    (InvalidArgument, 400, "INVALID_ARGUMENT"),
+    (NotAuthorized, 403, "PERMISSION_DENIED"),
+    (NotFound, 404, "NOT_FOUND"),
+    (AlreadyExists, 409, "ALREADY_EXISTS"),
+    (FailedPrecondition, 409, "FAILED_PRECONDITION"),
+    (UpstreamUnavailable, 503, "UNAVAILABLE"),
+)
+
+
+def transport_status(err: BaseException) -> tuple[int, str] | None:
+    """(HTTP status, gRPC status code name) for a domain error whose message is safe to send, or None
+    for anything else (which must be answered as an internal error without its detail)."""
+    for kind, http_status, grpc_code in _STATUS_TABLE:
+        if isinstance(err, kind):
+            return http_status, grpc_code
+    return None

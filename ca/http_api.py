@@ -1,0 +1,152 @@
+"""The CA's HTTP edges: health and metrics (TCP), and the local admin API (Unix socket).
+
+Routes are thin: decode the JSON body, call one method of :class:`CaOperations`, encode the result.
+Domain errors become HTTP statuses through :func:`spiffe_core.errors.transport_status`; anything else
+is logged and answered 500 without its detail. The admin socket is protected by file permissions
+(0600 in a 0700 directory), like SPIRE's admin socket; remote admin with RBAC comes with the admin-API
+issue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
+from spiffe_core.bundle import Bundle
+from spiffe_core.errors import TrustmeshError, transport_status
+from spiffe_core.spiffe_id import SpiffeId
+
+log = logging.getLogger(__name__)
+
+
+class CaOperations(Protocol):
+    def get_bundle(self) -> Bundle: ...
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]: ...
+    def mint_jwt_svid(self, request: JwtSvidRequest) -> tuple[str, datetime]: ...
+    def check_ready(self) -> None:
+        """Raise a TrustmeshError saying why the CA cannot serve (database down, no active authority)."""
+        ...
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class X509MintBody(_Body):
+    csr_pem: str = Field(description="PKCS#10 CSR, PEM; only its public key is used")
+    spiffe_id: str
+    dns_names: list[str] = Field(default_factory=list)
+    ttl_seconds: int | None = None
+
+
+class X509MintReply(BaseModel):
+    spiffe_id: str
+    serial: str
+    expires_at: datetime
+    cert_chain_pem: str
+    bundle_pem: str
+
+
+class JwtMintBody(_Body):
+    spiffe_id: str
+    audience: list[str]
+    ttl_seconds: int | None = None
+
+
+class JwtMintReply(BaseModel):
+    token: str
+    expires_at: datetime
+
+
+def _ttl(seconds: int | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _error_reply(err: Exception) -> JSONResponse:
+    status = transport_status(err)
+    if status is None:
+        log.exception("internal error while serving a request", exc_info=err)
+        return JSONResponse({"error": "internal error; see the CA's log"}, status_code=500)
+    return JSONResponse({"error": str(err)}, status_code=status[0])
+
+
+def _add_health_routes(app: FastAPI, ops: CaOperations, registry: CollectorRegistry) -> None:
+    @app.get("/live", response_class=PlainTextResponse)
+    def live() -> str:
+        return "ok\n"
+
+    @app.get("/ready", response_class=PlainTextResponse)
+    def ready() -> Response:
+        try:
+            ops.check_ready()
+        except TrustmeshError as err:
+            return PlainTextResponse(f"not ready: {err}\n", status_code=503)
+        return PlainTextResponse("ready\n")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_health_app(ops: CaOperations, registry: CollectorRegistry) -> FastAPI:
+    """The public TCP listener: only liveness, readiness and metrics."""
+    app = FastAPI(title="trustmesh CA health", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_health_routes(app, ops, registry)
+    return app
+
+
+def create_admin_app(ops: CaOperations, registry: CollectorRegistry) -> FastAPI:
+    """The local admin API the CLI talks to over the Unix socket."""
+    app = FastAPI(title="trustmesh CA admin API", version="1")
+    _add_health_routes(app, ops, registry)
+    app.add_exception_handler(TrustmeshError, lambda _req, err: _error_reply(err))  # type: ignore[arg-type]
+
+    @app.exception_handler(RequestValidationError)
+    def bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors()
+        )
+        return JSONResponse({"error": f"malformed request: {problems}"}, status_code=400)
+
+    @app.get("/v1/bundle", response_model=None)
+    def get_bundle(format: Literal["spiffe", "pem"] = "spiffe") -> Response:  # noqa: A002 - query name
+        bundle = ops.get_bundle()
+        if format == "pem":
+            return Response(bundle.x509_authorities_pem(), media_type="application/x-pem-file")
+        return Response(bundle.to_json(), media_type="application/json")
+
+    @app.post("/v1/x509-svids")
+    def mint_x509(body: X509MintBody) -> X509MintReply:
+        request = X509SvidRequest(
+            csr=body.csr_pem.encode(),
+            spiffe_id=SpiffeId.parse(body.spiffe_id),
+            dns_names=tuple(body.dns_names),
+            ttl=_ttl(body.ttl_seconds),
+        )
+        (issued,) = ops.mint_x509_svids([request])
+        return X509MintReply(
+            spiffe_id=str(issued.spiffe_id),
+            serial=format(issued.serial, "x"),
+            expires_at=issued.not_after,
+            cert_chain_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in issued.cert_chain).decode(),
+            bundle_pem=ops.get_bundle().x509_authorities_pem().decode(),
+        )
+
+    @app.post("/v1/jwt-svids")
+    def mint_jwt(body: JwtMintBody) -> JwtMintReply:
+        token, expires_at = ops.mint_jwt_svid(
+            JwtSvidRequest(SpiffeId.parse(body.spiffe_id), tuple(body.audience), _ttl(body.ttl_seconds))
+        )
+        return JwtMintReply(token=token, expires_at=expires_at)
+
+    return app

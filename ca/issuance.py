@@ -1,0 +1,173 @@
+"""X509-SVID and JWT-SVID issuance: authorized requests in, signed and re-validated SVIDs out.
+
+The SPIFFE ID, DNS names and TTL come from the *authorized request* (a registration entry, an admin
+call), never from the CSR: the CSR only proves possession of the key it carries. Every certificate is
+built from the X509-SVID template, signed by the active authority, and validated against the
+X509-SVID rules before it leaves this module (as SPIRE does), so a template bug cannot ship a bad SVID.
+
+Batch signing takes N requests in one call: all are checked before any is signed, so one bad CSR in a
+batch fails the batch with an error naming it and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from ca.authority import AuthoritySet, X509Authority
+from ca.signing import sign
+from spiffe_core.errors import InvalidArgument
+from spiffe_core.jwt_svid import mint_jwt_svid
+from spiffe_core.keys import PublicKey, key_type_of
+from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.x509_svid import new_serial, validate_x509_svid_leaf, x509_svid_builder
+
+# Clock skew between the CA and relying parties: new SVIDs are valid from slightly in the past.
+BACKDATE = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
+class TtlPolicy:
+    default: timedelta
+    maximum: timedelta
+
+    def resolve(self, requested: timedelta | None, what: str) -> timedelta:
+        """The TTL to use; a request above the maximum is refused, not silently shortened, so the
+        caller learns its configuration is off."""
+        if requested is None:
+            return self.default
+        if requested <= timedelta(0):
+            raise InvalidArgument(f"{what} TTL must be positive, got {int(requested.total_seconds())}s")
+        if requested > self.maximum:
+            raise InvalidArgument(
+                f"{what} TTL {int(requested.total_seconds())}s is over the maximum of "
+                f"{int(self.maximum.total_seconds())}s; ask for less or raise the configured max_ttl"
+            )
+        return requested
+
+
+@dataclass(frozen=True, slots=True)
+class X509SvidRequest:
+    """One authorized X509-SVID request: the CSR (DER or PEM) and what the caller is entitled to."""
+
+    csr: bytes
+    spiffe_id: SpiffeId
+    dns_names: tuple[str, ...] = ()
+    ttl: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedX509Svid:
+    spiffe_id: SpiffeId
+    cert_chain: tuple[x509.Certificate, ...]  # leaf, then intermediates (never the root)
+    authority_id: str
+    serial: int
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.cert_chain[0]
+
+    @property
+    def not_before(self) -> datetime:
+        return self.leaf.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.leaf.not_valid_after_utc
+
+
+def load_csr_public_key(csr_bytes: bytes, index: int | None = None) -> PublicKey:
+    """Parse a CSR (PEM or DER), check its self-signature, and return the public key it proves.
+
+    Only the key is taken from a CSR; its subject and extensions are ignored by design."""
+    where = "CSR" if index is None else f"CSR #{index}"
+    try:
+        if csr_bytes.lstrip().startswith(b"-----BEGIN"):
+            csr = x509.load_pem_x509_csr(csr_bytes)
+        else:
+            csr = x509.load_der_x509_csr(csr_bytes)
+    except ValueError as err:
+        raise InvalidArgument(f"{where} is not a PKCS#10 certificate request (PEM or DER): {err}") from err
+    try:
+        valid = csr.is_signature_valid
+        public_key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as err:
+        raise InvalidArgument(f"{where} has an unsupported key or signature: {err}") from err
+    if not valid:
+        raise InvalidArgument(f"{where} has an invalid signature; it must be signed by the key it carries")
+    key_type_of(public_key)  # type: ignore[arg-type]  # refuses curves and sizes we do not sign for
+    return public_key  # type: ignore[return-value]
+
+
+def sign_x509_svids(
+    requests: Sequence[X509SvidRequest], authorities: AuthoritySet, ttl_policy: TtlPolicy, now: datetime
+) -> list[IssuedX509Svid]:
+    """Sign a batch of X509-SVIDs with the active authority. Raises InvalidArgument (naming the
+    request) before signing anything if any request is bad, NoActiveAuthority if none can sign."""
+    authority = authorities.active_x509()
+    checked: list[tuple[X509SvidRequest, PublicKey, timedelta]] = []
+    for index, request in enumerate(requests):
+        where = None if len(requests) == 1 else index
+        if not request.spiffe_id.is_member_of(authorities.trust_domain):
+            raise InvalidArgument(
+                f"SPIFFE ID {request.spiffe_id} is not in trust domain {authorities.trust_domain}; "
+                "this CA signs only its own trust domain"
+            )
+        ttl = ttl_policy.resolve(request.ttl, "X509-SVID")
+        checked.append((request, load_csr_public_key(request.csr, where), ttl))
+    return [_sign_one(authority, request, key, ttl, now) for request, key, ttl in checked]
+
+
+def _sign_one(
+    authority: X509Authority, request: X509SvidRequest, public_key: PublicKey, ttl: timedelta, now: datetime
+) -> IssuedX509Svid:
+    serial = new_serial()
+    builder = x509_svid_builder(
+        spiffe_id=request.spiffe_id,
+        public_key=public_key,
+        issuer=authority.certificate,
+        not_before=now - BACKDATE,
+        not_after=now + ttl,
+        serial=serial,
+        dns_names=request.dns_names,
+    )
+    leaf = sign(builder, authority.private_key)
+    validate_x509_svid_leaf(leaf)
+    return IssuedX509Svid(request.spiffe_id, (leaf, *authority.intermediates), authority.id, serial)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSvidRequest:
+    spiffe_id: SpiffeId
+    audience: tuple[str, ...]
+    ttl: timedelta | None = None
+
+
+def mint_jwt(
+    request: JwtSvidRequest, authorities: AuthoritySet, ttl_policy: TtlPolicy, now: datetime
+) -> tuple[str, datetime]:
+    """Mint a JWT-SVID with the active JWT key; ``exp`` is capped by the key's own expiry.
+    Returns the compact token and its expiry."""
+    if not request.spiffe_id.is_member_of(authorities.trust_domain):
+        raise InvalidArgument(
+            f"SPIFFE ID {request.spiffe_id} is not in trust domain {authorities.trust_domain}; "
+            "this CA signs only its own trust domain"
+        )
+    if not request.audience or not all(request.audience):
+        raise InvalidArgument("a JWT-SVID needs at least one non-empty audience")
+    key = authorities.active_jwt()
+    ttl = ttl_policy.resolve(request.ttl, "JWT-SVID")
+    expires_at = min(now + ttl, key.not_after)
+    token = mint_jwt_svid(
+        spiffe_id=request.spiffe_id,
+        audience=request.audience,
+        private_key=key.private_key,
+        key_id=key.key_id,
+        expires_at=expires_at,
+        issued_at=now,
+    )
+    return token, expires_at

@@ -1,0 +1,65 @@
+"""An enterprise CA on disk signs trustmesh's CA certificates; the enterprise keeps its root.
+
+Configured with the upstream certificate, its key and, when the upstream is itself an intermediate,
+the chain above it up to the root. trustmesh CAs are minted as intermediates below it, with their
+lifetime capped by the upstream's own expiry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from spiffe_core.errors import ConfigError
+from spiffe_core.keys import PrivateKey, key_type_of
+from spiffe_core.spiffe_id import TrustDomain
+from spiffe_core.x509_svid import load_pem_certificates, signing_cert_builder, validate_signing_cert
+from ca.signing import sign
+
+
+class DiskUpstream:
+    def __init__(self, certificate: x509.Certificate, key: PrivateKey, chain: tuple[x509.Certificate, ...]) -> None:
+        if certificate.public_key() != key.public_key():
+            raise ConfigError("upstream certificate and key do not match; check ca.upstream.cert_file/key_file")
+        self._certificate = certificate
+        self._key = key
+        self._chain = chain
+
+    @classmethod
+    def load(cls, cert_file: Path, key_file: Path, bundle_file: Path | None) -> DiskUpstream:
+        """Read the upstream files; errors name the file and what is wrong with it."""
+        try:
+            certs = load_pem_certificates(cert_file.read_bytes())
+            raw_key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            chain = load_pem_certificates(bundle_file.read_bytes()) if bundle_file else ()
+        except OSError as err:
+            raise ConfigError(f"ca.upstream: cannot read {err.filename}: {err.strerror}") from err
+        except ValueError as err:
+            raise ConfigError(f"ca.upstream.key_file {key_file}: not an unencrypted PEM private key ({err})") from err
+        key_type_of(raw_key)  # type: ignore[arg-type]  # refuses unsupported key kinds with a clear message
+        return cls(certs[0], raw_key, (*certs[1:], *chain))  # type: ignore[arg-type]
+
+    def mint_x509_ca(
+        self,
+        *,
+        private_key: PrivateKey,
+        trust_domain: TrustDomain,
+        subject: x509.Name,
+        not_before: datetime,
+        not_after: datetime,
+    ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+        builder = signing_cert_builder(
+            trust_domain=trust_domain,
+            public_key=private_key.public_key(),
+            subject=subject,
+            issuer_name=self._certificate.subject,
+            issuer_public_key=self._certificate.public_key(),  # type: ignore[arg-type]
+            not_before=not_before,
+            not_after=min(not_after, self._certificate.not_valid_after_utc),
+        )
+        cert = sign(builder, self._key)
+        validate_signing_cert(cert)
+        return cert, (self._certificate, *self._chain)
