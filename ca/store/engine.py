@@ -1,0 +1,170 @@
+"""Opening the CA datastore, migrating its schema, and units of work (DESIGN §1, §3 datastore).
+
+SQLite (WAL) is the embedded engine; PostgreSQL (psycopg 3) the one several CA replicas share. A
+:class:`Database` owns the engine; ``with db.transaction() as session:`` is one unit of work that commits
+when the block ends and rolls back when it raises. Repositories take that session and never commit.
+
+On SQLite every unit of work starts with ``BEGIN IMMEDIATE``: it takes the single writer lock up front,
+so read-then-write sequences (consume a join token, bump a bundle sequence) cannot interleave, and a
+waiting writer queues on ``busy_timeout`` instead of failing on a lock upgrade.
+
+:meth:`Database.migrate` runs Alembic to the newest revision this code ships, under a lock (PostgreSQL
+advisory lock; SQLite's writer lock), so replicas starting together migrate exactly once. A database
+whose schema is newer than this code is refused: running old code on it could corrupt it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from spiffe_core.errors import ConfigError, UpstreamUnavailable
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# How long a SQLite writer waits for the writer lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+_URL_HELP = "write sqlite:////absolute/path/ca.db or postgresql://user:password@host:5432/dbname"
+
+
+def advisory_lock_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` derived from a readable name."""
+    return int.from_bytes(hashlib.sha256(f"trustmesh:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def lock_for_writers(connection: Connection | Session, name: str) -> None:
+    """Serialize writers of one resource until the current transaction ends.
+
+    PostgreSQL gets a transaction-scoped advisory lock; SQLite needs nothing more, because every unit
+    of work there already holds the database's single writer lock (``BEGIN IMMEDIATE``)."""
+    bind = connection.get_bind() if isinstance(connection, Session) else connection
+    if bind.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(advisory_lock_key(name))))
+
+
+def _normalized_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise ConfigError(f"database URL is malformed; {_URL_HELP}") from err
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file:"):
+            raise ConfigError(
+                "SQLite database URL names no file; the datastore needs a file (WAL journal, several "
+                f"connections) — {_URL_HELP}"
+            )
+        directory = Path(parsed.database).parent
+        if not directory.is_dir():
+            raise ConfigError(
+                f"directory {str(directory)!r} of the SQLite database does not exist; create it or "
+                "point the database URL at an existing directory"
+            )
+        return parsed.set(drivername="sqlite+pysqlite")
+    if backend == "postgresql":
+        if "+" in parsed.drivername and driver != "psycopg":
+            raise ConfigError(f"PostgreSQL driver {driver!r} is not supported; use postgresql+psycopg://…")
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ConfigError(f"database URL scheme {parsed.drivername!r} is not supported; {_URL_HELP}")
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control from the sqlite3 module: the "begin" listener below opens every
+    # transaction itself with BEGIN IMMEDIATE, which sqlite3's implicit BEGIN cannot do.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """The datastore of one CA process: an engine plus units of work. Thread-safe; one per process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str) -> Database:
+        """Open (not yet connect to) the database at ``url``: ``sqlite:///path`` or ``postgresql://…``
+        (always driven by psycopg 3). Raises :class:`ConfigError` for an unusable URL."""
+        parsed = _normalized_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_engine(parsed)
+            event.listen(engine, "connect", _on_sqlite_connect)
+            event.listen(engine, "begin", _on_sqlite_begin)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True)
+        return cls(engine)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commit when the block ends, roll back (nothing half-written) when it raises.
+
+        A database that cannot be reached, or stays locked past the busy timeout, raises
+        :class:`UpstreamUnavailable`; the driver's detail is kept as the cause, not in the message."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except (OperationalError, InterfaceError) as err:
+            raise UpstreamUnavailable(
+                f"the {self.dialect} datastore did not answer or stayed busy; retry shortly"
+            ) from err
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision this code knows; a no-op when it is there already.
+
+        Safe to call from several processes or threads at once: they queue on a lock and all but the
+        first find nothing to do. Raises :class:`ConfigError` when the database was migrated by a newer
+        trustmesh (its revision is unknown here)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+        scripts = ScriptDirectory.from_config(config)
+        try:
+            with self._engine.begin() as connection:
+                lock_for_writers(connection, "schema-migration")
+                for revision in MigrationContext.configure(connection).get_current_heads():
+                    try:
+                        scripts.get_revision(revision)
+                    except CommandError as err:
+                        raise ConfigError(
+                            f"database schema {revision!r} is newer than this trustmesh; upgrade trustmesh"
+                        ) from err
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except (OperationalError, InterfaceError) as err:
+            raise UpstreamUnavailable(
+                f"the {self.dialect} datastore did not answer while migrating its schema; retry shortly"
+            ) from err
+
+    def close(self) -> None:
+        """Close every pooled connection (at shutdown, and in tests before dropping a database)."""
+        self._engine.dispose()

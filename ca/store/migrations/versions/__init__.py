@@ -1,0 +1,1 @@
+"""Schema revisions, oldest first; each docstring is the release note of its schema change."""

@@ -1,0 +1,146 @@
+"""What the CA datastore hands out: plain frozen records, never ORM objects (STYLE "Persistence").
+
+Records carry the domain's own types (``SpiffeId``, ``TrustDomain``, ``Selector``, ``KeyType``,
+``AuthorityState``) so callers never parse strings they got from SQL. A record is a snapshot: changing
+the database does not change a record already read.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import NamedTuple, TypeAlias
+
+from cryptography import x509
+
+from ca.authority import AuthorityState
+from spiffe_core.keys import KeyType
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+
+JsonValue: TypeAlias = str | int | float | bool | Sequence["JsonValue"] | Mapping[str, "JsonValue"] | None
+
+
+class AuthorityKind(enum.StrEnum):
+    X509 = "x509"
+    JWT = "jwt"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityRecord:
+    """A stored authority. ``key_ref`` names the private key in the key manager; the key itself is
+    never in the datastore. X.509 authorities carry their certificate and the upstream chain above it
+    (PEM, nearest issuer first; None when self-signed)."""
+
+    id: str
+    kind: AuthorityKind
+    trust_domain: TrustDomain
+    state: AuthorityState
+    key_type: KeyType
+    key_ref: str
+    public_key_der: bytes
+    not_before: datetime
+    not_after: datetime
+    created_at: datetime
+    certificate_der: bytes | None = None
+    upstream_chain_pem: str | None = None
+    activated_at: datetime | None = None
+    retired_at: datetime | None = None
+    tainted_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """An X509-SVID the CA signed, by serial number."""
+
+    serial: int
+    spiffe_id: SpiffeId
+    authority_id: str
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime
+    revoked_at: datetime | None = None
+    revocation_reason: x509.ReasonFlags | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySpec:
+    """The parts of a registration entry an operator chooses. TTLs of None mean "the CA's default"."""
+
+    spiffe_id: SpiffeId
+    parent_id: SpiffeId
+    selectors: frozenset[Selector]
+    dns_names: tuple[str, ...] = ()
+    x509_ttl: timedelta | None = None
+    jwt_ttl: timedelta | None = None
+    federates_with: frozenset[TrustDomain] = frozenset()
+    admin: bool = False
+    hint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationEntry:
+    """A stored registration entry; ``revision`` starts at 1 and grows by one on every update."""
+
+    id: str
+    spec: EntrySpec
+    created_at: datetime
+    updated_at: datetime
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    """A join token as stored: only the SHA-256 of its text, never the text."""
+
+    token_hash: str = field(repr=False)
+    expires_at: datetime
+    created_at: datetime
+    used_at: datetime | None = None
+    agent_spiffe_id: SpiffeId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """An attested node agent; ``serial`` is that of the agent SVID it currently holds."""
+
+    spiffe_id: SpiffeId
+    attestation_type: str
+    serial: int
+    expires_at: datetime
+    banned: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An audited mutation about to be recorded: who did what to which target, and how it ended."""
+
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A recorded audit event with its place in the hash chain."""
+
+    id: int
+    event: AuditEvent
+    prev_hash: str
+    hash: str
+
+
+class ChainCheck(NamedTuple):
+    """Result of verifying the audit chain: ``first_bad_id`` is the first row that does not follow
+    from the one before it (edited, inserted or deleted around), None when the chain is intact."""
+
+    ok: bool
+    first_bad_id: int | None

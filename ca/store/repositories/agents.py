@@ -1,0 +1,95 @@
+"""Attested node agents (DESIGN §3 "Node attestation"): who they are, how they attested, which SVID
+they hold, and whether an operator banned them.
+
+Re-attestation of a banned agent is refused in the same statement that would record it, so a ban
+cannot be raced by an attestation already in flight.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ca.store.models import AgentRow
+from ca.store.records import Agent
+from ca.store.repositories._sql import serial_from_text, serial_to_text, upsert
+from spiffe_core.errors import NotAuthorized, NotFound
+from spiffe_core.spiffe_id import SpiffeId
+
+
+def _record(row: AgentRow) -> Agent:
+    return Agent(
+        spiffe_id=SpiffeId.parse(row.spiffe_id),
+        attestation_type=row.attestation_type,
+        serial=serial_from_text(row.serial),
+        expires_at=row.expires_at,
+        banned=row.banned,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class AgentRepository:
+    """Node agents by SPIFFE ID, within the caller's unit of work."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def upsert(
+        self, spiffe_id: SpiffeId, attestation_type: str, serial: int, expires_at: datetime, now: datetime
+    ) -> Agent:
+        """Record a (re-)attested agent and the SVID it now holds; a known agent keeps its creation time.
+
+        Raises :class:`NotAuthorized` when the agent is banned."""
+        values = {
+            "attestation_type": attestation_type,
+            "serial": serial_to_text(serial),
+            "expires_at": expires_at,
+            "updated_at": now,
+        }
+        statement = upsert(self._session, AgentRow).values(
+            spiffe_id=str(spiffe_id), banned=False, created_at=now, **values
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[AgentRow.spiffe_id], set_=values, where=AgentRow.banned.is_(False)
+        ).returning(AgentRow.created_at)
+        created_at = self._session.execute(statement).scalar_one_or_none()
+        if created_at is None:
+            raise NotAuthorized(
+                f"agent {spiffe_id} is banned; an operator must lift the ban before it can attest again"
+            )
+        return Agent(
+            spiffe_id=spiffe_id,
+            attestation_type=attestation_type,
+            serial=serial,
+            expires_at=expires_at,
+            banned=False,
+            created_at=created_at,
+            updated_at=now,
+        )
+
+    def get(self, spiffe_id: SpiffeId) -> Agent:
+        # populate_existing: an upsert bypasses the session's identity map, so never trust a cached row.
+        row = self._session.get(AgentRow, str(spiffe_id), populate_existing=True)
+        if row is None:
+            raise NotFound(f"agent {spiffe_id} has never attested")
+        return _record(row)
+
+    def list(self) -> tuple[Agent, ...]:
+        """Every known agent, by SPIFFE ID."""
+        return tuple(_record(row) for row in self._session.scalars(select(AgentRow).order_by(AgentRow.spiffe_id)))
+
+    def set_banned(self, spiffe_id: SpiffeId, banned: bool, now: datetime) -> Agent:
+        """Ban an agent (it can no longer attest or renew) or lift its ban; :class:`NotFound` if unknown."""
+        changed = self._session.execute(
+            update(AgentRow)
+            .where(AgentRow.spiffe_id == str(spiffe_id))
+            .values(banned=banned, updated_at=now)
+            .returning(AgentRow.spiffe_id)
+            .execution_options(synchronize_session="fetch")
+        ).scalar_one_or_none()
+        if changed is None:
+            raise NotFound(f"agent {spiffe_id} has never attested")
+        return self.get(spiffe_id)
