@@ -28,10 +28,10 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from spiffe_core.errors import ConfigError, UpstreamUnavailable
+from spiffe_core.errors import ConfigError, TrustmeshError, UpstreamUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -129,6 +129,8 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """One unit of work: commit when the block ends, roll back (nothing half-written) when it raises.
 
+        A value the datastore refuses while binding (a naive timestamp) raises that refusal itself.
+
         A database that cannot be reached, or stays locked past the busy timeout, raises
         :class:`UpstreamUnavailable`; the driver's detail is kept as the cause, not in the message."""
         try:
@@ -138,6 +140,11 @@ class Database:
             raise UpstreamUnavailable(
                 f"the {self.dialect} datastore did not answer or stayed busy; retry shortly"
             ) from err
+        except StatementError as err:
+            # A value refused while binding (a naive timestamp) arrives wrapped; hand out our own error.
+            if isinstance(err.orig, TrustmeshError):
+                raise err.orig from err
+            raise
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision this code knows; a no-op when it is there already.
