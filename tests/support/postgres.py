@@ -3,8 +3,7 @@
 PostgreSQL refuses to run as root and test sessions run as root, so the server runs as the unprivileged
 user ``trustmesh-pg`` (made by ``scripts/ensure-postgres``) in a temporary directory it owns. It listens
 only on 127.0.0.1 on a free port, keeps its Unix socket in that directory, trusts loopback clients, and
-skips fsync: it lives for one test session and holds nothing worth keeping. Each test gets a fresh
-database, dropped afterwards.
+skips fsync: it lives for one test session and holds nothing worth keeping.
 """
 
 from __future__ import annotations
@@ -153,11 +152,13 @@ class PostgresServer:
         )
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", schema: str | None = None) -> str:
+        """A SQLAlchemy URL; with ``schema``, connections put that schema first on their search path."""
+        url = f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        return url if schema is None else f"{url}?options=-csearch_path%3D{schema}"
 
-    def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True)
+    def _admin(self, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname=database, autocommit=True)
 
     def create_database(self) -> str:
         """A new empty database; returns its name."""
@@ -166,6 +167,14 @@ class PostgresServer:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return name
 
-    def drop_database(self, name: str) -> None:
+    def create_schema(self) -> str:
+        """A new empty schema in database ``postgres``: a clean slate in milliseconds, where creating a
+        database takes a third of a second."""
+        name = f"t_{secrets.token_hex(6)}"
         with self._admin() as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        return name
+
+    def drop_schema(self, name: str) -> None:
+        with self._admin() as admin:
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
