@@ -29,7 +29,7 @@ from ca.authority import (
 from ca.keys.base import KeyManager
 from ca.store.engine import Database
 from ca.store.records import AuthorityKind, AuthorityRecord
-from ca.store.repositories import AuthorityRepository, BundleStateRepository
+from ca.store.repositories import AuthorityRepository, TrustBundleStateRepository
 from ca.upstream.base import CaSubject, UpstreamAuthority
 from spiffe_core.clock import Clock
 from spiffe_core.keys import KeyType
@@ -79,9 +79,9 @@ class AuthorityManager:
         The bundle sequence grows on every load (a restart is a possible change as far as relying
         parties can tell; SPIFFE only asks that it never goes back)."""
         with self._database.transaction() as session:
-            sequence = BundleStateRepository(session).next_bundle_sequence(self._params.trust_domain)
+            sequence = TrustBundleStateRepository(session).next_bundle_sequence(self._params.trust_domain)
             repo = AuthorityRepository(session)
-            records = repo.list(trust_domain=self._params.trust_domain)
+            records = [r for r in repo.list() if r.trust_domain == self._params.trust_domain]
             if not any(r.kind is AuthorityKind.X509 and r.state is AuthorityState.ACTIVE for r in records):
                 records.append(self._create_x509(session, AuthorityState.ACTIVE))
             if not any(r.kind is AuthorityKind.JWT and r.state is AuthorityState.ACTIVE for r in records):
