@@ -16,6 +16,8 @@ whose schema is newer than this code is refused: running old code on it could co
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +39,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # How long a SQLite writer waits for the writer lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+_WAL_RETRY_MS = 20
 
 _URL_HELP = "write sqlite:////absolute/path/ca.db or postgresql://user:password@host:5432/dbname"
 
@@ -82,6 +85,26 @@ def _normalized_url(url: str) -> URL:
     raise ConfigError(f"database URL scheme {parsed.drivername!r} is not supported; {_URL_HELP}")
 
 
+def _ensure_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the database file to WAL (persistent, so usually a no-op). The switch needs the file to
+    itself and SQLite does not wait on ``busy_timeout`` for it, so when two processes open a new
+    database at once, the loser retries here for as long as a busy writer would wait."""
+    for _attempt in range(SQLITE_BUSY_TIMEOUT_MS // _WAL_RETRY_MS):
+        try:
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+            time.sleep(_WAL_RETRY_MS / 1000)
+            continue
+        if mode != "wal":
+            raise ConfigError(
+                f"SQLite kept journal mode {mode!r} instead of WAL; put the database file on a local file system"
+            )
+        return
+    raise UpstreamUnavailable("the SQLite database stayed locked while switching it to WAL; retry shortly")
+
+
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # Take transaction control from the sqlite3 module: the "begin" listener below opens every
     # transaction itself with BEGIN IMMEDIATE, which sqlite3's implicit BEGIN cannot do.
@@ -89,7 +112,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _ensure_wal(cursor)
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
