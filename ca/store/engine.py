@@ -28,7 +28,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import text, Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
@@ -168,6 +168,11 @@ class Database:
             if isinstance(err.orig, TrustmeshError):
                 raise err.orig from err
             raise
+
+    def ping(self) -> None:
+        """Raise :class:`UpstreamUnavailable` unless the datastore answers a trivial query (readiness)."""
+        with self.transaction() as session:
+            session.execute(text("SELECT 1"))
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision this code knows; a no-op when it is there already.
