@@ -36,6 +36,10 @@ class ConfigError(InvalidArgument):
     """A configuration value is missing, malformed or inconsistent with another one."""
 
 
+class NotAuthenticated(TrustmeshError):
+    """The caller proved no identity: no client certificate, or one that does not verify."""
+
+
 class NotAuthorized(TrustmeshError):
     """The caller is known but not entitled to what it asked for (someone else's identity)."""
 
@@ -65,6 +69,7 @@ class UpstreamUnavailable(TrustmeshError):
 # or an outage: the edge logs the detail and answers 500/INTERNAL with a generic message.
 _STATUS_TABLE: tuple[tuple[type[TrustmeshError], int, str], ...] = (
     (InvalidArgument, 400, "INVALID_ARGUMENT"),
+    (NotAuthenticated, 401, "UNAUTHENTICATED"),
     (NotAuthorized, 403, "PERMISSION_DENIED"),
     (NotFound, 404, "NOT_FOUND"),
     (AlreadyExists, 409, "ALREADY_EXISTS"),

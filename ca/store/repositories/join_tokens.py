@@ -11,7 +11,7 @@ import hashlib
 import re
 from datetime import datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,18 +42,29 @@ class JoinTokenRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def add(self, token_hash: str, expires_at: datetime, now: datetime) -> JoinToken:
-        """Store a new unused token; :class:`AlreadyExists` if the same token was stored before."""
-        row = JoinTokenRow(token_hash=_checked(token_hash), expires_at=expires_at, created_at=now)
+    def add(
+        self, token_hash: str, expires_at: datetime, now: datetime, agent_spiffe_id: SpiffeId | None = None
+    ) -> JoinToken:
+        """Store a new unused token, optionally with the agent ID it will attest as (chosen when the
+        token is generated); :class:`AlreadyExists` if the same token was stored before."""
+        row = JoinTokenRow(
+            token_hash=_checked(token_hash),
+            expires_at=expires_at,
+            created_at=now,
+            agent_spiffe_id=None if agent_spiffe_id is None else str(agent_spiffe_id),
+        )
         self._session.add(row)
         try:
             self._session.flush()
         except IntegrityError as err:
             raise AlreadyExists("this join token exists already; generate a new random token") from err
-        return JoinToken(token_hash=token_hash, expires_at=expires_at, created_at=now)
+        return JoinToken(
+            token_hash=token_hash, expires_at=expires_at, created_at=now, agent_spiffe_id=agent_spiffe_id
+        )
 
-    def consume(self, token_hash: str, now: datetime, agent_spiffe_id: SpiffeId) -> JoinToken:
-        """Mark the token used by ``agent_spiffe_id`` at ``now``, if it is unused and unexpired.
+    def consume(self, token_hash: str, now: datetime, agent_spiffe_id: SpiffeId | None = None) -> JoinToken:
+        """Mark the token used at ``now``, if it is unused and unexpired. The agent ID stored with the
+        token wins; ``agent_spiffe_id`` is recorded only for a token generated without one.
 
         Raises :class:`NotAuthorized` otherwise, with the same message for an unknown, used or expired
         token."""
@@ -64,8 +75,13 @@ class JoinTokenRepository:
                 JoinTokenRow.used_at.is_(None),
                 JoinTokenRow.expires_at > now,
             )
-            .values(used_at=now, agent_spiffe_id=str(agent_spiffe_id))
-            .returning(JoinTokenRow.expires_at, JoinTokenRow.created_at)
+            .values(
+                used_at=now,
+                agent_spiffe_id=func.coalesce(
+                    JoinTokenRow.agent_spiffe_id, None if agent_spiffe_id is None else str(agent_spiffe_id)
+                ),
+            )
+            .returning(JoinTokenRow.expires_at, JoinTokenRow.created_at, JoinTokenRow.agent_spiffe_id)
             .execution_options(synchronize_session="fetch")
         ).one_or_none()
         if used is None:
@@ -75,7 +91,7 @@ class JoinTokenRepository:
             expires_at=used.expires_at,
             created_at=used.created_at,
             used_at=now,
-            agent_spiffe_id=agent_spiffe_id,
+            agent_spiffe_id=None if used.agent_spiffe_id is None else SpiffeId.parse(used.agent_spiffe_id),
         )
 
     def purge_expired(self, now: datetime) -> int:
