@@ -1,0 +1,244 @@
+"""Registration entry use cases and join tokens over a real datastore (SQLite and PostgreSQL): what is
+stored, audited and announced to Sync streams, and when a token is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ca.attestation import JoinTokens
+from ca.entries import EntryPolicy, RegistrationEntries
+from ca.store import AgentRepository, AuditLogRepository, Database, EntrySpec
+from ca.sync import Change, ChangeHub, Subscription
+from spiffe_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotAuthorized, NotFound
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.clock import FakeClock
+
+TD = TrustDomain("example.org")
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
+OTHER_AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-2")
+SPEC = EntrySpec(
+    spiffe_id=SpiffeId.parse("spiffe://example.org/web"),
+    parent_id=AGENT,
+    selectors=frozenset({Selector("unix", "uid:1000")}),
+)
+REFUSED = "join token unknown, used or expired; ask an operator for a new join token"
+# A subscription is rung through the event loop; this bounds how long a test waits for that.
+RING_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+@pytest.fixture
+def hub() -> ChangeHub:
+    return ChangeHub()
+
+
+@pytest.fixture
+def entries(database: Database, hub: ChangeHub, clock: FakeClock) -> RegistrationEntries:
+    return RegistrationEntries(database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock)
+
+
+@pytest.fixture
+def join_tokens(database: Database, clock: FakeClock) -> JoinTokens:
+    return JoinTokens(database, TD, clock)
+
+
+async def rung(subscription: Subscription) -> bool:
+    try:
+        await asyncio.wait_for(subscription.wait(), RING_TIMEOUT)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def quiet(subscription: Subscription) -> bool:
+    """True when nothing rang: gives pending thread-safe wake-ups a few loop turns to land first."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    try:
+        await asyncio.wait_for(subscription.wait(), 0.05)
+    except TimeoutError:
+        return True
+    return False
+
+
+def test_created_entry_is_stored_with_revision_one(entries: RegistrationEntries) -> None:
+    created = entries.create(SPEC, "tester")
+    assert entries.get(created.id) == created
+    assert (created.spec, created.revision, created.created_at) == (SPEC, 1, NOW)
+
+
+def test_every_mutation_is_audited_with_actor_and_target(entries: RegistrationEntries, database: Database) -> None:
+    created = entries.create(SPEC, "alice")
+    entries.update(created.id, replace(SPEC, hint="blue"), "bob")
+    entries.delete(created.id, "carol")
+    with database.transaction() as session:
+        events = [record.event for record in AuditLogRepository(session).list()]
+    assert [(e.actor, e.action, e.target, e.outcome) for e in events] == [
+        ("alice", "entry.create", created.id, "ok"),
+        ("bob", "entry.update", created.id, "ok"),
+        ("carol", "entry.delete", created.id, "ok"),
+    ]
+
+
+def test_invalid_entry_is_refused_before_anything_is_stored(entries: RegistrationEntries) -> None:
+    with pytest.raises(InvalidArgument, match="has no selectors"):
+        entries.create(replace(SPEC, selectors=frozenset()), "tester")
+    assert entries.list() == ()
+
+
+def test_list_filters_by_parent_and_spiffe_id(entries: RegistrationEntries, clock: FakeClock) -> None:
+    web = entries.create(SPEC, "tester")
+    clock.advance(timedelta(seconds=1))
+    db = entries.create(replace(SPEC, spiffe_id=SpiffeId.parse("spiffe://example.org/db")), "tester")
+    clock.advance(timedelta(seconds=1))
+    elsewhere = entries.create(replace(SPEC, parent_id=OTHER_AGENT), "tester")
+    assert entries.list(parent_id=AGENT) == (web, db)
+    assert entries.list(spiffe_id=SPEC.spiffe_id) == (web, elsewhere)
+
+
+def test_update_with_a_stale_revision_is_refused(entries: RegistrationEntries) -> None:
+    created = entries.create(SPEC, "tester")
+    entries.update(created.id, replace(SPEC, hint="first"), "tester", expected_revision=1)
+    with pytest.raises(FailedPrecondition, match="is at revision 2, not 1; read it again"):
+        entries.update(created.id, replace(SPEC, hint="second"), "tester", expected_revision=1)
+
+
+def test_get_for_agent_refuses_another_agents_entry_and_unknown_ones_alike(entries: RegistrationEntries) -> None:
+    theirs = entries.create(replace(SPEC, parent_id=OTHER_AGENT), "tester")
+    for entry_id in (theirs.id, "no-such-entry"):
+        with pytest.raises(NotAuthorized) as caught:
+            entries.get_for_agent(AGENT, entry_id)
+        assert str(caught.value) == f"entry {entry_id} is not parented to {AGENT}"
+
+
+async def test_creating_an_entry_rings_its_parent_agent_only(entries: RegistrationEntries, hub: ChangeHub) -> None:
+    with hub.subscribe(AGENT) as mine, hub.subscribe(OTHER_AGENT) as theirs:
+        await asyncio.to_thread(entries.create, SPEC, "tester")
+        assert await rung(mine)
+        assert await quiet(theirs)
+
+
+async def test_moving_an_entry_rings_the_old_and_the_new_parent(entries: RegistrationEntries, hub: ChangeHub) -> None:
+    created = entries.create(SPEC, "tester")
+    with hub.subscribe(AGENT) as old, hub.subscribe(OTHER_AGENT) as new:
+        await asyncio.to_thread(entries.update, created.id, replace(SPEC, parent_id=OTHER_AGENT), "tester")
+        assert await rung(old)
+        assert await rung(new)
+
+
+async def test_deleting_an_entry_rings_its_parent(entries: RegistrationEntries, hub: ChangeHub) -> None:
+    created = entries.create(SPEC, "tester")
+    with hub.subscribe(AGENT) as mine:
+        await asyncio.to_thread(entries.delete, created.id, "tester")
+        assert await rung(mine)
+
+
+async def test_a_rolled_back_change_rings_nobody(entries: RegistrationEntries, hub: ChangeHub) -> None:
+    entries.create(SPEC, "tester")
+    with hub.subscribe(AGENT) as mine:
+        with pytest.raises(AlreadyExists):
+            await asyncio.to_thread(entries.create, SPEC, "tester")
+        assert await quiet(mine)
+
+
+async def test_a_change_for_everyone_rings_every_agent(hub: ChangeHub) -> None:
+    with hub.subscribe(AGENT) as mine, hub.subscribe(OTHER_AGENT) as theirs:
+        await asyncio.to_thread(hub.notify, Change.everyone())
+        assert await rung(mine)
+        assert await rung(theirs)
+
+
+def test_join_token_attests_as_the_agent_named_at_generation(join_tokens: JoinTokens, clock: FakeClock) -> None:
+    generated = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+    assert generated.agent_id == AGENT
+    assert generated.expires_at == NOW + timedelta(hours=1)
+    assert join_tokens.attest(generated.token.encode(), clock.now()) == AGENT
+
+
+def test_join_token_without_a_name_gets_a_random_agent_id(join_tokens: JoinTokens) -> None:
+    first = join_tokens.generate(timedelta(hours=1), "tester")
+    second = join_tokens.generate(timedelta(hours=1), "tester")
+    assert first.agent_id.path.startswith("/trustmesh/agent/join_token/")
+    assert first.agent_id != second.agent_id
+
+
+def test_join_token_is_32_random_bytes_and_stored_only_as_a_hash(join_tokens: JoinTokens, database: Database) -> None:
+    generated = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+    assert len(generated.token) == 43  # 32 bytes, URL-safe base64 without padding
+    assert generated.token not in repr(generated)
+    with database.transaction() as session:
+        audited = AuditLogRepository(session).list()
+    assert generated.token not in repr(audited)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "name", "message"),
+    [
+        pytest.param(
+            timedelta(0), None, "join token TTL 0s is outside (0, 2592000s]; give e.g. --ttl 1h", id="zero-ttl"
+        ),
+        pytest.param(timedelta(days=31), None, "join token TTL 2678400s is outside (0, 2592000s]", id="ttl-too-long"),
+        pytest.param(timedelta(hours=1), "node/1", "node name 'node/1' is not a SPIFFE ID path segment", id="slash"),
+        pytest.param(timedelta(hours=1), "..", "node name '..' is not a SPIFFE ID path segment", id="dot-dot"),
+        pytest.param(timedelta(hours=1), "", "node name '' is not a SPIFFE ID path segment", id="empty"),
+    ],
+)
+def test_join_token_generation_refuses(join_tokens: JoinTokens, ttl: timedelta, name: str | None, message: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        join_tokens.generate(ttl, "tester", node_name=name)
+    assert str(caught.value).startswith(message)
+
+
+def test_join_token_works_only_once(join_tokens: JoinTokens, clock: FakeClock) -> None:
+    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    join_tokens.attest(token.encode(), clock.now())
+    with pytest.raises(NotAuthorized) as caught:
+        join_tokens.attest(token.encode(), clock.now())
+    assert str(caught.value) == REFUSED
+
+
+def test_expired_join_token_is_refused_with_the_same_message(join_tokens: JoinTokens, clock: FakeClock) -> None:
+    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    clock.advance(timedelta(hours=1))
+    with pytest.raises(NotAuthorized) as caught:
+        join_tokens.attest(token.encode(), clock.now())
+    assert str(caught.value) == REFUSED
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [pytest.param(b"never-generated-token", id="unknown"), pytest.param(b"\xff\xfe", id="not-ascii")],
+)
+def test_unknown_join_token_is_refused_with_the_same_message(
+    join_tokens: JoinTokens, clock: FakeClock, payload: bytes
+) -> None:
+    with pytest.raises(NotAuthorized) as caught:
+        join_tokens.attest(payload, clock.now())
+    assert str(caught.value) == REFUSED
+
+
+def test_join_token_of_a_banned_agent_is_refused(join_tokens: JoinTokens, database: Database, clock: FakeClock) -> None:
+    with database.transaction() as session:
+        agents = AgentRepository(session)
+        agents.upsert(AGENT, "join_token", 1, NOW + timedelta(hours=1), NOW)
+        agents.set_banned(AGENT, True, NOW)
+    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    with pytest.raises(NotAuthorized, match=f"agent {AGENT} is banned"):
+        join_tokens.attest(token.encode(), clock.now())
+
+
+def test_get_of_a_deleted_entry_is_not_found(entries: RegistrationEntries) -> None:
+    created = entries.create(SPEC, "tester")
+    entries.delete(created.id, "tester")
+    with pytest.raises(NotFound, match=f"registration entry '{created.id}' does not exist"):
+        entries.get(created.id)

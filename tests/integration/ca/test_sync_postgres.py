@@ -1,0 +1,83 @@
+"""Change notification across CA replicas sharing one PostgreSQL database (LISTEN/NOTIFY)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ca.entries import EntryPolicy, RegistrationEntries
+from ca.store import Database, EntrySpec
+from ca.sync import ChangeHub, listen_for_changes
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.clock import FakeClock
+
+pytestmark = pytest.mark.postgres
+
+TD = TrustDomain("example.org")
+AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
+POLICY = EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1))
+WAIT = 5.0
+
+
+@pytest.fixture
+async def replica_b(postgres_migrated_url: str) -> AsyncIterator[ChangeHub]:
+    """The hub of a second replica, listening on the shared database."""
+    hub = ChangeHub()
+    listening = asyncio.Event()
+    task = asyncio.create_task(listen_for_changes(postgres_migrated_url, hub, listening=listening))
+    try:
+        await asyncio.wait_for(listening.wait(), WAIT)
+        yield hub
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def spec() -> EntrySpec:
+    # A fresh SPIFFE ID per test: the shared database may hold other tests' rows.
+    return EntrySpec(
+        SpiffeId.parse(f"spiffe://example.org/web-{uuid.uuid4().hex}"), AGENT, frozenset({Selector("unix", "uid:1")})
+    )
+
+
+async def test_an_entry_created_on_one_replica_rings_the_agents_stream_on_another(
+    postgres_migrated_url: str, replica_b: ChangeHub
+) -> None:
+    database = Database.open(postgres_migrated_url)
+    replica_a = RegistrationEntries(database, ChangeHub(), POLICY, FakeClock(datetime.now(UTC)))
+    try:
+        with replica_b.subscribe(AGENT) as stream:
+            await asyncio.to_thread(replica_a.create, spec(), "tester")
+            await asyncio.wait_for(stream.wait(), WAIT)
+    finally:
+        database.close()
+
+
+async def test_a_replica_ignores_its_own_notifications(postgres_migrated_url: str, replica_b: ChangeHub) -> None:
+    """Its own changes ring its streams once, at commit, not a second time when the NOTIFY comes back."""
+    database = Database.open(postgres_migrated_url)
+    entries_b = RegistrationEntries(database, replica_b, POLICY, FakeClock(datetime.now(UTC)))
+    other = ChangeHub()
+    listening = asyncio.Event()
+    echo_listener = asyncio.create_task(listen_for_changes(postgres_migrated_url, other, listening=listening))
+    try:
+        await asyncio.wait_for(listening.wait(), WAIT)
+        with replica_b.subscribe(AGENT) as stream, other.subscribe(AGENT) as echo:
+            await asyncio.to_thread(entries_b.create, spec(), "tester")
+            await asyncio.wait_for(stream.wait(), WAIT)
+            # Once the other replica has seen the NOTIFY, replica_b's listener has had it too.
+            await asyncio.wait_for(echo.wait(), WAIT)
+            await asyncio.sleep(0.1)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(stream.wait(), 0.2)
+    finally:
+        echo_listener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await echo_listener
+        database.close()
