@@ -1,0 +1,318 @@
+"""X509-SVIDs: the certificate templates and the validation rules of SPIFFE's X509-SVID.md.
+
+Leaf rules (§4): exactly one URI SAN holding a SPIFFE ID with a path; ``cA`` false; keyUsage present
+with digitalSignature and without keyCertSign or cRLSign; extendedKeyUsage, when present, holds both
+serverAuth and clientAuth. RFC 8813 adds: no keyEncipherment with an EC key (and we refuse
+keyAgreement with an RSA key, which cannot do it). Signing certificates (§4.1, §4.3): ``cA`` true and
+keyCertSign set; a URI SAN, if any, is the trust domain's own ID (no path).
+
+We *issue* stricter than we *accept*: our templates always mark keyUsage and basicConstraints
+critical and always carry SKI/AKI and both EKUs, while validation accepts what the spec allows.
+
+Chain validation picks the bundle of the leaf's own trust domain, never another, and runs RFC 5280
+path validation (signatures, validity, CA constraints, path length, key usage) with cryptography's
+verifier, with the leaf checked by the SPIFFE rules above instead of the Web PKI's server rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
+
+from spiffe_core.errors import SpiffeIdError, X509SvidError
+from spiffe_core.keys import PrivateKey, PublicKey
+from spiffe_core.sources import BundleSource
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+
+_HOSTNAME = re.compile(
+    r"^(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
+)
+_MAX_CHAIN_DEPTH = 8
+
+
+def new_serial() -> int:
+    """A random positive serial of up to 159 bits (RFC 5280 allows 20 octets): far above the 64 bits
+    of entropy CA/B rules ask for, so serials are unguessable and never collide in practice."""
+    return x509.random_serial_number()
+
+
+def check_dns_name(name: str) -> str:
+    """A DNS SAN must be a hostname (optionally ``*.``-prefixed); anything else is refused."""
+    if len(name) > 253 or not _HOSTNAME.match(name):
+        raise X509SvidError(
+            f"DNS name {name!r} is not a valid hostname (letters, digits, '-' and '.'; '*.' prefix allowed)"
+        )
+    return name.lower()
+
+
+def _key_usage(public_key: PublicKey, *, ca: bool) -> x509.KeyUsage:
+    is_ec = isinstance(public_key, ec.EllipticCurvePublicKey)
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=not ca and not is_ec,
+        data_encipherment=False,
+        key_agreement=not ca and is_ec,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def x509_svid_builder(
+    *,
+    spiffe_id: SpiffeId,
+    public_key: PublicKey,
+    issuer: x509.Certificate,
+    not_before: datetime,
+    not_after: datetime,
+    serial: int | None = None,
+    dns_names: Sequence[str] = (),
+    subject_cn: str | None = None,
+) -> x509.CertificateBuilder:
+    """The X509-SVID leaf template, ready to be signed by ``issuer``'s key.
+
+    ``not_after`` is capped by the issuer's own notAfter (an SVID never outlives its signer)."""
+    if spiffe_id.is_trust_domain_id:
+        raise X509SvidError(f"{spiffe_id} has no path; a workload's X509-SVID needs one (X509-SVID §2)")
+    names = [check_dns_name(n) for n in dns_names]
+    common_name = subject_cn or (names[0] if names else None)
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE")]
+    if common_name:
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
+    sans += [x509.DNSName(n) for n in names]
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(serial if serial is not None else new_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(public_key, ca=False), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
+    )
+
+
+def signing_cert_builder(
+    *,
+    trust_domain: TrustDomain,
+    public_key: PublicKey,
+    subject: x509.Name,
+    issuer_name: x509.Name | None,
+    issuer_public_key: PublicKey | None,
+    not_before: datetime,
+    not_after: datetime,
+    serial: int | None = None,
+    path_length: int | None = None,
+) -> x509.CertificateBuilder:
+    """A CA (signing) certificate template; ``issuer_name=None`` makes it self-signed."""
+    authority_key = public_key if issuer_public_key is None else issuer_public_key
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject if issuer_name is None else issuer_name)
+        .public_key(public_key)
+        .serial_number(serial if serial is not None else new_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_key_usage(public_key, ca=True), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(trust_domain.id))]), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority_key), critical=False)
+    )
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)]
+
+
+def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _extensions(cert: x509.Certificate) -> x509.Extensions:
+    try:
+        return cert.extensions
+    except ValueError as err:
+        raise X509SvidError(f"certificate {cert.serial_number:x} has a malformed extension: {err}") from err
+
+
+def validate_x509_svid_leaf(cert: x509.Certificate) -> SpiffeId:
+    """Check a leaf against X509-SVID.md §2 and §4; return its SPIFFE ID or raise X509SvidError."""
+    extensions = _extensions(cert)
+    uris = _uri_sans(cert)
+    if len(uris) != 1:
+        raise X509SvidError(f"an X509-SVID must have exactly one URI SAN, this one has {len(uris)} (X509-SVID §2)")
+    try:
+        spiffe_id = SpiffeId.parse(uris[0])
+    except SpiffeIdError as err:
+        raise X509SvidError(f"the URI SAN of the X509-SVID is not a SPIFFE ID: {err}") from err
+    if spiffe_id.is_trust_domain_id:
+        raise X509SvidError(f"leaf SPIFFE ID {spiffe_id} has no path; only signing certificates may (X509-SVID §2)")
+    constraints = _basic_constraints(cert)
+    if constraints is not None and constraints.ca:
+        raise X509SvidError(f"leaf {spiffe_id} has cA=true; a leaf X509-SVID must not be a CA (X509-SVID §4.1)")
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise X509SvidError(f"leaf {spiffe_id} has no keyUsage extension; it must have one (X509-SVID §4.3)") from None
+    if not usage.digital_signature:
+        raise X509SvidError(f"leaf {spiffe_id} lacks keyUsage digitalSignature (X509-SVID §4.3)")
+    if usage.key_cert_sign:
+        raise X509SvidError(f"leaf {spiffe_id} has keyUsage keyCertSign; leaves must not (X509-SVID §4.3)")
+    if usage.crl_sign:
+        raise X509SvidError(f"leaf {spiffe_id} has keyUsage cRLSign; leaves must not (X509-SVID §4.3)")
+    public_key = cert.public_key()
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and usage.key_encipherment:
+        raise X509SvidError(f"leaf {spiffe_id} has an EC key with keyUsage keyEncipherment, which RFC 8813 forbids")
+    if isinstance(public_key, rsa.RSAPublicKey) and usage.key_agreement:
+        raise X509SvidError(f"leaf {spiffe_id} has an RSA key with keyUsage keyAgreement, which RSA cannot do")
+    try:
+        eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return spiffe_id
+    for needed, name in (
+        (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
+        (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
+    ):
+        if needed not in eku:
+            raise X509SvidError(
+                f"leaf {spiffe_id} has extendedKeyUsage without {name}; both are required (X509-SVID §4.4)"
+            )
+    return spiffe_id
+
+
+def validate_signing_cert(cert: x509.Certificate) -> TrustDomain | None:
+    """Check a signing (CA) certificate against X509-SVID.md §4.1/§4.3; return the trust domain of
+    its URI SAN, or None when it has none (upstream enterprise CAs usually don't)."""
+    extensions = _extensions(cert)
+    constraints = _basic_constraints(cert)
+    if constraints is None or not constraints.ca:
+        raise X509SvidError(f"signing certificate {cert.subject.rfc4514_string()!r} must have cA=true (X509-SVID §4.1)")
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise X509SvidError(
+            f"signing certificate {cert.subject.rfc4514_string()!r} has no keyUsage; keyCertSign is required (§4.3)"
+        ) from None
+    if not usage.key_cert_sign:
+        raise X509SvidError(f"signing certificate {cert.subject.rfc4514_string()!r} lacks keyUsage keyCertSign (§4.3)")
+    uris = _uri_sans(cert)
+    if not uris:
+        return None
+    if len(uris) != 1:
+        raise X509SvidError(
+            f"signing certificate {cert.subject.rfc4514_string()!r} has {len(uris)} URI SANs; at most one"
+        )
+    try:
+        spiffe_id = SpiffeId.parse(uris[0])
+    except SpiffeIdError as err:
+        raise X509SvidError(f"the URI SAN of signing certificate is not a SPIFFE ID: {err}") from err
+    if not spiffe_id.is_trust_domain_id:
+        raise X509SvidError(f"signing certificate URI SAN {spiffe_id} has a path; it must be the trust domain ID (§2)")
+    return spiffe_id.trust_domain
+
+
+def verify_x509_svid(
+    chain: Sequence[x509.Certificate], bundle_source: BundleSource, now: datetime
+) -> tuple[SpiffeId, tuple[x509.Certificate, ...]]:
+    """Verify an X509-SVID chain (leaf first, then intermediates) against the bundle of the leaf's own
+    trust domain at ``now``. Returns the SPIFFE ID and the verified path (leaf … trust anchor)."""
+    if not chain:
+        raise X509SvidError("empty certificate chain; an X509-SVID chain starts with the leaf")
+    leaf, intermediates = chain[0], list(chain[1:])
+    spiffe_id = validate_x509_svid_leaf(leaf)
+    for intermediate in intermediates:
+        validate_signing_cert(intermediate)
+    bundle = bundle_source.get_bundle_for_trust_domain(spiffe_id.trust_domain)
+    if bundle is None or not bundle.x509_authorities:
+        raise X509SvidError(f"no X.509 bundle for trust domain {spiffe_id.trust_domain}; cannot verify {spiffe_id}")
+    verifier = (
+        PolicyBuilder()
+        .store(Store(list(bundle.x509_authorities)))
+        .time(now)
+        .max_chain_depth(_MAX_CHAIN_DEPTH)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ExtensionPolicy.permit_all())
+        .build_client_verifier()
+    )
+    try:
+        verified = verifier.verify(leaf, intermediates)
+    except VerificationError as err:
+        raise X509SvidError(
+            f"X509-SVID {spiffe_id} does not chain to the bundle of {spiffe_id.trust_domain} "
+            f"at {now.isoformat()}: {err}"
+        ) from err
+    return spiffe_id, tuple(verified.chain)
+
+
+def load_pem_certificates(data: bytes) -> tuple[x509.Certificate, ...]:
+    """Every certificate in a PEM file, in order; refuse a file with none or a malformed one."""
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as err:
+        raise X509SvidError(f"not a PEM certificate file: {err}") from err
+    return tuple(certs)
+
+
+@dataclass(frozen=True, slots=True)
+class X509Svid:
+    """An X509-SVID with its private key, as a workload (or the agent) holds it."""
+
+    spiffe_id: SpiffeId
+    cert_chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey = field(repr=False, compare=False)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.cert_chain[0]
+
+    def chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.cert_chain)
+
+    def key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @classmethod
+    def parse_pem(cls, chain_pem: bytes, key_pem: bytes) -> X509Svid:
+        """Read a chain and its key; the leaf must follow the X509-SVID rules and match the key."""
+        chain = load_pem_certificates(chain_pem)
+        spiffe_id = validate_x509_svid_leaf(chain[0])
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError) as err:
+            raise X509SvidError(f"private key of {spiffe_id} is not an unencrypted PEM key: {err}") from err
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise X509SvidError(f"private key of {spiffe_id} is a {type(key).__name__}; only EC and RSA keys are used")
+        if key.public_key() != chain[0].public_key():
+            raise X509SvidError(f"private key does not match the leaf certificate of {spiffe_id}")
+        return cls(spiffe_id, chain, key)
