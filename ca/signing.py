@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe_core.keys import PrivateKey
 
 
-def digest_for(key: PrivateKey) -> hashes.HashAlgorithm:
+def digest_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()
