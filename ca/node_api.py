@@ -1,0 +1,268 @@
+"""The node API's gRPC edge (wire/node.proto; DESIGN §1 "gRPC over mTLS", §3 "Node attestation").
+
+Two TLS listeners on one ``grpc.aio`` server, because grpcio cannot *request* a client certificate
+without *requiring* one:
+
+* the attestation listener: server TLS only. Only ``Attest`` works there; every other RPC finds no
+  client certificate and is refused UNAUTHENTICATED.
+* the node API listener: mTLS, client certificates required and verified against the trust bundle's
+  X.509 authorities, then checked again as X509-SVIDs of an known, unbanned agent.
+
+Both serve the CA's own X509-SVID (:mod:`ca.server_identity`) and pick up a renewed serving SVID or a
+changed bundle on the next handshake (``grpc.dynamic_ssl_server_credentials``), without a restart.
+
+The servicer is thin: authenticate, call one :class:`~ca.node_service.NodeService` method in a worker
+thread, encode. Domain errors become status codes through ``spiffe_core.errors.transport_status``;
+anything else is logged and answered INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.node_service import AuthenticatedAgent, NodeService, SyncState
+from ca.server_identity import ServerIdentity
+from ca.store.records import RegistrationEntry
+from ca.sync import ChangeHub, UpdateVersions, watch
+from spiffe_core.bundle import Bundle
+from spiffe_core.clock import Clock
+from spiffe_core.errors import transport_status
+from wire import node_pb2, node_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_INTERNAL = "internal error; see the CA's log"
+# How long a stopping server lets in-flight unary calls finish (streams are cut).
+STOP_GRACE_SECONDS = 2.0
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+Handler = Callable[["NodeServicer", Request, Context], Awaitable[Reply]]
+
+
+async def _abort(context: Context, err: Exception) -> NoReturn:
+    status = transport_status(err)
+    if status is None:
+        log.error("node API call failed", exc_info=err)
+        await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+    await context.abort(grpc.StatusCode[status[1]], str(err))
+
+
+def _edge(handler: Handler[Request, Reply]) -> Handler[Request, Reply]:
+    """Turn an error a handler raises into the RPC's status (the one table at the edge)."""
+
+    @functools.wraps(handler)
+    async def answer(servicer: NodeServicer, request: Request, context: Context) -> Reply:
+        try:
+            return await handler(servicer, request, context)
+        except grpc.aio.AbortError:
+            raise  # the handler chose its status already
+        except Exception as err:  # every error becomes a status; unknown ones INTERNAL
+            await _abort(context, err)
+
+    return answer
+
+
+def _peer_chain_pem(context: Context) -> bytes | None:
+    """The client's certificate chain as the TLS stack verified it (PEM, leaf first), if any."""
+    auth = context.auth_context()
+    for key in ("x509_pem_cert_chain", "x509_pem_cert"):
+        values = auth.get(key)
+        if values:
+            return b"".join(values)
+    return None
+
+
+def _der_chain(chain: tuple[x509.Certificate, ...]) -> list[bytes]:
+    return [cert.public_bytes(serialization.Encoding.DER) for cert in chain]
+
+
+def _bundle_json(bundle: Bundle) -> bytes:
+    return bundle.to_json().encode()
+
+
+def _ttl_seconds(entry_ttl: timedelta | None) -> int:
+    """0 on the wire means "the CA's default TTL" (the entry names none)."""
+    return 0 if entry_ttl is None else int(entry_ttl.total_seconds())
+
+
+def encode_entry(entry: RegistrationEntry) -> node_pb2.RegistrationEntry:
+    spec = entry.spec
+    return node_pb2.RegistrationEntry(
+        id=entry.id,
+        spiffe_id=str(spec.spiffe_id),
+        parent_id=str(spec.parent_id),
+        selectors=sorted(str(s) for s in spec.selectors),
+        dns_names=list(spec.dns_names),
+        x509_svid_ttl_seconds=_ttl_seconds(spec.x509_ttl),
+        jwt_svid_ttl_seconds=_ttl_seconds(spec.jwt_ttl),
+        federates_with=sorted(td.name for td in spec.federates_with),
+        admin=spec.admin,
+        hint=spec.hint,
+        revision=entry.revision,
+    )
+
+
+def encode_sync_update(state: SyncState, version: int) -> node_pb2.SyncUpdate:
+    return node_pb2.SyncUpdate(
+        version=version,
+        bundle=_bundle_json(state.bundle),
+        entries=[encode_entry(entry) for entry in state.entries],
+        tainted_authority_ids=list(state.tainted_authority_ids),
+    )
+
+
+class NodeServicer:
+    """``trustmesh.node.v1.Node``; register with :func:`add_to_server`."""
+
+    def __init__(self, node: NodeService, hub: ChangeHub, versions: UpdateVersions, clock: Clock) -> None:
+        self._node = node
+        self._hub = hub
+        self._versions = versions
+        self._clock = clock
+
+    async def _agent(self, context: Context) -> AuthenticatedAgent:
+        return await asyncio.to_thread(self._node.authenticate, _peer_chain_pem(context))
+
+    @_edge
+    async def Attest(  # gRPC method names are CamelCase
+        self, request: node_pb2.AttestRequest, context: Context
+    ) -> node_pb2.AttestResponse:
+        svid = await asyncio.to_thread(self._node.attest, request.method, request.payload, request.csr)
+        return node_pb2.AttestResponse(
+            spiffe_id=str(svid.spiffe_id), svid_chain=_der_chain(svid.cert_chain), bundle=_bundle_json(svid.bundle)
+        )
+
+    @_edge
+    async def RenewAgent(self, request: node_pb2.RenewAgentRequest, context: Context) -> node_pb2.RenewAgentResponse:
+        agent = await self._agent(context)
+        svid = await asyncio.to_thread(self._node.renew, agent.spiffe_id, request.csr)
+        return node_pb2.RenewAgentResponse(svid_chain=_der_chain(svid.cert_chain))
+
+    @_edge
+    async def Sync(self, request: node_pb2.SyncRequest, context: Context) -> None:
+        """Full state at once, then again on every change that alters it. The stream ends when the
+        client SVID it was opened with expires (the agent reconnects with its renewed one) or when the
+        agent is banned."""
+        agent = await self._agent(context)
+        remaining = (agent.not_after - self._clock.now()).total_seconds()
+        with self._hub.subscribe(agent.spiffe_id) as subscription:
+            load = functools.partial(self._node.get_sync_state, agent.spiffe_id)
+            try:
+                async with asyncio.timeout(remaining):
+                    async for state in watch(subscription, load):
+                        await context.write(encode_sync_update(state, self._versions.next()))
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the X509-SVID this stream was opened with expired at {agent.not_after.isoformat()}; "
+                    "reconnect with the renewed SVID",
+                )
+
+    @_edge
+    async def SignX509Svids(
+        self, request: node_pb2.SignX509SvidsRequest, context: Context
+    ) -> node_pb2.SignX509SvidsResponse:
+        agent = await self._agent(context)
+        items = [(item.entry_id, item.csr) for item in request.requests]
+        outcomes = await asyncio.to_thread(self._node.sign_x509_svids, agent.spiffe_id, items)
+        return node_pb2.SignX509SvidsResponse(
+            svids=[
+                node_pb2.SignedX509Svid(
+                    entry_id=outcome.entry_id,
+                    cert_chain=[] if outcome.svid is None else _der_chain(outcome.svid.cert_chain),
+                    error=outcome.error,
+                )
+                for outcome in outcomes
+            ]
+        )
+
+    @_edge
+    async def MintJwtSvid(self, request: node_pb2.MintJwtSvidRequest, context: Context) -> node_pb2.MintJwtSvidResponse:
+        agent = await self._agent(context)
+        token, expires_at = await asyncio.to_thread(
+            self._node.mint_jwt_svid, agent.spiffe_id, request.entry_id, list(request.audience)
+        )
+        return node_pb2.MintJwtSvidResponse(token=token, expires_at=int(expires_at.timestamp()))
+
+
+class TlsConfigurations:
+    """The certificate-configuration fetcher of one listener: grpc calls it before every handshake;
+    it answers a new configuration only when the serving SVID or the bundle changed (None otherwise)."""
+
+    def __init__(self, identity: ServerIdentity, bundle: Callable[[], Bundle], verify_clients: bool) -> None:
+        self._identity = identity
+        self._bundle = bundle
+        self._verify_clients = verify_clients
+        self._last: tuple[object, bytes | None] | None = None
+
+    def current(self) -> grpc.ServerCertificateConfiguration:
+        credentials = self._identity.get_current()
+        roots = self._bundle().x509_authorities_pem() if self._verify_clients else None
+        self._last = (credentials, roots)
+        return grpc.ssl_server_certificate_configuration(
+            [(credentials.private_key_pem, credentials.cert_chain_pem)], root_certificates=roots
+        )
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        credentials = self._identity.get_current()
+        roots = self._bundle().x509_authorities_pem() if self._verify_clients else None
+        if self._last == (credentials, roots):
+            return None
+        return self.current()
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.current(),
+            self,  # type: ignore[arg-type]  # grpc-stubs omit that the fetcher may answer None (no change)
+            require_client_authentication=self._verify_clients,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeApiPorts:
+    """The ports actually bound (they differ from the configured ones when those are 0)."""
+
+    attestation: int
+    node_api: int
+
+
+def build_node_server(
+    servicer: NodeServicer,
+    identity: ServerIdentity,
+    bundle: Callable[[], Bundle],
+    *,
+    attestation_address: str,
+    node_api_address: str,
+) -> tuple[grpc.aio.Server, NodeApiPorts]:
+    """A gRPC server with both listeners bound (not started). Must be called on the serving loop."""
+    server = grpc.aio.server()
+    node_pb2_grpc.add_NodeServicer_to_server(servicer, server)
+    attestation = server.add_secure_port(
+        attestation_address, TlsConfigurations(identity, bundle, verify_clients=False).server_credentials()
+    )
+    node_api = server.add_secure_port(
+        node_api_address, TlsConfigurations(identity, bundle, verify_clients=True).server_credentials()
+    )
+    return server, NodeApiPorts(attestation=attestation, node_api=node_api)
+
+
+async def run_node_server(server: grpc.aio.Server) -> None:
+    """Serve until cancelled, then stop, giving unary calls a moment to finish."""
+    await server.start()
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(STOP_GRACE_SECONDS)

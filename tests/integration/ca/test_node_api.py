@@ -1,0 +1,458 @@
+"""The node API as an agent meets it (wire/node.proto): a real CA service on SQLite, the real gRPC server
+with both TLS listeners on 127.0.0.1, and a raw client built from the generated stubs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.attestation import JoinTokens, NodeAttestors
+from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.entries import EntryPolicy, RegistrationEntries
+from ca.issuance import TtlPolicy, X509SvidRequest
+from ca.keys.memory import MemoryKeyManager
+from ca.metrics import CaMetrics
+from ca.node_api import NodeServicer, build_node_server, run_node_server
+from ca.node_service import NodeService
+from ca.server_identity import ServerIdentity
+from ca.service import CaService
+from ca.signing import digest_for
+from ca.store import AgentRepository, Database, EntrySpec, RegistrationEntry
+from ca.sync import ChangeHub, UpdateVersions
+from ca.upstream import SelfSignedUpstream
+from spiffe_core.bundle import Bundle
+from spiffe_core.jwt_svid import validate_jwt_svid
+from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from spiffe_core.x509_svid import verify_x509_svid
+from tests.support.clock import FakeClock
+from wire import node_pb2, node_pb2_grpc
+
+TD = TrustDomain("example.org")
+SERVER_NAME = "trustmesh-ca"
+AGENT_TTL = timedelta(hours=1)
+REFUSED = "join token unknown, used or expired; ask an operator for a new join token"
+NODE_1 = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
+NODE_2 = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-2")
+WEB = SpiffeId.parse("spiffe://example.org/web")
+# Every wait in these tests is bounded; a push must arrive well within DESIGN §1's 2 s.
+PUSH_DEADLINE = 2.0
+RPC_TIMEOUT = 10.0
+
+
+@dataclass
+class RunningCa:
+    database: Database
+    service: CaService
+    entries: RegistrationEntries
+    join_tokens: JoinTokens
+    clock: FakeClock
+    attestation_port: int
+    node_api_port: int
+
+    def bundle(self) -> Bundle:
+        return self.service.get_bundle()
+
+    def entry(self, spiffe_id: SpiffeId, parent: SpiffeId, *dns: str) -> RegistrationEntry:
+        spec = EntrySpec(spiffe_id, parent, frozenset({Selector("unix", "uid:1000")}), dns_names=dns)
+        return self.entries.create(spec, "tester")
+
+
+@dataclass
+class Agent:
+    spiffe_id: SpiffeId
+    key: PrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+
+@pytest.fixture
+async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
+    database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
+    database.migrate()
+    clock = FakeClock(datetime.now(UTC))
+    authorities = AuthorityManager(
+        database,
+        MemoryKeyManager(),
+        SelfSignedUpstream(),
+        AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(days=7), timedelta(minutes=5)),
+        clock,
+    )
+    authorities.load()
+    service = CaService(
+        database=database,
+        authorities=authorities,
+        x509_ttl=TtlPolicy(timedelta(hours=1), timedelta(hours=24)),
+        jwt_ttl=TtlPolicy(timedelta(minutes=5), timedelta(hours=1)),
+        clock=clock,
+        metrics=CaMetrics(),
+    )
+    hub = ChangeHub()
+    entries = RegistrationEntries(database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock)
+    join_tokens = JoinTokens(database, TD, clock)
+    node = NodeService(
+        database=database,
+        issuer=service,
+        authorities=authorities,
+        entries=entries,
+        attestors=NodeAttestors.of(join_tokens),
+        agent_svid_ttl=AGENT_TTL,
+        clock=clock,
+    )
+    identity = ServerIdentity(service, TD, SERVER_NAME, clock)
+    identity.rotate()
+    server, ports = build_node_server(
+        NodeServicer(node, hub, UpdateVersions(), clock),
+        identity,
+        service.get_bundle,
+        attestation_address="127.0.0.1:0",
+        node_api_address="127.0.0.1:0",
+    )
+    serving = asyncio.create_task(run_node_server(server))
+    try:
+        yield RunningCa(database, service, entries, join_tokens, clock, ports.attestation, ports.node_api)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        database.close()
+
+
+def csr_for(key: PrivateKey) -> bytes:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    return builder.sign(key, digest_for(key)).public_bytes(serialization.Encoding.DER)
+
+
+def pem(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def channel(ca: RunningCa, port: int, agent: Agent | None = None) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.bundle().x509_authorities_pem(),
+        private_key=None
+        if agent is None
+        else agent.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        certificate_chain=None if agent is None else pem(agent.chain),
+    )
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", SERVER_NAME)]
+    )
+
+
+async def attest(ca: RunningCa, token: str, key: PrivateKey | None = None) -> node_pb2.AttestResponse:
+    key = key or generate_private_key(KeyType.EC_P256)
+    async with channel(ca, ca.attestation_port) as ch:
+        stub = node_pb2_grpc.NodeStub(ch)
+        request = node_pb2.AttestRequest(method="join_token", payload=token.encode(), csr=csr_for(key))
+        return await stub.Attest(request, timeout=RPC_TIMEOUT)
+
+
+async def attested_agent(ca: RunningCa, name: str = "node-1") -> Agent:
+    key = generate_private_key(KeyType.EC_P256)
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name=name).token
+    response = await attest(ca, token, key)
+    chain = tuple(x509.load_der_x509_certificate(der) for der in response.svid_chain)
+    return Agent(SpiffeId.parse(response.spiffe_id), key, chain)
+
+
+async def refused(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
+
+
+# --- Attest -------------------------------------------------------------------------------------------
+
+
+async def test_attest_with_a_join_token_returns_an_agent_svid_that_verifies_against_the_bundle(
+    ca: RunningCa,
+) -> None:
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    response = await attest(ca, token)
+    chain = [x509.load_der_x509_certificate(der) for der in response.svid_chain]
+    bundle = Bundle.parse_jwks(TD, response.bundle)
+    assert response.spiffe_id == str(NODE_1)
+    assert verify_x509_svid(chain, bundle, datetime.now(UTC))[0] == NODE_1
+    assert chain[0].not_valid_after_utc - ca.clock.now() <= AGENT_TTL
+
+
+async def test_attest_records_the_agent_and_the_svid_it_holds(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    with ca.database.transaction() as session:
+        stored = AgentRepository(session).get(NODE_1)
+    assert (stored.attestation_type, stored.serial, stored.banned) == (
+        "join_token",
+        agent.chain[0].serial_number,
+        False,
+    )
+
+
+async def test_a_join_token_attests_only_once(ca: RunningCa) -> None:
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    await attest(ca, token)
+    error = await refused(attest(ca, token))
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
+
+
+async def test_an_expired_join_token_is_refused(ca: RunningCa) -> None:
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    ca.clock.advance(timedelta(hours=1, seconds=1))
+    error = await refused(attest(ca, token))
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
+
+
+async def test_an_unknown_join_token_is_refused(ca: RunningCa) -> None:
+    error = await refused(attest(ca, "not-a-token-anyone-generated"))
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
+
+
+async def test_a_malformed_csr_does_not_spend_the_join_token(ca: RunningCa) -> None:
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    async with channel(ca, ca.attestation_port) as ch:
+        request = node_pb2.AttestRequest(method="join_token", payload=token.encode(), csr=b"not a CSR")
+        error = await refused(node_pb2_grpc.NodeStub(ch).Attest(request, timeout=RPC_TIMEOUT))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("CSR is not a PKCS#10 certificate request")
+    assert (await attest(ca, token)).spiffe_id == str(NODE_1)
+
+
+async def test_an_unknown_attestation_method_is_invalid(ca: RunningCa) -> None:
+    async with channel(ca, ca.attestation_port) as ch:
+        request = node_pb2.AttestRequest(method="tpm", payload=b"x", csr=csr_for(generate_private_key(KeyType.EC_P256)))
+        error = await refused(node_pb2_grpc.NodeStub(ch).Attest(request, timeout=RPC_TIMEOUT))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "attestation method 'tpm' is not enabled on this CA; enabled: join_token",
+    )
+
+
+# --- Authentication -----------------------------------------------------------------------------------
+
+
+def agent_calls(stub: node_pb2_grpc.NodeStub) -> dict[str, object]:
+    return {
+        "RenewAgent": stub.RenewAgent(node_pb2.RenewAgentRequest(csr=b""), timeout=RPC_TIMEOUT),
+        "SignX509Svids": stub.SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=RPC_TIMEOUT),
+        "MintJwtSvid": stub.MintJwtSvid(node_pb2.MintJwtSvidRequest(entry_id="e", audience=["a"]), timeout=RPC_TIMEOUT),
+        "Sync": stub.Sync(node_pb2.SyncRequest(), timeout=RPC_TIMEOUT).read(),
+    }
+
+
+@pytest.mark.parametrize("rpc", ["RenewAgent", "SignX509Svids", "MintJwtSvid", "Sync"])
+async def test_agent_rpcs_without_a_client_certificate_are_unauthenticated(ca: RunningCa, rpc: str) -> None:
+    async with channel(ca, ca.attestation_port) as ch:
+        calls = agent_calls(node_pb2_grpc.NodeStub(ch))
+        error = await refused(calls.pop(rpc))
+        for other in calls.values():
+            await asyncio.gather(other, return_exceptions=True)  # type: ignore[arg-type]
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details().startswith("no client certificate; call the node API over mTLS")
+
+
+async def test_the_node_api_listener_refuses_a_client_without_a_certificate(ca: RunningCa) -> None:
+    async with channel(ca, ca.node_api_port) as ch:
+        error = await refused(node_pb2_grpc.NodeStub(ch).SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=5))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails: no RPC reaches the CA
+
+
+async def test_a_workload_svid_is_not_an_agent(ca: RunningCa) -> None:
+    key = generate_private_key(KeyType.EC_P256)
+    (issued,) = ca.service.mint_x509_svids([X509SvidRequest(csr_for(key), WEB)])
+    workload = Agent(WEB, key, issued.cert_chain)
+    async with channel(ca, ca.node_api_port, workload) as ch:
+        error = await refused(node_pb2_grpc.NodeStub(ch).SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=5))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "spiffe://example.org/web is not an agent ID; the node API serves only agents "
+        "(spiffe://example.org/trustmesh/agent/...)",
+    )
+
+
+async def test_a_banned_agent_is_refused(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    with ca.database.transaction() as session:
+        AgentRepository(session).set_banned(agent.spiffe_id, True, ca.clock.now())
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        error = await refused(node_pb2_grpc.NodeStub(ch).SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=5))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"agent {NODE_1} is banned; an operator must lift the ban",
+    )
+
+
+async def test_renew_agent_signs_a_new_key_for_the_same_agent_id(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    new_key = generate_private_key(KeyType.EC_P256)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response = await node_pb2_grpc.NodeStub(ch).RenewAgent(
+            node_pb2.RenewAgentRequest(csr=csr_for(new_key)), timeout=RPC_TIMEOUT
+        )
+    chain = [x509.load_der_x509_certificate(der) for der in response.svid_chain]
+    assert verify_x509_svid(chain, ca.bundle(), datetime.now(UTC))[0] == NODE_1
+    assert chain[0].public_key() == new_key.public_key()
+    with ca.database.transaction() as session:
+        assert AgentRepository(session).get(NODE_1).serial == chain[0].serial_number
+
+
+# --- Sync ---------------------------------------------------------------------------------------------
+
+
+async def test_sync_sends_the_bundle_and_only_the_agents_entries_at_once(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    mine = ca.entry(WEB, NODE_1, "web.example.org")
+    ca.entry(SpiffeId.parse("spiffe://example.org/db"), NODE_2)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        first = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        stream.cancel()
+    assert Bundle.parse_jwks(TD, first.bundle) == ca.bundle()
+    assert [(e.id, e.spiffe_id, e.parent_id, list(e.dns_names), e.revision) for e in first.entries] == [
+        (mine.id, str(WEB), str(NODE_1), ["web.example.org"], 1)
+    ]
+    assert list(first.entries[0].selectors) == ["unix:uid:1000"]
+
+
+async def test_sync_pushes_a_new_entry_within_two_seconds(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        first = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        assert list(first.entries) == []
+        created = await asyncio.to_thread(ca.entry, WEB, NODE_1)
+        pushed = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        stream.cancel()
+    assert [e.id for e in pushed.entries] == [created.id]
+    assert pushed.version > first.version
+
+
+async def test_sync_pushes_updates_and_deletions(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    created = ca.entry(WEB, NODE_1)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        changed = EntrySpec(WEB, NODE_1, frozenset({Selector("unix", "uid:1000")}), hint="blue")
+        await asyncio.to_thread(ca.entries.update, created.id, changed, "tester")
+        updated = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        await asyncio.to_thread(ca.entries.delete, created.id, "tester")
+        deleted = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        stream.cancel()
+    assert [(e.hint, e.revision) for e in updated.entries] == [("blue", 2)]
+    assert list(deleted.entries) == []
+
+
+async def test_sync_stays_quiet_when_another_agents_entries_change(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        await asyncio.to_thread(ca.entry, WEB, NODE_2)
+        # Nothing was sent for that: the next message is the one about node-1's own new entry.
+        mine = await asyncio.to_thread(ca.entry, SpiffeId.parse("spiffe://example.org/db"), NODE_1)
+        pushed = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        stream.cancel()
+    assert [e.id for e in pushed.entries] == [mine.id]
+
+
+# --- SignX509Svids and MintJwtSvid --------------------------------------------------------------------
+
+
+async def test_sign_refuses_another_agents_entry_per_item_and_signs_the_authorized_one(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    mine = ca.entry(WEB, NODE_1, "web.example.org")
+    theirs = ca.entry(SpiffeId.parse("spiffe://example.org/db"), NODE_2)
+    key = generate_private_key(KeyType.EC_P256)
+    request = node_pb2.SignX509SvidsRequest(
+        requests=[
+            node_pb2.X509SvidRequest(entry_id=theirs.id, csr=csr_for(generate_private_key(KeyType.EC_P256))),
+            node_pb2.X509SvidRequest(entry_id=mine.id, csr=csr_for(key)),
+        ]
+    )
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response = await node_pb2_grpc.NodeStub(ch).SignX509Svids(request, timeout=RPC_TIMEOUT)
+    refused_item, signed_item = response.svids
+    assert (refused_item.entry_id, list(refused_item.cert_chain), refused_item.error) == (
+        theirs.id,
+        [],
+        f"entry {theirs.id} is not parented to {NODE_1}",
+    )
+    chain = [x509.load_der_x509_certificate(der) for der in signed_item.cert_chain]
+    assert (signed_item.entry_id, signed_item.error) == (mine.id, "")
+    assert verify_x509_svid(chain, ca.bundle(), datetime.now(UTC))[0] == WEB
+    assert chain[0].public_key() == key.public_key()
+    assert chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == ["web.example.org"]
+
+
+async def test_sign_refuses_only_the_item_with_a_broken_csr(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    web = ca.entry(WEB, NODE_1)
+    db = ca.entry(SpiffeId.parse("spiffe://example.org/db"), NODE_1)
+    request = node_pb2.SignX509SvidsRequest(
+        requests=[
+            node_pb2.X509SvidRequest(entry_id=web.id, csr=b"broken"),
+            node_pb2.X509SvidRequest(entry_id=db.id, csr=csr_for(generate_private_key(KeyType.EC_P256))),
+        ]
+    )
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response = await node_pb2_grpc.NodeStub(ch).SignX509Svids(request, timeout=RPC_TIMEOUT)
+    broken, good = response.svids
+    assert broken.error.startswith("CSR is not a PKCS#10 certificate request")
+    assert list(broken.cert_chain) == []
+    assert (good.error, len(good.cert_chain)) == ("", 1)
+
+
+async def test_mint_jwt_svid_returns_a_token_that_validates_against_the_bundle(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    mine = ca.entry(WEB, NODE_1)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response = await node_pb2_grpc.NodeStub(ch).MintJwtSvid(
+            node_pb2.MintJwtSvidRequest(entry_id=mine.id, audience=["payments"]), timeout=RPC_TIMEOUT
+        )
+    svid = validate_jwt_svid(response.token, audience="payments", bundle_source=ca.bundle(), now=datetime.now(UTC))
+    assert svid.spiffe_id == WEB
+    assert response.expires_at == int((ca.clock.now() + timedelta(minutes=5)).timestamp())
+
+
+@pytest.mark.parametrize(
+    ("parent", "audience", "code", "details"),
+    [
+        pytest.param(
+            NODE_2,
+            ["payments"],
+            grpc.StatusCode.PERMISSION_DENIED,
+            "entry {id} is not parented to {agent}",
+            id="foreign",
+        ),
+        pytest.param(
+            NODE_1,
+            [],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a JWT-SVID needs at least one non-empty audience",
+            id="no-audience",
+        ),
+    ],
+)
+async def test_mint_jwt_svid_refuses(
+    ca: RunningCa, parent: SpiffeId, audience: list[str], code: grpc.StatusCode, details: str
+) -> None:
+    agent = await attested_agent(ca)
+    entry = ca.entry(WEB, parent)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        error = await refused(
+            node_pb2_grpc.NodeStub(ch).MintJwtSvid(
+                node_pb2.MintJwtSvidRequest(entry_id=entry.id, audience=audience), timeout=RPC_TIMEOUT
+            )
+        )
+    assert (error.code(), error.details()) == (code, details.format(id=entry.id, agent=NODE_1))
