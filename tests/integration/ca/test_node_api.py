@@ -4,10 +4,13 @@ with both TLS listeners on 127.0.0.1, and a raw client built from the generated 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -56,6 +59,7 @@ class RunningCa:
     entries: RegistrationEntries
     join_tokens: JoinTokens
     clock: FakeClock
+    identity: ServerIdentity
     attestation_port: int
     node_api_port: int
 
@@ -118,7 +122,7 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
     )
     serving = asyncio.create_task(run_node_server(server))
     try:
-        yield RunningCa(database, service, entries, join_tokens, clock, ports.attestation, ports.node_api)
+        yield RunningCa(database, service, entries, join_tokens, clock, identity, ports.attestation, ports.node_api)
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
@@ -154,7 +158,8 @@ async def attest(ca: RunningCa, token: str, key: PrivateKey | None = None) -> no
     async with channel(ca, ca.attestation_port) as ch:
         stub = node_pb2_grpc.NodeStub(ch)
         request = node_pb2.AttestRequest(method="join_token", payload=token.encode(), csr=csr_for(key))
-        return await stub.Attest(request, timeout=RPC_TIMEOUT)
+        response: node_pb2.AttestResponse = await stub.Attest(request, timeout=RPC_TIMEOUT)
+    return response
 
 
 async def attested_agent(ca: RunningCa, name: str = "node-1") -> Agent:
@@ -165,10 +170,14 @@ async def attested_agent(ca: RunningCa, name: str = "node-1") -> Agent:
     return Agent(SpiffeId.parse(response.spiffe_id), key, chain)
 
 
-async def refused(call: object) -> grpc.aio.AioRpcError:
+async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
+        await call
     return caught.value
+
+
+def details(error: grpc.aio.AioRpcError) -> str:
+    return error.details() or ""
 
 
 # --- Attest -------------------------------------------------------------------------------------------
@@ -201,19 +210,19 @@ async def test_a_join_token_attests_only_once(ca: RunningCa) -> None:
     token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
     await attest(ca, token)
     error = await refused(attest(ca, token))
-    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
+    assert (error.code(), details(error)) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
 
 
 async def test_an_expired_join_token_is_refused(ca: RunningCa) -> None:
     token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
     ca.clock.advance(timedelta(hours=1, seconds=1))
     error = await refused(attest(ca, token))
-    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
+    assert (error.code(), details(error)) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
 
 
 async def test_an_unknown_join_token_is_refused(ca: RunningCa) -> None:
     error = await refused(attest(ca, "not-a-token-anyone-generated"))
-    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
+    assert (error.code(), details(error)) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
 
 
 async def test_a_malformed_csr_does_not_spend_the_join_token(ca: RunningCa) -> None:
@@ -222,7 +231,7 @@ async def test_a_malformed_csr_does_not_spend_the_join_token(ca: RunningCa) -> N
         request = node_pb2.AttestRequest(method="join_token", payload=token.encode(), csr=b"not a CSR")
         error = await refused(node_pb2_grpc.NodeStub(ch).Attest(request, timeout=RPC_TIMEOUT))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details().startswith("CSR is not a PKCS#10 certificate request")
+    assert details(error).startswith("CSR is not a PKCS#10 certificate request")
     assert (await attest(ca, token)).spiffe_id == str(NODE_1)
 
 
@@ -230,33 +239,68 @@ async def test_an_unknown_attestation_method_is_invalid(ca: RunningCa) -> None:
     async with channel(ca, ca.attestation_port) as ch:
         request = node_pb2.AttestRequest(method="tpm", payload=b"x", csr=csr_for(generate_private_key(KeyType.EC_P256)))
         error = await refused(node_pb2_grpc.NodeStub(ch).Attest(request, timeout=RPC_TIMEOUT))
-    assert (error.code(), error.details()) == (
+    assert (error.code(), details(error)) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "attestation method 'tpm' is not enabled on this CA; enabled: join_token",
     )
 
 
+def served_certificate(ca: RunningCa, port: int) -> x509.Certificate:
+    """The certificate a fresh TLS handshake with the listener presents."""
+    context = ssl.create_default_context(cadata=ca.bundle().x509_authorities_pem().decode())
+    context.check_hostname = False
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=RPC_TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+async def test_listeners_serve_the_cas_own_svid_with_the_server_name(ca: RunningCa) -> None:
+    served = await asyncio.to_thread(served_certificate, ca, ca.attestation_port)
+    assert verify_x509_svid([served], ca.bundle(), datetime.now(UTC))[0] == SpiffeId.parse(
+        "spiffe://example.org/trustmesh/server"
+    )
+    assert served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == [SERVER_NAME]
+
+
+async def test_a_renewed_serving_svid_is_used_from_the_next_handshake(ca: RunningCa) -> None:
+    before = await asyncio.to_thread(served_certificate, ca, ca.attestation_port)
+    renewed = ca.identity.rotate()
+    after = await asyncio.to_thread(served_certificate, ca, ca.attestation_port)
+    assert after != before
+    assert after.public_bytes(serialization.Encoding.PEM) == renewed.cert_chain_pem
+
+
 # --- Authentication -----------------------------------------------------------------------------------
 
 
-def agent_calls(stub: node_pb2_grpc.NodeStub) -> dict[str, object]:
-    return {
-        "RenewAgent": stub.RenewAgent(node_pb2.RenewAgentRequest(csr=b""), timeout=RPC_TIMEOUT),
-        "SignX509Svids": stub.SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=RPC_TIMEOUT),
-        "MintJwtSvid": stub.MintJwtSvid(node_pb2.MintJwtSvidRequest(entry_id="e", audience=["a"]), timeout=RPC_TIMEOUT),
-        "Sync": stub.Sync(node_pb2.SyncRequest(), timeout=RPC_TIMEOUT).read(),
-    }
+AGENT_RPCS = [
+    pytest.param(
+        lambda stub: stub.RenewAgent(node_pb2.RenewAgentRequest(csr=b""), timeout=RPC_TIMEOUT), id="RenewAgent"
+    ),
+    pytest.param(lambda stub: stub.SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=RPC_TIMEOUT), id="Sign"),
+    pytest.param(
+        lambda stub: stub.MintJwtSvid(node_pb2.MintJwtSvidRequest(entry_id="e", audience=["a"]), timeout=RPC_TIMEOUT),
+        id="MintJwtSvid",
+    ),
+    pytest.param(lambda stub: stub.Sync(node_pb2.SyncRequest(), timeout=RPC_TIMEOUT).read(), id="Sync"),
+]
 
 
-@pytest.mark.parametrize("rpc", ["RenewAgent", "SignX509Svids", "MintJwtSvid", "Sync"])
-async def test_agent_rpcs_without_a_client_certificate_are_unauthenticated(ca: RunningCa, rpc: str) -> None:
+@pytest.mark.parametrize("call", AGENT_RPCS)
+async def test_agent_rpcs_without_a_client_certificate_are_unauthenticated(
+    ca: RunningCa, call: Callable[[Any], Awaitable[object]]
+) -> None:
     async with channel(ca, ca.attestation_port) as ch:
-        calls = agent_calls(node_pb2_grpc.NodeStub(ch))
-        error = await refused(calls.pop(rpc))
-        for other in calls.values():
-            await asyncio.gather(other, return_exceptions=True)  # type: ignore[arg-type]
+        error = await refused(call(node_pb2_grpc.NodeStub(ch)))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert error.details().startswith("no client certificate; call the node API over mTLS")
+    assert details(error).startswith("no client certificate; call the node API over mTLS")
 
 
 async def test_the_node_api_listener_refuses_a_client_without_a_certificate(ca: RunningCa) -> None:
@@ -271,7 +315,7 @@ async def test_a_workload_svid_is_not_an_agent(ca: RunningCa) -> None:
     workload = Agent(WEB, key, issued.cert_chain)
     async with channel(ca, ca.node_api_port, workload) as ch:
         error = await refused(node_pb2_grpc.NodeStub(ch).SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=5))
-    assert (error.code(), error.details()) == (
+    assert (error.code(), details(error)) == (
         grpc.StatusCode.PERMISSION_DENIED,
         "spiffe://example.org/web is not an agent ID; the node API serves only agents "
         "(spiffe://example.org/trustmesh/agent/...)",
@@ -284,7 +328,7 @@ async def test_a_banned_agent_is_refused(ca: RunningCa) -> None:
         AgentRepository(session).set_banned(agent.spiffe_id, True, ca.clock.now())
     async with channel(ca, ca.node_api_port, agent) as ch:
         error = await refused(node_pb2_grpc.NodeStub(ch).SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=5))
-    assert (error.code(), error.details()) == (
+    assert (error.code(), details(error)) == (
         grpc.StatusCode.PERMISSION_DENIED,
         f"agent {NODE_1} is banned; an operator must lift the ban",
     )
@@ -426,7 +470,7 @@ async def test_mint_jwt_svid_returns_a_token_that_validates_against_the_bundle(c
 
 
 @pytest.mark.parametrize(
-    ("parent", "audience", "code", "details"),
+    ("parent", "audience", "code", "message"),
     [
         pytest.param(
             NODE_2,
@@ -445,7 +489,7 @@ async def test_mint_jwt_svid_returns_a_token_that_validates_against_the_bundle(c
     ],
 )
 async def test_mint_jwt_svid_refuses(
-    ca: RunningCa, parent: SpiffeId, audience: list[str], code: grpc.StatusCode, details: str
+    ca: RunningCa, parent: SpiffeId, audience: list[str], code: grpc.StatusCode, message: str
 ) -> None:
     agent = await attested_agent(ca)
     entry = ca.entry(WEB, parent)
@@ -455,4 +499,4 @@ async def test_mint_jwt_svid_refuses(
                 node_pb2.MintJwtSvidRequest(entry_id=entry.id, audience=audience), timeout=RPC_TIMEOUT
             )
         )
-    assert (error.code(), error.details()) == (code, details.format(id=entry.id, agent=NODE_1))
+    assert (error.code(), details(error)) == (code, message.format(id=entry.id, agent=NODE_1))
