@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -96,6 +98,191 @@ def cmd_jwt_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ttl_seconds(text: str | None) -> int | None:
+    return None if text is None else int(parse_duration(text).total_seconds())
+
+
+def _print_json(document: object) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _entry_lines(entry: Mapping[str, Any]) -> list[str]:
+    def listed(values: Sequence[str]) -> str:
+        return ", ".join(values) or "-"
+
+    def ttl(seconds: int | None) -> str:
+        return "CA default" if seconds is None else f"{seconds}s"
+
+    rows = (
+        ("Entry ID", entry["id"]),
+        ("SPIFFE ID", entry["spiffe_id"]),
+        ("Parent ID", entry["parent_id"]),
+        ("Revision", str(entry["revision"])),
+        ("Selectors", listed(entry["selectors"])),
+        ("DNS names", listed(entry["dns_names"])),
+        ("X509-SVID TTL", ttl(entry["x509_svid_ttl_seconds"])),
+        ("JWT-SVID TTL", ttl(entry["jwt_svid_ttl_seconds"])),
+        ("Federates with", listed(entry["federates_with"])),
+        ("Admin", "yes" if entry["admin"] else "no"),
+        ("Hint", entry["hint"] or "-"),
+    )
+    return [f"{label:<15}: {value}" for label, value in rows]
+
+
+def _show_entry(entry: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(entry)
+    else:
+        print("\n".join(_entry_lines(entry)))
+
+
+def _entry_body(args: argparse.Namespace, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The entry document to send: the flags given, over ``current`` when updating."""
+    body: dict[str, Any] = (
+        {
+            key: current[key]
+            for key in (
+                "spiffe_id",
+                "parent_id",
+                "selectors",
+                "dns_names",
+                "x509_svid_ttl_seconds",
+                "jwt_svid_ttl_seconds",
+                "federates_with",
+                "admin",
+                "hint",
+            )
+        }
+        if current is not None
+        else {"dns_names": [], "federates_with": [], "admin": False, "hint": ""}
+    )
+    given = {
+        "spiffe_id": args.spiffe_id,
+        "parent_id": args.parent_id,
+        "selectors": args.selector,
+        "dns_names": args.dns,
+        "x509_svid_ttl_seconds": _ttl_seconds(args.x509_ttl),
+        "jwt_svid_ttl_seconds": _ttl_seconds(args.jwt_ttl),
+        "federates_with": args.federates_with,
+        "admin": args.admin,
+        "hint": args.hint,
+    }
+    body.update({key: value for key, value in given.items() if value is not None})
+    return body
+
+
+def cmd_entry_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entry = client.post_json("/v1/entries", _entry_body(args))
+    _show_entry(entry, args.json)
+    return 0
+
+
+def cmd_entry_list(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("parent_id", args.parent_id), ("spiffe_id", args.spiffe_id)) if v is not None}
+    with _client(args) as client:
+        entries = client.get_json("/v1/entries", **params)["entries"]
+    if args.json:
+        _print_json(entries)
+        return 0
+    for entry in entries:
+        print("\n".join(_entry_lines(entry)), end="\n\n")
+    print(f"{len(entries)} registration entr{'y' if len(entries) == 1 else 'ies'}")
+    return 0
+
+
+def cmd_entry_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entry = client.get_json(f"/v1/entries/{args.entry_id}")
+    _show_entry(entry, args.json)
+    return 0
+
+
+def cmd_entry_update(args: argparse.Namespace) -> int:
+    """Change the given fields only; the update is refused if someone changed the entry in between."""
+    with _client(args) as client:
+        current = client.get_json(f"/v1/entries/{args.entry_id}")
+        body = {**_entry_body(args, current), "revision": current["revision"]}
+        entry = client.request("PUT", f"/v1/entries/{args.entry_id}", json=body).json()
+    _show_entry(entry, args.json)
+    return 0
+
+
+def cmd_entry_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entry = client.request("DELETE", f"/v1/entries/{args.entry_id}").json()
+    if args.json:
+        _print_json(entry)
+    else:
+        print(f"deleted registration entry {entry['id']} ({entry['spiffe_id']})")
+    return 0
+
+
+def cmd_token_generate(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"ttl_seconds": _ttl_seconds(args.ttl)}
+    if args.node_name is not None:
+        body["node_name"] = args.node_name
+    with _client(args) as client:
+        reply = client.post_json("/v1/join-tokens", body)
+    if args.json:
+        _print_json(reply)
+        return 0
+    print(f"Token     : {reply['token']}")
+    print(f"SPIFFE ID : {reply['spiffe_id']}")
+    print(f"Expires   : {reply['expires_at']}")
+    print("The token is shown only now and works once; hand it to the node's agent.", file=sys.stderr)
+    return 0
+
+
+def _add_entry_fields(parser: argparse.ArgumentParser, *, creating: bool) -> None:
+    parser.add_argument("--spiffe-id", required=creating, help="the workload's SPIFFE ID")
+    parser.add_argument("--parent-id", required=creating, help="the agent (or workload) it runs under")
+    parser.add_argument(
+        "--selector", action="append", required=creating, help="type:value, all must match (repeatable)"
+    )
+    parser.add_argument("--dns", action="append", help="DNS SAN (repeatable)")
+    parser.add_argument("--x509-ttl", help="X509-SVID lifetime, e.g. 1h (default: the CA's)")
+    parser.add_argument("--jwt-ttl", help="JWT-SVID lifetime, e.g. 5m (default: the CA's)")
+    parser.add_argument("--federates-with", action="append", help="trust domain name (repeatable)")
+    if creating:
+        parser.add_argument("--admin", action="store_true", default=None, help="the workload may use the admin API")
+    else:
+        parser.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--hint", help="free text that tells apart SVIDs of one workload")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def _add_entry_commands(commands: Any) -> None:
+    entry = commands.add_parser("entry", help="registration entries").add_subparsers(dest="sub", required=True)
+    create = entry.add_parser("create", help="create a registration entry")
+    _add_entry_fields(create, creating=True)
+    create.set_defaults(func=cmd_entry_create)
+
+    listing = entry.add_parser("list", help="list registration entries")
+    listing.add_argument("--parent-id", help="only entries under this parent")
+    listing.add_argument("--spiffe-id", help="only entries for this SPIFFE ID")
+    listing.add_argument("--json", action="store_true", help="print JSON for machines")
+    listing.set_defaults(func=cmd_entry_list)
+
+    for name, func, what in (("show", cmd_entry_show, "print"), ("delete", cmd_entry_delete, "delete")):
+        sub = entry.add_parser(name, help=f"{what} one registration entry")
+        sub.add_argument("entry_id")
+        sub.add_argument("--json", action="store_true", help="print JSON for machines")
+        sub.set_defaults(func=func)
+
+    update = entry.add_parser("update", help="change the given fields of a registration entry")
+    update.add_argument("entry_id")
+    _add_entry_fields(update, creating=False)
+    update.set_defaults(func=cmd_entry_update)
+
+    token = commands.add_parser("token", help="join tokens").add_subparsers(dest="sub", required=True)
+    generate = token.add_parser("generate", help="generate a one-time join token for a new node")
+    generate.add_argument("--ttl", default="1h", help="how long the token stays usable (default 1h)")
+    generate.add_argument("--node-name", help="agent ID's last path segment (default: a random UUID)")
+    generate.add_argument("--json", action="store_true", help="print JSON for machines")
+    generate.set_defaults(func=cmd_token_generate)
+
+
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     with _client(args) as client:
         response = client.request("GET", "/ready")
@@ -136,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     jwt_mint.add_argument("--audience", action="append", required=True, help="audience (repeatable)")
     jwt_mint.add_argument("--ttl", help="lifetime, e.g. 5m (default: jwt_svid.default_ttl)")
     jwt_mint.set_defaults(func=cmd_jwt_mint)
+
+    _add_entry_commands(commands)
     return parser
 
 

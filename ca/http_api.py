@@ -21,10 +21,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from ca.attestation import GeneratedJoinToken
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
+from ca.store.records import EntrySpec, RegistrationEntry
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import TrustmeshError, transport_status
-from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,32 @@ class CaOperations(Protocol):
     def check_ready(self) -> None:
         """Raise a TrustmeshError saying why the CA cannot serve (database down, no active authority)."""
         ...
+
+
+class EntryOperations(Protocol):
+    """Registration entry use cases (:class:`ca.entries.RegistrationEntries`)."""
+
+    def create(self, spec: EntrySpec, actor: str) -> RegistrationEntry: ...
+    def update(
+        self, entry_id: str, spec: EntrySpec, actor: str, expected_revision: int | None = None
+    ) -> RegistrationEntry: ...
+    def delete(self, entry_id: str, actor: str) -> RegistrationEntry: ...
+    def get(self, entry_id: str) -> RegistrationEntry: ...
+    def list(
+        self, parent_id: SpiffeId | None = None, spiffe_id: SpiffeId | None = None
+    ) -> tuple[RegistrationEntry, ...]: ...
+
+
+class JoinTokenOperations(Protocol):
+    """Join token generation (:class:`ca.attestation.JoinTokens`)."""
+
+    def generate(self, ttl: timedelta, actor: str, node_name: str | None = None) -> GeneratedJoinToken: ...
+
+
+# Who the audit log names for a change made through the admin socket: whoever can open it is the local
+# administrator (file permissions guard it); remote admin with identities comes with the admin-API RBAC.
+LOCAL_ADMIN = "local-admin"
+DEFAULT_JOIN_TOKEN_TTL_SECONDS = 3600
 
 
 class _Body(BaseModel):
@@ -66,6 +95,90 @@ class JwtMintBody(_Body):
 class JwtMintReply(BaseModel):
     token: str
     expires_at: datetime
+
+
+class EntryBody(_Body):
+    spiffe_id: str
+    parent_id: str
+    selectors: list[str] = Field(description="'type:value', all must match")
+    dns_names: list[str] = Field(default_factory=list)
+    x509_svid_ttl_seconds: int | None = Field(default=None, description="None: the CA's default")
+    jwt_svid_ttl_seconds: int | None = Field(default=None, description="None: the CA's default")
+    federates_with: list[str] = Field(default_factory=list, description="trust domain names")
+    admin: bool = False
+    hint: str = ""
+
+
+class EntryUpdateBody(EntryBody):
+    revision: int | None = Field(default=None, description="refuse the update unless the entry is still at it")
+
+
+class EntryReply(BaseModel):
+    id: str
+    spiffe_id: str
+    parent_id: str
+    selectors: list[str]
+    dns_names: list[str]
+    x509_svid_ttl_seconds: int | None
+    jwt_svid_ttl_seconds: int | None
+    federates_with: list[str]
+    admin: bool
+    hint: str
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class EntryListReply(BaseModel):
+    entries: list[EntryReply]
+
+
+class JoinTokenBody(_Body):
+    ttl_seconds: int = DEFAULT_JOIN_TOKEN_TTL_SECONDS
+    node_name: str | None = Field(default=None, description="last path segment of the agent ID; default a UUID")
+
+
+class JoinTokenReply(BaseModel):
+    token: str
+    spiffe_id: str
+    expires_at: datetime
+
+
+def _entry_spec(body: EntryBody) -> EntrySpec:
+    return EntrySpec(
+        spiffe_id=SpiffeId.parse(body.spiffe_id),
+        parent_id=SpiffeId.parse(body.parent_id),
+        selectors=frozenset(Selector.parse(s) for s in body.selectors),
+        dns_names=tuple(body.dns_names),
+        x509_ttl=_ttl(body.x509_svid_ttl_seconds),
+        jwt_ttl=_ttl(body.jwt_svid_ttl_seconds),
+        federates_with=frozenset(TrustDomain.parse(td) for td in body.federates_with),
+        admin=body.admin,
+        hint=body.hint,
+    )
+
+
+def _seconds(ttl: timedelta | None) -> int | None:
+    return None if ttl is None else int(ttl.total_seconds())
+
+
+def _entry_reply(entry: RegistrationEntry) -> EntryReply:
+    spec = entry.spec
+    return EntryReply(
+        id=entry.id,
+        spiffe_id=str(spec.spiffe_id),
+        parent_id=str(spec.parent_id),
+        selectors=sorted(str(s) for s in spec.selectors),
+        dns_names=list(spec.dns_names),
+        x509_svid_ttl_seconds=_seconds(spec.x509_ttl),
+        jwt_svid_ttl_seconds=_seconds(spec.jwt_ttl),
+        federates_with=sorted(td.name for td in spec.federates_with),
+        admin=spec.admin,
+        hint=spec.hint,
+        revision=entry.revision,
+        created_at=entry.created_at,
+        updated_at=entry.updated_at,
+    )
 
 
 def _ttl(seconds: int | None) -> timedelta | None:
@@ -105,7 +218,44 @@ def create_health_app(ops: CaOperations, registry: CollectorRegistry) -> FastAPI
     return app
 
 
-def create_admin_app(ops: CaOperations, registry: CollectorRegistry) -> FastAPI:
+def _add_entry_routes(app: FastAPI, entries: EntryOperations, join_tokens: JoinTokenOperations) -> None:
+    @app.post("/v1/entries", status_code=201)
+    def create_entry(body: EntryBody) -> EntryReply:
+        return _entry_reply(entries.create(_entry_spec(body), LOCAL_ADMIN))
+
+    @app.get("/v1/entries")
+    def list_entries(parent_id: str | None = None, spiffe_id: str | None = None) -> EntryListReply:
+        found = entries.list(
+            parent_id=None if parent_id is None else SpiffeId.parse(parent_id),
+            spiffe_id=None if spiffe_id is None else SpiffeId.parse(spiffe_id),
+        )
+        return EntryListReply(entries=[_entry_reply(entry) for entry in found])
+
+    @app.get("/v1/entries/{entry_id}")
+    def get_entry(entry_id: str) -> EntryReply:
+        return _entry_reply(entries.get(entry_id))
+
+    @app.put("/v1/entries/{entry_id}")
+    def update_entry(entry_id: str, body: EntryUpdateBody) -> EntryReply:
+        return _entry_reply(entries.update(entry_id, _entry_spec(body), LOCAL_ADMIN, body.revision))
+
+    @app.delete("/v1/entries/{entry_id}")
+    def delete_entry(entry_id: str) -> EntryReply:
+        return _entry_reply(entries.delete(entry_id, LOCAL_ADMIN))
+
+    @app.post("/v1/join-tokens", status_code=201)
+    def generate_join_token(body: JoinTokenBody) -> JoinTokenReply:
+        generated = join_tokens.generate(timedelta(seconds=body.ttl_seconds), LOCAL_ADMIN, body.node_name)
+        return JoinTokenReply(token=generated.token, spiffe_id=str(generated.agent_id), expires_at=generated.expires_at)
+
+
+def create_admin_app(
+    ops: CaOperations,
+    registry: CollectorRegistry,
+    *,
+    entries: EntryOperations,
+    join_tokens: JoinTokenOperations,
+) -> FastAPI:
     """The local admin API the CLI talks to over the Unix socket."""
     app = FastAPI(title="trustmesh CA admin API", version="1")
     _add_health_routes(app, ops, registry)
@@ -113,9 +263,7 @@ def create_admin_app(ops: CaOperations, registry: CollectorRegistry) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors())
         return JSONResponse({"error": f"malformed request: {problems}"}, status_code=400)
 
     @app.get("/v1/bundle", response_model=None)
@@ -149,4 +297,5 @@ def create_admin_app(ops: CaOperations, registry: CollectorRegistry) -> FastAPI:
         )
         return JwtMintReply(token=token, expires_at=expires_at)
 
+    _add_entry_routes(app, entries, join_tokens)
     return app

@@ -1,5 +1,9 @@
 """``trustmesh-ca run``: the composition root. Builds every part from the config and serves them in
-one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving."""
+one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving.
+
+The group holds: the admin API (Unix socket), the health listener, the node API's gRPC server (its
+attestation and mTLS listeners), the renewal of the CA's own serving SVID, and — on PostgreSQL — the
+LISTEN task that brings other replicas' changes to this replica's Sync streams."""
 
 from __future__ import annotations
 
@@ -8,20 +12,27 @@ import contextlib
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
+from ca.attestation import JoinTokens, NodeAttestors
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.config import CaConfig
+from ca.entries import EntryPolicy, RegistrationEntries
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
 from ca.metrics import CaMetrics
+from ca.node_api import NodeServicer, build_node_server, run_node_server
+from ca.node_service import NodeService
+from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.store.engine import Database
+from ca.sync import ChangeHub, UpdateVersions, listen_for_changes
 from ca.upstream import CaSubject, DiskUpstream, SelfSignedUpstream, UpstreamAuthority
-from spiffe_core.clock import SystemClock
+from spiffe_core.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +45,24 @@ def _upstream(config: CaConfig) -> UpstreamAuthority:
     return SelfSignedUpstream()
 
 
-def build_service(config: CaConfig) -> tuple[CaService, CaMetrics, Database]:
-    """Open the datastore (migrating it), the key manager and the authorities; blocking."""
+@dataclass(frozen=True, slots=True)
+class CaParts:
+    """Everything ``serve`` runs, built once from the config."""
+
+    service: CaService
+    metrics: CaMetrics
+    database: Database
+    hub: ChangeHub
+    entries: RegistrationEntries
+    join_tokens: JoinTokens
+    node: NodeService
+    identity: ServerIdentity
+    clock: Clock
+
+
+def build_service(config: CaConfig) -> CaParts:
+    """Open the datastore (migrating it), the key manager and the authorities, and build the use
+    cases over them; blocking (it also signs the CA's first serving SVID)."""
     config.server.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     database = Database.open(config.datastore.url)
     database.migrate()
@@ -64,7 +91,26 @@ def build_service(config: CaConfig) -> tuple[CaService, CaMetrics, Database]:
         clock=clock,
         metrics=metrics,
     )
-    return service, metrics, database
+    hub = ChangeHub()
+    entries = RegistrationEntries(
+        database,
+        hub,
+        EntryPolicy(config.trust_domain, config.x509_svid.max_ttl, config.jwt_svid.max_ttl),
+        clock,
+    )
+    join_tokens = JoinTokens(database, config.trust_domain, clock)
+    node = NodeService(
+        database=database,
+        issuer=service,
+        authorities=authorities,
+        entries=entries,
+        attestors=NodeAttestors.of(join_tokens),
+        agent_svid_ttl=config.agent_svid.ttl,
+        clock=clock,
+    )
+    identity = ServerIdentity(service, config.trust_domain, config.server.server_name, clock)
+    identity.rotate()
+    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock)
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -83,13 +129,12 @@ def _bind_admin_socket(path: Path) -> socket.socket:
 
 
 async def serve(config: CaConfig) -> None:
-    service, metrics, database = await asyncio.to_thread(build_service, config)
+    parts = await asyncio.to_thread(build_service, config)
+    service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
+    admin_app = create_admin_app(service, metrics.registry, entries=parts.entries, join_tokens=parts.join_tokens)
     servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
-        (
-            uvicorn.Server(uvicorn.Config(create_admin_app(service, metrics.registry), log_config=None, lifespan="off")),
-            [admin_socket],
-        )
+        (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
     ]
     if config.server.http_address:
         host, _, port = config.server.http_address.rpartition(":")
@@ -97,16 +142,29 @@ async def serve(config: CaConfig) -> None:
             create_health_app(service, metrics.registry), host=host, port=int(port), log_config=None, lifespan="off"
         )
         servers.append((uvicorn.Server(health), None))
+    node_server, ports = build_node_server(
+        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock),
+        parts.identity,
+        service.get_bundle,
+        attestation_address=config.server.attestation_address,
+        node_api_address=config.server.node_api_address,
+    )
     log.info(
-        "trustmesh CA serving trust domain %s: admin socket %s, health %s",
+        "trustmesh CA serving trust domain %s: admin socket %s, health %s, attestation port %d, node API port %d",
         config.trust_domain,
         config.server.admin_socket,
         config.server.http_address or "(disabled)",
+        ports.attestation,
+        ports.node_api,
     )
     try:
         async with asyncio.TaskGroup() as group:
             for server, sockets in servers:
                 group.create_task(server.serve(sockets=sockets))
+            group.create_task(run_node_server(node_server))
+            group.create_task(parts.identity.run())
+            if database.dialect == "postgresql":
+                group.create_task(listen_for_changes(config.datastore.url, parts.hub))
     finally:
         config.server.admin_socket.unlink(missing_ok=True)
         database.close()
