@@ -43,7 +43,7 @@ def _client(args: argparse.Namespace) -> AdminClient:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ca.server import serve  # the server's imports (uvicorn, grpc) are not needed by other commands
+    from ca.server import serve  # noqa: PLC0415 - the server's imports (uvicorn, grpc) only for `run`
 
     config = _config(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -267,7 +267,7 @@ def create_admin_app(
         return JSONResponse({"error": f"malformed request: {problems}"}, status_code=400)
 
     @app.get("/v1/bundle", response_model=None)
-    def get_bundle(format: Literal["spiffe", "pem"] = "spiffe") -> Response:  # noqa: A002 - query name
+    def get_bundle(format: Literal["spiffe", "pem"] = "spiffe") -> Response:  # `format`: the query name
         bundle = ops.get_bundle()
         if format == "pem":
             return Response(bundle.x509_authorities_pem(), media_type="application/x-pem-file")

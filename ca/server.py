@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 def _upstream(config: CaConfig) -> UpstreamAuthority:
     upstream = config.ca.upstream
     if upstream.kind == "disk":
-        assert upstream.cert_file is not None and upstream.key_file is not None  # noqa: S101 - config validates
+        # The config refuses a disk upstream without both files.
+        assert upstream.cert_file is not None
+        assert upstream.key_file is not None
         return DiskUpstream.load(upstream.cert_file, upstream.key_file, upstream.bundle_file)
     return SelfSignedUpstream()
 
