@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from cryptography import x509
@@ -47,7 +47,7 @@ class AuthorityParams:
     jwt_key_type: KeyType
     ca_ttl: timedelta
     refresh_hint: timedelta
-    subject: CaSubject = CaSubject()
+    subject: CaSubject = field(default_factory=CaSubject)
 
 
 class AuthorityManager:
@@ -97,7 +97,7 @@ class AuthorityManager:
                 continue
             key = self._keys.get(record.key_ref)
             if record.kind is AuthorityKind.X509:
-                assert record.certificate_der is not None  # noqa: S101 - schema guarantees it for x509 rows
+                assert record.certificate_der is not None
                 chain = load_pem_certificates(record.upstream_chain_pem.encode()) if record.upstream_chain_pem else ()
                 cert = x509.load_der_x509_certificate(record.certificate_der)
                 x509_authorities.append(X509Authority(record.id, cert, key, record.state, chain))

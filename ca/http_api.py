@@ -259,7 +259,7 @@ def create_admin_app(
     """The local admin API the CLI talks to over the Unix socket."""
     app = FastAPI(title="trustmesh CA admin API", version="1")
     _add_health_routes(app, ops, registry)
-    app.add_exception_handler(TrustmeshError, lambda _req, err: _error_reply(err))  # type: ignore[arg-type]
+    app.add_exception_handler(TrustmeshError, lambda _req, err: _error_reply(err))
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:

@@ -13,11 +13,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.signing import sign
 from spiffe_core.errors import ConfigError
 from spiffe_core.keys import PrivateKey, key_type_of
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates, signing_cert_builder, validate_signing_cert
-from ca.signing import sign
 
 
 class DiskUpstream:

@@ -6,10 +6,10 @@ from datetime import datetime
 
 from cryptography import x509
 
+from ca.signing import sign
 from spiffe_core.keys import PrivateKey
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import signing_cert_builder, validate_signing_cert
-from ca.signing import sign
 
 
 class SelfSignedUpstream:

@@ -1,0 +1,72 @@
+"""Authorities on a real datastore (SQLite and PostgreSQL): first start creates them, later starts and
+other replicas load the same ones, and the bundle sequence only grows."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from cryptography import x509
+
+from ca.authority import AuthorityState
+from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.keys.memory import MemoryKeyManager
+from ca.store import Database
+from ca.store.records import AuthorityKind
+from ca.store.repositories import AuthorityRepository
+from ca.upstream import SelfSignedUpstream
+from spiffe_core.clock import SystemClock
+from spiffe_core.keys import KeyType
+from spiffe_core.spiffe_id import TrustDomain
+from spiffe_core.x509_svid import validate_signing_cert
+
+TD = TrustDomain("example.org")
+PARAMS = AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(days=7), timedelta(minutes=5))
+
+
+def manager(database: Database, keys: MemoryKeyManager) -> AuthorityManager:
+    return AuthorityManager(database, keys, SelfSignedUpstream(), PARAMS, SystemClock())
+
+
+def test_first_load_creates_one_active_x509_authority_and_one_jwt_key(database: Database) -> None:
+    current = manager(database, MemoryKeyManager()).load()
+    assert current.active_x509().state is AuthorityState.ACTIVE
+    assert validate_signing_cert(current.active_x509().certificate) == TD
+    assert len(current.bundle.x509_authorities) == 1
+    assert [a.key_id for a in current.bundle.jwt_authorities] == [current.active_jwt().key_id]
+
+
+def test_a_second_load_reuses_the_stored_authorities(database: Database) -> None:
+    keys = MemoryKeyManager()
+    first = manager(database, keys).load()
+    second = manager(database, keys).load()
+    assert second.active_x509().id == first.active_x509().id
+    assert second.active_jwt().key_id == first.active_jwt().key_id
+    assert second.bundle.sequence > first.bundle.sequence
+
+
+def test_replicas_starting_together_create_exactly_one_authority_of_each_kind(database: Database) -> None:
+    keys = MemoryKeyManager()
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            manager(database, keys).load()
+        except BaseException as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    with database.transaction() as session:
+        records = AuthorityRepository(session).list()
+    assert sorted(r.kind for r in records) == [AuthorityKind.JWT, AuthorityKind.X509]
+
+
+def test_the_authority_id_is_the_ca_certificates_subject_key_identifier(database: Database) -> None:
+    authority = manager(database, MemoryKeyManager()).load().active_x509()
+    ski = authority.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski.digest.hex() == authority.id
