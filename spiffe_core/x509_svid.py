@@ -16,6 +16,7 @@ verifier, with the leaf checked by the SPIFFE rules above instead of the Web PKI
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,19 +54,37 @@ def check_dns_name(name: str) -> str:
     return name.lower()
 
 
-def _key_usage(public_key: PublicKey, *, ca: bool) -> x509.KeyUsage:
-    is_ec = isinstance(public_key, ec.EllipticCurvePublicKey)
+def _key_usage(*, ec_key: bool, ca: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
-        key_encipherment=not ca and not is_ec,
+        key_encipherment=not ca and not ec_key,
         data_encipherment=False,
-        key_agreement=not ca and is_ec,
+        key_agreement=not ca and ec_key,
         key_cert_sign=ca,
         crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
+
+
+# Extensions that are the same in every leaf, built once: issuance is a hot path.
+_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+_LEAF_KEY_USAGE = {True: _key_usage(ec_key=True, ca=False), False: _key_usage(ec_key=False, ca=False)}
+_SPIFFE_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE")
+
+
+@functools.lru_cache(maxsize=32)
+def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI for leaves of ``issuer`` (its SKI), parsed once per signing certificate."""
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        raise X509SvidError(
+            f"signing certificate {issuer.subject.rfc4514_string()!r} has no subject key identifier"
+        ) from None
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def x509_svid_builder(
@@ -86,12 +105,11 @@ def x509_svid_builder(
         raise X509SvidError(f"{spiffe_id} has no path; a workload's X509-SVID needs one (X509-SVID §2)")
     names = [check_dns_name(n) for n in dns_names]
     common_name = subject_cn or (names[0] if names else None)
-    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE")]
+    subject = [_SPIFFE_ORG]
     if common_name:
         subject.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     sans += [x509.DNSName(n) for n in names]
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name(subject))
@@ -100,14 +118,12 @@ def x509_svid_builder(
         .serial_number(serial if serial is not None else new_serial())
         .not_valid_before(not_before)
         .not_valid_after(min(not_after, issuer.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(public_key, ca=False), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
+        .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(_LEAF_KEY_USAGE[isinstance(public_key, ec.EllipticCurvePublicKey)], critical=True)
+        .add_extension(_LEAF_EKU, critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
+        .add_extension(_authority_key_identifier(issuer), critical=False)
     )
 
 
@@ -134,7 +150,7 @@ def signing_cert_builder(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_key_usage(public_key, ca=True), critical=True)
+        .add_extension(_key_usage(ec_key=isinstance(public_key, ec.EllipticCurvePublicKey), ca=True), critical=True)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(trust_domain.id))]), critical=False
         )
@@ -167,8 +183,20 @@ def _extensions(cert: x509.Certificate) -> x509.Extensions:
 
 def validate_x509_svid_leaf(cert: x509.Certificate) -> SpiffeId:
     """Check a leaf against X509-SVID.md §2 and §4; return its SPIFFE ID or raise X509SvidError."""
-    extensions = _extensions(cert)
-    uris = _uri_sans(cert)
+    uris: list[str] = []
+    constraints: x509.BasicConstraints | None = None
+    usage: x509.KeyUsage | None = None
+    eku: x509.ExtendedKeyUsage | None = None
+    for extension in _extensions(cert):  # one pass: this runs on every certificate we issue
+        value = extension.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            uris = value.get_values_for_type(x509.UniformResourceIdentifier)
+        elif isinstance(value, x509.BasicConstraints):
+            constraints = value
+        elif isinstance(value, x509.KeyUsage):
+            usage = value
+        elif isinstance(value, x509.ExtendedKeyUsage):
+            eku = value
     if len(uris) != 1:
         raise X509SvidError(f"an X509-SVID must have exactly one URI SAN, this one has {len(uris)} (X509-SVID §2)")
     try:
@@ -177,27 +205,22 @@ def validate_x509_svid_leaf(cert: x509.Certificate) -> SpiffeId:
         raise X509SvidError(f"the URI SAN of the X509-SVID is not a SPIFFE ID: {err}") from err
     if spiffe_id.is_trust_domain_id:
         raise X509SvidError(f"leaf SPIFFE ID {spiffe_id} has no path; only signing certificates may (X509-SVID §2)")
-    constraints = _basic_constraints(cert)
     if constraints is not None and constraints.ca:
         raise X509SvidError(f"leaf {spiffe_id} has cA=true; a leaf X509-SVID must not be a CA (X509-SVID §4.1)")
-    try:
-        usage = extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        raise X509SvidError(f"leaf {spiffe_id} has no keyUsage extension; it must have one (X509-SVID §4.3)") from None
+    if usage is None:
+        raise X509SvidError(f"leaf {spiffe_id} has no keyUsage extension; it must have one (X509-SVID §4.3)")
     if not usage.digital_signature:
         raise X509SvidError(f"leaf {spiffe_id} lacks keyUsage digitalSignature (X509-SVID §4.3)")
     if usage.key_cert_sign:
         raise X509SvidError(f"leaf {spiffe_id} has keyUsage keyCertSign; leaves must not (X509-SVID §4.3)")
     if usage.crl_sign:
         raise X509SvidError(f"leaf {spiffe_id} has keyUsage cRLSign; leaves must not (X509-SVID §4.3)")
-    public_key = cert.public_key()
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and usage.key_encipherment:
+    is_ec = isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    if is_ec and usage.key_encipherment:
         raise X509SvidError(f"leaf {spiffe_id} has an EC key with keyUsage keyEncipherment, which RFC 8813 forbids")
-    if isinstance(public_key, rsa.RSAPublicKey) and usage.key_agreement:
+    if not is_ec and usage.key_agreement:
         raise X509SvidError(f"leaf {spiffe_id} has an RSA key with keyUsage keyAgreement, which RSA cannot do")
-    try:
-        eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
+    if eku is None:
         return spiffe_id
     for needed, name in (
         (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
