@@ -33,7 +33,9 @@ class RunningCa:
     def issued_count(self) -> int:
         """Workload X509-SVIDs recorded (the CA's own serving SVID under /trustmesh/ is not counted)."""
         with sqlite3.connect(self.data_dir / "datastore.sqlite3") as db:
-            query = "SELECT count(*) FROM issued_certificates WHERE spiffe_id NOT LIKE 'spiffe://example.org/trustmesh/%'"
+            query = (
+                "SELECT count(*) FROM issued_certificates WHERE spiffe_id NOT LIKE 'spiffe://example.org/trustmesh/%'"
+            )
             return int(db.execute(query).fetchone()[0])
 
 
@@ -43,7 +45,7 @@ def write_config(tmp_path: Path, http_port: int, extra: str = "") -> Path:
         f"""
 trust_domain = "example.org"
 [server]
-data_dir = "{tmp_path / 'ca-data'}"
+data_dir = "{tmp_path / "ca-data"}"
 http_address = "127.0.0.1:{http_port}"
 node_api_address = "127.0.0.1:{free_port()}"
 attestation_address = "127.0.0.1:{free_port()}"
@@ -89,7 +91,9 @@ def mint(ca: RunningCa, out: Path, *extra: str) -> None:
 
 def test_minted_x509_svid_verifies_with_openssl_against_the_bundle(ca: RunningCa, tmp_path: Path) -> None:
     mint(ca, tmp_path / "web", "--dns", "web.example.org")
-    result = run(["openssl", "verify", "-CAfile", str(tmp_path / "web" / "bundle.pem"), str(tmp_path / "web" / "svid.pem")])
+    result = run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "web" / "bundle.pem"), str(tmp_path / "web" / "svid.pem")]
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(": OK")
 
@@ -214,7 +218,7 @@ def test_cli_without_a_running_ca_says_how_to_start_one(tmp_path: Path) -> None:
 
 
 def test_broken_config_is_refused_with_the_key_named(tmp_path: Path) -> None:
-    config = write_config(tmp_path, free_port(), extra="[x509_svid]\nmax_ttl = \"forever\"\n")
+    config = write_config(tmp_path, free_port(), extra='[x509_svid]\nmax_ttl = "forever"\n')
     result = run([command("trustmesh-ca"), "--config", str(config), "run"], timeout=30)
     assert result.returncode == 1
     assert "x509_svid.max_ttl" in result.stderr

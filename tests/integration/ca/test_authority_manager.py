@@ -52,7 +52,7 @@ def test_replicas_starting_together_create_exactly_one_authority_of_each_kind(da
     def start() -> None:
         try:
             manager(database, keys).load()
-        except BaseException as err:  # noqa: BLE001 - collected and asserted below
+        except BaseException as err:  # collected and asserted below
             errors.append(err)
 
     threads = [threading.Thread(target=start) for _ in range(3)]

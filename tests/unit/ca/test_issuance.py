@@ -105,7 +105,7 @@ def test_ttl_over_the_maximum_is_refused(active: AuthoritySet) -> None:
 
 
 def test_garbage_csr_is_refused(active: AuthoritySet) -> None:
-    with pytest.raises(InvalidArgument, match="CSR is not a PKCS#10 certificate request"):
+    with pytest.raises(InvalidArgument, match=r"CSR is not a PKCS#10 certificate request"):
         sign_x509_svids([X509SvidRequest(b"\x30\x03\x02\x01\x00", WEB)], active, POLICY, NOW)
 
 
@@ -118,18 +118,18 @@ def test_csr_with_a_bad_signature_is_refused(active: AuthoritySet) -> None:
 
 def test_one_bad_request_fails_the_whole_batch_naming_it(active: AuthoritySet) -> None:
     batch = [X509SvidRequest(csr(), WEB), X509SvidRequest(b"garbage", WEB)]
-    with pytest.raises(InvalidArgument, match="CSR #1 is not a PKCS#10"):
+    with pytest.raises(InvalidArgument, match=r"CSR #1 is not a PKCS#10"):
         sign_x509_svids(batch, active, POLICY, NOW)
 
 
 def test_id_of_another_trust_domain_is_refused(active: AuthoritySet) -> None:
-    with pytest.raises(InvalidArgument, match="is not in trust domain example.org"):
+    with pytest.raises(InvalidArgument, match=r"is not in trust domain example\.org"):
         sign_x509_svids([X509SvidRequest(csr(), SpiffeId.parse("spiffe://other.org/web"))], active, POLICY, NOW)
 
 
 def test_no_active_authority_means_no_signing() -> None:
     prepared_only = authorities(state=AuthorityState.PREPARED)
-    with pytest.raises(NoActiveAuthority, match="no active X.509 authority"):
+    with pytest.raises(NoActiveAuthority, match=r"no active X\.509 authority"):
         sign_x509_svids([X509SvidRequest(csr(), WEB)], prepared_only, POLICY, NOW)
 
 
