@@ -188,6 +188,12 @@ def check_ttl_arithmetic(config: CaConfig) -> None:
             f"agent_svid.ttl ({_fmt(config.agent_svid.ttl)}) is over ca.ttl/6 ({_fmt(headroom)}); "
             f"lower it or raise ca.ttl to at least {_fmt(config.agent_svid.ttl * 6)}"
         )
+    if config.agent_svid.ttl > config.x509_svid.max_ttl:
+        # Agent SVIDs are X509-SVIDs and go through the same TTL policy; refuse now, not at attestation.
+        problems.append(
+            f"agent_svid.ttl ({_fmt(config.agent_svid.ttl)}) is over x509_svid.max_ttl "
+            f"({_fmt(config.x509_svid.max_ttl)}); lower agent_svid.ttl or raise x509_svid.max_ttl"
+        )
     if config.bundle.refresh_hint >= config.x509_svid.default_ttl:
         problems.append(
             f"bundle.refresh_hint ({_fmt(config.bundle.refresh_hint)}) must be shorter than x509_svid.default_ttl "
