@@ -20,12 +20,12 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from spiffe_core.errors import SpiffeIdError, X509SvidError
@@ -69,14 +69,23 @@ def _key_usage(*, ec_key: bool, ca: bool) -> x509.KeyUsage:
 
 
 # Extensions that are the same in every leaf, built once: issuance is a hot path.
-_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
-_LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-_LEAF_KEY_USAGE = {True: _key_usage(ec_key=True, ca=False), False: _key_usage(ec_key=False, ca=False)}
+_LEAF_BASIC_CONSTRAINTS = x509.Extension(
+    ExtensionOID.BASIC_CONSTRAINTS, True, x509.BasicConstraints(ca=False, path_length=None)
+)
+_LEAF_EKU = x509.Extension(
+    ExtensionOID.EXTENDED_KEY_USAGE,
+    False,
+    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+)
+_LEAF_KEY_USAGE = {
+    is_ec: x509.Extension(ExtensionOID.KEY_USAGE, True, _key_usage(ec_key=is_ec, ca=False)) for is_ec in (True, False)
+}
 _SPIFFE_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE")
+_SVID_SUBJECT = x509.Name([_SPIFFE_ORG])
 
 
 @functools.lru_cache(maxsize=32)
-def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def _authority_key_identifier(issuer: x509.Certificate) -> x509.Extension[x509.AuthorityKeyIdentifier]:
     """The AKI for leaves of ``issuer`` (its SKI), parsed once per signing certificate."""
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -84,7 +93,8 @@ def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIden
         raise X509SvidError(
             f"signing certificate {issuer.subject.rfc4514_string()!r} has no subject key identifier"
         ) from None
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    return x509.Extension(ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False, aki)
 
 
 def x509_svid_builder(
@@ -105,26 +115,36 @@ def x509_svid_builder(
         raise X509SvidError(f"{spiffe_id} has no path; a workload's X509-SVID needs one (X509-SVID §2)")
     names = [check_dns_name(n) for n in dns_names]
     common_name = subject_cn or (names[0] if names else None)
-    subject = [_SPIFFE_ORG]
-    if common_name:
-        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    subject = (
+        x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, common_name)]) if common_name else _SVID_SUBJECT
+    )
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     sans += [x509.DNSName(n) for n in names]
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(subject))
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(serial if serial is not None else new_serial())
-        .not_valid_before(not_before)
-        .not_valid_after(min(not_after, issuer.not_valid_after_utc))
-        .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
-        .add_extension(_LEAF_KEY_USAGE[isinstance(public_key, ec.EllipticCurvePublicKey)], critical=True)
-        .add_extension(_LEAF_EKU, critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_authority_key_identifier(issuer), critical=False)
+    # The constructor with a ready extension list skips the per-call copies and checks of the fluent
+    # builder API (a third of the template cost); the extensions are the same ones, validated below.
+    return x509.CertificateBuilder(
+        issuer_name=issuer.subject,
+        subject_name=subject,
+        public_key=public_key,
+        serial_number=serial if serial is not None else new_serial(),
+        not_valid_before=_naive_utc(not_before),
+        not_valid_after=_naive_utc(min(not_after, issuer.not_valid_after_utc)),
+        extensions=[
+            _LEAF_BASIC_CONSTRAINTS,
+            _LEAF_KEY_USAGE[isinstance(public_key, ec.EllipticCurvePublicKey)],
+            _LEAF_EKU,
+            x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False, x509.SubjectAlternativeName(sans)),
+            x509.Extension(
+                ExtensionOID.SUBJECT_KEY_IDENTIFIER, False, x509.SubjectKeyIdentifier.from_public_key(public_key)
+            ),
+            _authority_key_identifier(issuer),
+        ],
     )
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """cryptography's builder constructor takes naive UTC times (its fluent setters convert for you)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def signing_cert_builder(
