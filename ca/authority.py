@@ -127,4 +127,3 @@ def build_bundle(
         sequence,
         refresh_hint,
     )
-

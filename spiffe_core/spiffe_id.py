@@ -111,9 +111,7 @@ class SpiffeId:
     def __post_init__(self) -> None:
         _check_path(self.path, SCHEME_PREFIX + self.trust_domain.name + self.path)
         if len(str(self).encode()) > MAX_SPIFFE_ID_BYTES:
-            raise SpiffeIdError(
-                f"SPIFFE ID is {len(str(self).encode())} bytes; at most {MAX_SPIFFE_ID_BYTES} allowed"
-            )
+            raise SpiffeIdError(f"SPIFFE ID is {len(str(self).encode())} bytes; at most {MAX_SPIFFE_ID_BYTES} allowed")
 
     @classmethod
     def parse(cls, text: str) -> SpiffeId:
@@ -123,9 +121,7 @@ class SpiffeId:
         if not text:
             raise SpiffeIdError("SPIFFE ID is empty")
         if len(text.encode()) > MAX_SPIFFE_ID_BYTES:
-            raise SpiffeIdError(
-                f"SPIFFE ID is {len(text.encode())} bytes; at most {MAX_SPIFFE_ID_BYTES} allowed"
-            )
+            raise SpiffeIdError(f"SPIFFE ID is {len(text.encode())} bytes; at most {MAX_SPIFFE_ID_BYTES} allowed")
         if not text.startswith(SCHEME_PREFIX):
             if text.lower().startswith(SCHEME_PREFIX):
                 raise SpiffeIdError(f"{text!r} has an uppercase scheme; write 'spiffe://'")

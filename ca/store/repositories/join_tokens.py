@@ -58,9 +58,7 @@ class JoinTokenRepository:
             self._session.flush()
         except IntegrityError as err:
             raise AlreadyExists("this join token exists already; generate a new random token") from err
-        return JoinToken(
-            token_hash=token_hash, expires_at=expires_at, created_at=now, agent_spiffe_id=agent_spiffe_id
-        )
+        return JoinToken(token_hash=token_hash, expires_at=expires_at, created_at=now, agent_spiffe_id=agent_spiffe_id)
 
     def consume(self, token_hash: str, now: datetime, agent_spiffe_id: SpiffeId | None = None) -> JoinToken:
         """Mark the token used at ``now``, if it is unused and unexpired. The agent ID stored with the
