@@ -1,0 +1,179 @@
+"""Envoy bootstrap configs that take their certificates from the agent's SDS socket.
+
+Like Istio's pilot-agent, trustmesh can write the Envoy side of the contract for you: a static
+cluster on the agent's Unix socket (HTTP/2, as gRPC needs), and TLS contexts whose certificate
+(a SPIFFE ID, or ``default``) and validation context (``ROOTCA``, which carries Envoy's SPIFFE
+certificate validator) come over SDS with ``initial_fetch_timeout: 0s`` so listeners wait for their
+first SVID instead of serving without one. Peer authorization is by exact SPIFFE ID on the URI SAN.
+
+The output is plain JSON (a valid Envoy YAML document); ``trustmesh-agent envoy-bootstrap`` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SDS_CLUSTER = "trustmesh_sds"
+_TLS = "envoy.transport_sockets.tls"
+_TYPES = "type.googleapis.com/envoy.extensions"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """Terminate mTLS on ``port``; accept only peers whose SPIFFE ID is in ``allowed_peers``; answer
+    200 with the peer's SPIFFE ID in the ``x-peer-spiffe-id`` header (a demo and health target)."""
+
+    port: int
+    allowed_peers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """Plain HTTP on 127.0.0.1:``port``, forwarded over mTLS to ``upstream`` (host:port) whose SVID
+    must be ``upstream_id``."""
+
+    port: int
+    upstream: str
+    upstream_id: str
+
+
+def _sds_secret(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "initial_fetch_timeout": "0s",
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
+            },
+        },
+    }
+
+
+def _common_tls(own_id: str, peer_ids: Sequence[str]) -> dict[str, Any]:
+    return {
+        "tls_certificate_sds_secret_configs": [_sds_secret(own_id)],
+        "combined_validation_context": {
+            "default_validation_context": {
+                "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": p}} for p in peer_ids]
+            },
+            "validation_context_sds_secret_config": _sds_secret("ROOTCA"),
+        },
+    }
+
+
+def _http_manager(stat_prefix: str, route: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "route_config": {"virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": [route]}]},
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": f"{_TYPES}.filters.http.router.v3.Router"},
+                }
+            ],
+        },
+    }
+
+
+def _listener(name: str, port: int, filters: list[dict[str, Any]], tls: dict[str, Any] | None) -> dict[str, Any]:
+    chain: dict[str, Any] = {"filters": filters}
+    if tls is not None:
+        chain["transport_socket"] = {"name": _TLS, "typed_config": tls}
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [chain],
+    }
+
+
+def envoy_bootstrap(
+    *,
+    node_id: str,
+    spiffe_id: str,
+    sds_socket: Path,
+    admin_port: int,
+    inbound: Inbound | None = None,
+    outbound: Outbound | None = None,
+) -> dict[str, Any]:
+    """An Envoy v3 bootstrap for one workload identity (``spiffe_id``, or ``default``)."""
+    listeners: list[dict[str, Any]] = []
+    clusters: list[dict[str, Any]] = [
+        {
+            "name": SDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": SDS_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(sds_socket)}}}}]}],
+            },
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+        }
+    ]
+    if inbound is not None:
+        route = {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": f"hello from {spiffe_id}\n"}},
+            "response_headers_to_add": [{"header": {"key": "x-peer-spiffe-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"}}],
+        }
+        tls = {
+            "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": _common_tls(spiffe_id, inbound.allowed_peers),
+        }
+        listeners.append(_listener("inbound", inbound.port, [_http_manager("inbound", route)], tls))
+    if outbound is not None:
+        host, _, port = outbound.upstream.rpartition(":")
+        route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
+        listeners.append(_listener("outbound", outbound.port, [_http_manager("outbound", route)], None))
+        clusters.append(
+            {
+                "name": "upstream",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "load_assignment": {
+                    "cluster_name": "upstream",
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {"socket_address": {"address": host, "port_value": int(port)}}
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+                "transport_socket": {
+                    "name": _TLS,
+                    "typed_config": {
+                        "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "common_tls_context": _common_tls(spiffe_id, (outbound.upstream_id,)),
+                    },
+                },
+            }
+        )
+    return {
+        "node": {"id": node_id, "cluster": node_id},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def render(bootstrap: dict[str, Any]) -> str:
+    return json.dumps(bootstrap, indent=2)
