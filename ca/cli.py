@@ -21,9 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.admin_client import AdminClient
-from ca.config import CaConfig, default_config_toml, load_config, parse_duration
+from ca.config import CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
 from ca.signing import digest_for
+from spiffe_core.durations import parse_duration
 from spiffe_core.errors import TrustmeshError
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId

@@ -18,25 +18,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
 
+from spiffe_core.durations import format_duration as _fmt
+from spiffe_core.durations import parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import TrustDomain
 
 ENV_PREFIX = "TRUSTMESH_"
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"5m"``, ``"12h"``, ``"7d"`` or a number of seconds."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise InvalidArgument(f"{value!r} is not a duration; write e.g. '7d', '12h', '30m', '90s' or seconds")
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
 
 
 def _duration(value: object) -> timedelta:
@@ -51,14 +39,6 @@ def _key_type(value: object) -> KeyType:
         return KeyType.parse(str(value))
     except InvalidArgument as err:
         raise ValueError(str(err)) from None
-
-
-def _fmt(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
