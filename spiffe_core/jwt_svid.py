@@ -1,12 +1,20 @@
-"""JWT-SVIDs: minting and validation per SPIFFE's JWT-SVID.md.
+"""JWT-SVIDs: minting and validation per SPIFFE's JWT-SVID.md (DESIGN §2).
 
-A JWT-SVID is a JWS in compact serialization (§2), signed with one of RS/ES/PS 256/384/512 (§3; never
-``none`` or HMAC), whose header holds only ``alg``, ``kid`` (required) and optionally ``typ`` (JWT or
-JOSE) (§2.1-2.2), and whose claims hold ``sub`` (the SPIFFE ID), ``aud`` (required) and ``exp``
-(required) (§3.1-3.3). Validation uses only the bundle of the subject's own trust domain (§5).
+A JWT-SVID is a JWS in compact serialization (§5.1), signed with one of RS/ES/PS 256/384/512 (§2.1;
+never ``none`` or HMAC), whose protected header holds nothing but ``alg``, ``kid`` and ``typ`` (§2;
+``typ``, when present, is ``JWT`` or ``JOSE``, §2.3). The spec makes ``kid`` optional (§2.2); trustmesh
+always sets it and requires it, because a bundle may hold several JWT authorities during rotation and
+the key must be chosen by name, never by trial. The claims hold ``sub`` = the SPIFFE ID (§3.1), ``aud``
+(required, §3.2) and ``exp`` (required, §3.3). Validation uses only the bundle of the subject's own
+trust domain (SPIFFE_Trust_Domain_and_Bundle.md §6.4: trust domains are never mixed).
 
-Header and algorithm checks happen on the raw header *before* any signature check, so an attacker's
-choice of algorithm (``none``, HS256 keyed with our public key) never reaches a verifier.
+Every header and claim check runs on the raw token *before* a signature is checked, so an attacker's
+choice of algorithm (``none``, HS256 keyed with our public key PEM) never reaches a verifier, and the
+verifier is then told to accept exactly the one algorithm that the key in the bundle fits.
+
+Time: ``exp`` is compared with the caller's ``now`` with no leeway (RFC 7519 §4.1.4: the token is
+valid only while ``now < exp``); so is ``nbf`` when a token carries one (valid once ``now >= nbf``).
+A relying party that wants to tolerate clock skew passes a ``now`` it has adjusted itself.
 """
 
 from __future__ import annotations
@@ -14,26 +22,42 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spiffe_core.errors import InvalidArgument, JwtSvidError, SpiffeIdError
-from spiffe_core.keys import PrivateKey, jwt_algorithm_for
+from spiffe_core.keys import PrivateKey, PublicKey, jwt_algorithm_for
 from spiffe_core.sources import BundleSource
 from spiffe_core.spiffe_id import SpiffeId
 
-ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
-_ALLOWED_HEADERS = frozenset({"alg", "kid", "typ"})
-_RESERVED_CLAIMS = frozenset({"sub", "aud", "exp", "iat"})
+ALLOWED_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
+ALLOWED_HEADERS: Final = frozenset({"alg", "kid", "typ"})
+ALLOWED_TYPES: Final = frozenset({"JWT", "JOSE"})
+# Claims the minter owns: a caller's extra claims may not replace them.
+RESERVED_CLAIMS: Final = frozenset({"sub", "aud", "exp", "iat"})
+# RSA keys below this size are refused when verifying, as NIST SP 800-131A asks.
+MIN_RSA_KEY_BITS: Final = 2048
+
+_EC_CURVE_FOR_ALG: Final[Mapping[str, type[ec.EllipticCurve]]] = {
+    "ES256": ec.SECP256R1,
+    "ES384": ec.SECP384R1,
+    "ES512": ec.SECP521R1,
+}
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True, slots=True)
 class JwtSvid:
+    """A JWT-SVID that passed :func:`validate_jwt_svid`: who it names, for whom, until when."""
+
     spiffe_id: SpiffeId
     audience: tuple[str, ...]
     expiry: datetime
@@ -51,65 +75,72 @@ def mint_jwt_svid(
     issued_at: datetime | None = None,
     extra_claims: Mapping[str, Any] | None = None,
 ) -> str:
-    """Sign a JWT-SVID. The header is exactly ``alg``, ``kid`` and ``typ: JWT``."""
-    if not audience or not all(isinstance(a, str) and a for a in audience):
-        raise InvalidArgument("a JWT-SVID needs at least one non-empty audience")
-    overridden = _RESERVED_CLAIMS & set(extra_claims or {})
+    """Sign a JWT-SVID and return it in compact serialization.
+
+    The header is exactly ``alg`` (fixed by the key type, see :func:`spiffe_core.keys.jwt_algorithm_for`),
+    ``kid`` and ``typ: JWT``. ``aud`` is a single string when there is one audience and an array
+    otherwise, as SPIRE writes it; RFC 7519 §4.1.3 allows both and every SPIFFE library reads both.
+    Raises :class:`InvalidArgument` for an empty audience or key ID, naive datetimes, an expiry not
+    after ``issued_at``, or extra claims that would replace ``sub``/``aud``/``exp``/``iat``."""
+    if isinstance(audience, str):
+        raise InvalidArgument(
+            f"audience {audience!r} is a single string; pass a sequence of audiences, e.g. [{audience!r}]"
+        )
+    if not audience:
+        raise InvalidArgument("a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. ['payments']")
+    for value in audience:
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument(f"audience {value!r} is not a non-empty string; every audience must name a service")
+    if not isinstance(key_id, str) or not key_id:
+        raise InvalidArgument("key_id is empty; a JWT-SVID always names its signing key in 'kid'")
+    _require_aware(expires_at, "expires_at")
+    if issued_at is not None:
+        _require_aware(issued_at, "issued_at")
+        if expires_at <= issued_at:
+            raise InvalidArgument(
+                f"expires_at {expires_at.isoformat()} is not after issued_at {issued_at.isoformat()}; "
+                "a JWT-SVID must expire after it is issued"
+            )
+    overridden = RESERVED_CLAIMS & set(extra_claims or {})
     if overridden:
-        raise InvalidArgument(f"extra claims may not set {sorted(overridden)}; they are the SVID's own")
+        raise InvalidArgument(
+            f"extra claims may not set {sorted(overridden)}; sub, aud, exp and iat come from the "
+            "spiffe_id, audience, expires_at and issued_at arguments"
+        )
     claims: dict[str, Any] = dict(extra_claims or {})
     claims["sub"] = str(spiffe_id)
-    claims["aud"] = list(audience)
+    claims["aud"] = audience[0] if len(audience) == 1 else list(audience)
     claims["exp"] = int(expires_at.timestamp())
     if issued_at is not None:
         claims["iat"] = int(issued_at.timestamp())
-    return jwt.encode(
-        claims,
-        private_key,
-        algorithm=jwt_algorithm_for(private_key),
-        headers={"kid": key_id, "typ": "JWT"},
-    )
-
-
-def _b64_json(part: str, what: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as err:
-        raise JwtSvidError(f"JWT-SVID {what} is not base64url-encoded JSON") from err
-    if not isinstance(value, dict):
-        raise JwtSvidError(f"JWT-SVID {what} is not a JSON object")
-    return value
+    return jwt.encode(claims, private_key, algorithm=jwt_algorithm_for(private_key), headers={"kid": key_id})
 
 
 def parse_jwt_svid_insecure(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a compact JWS into its header and claims WITHOUT checking the signature.
+    """Split a compact JWS into its header and claims WITHOUT checking anything else.
 
-    For routing only (which trust domain's bundle to fetch); never for authorization."""
-    if not isinstance(token, str) or not token:
-        raise JwtSvidError("JWT-SVID is empty")
+    For routing only (which trust domain's bundle to fetch, which audience to expect); never for
+    authorization. Raises :class:`JwtSvidError` when the token is not three base64url parts of which
+    the first two are JSON objects."""
+    if not isinstance(token, str):
+        raise JwtSvidError(f"a JWT-SVID must be a string, not {type(token).__name__}")
+    if not token:
+        raise JwtSvidError("JWT-SVID is empty; pass the compact token 'header.payload.signature'")
     if token.lstrip().startswith("{"):
-        raise JwtSvidError("JWT-SVID uses JWS JSON serialization; only compact serialization is allowed (§2)")
+        raise JwtSvidError(
+            "JWT-SVID uses the JWS JSON serialization; JWT-SVID.md §5.1 allows only the compact "
+            "serialization 'header.payload.signature'"
+        )
     parts = token.split(".")
     if len(parts) != 3:
-        raise JwtSvidError(f"JWT-SVID has {len(parts)} parts; a compact JWS has exactly 3 (header.payload.signature)")
-    return _b64_json(parts[0], "header"), _b64_json(parts[1], "payload")
-
-
-def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
-    alg = header.get("alg")
-    if alg not in ALLOWED_ALGORITHMS:
-        raise JwtSvidError(f"JWT-SVID alg {alg!r} is not allowed; use one of {', '.join(sorted(ALLOWED_ALGORITHMS))}")
-    extra = set(header) - _ALLOWED_HEADERS
-    if extra:
-        raise JwtSvidError(f"JWT-SVID header has {sorted(extra)}; only alg, kid and typ are allowed (§2.2)")
-    typ = header.get("typ")
-    if typ is not None and typ not in ("JWT", "JOSE"):
-        raise JwtSvidError(f"JWT-SVID typ {typ!r} is not allowed; use 'JWT' or 'JOSE' (§2.2)")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise JwtSvidError("JWT-SVID header has no kid; the signing key must be named (§2.1)")
-    return alg, kid
+        raise JwtSvidError(
+            f"JWT-SVID has {len(parts)} dot-separated parts; a compact JWS has exactly 3 "
+            "(header.payload.signature, JWT-SVID.md §5.1)"
+        )
+    for name, part in zip(("header", "payload", "signature"), parts, strict=True):
+        if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+            raise JwtSvidError(f"JWT-SVID {name} is not unpadded base64url (RFC 7515 §2)")
+    return _decode_json(parts[0], "header"), _decode_json(parts[1], "payload")
 
 
 def validate_jwt_svid(
@@ -117,47 +148,185 @@ def validate_jwt_svid(
 ) -> JwtSvid:
     """Validate a JWT-SVID for ``audience`` at ``now`` with the bundle of its subject's trust domain.
 
-    ``audience`` given as several values accepts a token naming any of them."""
+    ``audience`` names the values this relying party answers to; the token must carry at least one of
+    them. Raises :class:`JwtSvidError` naming the first rule the token breaks, and
+    :class:`InvalidArgument` when the caller passes no audience or a naive ``now``."""
+    expected = _expected_audience(audience)
+    _require_aware(now, "now")
     header, claims = parse_jwt_svid_insecure(token)
     alg, kid = _check_header(header)
-    sub = claims.get("sub")
-    if not isinstance(sub, str):
-        raise JwtSvidError("JWT-SVID has no 'sub' claim; it must hold the SPIFFE ID (§3.1)")
-    try:
-        spiffe_id = SpiffeId.parse(sub)
-    except SpiffeIdError as err:
-        raise JwtSvidError(f"JWT-SVID 'sub' is not a SPIFFE ID: {err}") from err
-    raw_aud = claims.get("aud")
-    token_audience = (raw_aud,) if isinstance(raw_aud, str) else tuple(raw_aud) if isinstance(raw_aud, list) else ()
-    if not token_audience or not all(isinstance(a, str) for a in token_audience):
-        raise JwtSvidError("JWT-SVID has no 'aud' claim; it is required (§3.2)")
-    expected = (audience,) if isinstance(audience, str) else tuple(audience)
-    if not set(expected) & set(token_audience):
-        raise JwtSvidError(f"JWT-SVID audience {list(token_audience)} does not include {list(expected)}")
-    exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
-        raise JwtSvidError("JWT-SVID has no numeric 'exp' claim; it is required (§3.3)")
-    expiry = datetime.fromtimestamp(exp, UTC)
-    if expiry <= now:
-        raise JwtSvidError(f"JWT-SVID expired at {expiry.isoformat()}")
-    bundle = bundle_source.get_bundle_for_trust_domain(spiffe_id.trust_domain)
+    spiffe_id = _check_subject(claims)
+    token_audience = _check_audience(claims, expected)
+    expiry = _check_times(claims, now)
+    trust_domain = spiffe_id.trust_domain
+    bundle = bundle_source.get_bundle_for_trust_domain(trust_domain)
     if bundle is None:
-        raise JwtSvidError(f"no bundle for trust domain {spiffe_id.trust_domain}; cannot validate {spiffe_id}")
+        raise JwtSvidError(
+            f"no bundle for trust domain {trust_domain}, the trust domain of {spiffe_id}; "
+            "a JWT-SVID is validated only with its own trust domain's bundle — federate with it first"
+        )
     authority = bundle.find_jwt_authority(kid)
     if authority is None:
-        raise JwtSvidError(f"JWT-SVID key {kid!r} is not in the bundle of {spiffe_id.trust_domain}")
-    key = authority.public_key
-    if alg.startswith("ES") != isinstance(key, ec.EllipticCurvePublicKey) or (
-        alg[:2] in ("RS", "PS") and not isinstance(key, rsa.RSAPublicKey)
-    ):
-        raise JwtSvidError(f"JWT-SVID alg {alg} does not fit key {kid!r} ({type(key).__name__})")
-    try:
-        jwt.decode(
-            token,
-            key,
-            algorithms=[alg],
-            options={"verify_exp": False, "verify_aud": False, "verify_iat": False, "verify_nbf": False},
+        raise JwtSvidError(
+            f"JWT-SVID key {kid!r} is not a JWT authority in the bundle of {trust_domain}; "
+            "the key is unknown, removed, or the bundle is stale"
         )
-    except jwt.InvalidTokenError as err:
-        raise JwtSvidError(f"JWT-SVID signature does not verify with key {kid!r}: {err}") from err
-    return JwtSvid(spiffe_id, token_audience, expiry, claims, token)
+    _check_key_fits(alg, authority.public_key, kid, str(trust_domain))
+    try:
+        jwt.PyJWS().decode_complete(token, authority.public_key, algorithms=[alg])
+    except jwt.InvalidSignatureError as err:
+        raise JwtSvidError(
+            f"JWT-SVID signature does not verify with key {kid!r} of {trust_domain}; "
+            "the token was altered or signed by another key"
+        ) from err
+    except jwt.PyJWTError as err:
+        raise JwtSvidError(f"JWT-SVID could not be verified with key {kid!r} of {trust_domain}: {err}") from err
+    return JwtSvid(spiffe_id, token_audience, expiry, MappingProxyType(claims), token)
+
+
+def _require_aware(moment: datetime, name: str) -> None:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidArgument(f"{name} {moment.isoformat()} has no time zone; pass an aware datetime (e.g. UTC)")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"member {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _decode_json(part: str, name: str) -> dict[str, Any]:
+    """Decode one part strictly: a duplicated member or NaN could be read one way here and another
+    way by a different JSON parser, so both are refused (RFC 7515 §4)."""
+    try:
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except (binascii.Error, ValueError, RecursionError) as err:
+        raise JwtSvidError(f"JWT-SVID {name} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise JwtSvidError(f"JWT-SVID {name} is a JSON {type(value).__name__}; it must be a JSON object")
+    return value
+
+
+def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
+    if "alg" not in header:
+        raise JwtSvidError("JWT-SVID header has no 'alg'; JWT-SVID.md §2.1 requires one of RS/ES/PS 256/384/512")
+    alg = header["alg"]
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        raise JwtSvidError(
+            f"JWT-SVID alg {alg!r} is not allowed; JWT-SVID.md §2.1 allows only {', '.join(sorted(ALLOWED_ALGORITHMS))}"
+        )
+    extra = set(header) - ALLOWED_HEADERS
+    if extra:
+        raise JwtSvidError(
+            f"JWT-SVID header has {sorted(extra)}; JWT-SVID.md §2 allows only alg, kid and typ in the header"
+        )
+    typ = header.get("typ", "JWT")
+    if not isinstance(typ, str) or typ not in ALLOWED_TYPES:
+        raise JwtSvidError(f"JWT-SVID typ {typ!r} is not allowed; JWT-SVID.md §2.3 allows 'JWT' or 'JOSE'")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise JwtSvidError(
+            "JWT-SVID header has no 'kid'; trustmesh requires the signing key to be named so it is looked up, "
+            "not guessed"
+        )
+    return alg, kid
+
+
+def _check_subject(claims: Mapping[str, Any]) -> SpiffeId:
+    sub = claims.get("sub")
+    if sub is None:
+        raise JwtSvidError("JWT-SVID has no 'sub' claim; JWT-SVID.md §3.1 requires the SPIFFE ID of the workload")
+    if not isinstance(sub, str):
+        raise JwtSvidError(f"JWT-SVID 'sub' is a JSON {type(sub).__name__}; it must be a SPIFFE ID string")
+    try:
+        return SpiffeId.parse(sub)
+    except SpiffeIdError as err:
+        raise JwtSvidError(f"JWT-SVID 'sub' is not a SPIFFE ID: {err}") from err
+
+
+def _expected_audience(audience: str | Sequence[str]) -> frozenset[str]:
+    values = (audience,) if isinstance(audience, str) else tuple(audience)
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise InvalidArgument(
+            f"expected audience {values!r} is empty; a relying party must name the audience it answers to"
+        )
+    return frozenset(values)
+
+
+def _check_audience(claims: Mapping[str, Any], expected: frozenset[str]) -> tuple[str, ...]:
+    if "aud" not in claims:
+        raise JwtSvidError("JWT-SVID has no 'aud' claim; JWT-SVID.md §3.2 requires one")
+    raw = claims["aud"]
+    values = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else None
+    if values is None or not all(isinstance(v, str) for v in values):
+        raise JwtSvidError(f"JWT-SVID 'aud' is {raw!r}; it must be a string or an array of strings (RFC 7519 §4.1.3)")
+    if not any(values):
+        raise JwtSvidError("JWT-SVID 'aud' is empty; JWT-SVID.md §3.2 requires at least one audience")
+    if not expected.intersection(values):
+        raise JwtSvidError(
+            f"JWT-SVID audience {list(values)} does not include {sorted(expected)}; the token was minted for "
+            "another relying party"
+        )
+    return values
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> datetime:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise JwtSvidError(f"JWT-SVID {name!r} is {value!r}; it must be a NumericDate (seconds since the epoch)")
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError) as err:
+        raise JwtSvidError(f"JWT-SVID {name!r} {value!r} is outside the range of dates") from err
+
+
+def _check_times(claims: Mapping[str, Any], now: datetime) -> datetime:
+    if "exp" not in claims:
+        raise JwtSvidError("JWT-SVID has no 'exp' claim; JWT-SVID.md §3.3 requires one")
+    expiry = _numeric_date(claims, "exp")
+    if now >= expiry:
+        raise JwtSvidError(f"JWT-SVID expired at {expiry.isoformat()} (now is {now.isoformat()}); fetch a fresh one")
+    if "nbf" in claims:
+        not_before = _numeric_date(claims, "nbf")
+        if now < not_before:
+            raise JwtSvidError(
+                f"JWT-SVID is not valid before {not_before.isoformat()} (now is {now.isoformat()}; RFC 7519 §4.1.5)"
+            )
+    return expiry
+
+
+def _check_key_fits(alg: str, key: PublicKey, kid: str, trust_domain: str) -> None:
+    """The header names the algorithm, the bundle names the key: they must agree, or the verifier
+    would be asked to use a key for something it was never published for."""
+    curve = _EC_CURVE_FOR_ALG.get(alg)
+    if curve is not None:
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curve):
+            raise JwtSvidError(
+                f"JWT-SVID alg {alg} needs an EC {curve.name} key, but key {kid!r} of {trust_domain} is "
+                f"{_describe(key)}; the token's alg does not fit its key"
+            )
+        return
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise JwtSvidError(
+            f"JWT-SVID alg {alg} needs an RSA key, but key {kid!r} of {trust_domain} is {_describe(key)}; "
+            "the token's alg does not fit its key"
+        )
+    if key.key_size < MIN_RSA_KEY_BITS:
+        raise JwtSvidError(
+            f"key {kid!r} of {trust_domain} is RSA {key.key_size}; JWT-SVIDs are verified only with RSA keys "
+            f"of at least {MIN_RSA_KEY_BITS} bits"
+        )
+
+
+def _describe(key: PublicKey) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return f"RSA {key.key_size}"
