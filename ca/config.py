@@ -1,14 +1,14 @@
 """The CA's configuration: one TOML file plus ``TRUSTMESH_<SECTION>__<KEY>`` environment overrides.
 
-Every value is validated at start-up and every problem is reported as ``<dotted.key>: <problem>;
-<fix>``. The TTL arithmetic is checked too (DESIGN §3): a CA is activated at 5/6 of its predecessor's
-life, so an SVID signed just before that must still fit in the 1/6 that is left; a configuration
-whose maximum SVID TTL does not fit is refused with the numbers to change.
+DESIGN §6 gives the defaults, §3 the rule checked here at start-up: every value is validated and
+every problem is reported as ``<dotted.key>: <problem>; <fix>``, all problems at once. The TTL
+arithmetic is checked too: the next CA is activated at 5/6 of its predecessor's life, so an SVID
+signed just before that must still fit in the 1/6 that is left; a configuration whose maximum SVID
+TTL does not fit is refused with the numbers to change. docs/configuration.md lists every key.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -16,15 +16,32 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
-from spiffe_core.durations import format_duration as _fmt
-from spiffe_core.durations import parse_duration
+from spiffe_core.durations import format_duration, parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import TrustDomain
+from spiffe_core.x509_svid import check_dns_name
 
 ENV_PREFIX = "TRUSTMESH_"
+# Not overrides: the CLI reads the config file's path from it, and the agent (which may run on the
+# same host, with its own TRUSTMESH_AGENT_ variables) has its own configuration.
+CONFIG_PATH_ENV = "TRUSTMESH_CONFIG"
+_AGENT_ENV_PREFIX = "TRUSTMESH_AGENT_"
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL on Linux.
+MAX_SOCKET_PATH_BYTES = 107
+_ADDRESS = re.compile(r"[A-Za-z0-9.-]+:(\d{1,5})")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DOCS = "see docs/configuration.md"
 
 
 def _duration(value: object) -> timedelta:
@@ -32,17 +49,46 @@ def _duration(value: object) -> timedelta:
         return parse_duration(value)
     except InvalidArgument as err:
         raise ValueError(str(err)) from None
+    except OverflowError:
+        raise ValueError(f"{value!r} is too long a duration; write at most e.g. '3650d'") from None
 
 
 def _key_type(value: object) -> KeyType:
+    if isinstance(value, KeyType):
+        return value
     try:
         return KeyType.parse(str(value))
     except InvalidArgument as err:
         raise ValueError(str(err)) from None
 
 
+def _trust_domain(value: object) -> TrustDomain:
+    if isinstance(value, TrustDomain):
+        return value
+    try:
+        return TrustDomain.parse(str(value))
+    except InvalidArgument as err:
+        raise ValueError(str(err)) from None
+
+
+def _optional_path(value: object) -> object:
+    return None if value == "" else value  # an empty environment override means "not set", not "."
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_optional_path)]
 KeyTypeField = Annotated[KeyType, BeforeValidator(_key_type)]
+TrustDomainField = Annotated[TrustDomain, BeforeValidator(_trust_domain)]
+
+
+def _check_address(value: str, *, may_be_empty: bool) -> str:
+    if not value and may_be_empty:
+        return value
+    match = _ADDRESS.fullmatch(value)
+    if match is None or int(match[1]) > 65535:
+        disable = " or '' to disable" if may_be_empty else ""
+        raise ValueError(f"{value!r} is not host:port; write e.g. '127.0.0.1:8081' (port 0-65535){disable}")
+    return value
 
 
 class _Section(BaseModel):
@@ -50,6 +96,8 @@ class _Section(BaseModel):
 
 
 class ServerConfig(_Section):
+    """Where the CA keeps its state and where it listens."""
+
     data_dir: Path = Path(".trustmesh/ca")
     admin_socket: Path = Path("admin.sock")  # relative to data_dir
     http_address: str = "127.0.0.1:8080"
@@ -58,43 +106,114 @@ class ServerConfig(_Section):
     server_name: str = "trustmesh-ca"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("http_address", "node_api_address", "attestation_address")
+    @field_validator("http_address")
+    @classmethod
+    def _optional_address(cls, value: str) -> str:
+        return _check_address(value, may_be_empty=True)
+
+    @field_validator("node_api_address", "attestation_address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value and not re.match(r"^[^:\s]+:\d{1,5}$", value):
-            raise ValueError(f"{value!r} is not host:port; write e.g. '127.0.0.1:8081'")
-        return value
+        return _check_address(value, may_be_empty=False)
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        if value.startswith("*."):
+            raise ValueError(f"{value!r} is a wildcard; the CA's serving name is one host name, e.g. 'ca.example.org'")
+        try:
+            return check_dns_name(value)
+        except InvalidArgument as err:
+            raise ValueError(f"{err}; write e.g. 'ca.example.org'") from None
 
 
 class DatastoreConfig(_Section):
+    """The SQL database; empty means SQLite in the data directory."""
+
     url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        # The URL may carry a password: never echo it.
+        if value and not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError(
+                "the URL scheme is not supported; write 'sqlite:///<path>', 'postgresql://…' or "
+                "'postgresql+psycopg://…', or leave it empty for SQLite in the data directory"
+            )
+        return value
 
 
 class SubjectConfig(_Section):
+    """Subject name fields of the CA certificates (the CA adds a unique serial per authority)."""
+
     organization: str = "trustmesh"
-    common_name: str = ""
+    common_name: str = ""  # "" = "trustmesh CA <trust domain>"
+
+    # RFC 5280 upper bounds (ub-organization-name, ub-common-name); an empty organization names nothing.
+    @field_validator("organization")
+    @classmethod
+    def _organization(cls, value: str) -> str:
+        if not 1 <= len(value) <= 64:
+            raise ValueError(f"{value!r} must be 1-64 characters; write e.g. 'Example Corp'")
+        return value
+
+    @field_validator("common_name")
+    @classmethod
+    def _common_name(cls, value: str) -> str:
+        if len(value) > 64:
+            raise ValueError(f"{value!r} is longer than 64 characters; shorten it or leave it empty")
+        return value
 
 
 class UpstreamConfig(_Section):
+    """Who signs the CA certificates: the CA itself, or an enterprise root whose files are given."""
+
     kind: Literal["self-signed", "disk"] = "self-signed"
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    bundle_file: Path | None = None
+    cert_file: OptionalPath = None
+    key_file: OptionalPath = None
+    bundle_file: OptionalPath = None
 
     @model_validator(mode="after")
     def _files(self) -> UpstreamConfig:
+        given = [name for name in ("cert_file", "key_file", "bundle_file") if getattr(self, name) is not None]
         if self.kind == "disk" and (self.cert_file is None or self.key_file is None):
-            raise ValueError("kind 'disk' needs cert_file and key_file (the upstream CA's certificate and key)")
+            raise ValueError(
+                "kind 'disk' needs cert_file and key_file; set them to the upstream CA's certificate and key"
+            )
+        if self.kind == "self-signed" and given:
+            raise ValueError(
+                f"kind 'self-signed' uses no {', '.join(given)}; remove them or set kind = 'disk' to sign with "
+                "the upstream CA they name"
+            )
         return self
 
 
 class KeyManagerConfig(_Section):
+    """Custody of the CA's private keys (``disk``: encrypted PKCS#8 files; ``memory``: lost on restart)."""
+
     kind: Literal["disk", "memory"] = "disk"
-    kek_file: Path | None = None
+    kek_file: OptionalPath = None  # default <data_dir>/kek unless kek_env is set
     kek_env: str = ""
+    create_kek_if_missing: bool = True
+
+    @field_validator("kek_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if value and not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an environment variable name; write e.g. 'TRUSTMESH_KEK'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyManagerConfig:
+        if self.kek_file is not None and self.kek_env:
+            raise ValueError("kek_file and kek_env are both set; keep only the one that holds the key-encryption key")
+        return self
 
 
 class CaSection(_Section):
+    """The X.509 authorities: their key type, lifetime, subject, upstream and key custody."""
+
     key_type: KeyTypeField = KeyType.EC_P256
     ttl: Duration = timedelta(days=7)
     subject: SubjectConfig = SubjectConfig()
@@ -103,26 +222,37 @@ class CaSection(_Section):
 
 
 class X509SvidConfig(_Section):
+    """Lifetimes of workload X509-SVIDs: the default, and the most a registration entry may ask for."""
+
     default_ttl: Duration = timedelta(hours=1)
     max_ttl: Duration = timedelta(hours=24)
 
 
 class JwtSvidConfig(_Section):
+    """The JWT signing authorities' key type and JWT-SVID lifetimes."""
+
     key_type: KeyTypeField = KeyType.EC_P256
     default_ttl: Duration = timedelta(minutes=5)
     max_ttl: Duration = timedelta(hours=1)
 
 
 class AgentSvidConfig(_Section):
+    """Lifetime of the X509-SVIDs agents get at attestation and renewal."""
+
     ttl: Duration = timedelta(hours=1)
 
 
 class BundleConfig(_Section):
+    """The ``spiffe_refresh_hint`` published in the bundle."""
+
     refresh_hint: Duration = timedelta(minutes=5)
 
 
 class CaConfig(_Section):
-    trust_domain: TrustDomain = TrustDomain("example.org")
+    """The whole configuration. After :func:`load_config`, every path is absolute and
+    ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
+
+    trust_domain: TrustDomainField = TrustDomain("example.org")
     server: ServerConfig = ServerConfig()
     datastore: DatastoreConfig = DatastoreConfig()
     ca: CaSection = CaSection()
@@ -131,145 +261,228 @@ class CaConfig(_Section):
     agent_svid: AgentSvidConfig = AgentSvidConfig()
     bundle: BundleConfig = BundleConfig()
 
-    @field_validator("trust_domain", mode="before")
-    @classmethod
-    def _trust_domain(cls, value: object) -> TrustDomain:
-        if isinstance(value, TrustDomain):
-            return value
-        try:
-            return TrustDomain.parse(str(value))
-        except InvalidArgument as err:
-            raise ValueError(str(err)) from None
 
-
-def check_ttl_arithmetic(config: CaConfig) -> None:
-    """Refuse TTLs that rotation cannot honour; the message says which numbers to change."""
+def ttl_problems(config: CaConfig) -> list[str]:
+    """Each way the TTLs break rotation or each other, as ``<key> …; <fix>`` lines (empty if none)."""
+    d = format_duration
+    durations = {
+        "ca.ttl": config.ca.ttl,
+        "x509_svid.default_ttl": config.x509_svid.default_ttl,
+        "x509_svid.max_ttl": config.x509_svid.max_ttl,
+        "jwt_svid.default_ttl": config.jwt_svid.default_ttl,
+        "jwt_svid.max_ttl": config.jwt_svid.max_ttl,
+        "agent_svid.ttl": config.agent_svid.ttl,
+        "bundle.refresh_hint": config.bundle.refresh_hint,
+    }
+    not_positive = [
+        f"{key}: must be longer than 0; write e.g. '1h'" for key, v in durations.items() if v <= timedelta(0)
+    ]
+    if not_positive:
+        return not_positive  # the comparisons below mean nothing with a zero in them
     problems: list[str] = []
     ca_ttl = config.ca.ttl
     headroom = ca_ttl / 6
     for section, svid in (("x509_svid", config.x509_svid), ("jwt_svid", config.jwt_svid)):
-        for name in ("default_ttl", "max_ttl"):
-            if getattr(svid, name) <= timedelta(0):
-                problems.append(f"{section}.{name}: must be positive")
         if svid.default_ttl > svid.max_ttl:
             problems.append(
-                f"{section}.default_ttl ({_fmt(svid.default_ttl)}) is above {section}.max_ttl ({_fmt(svid.max_ttl)}); "
-                "lower default_ttl or raise max_ttl"
+                f"{section}.default_ttl ({d(svid.default_ttl)}) is longer than {section}.max_ttl "
+                f"({d(svid.max_ttl)}); lower {section}.default_ttl or raise {section}.max_ttl"
             )
         if svid.max_ttl > headroom:
             problems.append(
-                f"ca.ttl ({_fmt(ca_ttl)}) cannot cover {section}.max_ttl ({_fmt(svid.max_ttl)}) with rotation "
-                f"headroom: a CA is activated at 5/6 of its life, so max_ttl must be at most ca.ttl/6 "
-                f"({_fmt(headroom)}); raise ca.ttl to at least {_fmt(svid.max_ttl * 6)} or lower "
-                f"{section}.max_ttl to at most {_fmt(headroom)}"
+                f"ca.ttl ({d(ca_ttl)}) cannot cover {section}.max_ttl ({d(svid.max_ttl)}) with rotation headroom: "
+                f"a CA is activated at 5/6 of its life, so max_ttl must be at most ca.ttl/6 ({d(headroom)}); "
+                f"raise ca.ttl to at least {d(svid.max_ttl * 6)} or lower {section}.max_ttl to at most {d(headroom)}"
             )
-    if config.agent_svid.ttl > headroom:
-        problems.append(
-            f"agent_svid.ttl ({_fmt(config.agent_svid.ttl)}) is over ca.ttl/6 ({_fmt(headroom)}); "
-            f"lower it or raise ca.ttl to at least {_fmt(config.agent_svid.ttl * 6)}"
-        )
-    if config.agent_svid.ttl > config.x509_svid.max_ttl:
+    agent_ttl = config.agent_svid.ttl
+    if agent_ttl > config.x509_svid.max_ttl:
         # Agent SVIDs are X509-SVIDs and go through the same TTL policy; refuse now, not at attestation.
+        # (Their rotation headroom then follows from x509_svid.max_ttl's.)
         problems.append(
-            f"agent_svid.ttl ({_fmt(config.agent_svid.ttl)}) is over x509_svid.max_ttl "
-            f"({_fmt(config.x509_svid.max_ttl)}); lower agent_svid.ttl or raise x509_svid.max_ttl"
+            f"agent_svid.ttl ({d(agent_ttl)}) is longer than x509_svid.max_ttl ({d(config.x509_svid.max_ttl)}); "
+            "lower agent_svid.ttl or raise x509_svid.max_ttl"
         )
     if config.bundle.refresh_hint >= config.x509_svid.default_ttl:
         problems.append(
-            f"bundle.refresh_hint ({_fmt(config.bundle.refresh_hint)}) must be shorter than x509_svid.default_ttl "
-            f"({_fmt(config.x509_svid.default_ttl)}) so relying parties learn new roots before SVIDs use them"
+            f"bundle.refresh_hint ({d(config.bundle.refresh_hint)}) is not shorter than x509_svid.default_ttl "
+            f"({d(config.x509_svid.default_ttl)}), so relying parties could learn a new authority after SVIDs "
+            "signed by it reach them; lower bundle.refresh_hint or raise x509_svid.default_ttl"
         )
+    return problems
+
+
+def check_ttl_arithmetic(config: CaConfig) -> None:
+    """Refuse TTLs that rotation cannot honour (DESIGN §3); ConfigError lists which numbers to change."""
+    problems = ttl_problems(config)
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise ConfigError(_report("invalid configuration", problems))
 
 
-def _env_overrides(environ: Mapping[str, str], known: dict[str, Any]) -> dict[str, Any]:
-    """``TRUSTMESH_CA__TTL=14d`` → ``{"ca": {"ttl": "14d"}}``; unknown TRUSTMESH_ variables are errors."""
-    overrides: dict[str, Any] = {}
-    unknown: list[str] = []
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("TRUSTMESH_CONFIG",) or name.startswith("TRUSTMESH_AGENT_"):
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        node: Any = known
-        for part in path:
-            if not isinstance(node, dict) or part not in node:
-                unknown.append(name)
-                break
-            node = node[part]
-        else:
-            target = overrides
-            for part in path[:-1]:
-                target = target.setdefault(part, {})
-            target[path[-1]] = value
+def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
+    """Read the TOML file (only defaults when ``path`` is None), apply ``TRUSTMESH_`` overrides from
+    ``environ``, validate everything, check the TTL arithmetic, and resolve relative paths against the
+    file's directory (the working directory without a file). Raises one ConfigError listing every problem."""
+    document: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    header = "invalid configuration"
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}; check the path") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}; fix the syntax there") from err
+        base_dir = path.resolve().parent
+        header = f"invalid configuration in {path}"
+    overrides, origins, unknown = _env_overrides(environ)
+    document = _merge(document, overrides)
+    kek_env = _lookup(document, ("ca", "key_manager", "kek_env"))
+    unknown = [name for name in unknown if name != kek_env]  # the KEK's own variable may be TRUSTMESH_-named
     if unknown:
         raise ConfigError(
-            f"unknown environment variables {sorted(unknown)}; overrides are TRUSTMESH_<SECTION>__<KEY>, "
-            "e.g. TRUSTMESH_CA__TTL=14d"
+            f"unknown environment variables {', '.join(unknown)}; overrides are TRUSTMESH_<SECTION>__<KEY> for a "
+            f"key of the config file, e.g. TRUSTMESH_CA__TTL=14d ({_DOCS}); unset them or fix their names"
         )
-    return overrides
+    try:
+        config = CaConfig.model_validate(document)
+    except ValidationError as err:
+        raise ConfigError(_report(header, [_describe(problem, origins) for problem in err.errors()])) from None
+    problems = ttl_problems(config)
+    if problems:
+        raise ConfigError(_report(header, problems))
+    return _resolve_paths(config, base_dir)
+
+
+def _report(header: str, problems: list[str]) -> str:
+    return f"{header}:\n  " + "\n  ".join(problems)
+
+
+def _settings_tree(model: type[BaseModel]) -> dict[str, Any]:
+    """Section name → its own tree, key name → None: what the file and the environment may set."""
+    tree: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        tree[name] = _settings_tree(annotation) if is_section else None  # type: ignore[arg-type]
+    return tree
+
+
+_SETTINGS = _settings_tree(CaConfig)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """``TRUSTMESH_CA__TTL=14d`` → ``{"ca": {"ttl": "14d"}}``. Also returns which variable set each
+    dotted key (for error messages) and the TRUSTMESH_ variables that name no key."""
+    overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    unknown: list[str] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV or name.startswith(_AGENT_ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        sections, key = parts[:-1], parts[-1]
+        tree: Any = _SETTINGS
+        for section in sections:
+            tree = tree.get(section) if isinstance(tree, dict) else None
+        if not isinstance(tree, dict) or key not in tree or tree[key] is not None:
+            unknown.append(name)
+            continue
+        target = overrides
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[key] = environ[name]
+        origins[".".join(parts)] = name
+    return overrides, origins, unknown
+
+
+def _lookup(document: Mapping[str, Any], keys: tuple[str, ...]) -> object:
+    node: object = document
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = (
-            _merge(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), dict) else value
-        )
+        current = merged.get(key)
+        merged[key] = _merge(current, value) if isinstance(value, Mapping) and isinstance(current, dict) else value
     return merged
 
 
+def _describe(problem: ErrorDetails, origins: Mapping[str, str]) -> str:
+    """One ``<dotted.key>: <problem>; <fix>`` line for a pydantic error, naming the environment
+    variable when the value came from one."""
+    tree: Any = _SETTINGS
+    keys: list[str] = []
+    for part in problem["loc"]:  # pydantic appends validator names after the field path; drop them
+        if not isinstance(tree, dict) or part not in tree:
+            break
+        keys.append(str(part))
+        tree = tree[part]
+    where = ".".join(keys) or "(top level)"
+    if where in origins:
+        where = f"{where} (from {origins[where]})"
+    value = problem.get("input")
+    kind = problem["type"]
+    if kind == "extra_forbidden":
+        section = ".".join(keys) or "the top level"
+        allowed = ", ".join(tree) if isinstance(tree, dict) else ""
+        unknown = ".".join(str(p) for p in problem["loc"])
+        return f"{unknown}: is not a known key; the keys of {section} are: {allowed}"
+    if kind == "literal_error":
+        expected = problem.get("ctx", {}).get("expected", "")
+        return f"{where}: {value!r} is not allowed; use {expected}"
+    if kind in ("model_type", "dict_type"):
+        return f"{where}: must be a table ([{'.'.join(keys)}]), not {value!r}; write it as a section"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{where}: {value!r} is not a boolean; write true or false"
+    if kind in ("string_type", "path_type"):
+        return f"{where}: {value!r} is not a string; quote it"
+    if kind == "value_error":
+        return f"{where}: {problem['msg'].removeprefix('Value error, ')}"
+    return f"{where}: {problem['msg']}; {_DOCS}"
+
+
 def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
+    """Relative paths count from the config file's directory (``admin_socket`` from ``data_dir``);
+    fill in the defaults that depend on ``data_dir``."""
     server = config.server
-    data_dir = server.data_dir if server.data_dir.is_absolute() else (base_dir / server.data_dir)
-    admin_socket = server.admin_socket if server.admin_socket.is_absolute() else data_dir / server.admin_socket
+    data_dir = base_dir / server.data_dir
+    admin_socket = data_dir / server.admin_socket
+    if len(str(admin_socket).encode()) > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(
+            f"server.admin_socket: {admin_socket} is {len(str(admin_socket).encode())} bytes, over the "
+            f"{MAX_SOCKET_PATH_BYTES} a Unix socket path may have; set server.admin_socket to a shorter absolute "
+            "path or move server.data_dir"
+        )
     url = config.datastore.url or f"sqlite:///{data_dir / 'datastore.sqlite3'}"
     key_manager = config.ca.key_manager
-    kek_file = key_manager.kek_file or (None if key_manager.kek_env else data_dir / "kek")
-    if kek_file is not None and not kek_file.is_absolute():
-        kek_file = base_dir / kek_file
+    kek_file = key_manager.kek_file
+    if kek_file is None and not key_manager.kek_env:
+        kek_file = data_dir / "kek"
+    upstream = config.ca.upstream
+    files = {
+        name: base_dir / value
+        for name in ("cert_file", "key_file", "bundle_file")
+        if (value := getattr(upstream, name)) is not None
+    }
     return config.model_copy(
         update={
             "server": server.model_copy(update={"data_dir": data_dir, "admin_socket": admin_socket}),
             "datastore": config.datastore.model_copy(update={"url": url}),
-            "ca": config.ca.model_copy(update={"key_manager": key_manager.model_copy(update={"kek_file": kek_file})}),
+            "ca": config.ca.model_copy(
+                update={
+                    "key_manager": key_manager.model_copy(
+                        update={"kek_file": None if kek_file is None else base_dir / kek_file}
+                    ),
+                    "upstream": upstream.model_copy(update=files),
+                }
+            ),
         }
     )
-
-
-def _describe(err: ValidationError) -> str:
-    lines = []
-    for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "config"
-        message = str(problem["msg"]).removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "is not a known setting; check its spelling and section (see docs/configuration.md)"
-        lines.append(f"{where}: {message}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
-
-
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> CaConfig:
-    """Read the TOML file (or only defaults when ``path`` is None), apply environment overrides,
-    validate everything, resolve relative paths against the file's directory, check TTL arithmetic."""
-    env = os.environ if environ is None else environ
-    document: dict[str, Any] = {}
-    base_dir = Path.cwd()
-    if path is not None:
-        try:
-            document = tomllib.loads(path.read_text())
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
-        base_dir = path.resolve().parent
-    known = CaConfig().model_dump(mode="python")
-    document = _merge(document, _env_overrides(env, known))
-    try:
-        config = CaConfig.model_validate(document)
-    except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
-    check_ttl_arithmetic(config)
-    return _resolve_paths(config, base_dir)
 
 
 def default_config_toml() -> str:
@@ -278,36 +491,43 @@ def default_config_toml() -> str:
 
 
 DEFAULT_CONFIG_TOML = """\
-# trustmesh CA configuration. Every key is optional; shown values are the defaults.
-# Environment overrides: TRUSTMESH_<SECTION>__<KEY>, e.g. TRUSTMESH_CA__TTL=14d.
+# trustmesh CA configuration. Every key is optional; the values shown are the defaults.
+# Relative paths count from this file's directory. Environment variables override any key:
+# TRUSTMESH_<SECTION>__<KEY>, e.g. TRUSTMESH_CA__TTL=14d or TRUSTMESH_CA__KEY_MANAGER__KIND=memory.
+# Durations: "90s", "5m", "12h", "7d" or a number of seconds. Reference: docs/configuration.md.
 trust_domain = "example.org"
 
 [server]
-data_dir = ".trustmesh/ca"              # relative paths are relative to this file
-admin_socket = "admin.sock"             # local admin API (0600) used by the CLI; relative to data_dir
-http_address = "127.0.0.1:8080"         # /live, /ready, /metrics ("" disables)
+data_dir = ".trustmesh/ca"              # keys, datastore and admin socket live here (created 0700)
+admin_socket = "admin.sock"             # local admin API for the CLI (0600); relative to data_dir
+http_address = "127.0.0.1:8080"         # /live, /ready and /metrics; "" disables
 node_api_address = "127.0.0.1:8081"     # agents' node API (mTLS)
-attestation_address = "127.0.0.1:8082"  # agents' first contact (server TLS)
-server_name = "trustmesh-ca"            # DNS SAN of the CA's serving certificate
-log_level = "info"
+attestation_address = "127.0.0.1:8082"  # agents' first contact (server-authenticated TLS)
+server_name = "trustmesh-ca"            # DNS SAN of the CA's serving certificate; agents dial this name
+log_level = "info"                      # debug, info, warning or error
 
 [datastore]
-url = ""                                # default sqlite:///<data_dir>/datastore.sqlite3; or postgresql://...
+url = ""                                # "" = sqlite:///<data_dir>/datastore.sqlite3; or postgresql+psycopg://...
 
 [ca]
-key_type = "ec-p256"                    # ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096
-ttl = "7d"                              # lifetime of each CA certificate
+key_type = "ec-p256"                    # ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096
+ttl = "7d"                              # lifetime of each CA certificate; must be >= 6 x every SVID max_ttl
 
 [ca.subject]
 organization = "trustmesh"
+common_name = ""                        # "" = "trustmesh CA <trust domain>"
 
 [ca.upstream]
-kind = "self-signed"                    # or "disk" with cert_file, key_file (and bundle_file)
+kind = "self-signed"                    # or "disk": signed by the upstream CA in cert_file/key_file
+# cert_file = "upstream/ca.pem"
+# key_file = "upstream/ca.key"
+# bundle_file = "upstream/bundle.pem"   # the upstream's own chain, if any
 
 [ca.key_manager]
-kind = "disk"                           # PKCS#8 encrypted at rest; or "memory" (lost on restart)
-# kek_file = "<data_dir>/kek"           # created 0600 on first run
-# kek_env = "TRUSTMESH_KEK"             # take the key-encryption key from this variable instead
+kind = "disk"                           # encrypted PKCS#8 files in <data_dir>/keys; or "memory" (lost on restart)
+# kek_file = "<data_dir>/kek"           # the key-encryption key (0600), the default unless kek_env is set
+# kek_env = "TRUSTMESH_KEK"             # or: take the key-encryption key from this environment variable
+create_kek_if_missing = true            # create kek_file with 32 random bytes on first run
 
 [x509_svid]
 default_ttl = "1h"
@@ -319,8 +539,8 @@ default_ttl = "5m"
 max_ttl = "1h"
 
 [agent_svid]
-ttl = "1h"
+ttl = "1h"                              # at most x509_svid.max_ttl
 
 [bundle]
-refresh_hint = "5m"
+refresh_hint = "5m"                     # shorter than x509_svid.default_ttl
 """

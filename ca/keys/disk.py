@@ -1,16 +1,26 @@
-"""Keys on disk, encrypted at rest: one PKCS#8 PEM file per key, encrypted with a key-encryption key.
+"""Keys on disk, encrypted at rest (DESIGN §3 "Key custody"): one PKCS#8 PEM file per key.
 
-cryptography's ``BestAvailableEncryption`` writes PKCS#8 ``ENCRYPTED PRIVATE KEY`` with PBES2
-(PBKDF2-HMAC-SHA256 and AES-256-CBC). Files are created 0600 from the first byte, written to a
-temporary name and renamed, so a crash leaves either the old state or the whole new file. A key file
-readable by group or others is refused rather than silently used.
+Each key is ``<directory>/<key ID>.pem``, an ``ENCRYPTED PRIVATE KEY`` written by cryptography's
+``BestAvailableEncryption`` with the key-encryption key (KEK) as the password. With cryptography 50
+that is PBES2: PBKDF2-HMAC-SHA256 (random 16-byte salt, 2048 iterations) deriving an AES-256-CBC key.
+The low iteration count is acceptable because the KEK is not a human password: it must be at least 32
+bytes and the generated one is 32 random bytes (hex), so guessing it is no easier than guessing the
+AES key itself.
+
+Files are created 0600 from their first byte (``O_CREAT | O_EXCL``), fsynced, then hard-linked to
+their final name, so a crash leaves either no key file or the whole one, and two writers of the same
+key ID cannot overwrite each other (a rename would). Leftover temporaries are hidden ``.tmp`` files
+that reads never look at; stale ones are removed when a manager opens the directory. A key file or
+directory that group or others can access, or a symbolic link, is refused rather than used.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import stat
-import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,15 +32,29 @@ from spiffe_core.errors import AlreadyExists, ConfigError, NotFound
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 
 MIN_KEK_BYTES = 32
+# A write takes milliseconds; a temporary this old was left by a crash, not by a concurrent writer.
+STALE_TEMPORARY_SECONDS = 600
+_TEMP_SUFFIX = ".tmp"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class DiskKeyManager:
+    """A :class:`~ca.keys.base.KeyManager` keeping encrypted PKCS#8 files in one private directory.
+
+    Creates ``directory`` (0700) if missing; ConfigError if the KEK is shorter than 32 bytes or the
+    directory is accessible by group or others."""
+
     def __init__(self, directory: Path, kek: bytes) -> None:
         if len(kek) < MIN_KEK_BYTES:
-            raise ConfigError(f"the key-encryption key is {len(kek)} bytes; at least {MIN_KEK_BYTES} are required")
+            raise ConfigError(
+                f"the key-encryption key is {len(kek)} bytes; at least {MIN_KEK_BYTES} are required — "
+                "generate one with 'openssl rand -hex 32'"
+            )
+        _ensure_private_directory(directory)
         self._directory = directory
         self._kek = kek
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _remove_stale_temporaries(directory, time.time() - STALE_TEMPORARY_SECONDS)
 
     def _path(self, key_id: str) -> Path:
         return self._directory / f"{check_key_id(key_id)}.pem"
@@ -38,69 +62,171 @@ class DiskKeyManager:
     def generate(self, key_id: str, key_type: KeyType) -> PrivateKey:
         path = self._path(key_id)
         if path.exists():
-            raise AlreadyExists(f"key {key_id!r} exists already in {self._directory}")
+            raise AlreadyExists(f"key {key_id!r} exists already in {self._directory}; choose a new key ID")
         key = generate_private_key(key_type)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(self._kek),
         )
-        fd, tmp_name = tempfile.mkstemp(dir=self._directory, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(tmp_name, path)  # fails if another writer got there first: never overwrite a key
-        except FileExistsError:
-            raise AlreadyExists(f"key {key_id!r} exists already in {self._directory}") from None
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        if not _publish_exclusively(path, pem):
+            raise AlreadyExists(f"key {key_id!r} exists already in {self._directory}; choose a new key ID")
         return key
 
     def get(self, key_id: str) -> PrivateKey:
         path = self._path(key_id)
         try:
-            mode = path.stat().st_mode
+            data = _read_private_file(path, what="key file", chmod="600")
         except FileNotFoundError:
             raise NotFound(f"key {key_id!r} is not in {self._directory}") from None
-        if stat.S_IMODE(mode) & 0o077:
-            raise ConfigError(f"key file {path} is readable by group or others; run 'chmod 600 {path}'")
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=self._kek)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"cannot decrypt key {key_id!r} in {path}: wrong key-encryption key?") from err
+            key = serialization.load_pem_private_key(data, password=self._kek)
+        except TypeError as err:  # cryptography's way of saying "this PEM has no encryption"
+            raise ConfigError(
+                f"key file {path} is not encrypted; the disk key manager keeps keys only as encrypted PKCS#8 — "
+                "restore the encrypted file or delete this one"
+            ) from err
+        except ValueError as err:
+            raise ConfigError(
+                f"cannot decrypt key {key_id!r} in {path}: wrong key-encryption key? Check "
+                "ca.key_manager.kek_file / kek_env against the one the keys were written with"
+            ) from err
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise ConfigError(f"key file {path} holds a {type(key).__name__}; only EC and RSA keys are used")
+            raise ConfigError(f"key file {path} holds a {type(key).__name__}; the CA signs only with EC or RSA keys")
         return key
 
     def delete(self, key_id: str) -> None:
-        self._path(key_id).unlink(missing_ok=True)
+        path = self._path(key_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_directory(self._directory)
 
 
 def load_kek(
-    file: Path | None, env_var: str | None, environ: Mapping[str, str] | None = None, *, create: bool
+    file: Path | None,
+    env_var: str | None,
+    *,
+    create_if_missing: bool = False,
+    environ: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The key-encryption key: from an environment variable if one is named, else from a file (0600 or
-    0400), created with 32 random bytes on first run when ``create`` is set."""
-    env = os.environ if environ is None else environ
+    """The key-encryption key, from exactly one of: the environment variable named ``env_var`` (read
+    from ``environ``, default ``os.environ``) or ``file`` (mode 0600 or 0400; with ``create_if_missing``
+    a missing file is created with 32 random bytes, hex-encoded). Surrounding whitespace is dropped;
+    at least 32 bytes must remain. Raises ConfigError naming the source and the fix; never shows the key."""
+    if file is not None and env_var:
+        raise ConfigError(
+            f"both a key-encryption key file ({file}) and environment variable ({env_var}) are configured; "
+            "set only one of ca.key_manager.kek_file and ca.key_manager.kek_env"
+        )
     if env_var:
-        from_env = env.get(env_var, "").strip()
-        if not from_env:
-            raise ConfigError(f"ca.key_manager.kek_env names {env_var!r}, but that environment variable is empty")
-        return from_env.encode()
+        env = os.environ if environ is None else environ
+        if env_var not in env:
+            raise ConfigError(
+                f"environment variable {env_var} (named by ca.key_manager.kek_env) is not set; export it with "
+                "the key-encryption key, e.g. the output of 'openssl rand -hex 32'"
+            )
+        return _checked_kek(env[env_var].strip().encode(), f"environment variable {env_var}")
     if file is None:
-        raise ConfigError("ca.key_manager needs kek_file or kek_env for the disk key manager")
-    if not file.exists():
-        if not create:
-            raise ConfigError(f"key-encryption key file {file} does not exist")
+        raise ConfigError(
+            "no key-encryption key is configured for the disk key manager; set ca.key_manager.kek_file "
+            "or ca.key_manager.kek_env"
+        )
+    try:
+        data = _read_private_file(file, what="key-encryption key file", chmod="600", modes=(0o600, 0o400))
+    except FileNotFoundError:
+        if not create_if_missing:
+            raise ConfigError(
+                f"key-encryption key file {file} does not exist; create it with "
+                f"'(umask 077; openssl rand -hex 32 > {file})' or enable ca.key_manager.create_kek_if_missing"
+            ) from None
         file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(os.urandom(MIN_KEK_BYTES).hex() + "\n")
-    if stat.S_IMODE(file.stat().st_mode) & 0o077:
-        raise ConfigError(f"key-encryption key file {file} is readable by group or others; run 'chmod 600 {file}'")
-    value = file.read_bytes().strip()
-    if len(value) < MIN_KEK_BYTES:
-        raise ConfigError(f"key-encryption key file {file} holds {len(value)} bytes; at least {MIN_KEK_BYTES} needed")
-    return value
+        _publish_exclusively(file, secrets.token_hex(MIN_KEK_BYTES).encode() + b"\n")  # loser reads the winner's
+        data = _read_private_file(file, what="key-encryption key file", chmod="600", modes=(0o600, 0o400))
+    return _checked_kek(data.strip(), f"key-encryption key file {file}")
+
+
+def _checked_kek(kek: bytes, source: str) -> bytes:
+    if len(kek) < MIN_KEK_BYTES:
+        raise ConfigError(
+            f"{source} holds {len(kek)} bytes; a key-encryption key needs at least {MIN_KEK_BYTES} — "
+            "use e.g. the output of 'openssl rand -hex 32'"
+        )
+    return kek
+
+
+def _ensure_private_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise ConfigError(f"key directory {directory} is not a directory; move that file away") from None
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"key directory {directory} is accessible by group or others (mode {mode:04o}); "
+                f"run 'chmod 700 {directory}'"
+            ) from None
+
+
+def _read_private_file(path: Path, *, what: str, chmod: str, modes: tuple[int, ...] | None = None) -> bytes:
+    """Read a secret file, refusing symlinks, non-regular files and any access by group or others
+    (``modes`` narrows the allowed permission bits further). Raises FileNotFoundError if missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ConfigError(f"{what} {path} is a symbolic link; put the file itself there") from err
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from err
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(handle.fileno())  # of the file we opened, not of whatever the name points to now
+        mode = stat.S_IMODE(status.st_mode)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file; put the file itself there")
+        if mode & 0o077 or (modes is not None and mode not in modes):
+            allowed = " or ".join(f"{m:04o}" for m in modes) if modes else "without group/other access"
+            raise ConfigError(f"{what} {path} has mode {mode:04o}; it must be {allowed} — run 'chmod {chmod} {path}'")
+        return handle.read()
+
+
+def _publish_exclusively(path: Path, content: bytes) -> bool:
+    """Write ``content`` to ``path`` atomically, only if ``path`` does not exist yet; False if it did.
+
+    The temporary is created 0600 with O_EXCL, fsynced, then hard-linked to ``path`` (link, unlike
+    rename, fails when the target exists) and the directory is fsynced so the name survives a crash."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        _fsync_directory(path.parent)
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(directory: Path, older_than: float) -> None:
+    """Delete temporaries a crashed writer left behind; fresh ones may belong to a live writer."""
+    for entry in directory.glob(f".*{_TEMP_SUFFIX}"):
+        try:
+            if entry.lstat().st_mtime < older_than:
+                entry.unlink()
+        except FileNotFoundError:
+            continue

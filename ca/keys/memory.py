@@ -1,4 +1,5 @@
-"""Keys in process memory: for tests and throwaway CAs. Lost on restart, by design."""
+"""Keys in process memory (DESIGN §3 "Key custody"): for tests and throwaway CAs. Lost on restart,
+by design — a CA using it starts a new trust chain on every start."""
 
 from __future__ import annotations
 
@@ -10,26 +11,33 @@ from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 
 
 class MemoryKeyManager:
+    """A :class:`~ca.keys.base.KeyManager` over a dict; safe to share between threads."""
+
     def __init__(self) -> None:
         self._keys: dict[str, PrivateKey] = {}
         self._lock = threading.Lock()
 
     def generate(self, key_id: str, key_type: KeyType) -> PrivateKey:
         check_key_id(key_id)
-        key = generate_private_key(key_type)
         with self._lock:
             if key_id in self._keys:
-                raise AlreadyExists(f"key {key_id!r} exists already")
+                raise AlreadyExists(f"key {key_id!r} exists already; choose a new key ID")
+        key = generate_private_key(key_type)  # outside the lock: RSA generation takes a while
+        with self._lock:
+            if key_id in self._keys:
+                raise AlreadyExists(f"key {key_id!r} exists already; choose a new key ID")
             self._keys[key_id] = key
         return key
 
     def get(self, key_id: str) -> PrivateKey:
+        check_key_id(key_id)
         with self._lock:
-            try:
-                return self._keys[check_key_id(key_id)]
-            except KeyError:
-                raise NotFound(f"key {key_id!r} is not in the memory key manager (keys are lost on restart)") from None
+            key = self._keys.get(key_id)
+        if key is None:
+            raise NotFound(f"key {key_id!r} is not in the memory key manager (its keys are lost on restart)")
+        return key
 
     def delete(self, key_id: str) -> None:
+        check_key_id(key_id)
         with self._lock:
-            self._keys.pop(check_key_id(key_id), None)
+            self._keys.pop(key_id, None)
