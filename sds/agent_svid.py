@@ -1,0 +1,254 @@
+"""The agent's own identity: node attestation, its X509-SVID, and keeping that SVID fresh (DESIGN §4;
+wire/node.proto ``Attest`` and ``RenewAgent``).
+
+First start: generate a key here, attest with the join token over server-authenticated TLS (the CA is
+verified against ``trust_bundle_path``, the CA's roots as the operator handed them over, as SPIRE's
+agent does), check the SVID the CA returned, and save it with the CA's bundle (0600).
+
+Restart: load the saved SVID and bundle and carry on without calling the CA, so a restart during a CA
+outage keeps serving. A saved SVID that has expired is replaced by attesting again when a (new) join
+token is configured; otherwise the agent stops with the fix. A used token is never retried on its own:
+join tokens work once.
+
+Renewal: at half the SVID's life (±jitter), a fresh key and ``RenewAgent`` over mTLS with the current
+SVID; failures are retried with backoff while the current SVID is still valid.
+
+Whenever the SVID or the bundle changes, the node client gets the new credentials (a new channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+
+from sds.node_client import AgentCredentials, AttestResult, make_csr
+from sds.persistence import AgentStore
+from sds.planning import backoff_delay, next_rotation
+from spiffe_core.bundle import Bundle
+from spiffe_core.clock import Clock
+from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, TrustmeshError, X509SvidError
+from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from spiffe_core.x509_svid import X509Svid, load_pem_certificates, verify_x509_svid
+
+log = logging.getLogger(__name__)
+
+JOIN_TOKEN_METHOD = "join_token"  # noqa: S105 - the attestation method's name, not a secret
+_HOW_TO_GET_ONE = "generate one with 'trustmesh-ca token generate' and set join_token (or join_token_file)"
+
+
+class NodeAttestationApi(Protocol):
+    """What the agent's identity needs from the node API client (:class:`sds.node_client.NodeClient`)."""
+
+    async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult: ...
+    async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]: ...
+    def use_credentials(self, credentials: AgentCredentials) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSvidParams:
+    trust_domain: TrustDomain
+    key_type: KeyType = KeyType.EC_P256
+    rotation_fraction: float = 0.5
+    jitter: float = 0.1
+
+
+def load_bootstrap_bundle(path: Path | None, trust_domain: TrustDomain) -> Bundle | None:
+    """The CA's root certificates from ``trust_bundle_path`` (PEM) as a bundle of ``trust_domain``,
+    or None when no path is configured. Raises ConfigError naming the key and the fix."""
+    if path is None:
+        return None
+    try:
+        certs = load_pem_certificates(path.read_bytes())
+    except OSError as err:
+        raise ConfigError(
+            f"trust_bundle_path: cannot read {path} ({err.strerror}); copy the CA's bundle there"
+        ) from err
+    except X509SvidError as err:
+        raise ConfigError(
+            f"trust_bundle_path: {path} holds no PEM certificates ({err}); "
+            "export the CA's roots with 'trustmesh-ca bundle show --format pem'"
+        ) from err
+    return Bundle(trust_domain, x509_authorities=certs)
+
+
+class AgentIdentity:
+    """Holds the agent's current credentials; :meth:`start` once, then :meth:`run` keeps them fresh."""
+
+    def __init__(
+        self,
+        *,
+        client: NodeAttestationApi,
+        store: AgentStore,
+        params: AgentSvidParams,
+        join_token: Callable[[], str | None],
+        bootstrap_bundle: Bundle | None,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._params = params
+        self._join_token = join_token
+        self._bootstrap = bootstrap_bundle
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._current: AgentCredentials | None = None
+        self._rotate_at: datetime | None = None
+
+    def get_current(self) -> AgentCredentials:
+        """The agent's SVID and bundle now; :meth:`start` must have succeeded."""
+        if self._current is None:
+            raise FailedPrecondition("the agent has no X509-SVID yet; AgentIdentity.start() must run first")
+        return self._current
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        return self.get_current().svid.spiffe_id
+
+    @property
+    def rotate_at(self) -> datetime:
+        self.get_current()
+        assert self._rotate_at is not None
+        return self._rotate_at
+
+    async def start(self) -> AgentCredentials:
+        """Load the saved identity, or attest when there is none or it has expired (see the module
+        docstring). Raises ConfigError/FailedPrecondition with the fix when neither is possible, and
+        what :meth:`NodeClient.attest` raises when the CA refuses or cannot be reached."""
+        saved = await asyncio.to_thread(self._store.load_agent)
+        if saved is not None:
+            expiry = saved.svid.leaf.not_valid_after_utc
+            if self._clock.now() < expiry:
+                self._set(AgentCredentials(saved.svid, saved.bundle))
+                log.info("loaded agent SVID %s (valid until %s)", saved.svid.spiffe_id, expiry.isoformat())
+                return self.get_current()
+            log.warning("the saved agent SVID %s expired at %s", saved.svid.spiffe_id, expiry.isoformat())
+            return await self._reattest(expiry, saved.bundle)
+        token = await asyncio.to_thread(self._join_token)
+        if token is None:
+            raise ConfigError(f"the agent has not attested yet and no join token is configured; {_HOW_TO_GET_ONE}")
+        if self._bootstrap is None:
+            raise ConfigError(
+                "trust_bundle_path is not set; the agent needs the CA's root certificates (PEM) to verify the CA "
+                "on first contact — export them with 'trustmesh-ca bundle show --format pem'"
+            )
+        return await self.attest(token, self._bootstrap)
+
+    async def _reattest(self, expired_at: datetime, saved_bundle: Bundle) -> AgentCredentials:
+        token = await asyncio.to_thread(self._join_token)
+        if token is None:
+            raise FailedPrecondition(
+                f"agent SVID expired at {expired_at.isoformat()} and no join token is configured; "
+                "generate one with 'trustmesh-ca token generate' and set join_token"
+            )
+        roots = saved_bundle
+        if self._bootstrap is not None:  # the CA may have rotated its roots while we were away
+            known = set(saved_bundle.x509_authorities)
+            extra = [c for c in self._bootstrap.x509_authorities if c not in known]
+            roots = saved_bundle.with_changes(x509_authorities=[*saved_bundle.x509_authorities, *extra])
+        return await self.attest(token, roots)
+
+    async def attest(self, join_token: str, roots: Bundle) -> AgentCredentials:
+        """Attest with ``join_token`` against a CA verified by ``roots``; save and use the new identity."""
+        key = await asyncio.to_thread(generate_private_key, self._params.key_type)
+        result = await self._client.attest(roots, JOIN_TOKEN_METHOD, join_token.encode(), make_csr(key))
+        if not result.spiffe_id.is_member_of(self._params.trust_domain):
+            raise InvalidArgument(
+                f"the CA assigned agent ID {result.spiffe_id}, outside the configured trust domain "
+                f"{self._params.trust_domain}; check trust_domain and server_address"
+            )
+        svid = self._checked(result.spiffe_id, result.cert_chain, key, result.bundle)
+        await self._save(AgentCredentials(svid, result.bundle))
+        log.info("attested as %s (SVID valid until %s)", svid.spiffe_id, svid.leaf.not_valid_after_utc.isoformat())
+        return self.get_current()
+
+    async def renew(self) -> AgentCredentials:
+        """A new key and X509-SVID for the same agent ID (RenewAgent over mTLS); saved and used."""
+        current = self.get_current()
+        key = await asyncio.to_thread(generate_private_key, self._params.key_type)
+        chain = await self._client.renew(make_csr(key))
+        svid = self._checked(current.svid.spiffe_id, chain, key, current.bundle)
+        await self._save(AgentCredentials(svid, current.bundle))
+        log.info("renewed agent SVID %s (valid until %s)", svid.spiffe_id, svid.leaf.not_valid_after_utc.isoformat())
+        return self.get_current()
+
+    async def update_bundle(self, bundle: Bundle) -> None:
+        """Verify the CA with ``bundle`` from now on (the Sync stream delivered a new one); saved."""
+        current = self.get_current()
+        if bundle == current.bundle:
+            return
+        if bundle.trust_domain != self._params.trust_domain:
+            raise InvalidArgument(
+                f"bundle of {bundle.trust_domain} cannot replace the bundle of {self._params.trust_domain}"
+            )
+        await self._save(AgentCredentials(current.svid, bundle))
+        log.info("trust bundle of %s updated to sequence %d", bundle.trust_domain, bundle.sequence)
+
+    async def run(self) -> None:
+        """Renew at the rotation time until cancelled, retrying failures with backoff. When the SVID
+        expires before a renewal succeeds, attest again with a configured join token, or raise
+        FailedPrecondition saying how to get one."""
+        failures = 0
+        while True:
+            if failures:
+                delay = backoff_delay(failures, self._rng)
+            else:
+                delay = (self.rotate_at - self._clock.now()).total_seconds()
+            await asyncio.sleep(max(delay, 0.0))
+            current = self.get_current()
+            expiry = current.svid.leaf.not_valid_after_utc
+            try:
+                if self._clock.now() >= expiry:
+                    await self._reattest(expiry, current.bundle)
+                else:
+                    await self.renew()
+            except (FailedPrecondition, ConfigError):
+                raise
+            except TrustmeshError as err:
+                failures += 1
+                log.warning("could not renew the agent SVID %s (%s); retrying", current.svid.spiffe_id, err)
+            else:
+                failures = 0
+
+    def _checked(
+        self, spiffe_id: SpiffeId, chain: tuple[x509.Certificate, ...], key: PrivateKey, bundle: Bundle
+    ) -> X509Svid:
+        """Refuse an SVID that is not for ``spiffe_id``, not for our key, or does not chain to the bundle."""
+        try:
+            verified_id, _ = verify_x509_svid(chain, bundle, self._clock.now())
+        except X509SvidError as err:
+            raise X509SvidError(f"the CA returned an agent SVID that does not verify: {err}") from err
+        if verified_id != spiffe_id:
+            raise X509SvidError(f"the CA returned an SVID for {verified_id}, not the agent ID {spiffe_id}")
+        if chain[0].public_key() != key.public_key():
+            raise X509SvidError(f"the CA returned an SVID for {spiffe_id} that is not for the key the agent sent")
+        return X509Svid(spiffe_id, chain, key)
+
+    async def _save(self, credentials: AgentCredentials) -> None:
+        await asyncio.to_thread(self._store.save_agent, credentials.svid, credentials.bundle)
+        self._set(credentials)
+
+    def _set(self, credentials: AgentCredentials) -> None:
+        previous = self._current
+        self._current = credentials
+        if previous is None or previous.svid is not credentials.svid:
+            leaf = credentials.svid.leaf
+            p = self._params
+            self._rotate_at = next_rotation(
+                self._clock.now(),
+                leaf.not_valid_before_utc,
+                leaf.not_valid_after_utc,
+                fraction=p.rotation_fraction,
+                jitter=p.jitter,
+                rng=self._rng,
+            )
+        self._client.use_credentials(credentials)

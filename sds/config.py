@@ -1,0 +1,322 @@
+"""The agent's configuration: one TOML file plus ``TRUSTMESH_AGENT_<SECTION>__<KEY>`` environment overrides.
+
+DESIGN §4 (the agent) and §6 (defaults). Top-level keys are overridden as ``TRUSTMESH_AGENT_<KEY>``
+(``TRUSTMESH_AGENT_SERVER_ADDRESS``), keys of a section as ``TRUSTMESH_AGENT_<SECTION>__<KEY>``
+(``TRUSTMESH_AGENT_ROTATION__JITTER``). Every value is validated at start-up; every problem is reported
+as ``<dotted.key>: <problem>; <fix>``.
+
+The join token is a secret: it is held as a ``SecretStr`` (its repr is masked), it never appears in an
+error message, and it may live in a file of its own (``join_token_file``) that config management
+drops next to the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from spiffe_core.durations import parse_duration
+from spiffe_core.errors import ConfigError, InvalidArgument
+from spiffe_core.keys import KeyType
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from spiffe_core.x509_svid import check_dns_name
+
+ENV_PREFIX = "TRUSTMESH_AGENT_"
+# Names the config file itself; read by the agent's entry point, not an override.
+CONFIG_PATH_ENV = "TRUSTMESH_AGENT_CONFIG"
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL on Linux.
+_MAX_SOCKET_PATH_BYTES = 107
+
+
+def _as_value_error(parse: Any) -> Any:
+    """Wrap a domain parser so pydantic reports its message (InvalidArgument → ValueError)."""
+
+    def validate(value: object) -> object:
+        try:
+            return parse(value)
+        except InvalidArgument as err:
+            raise ValueError(str(err)) from None
+
+    return validate
+
+
+def _trust_domain(value: object) -> TrustDomain:
+    return value if isinstance(value, TrustDomain) else TrustDomain.parse(str(value))
+
+
+def _spiffe_id(value: object) -> SpiffeId:
+    return value if isinstance(value, SpiffeId) else SpiffeId.parse(str(value))
+
+
+def _selector(value: object) -> Selector:
+    return value if isinstance(value, Selector) else Selector.parse(str(value))
+
+
+def _key_type(value: object) -> KeyType:
+    return value if isinstance(value, KeyType) else KeyType.parse(str(value))
+
+
+Duration = Annotated[timedelta, BeforeValidator(_as_value_error(parse_duration))]
+TrustDomainField = Annotated[TrustDomain, BeforeValidator(_as_value_error(_trust_domain))]
+SpiffeIdField = Annotated[SpiffeId, BeforeValidator(_as_value_error(_spiffe_id))]
+SelectorField = Annotated[Selector, BeforeValidator(_as_value_error(_selector))]
+KeyTypeField = Annotated[KeyType, BeforeValidator(_as_value_error(_key_type))]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RotationConfig(_Section):
+    """When workload and agent X509-SVIDs are replaced: at ``svid_rotation_fraction`` of their life,
+    moved by up to ±``jitter`` of that point so a fleet does not renew in lockstep."""
+
+    svid_rotation_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+
+    @model_validator(mode="after")
+    def _before_expiry(self) -> RotationConfig:
+        latest = self.svid_rotation_fraction * (1 + self.jitter)
+        if latest >= 1.0:
+            raise ValueError(
+                f"svid_rotation_fraction {self.svid_rotation_fraction} with jitter {self.jitter} can put rotation "
+                f"at {latest:.2f} of an SVID's life, after it expires; lower one of them so that "
+                "fraction * (1 + jitter) < 1"
+            )
+        return self
+
+
+class CertFileTarget(_Section):
+    """One directory the agent keeps an X509-SVID in for an application that reads files (cert-file mode).
+
+    The SVID is the one with ``spiffe_id`` (among those entitled to ``selectors``, when given), or else
+    the first SVID entitled to ``selectors``. After the files change, ``reload_command`` runs (no shell;
+    split like a POSIX shell would) with at most ``reload_timeout`` to finish."""
+
+    dir: Path
+    spiffe_id: SpiffeIdField | None = None
+    selectors: tuple[SelectorField, ...] = ()
+    reload_command: str = ""
+    reload_timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("reload_command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        try:
+            shlex.split(value)
+        except ValueError as err:
+            raise ValueError(f"{value!r} cannot be split into arguments ({err}); close the quotes") from None
+        return value
+
+    @field_validator("reload_timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive; write e.g. '30s'")
+        return value
+
+    @model_validator(mode="after")
+    def _chooses_an_svid(self) -> CertFileTarget:
+        if self.spiffe_id is None and not self.selectors:
+            raise ValueError("names no SVID; set spiffe_id, selectors, or both")
+        return self
+
+    @property
+    def reload_argv(self) -> tuple[str, ...]:
+        return tuple(shlex.split(self.reload_command))
+
+
+class AgentConfig(_Section):
+    trust_domain: TrustDomainField = TrustDomain("example.org")
+    server_address: str = "127.0.0.1:8081"
+    attestation_address: str = "127.0.0.1:8082"
+    server_name: str = "trustmesh-ca"
+    trust_bundle_path: Path | None = None
+    join_token: SecretStr | None = None
+    join_token_file: Path | None = None
+    data_dir: Path = Path(".trustmesh/agent")
+    workload_api_socket: Path = Path("workload.sock")  # relative to data_dir
+    sds_socket: Path = Path("sds.sock")  # relative to data_dir
+    key_type: KeyTypeField = KeyType.EC_P256
+    rotation: RotationConfig = RotationConfig()
+    cert_files: tuple[CertFileTarget, ...] = ()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("server_address", "attestation_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.match(r"^[^:\s]+:\d{1,5}$", value):
+            raise ValueError(f"{value!r} is not host:port; write e.g. '127.0.0.1:8081'")
+        return value
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        try:
+            return check_dns_name(value)
+        except InvalidArgument as err:
+            raise ValueError(f"{err}; it must equal the CA's server.server_name") from None
+
+    @field_validator("join_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty; remove it or paste the token 'trustmesh-ca token generate' printed")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> AgentConfig:
+        if self.join_token is not None and self.join_token_file is not None:
+            raise ValueError("join_token and join_token_file are both set; keep only one of them")
+        return self
+
+    def load_join_token(self) -> str | None:
+        """The join token, read from ``join_token_file`` when that is how it is given; None when the
+        configuration names none. Raises ConfigError when the file cannot be read or is empty."""
+        if self.join_token is not None:
+            return self.join_token.get_secret_value().strip()
+        if self.join_token_file is None:
+            return None
+        try:
+            token = self.join_token_file.read_text().strip()
+        except OSError as err:
+            raise ConfigError(
+                f"join_token_file: cannot read {self.join_token_file} ({err.strerror}); "
+                "write the token 'trustmesh-ca token generate' printed into it"
+            ) from err
+        if not token:
+            raise ConfigError(
+                f"join_token_file: {self.join_token_file} is empty; "
+                "write the token 'trustmesh-ca token generate' printed into it"
+            )
+        return token
+
+
+def _sections() -> dict[str, set[str] | None]:
+    """Every top-level key (None) and every section with its keys, as environment overrides may name them."""
+    known: dict[str, set[str] | None] = {}
+    for name, info in AgentConfig.model_fields.items():
+        annotation = info.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        known[name] = set(annotation.model_fields) if is_section else None  # type: ignore[union-attr]
+    return known
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TRUSTMESH_AGENT_ROTATION__JITTER=0.2`` → ``{"rotation": {"jitter": "0.2"}}``."""
+    known = _sections()
+    overrides: dict[str, Any] = {}
+    unknown: list[str] = []
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV:
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section == "cert_files":
+            raise ConfigError(f"{name}: cert_files is a list of tables; set it in the config file, not the environment")
+        if section not in known or bool(sep) != (known[section] is not None):
+            unknown.append(name)
+        elif sep:
+            if key not in (known[section] or set()):
+                unknown.append(name)
+            else:
+                overrides.setdefault(section, {})[key] = value
+        else:
+            overrides[section] = value
+    if unknown:
+        raise ConfigError(
+            f"unknown environment variables {sorted(unknown)}; overrides are TRUSTMESH_AGENT_<KEY> or "
+            "TRUSTMESH_AGENT_<SECTION>__<KEY>, e.g. TRUSTMESH_AGENT_SERVER_ADDRESS=10.0.0.5:8081"
+        )
+    return overrides
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        merged[key] = _merge(current, value) if isinstance(value, Mapping) and isinstance(current, dict) else value
+    return merged
+
+
+def _describe(err: ValidationError) -> str:
+    """One line per problem, naming the key; never the input value (it may be the join token)."""
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "config"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "is not a known setting; check its spelling and section (see docs/agent.md)"
+        lines.append(f"{where}: {message}")
+    return "invalid agent configuration:\n  " + "\n  ".join(lines)
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
+    data_dir = _absolute(config.data_dir, base_dir)
+    sockets = {
+        "workload_api_socket": _absolute(config.workload_api_socket, data_dir),
+        "sds_socket": _absolute(config.sds_socket, data_dir),
+    }
+    for key, socket_path in sockets.items():
+        if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH_BYTES:
+            raise ConfigError(
+                f"{key}: {socket_path} is longer than {_MAX_SOCKET_PATH_BYTES} bytes, the limit of a Unix "
+                "socket path; choose a shorter data_dir or an absolute socket path"
+            )
+    return config.model_copy(
+        update={
+            "data_dir": data_dir,
+            **sockets,
+            "trust_bundle_path": None
+            if config.trust_bundle_path is None
+            else _absolute(config.trust_bundle_path, base_dir),
+            "join_token_file": None if config.join_token_file is None else _absolute(config.join_token_file, base_dir),
+            "cert_files": tuple(
+                target.model_copy(update={"dir": _absolute(target.dir, base_dir)}) for target in config.cert_files
+            ),
+        }
+    )
+
+
+def load_agent_config(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read the TOML file (only defaults when ``path`` is None), apply environment overrides, validate
+    everything and resolve relative paths against the file's directory (sockets against data_dir).
+    Raises ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    document: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text())
+        except OSError as err:
+            raise ConfigError(f"cannot read agent config file {path}: {err.strerror}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"agent config file {path} is not valid TOML: {err}") from err
+        base_dir = path.resolve().parent
+    document = _merge(document, _env_overrides(env))
+    try:
+        config = AgentConfig.model_validate(document)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+    return _resolve_paths(config, base_dir)

@@ -1,0 +1,310 @@
+"""The agent's manager: holds the Sync stream to the CA and keeps one X509-SVID per registration entry
+(DESIGN §1 "push, not poll", §4 "rotation at 1/2 of each SVID's life with jitter; immediate re-issue on
+taint/revocation"; wire/node.proto ``Sync`` and ``SignX509Svids``).
+
+Two tasks under one TaskGroup (:meth:`AgentManager.run`):
+
+* the sync task reads the stream. Every message is the full state, so a reconnect needs no catch-up.
+  A failed stream is reopened with exponential backoff and jitter (0.5 s → 30 s); a stream that ends
+  cleanly (the node client swapped in new credentials) is reopened at once.
+* the SVID task wakes on a new state, at the earliest rotation time of the SVIDs held, or after a
+  failed signing round (backoff), and does one round: :func:`~sds.planning.plan_signing` decides, keys
+  are generated here (they never leave the host), one ``SignX509Svids`` call carries every CSR, and a
+  new :class:`~sds.cache.CacheSnapshot` is published when what it hands out changed. Waking at the
+  earliest rotation time is the per-SVID timer, without a task per SVID.
+
+The state and the SVIDs are saved (0600) after every change, and loaded by :meth:`AgentManager.run`
+before anything else, so a restart during a CA outage republishes them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sds.cache import WorkloadCache
+from sds.node_client import EntryRecord, SignedX509Svid, SyncState, make_csr
+from sds.persistence import AgentStore
+from sds.planning import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    HeldSvid,
+    SignReason,
+    backoff_delay,
+    build_snapshot,
+    next_rotation,
+    plan_signing,
+    same_content,
+)
+from spiffe_core.bundle import Bundle
+from spiffe_core.clock import Clock
+from spiffe_core.errors import InvalidArgument, NotFound, TrustmeshError, UpstreamUnavailable, X509SvidError
+from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
+from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.x509_svid import verify_x509_svid
+
+log = logging.getLogger(__name__)
+
+# JWT-SVIDs kept for reuse; beyond this the soonest-stale ones are forgotten first.
+_JWT_CACHE_LIMIT = 1024
+
+
+class NodeApi(Protocol):
+    """What the manager needs from the node API client (:class:`sds.node_client.NodeClient`)."""
+
+    def sync(self) -> AsyncIterator[SyncState]: ...
+    async def sign_x509_svids(self, items: Sequence[tuple[str, bytes]]) -> list[SignedX509Svid]: ...
+    async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]: ...
+
+
+class BundleSink(Protocol):
+    """Told about every new own-trust-domain bundle (:class:`sds.agent_svid.AgentIdentity`: the node
+    client must verify the CA with it)."""
+
+    async def update_bundle(self, bundle: Bundle) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerParams:
+    key_type: KeyType = KeyType.EC_P256
+    rotation_fraction: float = 0.5
+    jitter: float = 0.1
+    backoff_base: float = BACKOFF_BASE_SECONDS
+    backoff_cap: float = BACKOFF_CAP_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedJwt:
+    token: str
+    refresh_at: datetime
+
+
+class AgentManager:
+    def __init__(
+        self,
+        *,
+        client: NodeApi,
+        cache: WorkloadCache,
+        store: AgentStore,
+        bundle_sink: BundleSink,
+        params: ManagerParams,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._cache = cache
+        self._store = store
+        self._bundle_sink = bundle_sink
+        self._params = params
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._state: SyncState | None = None
+        self._held: dict[str, HeldSvid] = {}
+        self._saved: object = None
+        self._wake = asyncio.Event()
+        self._jwt: dict[tuple[SpiffeId, tuple[str, ...]], _CachedJwt] = {}
+
+    @property
+    def held(self) -> dict[str, HeldSvid]:
+        """The SVIDs held now, by entry ID (a copy)."""
+        return dict(self._held)
+
+    async def run(self) -> None:
+        """Republish the saved SVIDs, then hold the Sync stream and keep the SVIDs fresh until cancelled."""
+        await self.load_saved()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._hold_sync(), name="agent-sync")
+            tasks.create_task(self._keep_svids(), name="agent-svids")
+
+    async def load_saved(self) -> None:
+        """Publish what was saved before a restart (still-valid SVIDs only) without asking the CA."""
+        saved = await asyncio.to_thread(self._store.load_workloads)
+        if saved is None:
+            return
+        self._state = saved.state
+        self._held = {held.entry_id: held for held in saved.svids}
+        self._saved = self._save_key()
+        await self._publish()
+        self._wake.set()
+        log.info("republished %d saved workload SVIDs", len(self._cache.get_snapshot().svids))
+
+    async def receive(self, state: SyncState) -> None:
+        """Take a new state from the CA: adopt its bundle and wake the SVID task."""
+        previous = self._state
+        self._state = state
+        self._wake.set()
+        if previous is None or previous.bundle != state.bundle:
+            await self._bundle_sink.update_bundle(state.bundle)
+
+    async def _hold_sync(self) -> None:
+        failures = 0
+        while True:
+            received = False
+            try:
+                last_version = -1
+                async for state in self._client.sync():
+                    received = True
+                    failures = 0
+                    if state.version <= last_version:
+                        continue  # a replay within this stream; a new stream always starts afresh
+                    last_version = state.version
+                    await self.receive(state)
+            except TrustmeshError as err:
+                failures += 1
+                delay = backoff_delay(failures, self._rng, self._params.backoff_base, self._params.backoff_cap)
+                log.warning("sync stream with the CA failed (%s); reconnecting in %.1f s", err, delay)
+                await asyncio.sleep(delay)
+            else:
+                if not received:  # closed before it said anything: do not spin
+                    failures += 1
+                    await asyncio.sleep(backoff_delay(failures, self._rng, self._params.backoff_base, 1.0))
+
+    async def _keep_svids(self) -> None:
+        failures = 0
+        while True:
+            timeout = self._seconds_to_next_rotation()
+            if failures:
+                retry = backoff_delay(failures, self._rng, self._params.backoff_base, self._params.backoff_cap)
+                timeout = retry if timeout is None else min(timeout, retry)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                complete = await self.reconcile()
+            except TrustmeshError as err:
+                failures += 1
+                log.warning("could not get workload SVIDs signed (%s); retrying", err)
+            else:
+                failures = 0 if complete else failures + 1
+
+    def _seconds_to_next_rotation(self) -> float | None:
+        if not self._held:
+            return None
+        soonest = min(held.rotate_at for held in self._held.values())
+        return max((soonest - self._clock.now()).total_seconds(), 0.0)
+
+    async def reconcile(self) -> bool:
+        """One round: sign what :func:`plan_signing` asks for in one batch, drop SVIDs of removed
+        entries, publish and save on change. True when nothing is left to sign; raises what
+        :meth:`NodeApi.sign_x509_svids` raises (the SVIDs held keep serving meanwhile)."""
+        state = self._state
+        if state is None:
+            return True
+        now = self._clock.now()
+        plan = plan_signing(state, self._held, now)
+        self._held = {entry_id: held for entry_id, held in self._held.items() if entry_id not in plan.to_drop}
+        complete = True
+        try:
+            if plan.to_sign:
+                complete = await self._sign(state, plan.to_sign, now)
+        finally:
+            await self._publish()
+            await self._save()
+        return complete
+
+    async def _sign(self, state: SyncState, to_sign: Sequence[tuple[EntryRecord, SignReason]], now: datetime) -> bool:
+        entries = [entry for entry, _ in to_sign]
+        for entry, reason in to_sign:
+            log.info("signing an X509-SVID for %s (entry %s): %s", entry.spiffe_id, entry.id, reason)
+        keys = await asyncio.to_thread(self._new_keys, len(entries))
+        results = await self._client.sign_x509_svids(
+            [(entry.id, csr) for entry, (_, csr) in zip(entries, keys, strict=True)]
+        )
+        complete = True
+        for entry, (key, _), result in zip(entries, keys, results, strict=True):
+            if result.error:
+                log.warning(
+                    "the CA refused an X509-SVID for entry %s (%s): %s", entry.id, entry.spiffe_id, result.error
+                )
+                complete = False
+                continue
+            try:
+                held = self._checked(state, entry, key, result, now)
+            except X509SvidError as err:
+                log.error("the CA returned an unusable X509-SVID for entry %s: %s", entry.id, err)
+                complete = False
+                continue
+            self._held[entry.id] = held
+        return complete
+
+    def _new_keys(self, count: int) -> list[tuple[PrivateKey, bytes]]:
+        keys = [generate_private_key(self._params.key_type) for _ in range(count)]
+        return [(key, make_csr(key)) for key in keys]
+
+    def _checked(
+        self, state: SyncState, entry: EntryRecord, key: PrivateKey, result: SignedX509Svid, now: datetime
+    ) -> HeldSvid:
+        """Hold only an SVID for this entry's SPIFFE ID and our key that chains to the bundle."""
+        spiffe_id, _ = verify_x509_svid(result.cert_chain, state.bundle, now)
+        if spiffe_id != entry.spiffe_id:
+            raise X509SvidError(f"it is for {spiffe_id}, not {entry.spiffe_id}")
+        leaf = result.cert_chain[0]
+        if leaf.public_key() != key.public_key():
+            raise X509SvidError("it is not for the key the agent sent")
+        p = self._params
+        rotate_at = next_rotation(
+            now,
+            leaf.not_valid_before_utc,
+            leaf.not_valid_after_utc,
+            fraction=p.rotation_fraction,
+            jitter=p.jitter,
+            rng=self._rng,
+        )
+        return HeldSvid(entry.id, entry.revision, entry.spiffe_id, result.cert_chain, key, rotate_at)
+
+    async def _publish(self) -> None:
+        state = self._state
+        if state is None:
+            return
+        current = self._cache.get_snapshot()
+        snapshot = build_snapshot(state, self._held, self._clock.now(), current.version + 1)
+        if not same_content(snapshot, current):
+            await self._cache.publish(snapshot)
+            log.debug("published snapshot %d with %d SVIDs", snapshot.version, len(snapshot.svids))
+
+    def _save_key(self) -> object:
+        return (self._state, tuple(sorted((k, h.serial, h.rotate_at) for k, h in self._held.items())))
+
+    async def _save(self) -> None:
+        state = self._state
+        key = self._save_key()
+        if state is None or key == self._saved:
+            return
+        await asyncio.to_thread(self._store.save_workloads, state, tuple(self._held.values()))
+        self._saved = key
+
+    async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> str:
+        """A JWT-SVID for ``spiffe_id`` (an entry parented to this agent) and ``audience``, reused until
+        half its life has passed. Raises NotFound for an ID no entry names, InvalidArgument without an
+        audience, UpstreamUnavailable before the first state or while the CA is unreachable."""
+        if not audience or not all(audience):
+            raise InvalidArgument("a JWT-SVID needs at least one non-empty audience")
+        state = self._state
+        if state is None:
+            raise UpstreamUnavailable("the agent has not received its registration entries from the CA yet; retry")
+        entry = next((e for e in state.entries if e.spiffe_id == spiffe_id), None)
+        if entry is None:
+            raise NotFound(f"no registration entry for {spiffe_id} is parented to this agent")
+        key = (spiffe_id, tuple(sorted(set(audience))))
+        now = self._clock.now()
+        cached = self._jwt.get(key)
+        if cached is not None and now < cached.refresh_at:
+            return cached.token
+        token, expires_at = await self._client.mint_jwt_svid(entry.id, list(audience))
+        self._remember_jwt(key, _CachedJwt(token, now + (expires_at - now) / 2), now)
+        return token
+
+    def _remember_jwt(self, key: tuple[SpiffeId, tuple[str, ...]], value: _CachedJwt, now: datetime) -> None:
+        self._jwt = {k: v for k, v in self._jwt.items() if v.refresh_at > now}
+        self._jwt[key] = value
+        if len(self._jwt) > _JWT_CACHE_LIMIT:
+            keep = sorted(self._jwt.items(), key=lambda item: item[1].refresh_at)[-_JWT_CACHE_LIMIT:]
+            self._jwt = dict(keep)

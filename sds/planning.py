@@ -1,0 +1,191 @@
+"""The agent's decisions, as pure functions of (state, what it holds, now): which X509-SVIDs to sign,
+when to rotate them, how long to back off, and what snapshot to publish (DESIGN §4 "Rotation at 1/2 of
+each SVID's life with jitter; immediate re-issue on taint/revocation").
+
+:mod:`sds.manager` does the I/O around these; keeping them pure makes each rule a one-line test.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+
+from sds.cache import CacheSnapshot, WorkloadSvid
+from sds.node_client import EntryRecord, SyncState
+from spiffe_core.errors import X509SvidError
+from spiffe_core.keys import PrivateKey
+from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.x509_svid import verify_x509_svid
+
+# Reconnect and retry backoff: from about half a second, doubling, to at most 30 s.
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldSvid:
+    """A workload X509-SVID the agent holds: the entry (and its revision) it was signed for, the key
+    generated on this host, and when to replace it (fixed when it was signed, jitter included)."""
+
+    entry_id: str
+    revision: int
+    spiffe_id: SpiffeId
+    cert_chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey = field(repr=False, compare=False)
+    rotate_at: datetime
+
+    @property
+    def not_after(self) -> datetime:
+        return self.cert_chain[0].not_valid_after_utc
+
+    @property
+    def serial(self) -> int:
+        return self.cert_chain[0].serial_number
+
+    @property
+    def signer_ids(self) -> frozenset[str]:
+        """IDs (subject key identifiers, hex) of every authority on the chain, as the CA names
+        authorities in ``tainted_authority_ids``."""
+        ids: set[str] = set()
+        for cert in self.cert_chain:
+            try:
+                aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+            except x509.ExtensionNotFound:
+                continue
+            if aki.key_identifier is not None:
+                ids.add(aki.key_identifier.hex())
+        return frozenset(ids)
+
+
+class SignReason(enum.StrEnum):
+    NEW = "no SVID yet"
+    ENTRY_CHANGED = "registration entry changed"
+    REVOKED = "SVID revoked"
+    TAINTED = "signing authority tainted"
+    ROTATION_DUE = "rotation due"
+    UNTRUSTED = "SVID no longer chains to the bundle"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningPlan:
+    """Entries to get a new SVID for (with why), and entry IDs whose SVIDs to forget (entry removed)."""
+
+    to_sign: tuple[tuple[EntryRecord, SignReason], ...] = ()
+    to_drop: frozenset[str] = frozenset()
+
+
+def next_rotation(
+    now: datetime,
+    not_before: datetime,
+    not_after: datetime,
+    *,
+    fraction: float,
+    jitter: float,
+    rng: random.Random,
+) -> datetime:
+    """When to replace an SVID valid from ``not_before`` to ``not_after``: at ``fraction`` of its life,
+    moved by a random share of up to ±``jitter`` of that point; never before ``now`` nor after expiry."""
+    life = not_after - not_before
+    point = fraction * (1 + rng.uniform(-jitter, jitter))
+    return max(now, min(not_before + life * point, not_after))
+
+
+def backoff_delay(
+    failures: int,
+    rng: random.Random,
+    base: float = BACKOFF_BASE_SECONDS,
+    cap: float = BACKOFF_CAP_SECONDS,
+) -> float:
+    """Seconds to wait after ``failures`` consecutive failures (≥ 1): exponential up to ``cap``, with the
+    upper half jittered so agents that lost the CA together do not return together."""
+    ceiling = min(cap, base * float(2 ** min(max(failures, 1) - 1, 32)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def _reason(entry: EntryRecord, held: HeldSvid | None, state: SyncState, now: datetime) -> SignReason | None:
+    if held is None:
+        return SignReason.NEW
+    if held.revision != entry.revision or held.spiffe_id != entry.spiffe_id:
+        return SignReason.ENTRY_CHANGED
+    if held.serial in state.revoked_serials:
+        return SignReason.REVOKED
+    if held.signer_ids & state.tainted_authority_ids:
+        return SignReason.TAINTED
+    if now >= held.rotate_at or now >= held.not_after:
+        return SignReason.ROTATION_DUE
+    try:
+        verify_x509_svid(held.cert_chain, state.bundle, now)
+    except X509SvidError:
+        return SignReason.UNTRUSTED
+    return None
+
+
+def plan_signing(state: SyncState, held: Mapping[str, HeldSvid], now: datetime) -> SigningPlan:
+    """What to sign for ``state`` given the SVIDs ``held`` (by entry ID) at ``now``: every entry without
+    an SVID, or whose SVID was signed for an older revision of the entry, is revoked, was signed by a
+    tainted authority, is due for rotation, or no longer chains to the bundle. SVIDs of entries that
+    are gone are dropped. Each entry is named once, in the CA's order."""
+    to_sign: list[tuple[EntryRecord, SignReason]] = []
+    seen: set[str] = set()
+    for entry in state.entries:
+        if entry.id in seen:
+            continue
+        seen.add(entry.id)
+        reason = _reason(entry, held.get(entry.id), state, now)
+        if reason is not None:
+            to_sign.append((entry, reason))
+    return SigningPlan(tuple(to_sign), frozenset(held) - seen)
+
+
+def servable(held: HeldSvid, entry: EntryRecord, state: SyncState, now: datetime) -> bool:
+    """Whether to hand ``held`` out for ``entry`` while waiting for a replacement: not for another
+    SPIFFE ID, not revoked, not expired. (An SVID of a tainted authority keeps serving until its
+    replacement arrives: peers still accept it, and nothing better is at hand.)"""
+    return held.spiffe_id == entry.spiffe_id and held.serial not in state.revoked_serials and now < held.not_after
+
+
+def build_snapshot(state: SyncState, held: Mapping[str, HeldSvid], now: datetime, version: int) -> CacheSnapshot:
+    """The snapshot for ``state``: one SVID per entry that has a servable one, in the CA's entry order
+    (so the first is the "default" SVID), the own bundle, the federated bundles and the CRLs."""
+    svids: list[WorkloadSvid] = []
+    seen: set[str] = set()
+    for entry in state.entries:
+        current = held.get(entry.id)
+        if entry.id in seen or current is None or not servable(current, entry, state, now):
+            continue
+        seen.add(entry.id)
+        svids.append(
+            WorkloadSvid(
+                entry_id=entry.id,
+                spiffe_id=entry.spiffe_id,
+                cert_chain=current.cert_chain,
+                private_key=current.private_key,
+                selectors=entry.selectors,
+                federates_with=entry.federates_with,
+                hint=entry.hint,
+            )
+        )
+    return CacheSnapshot(
+        trust_domain=state.bundle.trust_domain,
+        bundle=state.bundle,
+        federated_bundles=dict(state.federated_bundles),
+        svids=tuple(svids),
+        crls=state.crls,
+        version=version,
+    )
+
+
+def same_content(a: CacheSnapshot, b: CacheSnapshot) -> bool:
+    """Whether two snapshots hand out the same things (versions aside): publishing is for changes only."""
+    return (
+        a.trust_domain == b.trust_domain
+        and a.bundle == b.bundle
+        and dict(a.federated_bundles) == dict(b.federated_bundles)
+        and a.crls == b.crls
+        and a.svids == b.svids
+    )
