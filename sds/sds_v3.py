@@ -1,0 +1,296 @@
+"""The agent's Envoy SDS v3 server: StreamSecrets, DeltaSecrets and FetchSecrets (DESIGN §4).
+
+Implements ``envoy/service/secret/v3/sds.proto`` following the xDS transport protocol
+(``api-docs/xds_protocol.rst``). The servicer is a thin edge: it attests the caller once per stream
+through a :class:`CallerAttestor`, asks :func:`sds.secrets.build_secrets` what the caller may have,
+and keeps per-stream protocol state.
+
+State of the world (StreamSecrets):
+  * every response carries a fresh nonce and a ``version_info`` made of the snapshot version and a
+    hash of the response content;
+  * a request whose ``response_nonce`` is not the latest nonce sent on the stream is stale and is
+    ignored (the client will send the current one with its full subscription); the first request of
+    a stream carries no nonce and is always answered;
+  * a request carrying the latest nonce is an ACK, or a NACK when ``error_detail`` is set — a NACK
+    is logged and the rejected content is never sent again;
+  * names that are added are answered at once with what is available; names not available yet are
+    remembered and pushed as soon as a snapshot has them; a response holds every subscribed resource
+    the caller may have, each name once;
+  * a new cache snapshot is pushed only when it changes the content of this stream's resources.
+
+Incremental (DeltaSecrets): subscriptions change by ``resource_names_subscribe`` / ``_unsubscribe``
+and are applied from every request (a stale nonce only means the ACK/NACK is for an older response);
+the server tracks which version of each resource the client holds (seeded from
+``initial_resource_versions`` on the first request), sends only resources whose version differs, and
+lists in ``removed_resources`` those the client holds that disappeared or are no longer entitled.
+
+FetchSecrets is the unary variant: all named resources or ``NOT_FOUND``. Envoy itself never calls it
+(its REST subscriptions use HTTP/JSON, not this gRPC method); it exists for tools and debugging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
+from typing import Any, NoReturn, Protocol
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from sds.cache import CacheSnapshot, WorkloadCache
+from sds.secrets import SECRET_TYPE_URL, SdsResource, build_secrets
+from spiffe_core.errors import NotAuthorized, transport_status
+from spiffe_core.selectors import Selector
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class CallerAttestor(Protocol):
+    """Who is calling, as selectors. Raises :class:`~spiffe_core.errors.NotAuthorized` for a caller
+    the agent does not know. Peer-credential attestation lives elsewhere; this edge only consumes it."""
+
+    async def attest(self, context: Context) -> frozenset[Selector]: ...
+
+
+class SecretDiscoveryService:
+    """Registered with ``sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server`` on a grpc.aio server."""
+
+    def __init__(self, cache: WorkloadCache, attestor: CallerAttestor) -> None:
+        self._cache = cache
+        self._attestor = attestor
+
+    async def StreamSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        selectors = await self._attest(context)
+        stream = _SotwStream(selectors, context.peer())
+        async with aclosing(_events(request_iterator, self._cache)) as events:
+            async for event in events:
+                if isinstance(event, CacheSnapshot):
+                    response = stream.on_snapshot(event)
+                else:
+                    await _check_type_url(event.type_url, context)
+                    response = stream.on_request(event, self._cache.get_snapshot())
+                if response is not None:
+                    yield response
+
+    async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        selectors = await self._attest(context)
+        stream = _DeltaStream(selectors, context.peer())
+        async with aclosing(_events(request_iterator, self._cache)) as events:
+            async for event in events:
+                if isinstance(event, CacheSnapshot):
+                    response = stream.on_snapshot(event)
+                else:
+                    await _check_type_url(event.type_url, context)
+                    response = stream.on_request(event, self._cache.get_snapshot())
+                if response is not None:
+                    yield response
+
+    async def FetchSecrets(self, request: Any, context: Context) -> Any:
+        selectors = await self._attest(context)
+        await _check_type_url(request.type_url, context)
+        names = _unique(request.resource_names)
+        if not names:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "FetchSecrets needs resource_names; SDS has no wildcard — name the secrets "
+                "('default', 'ROOTCA', 'ALL', a SPIFFE ID or 'spiffe://<trust domain>')",
+            )
+        snapshot = self._cache.get_snapshot()
+        resources = build_secrets(snapshot, selectors, names)
+        missing = [n for n in names if n not in resources]
+        if missing:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"secrets {missing} are not available to this caller: unknown names, not entitled by its "
+                "selectors, or not issued yet — retry later or use StreamSecrets to wait for them",
+            )
+        return discovery_pb2.DiscoveryResponse(
+            version_info=_version_info(snapshot, resources),
+            resources=[resources[n].to_any() for n in names],
+            type_url=SECRET_TYPE_URL,
+            nonce=_nonce(),
+        )
+
+    async def _attest(self, context: Context) -> frozenset[Selector]:
+        try:
+            return await self._attestor.attest(context)
+        except NotAuthorized as err:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"SDS caller is not authorized: {err}")
+        except Exception as err:
+            status = transport_status(err)
+            if status is None:
+                logger.exception("attesting the SDS caller %s failed", context.peer())
+                await _abort(context, grpc.StatusCode.INTERNAL, "internal error while attesting the SDS caller")
+            await _abort(context, grpc.StatusCode[status[1]], str(err))
+
+
+class _SotwStream:
+    """Protocol state of one StreamSecrets stream (pure: requests and snapshots in, responses out)."""
+
+    def __init__(self, selectors: frozenset[Selector], peer: str) -> None:
+        self._selectors = selectors
+        self._peer = peer
+        self._names: tuple[str, ...] = ()
+        self._nonce: str | None = None  # of the latest response; None until the first one is sent
+        self._sent: dict[str, str] = {}  # name → version in the latest response
+        self._rejected = False  # the latest response was NACKed
+
+    def on_request(self, request: Any, snapshot: CacheSnapshot) -> Any | None:
+        first = self._nonce is None
+        if not first:
+            if request.response_nonce != self._nonce:
+                logger.debug("SDS %s: ignoring request with stale nonce %r", self._peer, request.response_nonce)
+                return None
+            self._rejected = request.HasField("error_detail")
+            if self._rejected:
+                logger.warning(
+                    "SDS %s rejected version %r of %s: %s",
+                    self._peer,
+                    request.version_info,
+                    sorted(self._sent),
+                    request.error_detail.message,
+                )
+        names = _unique(request.resource_names)
+        added = set(names) - set(self._names)
+        self._names = names
+        if not first and not added:
+            return None
+        resources = build_secrets(snapshot, self._selectors, names)
+        if self._rejected and _versions(resources) == self._sent:
+            return None  # the added names are not available yet; answering would repeat rejected content
+        return self._respond(snapshot, resources)
+
+    def on_snapshot(self, snapshot: CacheSnapshot) -> Any | None:
+        if self._nonce is None:
+            return None  # nothing asked yet; the first request is answered from the newest snapshot
+        resources = build_secrets(snapshot, self._selectors, self._names)
+        if _versions(resources) == {n: v for n, v in self._sent.items() if n in self._names}:
+            return None
+        return self._respond(snapshot, resources)
+
+    def _respond(self, snapshot: CacheSnapshot, resources: Mapping[str, SdsResource]) -> Any:
+        self._nonce = _nonce()
+        self._sent = _versions(resources)
+        self._rejected = False
+        return discovery_pb2.DiscoveryResponse(
+            version_info=_version_info(snapshot, resources),
+            resources=[r.to_any() for r in resources.values()],
+            type_url=SECRET_TYPE_URL,
+            nonce=self._nonce,
+        )
+
+
+class _DeltaStream:
+    """Protocol state of one DeltaSecrets stream (pure: requests and snapshots in, responses out)."""
+
+    def __init__(self, selectors: frozenset[Selector], peer: str) -> None:
+        self._selectors = selectors
+        self._peer = peer
+        self._subscribed: dict[str, None] = {}  # ordered set
+        self._client_versions: dict[str, str] = {}  # what the client holds, by name
+        self._nonce: str | None = None
+        self._started = False
+
+    def on_request(self, request: Any, snapshot: CacheSnapshot) -> Any | None:
+        if request.response_nonce and request.response_nonce == self._nonce:
+            if request.HasField("error_detail"):
+                logger.warning("SDS %s rejected delta update: %s", self._peer, request.error_detail.message)
+        elif request.response_nonce:
+            logger.debug("SDS %s: delta request answers stale nonce %r", self._peer, request.response_nonce)
+        for name in request.resource_names_subscribe:
+            self._subscribed[name] = None
+        for name in request.resource_names_unsubscribe:
+            self._subscribed.pop(name, None)
+            self._client_versions.pop(name, None)
+        if not self._started:
+            self._started = True
+            self._client_versions = {
+                n: v for n, v in request.initial_resource_versions.items() if n in self._subscribed
+            }
+        return self._diff(snapshot)
+
+    def on_snapshot(self, snapshot: CacheSnapshot) -> Any | None:
+        return self._diff(snapshot) if self._started else None
+
+    def _diff(self, snapshot: CacheSnapshot) -> Any | None:
+        resources = build_secrets(snapshot, self._selectors, self._subscribed)
+        changed = [r for n, r in resources.items() if self._client_versions.get(n) != r.version]
+        removed = [n for n in self._client_versions if n not in resources]
+        if not changed and not removed:
+            return None
+        for resource in changed:
+            self._client_versions[resource.name] = resource.version
+        for name in removed:
+            del self._client_versions[name]
+        self._nonce = _nonce()
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=str(snapshot.version),
+            resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.to_any()) for r in changed],
+            removed_resources=removed,
+            type_url=SECRET_TYPE_URL,
+            nonce=self._nonce,
+        )
+
+
+async def _events(requests: AsyncIterator[Any], cache: WorkloadCache) -> AsyncGenerator[Any | CacheSnapshot, None]:
+    """Requests and cache snapshots of one stream, as they come; ends when the client half-closes.
+
+    Both sources are read concurrently, so a push never waits for the client to speak. Snapshots come
+    from ``cache.subscribe()`` (newest wins): a slow stream skips intermediate ones."""
+    subscription = cache.subscribe()
+    next_request: asyncio.Future[Any] = asyncio.ensure_future(anext(requests))
+    next_snapshot: asyncio.Future[CacheSnapshot] = asyncio.ensure_future(anext(subscription))
+    try:
+        while True:
+            done, _ = await asyncio.wait((next_request, next_snapshot), return_when=asyncio.FIRST_COMPLETED)
+            if next_request in done:
+                try:
+                    request = next_request.result()
+                except StopAsyncIteration:
+                    return
+                yield request
+                next_request = asyncio.ensure_future(anext(requests))
+            if next_snapshot in done:
+                yield next_snapshot.result()
+                next_snapshot = asyncio.ensure_future(anext(subscription))
+    finally:
+        for pending in (next_request, next_snapshot):
+            pending.cancel()
+        await asyncio.gather(next_request, next_snapshot, return_exceptions=True)
+        await subscription.aclose()
+
+
+async def _check_type_url(type_url: str, context: Context) -> None:
+    if type_url and type_url != SECRET_TYPE_URL:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"type_url {type_url!r} is not served here; the SDS endpoint serves only {SECRET_TYPE_URL!r}",
+        )
+
+
+async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+
+
+def _unique(names: Iterable[str]) -> tuple[str, ...]:
+    """Requested names in order, each once (a response must never repeat a name)."""
+    return tuple(dict.fromkeys(names))
+
+
+def _versions(resources: Mapping[str, SdsResource]) -> dict[str, str]:
+    return {name: r.version for name, r in resources.items()}
+
+
+def _version_info(snapshot: CacheSnapshot, resources: Mapping[str, SdsResource]) -> str:
+    digest = hashlib.sha256("\n".join(f"{n}={r.version}" for n, r in sorted(resources.items())).encode())
+    return f"{snapshot.version}-{digest.hexdigest()[:12]}"
+
+
+def _nonce() -> str:
+    return uuid.uuid4().hex
