@@ -9,7 +9,7 @@ the newest snapshot only ("newest wins"): a slow Envoy never holds up the cache 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -78,7 +78,7 @@ class WorkloadCache:
             self._snapshot = snapshot
             self._changed.notify_all()
 
-    async def subscribe(self) -> AsyncIterator[CacheSnapshot]:
+    async def subscribe(self) -> AsyncGenerator[CacheSnapshot, None]:
         """Yield the current snapshot at once, then each newer one; intermediate ones may be skipped."""
         seen = -1
         while True:
