@@ -9,17 +9,22 @@ Commands (all paths are files):
   x509-bundle TRUST_DOMAIN PEM_FILE       -> {"authorities": [sha256 hex of DER, ...]}
   jwt-svid TOKEN_FILE BUNDLE_FILE AUDIENCE TRUST_DOMAIN -> {"spiffe_id", "audience", "expiry"} (validated;
       BUNDLE_FILE is a SPIFFE bundle: its jwt-svid keys are handed to py-spiffe's JwtBundle)
+  jwt-svid-insecure TOKEN_FILE AUDIENCE   -> {"spiffe_id", "audience", "expiry"} (signature not checked)
+  spiffe-bundle TRUST_DOMAIN BUNDLE_FILE  -> {"x509_authorities": [sha256 hex of DER, ...],
+      "jwt_authorities": {kid: sha256 hex of SubjectPublicKeyInfo DER}} (jwt-svid keys through JwtBundle.parse,
+      the first x5c certificate of each x509-svid key through X509Bundle.parse_raw)
 Errors: {"error": "<ExceptionType>: message"} and exit 1.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from spiffe import JwtBundle, JwtSvid, TrustDomain, X509Bundle, X509Svid
 
 
@@ -46,6 +51,25 @@ def main(argv: list[str]) -> dict[str, object]:
         bundle = JwtBundle.parse(TrustDomain(args[3]), json.dumps(jwks).encode())
         svid = JwtSvid.parse_and_validate(token, bundle, [args[2]])
         return {"spiffe_id": str(svid.spiffe_id), "audience": sorted(svid.audience), "expiry": svid.expiry}
+    if command == "jwt-svid-insecure":
+        svid = JwtSvid.parse_insecure(Path(args[0]).read_text().strip(), {args[1]})
+        return {"spiffe_id": str(svid.spiffe_id), "audience": sorted(svid.audience), "expiry": svid.expiry}
+    if command == "spiffe-bundle":
+        trust_domain = TrustDomain(args[0])
+        keys = json.loads(Path(args[1]).read_text())["keys"]
+        jwks = {"keys": [k for k in keys if k.get("use") == "jwt-svid"]}
+        jwt_bundle = JwtBundle.parse(trust_domain, json.dumps(jwks).encode())
+        ders = b"".join(base64.b64decode(k["x5c"][0]) for k in keys if k.get("use") == "x509-svid")
+        x509_bundle = X509Bundle.parse_raw(trust_domain, ders)
+        return {
+            "x509_authorities": sorted(
+                hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in x509_bundle.x509_authorities
+            ),
+            "jwt_authorities": {
+                kid: hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+                for kid, key in jwt_bundle.jwt_authorities.items()
+            },
+        }
     raise SystemExit(f"unknown command {command!r}")
 
 
