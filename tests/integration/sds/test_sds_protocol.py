@@ -1,0 +1,533 @@
+"""The SDS v3 server over a real gRPC Unix socket, driven by a raw xDS client (DESIGN §4, xds_protocol.rst):
+nonces, ACK/NACK, stale requests, added and not-yet-available names, push on change only, Fetch,
+Delta subscribe/unsubscribe/removed, and attestation failures."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+from google.rpc import status_pb2
+
+from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
+from sds.sds_v3 import SecretDiscoveryService
+from sds.secrets import DEFAULT, ROOTCA, SECRET_TYPE_URL
+from spiffe_core.errors import NotAuthorized
+from spiffe_core.selectors import Selector
+from tests.support.sds_snapshots import TestCa, snapshot
+
+CALLER = frozenset({Selector("unix", "uid:1000")})
+API_ID = "spiffe://example.org/api"
+WAIT = 5.0  # upper bound for a response that must come
+QUIET = 0.3  # how long we listen to be sure nothing comes
+
+
+@dataclass
+class FakeAttestor:
+    selectors: frozenset[Selector] | None = CALLER
+    calls: int = 0
+
+    async def attest(self, context: Any) -> frozenset[Selector]:
+        self.calls += 1
+        if self.selectors is None:
+            raise NotAuthorized("caller uid 4242 matches no registration entry; register it with a unix selector")
+        return self.selectors
+
+
+@dataclass
+class Agent:
+    """The state a test drives: the cache the server reads and a way to publish the next snapshot."""
+
+    ca: TestCa
+    cache: WorkloadCache
+    attestor: FakeAttestor
+    stub: Any
+    web: WorkloadSvid
+    version: int = 1
+
+    async def publish(self, svids: list[WorkloadSvid]) -> CacheSnapshot:
+        self.version += 1
+        snap = snapshot(self.ca, svids, version=self.version)
+        await self.cache.publish(snap)
+        return snap
+
+
+class Stream:
+    """A raw xDS stream: requests are written as given; responses are collected by a reader task so
+    tests can wait for one (bounded) or listen for silence without cancelling the gRPC read."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.responses: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while (response := await self.call.read()) is not grpc.aio.EOF:
+            await self.responses.put(response)
+
+    async def send(self, request: Any) -> None:
+        await self.call.write(request)
+
+    async def next(self) -> Any:
+        getter = asyncio.ensure_future(self.responses.get())
+        done, _ = await asyncio.wait((getter, self._reader), timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        if self._reader in done:
+            self._reader.result()  # raises the RPC error that ended the stream
+            raise AssertionError("stream ended without a response")
+        raise AssertionError(f"no response within {WAIT}s")
+
+    async def expect_silence(self) -> None:
+        await asyncio.sleep(QUIET)
+        assert self.responses.empty(), f"unexpected response: {self.responses.get_nowait()}"
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # Unix socket paths are limited to ~100 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="sds-", dir="/tmp") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+async def agent(socket_dir: Path) -> AsyncIterator[Agent]:
+    ca = TestCa.create("example.org")
+    web = ca.svid("/web")
+    cache = WorkloadCache(snapshot(ca, [web], version=1))
+    attestor = FakeAttestor()
+    server = grpc.aio.server()
+    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SecretDiscoveryService(cache, attestor), server)
+    address = f"unix:{socket_dir / 'sds.sock'}"
+    server.add_insecure_port(address)
+    await server.start()
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        yield Agent(ca, cache, attestor, sds_pb2_grpc.SecretDiscoveryServiceStub(channel), web)
+    finally:
+        await channel.close()
+        await server.stop(grace=None)
+
+
+@pytest.fixture
+async def stream(agent: Agent) -> AsyncIterator[Stream]:
+    s = Stream(agent.stub.StreamSecrets())
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def delta(agent: Agent) -> AsyncIterator[Stream]:
+    s = Stream(agent.stub.DeltaSecrets())
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def request(names: list[str], nonce: str = "", version: str = "", error: str | None = None) -> Any:
+    req = discovery_pb2.DiscoveryRequest(
+        resource_names=names, type_url=SECRET_TYPE_URL, response_nonce=nonce, version_info=version
+    )
+    if error is not None:
+        req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+    return req
+
+
+def delta_request(
+    subscribe: Sequence[str] = (),
+    unsubscribe: Sequence[str] = (),
+    nonce: str = "",
+    initial: dict[str, str] | None = None,
+    error: str | None = None,
+) -> Any:
+    req = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=SECRET_TYPE_URL,
+        resource_names_subscribe=subscribe,
+        resource_names_unsubscribe=unsubscribe,
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
+    if error is not None:
+        req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+    return req
+
+
+def secrets_of(response: Any) -> dict[str, Any]:
+    """name → Secret, asserting no name appears twice."""
+    result: dict[str, Any] = {}
+    for packed in response.resources:
+        any_msg = packed.resource if isinstance(packed, discovery_pb2.Resource) else packed
+        assert any_msg.type_url == SECRET_TYPE_URL
+        secret = secret_pb2.Secret()
+        secret.ParseFromString(any_msg.value)
+        assert secret.name not in result, f"{secret.name} sent twice"
+        result[secret.name] = secret
+    return result
+
+
+def leaf_pem(svid: WorkloadSvid) -> bytes:
+    return svid.cert_chain[0].public_bytes(Encoding.PEM)
+
+
+# --- state of the world -------------------------------------------------------------------------
+
+
+async def test_stream_answers_first_request_with_available_secrets(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT, ROOTCA]))
+
+    response = await stream.next()
+
+    assert response.type_url == SECRET_TYPE_URL
+    assert response.nonce
+    assert response.version_info.startswith("1-")
+    secrets = secrets_of(response)
+    assert list(secrets) == [DEFAULT, ROOTCA]
+    assert secrets[DEFAULT].tls_certificate.certificate_chain.inline_bytes == leaf_pem(agent.web)
+
+
+async def test_stream_answers_first_request_even_when_nothing_is_available(stream: Stream) -> None:
+    await stream.send(request([API_ID]))
+
+    response = await stream.next()
+
+    assert response.nonce
+    assert list(response.resources) == []
+
+
+async def test_stream_never_repeats_a_name_in_one_response(stream: Stream) -> None:
+    await stream.send(request([DEFAULT, ROOTCA, DEFAULT]))
+
+    response = await stream.next()
+
+    assert [s.name for s in secrets_of(response).values()] == [DEFAULT, ROOTCA]
+    assert len(response.resources) == 2
+
+
+async def test_stream_does_not_resend_after_ack(stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+
+    await stream.send(request([DEFAULT], nonce=first.nonce, version=first.version_info))
+
+    await stream.expect_silence()
+
+
+async def test_stream_gives_each_response_a_fresh_nonce_and_version(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+
+    await agent.publish([agent.ca.svid("/web")])
+    second = await stream.next()
+
+    assert second.nonce != first.nonce
+    assert second.version_info.startswith("2-")
+    assert second.version_info != first.version_info
+
+
+async def test_stream_does_not_resend_rejected_content_after_nack(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+
+    await stream.send(request([DEFAULT], nonce=first.nonce, error="Failed to load certificate chain"))
+    await agent.publish([agent.web])  # new snapshot version, same content
+
+    await stream.expect_silence()
+
+
+async def test_stream_pushes_a_real_change_after_nack(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+    await stream.send(request([DEFAULT], nonce=first.nonce, error="Failed to load certificate chain"))
+
+    rotated = agent.ca.svid("/web")
+    await agent.publish([rotated])
+
+    pushed = secrets_of(await stream.next())
+    assert pushed[DEFAULT].tls_certificate.certificate_chain.inline_bytes == leaf_pem(rotated)
+
+
+async def test_stream_ignores_stale_nonce(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+    await agent.publish([agent.ca.svid("/web")])
+    second = await stream.next()
+
+    await stream.send(request([DEFAULT, ROOTCA], nonce=first.nonce))  # answers the older response
+    await stream.expect_silence()
+
+    await stream.send(request([DEFAULT, ROOTCA], nonce=second.nonce))
+    assert list(secrets_of(await stream.next())) == [DEFAULT, ROOTCA]
+
+
+async def test_stream_answers_added_name_at_once(stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+
+    await stream.send(request([DEFAULT, ROOTCA], nonce=first.nonce, version=first.version_info))
+
+    assert list(secrets_of(await stream.next())) == [DEFAULT, ROOTCA]
+
+
+async def test_stream_pushes_a_remembered_name_once_a_snapshot_has_it(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT, API_ID]))
+    first = await stream.next()
+    assert list(secrets_of(first)) == [DEFAULT]
+    await stream.send(request([DEFAULT, API_ID], nonce=first.nonce, version=first.version_info))
+
+    api = agent.ca.svid("/api")
+    await agent.publish([agent.web, api])
+
+    pushed = secrets_of(await stream.next())
+    assert list(pushed) == [DEFAULT, API_ID]
+    assert pushed[API_ID].tls_certificate.certificate_chain.inline_bytes == leaf_pem(api)
+
+
+async def test_stream_sends_nothing_for_a_snapshot_with_identical_content(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT, ROOTCA]))
+    first = await stream.next()
+    await stream.send(request([DEFAULT, ROOTCA], nonce=first.nonce, version=first.version_info))
+
+    await agent.publish([agent.web])
+
+    await stream.expect_silence()
+
+
+async def test_stream_sends_nothing_for_a_change_to_secrets_it_did_not_ask_for(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([ROOTCA]))
+    first = await stream.next()
+    await stream.send(request([ROOTCA], nonce=first.nonce, version=first.version_info))
+
+    await agent.publish([agent.ca.svid("/web")])
+
+    await stream.expect_silence()
+
+
+async def test_stream_rejects_another_resource_type(stream: Stream) -> None:
+    await stream.send(
+        discovery_pb2.DiscoveryRequest(
+            resource_names=["x"], type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster"
+        )
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stream.next()
+
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.value.details() == (
+        "type_url 'type.googleapis.com/envoy.config.cluster.v3.Cluster' is not served here; "
+        f"the SDS endpoint serves only {SECRET_TYPE_URL!r}"
+    )
+
+
+async def test_stream_releases_its_tasks_when_the_client_goes_away(agent: Agent) -> None:
+    baseline = len(asyncio.all_tasks())
+    s = Stream(agent.stub.StreamSecrets())
+    await s.send(request([DEFAULT]))
+    await s.next()
+    assert len(asyncio.all_tasks()) > baseline
+
+    await s.close()
+
+    for _ in range(50):  # bounded: up to 5 s
+        if len(asyncio.all_tasks()) <= baseline:
+            break
+        await asyncio.sleep(0.1)
+    assert len(asyncio.all_tasks()) <= baseline
+
+
+async def test_caller_is_attested_once_per_stream(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+    await stream.send(request([DEFAULT, ROOTCA], nonce=first.nonce))
+    await stream.next()
+
+    assert agent.attestor.calls == 1
+
+
+# --- fetch --------------------------------------------------------------------------------------
+
+
+async def test_fetch_returns_the_named_secrets(agent: Agent) -> None:
+    response = await agent.stub.FetchSecrets(request([ROOTCA, DEFAULT]), timeout=WAIT)
+
+    assert list(secrets_of(response)) == [ROOTCA, DEFAULT]
+    assert response.version_info.startswith("1-")
+    assert response.nonce
+
+
+async def test_fetch_of_a_name_not_available_is_not_found(agent: Agent) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await agent.stub.FetchSecrets(request([DEFAULT, API_ID]), timeout=WAIT)
+
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    assert failure.value.details() == (
+        f"secrets [{API_ID!r}] are not available to this caller: unknown names, not entitled by its selectors, "
+        "or not issued yet — retry later or use StreamSecrets to wait for them"
+    )
+
+
+async def test_fetch_without_names_is_invalid(agent: Agent) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await agent.stub.FetchSecrets(request([]), timeout=WAIT)
+
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.value.details() == (
+        "FetchSecrets needs resource_names; SDS has no wildcard — name the secrets "
+        "('default', 'ROOTCA', 'ALL', a SPIFFE ID or 'spiffe://<trust domain>')"
+    )
+
+
+# --- delta --------------------------------------------------------------------------------------
+
+
+async def test_delta_sends_subscribed_resources_with_their_versions(agent: Agent, delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[DEFAULT, ROOTCA]))
+
+    response = await delta.next()
+
+    assert response.nonce
+    assert response.system_version_info == "1"
+    assert [(r.name, bool(r.version)) for r in response.resources] == [(DEFAULT, True), (ROOTCA, True)]
+    assert list(secrets_of(response)) == [DEFAULT, ROOTCA]
+    assert list(response.removed_resources) == []
+
+
+async def test_delta_sends_only_the_resources_that_changed(agent: Agent, delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[DEFAULT, ROOTCA]))
+    first = await delta.next()
+    await delta.send(delta_request(nonce=first.nonce))
+
+    await agent.publish([agent.ca.svid("/web")])
+
+    pushed = await delta.next()
+    assert [r.name for r in pushed.resources] == [DEFAULT]
+    assert pushed.nonce != first.nonce
+
+
+async def test_delta_answers_a_later_subscription_with_only_the_new_resource(delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[DEFAULT]))
+    first = await delta.next()
+
+    await delta.send(delta_request(subscribe=[ROOTCA], nonce=first.nonce))
+
+    assert [r.name for r in (await delta.next()).resources] == [ROOTCA]
+
+
+async def test_delta_stops_pushing_an_unsubscribed_resource(agent: Agent, delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[DEFAULT, ROOTCA]))
+    first = await delta.next()
+    await delta.send(delta_request(unsubscribe=[DEFAULT], nonce=first.nonce))
+
+    await agent.publish([agent.ca.svid("/web")])
+
+    await delta.expect_silence()
+
+
+async def test_delta_lists_a_resource_no_longer_entitled_as_removed(agent: Agent, delta: Stream) -> None:
+    api = agent.ca.svid("/api")
+    await agent.publish([agent.web, api])
+    await delta.send(delta_request(subscribe=[DEFAULT, API_ID]))
+    first = await delta.next()
+    assert [r.name for r in first.resources] == [DEFAULT, API_ID]
+    await delta.send(delta_request(nonce=first.nonce))
+
+    await agent.publish([agent.web])
+
+    pushed = await delta.next()
+    assert list(pushed.resources) == []
+    assert list(pushed.removed_resources) == [API_ID]
+
+
+async def test_delta_pushes_a_remembered_name_once_a_snapshot_has_it(agent: Agent, delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[API_ID]))
+    await delta.expect_silence()
+
+    await agent.publish([agent.web, agent.ca.svid("/api")])
+
+    assert [r.name for r in (await delta.next()).resources] == [API_ID]
+
+
+async def test_delta_honors_initial_resource_versions(agent: Agent) -> None:
+    first_stream = Stream(agent.stub.DeltaSecrets())
+    await first_stream.send(delta_request(subscribe=[DEFAULT, ROOTCA]))
+    held = {r.name: r.version for r in (await first_stream.next()).resources}
+    await first_stream.close()
+
+    reconnected = Stream(agent.stub.DeltaSecrets())
+    try:
+        await reconnected.send(
+            delta_request(subscribe=[DEFAULT, ROOTCA], initial={DEFAULT: held[DEFAULT], ROOTCA: "outdated"})
+        )
+        response = await reconnected.next()
+    finally:
+        await reconnected.close()
+
+    assert [r.name for r in response.resources] == [ROOTCA]
+
+
+async def test_delta_does_not_resend_rejected_content_after_nack(agent: Agent, delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[DEFAULT]))
+    first = await delta.next()
+
+    await delta.send(delta_request(nonce=first.nonce, error="Failed to load certificate chain"))
+    await agent.publish([agent.web])
+
+    await delta.expect_silence()
+
+
+# --- attestation --------------------------------------------------------------------------------
+
+DENIED = "SDS caller is not authorized: caller uid 4242 matches no registration entry; register it with a unix selector"
+
+
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param("StreamSecrets", id="stream"), pytest.param("DeltaSecrets", id="delta")],
+)
+async def test_unknown_caller_stream_is_permission_denied(agent: Agent, method: str) -> None:
+    agent.attestor.selectors = None
+    s = Stream(getattr(agent.stub, method)())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await s.next()
+    finally:
+        await s.close()
+
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert failure.value.details() == DENIED
+
+
+async def test_unknown_caller_fetch_is_permission_denied(agent: Agent) -> None:
+    agent.attestor.selectors = None
+
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await agent.stub.FetchSecrets(request([DEFAULT]), timeout=WAIT)
+
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert failure.value.details() == DENIED
+
+
+async def test_caller_entitled_to_no_svid_gets_no_certificate_but_the_bundle(agent: Agent, stream: Stream) -> None:
+    agent.attestor.selectors = frozenset({Selector("unix", "uid:0")})
+    await stream.send(request([DEFAULT, ROOTCA]))
+
+    assert list(secrets_of(await stream.next())) == [ROOTCA]
