@@ -134,12 +134,13 @@ class AgentManager:
         log.info("republished %d saved workload SVIDs", len(self._cache.get_snapshot().svids))
 
     async def receive(self, state: SyncState) -> None:
-        """Take a new state from the CA: adopt its bundle and wake the SVID task."""
+        """Take a new state from the CA: adopt its bundle (the node client verifies the CA with it before
+        anything is published with it), then wake the SVID task."""
         previous = self._state
-        self._state = state
-        self._wake.set()
         if previous is None or previous.bundle != state.bundle:
             await self._bundle_sink.update_bundle(state.bundle)
+        self._state = state
+        self._wake.set()
 
     async def _hold_sync(self) -> None:
         failures = 0
