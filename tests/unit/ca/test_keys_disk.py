@@ -223,7 +223,7 @@ def test_opening_the_directory_removes_stale_temporaries_only(manager: DiskKeyMa
 
 def test_the_first_of_two_racing_writers_keeps_the_key_id(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loser, winner = DiskKeyManager(directory, KEK), DiskKeyManager(directory, KEK)
-    real_generate = ca.keys.disk.generate_private_key
+    real_generate = generate_private_key
     winners_key: list[PrivateKey] = []
 
     def other_replica_finishes_first(key_type: KeyType) -> PrivateKey:
