@@ -29,6 +29,8 @@ def _check_trust_domain_name(name: str, whole: str) -> None:
         raise SpiffeIdError(
             f"trust domain of {whole!r} is {len(name.encode())} bytes; at most {MAX_TRUST_DOMAIN_BYTES} allowed"
         )
+    if "@" in name:
+        raise SpiffeIdError(f"trust domain {name!r} has user info; SPIFFE IDs never carry one")
     for ch in name:
         if ch in _TRUST_DOMAIN_CHARS:
             continue
@@ -38,8 +40,6 @@ def _check_trust_domain_name(name: str, whole: str) -> None:
             )
         if ch == ":":
             raise SpiffeIdError(f"trust domain {name!r} has a port; SPIFFE IDs never carry one")
-        if ch == "@":
-            raise SpiffeIdError(f"trust domain {name!r} has user info; SPIFFE IDs never carry one")
         if ch == "%":
             raise SpiffeIdError(f"trust domain {name!r} is percent-encoded; SPIFFE IDs never are")
         raise SpiffeIdError(
@@ -83,6 +83,8 @@ class TrustDomain:
     @classmethod
     def parse(cls, text: str) -> TrustDomain:
         """Accept a bare name (``example.org``) or a path-less ID (``spiffe://example.org``)."""
+        if not isinstance(text, str):
+            raise SpiffeIdError(f"a trust domain must be a string, not {type(text).__name__}")
         if text.startswith(SCHEME_PREFIX):
             spiffe_id = SpiffeId.parse(text)
             if spiffe_id.path:
@@ -139,6 +141,10 @@ class SpiffeId:
     def from_segments(cls, trust_domain: TrustDomain, *segments: str) -> SpiffeId:
         """Build ``spiffe://td/seg1/seg2``; each segment is validated, none may hold a '/'."""
         for segment in segments:
+            if not segment:
+                raise SpiffeIdError(
+                    f"an empty path segment was passed for {trust_domain.id}; every segment needs a name"
+                )
             if "/" in segment:
                 raise SpiffeIdError(f"path segment {segment!r} holds a '/'; pass each segment separately")
         return cls(trust_domain, "".join("/" + s for s in segments))
