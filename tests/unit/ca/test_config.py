@@ -568,3 +568,9 @@ def test_ttl_arithmetic_is_checked_when_loading(tmp_path: Path) -> None:
         "life, so max_ttl must be at most ca.ttl/6 (4h); raise ca.ttl to at least 6d or lower x509_svid.max_ttl to "
         "at most 4h"
     )
+
+
+def test_the_configuration_reference_documents_every_key() -> None:
+    reference = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
+
+    assert [key for key in every_key(CaConfig) if f"| `{key.rsplit('.', 1)[-1]}` |" not in reference] == []
