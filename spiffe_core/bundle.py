@@ -26,6 +26,7 @@ from spiffe_core.spiffe_id import TrustDomain
 
 USE_X509_SVID = "x509-svid"
 USE_JWT_SVID = "jwt-svid"
+_KNOWN_KEY_TYPES = frozenset({"EC", "RSA"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,10 @@ class Bundle:
 
     @classmethod
     def parse_jwks(cls, trust_domain: TrustDomain, data: bytes | str | Mapping[str, Any]) -> Bundle:
-        """Read a SPIFFE bundle. Keys with an unknown ``use`` are skipped, as §4.2.1 asks; malformed
-        keys of a known use are an error (a bundle half-read is a bundle that trusts the wrong things)."""
+        """Read a SPIFFE bundle. Keys with an unknown ``use`` or ``kty`` are skipped (§4.1.3, §4.2.1,
+        §4.2.2), and so are ``x509-svid`` keys without an ``x5c`` (X509-SVID.md §6.2, which also says to
+        use only the first certificate of several). Malformed keys of a known use are an error: a bundle
+        half-read is a bundle that trusts the wrong things."""
         doc = _load_json(data)
         raw_keys = doc.get("keys")
         if not isinstance(raw_keys, list):
@@ -117,9 +120,13 @@ class Bundle:
         for index, jwk in enumerate(raw_keys):
             if not isinstance(jwk, dict):
                 raise BundleError(f"bundle key #{index} is not a JSON object")
+            if jwk.get("kty") not in _KNOWN_KEY_TYPES:
+                continue  # an unknown key type makes the whole element ignored (§4.2.1)
             use = jwk.get("use")
             if use == USE_X509_SVID:
-                x509_authorities.append(_parse_x509_jwk(jwk, index))
+                cert = _parse_x509_jwk(jwk, index)
+                if cert is not None:
+                    x509_authorities.append(cert)
             elif use == USE_JWT_SVID:
                 jwt_authorities.append(_parse_jwt_jwk(jwk, index))
         sequence = doc.get("spiffe_sequence", 0)
@@ -150,17 +157,23 @@ def _public_der(key: PublicKey) -> bytes:
 
 
 def _public_jwk(key: PublicKey) -> dict[str, Any]:
+    """Only the key material (RFC 7518 §6): PyJWT adds ``key_ops``, which RFC 7517 §4.3 says should
+    not sit next to ``use``, and the bundle spec (§4.2) asks for no parameters it does not define."""
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return ECAlgorithm.to_jwk(key, as_dict=True)
+        jwk = ECAlgorithm.to_jwk(key, as_dict=True)
+        return {name: jwk[name] for name in ("kty", "crv", "x", "y")}
     if isinstance(key, rsa.RSAPublicKey):
-        return RSAAlgorithm.to_jwk(key, as_dict=True)
+        jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
+        return {name: jwk[name] for name in ("kty", "n", "e")}
     raise BundleError(f"key of type {type(key).__name__} cannot be published; use EC or RSA")
 
 
-def _parse_x509_jwk(jwk: Mapping[str, Any], index: int) -> x509.Certificate:
+def _parse_x509_jwk(jwk: Mapping[str, Any], index: int) -> x509.Certificate | None:
     x5c = jwk.get("x5c")
-    if not isinstance(x5c, list) or len(x5c) != 1 or not isinstance(x5c[0], str):
-        raise BundleError(f"x509-svid key #{index} must have exactly one certificate in 'x5c'")
+    if x5c is None or x5c == []:
+        return None
+    if not isinstance(x5c, list) or not isinstance(x5c[0], str):
+        raise BundleError(f"x509-svid key #{index} has an 'x5c' that is not an array of base64 DER certificates")
     try:
         cert = x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
     except ValueError as err:
@@ -172,15 +185,12 @@ def _parse_jwt_jwk(jwk: Mapping[str, Any], index: int) -> JwtAuthority:
     kid = jwk.get("kid")
     if not isinstance(kid, str) or not kid:
         raise BundleError(f"jwt-svid key #{index} has no 'kid'; JWT authorities must name their key")
-    kty = jwk.get("kty")
     try:
-        if kty == "EC":
+        if jwk["kty"] == "EC":
             key: Any = ECAlgorithm.from_jwk(dict(jwk))
-        elif kty == "RSA":
-            key = RSAAlgorithm.from_jwk(dict(jwk))
         else:
-            raise BundleError(f"jwt-svid key {kid!r} has kty {kty!r}; only EC and RSA are supported")
-    except InvalidKeyError as err:
+            key = RSAAlgorithm.from_jwk(dict(jwk))
+    except (InvalidKeyError, ValueError, TypeError, KeyError) as err:
         raise BundleError(f"jwt-svid key {kid!r} is malformed: {err}") from err
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise BundleError(f"jwt-svid key {kid!r} must be a public key")
