@@ -486,9 +486,7 @@ def test_rejects_a_sub_that_is_not_a_string(keys: Keys, bundle: Bundle) -> None:
 )
 def test_rejects_a_sub_that_is_not_a_spiffe_id(keys: Keys, bundle: Bundle, sub: str, reason: str) -> None:
     token = craft(header(), claims(sub=sub), keys.p256)
-    with pytest.raises(
-        JwtSvidError, match=re.escape("JWT-SVID 'sub' is not a SPIFFE ID: ") + ".*" + re.escape(reason)
-    ):
+    with pytest.raises(JwtSvidError, match=re.escape("JWT-SVID 'sub' is not a SPIFFE ID: ") + ".*" + re.escape(reason)):
         validate(token, bundle)
 
 

@@ -378,7 +378,8 @@ def test_an_id_never_equals_its_string() -> None:
 
 
 def test_a_trust_domain_never_equals_its_name() -> None:
-    trust_domain, name = TrustDomain("example.org"), "example.org"
+    trust_domain = TrustDomain("example.org")
+    name: object = "example.org"
     assert trust_domain != name
 
 
