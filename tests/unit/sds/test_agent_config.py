@@ -1,0 +1,200 @@
+"""The agent's configuration (sds/config.py): defaults, TOML, environment overrides, and errors that
+name the key and the fix — never the join token."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sds.config import AgentConfig, load_agent_config
+from spiffe_core.errors import ConfigError
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+
+SECRET = "s3cr3t-join-token"
+
+
+def load(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> AgentConfig:
+    path = tmp_path / "agent.toml"
+    path.write_text(toml)
+    return load_agent_config(path, env or {})
+
+
+def error_of(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, toml, env)
+    return str(caught.value)
+
+
+def test_defaults_put_sockets_in_the_data_dir_next_to_the_config_file(tmp_path: Path) -> None:
+    config = load(tmp_path, "")
+    assert config.trust_domain == TrustDomain("example.org")
+    assert config.server_address == "127.0.0.1:8081"
+    assert config.attestation_address == "127.0.0.1:8082"
+    assert config.server_name == "trustmesh-ca"
+    assert config.data_dir == tmp_path / ".trustmesh/agent"
+    assert config.workload_api_socket == tmp_path / ".trustmesh/agent/workload.sock"
+    assert config.sds_socket == tmp_path / ".trustmesh/agent/sds.sock"
+    assert (config.rotation.svid_rotation_fraction, config.rotation.jitter) == (0.5, 0.1)
+    assert config.load_join_token() is None
+
+
+def test_reads_cert_file_targets_with_paths_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+        trust_domain = "prod.example"
+        [[cert_files]]
+        spiffe_id = "spiffe://prod.example/web"
+        dir = "certs/web"
+        selectors = ["unix:uid:1000"]
+        reload_command = "systemctl reload 'nginx web'"
+        reload_timeout = "10s"
+        """,
+    )
+    (target,) = config.cert_files
+    assert target.dir == tmp_path / "certs/web"
+    assert target.spiffe_id == SpiffeId.parse("spiffe://prod.example/web")
+    assert target.selectors == (Selector("unix", "uid:1000"),)
+    assert target.reload_argv == ("systemctl", "reload", "nginx web")
+    assert target.reload_timeout == timedelta(seconds=10)
+
+
+def test_environment_overrides_top_level_keys_and_section_keys(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        'server_address = "10.0.0.1:8081"',
+        {
+            "TRUSTMESH_AGENT_SERVER_ADDRESS": "10.0.0.5:8081",
+            "TRUSTMESH_AGENT_ROTATION__JITTER": "0.2",
+            "TRUSTMESH_AGENT_CONFIG": "ignored: names the file",
+            "TRUSTMESH_CA__TTL": "ignored: the CA's",
+        },
+    )
+    assert config.server_address == "10.0.0.5:8081"
+    assert config.rotation.jitter == 0.2
+
+
+def test_join_token_is_masked_in_repr_and_read_from_a_file(tmp_path: Path) -> None:
+    inline = load(tmp_path, "", {"TRUSTMESH_AGENT_JOIN_TOKEN": SECRET})
+    assert SECRET not in repr(inline)
+    assert inline.load_join_token() == SECRET
+    (tmp_path / "token").write_text(SECRET + "\n")
+    from_file = load(tmp_path, 'join_token_file = "token"')
+    assert from_file.load_join_token() == SECRET
+
+
+def test_missing_join_token_file_names_the_key_and_the_fix(tmp_path: Path) -> None:
+    config = load(tmp_path, 'join_token_file = "absent"')
+    with pytest.raises(ConfigError) as caught:
+        config.load_join_token()
+    assert str(caught.value) == (
+        f"join_token_file: cannot read {tmp_path / 'absent'} (No such file or directory); "
+        "write the token 'trustmesh-ca token generate' printed into it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        pytest.param(
+            "servr_address = 'x:1'",
+            {},
+            "servr_address: is not a known setting; check its spelling and section (see docs/agent.md)",
+            id="unknown-key",
+        ),
+        pytest.param(
+            "server_address = '10.0.0.1'",
+            {},
+            "server_address: '10.0.0.1' is not host:port; write e.g. '127.0.0.1:8081'",
+            id="address-without-port",
+        ),
+        pytest.param(
+            "trust_domain = 'Example.org'",
+            {},
+            "trust_domain: trust domain 'Example.org' has uppercase letters",
+            id="uppercase-trust-domain",
+        ),
+        pytest.param(
+            "key_type = 'ec-p521'",
+            {},
+            "key_type: key type 'ec-p521' is not supported; use one of:",
+            id="unknown-key-type",
+        ),
+        pytest.param(
+            "[rotation]\nsvid_rotation_fraction = 0.9\njitter = 0.2",
+            {},
+            "rotation: svid_rotation_fraction 0.9 with jitter 0.2 can put rotation at 1.08 of an "
+            "SVID's life, after it expires; lower one of them so that fraction * (1 + jitter) < 1",
+            id="rotation-after-expiry",
+        ),
+        pytest.param(
+            "[[cert_files]]\ndir = 'certs'",
+            {},
+            "cert_files.0: names no SVID; set spiffe_id, selectors, or both",
+            id="cert-file-target-without-svid",
+        ),
+        pytest.param(
+            "[[cert_files]]\ndir = 'certs'\nselectors = ['unix:uid:1']\nreload_command = \"kill -HUP 'x\"",
+            {},
+            'cert_files.0.reload_command: "kill -HUP \'x" cannot be split into arguments (No closing quotation);'
+            " close the quotes",
+            id="unbalanced-reload-command",
+        ),
+        pytest.param(
+            f"join_token = '{SECRET}'\njoin_token_file = 'token'",
+            {},
+            "config: join_token and join_token_file are both set; keep only one of them",
+            id="two-token-sources",
+        ),
+        pytest.param(
+            "",
+            {"TRUSTMESH_AGENT_SERVER_ADRESS": "x:1"},
+            "unknown environment variables ['TRUSTMESH_AGENT_SERVER_ADRESS']; overrides are TRUSTMESH_AGENT_<KEY> or "
+            "TRUSTMESH_AGENT_<SECTION>__<KEY>, e.g. TRUSTMESH_AGENT_SERVER_ADDRESS=10.0.0.5:8081",
+            id="unknown-environment-variable",
+        ),
+        pytest.param(
+            "",
+            {"TRUSTMESH_AGENT_ROTATION": "0.5"},
+            "unknown environment variables ['TRUSTMESH_AGENT_ROTATION']",
+            id="section-set-as-a-value",
+        ),
+        pytest.param(
+            "",
+            {"TRUSTMESH_AGENT_CERT_FILES": "[]"},
+            "TRUSTMESH_AGENT_CERT_FILES: cert_files is a list of tables; set it in the config file, not the "
+            "environment",
+            id="cert-files-from-environment",
+        ),
+    ],
+)
+def test_rejects_invalid_configuration_naming_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    text = error_of(tmp_path, toml, env)
+    assert message in text
+    assert SECRET not in text
+
+
+def test_rejects_an_empty_join_token_without_echoing_it(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "join_token = '  '") == (
+        "invalid agent configuration:\n"
+        "  join_token: is empty; remove it or paste the token 'trustmesh-ca token generate' printed"
+    )
+
+
+def test_rejects_a_socket_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
+    long_dir = "/" + "d" * 100
+    assert error_of(tmp_path, f"data_dir = '{long_dir}'") == (
+        f"workload_api_socket: {long_dir}/workload.sock is longer than 107 bytes, the limit of a Unix socket "
+        "path; choose a shorter data_dir or an absolute socket path"
+    )
+
+
+def test_error_for_a_malformed_token_type_does_not_echo_the_value(tmp_path: Path) -> None:
+    text = error_of(tmp_path, "join_token = 12345678")
+    assert "12345678" not in text
+    assert text.startswith("invalid agent configuration:\n  join_token: ")

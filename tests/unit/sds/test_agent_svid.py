@@ -1,0 +1,205 @@
+"""The agent's own identity (sds/agent_svid.py): first attestation, restarts from the saved SVID,
+expiry with and without a join token, renewal, and refusing SVIDs that are not what was asked for."""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
+from sds.node_client import AgentCredentials, AttestResult
+from sds.persistence import AgentStore
+from spiffe_core.bundle import Bundle
+from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, X509SvidError
+from spiffe_core.keys import KeyType, generate_private_key
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.agent_pki import SigningCa
+from tests.support.clock import FakeClock
+
+TD = TrustDomain("example.org")
+NOW = datetime.now(UTC).replace(microsecond=0)
+CA = SigningCa.create(TD, NOW - timedelta(days=1), ttl=timedelta(days=3))
+AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
+AGENT_TTL = timedelta(hours=1)
+TOKEN = "join-token-1"
+BOOTSTRAP = Bundle(TD, (CA.cert,))
+
+
+class FakeAttestationApi:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.attested: list[tuple[Bundle, str, bytes]] = []
+        self.renewed = 0
+        self.credentials: list[AgentCredentials] = []
+        self.assign = AGENT
+        self.sign_other_key = False
+
+    def _sign(self, csr: bytes) -> tuple[x509.Certificate, ...]:
+        if self.sign_other_key:
+            other = generate_private_key(KeyType.EC_P256)
+            return CA.sign(
+                self.assign, other.public_key(), not_before=self.clock.now(), not_after=self.clock.now() + AGENT_TTL
+            )
+        return CA.sign_csr(csr, self.assign, now=self.clock.now(), ttl=AGENT_TTL)
+
+    async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
+        self.attested.append((roots, method, payload))
+        return AttestResult(self.assign, self._sign(csr), CA.bundle())
+
+    async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]:
+        self.renewed += 1
+        return self._sign(csr)
+
+    def use_credentials(self, credentials: AgentCredentials) -> None:
+        self.credentials.append(credentials)
+
+
+def identity(
+    data_dir: Path,
+    clock: FakeClock,
+    api: FakeAttestationApi | None = None,
+    token: str | None = TOKEN,
+    bootstrap: Bundle | None = BOOTSTRAP,
+) -> tuple[AgentIdentity, FakeAttestationApi]:
+    api = api or FakeAttestationApi(clock)
+    agent = AgentIdentity(
+        client=api,
+        store=AgentStore(data_dir, TD),
+        params=AgentSvidParams(TD),
+        join_token=lambda: token,
+        bootstrap_bundle=bootstrap,
+        clock=clock,
+    )
+    return agent, api
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+async def test_first_start_attests_with_the_join_token_against_the_bootstrap_bundle(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    agent, api = identity(tmp_path, clock)
+    credentials = await agent.start()
+    assert api.attested == [(BOOTSTRAP, "join_token", TOKEN.encode())]
+    assert credentials.svid.spiffe_id == AGENT
+    assert credentials.bundle == CA.bundle()
+    assert api.credentials == [credentials]
+    assert stat.S_IMODE((tmp_path / "agent.json").stat().st_mode) == 0o600
+
+
+async def test_a_restart_uses_the_saved_svid_without_calling_the_ca(tmp_path: Path, clock: FakeClock) -> None:
+    first, _ = identity(tmp_path, clock)
+    saved = await first.start()
+    restarted, api = identity(tmp_path, clock)
+    credentials = await restarted.start()
+    assert api.attested == []
+    assert credentials.svid.leaf == saved.svid.leaf
+    assert api.credentials == [credentials]
+
+
+async def test_an_expired_svid_without_a_join_token_stops_the_agent_with_the_fix(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    first, _ = identity(tmp_path, clock)
+    expiry = (await first.start()).svid.leaf.not_valid_after_utc
+    clock.advance(AGENT_TTL)
+    restarted, _ = identity(tmp_path, clock, token=None)
+    with pytest.raises(FailedPrecondition) as caught:
+        await restarted.start()
+    assert str(caught.value) == (
+        f"agent SVID expired at {expiry.isoformat()} and no join token is configured; "
+        "generate one with 'trustmesh-ca token generate' and set join_token"
+    )
+
+
+async def test_an_expired_svid_with_a_new_join_token_attests_again(tmp_path: Path, clock: FakeClock) -> None:
+    first, _ = identity(tmp_path, clock)
+    old = await first.start()
+    clock.advance(AGENT_TTL)
+    restarted, api = identity(tmp_path, clock, token="join-token-2")
+    credentials = await restarted.start()
+    assert [(method, payload) for _, method, payload in api.attested] == [("join_token", b"join-token-2")]
+    assert credentials.svid.leaf.not_valid_after_utc > clock.now()
+    assert credentials.svid.leaf != old.svid.leaf
+
+
+async def test_first_start_without_a_join_token_names_the_fix(tmp_path: Path, clock: FakeClock) -> None:
+    agent, _ = identity(tmp_path, clock, token=None)
+    with pytest.raises(ConfigError) as caught:
+        await agent.start()
+    assert str(caught.value) == (
+        "the agent has not attested yet and no join token is configured; generate one with "
+        "'trustmesh-ca token generate' and set join_token (or join_token_file)"
+    )
+
+
+async def test_first_start_without_a_trust_bundle_names_the_fix(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock, bootstrap=None)
+    with pytest.raises(ConfigError, match=r"^trust_bundle_path is not set; the agent needs the CA's root"):
+        await agent.start()
+    assert api.attested == []
+
+
+async def test_renew_replaces_key_and_svid_and_schedules_the_next_renewal(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock)
+    old = await agent.start()
+    clock.advance(timedelta(minutes=30))
+    new = await agent.renew()
+    assert new.svid.spiffe_id == AGENT
+    assert new.svid.private_key.public_key() != old.svid.private_key.public_key()
+    assert api.credentials[-1] == new
+    assert AgentStore(tmp_path, TD).load_agent().svid.leaf == new.svid.leaf  # type: ignore[union-attr]
+    leaf = new.svid.leaf
+    half = leaf.not_valid_before_utc + (leaf.not_valid_after_utc - leaf.not_valid_before_utc) / 2
+    assert abs(agent.rotate_at - half) <= AGENT_TTL * 0.05 + timedelta(seconds=1)
+
+
+async def test_refuses_an_svid_for_a_key_the_agent_did_not_send(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock)
+    api.sign_other_key = True
+    with pytest.raises(X509SvidError) as caught:
+        await agent.start()
+    assert str(caught.value) == f"the CA returned an SVID for {AGENT} that is not for the key the agent sent"
+    assert not (tmp_path / "agent.json").exists()
+
+
+async def test_refuses_an_agent_id_outside_the_trust_domain(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock)
+    api.assign = SpiffeId.parse("spiffe://other.example/trustmesh/agent/join_token/node-1")
+    with pytest.raises(InvalidArgument) as caught:
+        await agent.start()
+    assert str(caught.value) == (
+        "the CA assigned agent ID spiffe://other.example/trustmesh/agent/join_token/node-1, outside the "
+        "configured trust domain example.org; check trust_domain and server_address"
+    )
+
+
+async def test_a_new_bundle_is_saved_and_handed_to_the_client(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock)
+    await agent.start()
+    rotated = CA.bundle(sequence=2)
+    await agent.update_bundle(rotated)
+    await agent.update_bundle(rotated)
+    assert [c.bundle for c in api.credentials] == [CA.bundle(), rotated]
+    assert AgentStore(tmp_path, TD).load_agent().bundle == rotated  # type: ignore[union-attr]
+
+
+def test_bootstrap_bundle_is_read_from_pem(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.pem"
+    path.write_bytes(BOOTSTRAP.x509_authorities_pem())
+    assert load_bootstrap_bundle(path, TD) == BOOTSTRAP
+    assert load_bootstrap_bundle(None, TD) is None
+
+
+def test_bootstrap_bundle_without_certificates_names_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.pem"
+    path.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"^trust_bundle_path: .*bundle\.pem holds no PEM certificates \("):
+        load_bootstrap_bundle(path, TD)
