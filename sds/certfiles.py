@@ -112,7 +112,7 @@ async def run_reload_command(argv: Sequence[str], time_limit: float) -> int | No
     except TimeoutError:
         process.kill()
         await process.wait()
-        log.error("reload command %r did not finish within %.0f s and was killed", argv[0], time_limit)
+        log.error("reload command %r did not finish within %g s and was killed", argv[0], time_limit)
         return None
 
 
