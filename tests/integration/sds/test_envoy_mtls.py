@@ -134,7 +134,12 @@ def agents(workdir: Path) -> Iterator[Agents]:
 
 
 def start_mesh(
-    stack: ExitStack, agents: Agents, workdir: Path, server_snapshot: CacheSnapshot, client_snapshot: CacheSnapshot
+    stack: ExitStack,
+    agents: Agents,
+    workdir: Path,
+    server_snapshot: CacheSnapshot,
+    client_snapshot: CacheSnapshot,
+    api_type: str = "GRPC",
 ) -> Mesh:
     server_socket, server_cache = agents.start("server-agent", server_snapshot)
     client_socket, client_cache = agents.start("client-agent", client_snapshot)
@@ -145,6 +150,7 @@ def start_mesh(
         admin_port=0,
         inbound=Inbound(port=0, allowed_peers=(CLIENT_ID, FOREIGN_CLIENT_ID)),
     )
+    _use_sds_api(server_bootstrap, api_type)
     server = stack.enter_context(running_envoy(server_bootstrap, workdir, "server"))
     client_bootstrap = envoy_bootstrap(
         node_id="client",
@@ -153,10 +159,23 @@ def start_mesh(
         admin_port=0,
         outbound=Outbound(port=0, upstream=f"127.0.0.1:{server.listener_port('inbound')}", upstream_id=SERVER_ID),
     )
+    _use_sds_api(client_bootstrap, api_type)
     _one_request_per_upstream_connection(client_bootstrap)
     client = stack.enter_context(running_envoy(client_bootstrap, workdir, "client"))
     url = f"http://127.0.0.1:{client.listener_port('outbound')}/"
     return Mesh(agents, server_cache, client_cache, server, client, url)
+
+
+def _use_sds_api(node: Any, api_type: str) -> None:
+    """Switch every SDS config source to ``api_type`` (GRPC: state of the world; DELTA_GRPC: incremental)."""
+    if isinstance(node, dict):
+        if node.get("api_type") == "GRPC":
+            node["api_type"] = api_type
+        for value in node.values():
+            _use_sds_api(value, api_type)
+    elif isinstance(node, list):
+        for value in node:
+            _use_sds_api(value, api_type)
 
 
 def _one_request_per_upstream_connection(bootstrap: dict[str, Any]) -> None:
@@ -177,8 +196,12 @@ def verify_failures(envoy: Envoy) -> int:
     return sum(v for k, v in envoy.counters("ssl.fail_verify_error").items() if k.startswith("listener."))
 
 
+API_TYPES = [pytest.param("GRPC", id="sotw"), pytest.param("DELTA_GRPC", id="delta")]
+
+
+@pytest.mark.parametrize("api_type", API_TYPES)
 def test_request_over_mtls_reaches_the_server_with_the_client_spiffe_id(
-    ca: TestCa, agents: Agents, workdir: Path
+    ca: TestCa, agents: Agents, workdir: Path, api_type: str
 ) -> None:
     with ExitStack() as stack:
         mesh = start_mesh(
@@ -187,6 +210,7 @@ def test_request_over_mtls_reaches_the_server_with_the_client_spiffe_id(
             workdir,
             snapshot(ca, [ca.svid("/server", ["unix:uid:0"])]),
             snapshot(ca, [ca.svid("/client", ["unix:uid:0"])]),
+            api_type,
         )
 
         response = mesh.get()
@@ -265,8 +289,9 @@ class RequestLoop:
         return self.statuses
 
 
+@pytest.mark.parametrize("api_type", API_TYPES)
 def test_rotation_changes_the_served_certificates_without_failed_requests(
-    ca: TestCa, agents: Agents, workdir: Path
+    ca: TestCa, agents: Agents, workdir: Path, api_type: str
 ) -> None:
     with ExitStack() as stack:
         mesh = start_mesh(
@@ -275,6 +300,7 @@ def test_rotation_changes_the_served_certificates_without_failed_requests(
             workdir,
             snapshot(ca, [ca.svid("/server", ["unix:uid:0"])]),
             snapshot(ca, [ca.svid("/client", ["unix:uid:0"])]),
+            api_type,
         )
         new_server, new_client = ca.svid("/server", ["unix:uid:0"]), ca.svid("/client", ["unix:uid:0"])
         loop = RequestLoop(mesh)
