@@ -115,8 +115,10 @@ class AgentManager:
         return dict(self._held)
 
     async def run(self) -> None:
-        """Republish the saved SVIDs, then hold the Sync stream and keep the SVIDs fresh until cancelled."""
-        await self.load_saved()
+        """Republish the saved SVIDs (unless :meth:`load_saved` ran already), then hold the Sync stream
+        and keep the SVIDs fresh until cancelled."""
+        if self._state is None:
+            await self.load_saved()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._hold_sync(), name="agent-sync")
             tasks.create_task(self._keep_svids(), name="agent-svids")
@@ -136,9 +138,7 @@ class AgentManager:
     async def receive(self, state: SyncState) -> None:
         """Take a new state from the CA: adopt its bundle (the node client verifies the CA with it before
         anything is published with it), then wake the SVID task."""
-        previous = self._state
-        if previous is None or previous.bundle != state.bundle:
-            await self._bundle_sink.update_bundle(state.bundle)
+        await self._bundle_sink.update_bundle(state.bundle)  # a no-op when it is the bundle in use
         self._state = state
         self._wake.set()
 

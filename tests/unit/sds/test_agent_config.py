@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sds.config import AgentConfig, load_agent_config
+from sds.config import AgentConfig, CertFileTarget, RotationConfig, load_agent_config
 from spiffe_core.errors import ConfigError
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -198,3 +198,11 @@ def test_error_for_a_malformed_token_type_does_not_echo_the_value(tmp_path: Path
     text = error_of(tmp_path, "join_token = 12345678")
     assert "12345678" not in text
     assert text.startswith("invalid agent configuration:\n  join_token: ")
+
+
+def test_docs_list_every_key() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "agent.md").read_text()
+    keys = [name for name in AgentConfig.model_fields if name != "rotation"]
+    keys += [f"rotation.{name}" for name in RotationConfig.model_fields]
+    keys += [f"`{name}`" for name in CertFileTarget.model_fields]
+    assert [key for key in keys if key not in docs] == []
