@@ -144,18 +144,26 @@ class AgentIdentity:
         return await self.attest(token, self._bootstrap)
 
     async def _reattest(self, expired_at: datetime, saved_bundle: Bundle) -> AgentCredentials:
+        token = await self._token_after_expiry(expired_at)
+        return await self.attest(token, self._reattestation_roots(saved_bundle))
+
+    async def _token_after_expiry(self, expired_at: datetime) -> str:
+        """The join token to attest again with; FailedPrecondition (with the fix) when there is none."""
         token = await asyncio.to_thread(self._join_token)
         if token is None:
             raise FailedPrecondition(
                 f"agent SVID expired at {expired_at.isoformat()} and no join token is configured; "
                 "generate one with 'trustmesh-ca token generate' and set join_token"
             )
-        roots = saved_bundle
-        if self._bootstrap is not None:  # the CA may have rotated its roots while we were away
-            known = set(saved_bundle.x509_authorities)
-            extra = [c for c in self._bootstrap.x509_authorities if c not in known]
-            roots = saved_bundle.with_changes(x509_authorities=[*saved_bundle.x509_authorities, *extra])
-        return await self.attest(token, roots)
+        return token
+
+    def _reattestation_roots(self, saved_bundle: Bundle) -> Bundle:
+        """The saved bundle plus ``trust_bundle_path``: the CA may have rotated its roots while we were away."""
+        if self._bootstrap is None:
+            return saved_bundle
+        known = set(saved_bundle.x509_authorities)
+        extra = [c for c in self._bootstrap.x509_authorities if c not in known]
+        return saved_bundle.with_changes(x509_authorities=[*saved_bundle.x509_authorities, *extra])
 
     async def attest(self, join_token: str, roots: Bundle) -> AgentCredentials:
         """Attest with ``join_token`` against a CA verified by ``roots``; save and use the new identity."""
@@ -206,13 +214,13 @@ class AgentIdentity:
             await asyncio.sleep(max(delay, 0.0))
             current = self.get_current()
             expiry = current.svid.leaf.not_valid_after_utc
+            # Only a missing token stops the agent; what the CA answers (even FAILED_PRECONDITION) is retried.
+            token = await self._token_after_expiry(expiry) if self._clock.now() >= expiry else None
             try:
-                if self._clock.now() >= expiry:
-                    await self._reattest(expiry, current.bundle)
+                if token is not None:
+                    await self.attest(token, self._reattestation_roots(current.bundle))
                 else:
                     await self.renew()
-            except (FailedPrecondition, ConfigError):
-                raise
             except TrustmeshError as err:
                 failures += 1
                 log.warning("could not renew the agent SVID %s (%s); retrying", current.svid.spiffe_id, err)

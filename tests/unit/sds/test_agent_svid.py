@@ -3,7 +3,9 @@ expiry with and without a join token, renewal, and refusing SVIDs that are not w
 
 from __future__ import annotations
 
+import asyncio
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
 from sds.node_client import AgentCredentials, AttestResult
 from sds.persistence import AgentStore
 from spiffe_core.bundle import Bundle
-from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, X509SvidError
+from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, UpstreamUnavailable, X509SvidError
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_pki import SigningCa
@@ -37,6 +39,7 @@ class FakeAttestationApi:
         self.credentials: list[AgentCredentials] = []
         self.assign = AGENT
         self.sign_other_key = False
+        self.renew_failures: list[Exception] = []
 
     def _sign(self, csr: bytes) -> tuple[x509.Certificate, ...]:
         if self.sign_other_key:
@@ -51,6 +54,8 @@ class FakeAttestationApi:
         return AttestResult(self.assign, self._sign(csr), CA.bundle())
 
     async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]:
+        if self.renew_failures:
+            raise self.renew_failures.pop(0)
         self.renewed += 1
         return self._sign(csr)
 
@@ -203,3 +208,60 @@ def test_bootstrap_bundle_without_certificates_names_the_fix(tmp_path: Path) -> 
     path.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=r"^trust_bundle_path: .*bundle\.pem holds no PEM certificates \("):
         load_bootstrap_bundle(path, TD)
+
+
+async def run_until(agent: AgentIdentity, done: Callable[[], bool]) -> None:
+    """Run the renewal loop until ``done()`` (checked every 10 ms, for at most 5 s), then stop it."""
+    task = asyncio.create_task(agent.run())
+    try:
+        for _ in range(500):
+            if done():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert done()
+
+
+async def test_run_renews_once_the_rotation_time_has_come(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock)
+    await agent.start()
+    clock.advance(agent.rotate_at - clock.now())
+    await run_until(agent, lambda: api.renewed == 1)
+    assert agent.rotate_at > clock.now()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(UpstreamUnavailable("node API RenewAgent is unavailable"), id="ca-down"),
+        pytest.param(FailedPrecondition("no active authority can sign right now"), id="ca-failed-precondition"),
+    ],
+)
+async def test_run_retries_a_failed_renewal(tmp_path: Path, clock: FakeClock, failure: Exception) -> None:
+    agent, api = identity(tmp_path, clock)
+    await agent.start()
+    clock.advance(agent.rotate_at - clock.now())
+    api.renew_failures = [failure]
+    await run_until(agent, lambda: api.renewed == 1)
+
+
+async def test_run_stops_when_the_svid_expired_and_no_join_token_is_configured(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    tokens: list[str | None] = [TOKEN]
+    agent = AgentIdentity(
+        client=FakeAttestationApi(clock),
+        store=AgentStore(tmp_path, TD),
+        params=AgentSvidParams(TD),
+        join_token=lambda: tokens[-1],
+        bootstrap_bundle=BOOTSTRAP,
+        clock=clock,
+    )
+    await agent.start()
+    tokens.append(None)
+    clock.advance(AGENT_TTL)
+    with pytest.raises(FailedPrecondition, match=r"^agent SVID expired at .* and no join token is configured; "):
+        async with asyncio.timeout(5):
+            await agent.run()
