@@ -66,30 +66,14 @@ class SecretDiscoveryService:
         self._attestor = attestor
 
     async def StreamSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        selectors = await self._attest(context)
-        stream = _SotwStream(selectors, context.peer())
-        async with aclosing(_events(request_iterator, self._cache)) as events:
-            async for event in events:
-                if isinstance(event, CacheSnapshot):
-                    response = stream.on_snapshot(event)
-                else:
-                    await _check_type_url(event.type_url, context)
-                    response = stream.on_request(event, self._cache.get_snapshot())
-                if response is not None:
-                    yield response
+        stream = _SotwStream(await self._attest(context), context.peer())
+        async for response in self._serve(stream, request_iterator, context):
+            yield response
 
     async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        selectors = await self._attest(context)
-        stream = _DeltaStream(selectors, context.peer())
-        async with aclosing(_events(request_iterator, self._cache)) as events:
-            async for event in events:
-                if isinstance(event, CacheSnapshot):
-                    response = stream.on_snapshot(event)
-                else:
-                    await _check_type_url(event.type_url, context)
-                    response = stream.on_request(event, self._cache.get_snapshot())
-                if response is not None:
-                    yield response
+        stream = _DeltaStream(await self._attest(context), context.peer())
+        async for response in self._serve(stream, request_iterator, context):
+            yield response
 
     async def FetchSecrets(self, request: Any, context: Context) -> Any:
         selectors = await self._attest(context)
@@ -117,6 +101,20 @@ class SecretDiscoveryService:
             nonce=_nonce(),
         )
 
+    async def _serve(
+        self, stream: _StreamState, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncGenerator[Any, None]:
+        """Feed a stream's requests and the cache's snapshots to its protocol state; yield its responses."""
+        async with aclosing(_events(requests, self._cache)) as events:
+            async for event in events:
+                if isinstance(event, CacheSnapshot):
+                    response = stream.on_snapshot(event)
+                else:
+                    await _check_type_url(event.type_url, context)
+                    response = stream.on_request(event, self._cache.get_snapshot())
+                if response is not None:
+                    yield response
+
     async def _attest(self, context: Context) -> frozenset[Selector]:
         try:
             return await self._attestor.attest(context)
@@ -128,6 +126,11 @@ class SecretDiscoveryService:
                 logger.exception("attesting the SDS caller %s failed", context.peer())
                 await _abort(context, grpc.StatusCode.INTERNAL, "internal error while attesting the SDS caller")
             await _abort(context, grpc.StatusCode[status[1]], str(err))
+
+
+class _StreamState(Protocol):
+    def on_request(self, request: Any, snapshot: CacheSnapshot) -> Any | None: ...
+    def on_snapshot(self, snapshot: CacheSnapshot) -> Any | None: ...
 
 
 class _SotwStream:
