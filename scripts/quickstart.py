@@ -147,6 +147,7 @@ def main() -> int:
         for workload in (FRONTEND, BACKEND):
             if workload not in existing:
                 cli(
+                    layout,
                     "entry",
                     "create",
                     "--spiffe-id",
@@ -205,6 +206,7 @@ def main() -> int:
             (root / f"envoy-{name}.json").write_text(bootstrap)
             stack.enter_context(
                 started(
+                    layout,
                     f"envoy-{name}",
                     [
                         envoy,

@@ -1,0 +1,86 @@
+"""``trustmesh-agent run``: the agent's composition root.
+
+Order matters for availability: SVIDs saved before a restart are republished first, and both sockets
+(Envoy SDS, SPIFFE Workload API) are served from that cache at once, so a restart during a CA outage
+keeps proxies and applications working. Then the agent's own identity is started (attesting with the
+join token on first run, or loading the saved agent SVID), and the manager holds the push stream to the
+CA. Everything runs in one TaskGroup: if one part fails, the agent stops instead of half-serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
+from sds.cache import CacheSnapshot, WorkloadCache
+from sds.certfiles import CertFileWriter
+from sds.config import AgentConfig
+from sds.manager import AgentManager, ManagerParams
+from sds.node_client import NodeClient
+from sds.peer_endpoint import AttestedEndpoint
+from sds.persistence import AgentStore
+from sds.sds_v3 import SecretDiscoveryService
+from spiffe_core.clock import SystemClock
+
+log = logging.getLogger(__name__)
+
+
+async def serve_agent(config: AgentConfig) -> None:
+    clock = SystemClock()
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = AgentStore(config.data_dir, config.trust_domain)
+    client = NodeClient(
+        trust_domain=config.trust_domain,
+        server_address=config.server_address,
+        attestation_address=config.attestation_address,
+        server_name=config.server_name,
+    )
+    cache = WorkloadCache(CacheSnapshot(config.trust_domain))
+    identity = AgentIdentity(
+        client=client,
+        store=store,
+        params=AgentSvidParams(
+            config.trust_domain, config.key_type, config.rotation.svid_rotation_fraction, config.rotation.jitter
+        ),
+        join_token=config.load_join_token,
+        bootstrap_bundle=load_bootstrap_bundle(config.trust_bundle_path, config.trust_domain),
+        clock=clock,
+    )
+    manager = AgentManager(
+        client=client,
+        cache=cache,
+        store=store,
+        bundle_sink=identity,
+        params=ManagerParams(
+            key_type=config.key_type,
+            rotation_fraction=config.rotation.svid_rotation_fraction,
+            jitter=config.rotation.jitter,
+        ),
+        clock=clock,
+    )
+    await manager.load_saved()
+    sds_endpoint = AttestedEndpoint(config.sds_socket)
+    sds_endpoint.add_servicer(
+        lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
+            SecretDiscoveryService(cache, sds_endpoint.attestor), server
+        )
+    )
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(sds_endpoint.serve(), name="sds")
+            await identity.start()
+            log.info("agent %s attested; serving SDS at %s", identity.spiffe_id, config.sds_socket)
+            tasks.create_task(identity.run(), name="agent-svid")
+            tasks.create_task(manager.run(), name="manager")
+            if config.cert_files:
+                tasks.create_task(CertFileWriter(cache, config.cert_files).run(), name="cert-files")
+    finally:
+        await client.close()
+
+
+def run_agent(config: AgentConfig) -> None:
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve_agent(config))
