@@ -1,0 +1,113 @@
+"""A trust domain made of real processes for end-to-end tests: ``trustmesh-ca run`` and
+``trustmesh-agent run`` on loopback ports and Unix sockets in a temporary directory, driven through
+their CLIs exactly as an operator would."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import background, command, free_port, run, wait_until
+
+TRUST_DOMAIN = "example.org"
+
+
+@dataclass
+class Mesh:
+    root: Path
+    http_port: int = field(default_factory=free_port)
+    node_port: int = field(default_factory=free_port)
+    attestation_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def ca_config(self) -> Path:
+        return self.root / "ca.toml"
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.root / "agent"
+
+    @property
+    def sds_socket(self) -> Path:
+        return self.agent_dir / "sds.sock"
+
+    @property
+    def workload_socket(self) -> Path:
+        return self.agent_dir / "workload.sock"
+
+    def write_ca_config(self, extra: str = "") -> None:
+        self.ca_config.write_text(
+            f'trust_domain = "{TRUST_DOMAIN}"\n{extra}\n[server]\ndata_dir = "{self.root / "ca"}"\n'
+            f'http_address = "127.0.0.1:{self.http_port}"\nnode_api_address = "127.0.0.1:{self.node_port}"\n'
+            f'attestation_address = "127.0.0.1:{self.attestation_port}"\n'
+        )
+
+    def ca(self, *args: str) -> str:
+        result = run([command("trustmesh-ca"), "--config", str(self.ca_config), *args])
+        assert result.returncode == 0, f"trustmesh-ca {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def ca_ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.http_port}/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @contextlib.contextmanager
+    def running_ca(self, log_name: str = "ca.log") -> Iterator[subprocess.Popen[bytes]]:
+        if not self.ca_config.exists():
+            self.write_ca_config()
+        argv = [command("trustmesh-ca"), "--config", str(self.ca_config), "run"]
+        with background(argv, self.root / log_name) as proc:
+            self.processes["ca"] = proc
+            wait_until(lambda: self._alive("ca") and self.ca_ready(), 20, "the CA to become ready")
+            yield proc
+
+    def join_token(self, node_name: str = "e2e") -> tuple[str, str]:
+        reply = json.loads(self.ca("token", "generate", "--node-name", node_name, "--ttl", "10m", "--json"))
+        return reply["token"], reply["spiffe_id"]
+
+    def write_agent_config(self, token: str, path: Path | None = None, data_dir: Path | None = None) -> Path:
+        (self.root / "bundle.pem").write_text(self.ca("bundle", "show", "--format", "pem"))
+        config = path or self.root / "agent.toml"
+        config.write_text(
+            f'trust_domain = "{TRUST_DOMAIN}"\nserver_address = "127.0.0.1:{self.node_port}"\n'
+            f'attestation_address = "127.0.0.1:{self.attestation_port}"\n'
+            f'trust_bundle_path = "{self.root / "bundle.pem"}"\njoin_token = "{token}"\n'
+            f'data_dir = "{data_dir or self.agent_dir}"\n'
+        )
+        config.chmod(0o600)
+        return config
+
+    @contextlib.contextmanager
+    def running_agent(self, config: Path, log_name: str = "agent.log") -> Iterator[subprocess.Popen[bytes]]:
+        argv = [command("trustmesh-agent"), "--config", str(config), "run"]
+        with background(argv, self.root / log_name) as proc:
+            self.processes["agent"] = proc
+            wait_until(lambda: self._alive("agent") and self.sds_socket.exists(), 20, "the agent's SDS socket")
+            yield proc
+
+    def create_entry(self, spiffe_id: str, parent_id: str, *selectors: str, x509_ttl: str | None = None) -> str:
+        args = ["entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent_id, "--json"]
+        for selector in selectors:
+            args += ["--selector", selector]
+        if x509_ttl:
+            args += ["--x509-ttl", x509_ttl]
+        return str(json.loads(self.ca(*args))["id"])
+
+    def log(self, name: str) -> str:
+        path = self.root / name
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def _alive(self, name: str) -> bool:
+        proc = self.processes[name]
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(f'{name}.log')}")
+        return True
