@@ -11,8 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from sds.config import CONFIG_PATH_ENV, AgentConfig, load_agent_config
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
+from sds.files import write_private_file, write_public_file
+from sds.workload_client import WorkloadApiClient
 from spiffe_core.errors import TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -54,6 +59,43 @@ def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workload_client(args: argparse.Namespace) -> WorkloadApiClient:
+    return WorkloadApiClient(Path(args.socket) if args.socket else _config(args).workload_api_socket)
+
+
+def _pem(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def cmd_fetch_x509(args: argparse.Namespace) -> int:
+    svids = _workload_client(args).fetch_x509_svids()
+    out = Path(args.out)
+    for index, svid in enumerate(svids):
+        suffix = "" if index == 0 else f".{index}"
+        key_pem = svid.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_private_file(out / f"svid{suffix}.key", key_pem)
+        write_public_file(out / f"svid{suffix}.pem", _pem(svid.cert_chain))
+        write_public_file(out / f"bundle{suffix}.pem", _pem(svid.bundle))
+        print(f"{svid.spiffe_id}: wrote {out}/svid{suffix}.pem, svid{suffix}.key (0600) and bundle{suffix}.pem")
+    return 0
+
+
+def cmd_fetch_bundles(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    for trust_domain, certs in sorted(_workload_client(args).fetch_x509_bundles().items()):
+        write_public_file(out / f"{trust_domain}.pem", _pem(certs))
+        print(f"{trust_domain}: {len(certs)} authorities -> {out / f'{trust_domain}.pem'}")
+    return 0
+
+
+def cmd_fetch_jwt(args: argparse.Namespace) -> int:
+    for spiffe_id, token in _workload_client(args).fetch_jwt_svids(list(args.audience), args.spiffe_id or ""):
+        print(f"{spiffe_id} {token}" if args.with_id else token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="trustmesh node agent")
     parser.add_argument("--config", help=f"TOML config file (default: ${CONFIG_PATH_ENV}, else built-in defaults)")
@@ -70,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--upstream", help="HOST:PORT of the mTLS upstream")
     envoy.add_argument("--upstream-id", help="SPIFFE ID the upstream must present")
     envoy.set_defaults(func=cmd_envoy_bootstrap)
+
+    api = commands.add_parser("api", help="call the agent's Workload API as this process")
+    api.add_argument("--socket", help="Workload API socket (default: workload_api_socket from the config)")
+    fetch = api.add_subparsers(dest="api", required=True).add_parser("fetch").add_subparsers(dest="what", required=True)
+    x509_cmd = fetch.add_parser("x509", help="write this process's X509-SVIDs, keys (0600) and bundles")
+    x509_cmd.add_argument("--out", required=True)
+    x509_cmd.set_defaults(func=cmd_fetch_x509)
+    bundles = fetch.add_parser("bundles", help="write the X.509 bundles (own and federated), one PEM per trust domain")
+    bundles.add_argument("--out", required=True)
+    bundles.set_defaults(func=cmd_fetch_bundles)
+    jwt_cmd = fetch.add_parser("jwt", help="print JWT-SVIDs for an audience")
+    jwt_cmd.add_argument("--audience", action="append", required=True)
+    jwt_cmd.add_argument("--spiffe-id", help="only this identity (must be one this process is entitled to)")
+    jwt_cmd.add_argument("--with-id", action="store_true", help="print 'SPIFFE_ID TOKEN' per line")
+    jwt_cmd.set_defaults(func=cmd_fetch_jwt)
     return parser
 
 
