@@ -1,86 +1,167 @@
-"""Workload attestation: who is calling, as selectors, from the kernel's view of the caller.
+"""Workload attestation: the kernel's word about a calling process, turned into selectors (DESIGN §4).
 
-The agent learns the caller's pid, uid and gid from the Unix socket (SO_PEERCRED; the kernel fills it
-in, the caller cannot lie), then reads the rest from /proc: the executable's real path and the
-SHA-256 of that executable. Selectors produced (DESIGN §4):
+SPIFFE_Workload_Endpoint.md §5 asks for out-of-band authenticity checks that need nothing from the
+workload. On a Unix socket the kernel tells the server who connected (``SO_PEERCRED``: pid, uid,
+gid); this module turns those credentials into ``unix`` selectors that registration entries match on:
 
-    unix:uid:<uid>   unix:gid:<gid>   unix:user:<name>   unix:group:<name>
-    unix:path:<real path of /proc/<pid>/exe>   unix:sha256:<hex digest of that file>
+* ``unix:uid:<uid>``, ``unix:gid:<gid>`` — always;
+* ``unix:user:<name>``, ``unix:group:<name>`` — when the account database names them;
+* ``unix:path:<path>`` — the executable, as the kernel names it in ``/proc/<pid>/exe`` (a binary
+  deleted or replaced since it started reads ``<path> (deleted)``, so it no longer matches);
+* ``unix:sha256:<hex>`` — the digest of the executable the process is running (read through
+  ``/proc/<pid>/exe``, which opens the running inode even if the file was replaced on disk).
 
-Digests are cached by (path, device, inode, mtime, size), so 1,000 Envoy streams hash the Envoy
-binary once. A caller that exits before it is attested gets nothing (NotAuthorized).
+Races: the caller may exit before it is attested, and its pid may then name another process. The
+endpoint hands in a pidfd obtained for the exact connecting process (``SO_PEERPIDFD``); after
+``/proc`` has been read, the pidfd must still show that process alive, otherwise the facts read may
+belong to a successor and the caller is refused.
+
+Digests are cached by (path, device, inode, mtime, size), so a workload calling repeatedly costs a
+few syscalls, not a re-hash. All of the work (account lookups may go to LDAP through NSS, hashing a
+large binary takes milliseconds) runs in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import grp
 import hashlib
+import logging
 import os
 import pwd
+import select
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
 
 from spiffe_core.errors import NotAuthorized
 from spiffe_core.selectors import Selector
 
-_CHUNK = 1 << 20
+logger = logging.getLogger(__name__)
+
+UNIX = "unix"
+_DIGEST_CACHE_ENTRIES = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class PeerCredentials:
+    """What the kernel reports about the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+
     pid: int
     uid: int
     gid: int
 
 
 class ExecutableDigests:
-    """SHA-256 of executables, cached by file identity (a replaced binary gets a new digest)."""
+    """sha256 of executables, cached by (path, st_dev, st_ino, st_mtime_ns, st_size) of the open file.
 
-    def __init__(self, max_entries: int = 256) -> None:
-        self._cache: dict[tuple[str, int, int, int, int], str] = {}
-        self._max = max_entries
+    A rebuilt binary gets a new inode or mtime, so a stale digest is never served for new content.
+    Bounded (least recently used entries are dropped). Safe to call from several threads."""
+
+    def __init__(self, max_entries: int = _DIGEST_CACHE_ENTRIES) -> None:
+        self._max_entries = max_entries
+        self._digests: OrderedDict[tuple[str, int, int, int, int], str] = OrderedDict()
         self._lock = threading.Lock()
+        self._hashed = 0
 
-    def digest(self, path: str) -> str:
-        st = os.stat(path)
-        key = (path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    @property
+    def files_hashed(self) -> int:
+        """How many times a file was actually read and hashed (cache misses)."""
+        return self._hashed
+
+    def digest(self, path: str, file: BufferedReader) -> str:
+        """Hex sha256 of the open ``file`` whose name is ``path``; blocking, call it off the event loop."""
+        info = os.fstat(file.fileno())
+        key = (path, info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
         with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        sha = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                sha.update(chunk)
-        value = sha.hexdigest()
+            cached = self._digests.get(key)
+            if cached is not None:
+                self._digests.move_to_end(key)
+                return cached
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
         with self._lock:
-            if len(self._cache) >= self._max:
-                self._cache.clear()
-            self._cache[key] = value
-        return value
+            self._hashed += 1
+            self._digests[key] = digest
+            while len(self._digests) > self._max_entries:
+                self._digests.popitem(last=False)
+        return digest
 
 
-def attest_process(
-    creds: PeerCredentials, digests: ExecutableDigests, proc: Path = Path("/proc")
-) -> frozenset[Selector]:
-    """Selectors for a caller; blocking (reads /proc and may hash a file): run it in a thread."""
-    selectors = {Selector("unix", f"uid:{creds.uid}"), Selector("unix", f"gid:{creds.gid}")}
-    # A uid or gid without a passwd/group entry (containers) still has its numeric selector.
-    with contextlib.suppress(KeyError):
-        selectors.add(Selector("unix", f"user:{pwd.getpwuid(creds.uid).pw_name}"))
-    with contextlib.suppress(KeyError):
-        selectors.add(Selector("unix", f"group:{grp.getgrgid(creds.gid).gr_name}"))
+class ProcessAttestor:
+    """Peer credentials → ``unix`` selectors, reading ``/proc`` and the account database."""
+
+    def __init__(self, digests: ExecutableDigests | None = None, proc: Path = Path("/proc")) -> None:
+        self._digests = digests or ExecutableDigests()
+        self._proc = proc
+
+    async def attest_process(self, creds: PeerCredentials, pidfd: int | None = None) -> frozenset[Selector]:
+        """The selectors of the process ``creds`` describe.
+
+        ``pidfd`` refers to that exact process; when given, the caller is refused if the process
+        exited while it was being attested (its pid may already name another process). The caller
+        keeps ownership of ``pidfd``. Raises :class:`NotAuthorized` when the process is gone."""
+        return await asyncio.to_thread(self._attest, creds, pidfd)
+
+    def _attest(self, creds: PeerCredentials, pidfd: int | None) -> frozenset[Selector]:
+        selectors = {Selector(UNIX, f"uid:{creds.uid}"), Selector(UNIX, f"gid:{creds.gid}")}
+        user = _user_name(creds.uid)
+        if user is not None:
+            selectors.add(Selector(UNIX, f"user:{user}"))
+        group = _group_name(creds.gid)
+        if group is not None:
+            selectors.add(Selector(UNIX, f"group:{group}"))
+        selectors.update(self._executable_selectors(creds.pid))
+        if pidfd is not None and _has_exited(pidfd):
+            raise _exited(creds.pid)
+        return frozenset(selectors)
+
+    def _executable_selectors(self, pid: int) -> set[Selector]:
+        exe = self._proc / str(pid) / "exe"
+        try:
+            path = os.readlink(exe)
+            with open(exe, "rb") as file:
+                digest = self._digests.digest(path, file)
+        except (FileNotFoundError, ProcessLookupError) as err:
+            # Gone, or a zombie (whose exe link no longer resolves): nothing left to attest.
+            raise _exited(pid) from err
+        except PermissionError:
+            # An agent not running as root may not read other users' /proc/<pid>/exe. The caller still
+            # gets its uid/gid selectors; entries that name a path or digest will not match it.
+            logger.warning(
+                "cannot read %s: the agent lacks the privilege to attest the executable of pid %d; "
+                "unix:path and unix:sha256 selectors are left out (run the agent as root to get them)",
+                exe,
+                pid,
+            )
+            return set()
+        return {Selector(UNIX, f"path:{path}"), Selector(UNIX, f"sha256:{digest}")}
+
+
+def _exited(pid: int) -> NotAuthorized:
+    return NotAuthorized(
+        f"caller process exited before attestation (pid {pid}); the process that opens a Workload API "
+        "connection must stay alive while it calls, so its identity can be checked"
+    )
+
+
+def _has_exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited (Linux ≥ 5.3)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _user_name(uid: int) -> str | None:
     try:
-        exe = os.readlink(proc / str(creds.pid) / "exe")
-        digest = digests.digest(exe)
-    except FileNotFoundError:
-        raise NotAuthorized(f"caller process {creds.pid} exited before it could be attested") from None
-    except PermissionError:
-        raise NotAuthorized(
-            f"cannot read the executable of caller process {creds.pid}; run the agent as root or as the workloads' user"
-        ) from None
-    selectors.add(Selector("unix", f"path:{exe.removesuffix(' (deleted)')}"))
-    selectors.add(Selector("unix", f"sha256:{digest}"))
-    return frozenset(selectors)
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None

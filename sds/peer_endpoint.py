@@ -1,143 +1,315 @@
-"""Serving gRPC on a Unix socket with the caller's kernel credentials available to the servicers.
+"""A gRPC server on a public Unix socket whose servicers know each caller's kernel credentials.
 
-Python's gRPC does not expose SO_PEERCRED. So the public socket is served by a small asyncio proxy:
-for each accepted connection it reads the peer's credentials from the kernel, then connects to the
-real gRPC server on a private socket (in a 0700 directory) from a client socket *bound to a path of
-its own*. gRPC reports that path as the call's peer (``context.peer() == "unix:<path>"``), so the
-servicer looks the credentials up by it. Connections made straight to the private socket have no
-entry and are refused; the directory's mode keeps other users from making them at all.
+SPIFFE_Workload_Endpoint.md §5 asks the endpoint to identify callers out of band; on a Unix socket
+the kernel does it (``SO_PEERCRED``). Python's gRPC never shows the server its sockets, so the public
+socket is served by a small asyncio proxy instead (see docs/workload-api.md):
 
-The proxy only copies bytes, with backpressure (``drain``); it never parses HTTP/2.
+1. it accepts a connection and reads the peer's pid/uid/gid (``SO_PEERCRED``) and a pidfd for that
+   exact process (``SO_PEERPIDFD``, Linux ≥ 6.5; older kernels: ``pidfd_open`` on the pid, which
+   leaves a small pid-reuse window between connect and accept);
+2. it connects to the real ``grpc.aio`` server on a private socket inside a 0700 directory, from a
+   client socket it first *binds to a path of its own*; gRPC reports that path as the call's peer
+   (``context.peer() == "unix:<path>"``), which is the key under which the credentials are registered;
+3. it copies bytes both ways with backpressure (``drain``), never parsing HTTP/2, and forgets the
+   connection (registry entry, pidfd, bound path) when either side closes.
+
+A connection made straight to the private socket has no registry entry and is refused; the
+directory's mode keeps other users from making one at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import errno
 import logging
 import os
+import secrets
 import shutil
 import socket
+import stat
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import grpc
 
-from sds.attestor import ExecutableDigests, PeerCredentials, attest_process
-from spiffe_core.errors import NotAuthorized
+from sds.attestor import PeerCredentials, ProcessAttestor
+from spiffe_core.errors import ConfigError, NotAuthorized
 from spiffe_core.selectors import Selector
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
+
 _PEERCRED = struct.Struct("3i")
+# Python 3.11's socket module does not name it; the value is fixed in the Linux UAPI (asm-generic/socket.h).
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+_CHUNK = 64 * 1024
+_MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+_CLIENT_NAME = "c-" + "0" * 16  # shape of the proxy's bound client socket names (token_hex(8))
+_BACKEND_NAME = "grpc.sock"
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """The pid, uid and gid the kernel recorded for the process that connected ``sock``."""
     pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
     return PeerCredentials(pid, uid, gid)
+
+
+def open_peer_pidfd(sock: socket.socket, pid: int) -> int:
+    """A pidfd for the process that connected ``sock``. Raises ProcessLookupError when it is gone.
+
+    ``SO_PEERPIDFD`` names the connecting process itself; the ``pidfd_open(pid)`` fallback for kernels
+    older than 6.5 names whoever holds the pid now, which is the same process unless it exited and
+    the pid was reused between connect and accept."""
+    try:
+        fd: int = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as err:
+        if err.errno != errno.ENOPROTOOPT:
+            raise
+        return os.pidfd_open(pid)
+    return fd
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    creds: PeerCredentials
+    pidfd: int
 
 
 class PeerAttestor:
     """Answers "who is this call from?" for servicers behind an :class:`AttestedEndpoint`."""
 
-    def __init__(self) -> None:
-        self._peers: dict[str, PeerCredentials] = {}
-        self._digests = ExecutableDigests()
+    def __init__(self, process_attestor: ProcessAttestor | None = None) -> None:
+        self._process = process_attestor or ProcessAttestor()
+        self._peers: dict[str, _Peer] = {}
 
-    def register(self, peer: str, creds: PeerCredentials) -> None:
-        self._peers[peer] = creds
+    @property
+    def connections(self) -> int:
+        """Connections currently registered (open through the public socket)."""
+        return len(self._peers)
 
-    def unregister(self, peer: str) -> None:
-        self._peers.pop(peer, None)
+    def credentials(self, context: Context) -> PeerCredentials:
+        """The kernel's credentials for the call's connection. Raises :class:`NotAuthorized` for a
+        connection that did not come through the public socket (or has closed)."""
+        return self._peer(context.peer()).creds
 
-    def credentials(self, context: grpc.aio.ServicerContext[Any, Any]) -> PeerCredentials:
-        creds = self._peers.get(context.peer())
-        if creds is None:
-            raise NotAuthorized("the caller did not come through the agent's public socket; connect there")
-        return creds
+    async def attest(self, context: Context) -> frozenset[Selector]:
+        """The caller's selectors, read now. Raises :class:`NotAuthorized` for an unknown connection
+        or a caller whose process has exited."""
+        peer = self._peer(context.peer())
+        # The connection may close (and its pidfd be closed, its number reused) while a worker thread
+        # attests: the thread gets its own duplicate.
+        pidfd = os.dup(peer.pidfd)
+        try:
+            return await self._process.attest_process(peer.creds, pidfd)
+        finally:
+            os.close(pidfd)
 
-    async def attest(self, context: grpc.aio.ServicerContext[Any, Any]) -> frozenset[Selector]:
-        return await asyncio.to_thread(attest_process, self.credentials(context), self._digests)
+    def _peer(self, key: str) -> _Peer:
+        peer = self._peers.get(key)
+        if peer is None:
+            raise NotAuthorized(
+                f"connection {key!r} did not come through the agent's public socket, or has closed; "
+                "connect to the Workload API socket the agent serves"
+            )
+        return peer
+
+    def _register(self, key: str, peer: _Peer) -> None:
+        self._peers[key] = peer
+
+    def _forget(self, key: str) -> None:
+        peer = self._peers.pop(key, None)
+        if peer is not None:
+            os.close(peer.pidfd)
 
 
 class AttestedEndpoint:
-    """A gRPC server on ``public_socket`` whose servicers can attest callers via :attr:`attestor`."""
+    """A ``grpc.aio`` server reached through ``public_socket``; servicers attest callers with :attr:`attestor`.
 
-    def __init__(self, public_socket: Path, *, mode: int = 0o666) -> None:
+    Register servicers with :meth:`add_servicer` before starting. Use :meth:`serve` in a TaskGroup
+    (runs until cancelled), ``async with``, or :meth:`start`/:meth:`stop`. The public socket gets
+    ``mode`` (default 0666, as SPIRE does: workloads of every user must reach it; attestation, not
+    file permissions, decides what each one gets)."""
+
+    def __init__(
+        self,
+        public_socket: Path,
+        *,
+        mode: int = 0o666,
+        process_attestor: ProcessAttestor | None = None,
+        max_connections: int = 1024,
+    ) -> None:
         self._public = public_socket
         self._mode = mode
+        self._max_connections = max_connections
         self._private_dir = public_socket.with_name(f".{public_socket.name}.d")
         self._registrations: list[Callable[[grpc.aio.Server], None]] = []
-        self.attestor = PeerAttestor()
-        self._ids = itertools.count()
+        self.attestor = PeerAttestor(process_attestor)
         self.ready = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self._proxy: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
 
-    def add_servicer(self, register: Callable[[grpc.aio.Server], None]) -> None:
-        self._registrations.append(register)
+    @property
+    def public_socket(self) -> Path:
+        return self._public
 
     @property
     def _backend(self) -> Path:
-        return self._private_dir / "grpc.sock"
+        return self._private_dir / _BACKEND_NAME
+
+    def add_servicer(self, register: Callable[[grpc.aio.Server], None]) -> None:
+        """``register(server)`` adds a servicer (``add_XServicer_to_server``) when the server starts."""
+        self._registrations.append(register)
 
     async def serve(self) -> None:
-        """Serve until cancelled; removes both sockets and the private directory on the way out."""
-        shutil.rmtree(self._private_dir, ignore_errors=True)
-        self._private_dir.mkdir(mode=0o700, parents=True)
+        """Serve until cancelled, then close every connection and remove both sockets."""
+        await self.start()
+        try:
+            await asyncio.Future()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> AttestedEndpoint:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the private gRPC server, then the public proxy. Raises :class:`ConfigError` when a
+        socket path is too long or a file that is not ours stands where a socket must go."""
+        self._check_paths()
         self._public.parent.mkdir(parents=True, exist_ok=True)
+        self._make_private_dir()
         server = grpc.aio.server()
         for register in self._registrations:
             register(server)
         server.add_insecure_port(f"unix:{self._backend}")
         await server.start()
-        with contextlib.suppress(FileNotFoundError):
-            self._public.unlink()
-        proxy = await asyncio.start_unix_server(self._accept, path=str(self._public))
-        os.chmod(self._public, self._mode)
-        self.ready.set()
+        self._server = server
         try:
-            async with proxy:
-                await proxy.serve_forever()
-        finally:
-            await server.stop(grace=1)
+            self._remove_stale_public_socket()
+            self._proxy = await asyncio.start_unix_server(self._accept, path=str(self._public))
+            os.chmod(self._public, self._mode)
+        except BaseException:
+            await self.stop()
+            raise
+        self.ready.set()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting, close every proxied connection, stop the gRPC server, remove the sockets."""
+        self.ready.clear()
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
             self._public.unlink(missing_ok=True)
-            shutil.rmtree(self._private_dir, ignore_errors=True)
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        shutil.rmtree(self._private_dir, ignore_errors=True)
+
+    def _check_paths(self) -> None:
+        for path in (self._public, self._private_dir / _CLIENT_NAME, self._backend):
+            if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+                raise ConfigError(
+                    f"Unix socket path {path} is {len(os.fsencode(path))} bytes, longer than the "
+                    f"{_MAX_UNIX_PATH} a socket address holds (the proxy's private sockets live next to "
+                    f"{self._public.name}); put the socket in a shorter directory"
+                )
+
+    def _make_private_dir(self) -> None:
+        """(Re)create the 0700 directory of the private sockets; never follow or reuse someone else's."""
+        try:
+            info = self._private_dir.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise ConfigError(
+                    f"{self._private_dir} exists and is not a directory owned by this agent (uid "
+                    f"{os.geteuid()}); the agent keeps its private sockets there — remove it"
+                )
+            shutil.rmtree(self._private_dir)  # left by an agent that did not stop cleanly
+        self._private_dir.mkdir(mode=0o700)
+        os.chmod(self._private_dir, 0o700)  # mkdir's mode is filtered by the umask
+
+    def _remove_stale_public_socket(self) -> None:
+        try:
+            info = self._public.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(info.st_mode):
+            raise ConfigError(
+                f"{self._public} exists and is not a socket; refusing to replace it with the Workload "
+                "API socket — remove it or configure another path"
+            )
+        self._public.unlink()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        client_path = self._private_dir / f"c{next(self._ids)}.sock"
-        peer = f"unix:{client_path}"
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        task = asyncio.current_task()
+        assert task is not None  # start_unix_server runs each handler in its own task
+        if len(self._connections) >= self._max_connections:
+            logger.warning(
+                "refusing a connection to %s: %d connections are open already (max_connections)",
+                self._public,
+                len(self._connections),
+            )
+            writer.close()
+            return
+        self._connections.add(task)
         try:
+            await self._proxy_connection(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _proxy_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client_path = self._private_dir / f"c-{secrets.token_hex(8)}"
+        key = f"unix:{client_path}"
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            sock = writer.get_extra_info("socket")
             creds = read_peer_credentials(sock)
+            self.attestor._register(key, _Peer(creds, open_peer_pidfd(sock, creds.pid)))
             upstream.bind(str(client_path))
             upstream.setblocking(False)
-            self.attestor.register(peer, creds)
             await asyncio.get_running_loop().sock_connect(upstream, str(self._backend))
             up_reader, up_writer = await asyncio.open_unix_connection(sock=upstream)
-        except OSError as err:
-            log.warning("could not proxy a connection to %s: %s", self._public, err)
-            upstream.close()
-            writer.close()
-            self.attestor.unregister(peer)
-            client_path.unlink(missing_ok=True)
-            return
-        try:
             async with asyncio.TaskGroup() as pumps:
                 pumps.create_task(_pump(reader, up_writer))
                 pumps.create_task(_pump(up_reader, writer))
-        except* (ConnectionError, OSError):
-            pass
+        except* (ConnectionError, ProcessLookupError) as group:  # one side went away (or never stayed)
+            logger.debug("connection %s ended: %s", key, group.exceptions)
+        except* OSError as group:
+            logger.warning(
+                "proxying a connection from %s to the gRPC server failed: %s", self._public, group.exceptions
+            )
         finally:
-            self.attestor.unregister(peer)
-            client_path.unlink(missing_ok=True)
+            self.attestor._forget(key)
             for w in (writer, up_writer):
-                w.close()
+                if w is not None:
+                    w.close()
+            if up_writer is None:
+                upstream.close()
+            client_path.unlink(missing_ok=True)
 
 
 async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    while data := await source.read(65536):
+    """Copy until end of stream, then pass the half-close on. ``drain`` bounds what sits in memory:
+    a reader that does not keep up pauses the writer's source."""
+    while data := await source.read(_CHUNK):
         sink.write(data)
         await sink.drain()
     if sink.can_write_eof():

@@ -1,0 +1,316 @@
+"""The agent's SPIFFE Workload API servicer (SPIFFE_Workload_API.md §4-§6, SPIFFE_Workload_Endpoint.md §3, §6).
+
+A thin edge over the agent's :class:`~sds.cache.WorkloadCache`: every call must carry the metadata
+``workload.spiffe.io: true`` (else INVALID_ARGUMENT, checked before anything else, as SSRF hardening
+asks); the caller is then attested from its connection and gets what the registration entries
+matching its selectors entitle it to.
+
+* Streams (FetchX509SVID, FetchX509Bundles, FetchJWTBundles) answer at once with the full state and
+  then again only when the caller's content changes (§4.3); each message is complete, never a diff
+  (§4.4). A caller entitled to nothing gets PERMISSION_DENIED — at the start, or later when its last
+  identity is redacted, which ends the stream (§5.2.1: a client then stops using its SVIDs). Bundles
+  go only to callers with an identity, as SPIRE does by default.
+* Bundles are keyed by the trust domain's SPIFFE ID (``spiffe://<td>``) and never merged: the own
+  trust domain's, plus the federated ones the caller's entries name (``federates_with``).
+* FetchJWTSVID returns one JWT-SVID per entitled SPIFFE ID (or the one requested), minted through a
+  :class:`JwtSvidMinter` (the agent's manager, which asks the CA). Hints stay unique in a response
+  (§5.2.1, §6.2.1): a later SVID repeating a hint is left out and the misconfiguration logged.
+* ValidateJWTSVID checks a token with the bundle of its subject's own trust domain, taken from the
+  snapshot (own bundle or exactly that federated one); any attested caller may ask, since it hands
+  out no credential.
+
+Domain errors are turned into status codes by the one table in :mod:`spiffe_core.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn, Protocol
+
+import grpc
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from google.protobuf import struct_pb2
+
+from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
+from spiffe_core.bundle import Bundle
+from spiffe_core.clock import Clock
+from spiffe_core.errors import InvalidArgument, NotAuthorized, transport_status
+from spiffe_core.jwt_svid import validate_jwt_svid
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from wire import workload_pb2
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+SECURITY_HEADER = "workload.spiffe.io"
+SECURITY_HEADER_VALUE = "true"
+
+
+class CallerAttestor(Protocol):
+    """Who is calling, as selectors; raises :class:`~spiffe_core.errors.NotAuthorized` for a caller
+    that cannot be attested (see :class:`sds.peer_endpoint.PeerAttestor`)."""
+
+    async def attest(self, context: Context) -> frozenset[Selector]: ...
+
+
+class JwtSvidMinter(Protocol):
+    """Mints JWT-SVIDs for identities the agent holds (the agent's manager, which asks the CA)."""
+
+    async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> str:
+        """A compact JWT-SVID for ``spiffe_id`` and ``audience``; raises TrustmeshError kinds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotBundles:
+    """A :class:`~spiffe_core.sources.BundleSource` over one snapshot: the own trust domain's bundle or
+    the federated bundle of exactly the trust domain asked for (never a merge)."""
+
+    snapshot: CacheSnapshot
+
+    def get_bundle_for_trust_domain(self, trust_domain: TrustDomain) -> Bundle | None:
+        if trust_domain == self.snapshot.trust_domain:
+            return self.snapshot.bundle
+        return self.snapshot.federated_bundles.get(trust_domain)
+
+
+_Builder = Callable[[CacheSnapshot, tuple[WorkloadSvid, ...], Mapping[TrustDomain, Bundle]], Any]
+
+
+class WorkloadApiService:
+    """Registered with ``workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server``."""
+
+    def __init__(self, cache: WorkloadCache, attestor: CallerAttestor, jwt_minter: JwtSvidMinter, clock: Clock) -> None:
+        self._cache = cache
+        self._attestor = attestor
+        self._minter = jwt_minter
+        self._clock = clock
+
+    async def FetchX509SVID(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        selectors = await self._admit(context)
+        async for response in self._stream(selectors, _x509_svid_response, context):
+            yield response
+
+    async def FetchX509Bundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        selectors = await self._admit(context)
+        async for response in self._stream(selectors, _x509_bundles_response, context):
+            yield response
+
+    async def FetchJWTBundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        selectors = await self._admit(context)
+        async for response in self._stream(selectors, _jwt_bundles_response, context):
+            yield response
+
+    async def FetchJWTSVID(self, request: Any, context: Context) -> Any:
+        selectors = await self._admit(context)
+        audience = list(request.audience)
+        if not audience or not all(audience):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"audience {audience!r} is missing or has an empty value; FetchJWTSVID needs at least one "
+                "audience naming the service the token is for (SPIFFE_Workload_API.md §6.2.1)",
+            )
+        svids = _one_per_spiffe_id(self._cache.get_snapshot().svids_for(selectors))
+        if request.spiffe_id:
+            wanted = await _parse_spiffe_id(request.spiffe_id, context)
+            svids = tuple(s for s in svids if s.spiffe_id == wanted)
+            if not svids:
+                await _abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the caller is not entitled to {wanted}: no registration entry for it matches the "
+                    "caller's selectors; ask for one of its own identities or leave spiffe_id empty",
+                )
+        elif not svids:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
+        minted = []
+        for svid in _unique_hints(svids):
+            token = await self._mint(svid.spiffe_id, audience, context)
+            minted.append(workload_pb2.JWTSVID(spiffe_id=str(svid.spiffe_id), svid=token, hint=svid.hint))
+        return workload_pb2.JWTSVIDResponse(svids=minted)
+
+    async def ValidateJWTSVID(self, request: Any, context: Context) -> Any:
+        await self._admit(context)
+        for field, what in (("audience", "the audience this relying party answers to"), ("svid", "the token")):
+            if not getattr(request, field):
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{field} is required: ValidateJWTSVID needs {what} (SPIFFE_Workload_API.md §6.2.3)",
+                )
+        try:
+            svid = validate_jwt_svid(
+                request.svid,
+                audience=[request.audience],
+                bundle_source=SnapshotBundles(self._cache.get_snapshot()),
+                now=self._clock.now(),
+            )
+        except InvalidArgument as err:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"JWT-SVID is not valid: {err}")
+        claims = struct_pb2.Struct()
+        claims.update(dict(svid.claims))
+        return workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(svid.spiffe_id), claims=claims)
+
+    async def _admit(self, context: Context) -> frozenset[Selector]:
+        """The security header first (it guards against SSRF, so nothing else runs without it), then
+        the caller's selectors."""
+        metadata = context.invocation_metadata() or ()
+        if not any(key == SECURITY_HEADER and value == SECURITY_HEADER_VALUE for key, value in metadata):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"security header missing from request: every Workload API call must carry the gRPC "
+                f"metadata '{SECURITY_HEADER}: {SECURITY_HEADER_VALUE}' (SPIFFE_Workload_Endpoint.md §3)",
+            )
+        try:
+            return await self._attestor.attest(context)
+        except NotAuthorized as err:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"the caller could not be attested: {err}")
+        except Exception as err:
+            await _abort_for(err, "attesting the caller", context)
+
+    async def _mint(self, spiffe_id: SpiffeId, audience: Sequence[str], context: Context) -> str:
+        try:
+            return await self._minter.fetch_jwt_svid(spiffe_id, audience)
+        except Exception as err:
+            await _abort_for(err, f"minting a JWT-SVID for {spiffe_id}", context)
+
+    async def _stream(self, selectors: frozenset[Selector], build: _Builder, context: Context) -> AsyncIterator[Any]:
+        """One response per snapshot that changes what this caller receives; the first at once."""
+        last: bytes | None = None
+        async with aclosing(self._cache.subscribe()) as snapshots:
+            async for snapshot in snapshots:
+                svids = snapshot.svids_for(selectors)
+                if not svids:
+                    await _abort(context, grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
+                bundles = snapshot.bundles_for(svids)
+                own = bundles.get(snapshot.trust_domain)
+                if own is None or not own.x509_authorities:
+                    await _abort(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the agent holds no bundle for its trust domain {snapshot.trust_domain} yet; retry "
+                        "with backoff (it arrives with the agent's first update from the CA)",
+                    )
+                response = build(snapshot, svids, bundles)
+                encoded = response.SerializeToString(deterministic=True)
+                if encoded != last:
+                    last = encoded
+                    yield response
+
+
+def _x509_svid_response(
+    snapshot: CacheSnapshot, svids: tuple[WorkloadSvid, ...], bundles: Mapping[TrustDomain, Bundle]
+) -> Any:
+    own = bundles[snapshot.trust_domain]
+    return workload_pb2.X509SVIDResponse(
+        svids=[
+            workload_pb2.X509SVID(
+                spiffe_id=str(svid.spiffe_id),
+                x509_svid=b"".join(cert.public_bytes(Encoding.DER) for cert in svid.cert_chain),
+                x509_svid_key=svid.private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption()),
+                bundle=_x509_der(own),
+                hint=svid.hint,
+            )
+            for svid in _unique_hints(svids)
+        ],
+        crl=snapshot.crls,
+        federated_bundles=_x509_bundles(b for td, b in bundles.items() if td != snapshot.trust_domain),
+    )
+
+
+def _x509_bundles_response(
+    snapshot: CacheSnapshot, svids: tuple[WorkloadSvid, ...], bundles: Mapping[TrustDomain, Bundle]
+) -> Any:
+    return workload_pb2.X509BundlesResponse(crl=snapshot.crls, bundles=_x509_bundles(bundles.values()))
+
+
+def _jwt_bundles_response(
+    snapshot: CacheSnapshot, svids: tuple[WorkloadSvid, ...], bundles: Mapping[TrustDomain, Bundle]
+) -> Any:
+    """JWK Sets with only the JWT authorities (§6.2.2: no keys of other uses). An empty set is kept:
+    it is valid JSON that says "trust no key of this trust domain"."""
+    return workload_pb2.JWTBundlesResponse(
+        bundles={
+            str(td.id): json.dumps(
+                replace(bundle, x509_authorities=()).to_jwks(), sort_keys=True, separators=(",", ":")
+            ).encode()
+            for td, bundle in bundles.items()
+        }
+    )
+
+
+def _x509_bundles(bundles: Iterable[Bundle]) -> dict[str, bytes]:
+    """DER authorities per trust domain; a trust domain without X.509 authorities (a peer that
+    publishes only JWT keys) is left out, since an empty DER string is not a bundle clients can read."""
+    return {str(b.trust_domain.id): _x509_der(b) for b in bundles if b.x509_authorities}
+
+
+def _x509_der(bundle: Bundle) -> bytes:
+    return b"".join(cert.public_bytes(Encoding.DER) for cert in bundle.x509_authorities)
+
+
+def _unique_hints(svids: Iterable[WorkloadSvid]) -> tuple[WorkloadSvid, ...]:
+    seen: set[str] = set()
+    kept: list[WorkloadSvid] = []
+    for svid in svids:
+        if svid.hint:
+            if svid.hint in seen:
+                logger.warning(
+                    "registration entry %s (%s) repeats the hint %r of an earlier entry of the same caller; "
+                    "hints must be unique per workload, so it is left out — give it another hint",
+                    svid.entry_id,
+                    svid.spiffe_id,
+                    svid.hint,
+                )
+                continue
+            seen.add(svid.hint)
+        kept.append(svid)
+    return tuple(kept)
+
+
+def _one_per_spiffe_id(svids: Iterable[WorkloadSvid]) -> tuple[WorkloadSvid, ...]:
+    """A JWT-SVID names only the SPIFFE ID: two entries with one ID need one token (the first's hint)."""
+    seen: set[SpiffeId] = set()
+    kept: list[WorkloadSvid] = []
+    for svid in svids:
+        if svid.spiffe_id not in seen:
+            seen.add(svid.spiffe_id)
+            kept.append(svid)
+    return tuple(kept)
+
+
+def _no_identity(selectors: frozenset[Selector]) -> str:
+    return (
+        f"no identity issued to this caller: no registration entry on this agent matches its selectors "
+        f"({', '.join(str(s) for s in sorted(selectors))}); register an entry with these selectors, "
+        "or retry with backoff if one was just created"
+    )
+
+
+async def _parse_spiffe_id(text: str, context: Context) -> SpiffeId:
+    try:
+        return SpiffeId.parse(text)
+    except InvalidArgument as err:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"spiffe_id is not a SPIFFE ID: {err}")
+
+
+async def _abort_for(err: Exception, doing: str, context: Context) -> NoReturn:
+    """Answer with the status the error table gives its kind; anything else is logged and answered
+    INTERNAL without detail."""
+    status = transport_status(err)
+    if status is None:
+        logger.error("internal error while %s", doing, exc_info=err)
+        await _abort(context, grpc.StatusCode.INTERNAL, f"internal error while {doing}")
+    await _abort(context, grpc.StatusCode[status[1]], str(err))
+
+
+async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
