@@ -258,8 +258,6 @@ class AttestedEndpoint:
         self._public.unlink()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # start_unix_server runs each handler in its own task
         if len(self._connections) >= self._max_connections:
             logger.warning(
                 "refusing a connection to %s: %d connections are open already (max_connections)",
@@ -268,11 +266,17 @@ class AttestedEndpoint:
             )
             writer.close()
             return
-        self._connections.add(task)
+        # stop() cancels the proxying, not this handler task: asyncio 3.11 logs a cancelled handler as an error.
+        work = asyncio.create_task(self._proxy_connection(reader, writer))
+        self._connections.add(work)
         try:
-            await self._proxy_connection(reader, writer)
+            await work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
         finally:
-            self._connections.discard(task)
+            self._connections.discard(work)
 
     async def _proxy_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client_path = self._private_dir / f"c-{secrets.token_hex(8)}"

@@ -1,0 +1,197 @@
+"""The attesting endpoint (sds/peer_endpoint.py) on real Unix sockets: who may connect where, what the
+proxy remembers per connection and forgets, what it refuses to overwrite, and that it copies large
+messages intact."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from sds.cache import WorkloadCache
+from sds.peer_endpoint import AttestedEndpoint
+from sds.workload_api import WorkloadApiService
+from spiffe_core.clock import SystemClock
+from spiffe_core.errors import ConfigError
+from tests.support.sds_snapshots import TestCa, snapshot
+from tests.support.workload_api import SECURITY_HEADER, FakeJwtMinter, TestJwtKey, socket_directory
+from wire import workload_pb2, workload_pb2_grpc
+
+ME = f"unix:uid:{os.getuid()}"
+WAIT = 5.0
+
+
+@dataclass
+class Served:
+    ca: TestCa
+    cache: WorkloadCache
+    endpoint: AttestedEndpoint
+    directory: Path
+
+
+@pytest.fixture
+def directory() -> Iterator[Path]:
+    with socket_directory() as path:
+        yield path
+
+
+def make_endpoint(ca: TestCa, cache: WorkloadCache, public: Path, **options: Any) -> AttestedEndpoint:
+    endpoint = AttestedEndpoint(public, **options)
+    service = WorkloadApiService(
+        cache, endpoint.attestor, FakeJwtMinter(TestJwtKey.create(ca.trust_domain)), SystemClock()
+    )
+    endpoint.add_servicer(lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(service, server))
+    return endpoint
+
+
+@pytest.fixture
+async def served(directory: Path) -> AsyncIterator[Served]:
+    ca = TestCa.create("example.org")
+    cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
+    async with make_endpoint(ca, cache, directory / "workload.sock") as endpoint:
+        yield Served(ca, cache, endpoint, directory)
+
+
+async def fetch_svids(target: str) -> Any:
+    # A private subchannel pool: gRPC would otherwise share one connection between the channels of a process.
+    async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        call = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=SECURITY_HEADER
+        )
+        try:
+            return await asyncio.wait_for(call.read(), WAIT)
+        finally:
+            call.cancel()
+
+
+async def wait_until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{what} did not happen within {WAIT}s"
+        await asyncio.sleep(0.02)
+
+
+async def test_public_socket_is_open_to_every_user(served: Served) -> None:
+    info = (served.directory / "workload.sock").lstat()
+    assert (stat.S_ISSOCK(info.st_mode), stat.S_IMODE(info.st_mode)) == (True, 0o666)
+
+
+async def test_private_sockets_live_in_an_owner_only_directory(served: Served) -> None:
+    info = (served.directory / ".workload.sock.d").lstat()
+    assert (stat.S_ISDIR(info.st_mode), stat.S_IMODE(info.st_mode), info.st_uid) == (True, 0o700, os.geteuid())
+
+
+async def test_serves_a_caller_through_the_public_socket(served: Served) -> None:
+    response = await fetch_svids(f"unix:{served.directory / 'workload.sock'}")
+    assert [s.spiffe_id for s in response.svids] == ["spiffe://example.org/web"]
+
+
+async def test_refuses_a_call_made_straight_to_the_private_socket(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await fetch_svids(f"unix:{served.directory / '.workload.sock.d' / 'grpc.sock'}")
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert failure.value.details().startswith("the caller could not be attested: connection 'unix:")
+    assert failure.value.details().endswith(
+        "' did not come through the agent's public socket, or has closed; connect to the Workload API "
+        "socket the agent serves"
+    )
+
+
+async def test_forgets_a_connection_when_the_client_disconnects(served: Served) -> None:
+    private = served.directory / ".workload.sock.d"
+    async with grpc.aio.insecure_channel(f"unix:{served.directory / 'workload.sock'}") as channel:
+        await channel.channel_ready()
+        await wait_until(lambda: served.endpoint.attestor.connections == 1, "registering the connection")
+        assert len(list(private.iterdir())) == 2  # grpc.sock and the proxy's bound client socket
+    await wait_until(lambda: served.endpoint.attestor.connections == 0, "forgetting the connection")
+    assert [p.name for p in private.iterdir()] == ["grpc.sock"]
+
+
+async def test_copies_responses_larger_than_its_buffers_intact(served: Served) -> None:
+    svids = [served.ca.svid(f"/svc-{n}", [ME]) for n in range(300)]
+    await served.cache.publish(snapshot(served.ca, svids, version=2))
+    response = await fetch_svids(f"unix:{served.directory / 'workload.sock'}")
+    assert response.ByteSize() > 256 * 1024
+    assert [s.spiffe_id for s in response.svids] == [str(s.spiffe_id) for s in svids]
+
+
+async def test_refuses_connections_beyond_the_limit(directory: Path) -> None:
+    ca = TestCa.create("example.org")
+    cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
+    public = directory / "workload.sock"
+    async with (
+        make_endpoint(ca, cache, public, max_connections=1) as endpoint,
+        grpc.aio.insecure_channel(f"unix:{public}") as first,
+    ):
+        await first.channel_ready()
+        await wait_until(lambda: endpoint.attestor.connections == 1, "registering the first connection")
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await fetch_svids(f"unix:{public}")
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_stop_removes_both_sockets_and_the_private_directory(directory: Path) -> None:
+    ca = TestCa.create("example.org")
+    endpoint = make_endpoint(ca, WorkloadCache(snapshot(ca)), directory / "workload.sock")
+    await endpoint.start()
+    await endpoint.stop()
+    assert os.listdir(directory) == []
+
+
+async def test_replaces_a_stale_socket_left_by_an_earlier_run(directory: Path) -> None:
+    public = directory / "workload.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(public))
+    ca = TestCa.create("example.org")
+    cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
+    async with make_endpoint(ca, cache, public):
+        response = await fetch_svids(f"unix:{public}")
+    assert len(response.svids) == 1
+
+
+async def test_refuses_to_replace_a_file_that_is_not_a_socket(directory: Path) -> None:
+    public = directory / "workload.sock"
+    public.write_text("not a socket")
+    ca = TestCa.create("example.org")
+    endpoint = make_endpoint(ca, WorkloadCache(snapshot(ca)), public)
+    with pytest.raises(ConfigError) as failure:
+        await endpoint.start()
+    assert str(failure.value) == (
+        f"{public} exists and is not a socket; refusing to replace it with the Workload API socket — "
+        "remove it or configure another path"
+    )
+    assert public.read_text() == "not a socket"
+    assert os.listdir(directory) == ["workload.sock"]
+
+
+async def test_refuses_a_private_directory_that_is_a_symlink(directory: Path) -> None:
+    (directory / ".workload.sock.d").symlink_to(directory / "elsewhere")
+    ca = TestCa.create("example.org")
+    endpoint = make_endpoint(ca, WorkloadCache(snapshot(ca)), directory / "workload.sock")
+    with pytest.raises(ConfigError) as failure:
+        await endpoint.start()
+    assert str(failure.value) == (
+        f"{directory / '.workload.sock.d'} exists and is not a directory owned by this agent (uid "
+        f"{os.geteuid()}); the agent keeps its private sockets there — remove it"
+    )
+
+
+async def test_refuses_a_socket_path_too_long_for_its_private_sockets(directory: Path) -> None:
+    public = directory / ("x" * (90 - len(str(directory)))) / "w.sock"
+    ca = TestCa.create("example.org")
+    endpoint = make_endpoint(ca, WorkloadCache(snapshot(ca)), public)
+    with pytest.raises(ConfigError) as failure:
+        await endpoint.start()
+    assert str(failure.value).startswith(f"Unix socket path {public.parent / '.w.sock.d' / 'c-0000000000000000'} is ")
+    assert str(failure.value).endswith(
+        "bytes, longer than the 107 a socket address holds (the proxy's private sockets live next to "
+        "w.sock); put the socket in a shorter directory"
+    )
