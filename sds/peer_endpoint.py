@@ -93,11 +93,6 @@ class PeerAttestor:
         """Connections currently registered (open through the public socket)."""
         return len(self._peers)
 
-    def credentials(self, context: Context) -> PeerCredentials:
-        """The kernel's credentials for the call's connection. Raises :class:`NotAuthorized` for a
-        connection that did not come through the public socket (or has closed)."""
-        return self._peer(context.peer()).creds
-
     async def attest(self, context: Context) -> frozenset[Selector]:
         """The caller's selectors, read now. Raises :class:`NotAuthorized` for an unknown connection
         or a caller whose process has exited."""
@@ -153,6 +148,7 @@ class AttestedEndpoint:
         self.ready = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._proxy: asyncio.Server | None = None
+        self._owns_private_dir = False
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
@@ -218,7 +214,9 @@ class AttestedEndpoint:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        shutil.rmtree(self._private_dir, ignore_errors=True)
+        if self._owns_private_dir:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._owns_private_dir = False
 
     def _check_paths(self) -> None:
         for path in (self._public, self._private_dir / _CLIENT_NAME, self._backend):
@@ -243,6 +241,7 @@ class AttestedEndpoint:
                 )
             shutil.rmtree(self._private_dir)  # left by an agent that did not stop cleanly
         self._private_dir.mkdir(mode=0o700)
+        self._owns_private_dir = True
         os.chmod(self._private_dir, 0o700)  # mkdir's mode is filtered by the umask
 
     def _remove_stale_public_socket(self) -> None:

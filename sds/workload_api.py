@@ -209,7 +209,7 @@ class WorkloadApiService:
 def _x509_svid_response(
     snapshot: CacheSnapshot, svids: tuple[WorkloadSvid, ...], bundles: Mapping[TrustDomain, Bundle]
 ) -> Any:
-    own = bundles[snapshot.trust_domain]
+    own = bundles[snapshot.trust_domain]  # the agent holds SVIDs of its own trust domain only
     return workload_pb2.X509SVIDResponse(
         svids=[
             workload_pb2.X509SVID(

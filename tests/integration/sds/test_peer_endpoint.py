@@ -146,6 +146,18 @@ async def test_stop_removes_both_sockets_and_the_private_directory(directory: Pa
     assert os.listdir(directory) == []
 
 
+async def test_serve_signals_ready_and_cleans_up_when_cancelled(directory: Path) -> None:
+    ca = TestCa.create("example.org")
+    endpoint = make_endpoint(ca, WorkloadCache(snapshot(ca)), directory / "workload.sock")
+    serving = asyncio.create_task(endpoint.serve())
+    await asyncio.wait_for(endpoint.ready.wait(), WAIT)
+    assert sorted(os.listdir(directory)) == [".workload.sock.d", "workload.sock"]
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert (endpoint.ready.is_set(), os.listdir(directory)) == (False, [])
+
+
 async def test_replaces_a_stale_socket_left_by_an_earlier_run(directory: Path) -> None:
     public = directory / "workload.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
@@ -182,6 +194,8 @@ async def test_refuses_a_private_directory_that_is_a_symlink(directory: Path) ->
         f"{directory / '.workload.sock.d'} exists and is not a directory owned by this agent (uid "
         f"{os.geteuid()}); the agent keeps its private sockets there — remove it"
     )
+    await endpoint.stop()
+    assert (directory / ".workload.sock.d").is_symlink()
 
 
 async def test_refuses_a_socket_path_too_long_for_its_private_sockets(directory: Path) -> None:
