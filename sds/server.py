@@ -23,7 +23,10 @@ from sds.node_client import NodeClient
 from sds.peer_endpoint import AttestedEndpoint
 from sds.persistence import AgentStore
 from sds.sds_v3 import SecretDiscoveryService
+from sds.workload_api import WorkloadApiService
 from spiffe_core.clock import SystemClock
+from spiffe_core.errors import TrustmeshError
+from wire import workload_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,16 @@ async def serve_agent(config: AgentConfig) -> None:
             SecretDiscoveryService(cache, sds_endpoint.attestor), server
         )
     )
+    workload_endpoint = AttestedEndpoint(config.workload_api_socket)
+    workload_endpoint.add_servicer(
+        lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
+            WorkloadApiService(cache, workload_endpoint.attestor, manager, clock), server
+        )
+    )
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(sds_endpoint.serve(), name="sds")
+            tasks.create_task(workload_endpoint.serve(), name="workload-api")
             await identity.start()
             log.info("agent %s attested; serving SDS at %s", identity.spiffe_id, config.sds_socket)
             tasks.create_task(identity.run(), name="agent-svid")
@@ -81,6 +91,25 @@ async def serve_agent(config: AgentConfig) -> None:
         await client.close()
 
 
+def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, TrustmeshError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_domain_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
 def run_agent(config: AgentConfig) -> None:
+    """Run until interrupted. A domain error that stops the agent (a refused join token, an expired
+    agent SVID with no token) surfaces as itself, so the CLI prints one line, not a task-group trace."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve_agent(config))
+    try:
+        asyncio.run(serve_agent(config))
+    except BaseExceptionGroup as group:
+        first = _first_domain_error(group)
+        if first is None:
+            raise
+        raise first from None

@@ -202,6 +202,8 @@ def test_a_used_join_token_is_refused_to_a_second_agent(mesh: Mesh, tmp_path: Pa
         result = run([command("trustmesh-agent"), "--config", str(second), "run"], timeout=30)
     assert result.returncode == 1
     assert "join token unknown, used or expired" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("trustmesh-agent: error:")
+    assert "Traceback" not in result.stderr
 
 
 def _token_of(config: Path) -> str:
