@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -73,18 +74,20 @@ class WorkloadApiClient:
     def _stub(self, channel: grpc.Channel) -> workload_pb2_grpc.SpiffeWorkloadAPIStub:
         return workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
 
-    def fetch_x509_svids(self) -> list[FetchedX509Svid]:
-        """The first message of the FetchX509SVID stream: every SVID this caller is entitled to."""
+    def _first_message(self, rpc: str, request: Any) -> Any:
+        """The first message of a server stream (each carries the caller's full state), then hang up."""
         with grpc.insecure_channel(self._target) as channel:
-            stream = self._stub(channel).FetchX509SVID(
-                workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=self._timeout
-            )
+            stream = getattr(self._stub(channel), rpc)(request, metadata=HEADER, timeout=self._timeout)
             try:
-                response = next(iter(stream))
+                return next(iter(stream))
             except grpc.RpcError as err:
                 raise _error(err) from err
             finally:
                 stream.cancel()
+
+    def fetch_x509_svids(self) -> list[FetchedX509Svid]:
+        """Every X509-SVID this caller is entitled to, with keys and bundles."""
+        response = self._first_message("FetchX509SVID", workload_pb2.X509SVIDRequest())
         svids = []
         for svid in response.svids:
             key = serialization.load_der_private_key(svid.x509_svid_key, password=None)
@@ -102,16 +105,7 @@ class WorkloadApiClient:
         return svids
 
     def fetch_x509_bundles(self) -> dict[str, tuple[x509.Certificate, ...]]:
-        with grpc.insecure_channel(self._target) as channel:
-            stream = self._stub(channel).FetchX509Bundles(
-                workload_pb2.X509BundlesRequest(), metadata=HEADER, timeout=self._timeout
-            )
-            try:
-                response = next(iter(stream))
-            except grpc.RpcError as err:
-                raise _error(err) from err
-            finally:
-                stream.cancel()
+        response = self._first_message("FetchX509Bundles", workload_pb2.X509BundlesRequest())
         return {td: split_der_certificates(blob) for td, blob in response.bundles.items()}
 
     def fetch_jwt_svids(self, audience: list[str], spiffe_id: str = "") -> list[tuple[str, str]]:
