@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, PublicKeyAlgorithmOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from spiffe_core.errors import SpiffeIdError, X509SvidError
@@ -235,7 +235,7 @@ def validate_x509_svid_leaf(cert: x509.Certificate) -> SpiffeId:
         raise X509SvidError(f"leaf {spiffe_id} has keyUsage keyCertSign; leaves must not (X509-SVID §4.3)")
     if usage.crl_sign:
         raise X509SvidError(f"leaf {spiffe_id} has keyUsage cRLSign; leaves must not (X509-SVID §4.3)")
-    is_ec = isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    is_ec = cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.EC_PUBLIC_KEY  # no key object needed
     if is_ec and usage.key_encipherment:
         raise X509SvidError(f"leaf {spiffe_id} has an EC key with keyUsage keyEncipherment, which RFC 8813 forbids")
     if not is_ec and usage.key_agreement:
