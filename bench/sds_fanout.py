@@ -1,0 +1,279 @@
+"""Envoy SDS push fan-out: how fast a bundle change reaches 1,000 SDS streams on one agent.
+
+The agent side runs in a child process exactly as ``trustmesh-agent run`` wires it: a WorkloadCache
+behind the SDS v3 servicer, behind the peer-credential proxy on a Unix socket. The bench process opens
+N StreamSecrets streams (``default`` + ``ROOTCA``, ACKing like Envoy), then tells the child to publish a
+snapshot whose bundle gained a CA certificate, and records when each stream receives the push.
+Latency = receive time - publish time (CLOCK_MONOTONIC is system-wide on Linux).
+
+The baseline, measured in the same run the same way: a bare grpc.aio server (no proxy, no cache) that
+pushes one response of the same size to every stream when told to.
+
+    python bench/sds_fanout.py [--streams 1000] [--channels 250]
+
+Not a test; numbers depend on the machine, the ratio to the baseline is what travels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
+from sds.peer_endpoint import AttestedEndpoint
+from sds.sds_v3 import SecretDiscoveryService
+from spiffe_core.bundle import Bundle
+from spiffe_core.selectors import Selector
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from spiffe_core.x509_svid import signing_cert_builder, x509_svid_builder
+
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+TD = TrustDomain("bench.example")
+
+
+def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = signing_cert_builder(
+        trust_domain=TD,
+        public_key=key.public_key(),
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+        issuer_name=None,
+        issuer_public_key=None,
+        not_before=now - timedelta(minutes=1),
+        not_after=now + timedelta(days=1),
+    ).sign(key, hashes.SHA256())
+    return cert, key
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def serve_agent(socket_path: Path) -> None:
+    """Child: the agent's SDS stack; 'push' on stdin publishes a bundle change."""
+    ca_cert, ca_key = _ca("bench CA 1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    leaf = x509_svid_builder(
+        spiffe_id=SpiffeId.parse("spiffe://bench.example/envoy"),
+        public_key=key.public_key(),
+        issuer=ca_cert,
+        not_before=now - timedelta(minutes=1),
+        not_after=now + timedelta(hours=1),
+    ).sign(ca_key, hashes.SHA256())
+    svid = WorkloadSvid(
+        entry_id="envoy",
+        spiffe_id=SpiffeId.parse("spiffe://bench.example/envoy"),
+        cert_chain=(leaf,),
+        private_key=key,
+        selectors=frozenset({Selector("unix", f"uid:{os.getuid()}")}),
+    )
+    snapshot = CacheSnapshot(TD, Bundle(TD, (ca_cert,), sequence=1), svids=(svid,), version=1)
+    cache = WorkloadCache(snapshot)
+    endpoint = AttestedEndpoint(socket_path, max_connections=100_000)
+    endpoint.add_servicer(
+        lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
+            SecretDiscoveryService(cache, endpoint.attestor), server
+        )
+    )
+    await _serve_until_eof(endpoint.serve(), lambda: _push_bundle(cache))
+
+
+async def _push_bundle(cache: WorkloadCache) -> None:
+    current = cache.get_snapshot()
+    extra, _ = _ca(f"bench CA {current.version + 1}")
+    assert current.bundle is not None
+    bundle = current.bundle.with_changes(x509_authorities=(*current.bundle.x509_authorities, extra))
+    await cache.publish(CacheSnapshot(TD, bundle, svids=current.svids, version=current.version + 1))
+
+
+class BareSds:
+    """Baseline servicer: answer once, then push one fixed-size response per stream on the trigger."""
+
+    def __init__(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        self.response = response
+        self.pushed = asyncio.Event()
+
+    async def StreamSecrets(self, requests: Any, context: Any) -> Any:
+        await requests.__anext__()
+        yield discovery_pb2.DiscoveryResponse(version_info="1", nonce="1", type_url=SECRET_TYPE)
+        await self.pushed.wait()
+        yield self.response
+        async for _ in requests:
+            pass
+
+    async def DeltaSecrets(self, requests: Any, context: Any) -> Any:
+        raise NotImplementedError
+        yield
+
+    async def FetchSecrets(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+
+async def serve_bare(socket_path: Path, payload_size: int) -> None:
+    response = discovery_pb2.DiscoveryResponse(version_info="2", nonce="2", type_url=SECRET_TYPE)
+    response.resources.add(type_url=SECRET_TYPE, value=b"x" * payload_size)
+    servicer = BareSds(response)
+    server = grpc.aio.server()
+    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix:{socket_path}")
+    await server.start()
+
+    async def push() -> None:
+        servicer.pushed.set()
+
+    await _serve_until_eof(asyncio.Future(), push)
+    await server.stop(0)
+
+
+async def _serve_until_eof(serving: Any, push: Any) -> None:
+    task = asyncio.ensure_future(serving)
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("ready", flush=True)
+    while line := (await reader.readline()).decode().strip():
+        if line == "push":
+            published = time.monotonic()
+            await push()
+            print(f"published {published}", flush=True)
+        elif line == "rss":
+            print(f"rss {_rss_mb():.1f}", flush=True)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _stream(stub: Any, pushed_at: list[float], connected: asyncio.Event, counter: list[int], total: int) -> int:
+    queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+    await queue.put(discovery_pb2.DiscoveryRequest(type_url=SECRET_TYPE, resource_names=["default", "ROOTCA"]))
+
+    async def requests() -> Any:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    call = stub.StreamSecrets(requests())
+    responses = 0
+    try:
+        async for response in call:
+            responses += 1
+            await queue.put(
+                discovery_pb2.DiscoveryRequest(  # SotW: every request names every subscribed resource
+                    type_url=SECRET_TYPE,
+                    resource_names=["default", "ROOTCA"],
+                    version_info=response.version_info,
+                    response_nonce=response.nonce,
+                )
+            )
+            if responses == 1:
+                counter[0] += 1
+                if counter[0] == total:
+                    connected.set()
+            else:
+                pushed_at.append(time.monotonic())
+                break
+    finally:
+        await queue.put(None)
+        call.cancel()
+    return responses
+
+
+async def measure(argv: list[str], streams: int, channels: int, socket_path: Path) -> tuple[list[float], float]:
+    child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert child.stdin is not None
+    assert child.stdout is not None
+    try:
+        assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
+        opened = [grpc.aio.insecure_channel(f"unix:{socket_path}") for _ in range(channels)]
+        stubs = [sds_pb2_grpc.SecretDiscoveryServiceStub(c) for c in opened]
+        received: list[float] = []
+        connected = asyncio.Event()
+        counter = [0]
+        tasks = [
+            asyncio.create_task(_stream(stubs[i % channels], received, connected, counter, streams))
+            for i in range(streams)
+        ]
+        await asyncio.wait_for(connected.wait(), 60)
+        child.stdin.write(b"rss\n")
+        rss = float((await child.stdout.readline()).split()[1])
+        child.stdin.write(b"push\n")
+        published = float((await asyncio.wait_for(child.stdout.readline(), 10)).split()[1])
+        await asyncio.wait(tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
+        for channel in opened:
+            await channel.close()
+        return sorted((t - published) * 1000 for t in received), rss
+    finally:
+        child.stdin.close()
+        try:
+            await asyncio.wait_for(child.wait(), 10)
+        except TimeoutError:
+            child.kill()
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+async def main_async(streams: int, channels: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with tempfile.TemporaryDirectory() as tmp:
+        agent_socket, bare_socket = Path(tmp) / "sds.sock", Path(tmp) / "bare.sock"
+        me = [sys.executable, __file__]
+        ours, rss = await measure([*me, "--serve-agent", str(agent_socket)], streams, channels, agent_socket)
+        bare, _ = await measure([*me, "--serve-bare", str(bare_socket)], streams, channels, bare_socket)
+    print(
+        f"streams: {streams} over {channels} channels; "
+        f"pushed to {len(ours)}/{streams} (trustmesh), {len(bare)}/{streams} (bare)"
+    )
+    print(
+        f"trustmesh SDS push latency  p50 {_pct(ours, 0.5):7.1f} ms  p99 {_pct(ours, 0.99):7.1f} ms  "
+        f"max {ours[-1] if ours else float('nan'):7.1f} ms   agent RSS {rss:.0f} MB"
+    )
+    print(f"bare grpc.aio push latency  p50 {_pct(bare, 0.5):7.1f} ms  p99 {_pct(bare, 0.99):7.1f} ms")
+    print(
+        f"ratio p99 trustmesh / bare: {_pct(ours, 0.99) / _pct(bare, 0.99):.2f}x   "
+        f"(goal: p99 < 250 ms, RSS < 200 MB); mean {statistics.fmean(ours) if ours else float('nan'):.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--channels", type=int, default=250)
+    parser.add_argument("--serve-agent", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_agent:
+        asyncio.run(serve_agent(Path(args.serve_agent)))
+    elif args.serve_bare:
+        asyncio.run(serve_bare(Path(args.serve_bare), payload_size=1200))
+    else:
+        asyncio.run(main_async(args.streams, args.channels))
+
+
+if __name__ == "__main__":
+    main()
