@@ -24,12 +24,11 @@ from sds.sds_v3 import SecretDiscoveryService
 from sds.secrets import DEFAULT, ROOTCA, SECRET_TYPE_URL
 from spiffe_core.errors import NotAuthorized
 from spiffe_core.selectors import Selector
+from tests.support.grpc_streams import WAIT, Stream
 from tests.support.sds_snapshots import TestCa, snapshot
 
 CALLER = frozenset({Selector("unix", "uid:1000")})
 API_ID = "spiffe://example.org/api"
-WAIT = 5.0  # upper bound for a response that must come
-QUIET = 0.3  # how long we listen to be sure nothing comes
 
 
 @dataclass
@@ -60,43 +59,6 @@ class Agent:
         snap = snapshot(self.ca, svids, version=self.version)
         await self.cache.publish(snap)
         return snap
-
-
-class Stream:
-    """A raw xDS stream: requests are written as given; responses are collected by a reader task so
-    tests can wait for one (bounded) or listen for silence without cancelling the gRPC read."""
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.responses: asyncio.Queue[Any] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while (response := await self.call.read()) is not grpc.aio.EOF:
-            await self.responses.put(response)
-
-    async def send(self, request: Any) -> None:
-        await self.call.write(request)
-
-    async def next(self) -> Any:
-        getter = asyncio.ensure_future(self.responses.get())
-        done, _ = await asyncio.wait((getter, self._reader), timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        if self._reader in done:
-            self._reader.result()  # raises the RPC error that ended the stream
-            raise AssertionError("stream ended without a response")
-        raise AssertionError(f"no response within {WAIT}s")
-
-    async def expect_silence(self) -> None:
-        await asyncio.sleep(QUIET)
-        assert self.responses.empty(), f"unexpected response: {self.responses.get_nowait()}"
-
-    async def close(self) -> None:
-        self.call.cancel()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 @pytest.fixture

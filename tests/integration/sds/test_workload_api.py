@@ -22,6 +22,7 @@ from spiffe_core.errors import JwtSvidError, UpstreamUnavailable
 from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.grpc_streams import WAIT, Stream
 from tests.support.sds_snapshots import TestCa, snapshot
 from tests.support.workload_api import (
     SECURITY_HEADER,
@@ -35,8 +36,6 @@ from wire import workload_pb2, workload_pb2_grpc
 
 ME = f"unix:uid:{os.getuid()}"
 STRANGER = "unix:uid:4242424"
-WAIT = 5.0  # upper bound for a response that must come
-QUIET = 0.3  # how long we listen to be sure nothing comes
 
 
 @dataclass
@@ -62,44 +61,6 @@ class Agent:
 
     async def publish(self, svids: Iterable[WorkloadSvid], *, with_bundle: bool = True) -> None:
         await self.cache.publish(self.snapshot(svids, with_bundle=with_bundle))
-
-
-class Stream:
-    """A server stream read by a background task, so a test can wait (bounded) or listen for silence."""
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.responses: asyncio.Queue[Any] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while (response := await self.call.read()) is not grpc.aio.EOF:
-            await self.responses.put(response)
-
-    async def next(self) -> Any:
-        getter = asyncio.ensure_future(self.responses.get())
-        done, _ = await asyncio.wait((getter, self._reader), timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        if self._reader in done:
-            self._reader.result()  # raises the RPC error that ended the stream
-            raise AssertionError("stream ended without a response")
-        raise AssertionError(f"no response within {WAIT}s")
-
-    async def error(self) -> grpc.aio.AioRpcError:
-        with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await asyncio.wait_for(asyncio.shield(self._reader), WAIT)
-        return failure.value
-
-    async def expect_silence(self) -> None:
-        await asyncio.sleep(QUIET)
-        assert self.responses.empty(), f"unexpected response: {self.responses.get_nowait()}"
-
-    async def close(self) -> None:
-        self.call.cancel()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 @pytest.fixture
