@@ -2,17 +2,20 @@
 
 Configured with the upstream certificate, its key and, when the upstream is itself an intermediate,
 the chain above it up to the root. trustmesh CAs are minted as intermediates below it, with their
-lifetime capped by the upstream's own expiry.
+lifetime capped by the upstream's own expiry. When the upstream certificate is the root the bundle
+publishes, it also signs the CRL that lists revoked trustmesh intermediates (:meth:`DiskUpstream.root_crl`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.crl import RevokedSerial, build_crl
 from ca.signing import sign
 from spiffe_core.errors import ConfigError
 from spiffe_core.keys import PrivateKey, key_type_of
@@ -63,3 +66,38 @@ class DiskUpstream:
         cert = sign(builder, self._key)
         validate_signing_cert(cert)
         return cert, (self._certificate, *self._chain)
+
+    @property
+    def crl_capable(self) -> bool:
+        """Whether :meth:`root_crl` can produce a CRL: the upstream certificate must be the root of the
+        chain (no bundle_file CAs above it, whose CRLs we cannot sign) and allowed to sign CRLs."""
+        if self._chain:
+            return False
+        try:
+            return self._certificate.extensions.get_extension_for_class(x509.KeyUsage).value.crl_sign
+        except x509.ExtensionNotFound:
+            return True
+
+    def root_crl(
+        self,
+        root: x509.Certificate,
+        revoked: Sequence[RevokedSerial],
+        this_update: datetime,
+        next_update: datetime,
+        number: int,
+    ) -> x509.CertificateRevocationList | None:
+        """The CRL of the upstream root ``root``, signed with its key, listing ``revoked`` (revoked
+        trustmesh intermediates under it). None when ``root`` is not the configured upstream certificate
+        (it was replaced since those intermediates were minted) or when not :attr:`crl_capable`: with CAs
+        above the upstream certificate, a relying party checking every CRL of the chain would need theirs
+        too, which only the enterprise can sign."""
+        if root != self._certificate or not self.crl_capable:
+            return None
+        return build_crl(
+            issuer=self._certificate,
+            issuer_key=self._key,
+            revoked=revoked,
+            this_update=this_update,
+            next_update=next_update,
+            number=number,
+        )

@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from cryptography import x509
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,8 +17,13 @@ from ca.store._integrity import Violation, violation_of
 from ca.store.models import IssuedCertificateRow
 from ca.store.records import IssuedCertificate
 from ca.store.repositories._sql import serial_from_text, serial_to_text
-from spiffe_core.errors import AlreadyExists, NotFound
+from spiffe_core.errors import AlreadyExists, FailedPrecondition, NotFound
 from spiffe_core.spiffe_id import SpiffeId
+
+
+def _live(now: datetime) -> ColumnElement[bool]:
+    """Unexpired and not revoked at ``now``: what a relying party still accepts."""
+    return and_(IssuedCertificateRow.revoked_at.is_(None), IssuedCertificateRow.not_after > now)
 
 
 def _record(row: IssuedCertificateRow) -> IssuedCertificate:
@@ -129,3 +134,91 @@ class IssuedCertificateRepository:
             .order_by(IssuedCertificateRow.revoked_at, IssuedCertificateRow.serial)
         )
         return tuple(_record(row) for row in self._session.scalars(query))
+
+    def revoke_serial(self, serial: int, at: datetime, reason: x509.ReasonFlags | None) -> IssuedCertificate:
+        """Revoke one certificate at ``at`` and return it as it is now.
+
+        Raises :class:`NotFound` for an unknown serial and :class:`FailedPrecondition` when the
+        certificate is revoked already (its first revocation stands), expired at ``at``, or revoked by
+        another writer between the read and the write (the update only applies while it is unrevoked)."""
+        current = self.get(serial)
+        key = serial_to_text(serial)
+        if current.revoked_at is not None:
+            raise FailedPrecondition(
+                f"certificate {key} of {current.spiffe_id} was revoked already at {current.revoked_at.isoformat()}; "
+                "a revocation is final and keeps its first time and reason"
+            )
+        if current.not_after <= at:
+            raise FailedPrecondition(
+                f"certificate {key} of {current.spiffe_id}: nothing to revoke, it expired at "
+                f"{current.not_after.isoformat()}"
+            )
+        changed = self._session.execute(
+            update(IssuedCertificateRow)
+            .where(IssuedCertificateRow.serial == key, IssuedCertificateRow.revoked_at.is_(None))
+            .values(revoked_at=at, revocation_reason=None if reason is None else reason.value)
+            .returning(IssuedCertificateRow.serial)
+            .execution_options(synchronize_session="fetch")
+        ).scalar_one_or_none()
+        if changed is None:
+            raise FailedPrecondition(
+                f"certificate {key} of {current.spiffe_id} was revoked by another writer meanwhile; read it again"
+            )
+        return self.get(serial)
+
+    def revoke_spiffe_id(
+        self, spiffe_id: SpiffeId, at: datetime, reason: x509.ReasonFlags | None
+    ) -> tuple[IssuedCertificate, ...]:
+        """Revoke every certificate of ``spiffe_id`` that is live (unexpired, unrevoked) at ``at`` and
+        return those, oldest first. None revoked is not an error here: the caller decides what it means."""
+        keys = self._session.scalars(
+            update(IssuedCertificateRow)
+            .where(IssuedCertificateRow.spiffe_id == str(spiffe_id), _live(at))
+            .values(revoked_at=at, revocation_reason=None if reason is None else reason.value)
+            .returning(IssuedCertificateRow.serial)
+            .execution_options(synchronize_session="fetch")
+        ).all()
+        if not keys:
+            return ()
+        query = (
+            select(IssuedCertificateRow)
+            .where(IssuedCertificateRow.serial.in_(keys))
+            .order_by(IssuedCertificateRow.issued_at, IssuedCertificateRow.serial)
+        )
+        return tuple(_record(row) for row in self._session.scalars(query))
+
+    def count_live(self, authority_id: str, now: datetime) -> int:
+        """How many certificates of one authority are unexpired and unrevoked at ``now``."""
+        query = (
+            select(func.count())
+            .select_from(IssuedCertificateRow)
+            .where(IssuedCertificateRow.authority_id == authority_id, _live(now))
+        )
+        return self._session.scalars(query).one()
+
+    def list_live(self, authority_id: str, now: datetime) -> tuple[IssuedCertificate, ...]:
+        """The certificates of one authority that are unexpired and unrevoked at ``now``, oldest first."""
+        query = (
+            select(IssuedCertificateRow)
+            .where(IssuedCertificateRow.authority_id == authority_id, _live(now))
+            .order_by(IssuedCertificateRow.issued_at, IssuedCertificateRow.serial)
+        )
+        return tuple(_record(row) for row in self._session.scalars(query))
+
+    def revoked_live(self, now: datetime) -> tuple[IssuedCertificate, ...]:
+        """Revoked certificates of every authority that are still unexpired at ``now``: the entries of all
+        CRLs, grouped by authority and in revocation order within one."""
+        query = (
+            select(IssuedCertificateRow)
+            .where(IssuedCertificateRow.revoked_at.is_not(None), IssuedCertificateRow.not_after > now)
+            .order_by(IssuedCertificateRow.authority_id, IssuedCertificateRow.revoked_at, IssuedCertificateRow.serial)
+        )
+        return tuple(_record(row) for row in self._session.scalars(query))
+
+    def latest_expiry(self, authority_id: str) -> datetime | None:
+        """The latest notAfter of everything one authority signed (revoked or not), or None when it signed
+        nothing: until then, the authority's CRL must stay published."""
+        query = select(func.max(IssuedCertificateRow.not_after)).where(
+            IssuedCertificateRow.authority_id == authority_id
+        )
+        return self._session.scalars(query).one()

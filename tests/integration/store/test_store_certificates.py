@@ -6,10 +6,12 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from sqlalchemy import update
 
 from ca.authority import AuthorityState
 from ca.store import AuthorityRepository, Database, IssuedCertificate, IssuedCertificateRepository
-from spiffe_core.errors import AlreadyExists, NotFound
+from ca.store.models import IssuedCertificateRow
+from spiffe_core.errors import AlreadyExists, FailedPrecondition, NotFound
 from spiffe_core.spiffe_id import SpiffeId
 from tests.support.store import NOW, authority
 
@@ -114,3 +116,157 @@ def test_lists_revoked_certificates_not_yet_expired(signed: Database) -> None:
         assert [c.serial for c in repository.list_revoked("a1", NOW)] == [1, MAX_SERIAL]
         assert [c.serial for c in repository.list_revoked("a1", NOW + timedelta(minutes=90))] == [MAX_SERIAL]
         assert repository.list_revoked("other", NOW) == ()
+
+
+def test_revokes_one_serial_with_its_time_and_reason(signed: Database) -> None:
+    at = NOW + timedelta(minutes=5)
+    with signed.transaction() as session:
+        revoked = IssuedCertificateRepository(session).revoke_serial(1, at, x509.ReasonFlags.key_compromise)
+    assert (revoked.serial, revoked.revoked_at, revoked.revocation_reason) == (1, at, x509.ReasonFlags.key_compromise)
+    with signed.transaction() as session:
+        assert IssuedCertificateRepository(session).get(1) == revoked
+
+
+def test_revokes_one_serial_without_a_reason(signed: Database) -> None:
+    with signed.transaction() as session:
+        IssuedCertificateRepository(session).revoke_serial(3, NOW, None)
+    with signed.transaction() as session:
+        stored = IssuedCertificateRepository(session).get(3)
+    assert (stored.revoked_at, stored.revocation_reason) == (NOW, None)
+
+
+def test_revoking_an_unknown_serial_is_not_found(signed: Database) -> None:
+    with pytest.raises(NotFound) as raised, signed.transaction() as session:
+        IssuedCertificateRepository(session).revoke_serial(0xDEAD, NOW, None)
+    assert str(raised.value) == "no issued certificate has serial number dead"
+
+
+def test_refuses_to_revoke_a_serial_twice_and_keeps_the_first_revocation(signed: Database) -> None:
+    first = NOW + timedelta(minutes=5)
+    with signed.transaction() as session:
+        IssuedCertificateRepository(session).revoke_serial(1, first, x509.ReasonFlags.key_compromise)
+    with pytest.raises(FailedPrecondition) as raised, signed.transaction() as session:
+        IssuedCertificateRepository(session).revoke_serial(1, NOW + timedelta(minutes=9), x509.ReasonFlags.superseded)
+    assert str(raised.value) == (
+        "certificate 1 of spiffe://example.org/web was revoked already at 2026-11-22T12:05:00.123456+00:00; "
+        "a revocation is final and keeps its first time and reason"
+    )
+    with signed.transaction() as session:
+        stored = IssuedCertificateRepository(session).get(1)
+    assert (stored.revoked_at, stored.revocation_reason) == (first, x509.ReasonFlags.key_compromise)
+
+
+def test_refuses_to_revoke_a_serial_another_writer_revoked_after_it_was_read(signed: Database) -> None:
+    with signed.transaction() as session:
+        repository = IssuedCertificateRepository(session)
+        read = session.get(IssuedCertificateRow, "1")  # held, so the session keeps serial 1 as read: unrevoked
+        # Another writer's revocation, which this session's copy of the row does not see.
+        session.execute(
+            update(IssuedCertificateRow)
+            .where(IssuedCertificateRow.serial == "1")
+            .values(revoked_at=NOW)
+            .execution_options(synchronize_session=False)
+        )
+        with pytest.raises(FailedPrecondition) as raised:
+            repository.revoke_serial(1, NOW + timedelta(minutes=1), x509.ReasonFlags.superseded)
+        assert read is not None
+    assert str(raised.value) == (
+        "certificate 1 of spiffe://example.org/web was revoked by another writer meanwhile; read it again"
+    )
+
+
+@pytest.mark.parametrize(
+    "after", [pytest.param(timedelta(hours=1), id="at-not-after"), pytest.param(timedelta(days=1), id="later")]
+)
+def test_refuses_to_revoke_an_expired_serial(signed: Database, after: timedelta) -> None:
+    with pytest.raises(FailedPrecondition) as raised, signed.transaction() as session:
+        IssuedCertificateRepository(session).revoke_serial(1, NOW + after, None)
+    assert str(raised.value) == (
+        "certificate 1 of spiffe://example.org/web: nothing to revoke, it expired at 2026-11-22T13:00:00.123456+00:00"
+    )
+    with signed.transaction() as session:
+        assert IssuedCertificateRepository(session).get(1).revoked_at is None
+
+
+def test_revokes_every_live_svid_of_a_spiffe_id_oldest_first(signed: Database) -> None:
+    with signed.transaction() as session:
+        revoked = IssuedCertificateRepository(session).revoke_spiffe_id(WEB, NOW, x509.ReasonFlags.superseded)
+    assert [(c.serial, c.revoked_at, c.revocation_reason) for c in revoked] == [
+        (1, NOW, x509.ReasonFlags.superseded),
+        (MAX_SERIAL, NOW, x509.ReasonFlags.superseded),
+    ]
+    with signed.transaction() as session:
+        assert IssuedCertificateRepository(session).get(3).revoked_at is None
+
+
+def test_revoking_a_spiffe_id_skips_expired_and_already_revoked_svids(signed: Database) -> None:
+    first = NOW + timedelta(minutes=1)
+    with signed.transaction() as session:
+        IssuedCertificateRepository(session).revoke_serial(MAX_SERIAL, first, x509.ReasonFlags.key_compromise)
+    with signed.transaction() as session:
+        # At NOW + 1h, serial 1 has just expired and MAX_SERIAL is revoked already: nothing left to revoke.
+        assert IssuedCertificateRepository(session).revoke_spiffe_id(WEB, NOW + timedelta(hours=1), None) == ()
+    with signed.transaction() as session:
+        repository = IssuedCertificateRepository(session)
+        assert repository.get(1).revoked_at is None
+        assert repository.get(MAX_SERIAL).revoked_at == first
+
+
+def test_revoking_a_spiffe_id_without_svids_revokes_nothing(signed: Database) -> None:
+    with signed.transaction() as session:
+        assert (
+            IssuedCertificateRepository(session).revoke_spiffe_id(SpiffeId.parse("spiffe://example.org/x"), NOW, None)
+            == ()
+        )
+
+
+def test_counts_and_lists_the_live_svids_of_an_authority(signed: Database) -> None:
+    with signed.transaction() as session:
+        AuthorityRepository(session).add(authority("a2", state=AuthorityState.ACTIVE))
+        repository = IssuedCertificateRepository(session)
+        repository.add_many([_certificate(4, authority_id="a2")])
+        repository.revoke_serial(3, NOW, None)
+    with signed.transaction() as session:
+        repository = IssuedCertificateRepository(session)
+        assert repository.count_live("a1", NOW) == 2
+        assert [c.serial for c in repository.list_live("a1", NOW)] == [1, MAX_SERIAL]
+        later = NOW + timedelta(hours=1)  # serial 1 expires exactly now
+        assert repository.count_live("a1", later) == 1
+        assert [c.serial for c in repository.list_live("a1", later)] == [MAX_SERIAL]
+        assert repository.count_live("a1", NOW + timedelta(hours=2)) == 0
+        assert repository.list_live("a1", NOW + timedelta(hours=2)) == ()
+        assert (repository.count_live("a2", NOW), repository.count_live("other", NOW)) == (1, 0)
+
+
+def test_lists_revoked_unexpired_svids_of_every_authority(signed: Database) -> None:
+    with signed.transaction() as session:
+        AuthorityRepository(session).add(authority("a2", state=AuthorityState.ACTIVE))
+        repository = IssuedCertificateRepository(session)
+        repository.add_many([_certificate(4, authority_id="a2", hours=3), _certificate(5, authority_id="a2")])
+        repository.revoke_serial(5, NOW, None)
+        repository.revoke_serial(MAX_SERIAL, NOW + timedelta(minutes=2), x509.ReasonFlags.key_compromise)
+        repository.revoke_serial(1, NOW + timedelta(minutes=1), x509.ReasonFlags.superseded)
+        repository.revoke_serial(4, NOW, x509.ReasonFlags.ca_compromise)
+    with signed.transaction() as session:
+        repository = IssuedCertificateRepository(session)
+        assert [(c.authority_id, c.serial) for c in repository.revoked_live(NOW + timedelta(minutes=5))] == [
+            ("a1", 1),
+            ("a1", MAX_SERIAL),
+            ("a2", 4),
+            ("a2", 5),
+        ]
+        assert [c.serial for c in repository.revoked_live(NOW + timedelta(hours=1))] == [MAX_SERIAL, 4]
+        assert repository.revoked_live(NOW + timedelta(hours=3)) == ()
+
+
+def test_latest_expiry_is_the_last_not_after_of_everything_an_authority_signed(signed: Database) -> None:
+    with signed.transaction() as session:
+        IssuedCertificateRepository(session).revoke_serial(MAX_SERIAL, NOW, None)
+    with signed.transaction() as session:
+        repository = IssuedCertificateRepository(session)
+        assert repository.latest_expiry("a1") == NOW + timedelta(hours=2)
+
+
+def test_latest_expiry_of_an_authority_that_signed_nothing_is_none(signed: Database) -> None:
+    with signed.transaction() as session:
+        assert IssuedCertificateRepository(session).latest_expiry("other") is None
