@@ -11,7 +11,11 @@ token is configured; otherwise the agent stops with the fix. A used token is nev
 join tokens work once.
 
 Renewal: at half the SVID's life (±jitter), a fresh key and ``RenewAgent`` over mTLS with the current
-SVID; failures are retried with backoff while the current SVID is still valid.
+SVID; failures are retried with backoff (0.5 s doubling to 30 s, jittered; at most one log line per
+10 s) while the current SVID is still valid. A Sync state that taints an authority on the SVID's chain,
+revokes its serial, or brings a bundle that no longer verifies it (:meth:`AgentIdentity.follow_sync_state`)
+renews at once instead of at half life: the CA makes officers taint an authority before they revoke
+it, so the renewal happens while the old SVID still authenticates.
 
 Whenever the SVID or the bundle changes, the node client gets the new credentials (a new channel).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,9 +34,10 @@ from typing import Protocol
 
 from cryptography import x509
 
-from sds.node_client import AgentCredentials, AttestResult, make_csr
+from sds.node_client import AgentCredentials, AttestResult, SyncState, make_csr
 from sds.persistence import AgentStore
-from sds.planning import backoff_delay, next_rotation
+from sds.planning import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, SignReason, next_rotation, own_svid_reason
+from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, TrustmeshError, X509SvidError
@@ -103,6 +109,9 @@ class AgentIdentity:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._current: AgentCredentials | None = None
         self._rotate_at: datetime | None = None
+        self._last_state: SyncState | None = None
+        self._renew_now = asyncio.Event()
+        self._throttle = LogThrottle()
 
     def get_current(self) -> AgentCredentials:
         """The agent's SVID and bundle now; :meth:`start` must have succeeded."""
@@ -201,17 +210,55 @@ class AgentIdentity:
         await self._save(AgentCredentials(current.svid, bundle))
         log.info("trust bundle of %s updated to sequence %d", bundle.trust_domain, bundle.sequence)
 
+    async def follow_sync_state(self, state: SyncState) -> None:
+        """Take a state from the Sync stream: verify the CA with its bundle from now on
+        (:meth:`update_bundle`), and have :meth:`run` renew the agent SVID at once when the state
+        taints an authority on its chain, revokes its serial, or its bundle no longer verifies it."""
+        await self.update_bundle(state.bundle)
+        self._last_state = state
+        reason = self._reason_to_renew()
+        if reason is None or self._renew_now.is_set():
+            return
+        if self._throttle.should_log(time.monotonic(), "renewal-request"):
+            log.warning(
+                "agent SVID %s must be replaced (%s); renewing it now%s",
+                self.spiffe_id,
+                reason,
+                self._throttle.note("renewal-request"),
+            )
+        self._renew_now.set()
+
+    def _reason_to_renew(self) -> SignReason | None:
+        state = self._last_state
+        if state is None:
+            return None
+        return own_svid_reason(self.get_current().svid.cert_chain, state, self._clock.now())
+
+    async def _wait_for_renewal(self) -> bool:
+        """Wait for the rotation time or a renewal request. False when the request is moot by now (a
+        renewal still in flight when the state came has already replaced the SVID it was about)."""
+        delay = max((self.rotate_at - self._clock.now()).total_seconds(), 0.0)
+        try:
+            async with asyncio.timeout(delay):
+                await self._renew_now.wait()
+        except TimeoutError:
+            return True
+        self._renew_now.clear()
+        return self._reason_to_renew() is not None or self._clock.now() >= self.rotate_at
+
     async def run(self) -> None:
-        """Renew at the rotation time until cancelled, retrying failures with backoff. When the SVID
+        """Renew at the rotation time, or at once when :meth:`follow_sync_state` asks, until
+        cancelled; failures are retried with backoff and logged at most once per 10 s. When the SVID
         expires before a renewal succeeds, attest again with a configured join token, or raise
         FailedPrecondition saying how to get one."""
         failures = 0
+        delay = 0.0
         while True:
             if failures:
-                delay = backoff_delay(failures, self._rng)
-            else:
-                delay = (self.rotate_at - self._clock.now()).total_seconds()
-            await asyncio.sleep(max(delay, 0.0))
+                await asyncio.sleep(delay)  # a pending renewal request is what is being retried
+            elif not await self._wait_for_renewal():
+                continue
+            self._renew_now.clear()
             current = self.get_current()
             expiry = current.svid.leaf.not_valid_after_utc
             # Only a missing token stops the agent; what the CA answers (even FAILED_PRECONDITION) is retried.
@@ -222,10 +269,18 @@ class AgentIdentity:
                 else:
                     await self.renew()
             except TrustmeshError as err:
-                failures += 1
-                log.warning("could not renew the agent SVID %s (%s); retrying", current.svid.spiffe_id, err)
+                problem = f"could not renew the agent SVID {current.svid.spiffe_id} ({err})"
             else:
-                failures = 0
+                # A CA that still signs with a tainted authority must not make this loop spin.
+                reason = self._reason_to_renew()
+                if reason is None:
+                    failures = 0
+                    continue
+                problem = f"the renewed agent SVID {current.svid.spiffe_id} must be replaced too ({reason})"
+            failures += 1
+            delay = backoff_delay(failures, self._rng, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
+            if self._throttle.should_log(time.monotonic()):
+                log.warning("%s; retrying in %.1f s%s", problem, delay, self._throttle.note())
 
     def _checked(
         self, spiffe_id: SpiffeId, chain: tuple[x509.Certificate, ...], key: PrivateKey, bundle: Bundle

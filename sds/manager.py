@@ -5,13 +5,18 @@ taint/revocation"; wire/node.proto ``Sync`` and ``SignX509Svids``).
 Two tasks under one TaskGroup (:meth:`AgentManager.run`):
 
 * the sync task reads the stream. Every message is the full state, so a reconnect needs no catch-up.
-  A failed stream is reopened with exponential backoff and jitter (0.5 s → 30 s); a stream that ends
-  cleanly (the node client swapped in new credentials) is reopened at once.
+  Each state goes to the agent's own identity first (:class:`OwnIdentity`: it adopts the bundle, and
+  renews the agent SVID at once when the state taints, revokes or no longer trusts it). A failed
+  stream is reopened with exponential backoff and jitter (0.5 s → 30 s); a stream that ends cleanly
+  after a message (the node client swapped in new credentials) is reopened at once.
 * the SVID task wakes on a new state, at the earliest rotation time of the SVIDs held, or after a
   failed signing round (backoff), and does one round: :func:`~sds.planning.plan_signing` decides, keys
-  are generated here (they never leave the host), one ``SignX509Svids`` call carries every CSR, and a
-  new :class:`~sds.cache.CacheSnapshot` is published when what it hands out changed. Waking at the
-  earliest rotation time is the per-SVID timer, without a task per SVID.
+  are generated here (they never leave the host), the CSRs go out in ``SignX509Svids`` calls of at most
+  :data:`SIGN_BATCH_SIZE` items, a few at a time, so a taint that hits a thousand SVIDs re-issues them
+  all in one round, and a new :class:`~sds.cache.CacheSnapshot` is published when what it hands out
+  changed. Waking at the earliest rotation time is the per-SVID timer, without a task per SVID.
+
+Failures of either loop are logged at most once per 10 s per loop, with a count of the lines held back.
 
 The state and the SVIDs are saved (0600) after every change, and loaded by :meth:`AgentManager.run`
 before anything else, so a restart during a CA outage republishes them at once.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,15 +41,22 @@ from sds.planning import (
     BACKOFF_CAP_SECONDS,
     HeldSvid,
     SignReason,
-    backoff_delay,
     build_snapshot,
     next_rotation,
     plan_signing,
     same_content,
 )
-from spiffe_core.bundle import Bundle
+from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.clock import Clock
-from spiffe_core.errors import InvalidArgument, NotFound, TrustmeshError, UpstreamUnavailable, X509SvidError
+from spiffe_core.errors import (
+    InvalidArgument,
+    JwtSvidError,
+    NotFound,
+    TrustmeshError,
+    UpstreamUnavailable,
+    X509SvidError,
+)
+from spiffe_core.jwt_svid import parse_jwt_svid_insecure
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId
 from spiffe_core.x509_svid import verify_x509_svid
@@ -52,6 +65,14 @@ log = logging.getLogger(__name__)
 
 # JWT-SVIDs kept for reuse; beyond this the soonest-stale ones are forgotten first.
 _JWT_CACHE_LIMIT = 1024
+# Items per SignX509Svids call, and calls in flight at once. The node API names no batch limit, but one
+# call must fit gRPC's default 4 MiB message limit (a response item is a whole chain: a few KiB with RSA
+# keys and an upstream intermediate) and the node client's 10 s deadline (the CA signs, re-validates and
+# records the whole batch in one transaction). 1,000 SVIDs thus go out as 10 calls, 4 at a time.
+SIGN_BATCH_SIZE = 100
+SIGN_BATCHES_IN_FLIGHT = 4
+# Refused items named one by one per round; the rest are counted.
+_REFUSALS_NAMED = 10
 
 
 class NodeApi(Protocol):
@@ -62,11 +83,12 @@ class NodeApi(Protocol):
     async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]: ...
 
 
-class BundleSink(Protocol):
-    """Told about every new own-trust-domain bundle (:class:`sds.agent_svid.AgentIdentity`: the node
-    client must verify the CA with it)."""
+class OwnIdentity(Protocol):
+    """The agent's own identity (:class:`sds.agent_svid.AgentIdentity`), told about every state before
+    anything is published with it: the node client must verify the CA with its bundle, and the agent
+    SVID must be renewed at once when the state taints, revokes or no longer trusts it."""
 
-    async def update_bundle(self, bundle: Bundle) -> None: ...
+    async def follow_sync_state(self, state: SyncState) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +104,7 @@ class ManagerParams:
 class _CachedJwt:
     token: str
     refresh_at: datetime
+    key_id: str | None  # the signing key's ``kid``, so a taint of that key drops the token
 
 
 class AgentManager:
@@ -91,7 +114,7 @@ class AgentManager:
         client: NodeApi,
         cache: WorkloadCache,
         store: AgentStore,
-        bundle_sink: BundleSink,
+        identity: OwnIdentity,
         params: ManagerParams,
         clock: Clock,
         rng: random.Random | None = None,
@@ -99,7 +122,7 @@ class AgentManager:
         self._client = client
         self._cache = cache
         self._store = store
-        self._bundle_sink = bundle_sink
+        self._identity = identity
         self._params = params
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
@@ -108,6 +131,7 @@ class AgentManager:
         self._saved: object = None
         self._wake = asyncio.Event()
         self._jwt: dict[tuple[SpiffeId, tuple[str, ...]], _CachedJwt] = {}
+        self._throttle = LogThrottle()
 
     @property
     def held(self) -> dict[str, HeldSvid]:
@@ -136,11 +160,22 @@ class AgentManager:
         log.info("republished %d saved workload SVIDs", len(self._cache.get_snapshot().svids))
 
     async def receive(self, state: SyncState) -> None:
-        """Take a new state from the CA: adopt its bundle (the node client verifies the CA with it before
-        anything is published with it), then wake the SVID task."""
-        await self._bundle_sink.update_bundle(state.bundle)  # a no-op when it is the bundle in use
+        """Take a new state from the CA: hand it to the agent's own identity (which adopts its bundle:
+        the node client verifies the CA with it before anything is published with it, and renews the
+        agent SVID if the state calls for it), forget JWT-SVIDs of tainted keys, wake the SVID task."""
+        await self._identity.follow_sync_state(state)
         self._state = state
+        if state.tainted_authority_ids:
+            self._jwt = {k: v for k, v in self._jwt.items() if v.key_id not in state.tainted_authority_ids}
         self._wake.set()
+
+    def _backoff(self, failures: int) -> float:
+        return backoff_delay(failures, self._rng, self._params.backoff_base, self._params.backoff_cap)
+
+    def _warn(self, key: str, message: str, *args: object) -> None:
+        """Log a retry loop's failure, at most once per 10 s per ``key``."""
+        if self._throttle.should_log(time.monotonic(), key):
+            log.warning(message + "%s", *args, self._throttle.note(key))
 
     async def _hold_sync(self) -> None:
         failures = 0
@@ -157,21 +192,23 @@ class AgentManager:
                     await self.receive(state)
             except TrustmeshError as err:
                 failures += 1
-                delay = backoff_delay(failures, self._rng, self._params.backoff_base, self._params.backoff_cap)
-                log.warning("sync stream with the CA failed (%s); reconnecting in %.1f s", err, delay)
+                delay = self._backoff(failures)
+                self._warn("sync", "sync stream with the CA failed (%s); reconnecting in %.1f s", err, delay)
                 await asyncio.sleep(delay)
             else:
                 if not received:  # closed before it said anything: do not spin
                     failures += 1
-                    await asyncio.sleep(backoff_delay(failures, self._rng, self._params.backoff_base, 1.0))
+                    delay = self._backoff(failures)
+                    self._warn("sync", "the CA closed the sync stream without a state; reconnecting in %.1f s", delay)
+                    await asyncio.sleep(delay)
 
     async def _keep_svids(self) -> None:
         failures = 0
         while True:
             timeout = self._seconds_to_next_rotation()
             if failures:
-                retry = backoff_delay(failures, self._rng, self._params.backoff_base, self._params.backoff_cap)
-                timeout = retry if timeout is None else min(timeout, retry)
+                # Backoff governs: a rotation time already past is what is being retried.
+                timeout = self._backoff(failures)
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -182,7 +219,7 @@ class AgentManager:
                 complete = await self.reconcile()
             except TrustmeshError as err:
                 failures += 1
-                log.warning("could not get workload SVIDs signed (%s); retrying", err)
+                self._warn("svids", "could not get workload SVIDs signed (%s); retrying", err)
             else:
                 failures = 0 if complete else failures + 1
 
@@ -193,9 +230,12 @@ class AgentManager:
         return max((soonest - self._clock.now()).total_seconds(), 0.0)
 
     async def reconcile(self) -> bool:
-        """One round: sign what :func:`plan_signing` asks for in one batch, drop SVIDs of removed
-        entries, publish and save on change. True when nothing is left to sign; raises what
-        :meth:`NodeApi.sign_x509_svids` raises (the SVIDs held keep serving meanwhile)."""
+        """One round: sign everything :func:`plan_signing` asks for (in batches of at most
+        :data:`SIGN_BATCH_SIZE`, several in flight), drop SVIDs of removed entries, publish and save on
+        change. True when nothing is left to sign — false also when the CA signed an SVID that would
+        have to be replaced at once (say, by a tainted authority), so the caller backs off instead of
+        spinning. Raises what :meth:`NodeApi.sign_x509_svids` raises, after holding what the other
+        batches brought (the SVIDs held keep serving meanwhile)."""
         state = self._state
         if state is None:
             return True
@@ -206,6 +246,7 @@ class AgentManager:
         try:
             if plan.to_sign:
                 complete = await self._sign(state, plan.to_sign, now)
+                complete = complete and not plan_signing(state, self._held, now).to_sign
         finally:
             await self._publish()
             await self._save()
@@ -213,28 +254,55 @@ class AgentManager:
 
     async def _sign(self, state: SyncState, to_sign: Sequence[tuple[EntryRecord, SignReason]], now: datetime) -> bool:
         entries = [entry for entry, _ in to_sign]
-        for entry, reason in to_sign:
-            log.info("signing an X509-SVID for %s (entry %s): %s", entry.spiffe_id, entry.id, reason)
+        _log_plan(to_sign)
         keys = await asyncio.to_thread(self._new_keys, len(entries))
-        results = await self._client.sign_x509_svids(
-            [(entry.id, csr) for entry, (_, csr) in zip(entries, keys, strict=True)]
-        )
+        items = [(entry.id, csr) for entry, (_, csr) in zip(entries, keys, strict=True)]
+        starts = range(0, len(items), SIGN_BATCH_SIZE)
+        in_flight = asyncio.Semaphore(SIGN_BATCHES_IN_FLIGHT)
+
+        async def sign_batch(start: int) -> list[SignedX509Svid]:
+            async with in_flight:
+                return await self._client.sign_x509_svids(items[start : start + SIGN_BATCH_SIZE])
+
+        answers = await asyncio.gather(*(sign_batch(start) for start in starts), return_exceptions=True)
         complete = True
-        for entry, (key, _), result in zip(entries, keys, results, strict=True):
-            if result.error:
-                log.warning(
-                    "the CA refused an X509-SVID for entry %s (%s): %s", entry.id, entry.spiffe_id, result.error
-                )
-                complete = False
+        failed: TrustmeshError | None = None
+        refusals: list[str] = []
+        for start, answer in zip(starts, answers, strict=True):
+            if isinstance(answer, TrustmeshError):
+                failed = failed or answer
                 continue
-            try:
-                held = self._checked(state, entry, key, result, now)
-            except X509SvidError as err:
-                log.error("the CA returned an unusable X509-SVID for entry %s: %s", entry.id, err)
-                complete = False
-                continue
-            self._held[entry.id] = held
+            if isinstance(answer, BaseException):
+                raise answer  # cancelled, or a bug: not a CA answer to retry
+            batch = range(start, start + len(answer))
+            for index, result in zip(batch, answer, strict=True):
+                entry, (key, _) = entries[index], keys[index]
+                if result.error:
+                    refusals.append(
+                        f"the CA refused an X509-SVID for entry {entry.id} ({entry.spiffe_id}): {result.error}"
+                    )
+                    complete = False
+                    continue
+                try:
+                    self._held[entry.id] = self._checked(state, entry, key, result, now)
+                except X509SvidError as err:
+                    refusals.append(f"the CA returned an unusable X509-SVID for entry {entry.id}: {err}")
+                    complete = False
+        self._log_refusals(refusals)
+        if failed is not None:
+            raise failed
         return complete
+
+    def _log_refusals(self, refusals: Sequence[str]) -> None:
+        """Refused items are retried every round: name a few, count the rest, at most once per 10 s."""
+        if not refusals or not self._throttle.should_log(time.monotonic(), "refused"):
+            return
+        lines = list(refusals[:_REFUSALS_NAMED])
+        if len(refusals) > _REFUSALS_NAMED:
+            lines.append(f"… and {len(refusals) - _REFUSALS_NAMED} more X509-SVIDs refused or unusable this round")
+        lines[-1] += self._throttle.note("refused")
+        for line in lines:
+            log.warning("%s", line)
 
     def _new_keys(self, count: int) -> list[tuple[PrivateKey, bytes]]:
         keys = [generate_private_key(self._params.key_type) for _ in range(count)]
@@ -300,7 +368,7 @@ class AgentManager:
         if cached is not None and now < cached.refresh_at:
             return cached.token
         token, expires_at = await self._client.mint_jwt_svid(entry.id, list(audience))
-        self._remember_jwt(key, _CachedJwt(token, now + (expires_at - now) / 2), now)
+        self._remember_jwt(key, _CachedJwt(token, now + (expires_at - now) / 2, _key_id(token)), now)
         return token
 
     def _remember_jwt(self, key: tuple[SpiffeId, tuple[str, ...]], value: _CachedJwt, now: datetime) -> None:
@@ -309,3 +377,26 @@ class AgentManager:
         if len(self._jwt) > _JWT_CACHE_LIMIT:
             keep = sorted(self._jwt.items(), key=lambda item: item[1].refresh_at)[-_JWT_CACHE_LIMIT:]
             self._jwt = dict(keep)
+
+
+def _log_plan(to_sign: Sequence[tuple[EntryRecord, SignReason]]) -> None:
+    """One line for the round (a taint can name a thousand entries at once); each entry at debug."""
+    if len(to_sign) == 1:
+        entry, reason = to_sign[0]
+        log.info("signing an X509-SVID for %s (entry %s): %s", entry.spiffe_id, entry.id, reason)
+        return
+    counts: dict[SignReason, int] = {}
+    for entry, reason in to_sign:
+        counts[reason] = counts.get(reason, 0) + 1
+        log.debug("signing an X509-SVID for %s (entry %s): %s", entry.spiffe_id, entry.id, reason)
+    log.info("signing %d X509-SVIDs: %s", len(to_sign), ", ".join(f"{n} {reason}" for reason, n in counts.items()))
+
+
+def _key_id(token: str) -> str | None:
+    """The ``kid`` a JWT-SVID names (for dropping it when that key is tainted); None when unreadable."""
+    try:
+        header, _ = parse_jwt_svid_insecure(token)
+    except JwtSvidError:
+        return None
+    kid = header.get("kid")
+    return kid if isinstance(kid, str) else None

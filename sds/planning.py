@@ -1,5 +1,5 @@
 """The agent's decisions, as pure functions of (state, what it holds, now): which X509-SVIDs to sign,
-when to rotate them, how long to back off, and what snapshot to publish (DESIGN §4 "Rotation at 1/2 of
+when to rotate them (its own included), and what snapshot to publish (DESIGN §4 "Rotation at 1/2 of
 each SVID's life with jitter; immediate re-issue on taint/revocation").
 
 :mod:`sds.manager` does the I/O around these; keeping them pure makes each rule a one-line test.
@@ -22,7 +22,8 @@ from spiffe_core.keys import PrivateKey
 from spiffe_core.spiffe_id import SpiffeId
 from spiffe_core.x509_svid import verify_x509_svid
 
-# Reconnect and retry backoff: from about half a second, doubling, to at most 30 s.
+# The agent's reconnect and retry backoff (spiffe_core.backoff.backoff_delay): from about half a second,
+# doubling, to at most 30 s.
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 
@@ -49,17 +50,21 @@ class HeldSvid:
 
     @property
     def signer_ids(self) -> frozenset[str]:
-        """IDs (subject key identifiers, hex) of every authority on the chain, as the CA names
-        authorities in ``tainted_authority_ids``."""
-        ids: set[str] = set()
-        for cert in self.cert_chain:
-            try:
-                aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-            except x509.ExtensionNotFound:
-                continue
-            if aki.key_identifier is not None:
-                ids.add(aki.key_identifier.hex())
-        return frozenset(ids)
+        return signer_ids(self.cert_chain)
+
+
+def signer_ids(cert_chain: tuple[x509.Certificate, ...]) -> frozenset[str]:
+    """IDs of every authority that signed a certificate of the chain (their authority key identifiers,
+    hex), as the CA names authorities in ``tainted_authority_ids``."""
+    ids: set[str] = set()
+    for cert in cert_chain:
+        try:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            continue
+        if aki.key_identifier is not None:
+            ids.add(aki.key_identifier.hex())
+    return frozenset(ids)
 
 
 class SignReason(enum.StrEnum):
@@ -95,18 +100,6 @@ def next_rotation(
     return max(now, min(not_before + life * point, not_after))
 
 
-def backoff_delay(
-    failures: int,
-    rng: random.Random,
-    base: float = BACKOFF_BASE_SECONDS,
-    cap: float = BACKOFF_CAP_SECONDS,
-) -> float:
-    """Seconds to wait after ``failures`` consecutive failures (≥ 1): exponential up to ``cap``, with the
-    upper half jittered so agents that lost the CA together do not return together."""
-    ceiling = min(cap, base * float(2 ** min(max(failures, 1) - 1, 32)))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
 def _reason(entry: EntryRecord, held: HeldSvid | None, state: SyncState, now: datetime) -> SignReason | None:
     if held is None:
         return SignReason.NEW
@@ -122,6 +115,22 @@ def _reason(entry: EntryRecord, held: HeldSvid | None, state: SyncState, now: da
         verify_x509_svid(held.cert_chain, state.bundle, now)
     except X509SvidError:
         return SignReason.UNTRUSTED
+    return None
+
+
+def own_svid_reason(cert_chain: tuple[x509.Certificate, ...], state: SyncState, now: datetime) -> SignReason | None:
+    """Why the agent's own X509-SVID must be renewed at once under ``state`` — its serial is revoked, an
+    authority on its chain is tainted, or the bundle no longer verifies it — or None. Rotation at half
+    life and expiry are not judged here (:class:`sds.agent_svid.AgentIdentity` schedules those)."""
+    if cert_chain[0].serial_number in state.revoked_serials:
+        return SignReason.REVOKED
+    if signer_ids(cert_chain) & state.tainted_authority_ids:
+        return SignReason.TAINTED
+    if now < cert_chain[0].not_valid_after_utc:
+        try:
+            verify_x509_svid(cert_chain, state.bundle, now)
+        except X509SvidError:
+            return SignReason.UNTRUSTED
     return None
 
 

@@ -56,7 +56,7 @@ async def serve_agent(config: AgentConfig) -> None:
         client=client,
         cache=cache,
         store=store,
-        bundle_sink=identity,
+        identity=identity,
         params=ManagerParams(
             key_type=config.key_type,
             rotation_fraction=config.rotation.svid_rotation_fraction,

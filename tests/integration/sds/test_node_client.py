@@ -89,7 +89,7 @@ async def agent(server: FakeNodeServer, tmp_path: Path) -> AsyncIterator[Agent]:
         client=client,
         cache=cache,
         store=AgentStore(tmp_path, TD),
-        bundle_sink=identity,
+        identity=identity,
         params=ManagerParams(backoff_base=0.05, backoff_cap=0.2),
         clock=SystemClock(),
         rng=random.Random(7),

@@ -1,20 +1,25 @@
 """The agent's own identity (sds/agent_svid.py): first attestation, restarts from the saved SVID,
-expiry with and without a join token, renewal, and refusing SVIDs that are not what was asked for."""
+expiry with and without a join token, renewal (at half life, and at once when a Sync state taints,
+revokes or no longer trusts the agent SVID), backoff with bounded logging, and refusing SVIDs that are
+not what was asked for."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import stat
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 
 from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
-from sds.node_client import AgentCredentials, AttestResult
+from sds.node_client import AgentCredentials, AttestResult, SyncState
 from sds.persistence import AgentStore
+from sds.planning import signer_ids
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, UpstreamUnavailable, X509SvidError
 from spiffe_core.keys import KeyType, generate_private_key
@@ -29,6 +34,9 @@ AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
 AGENT_TTL = timedelta(hours=1)
 TOKEN = "join-token-1"
 BOOTSTRAP = Bundle(TD, (CA.cert,))
+# The authority the CA rotated to; the bundle publishes both while the old one is tainted.
+NEW_CA = SigningCa.create(TD, NOW - timedelta(days=1), ttl=timedelta(days=3))
+BOTH = Bundle(TD, (CA.cert, NEW_CA.cert), sequence=2)
 
 
 class FakeAttestationApi:
@@ -40,14 +48,15 @@ class FakeAttestationApi:
         self.assign = AGENT
         self.sign_other_key = False
         self.renew_failures: list[Exception] = []
+        self.signer = CA
 
     def _sign(self, csr: bytes) -> tuple[x509.Certificate, ...]:
         if self.sign_other_key:
             other = generate_private_key(KeyType.EC_P256)
-            return CA.sign(
+            return self.signer.sign(
                 self.assign, other.public_key(), not_before=self.clock.now(), not_after=self.clock.now() + AGENT_TTL
             )
-        return CA.sign_csr(csr, self.assign, now=self.clock.now(), ttl=AGENT_TTL)
+        return self.signer.sign_csr(csr, self.assign, now=self.clock.now(), ttl=AGENT_TTL)
 
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
         self.attested.append((roots, method, payload))
@@ -228,7 +237,8 @@ async def test_run_renews_once_the_rotation_time_has_come(tmp_path: Path, clock:
     agent, api = identity(tmp_path, clock)
     await agent.start()
     clock.advance(agent.rotate_at - clock.now())
-    await run_until(agent, lambda: api.renewed == 1)
+    await run_until(agent, lambda: len(api.credentials) == 2)  # renewed, saved and in use
+    assert api.renewed == 1
     assert agent.rotate_at > clock.now()
 
 
@@ -265,3 +275,79 @@ async def test_run_stops_when_the_svid_expired_and_no_join_token_is_configured(
     with pytest.raises(FailedPrecondition, match=r"^agent SVID expired at .* and no join token is configured; "):
         async with asyncio.timeout(5):
             await agent.run()
+
+
+# --- renewal at once: the Sync stream says the agent SVID must go -------------------------------------
+
+
+def sync_state(bundle: Bundle = BOTH, **fields: Any) -> SyncState:
+    return SyncState(1, bundle, **fields)
+
+
+@pytest.mark.parametrize(
+    "make_state",
+    [
+        pytest.param(lambda old: sync_state(tainted_authority_ids=frozenset({CA.authority_id})), id="signer-tainted"),
+        pytest.param(lambda old: sync_state(revoked_serials=frozenset({old.serial_number})), id="serial-revoked"),
+        pytest.param(lambda old: sync_state(bundle=NEW_CA.bundle(sequence=3)), id="bundle-no-longer-verifies-it"),
+    ],
+)
+async def test_a_sync_state_against_the_agent_svid_renews_it_at_once(
+    tmp_path: Path, clock: FakeClock, make_state: Callable[[x509.Certificate], SyncState]
+) -> None:
+    agent, api = identity(tmp_path, clock)
+    old = (await agent.start()).svid.leaf
+    api.signer = NEW_CA
+    await agent.follow_sync_state(make_state(old))
+    await run_until(agent, lambda: agent.get_current().svid.leaf != old)  # the clock never moved
+    assert api.renewed == 1
+    assert signer_ids(agent.get_current().svid.cert_chain) == {NEW_CA.authority_id}
+    assert agent.rotate_at > clock.now()
+
+
+async def test_a_sync_state_that_spares_the_agent_svid_renews_nothing(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock)
+    await agent.start()
+    await agent.follow_sync_state(sync_state(tainted_authority_ids=frozenset({NEW_CA.authority_id})))
+    task = asyncio.create_task(agent.run())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert api.renewed == 0
+    assert api.credentials[-1].bundle == BOTH
+
+
+async def test_a_ca_that_still_signs_with_the_tainted_authority_is_retried_with_backoff(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent, api = identity(tmp_path, clock)
+    await agent.start()
+    with caplog.at_level(logging.WARNING, logger="sds.agent_svid"):
+        await agent.follow_sync_state(sync_state(tainted_authority_ids=frozenset({CA.authority_id})))
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # Backoff 0.25-0.5 s, then 0.5-1 s: at most three attempts in a second, not a spin.
+    assert 2 <= api.renewed <= 3
+    assert [m.split(";")[0] for m in caplog.messages] == [
+        f"agent SVID {AGENT} must be replaced (signing authority tainted)",
+        f"the renewed agent SVID {AGENT} must be replaced too (signing authority tainted)",
+    ]
+
+
+async def test_failed_renewals_are_logged_at_most_once_per_ten_seconds(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent, api = identity(tmp_path, clock)
+    await agent.start()
+    api.signer = NEW_CA
+    api.renew_failures = [UpstreamUnavailable("node API RenewAgent is unavailable")] * 2
+    with caplog.at_level(logging.WARNING, logger="sds.agent_svid"):
+        await agent.follow_sync_state(sync_state(tainted_authority_ids=frozenset({CA.authority_id})))
+        await run_until(agent, lambda: api.renewed == 1)
+    failures = [m for m in caplog.messages if m.startswith("could not renew")]
+    assert len(failures) == 1
+    assert failures[0].startswith(
+        f"could not renew the agent SVID {AGENT} (node API RenewAgent is unavailable); retrying in "
+    )

@@ -1,5 +1,6 @@
 """The agent manager (sds/manager.py) over an in-process fake of the node API: batching, publishing,
-rotation, refusals, CA outages, restarts from saved state, JWT-SVID reuse and stream reconnects."""
+rotation, refusals, CA outages, restarts from saved state, JWT-SVID reuse, stream reconnects, taint
+(every affected SVID in one round, in concurrent batches) and bounded logging of failing loops."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from sds.cache import CacheSnapshot, WorkloadCache
-from sds.manager import AgentManager, ManagerParams
+from sds.manager import SIGN_BATCH_SIZE, AgentManager, ManagerParams
 from sds.node_client import EntryRecord, SignedX509Svid, SyncState
 from sds.persistence import AgentStore
+from sds.planning import signer_ids
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import InvalidArgument, NotFound, UpstreamUnavailable
+from spiffe_core.jwt_svid import mint_jwt_svid
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_pki import SigningCa
@@ -26,6 +29,9 @@ from tests.support.clock import FakeClock
 TD = TrustDomain("example.org")
 NOW = datetime.now(UTC).replace(microsecond=0)
 CA = SigningCa.create(TD, NOW)
+# The authority the CA rotated to; while the old one is tainted the bundle publishes both.
+NEW_CA = SigningCa.create(TD, NOW)
+BOTH = Bundle(TD, (CA.cert, NEW_CA.cert), sequence=2)
 AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
 WEB = SpiffeId.parse("spiffe://example.org/web")
 DB = SpiffeId.parse("spiffe://example.org/db")
@@ -38,8 +44,10 @@ def entry(entry_id: str, spiffe_id: SpiffeId, revision: int = 1) -> EntryRecord:
     return EntryRecord(entry_id, spiffe_id, AGENT, UID, revision=revision)
 
 
-def state(*entries: EntryRecord, version: int = 1) -> SyncState:
-    return SyncState(version, CA.bundle(), entries=entries)
+def state(
+    *entries: EntryRecord, version: int = 1, bundle: Bundle | None = None, tainted: frozenset[str] = frozenset()
+) -> SyncState:
+    return SyncState(version, bundle or CA.bundle(), entries=entries, tainted_authority_ids=tainted)
 
 
 class FakeNodeApi:
@@ -53,6 +61,12 @@ class FakeNodeApi:
         self.ids: dict[str, SpiffeId] = {}
         self.minted = 0
         self.streams: list[list[SyncState] | Exception] = []
+        self.signer = CA
+        self.down_for: set[str] = set()  # a batch naming one of these entries fails as a whole
+        self.attempts = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.real_jwts = False
 
     async def sync(self) -> AsyncIterator[SyncState]:
         script = self.streams.pop(0) if self.streams else []
@@ -63,27 +77,52 @@ class FakeNodeApi:
         await asyncio.Event().wait()  # an open stream with nothing new
 
     async def sign_x509_svids(self, items: Sequence[tuple[str, bytes]]) -> list[SignedX509Svid]:
-        if self.down:
+        self.attempts += 1
+        if self.down or self.down_for.intersection(entry_id for entry_id, _ in items):
             raise UpstreamUnavailable("node API SignX509Svids at 127.0.0.1:8081 is unavailable (down)")
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)  # a call takes a while: batches in flight at once overlap here
+        finally:
+            self.in_flight -= 1
         self.batches.append([entry_id for entry_id, _ in items])
         return [
             SignedX509Svid(entry_id, error=self.refused[entry_id])
             if entry_id in self.refused
-            else SignedX509Svid(entry_id, CA.sign_csr(csr, self.ids[entry_id], now=self.clock.now(), ttl=SVID_TTL))
+            else SignedX509Svid(
+                entry_id, self.signer.sign_csr(csr, self.ids[entry_id], now=self.clock.now(), ttl=SVID_TTL)
+            )
             for entry_id, csr in items
         ]
 
     async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         self.minted += 1
-        return f"jwt-{self.minted}-{entry_id}-{','.join(audience)}", self.clock.now() + timedelta(minutes=5)
+        expires_at = self.clock.now() + timedelta(minutes=5)
+        if self.real_jwts:
+            token = mint_jwt_svid(
+                spiffe_id=self.ids[entry_id],
+                audience=audience,
+                private_key=CA.jwt_key,
+                key_id=CA.jwt_key_id,
+                expires_at=expires_at,
+            )
+            return token, expires_at
+        return f"jwt-{self.minted}-{entry_id}-{','.join(audience)}", expires_at
 
 
-class RecordingBundleSink:
+class RecordingIdentity:
+    """The agent's own identity as the manager sees it: records the states (and so the bundles) it got."""
+
     def __init__(self) -> None:
-        self.bundles: list[Bundle] = []
+        self.states: list[SyncState] = []
 
-    async def update_bundle(self, bundle: Bundle) -> None:
-        self.bundles.append(bundle)
+    @property
+    def bundles(self) -> list[Bundle]:
+        return [s.bundle for s in self.states]
+
+    async def follow_sync_state(self, state: SyncState) -> None:
+        self.states.append(state)
 
 
 class Harness:
@@ -91,12 +130,12 @@ class Harness:
         self.clock = clock or FakeClock(NOW)
         self.api = FakeNodeApi(self.clock)
         self.cache = WorkloadCache(CacheSnapshot(TD))
-        self.sink = RecordingBundleSink()
+        self.sink = RecordingIdentity()
         self.manager = AgentManager(
             client=self.api,
             cache=self.cache,
             store=AgentStore(data_dir, TD),
-            bundle_sink=self.sink,
+            identity=self.sink,
             params=ManagerParams(backoff_base=0.01, backoff_cap=0.05),
             clock=self.clock,
             rng=random.Random(5),
@@ -234,3 +273,98 @@ async def test_run_reconnects_after_a_failed_stream_and_publishes(harness: Harne
         running.cancel()
     assert [s.spiffe_id for s in harness.snapshot().svids] == [WEB]
     assert harness.api.streams == []
+
+
+# --- taint: every affected SVID in one round ---------------------------------------------------------
+
+
+def many(count: int) -> tuple[EntryRecord, ...]:
+    return tuple(entry(f"e-{i:04d}", SpiffeId.parse(f"spiffe://example.org/w/{i}")) for i in range(count))
+
+
+async def test_a_taint_reissues_every_affected_svid_in_one_round_of_concurrent_batches(harness: Harness) -> None:
+    records = many(300)
+    await harness.receive(state(*records, bundle=BOTH))
+    assert await harness.manager.reconcile() is True
+    before = harness.serials()
+    harness.api.batches.clear()
+    harness.api.most_in_flight = 0
+    harness.api.signer = NEW_CA
+    await harness.receive(state(*records, version=2, bundle=BOTH, tainted=frozenset({CA.authority_id})))
+    assert await harness.manager.reconcile() is True
+    assert sorted(len(batch) for batch in harness.api.batches) == [SIGN_BATCH_SIZE] * 3
+    assert sorted(e for batch in harness.api.batches for e in batch) == [r.id for r in records]
+    assert harness.api.most_in_flight > 1
+    after = harness.serials()
+    assert len(after) == 300
+    assert all(after[entry_id] != serial for entry_id, serial in before.items())
+    assert all(signer_ids(h.cert_chain) == {NEW_CA.authority_id} for h in harness.manager.held.values())
+    assert [s.entry_id for s in harness.snapshot().svids] == [r.id for r in records]  # CA's entry order
+
+
+async def test_a_failed_batch_does_not_lose_what_the_other_batches_brought(harness: Harness) -> None:
+    records = many(250)
+    await harness.receive(state(*records))
+    harness.api.down_for = {"e-0120"}  # in the second batch
+    with pytest.raises(UpstreamUnavailable):
+        await harness.manager.reconcile()
+    assert len(harness.manager.held) == 150
+    assert "e-0120" not in harness.manager.held
+    assert len(harness.snapshot().svids) == 150
+    harness.api.down_for = set()
+    assert await harness.manager.reconcile() is True
+    assert len(harness.manager.held) == 250
+
+
+async def test_a_ca_that_signs_with_the_tainted_authority_leaves_the_round_incomplete(harness: Harness) -> None:
+    await harness.receive(state(entry("e-web", WEB), bundle=BOTH))
+    await harness.manager.reconcile()
+    await harness.receive(state(entry("e-web", WEB), version=2, bundle=BOTH, tainted=frozenset({CA.authority_id})))
+    assert await harness.manager.reconcile() is False  # the SVID task backs off instead of spinning
+    assert len(harness.api.batches) == 2
+
+
+async def test_jwt_svids_of_a_tainted_key_are_not_reused(harness: Harness) -> None:
+    harness.api.real_jwts = True
+    await harness.receive(state(entry("e-web", WEB)))
+    first = await harness.manager.fetch_jwt_svid(WEB, ["db"])
+    await harness.receive(state(entry("e-web", WEB), version=2, tainted=frozenset({NEW_CA.authority_id})))
+    assert await harness.manager.fetch_jwt_svid(WEB, ["db"]) == first
+    await harness.receive(state(entry("e-web", WEB), version=3, tainted=frozenset({CA.jwt_key_id})))
+    assert await harness.manager.fetch_jwt_svid(WEB, ["db"]) != first
+    assert harness.api.minted == 2
+
+
+# --- failing loops back off and log at most once per 10 s --------------------------------------------
+
+
+async def test_a_failing_signing_loop_backs_off_and_logs_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.api.ids["e-web"] = WEB
+    harness.api.down = True
+    harness.api.streams = [[state(entry("e-web", WEB))]]
+    with caplog.at_level(logging.WARNING, logger="sds.manager"):
+        task = asyncio.create_task(harness.manager.run())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert 3 < harness.api.attempts < 60  # retried with backoff (10 ms to 50 ms), not in a spin
+    assert [m.split(" (")[0] for m in caplog.messages] == ["could not get workload SVIDs signed"]
+
+
+async def test_a_failing_sync_stream_backs_off_and_logs_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.api.ids["e-web"] = WEB
+    harness.api.streams = [*[UpstreamUnavailable("down")] * 20, [state(entry("e-web", WEB))]]
+    with caplog.at_level(logging.WARNING, logger="sds.manager"):
+        async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(harness.manager.run())
+            async for snapshot in harness.cache.subscribe():
+                if snapshot.svids:
+                    break
+            running.cancel()
+    assert harness.api.streams == []
+    assert caplog.messages == [caplog.messages[0]]
+    assert caplog.messages[0].startswith("sync stream with the CA failed (down); reconnecting in ")

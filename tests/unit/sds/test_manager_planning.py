@@ -1,5 +1,6 @@
-"""The manager's pure decisions (sds/planning.py): when to rotate, how long to back off, which entries
-need a new X509-SVID, and what snapshot to publish."""
+"""The manager's pure decisions (sds/planning.py): when to rotate, which entries need a new X509-SVID,
+when the agent's own SVID must be renewed at once, and what snapshot to publish. (How long to back off
+is spiffe_core.backoff's, tested in tests/unit/spiffe_core/test_backoff.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sds.node_client import EntryRecord, SyncState
-from sds.planning import HeldSvid, SignReason, backoff_delay, build_snapshot, next_rotation, plan_signing
+from sds.planning import HeldSvid, SignReason, build_snapshot, next_rotation, own_svid_reason, plan_signing
 from spiffe_core.bundle import Bundle
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -85,25 +86,6 @@ def test_rotation_is_never_after_expiry() -> None:
         NOW - timedelta(days=2), NOW - timedelta(days=1), NOW, fraction=0.99, jitter=0.5, rng=random.Random(3)
     )
     assert at <= NOW
-
-
-# --- backoff_delay ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("failures", "low", "high"),
-    [
-        pytest.param(1, 0.25, 0.5, id="first-failure-half-a-second"),
-        pytest.param(2, 0.5, 1.0, id="doubles"),
-        pytest.param(4, 2.0, 4.0, id="fourth"),
-        pytest.param(10, 15.0, 30.0, id="capped-at-30s"),
-        pytest.param(10_000, 15.0, 30.0, id="huge-count-still-capped"),
-    ],
-)
-def test_backoff_grows_exponentially_with_jitter_up_to_the_cap(failures: int, low: float, high: float) -> None:
-    delays = [backoff_delay(failures, random.Random(seed)) for seed in range(50)]
-    assert all(low <= d <= high for d in delays)
-    assert len(set(delays)) > 1  # jittered
 
 
 def revoked(record: EntryRecord, current: HeldSvid) -> tuple[SyncState, HeldSvid]:
@@ -192,6 +174,36 @@ def test_a_tainted_authority_that_did_not_sign_the_svid_changes_nothing() -> Non
 def test_an_entry_listed_twice_is_signed_once() -> None:
     web = entry()
     assert reasons(state(web, web), {}) == [("e-web", SignReason.NEW)]
+
+
+# --- own_svid_reason (the agent's own X509-SVID) --------------------------------------------------------
+
+AGENT_SVID = CA.issue(AGENT, not_before=NOW - timedelta(minutes=10), not_after=NOW + timedelta(minutes=50))
+
+
+@pytest.mark.parametrize(
+    ("sync", "reason"),
+    [
+        pytest.param(state(), None, id="nothing-to-do"),
+        pytest.param(
+            state(tainted_authority_ids=frozenset({OTHER_CA.authority_id})), None, id="another-authority-tainted"
+        ),
+        pytest.param(
+            state(tainted_authority_ids=frozenset({CA.authority_id})), SignReason.TAINTED, id="signer-tainted"
+        ),
+        pytest.param(
+            state(revoked_serials=frozenset({AGENT_SVID.leaf.serial_number})), SignReason.REVOKED, id="serial-revoked"
+        ),
+        pytest.param(state(bundle=OTHER_CA.bundle()), SignReason.UNTRUSTED, id="signer-gone-from-bundle"),
+    ],
+)
+def test_own_svid_is_renewed_at_once_when_the_state_says_so(sync: SyncState, reason: SignReason | None) -> None:
+    assert own_svid_reason(AGENT_SVID.cert_chain, sync, NOW) is reason
+
+
+def test_an_expired_own_svid_is_left_to_the_renewal_schedule() -> None:
+    expired = NOW + timedelta(hours=1)
+    assert own_svid_reason(AGENT_SVID.cert_chain, state(), expired) is None
 
 
 # --- build_snapshot -----------------------------------------------------------------------------------
