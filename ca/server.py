@@ -33,6 +33,7 @@ from ca.store.engine import Database
 from ca.sync import ChangeHub, UpdateVersions, listen_for_changes
 from ca.upstream import CaSubject, DiskUpstream, SelfSignedUpstream, UpstreamAuthority
 from spiffe_core.clock import Clock, SystemClock
+from spiffe_core.errors import NoActiveAuthority
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,14 @@ def _upstream(config: CaConfig) -> UpstreamAuthority:
         assert upstream.key_file is not None
         return DiskUpstream.load(upstream.cert_file, upstream.key_file, upstream.bundle_file)
     return SelfSignedUpstream()
+
+
+def _active_id(authorities: AuthorityManager) -> str | None:
+    """The ID of the active X.509 authority, or None while there is none (the serving SVID stays)."""
+    try:
+        return authorities.get_current().active_x509().id
+    except NoActiveAuthority:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +119,10 @@ def build_service(config: CaConfig) -> CaParts:
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
     )
-    identity = ServerIdentity(service, config.trust_domain, config.server.server_name, clock)
+    # Not wired yet: identity.authority_changed() belongs on the authority manager's change notifications.
+    identity = ServerIdentity(
+        service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
+    )
     identity.rotate()
     return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock)
 

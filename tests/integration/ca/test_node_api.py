@@ -111,7 +111,7 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
         agent_svid_ttl=AGENT_TTL,
         clock=clock,
     )
-    identity = ServerIdentity(service, TD, SERVER_NAME, clock)
+    identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
     server, ports = build_node_server(
         NodeServicer(node, hub, UpdateVersions(), clock),
