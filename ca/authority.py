@@ -79,6 +79,7 @@ class JwtKey:
     private_key: PrivateKey = field(repr=False, compare=False)
     state: AuthorityState
     not_after: datetime
+    not_before: datetime
 
     def public(self) -> JwtAuthority:
         return JwtAuthority(self.key_id, self.private_key.public_key())
@@ -92,18 +93,45 @@ class AuthoritySet:
     x509: tuple[X509Authority, ...]
     jwt: tuple[JwtKey, ...]
     bundle: Bundle
+    # DER CRLs, one per CA on every published chain (empty when that set cannot be complete: Envoy
+    # refuses every peer once one CA of a chain has a CRL and another has none), and the serials of
+    # revoked X509-SVIDs that have not expired yet.
+    crls: tuple[bytes, ...] = ()
+    revoked_serials: frozenset[int] = frozenset()
 
-    def active_x509(self) -> X509Authority:
+    def active_x509(self, at: datetime | None = None) -> X509Authority:
+        """The X.509 authority that signs now. With ``at``, one that is not valid at that moment is
+        refused as well: an SVID it signed would be born expired."""
         for authority in self.x509:
             if authority.state is AuthorityState.ACTIVE:
+                _check_valid(f"X.509 authority {authority.id}", authority.not_before, authority.not_after, at)
                 return authority
         raise NoActiveAuthority(f"trust domain {self.trust_domain} has no active X.509 authority")
 
-    def active_jwt(self) -> JwtKey:
+    def active_jwt(self, at: datetime | None = None) -> JwtKey:
         for key in self.jwt:
             if key.state is AuthorityState.ACTIVE:
+                _check_valid(f"JWT signing key {key.key_id}", key.not_before, key.not_after, at)
                 return key
         raise NoActiveAuthority(f"trust domain {self.trust_domain} has no active JWT signing key")
+
+    def tainted_ids(self) -> tuple[str, ...]:
+        """IDs of tainted authorities: agents replace everything chained to them at once."""
+        return tuple(a.id for a in self.x509 if a.state is AuthorityState.TAINTED) + tuple(
+            k.key_id for k in self.jwt if k.state is AuthorityState.TAINTED
+        )
+
+
+def _check_valid(what: str, not_before: datetime, not_after: datetime, at: datetime | None) -> None:
+    if at is None:
+        return
+    if at >= not_after:
+        raise NoActiveAuthority(
+            f"the active {what} expired at {not_after.isoformat()}; nothing can be signed until a new "
+            "authority is active (the rotation task retries; see `trustmesh-ca authority list`)"
+        )
+    if at < not_before:
+        raise NoActiveAuthority(f"the active {what} is not valid before {not_before.isoformat()}; check the clock")
 
 
 def build_bundle(

@@ -1,21 +1,25 @@
 """Loads, creates and publishes the trust domain's authorities (DESIGN §3).
 
 The datastore is the source of truth and the key manager holds the private keys; this module joins
-the two into the immutable :class:`~ca.authority.AuthoritySet` that issuers read. Start-up is safe
-with several CA replicas on one PostgreSQL database: bootstrapping happens in one transaction that
-first takes the trust domain's bundle-sequence row (a row lock), so exactly one replica creates the
-first authorities and the others load them.
+the two into the immutable :class:`~ca.authority.AuthoritySet` that issuers read, with the bundle, the
+CRLs and the revoked serials it publishes. Start-up is safe with several CA replicas on one PostgreSQL
+database: bootstrapping happens in one transaction that first takes the trust domain's bundle-sequence
+row (a row lock), so exactly one replica creates the first authorities and the others load them. Every
+later change of authorities (:mod:`ca.authority_ops`) takes the same row lock first.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy.orm import Session
 
 from ca.authority import (
@@ -26,18 +30,24 @@ from ca.authority import (
     authority_id_for,
     build_bundle,
 )
+from ca.crl import RevokedSerial, build_crl, crl_number
 from ca.keys.base import KeyManager
 from ca.store.engine import Database
-from ca.store.records import AuthorityKind, AuthorityRecord
-from ca.store.repositories import AuthorityRepository, TrustBundleStateRepository
+from ca.store.records import AuthorityKind, AuthorityRecord, IssuedCertificate
+from ca.store.repositories import AuthorityRepository, IssuedCertificateRepository, TrustBundleStateRepository
 from ca.upstream.base import CaSubject, UpstreamAuthority
 from spiffe_core.clock import Clock
-from spiffe_core.keys import KeyType
+from spiffe_core.errors import TrustmeshError, UpstreamUnavailable
+from spiffe_core.keys import KeyType, PrivateKey
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates
 
+log = logging.getLogger(__name__)
+
 # CA certificates are backdated a little more than SVIDs, so SVIDs backdated by the issuer still nest.
 CA_BACKDATE = timedelta(minutes=1)
+# CRLs are valid from slightly in the past, for relying parties whose clocks run behind.
+CRL_BACKDATE = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,16 @@ class AuthorityParams:
     ca_ttl: timedelta
     refresh_hint: timedelta
     subject: CaSubject = field(default_factory=CaSubject)
+    # How long each CRL is valid; they are re-signed at half of it, and at once on every revocation.
+    crl_ttl: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A snapshot and when its CRLs must be re-signed."""
+
+    authorities: AuthoritySet
+    crls_refresh_at: datetime
 
 
 class AuthorityManager:
@@ -64,13 +84,29 @@ class AuthorityManager:
         self._upstream = upstream
         self._params = params
         self._clock = clock
-        self._current: AuthoritySet | None = None
+        self._current: Published | None = None
+        self._key_cache: dict[str, PrivateKey] = {}
+        self._listeners: list[Callable[[AuthoritySet], None]] = []
+        self._lock = threading.Lock()
+        self._crl_warning: str | None = None
+
+    @property
+    def params(self) -> AuthorityParams:
+        return self._params
 
     def get_current(self) -> AuthoritySet:
         """The authorities as last loaded; cheap, lock-free."""
         if self._current is None:
             raise RuntimeError("AuthorityManager.load() must run before the CA serves")
-        return self._current
+        return self._current.authorities
+
+    @property
+    def crls_refresh_at(self) -> datetime | None:
+        return None if self._current is None else self._current.crls_refresh_at
+
+    def add_listener(self, listener: Callable[[AuthoritySet], None]) -> None:
+        """Call ``listener`` with every new snapshot (from whichever thread swapped it in)."""
+        self._listeners.append(listener)
 
     def load(self) -> AuthoritySet:
         """Read every authority of the trust domain, creating and activating the first X.509 CA and
@@ -80,29 +116,66 @@ class AuthorityManager:
         parties can tell; SPIFFE only asks that it never goes back)."""
         with self._database.transaction() as session:
             sequence = TrustBundleStateRepository(session).next_bundle_sequence(self._params.trust_domain)
-            repo = AuthorityRepository(session)
-            records = [r for r in repo.list() if r.trust_domain == self._params.trust_domain]
+            records = self.records(session)
             if not any(r.kind is AuthorityKind.X509 and r.state is AuthorityState.ACTIVE for r in records):
-                records.append(self._create_x509(session, AuthorityState.ACTIVE))
+                records.append(self.create_x509(session, AuthorityState.ACTIVE))
             if not any(r.kind is AuthorityKind.JWT and r.state is AuthorityState.ACTIVE for r in records):
-                records.append(self._create_jwt(session, AuthorityState.ACTIVE))
-        self._current = self._snapshot(records, sequence)
-        return self._current
+                records.append(self.create_jwt(session, AuthorityState.ACTIVE))
+            revoked = IssuedCertificateRepository(session).revoked_live(self._clock.now())
+        return self._publish(records, sequence, revoked)
 
-    def _snapshot(self, records: list[AuthorityRecord], sequence: int) -> AuthoritySet:
+    def refresh(self) -> AuthoritySet:
+        """Re-read the authorities and revocations (after a change, here or on another replica) and
+        re-sign the CRLs; publishes the new snapshot. Does not change the bundle sequence."""
+        with self._database.transaction() as session:
+            sequence = TrustBundleStateRepository(session).current_bundle_sequence(self._params.trust_domain)
+            records = self.records(session)
+            revoked = IssuedCertificateRepository(session).revoked_live(self._clock.now())
+        return self._publish(records, sequence, revoked)
+
+    def records(self, session: Session) -> list[AuthorityRecord]:
+        """Every stored authority of this trust domain, oldest first."""
+        return [r for r in AuthorityRepository(session).list() if r.trust_domain == self._params.trust_domain]
+
+    def _publish(
+        self, records: Sequence[AuthorityRecord], sequence: int, revoked: Sequence[IssuedCertificate]
+    ) -> AuthoritySet:
+        published = self._snapshot(records, sequence, revoked)
+        with self._lock:
+            # Snapshots may be built by several threads; never replace a newer bundle by an older one.
+            current = self._current
+            if current is not None and current.authorities.bundle.sequence > sequence:
+                return current.authorities
+            self._current = published
+        for listener in self._listeners:
+            listener(published.authorities)
+        return published.authorities
+
+    def _key(self, key_ref: str) -> PrivateKey:
+        key = self._key_cache.get(key_ref)
+        if key is None:
+            key = self._key_cache[key_ref] = self._keys.get(key_ref)
+        return key
+
+    def _snapshot(
+        self, records: Sequence[AuthorityRecord], sequence: int, revoked: Sequence[IssuedCertificate]
+    ) -> Published:
         x509_authorities: list[X509Authority] = []
+        revoked_authorities: list[X509Authority] = []
         jwt_keys: list[JwtKey] = []
         for record in sorted(records, key=lambda r: r.not_before):
-            if record.state is AuthorityState.REVOKED:
-                continue
-            key = self._keys.get(record.key_ref)
+            key = self._key(record.key_ref)
             if record.kind is AuthorityKind.X509:
                 assert record.certificate_der is not None
                 chain = load_pem_certificates(record.upstream_chain_pem.encode()) if record.upstream_chain_pem else ()
                 cert = x509.load_der_x509_certificate(record.certificate_der)
-                x509_authorities.append(X509Authority(record.id, cert, key, record.state, chain))
-            else:
-                jwt_keys.append(JwtKey(record.id, key, record.state, record.not_after))
+                authority = X509Authority(record.id, cert, key, record.state, chain)
+                if record.state is AuthorityState.REVOKED:
+                    revoked_authorities.append(authority)
+                else:
+                    x509_authorities.append(authority)
+            elif record.state is not AuthorityState.REVOKED:
+                jwt_keys.append(JwtKey(record.id, key, record.state, record.not_after, record.not_before))
         td = self._params.trust_domain
         bundle = build_bundle(
             td,
@@ -111,9 +184,95 @@ class AuthorityManager:
             sequence=sequence,
             refresh_hint=int(self._params.refresh_hint.total_seconds()),
         )
-        return AuthoritySet(td, tuple(x509_authorities), tuple(jwt_keys), bundle)
+        now = self._clock.now()
+        live_revoked = tuple(c for c in revoked if c.not_after > now)
+        crls = self._crls(tuple(x509_authorities), tuple(revoked_authorities), live_revoked, now)
+        authorities = AuthoritySet(
+            td,
+            tuple(x509_authorities),
+            tuple(jwt_keys),
+            bundle,
+            crls=crls,
+            revoked_serials=frozenset(c.serial for c in live_revoked),
+        )
+        return Published(authorities, now + self._params.crl_ttl / 2)
 
-    def _create_x509(self, session: Session, state: AuthorityState) -> AuthorityRecord:
+    def _crls(
+        self,
+        published: tuple[X509Authority, ...],
+        revoked_authorities: tuple[X509Authority, ...],
+        revoked: Sequence[IssuedCertificate],
+        now: datetime,
+    ) -> tuple[bytes, ...]:
+        """One CRL per CA on every published chain: each trustmesh authority's (its revoked leaves),
+        and each upstream root's when the upstream holds its key (the revoked trustmesh authorities
+        under it). If any CA of a published chain would be left without a CRL, none is published:
+        Envoy's SPIFFE validator refuses every peer once a chain has one CA with a CRL and one without
+        (docs/runbooks/revocation.md)."""
+        this_update, next_update, number = now - CRL_BACKDATE, now + self._params.crl_ttl, crl_number(now)
+        by_authority: dict[str, list[RevokedSerial]] = {}
+        for cert in revoked:
+            assert cert.revoked_at is not None
+            by_authority.setdefault(cert.authority_id, []).append(
+                RevokedSerial(cert.serial, cert.revoked_at, cert.revocation_reason)
+            )
+        crls: list[bytes] = []
+        roots: dict[bytes, x509.Certificate] = {}
+        for authority in published:
+            crl = build_crl(
+                issuer=authority.certificate,
+                issuer_key=authority.private_key,
+                revoked=by_authority.get(authority.id, ()),
+                this_update=this_update,
+                next_update=next_update,
+                number=number,
+            )
+            crls.append(crl.public_bytes(serialization.Encoding.DER))
+            if len(authority.upstream_chain) > 1:
+                return self._without_crls(
+                    f"authority {authority.id} chains through an upstream intermediate whose issuer's key "
+                    "trustmesh does not hold"
+                )
+            if authority.upstream_chain:
+                roots.setdefault(authority.root.fingerprint(hashes.SHA256()), authority.root)
+        for root in roots.values():
+            under_root = [
+                RevokedSerial(a.certificate.serial_number, now, x509.ReasonFlags.ca_compromise)
+                for a in revoked_authorities
+                if a.upstream_chain and a.root == root
+            ]
+            root_crl = self._upstream.root_crl(root, under_root, this_update, next_update, number)
+            if root_crl is None:
+                return self._without_crls(
+                    f"the upstream root {root.subject.rfc4514_string()} is no longer the configured upstream "
+                    "(its key is not held), so no CRL can be signed for it"
+                )
+            crls.append(root_crl.public_bytes(serialization.Encoding.DER))
+        self._crl_warning = None
+        return tuple(crls)
+
+    def _without_crls(self, why: str) -> tuple[bytes, ...]:
+        message = (
+            f"publishing no CRLs: {why}; relying parties (Envoy) cannot enforce leaf revocation until "
+            "every authority on that chain is pruned (revoked SVIDs are still replaced by their agents)"
+        )
+        if message != self._crl_warning:
+            log.warning("%s", message)
+            self._crl_warning = message
+        return ()
+
+    @property
+    def crl_warning(self) -> str | None:
+        """Why no CRLs are published now, or None when they are."""
+        return self._crl_warning
+
+    def create_x509(
+        self, session: Session, state: AuthorityState, *, must_outlive: datetime | None = None
+    ) -> AuthorityRecord:
+        """Generate a key, have the upstream certify it, and record the new authority in ``state``.
+        Raises UpstreamUnavailable when the upstream cannot certify a CA that is valid now, or (for a
+        successor) one that outlives ``must_outlive``: an upstream root about to expire caps every new
+        CA at its own expiry, and successors that die with their predecessor are no rotation."""
         now = self._clock.now()
         key_ref = f"x509-{uuid.uuid4().hex}"
         key = self._keys.generate(key_ref, self._params.x509_key_type)
@@ -126,6 +285,15 @@ class AuthorityManager:
                 not_before=now - CA_BACKDATE,
                 not_after=now + self._params.ca_ttl,
             )
+            capped = cert.not_valid_after_utc < (now + self._params.ca_ttl).replace(microsecond=0)
+            if cert.not_valid_after_utc <= now or (
+                capped and must_outlive is not None and cert.not_valid_after_utc <= must_outlive
+            ):
+                raise UpstreamUnavailable(
+                    f"the upstream authority caps new CAs at {cert.not_valid_after_utc.isoformat()}, so it cannot "
+                    "certify one that is valid now and outlives the active one; replace ca.upstream.cert_file and "
+                    "key_file with a root that is valid for longer (docs/runbooks/root-rotation.md)"
+                )
             record = AuthorityRecord(
                 id=authority_id,
                 kind=AuthorityKind.X509,
@@ -147,9 +315,10 @@ class AuthorityManager:
         except BaseException:
             self._keys.delete(key_ref)  # no orphaned key when the record could not be written
             raise
+        self._key_cache[key_ref] = key
         return record
 
-    def _create_jwt(self, session: Session, state: AuthorityState) -> AuthorityRecord:
+    def create_jwt(self, session: Session, state: AuthorityState) -> AuthorityRecord:
         now = self._clock.now()
         key_id = secrets.token_urlsafe(24)
         key_ref = f"jwt-{uuid.uuid4().hex}"
@@ -172,7 +341,16 @@ class AuthorityManager:
         except BaseException:
             self._keys.delete(key_ref)
             raise
+        self._key_cache[key_ref] = key
         return record
+
+    def delete_key(self, key_ref: str) -> None:
+        """Forget a pruned authority's key (after its record is gone)."""
+        self._key_cache.pop(key_ref, None)
+        try:
+            self._keys.delete(key_ref)
+        except (TrustmeshError, OSError) as err:
+            log.warning("could not delete the key %s of a pruned authority: %s", key_ref, err)
 
 
 def _public_der(key: object) -> bytes:

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.admin_client import AdminClient
+from ca.cli_authorities import add_authority_commands
 from ca.config import CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
 from ca.signing import digest_for
@@ -84,6 +85,9 @@ def cmd_x509_mint(args: argparse.Namespace) -> int:
     write_private_file(out / "svid_key.pem", key_pem)
     write_public_file(out / "svid.pem", reply["cert_chain_pem"].encode())
     write_public_file(out / "bundle.pem", reply["bundle_pem"].encode())
+    if args.json:
+        _print_json({key: reply[key] for key in ("spiffe_id", "serial", "expires_at")})
+        return 0
     print(f"{reply['spiffe_id']} serial {reply['serial']} expires {reply['expires_at']}")
     print(f"wrote {out / 'svid.pem'}, {out / 'svid_key.pem'} (0600), {out / 'bundle.pem'}")
     return 0
@@ -316,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--ttl", help="lifetime, e.g. 1h or 300 (default: x509_svid.default_ttl)")
     mint.add_argument("--key-type", default=KeyType.EC_P256.value, choices=[k.value for k in KeyType])
     mint.add_argument("--out", required=True, help="directory for svid.pem, svid_key.pem and bundle.pem")
+    mint.add_argument("--json", action="store_true", help="print the SPIFFE ID, serial and expiry as JSON")
     mint.set_defaults(func=cmd_x509_mint)
 
     jwt_cmd = commands.add_parser("jwt", help="JWT-SVIDs").add_subparsers(dest="sub", required=True)
@@ -326,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     jwt_mint.set_defaults(func=cmd_jwt_mint)
 
     _add_entry_commands(commands)
+    add_authority_commands(commands, _client)
     return parser
 
 

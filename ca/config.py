@@ -248,6 +248,15 @@ class BundleConfig(_Section):
     refresh_hint: Duration = timedelta(minutes=5)
 
 
+class RevocationConfig(_Section):
+    """CRLs of the trust domain's authorities (docs/runbooks/revocation.md)."""
+
+    # Each CRL is valid this long and re-signed at half of it (and at once on every revocation). Relying
+    # parties that check CRLs (Envoy) refuse every peer once a CRL has expired, so this bounds how long
+    # agents keep working through a CA outage; it is not a revocation delay (revocations are pushed).
+    crl_ttl: Duration = timedelta(hours=24)
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -260,6 +269,7 @@ class CaConfig(_Section):
     jwt_svid: JwtSvidConfig = JwtSvidConfig()
     agent_svid: AgentSvidConfig = AgentSvidConfig()
     bundle: BundleConfig = BundleConfig()
+    revocation: RevocationConfig = RevocationConfig()
 
 
 def ttl_problems(config: CaConfig) -> list[str]:
@@ -273,6 +283,7 @@ def ttl_problems(config: CaConfig) -> list[str]:
         "jwt_svid.max_ttl": config.jwt_svid.max_ttl,
         "agent_svid.ttl": config.agent_svid.ttl,
         "bundle.refresh_hint": config.bundle.refresh_hint,
+        "revocation.crl_ttl": config.revocation.crl_ttl,
     }
     not_positive = [
         f"{key}: must be longer than 0; write e.g. '1h'" for key, v in durations.items() if v <= timedelta(0)
@@ -307,6 +318,12 @@ def ttl_problems(config: CaConfig) -> list[str]:
             f"bundle.refresh_hint ({d(config.bundle.refresh_hint)}) is not shorter than x509_svid.default_ttl "
             f"({d(config.x509_svid.default_ttl)}), so relying parties could learn a new authority after SVIDs "
             "signed by it reach them; lower bundle.refresh_hint or raise x509_svid.default_ttl"
+        )
+    if config.bundle.refresh_hint > ca_ttl / 3:
+        problems.append(
+            f"bundle.refresh_hint ({d(config.bundle.refresh_hint)}) is longer than ca.ttl/3 ({d(ca_ttl / 3)}): "
+            "the next authority is published at 1/2 of the active one's life and must be in the bundle for a "
+            "refresh hint before it activates at 5/6; lower bundle.refresh_hint or raise ca.ttl"
         )
     return problems
 
@@ -542,5 +559,8 @@ max_ttl = "1h"
 ttl = "1h"                              # at most x509_svid.max_ttl
 
 [bundle]
-refresh_hint = "5m"                     # shorter than x509_svid.default_ttl
+refresh_hint = "5m"                     # shorter than x509_svid.default_ttl and at most ca.ttl/3
+
+[revocation]
+crl_ttl = "24h"                         # each CRL's validity; re-signed at half of it and on every revocation
 """

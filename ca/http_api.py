@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field
 
 from ca.attestation import GeneratedJoinToken
+from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
 from ca.store.records import EntrySpec, RegistrationEntry
 from spiffe_core.bundle import Bundle
@@ -211,10 +212,14 @@ def _add_health_routes(app: FastAPI, ops: CaOperations, registry: CollectorRegis
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_health_app(ops: CaOperations, registry: CollectorRegistry) -> FastAPI:
-    """The public TCP listener: only liveness, readiness and metrics."""
+def create_health_app(
+    ops: CaOperations, registry: CollectorRegistry, *, authorities: AuthorityOps | None = None
+) -> FastAPI:
+    """The public TCP listener: only liveness, readiness, metrics and (given ``authorities``) the CRLs."""
     app = FastAPI(title="trustmesh CA health", docs_url=None, redoc_url=None, openapi_url=None)
     _add_health_routes(app, ops, registry)
+    if authorities is not None:
+        add_crl_routes(app, authorities)
     return app
 
 
@@ -255,6 +260,7 @@ def create_admin_app(
     *,
     entries: EntryOperations,
     join_tokens: JoinTokenOperations,
+    authorities: AuthorityOps | None = None,
 ) -> FastAPI:
     """The local admin API the CLI talks to over the Unix socket."""
     app = FastAPI(title="trustmesh CA admin API", version="1")
@@ -298,4 +304,7 @@ def create_admin_app(
         return JwtMintReply(token=token, expires_at=expires_at)
 
     _add_entry_routes(app, entries, join_tokens)
+    if authorities is not None:
+        add_authority_routes(app, authorities)
+        add_crl_routes(app, authorities)
     return app

@@ -108,7 +108,7 @@ def sign_x509_svids(
 ) -> list[IssuedX509Svid]:
     """Sign a batch of X509-SVIDs with the active authority. Raises InvalidArgument (naming the
     request) before signing anything if any request is bad, NoActiveAuthority if none can sign."""
-    authority = authorities.active_x509()
+    authority = authorities.active_x509(now)
     checked: list[tuple[X509SvidRequest, PublicKey, timedelta]] = []
     for index, request in enumerate(requests):
         where = None if len(requests) == 1 else index
@@ -159,7 +159,7 @@ def mint_jwt(
         )
     if not request.audience or not all(request.audience):
         raise InvalidArgument("a JWT-SVID needs at least one non-empty audience")
-    key = authorities.active_jwt()
+    key = authorities.active_jwt(now)
     ttl = ttl_policy.resolve(request.ttl, "JWT-SVID")
     expires_at = min(now + ttl, key.not_after)
     token = mint_jwt_svid(

@@ -121,6 +121,8 @@ def encode_sync_update(state: SyncState, version: int) -> node_pb2.SyncUpdate:
         bundle=_bundle_json(state.bundle),
         entries=[encode_entry(entry) for entry in state.entries],
         tainted_authority_ids=list(state.tainted_authority_ids),
+        revoked_serials=sorted(format(serial, "x") for serial in state.revoked_serials),
+        crls=list(state.crls),
     )
 
 

@@ -17,7 +17,7 @@ from typing import Protocol
 from cryptography import x509
 
 from ca.attestation import NodeAttestors
-from ca.authority import AuthoritySet, AuthorityState
+from ca.authority import AuthoritySet
 from ca.entries import RegistrationEntries, authorize, entitled_by_id, is_agent_id
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_csr_public_key
 from ca.store.engine import Database
@@ -65,6 +65,8 @@ class SyncState:
     bundle: Bundle
     entries: tuple[RegistrationEntry, ...]
     tainted_authority_ids: tuple[str, ...]
+    revoked_serials: frozenset[int] = frozenset()
+    crls: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +150,9 @@ class NodeService:
         with self._database.transaction() as session:
             self._active_agent(AgentRepository(session), agent)
             entries = RegistrationEntryRepository(session).list(parent_id=agent)
-        tainted = tuple(a.id for a in authorities.x509 if a.state is AuthorityState.TAINTED) + tuple(
-            k.key_id for k in authorities.jwt if k.state is AuthorityState.TAINTED
+        return SyncState(
+            authorities.bundle, entries, authorities.tainted_ids(), authorities.revoked_serials, authorities.crls
         )
-        return SyncState(authorities.bundle, entries, tainted)
 
     def sign_x509_svids(self, agent: SpiffeId, items: Sequence[tuple[str, bytes]]) -> list[SignedOrRefused]:
         """Sign ``(entry_id, csr)`` items for the entries parented to ``agent``, in order.

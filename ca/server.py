@@ -19,6 +19,7 @@ import uvicorn
 
 from ca.attestation import JoinTokens, NodeAttestors
 from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.authority_ops import AuthorityOperations
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.http_api import create_admin_app, create_health_app
@@ -27,15 +28,20 @@ from ca.keys import open_key_manager
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
+from ca.rotation import RotationParams
 from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.store.engine import Database
 from ca.sync import ChangeHub, UpdateVersions, listen_for_changes
-from ca.upstream import CaSubject, DiskUpstream, SelfSignedUpstream, UpstreamAuthority
+from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority
+from ca.upstream.disk import WatchedDiskUpstream
 from spiffe_core.clock import Clock, SystemClock
-from spiffe_core.errors import NoActiveAuthority
+from spiffe_core.errors import NoActiveAuthority, TrustmeshError
 
 log = logging.getLogger(__name__)
+
+# How often the node API checks whether the serving SVID exists yet (only while it does not).
+NODE_API_WAIT_SECONDS = 0.5
 
 
 def _upstream(config: CaConfig) -> UpstreamAuthority:
@@ -44,7 +50,7 @@ def _upstream(config: CaConfig) -> UpstreamAuthority:
         # The config refuses a disk upstream without both files.
         assert upstream.cert_file is not None
         assert upstream.key_file is not None
-        return DiskUpstream.load(upstream.cert_file, upstream.key_file, upstream.bundle_file)
+        return WatchedDiskUpstream(upstream.cert_file, upstream.key_file, upstream.bundle_file)
     return SelfSignedUpstream()
 
 
@@ -69,6 +75,7 @@ class CaParts:
     node: NodeService
     identity: ServerIdentity
     clock: Clock
+    rotation: AuthorityOperations
 
 
 def build_service(config: CaConfig) -> CaParts:
@@ -89,10 +96,23 @@ def build_service(config: CaConfig) -> CaParts:
             ca_ttl=config.ca.ttl,
             refresh_hint=config.bundle.refresh_hint,
             subject=CaSubject(config.ca.subject.organization, config.ca.subject.common_name),
+            crl_ttl=config.revocation.crl_ttl,
         ),
         clock,
     )
     authorities.load()
+    hub = ChangeHub()
+    rotation = AuthorityOperations(
+        database=database,
+        authorities=authorities,
+        hub=hub,
+        params=RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl),
+        clock=clock,
+    )
+    try:
+        rotation.tick()  # a CA that was down across a rotation point catches up before serving
+    except TrustmeshError as err:
+        log.warning("authority rotation failed at start-up (%s); the CA serves and retries", err)
     metrics = CaMetrics()
     service = CaService(
         database=database,
@@ -101,8 +121,8 @@ def build_service(config: CaConfig) -> CaParts:
         jwt_ttl=TtlPolicy(config.jwt_svid.default_ttl, config.jwt_svid.max_ttl),
         clock=clock,
         metrics=metrics,
+        rotation_error=lambda: rotation.last_error,
     )
-    hub = ChangeHub()
     entries = RegistrationEntries(
         database,
         hub,
@@ -119,12 +139,15 @@ def build_service(config: CaConfig) -> CaParts:
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
     )
-    # Not wired yet: identity.authority_changed() belongs on the authority manager's change notifications.
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
     )
-    identity.rotate()
-    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock)
+    authorities.add_listener(lambda _authorities: identity.authority_changed())
+    try:
+        identity.rotate()
+    except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
+        log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
+    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotation)
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -142,43 +165,60 @@ def _bind_admin_socket(path: Path) -> socket.socket:
     return sock
 
 
+async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
+    """Serve the node API once the CA holds a serving SVID: when no authority could sign one at
+    start-up (all expired, upstream down), the rest of the CA serves (``/ready`` says why) and the
+    listeners open as soon as the serving identity's retries succeed."""
+    while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
+        await asyncio.sleep(NODE_API_WAIT_SECONDS)
+    node_server, ports = build_node_server(
+        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock),
+        parts.identity,
+        parts.service.get_bundle,
+        attestation_address=config.server.attestation_address,
+        node_api_address=config.server.node_api_address,
+    )
+    log.info("node API listening: attestation port %d, node API port %d", ports.attestation, ports.node_api)
+    await run_node_server(node_server)
+
+
 async def serve(config: CaConfig) -> None:
     parts = await asyncio.to_thread(build_service, config)
     service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
-    admin_app = create_admin_app(service, metrics.registry, entries=parts.entries, join_tokens=parts.join_tokens)
+    admin_app = create_admin_app(
+        service, metrics.registry, entries=parts.entries, join_tokens=parts.join_tokens, authorities=parts.rotation
+    )
     servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
         (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
     ]
     if config.server.http_address:
         host, _, port = config.server.http_address.rpartition(":")
         health = uvicorn.Config(
-            create_health_app(service, metrics.registry), host=host, port=int(port), log_config=None, lifespan="off"
+            create_health_app(service, metrics.registry, authorities=parts.rotation),
+            host=host,
+            port=int(port),
+            log_config=None,
+            lifespan="off",
         )
         servers.append((uvicorn.Server(health), None))
-    node_server, ports = build_node_server(
-        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock),
-        parts.identity,
-        service.get_bundle,
-        attestation_address=config.server.attestation_address,
-        node_api_address=config.server.node_api_address,
-    )
     log.info(
-        "trustmesh CA serving trust domain %s: admin socket %s, health %s, attestation port %d, node API port %d",
+        "trustmesh CA serving trust domain %s: admin socket %s, health %s",
         config.trust_domain,
         config.server.admin_socket,
         config.server.http_address or "(disabled)",
-        ports.attestation,
-        ports.node_api,
     )
     try:
         async with asyncio.TaskGroup() as group:
             for server, sockets in servers:
                 group.create_task(server.serve(sockets=sockets))
-            group.create_task(run_node_server(node_server))
+            group.create_task(_serve_node_api(config, parts))
             group.create_task(parts.identity.run())
+            group.create_task(parts.rotation.run())
             if database.dialect == "postgresql":
-                group.create_task(listen_for_changes(config.datastore.url, parts.hub))
+                group.create_task(
+                    listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotation.reload_quietly)
+                )
     finally:
         config.server.admin_socket.unlink(missing_ok=True)
         database.close()

@@ -104,6 +104,11 @@ class ServerIdentity:
     def spiffe_id(self) -> SpiffeId:
         return self._spiffe_id
 
+    @property
+    def has_credentials(self) -> bool:
+        """Whether a serving SVID was ever signed (not yet when no authority could sign at start-up)."""
+        return self._current is not None
+
     def get_current(self) -> ServingCredentials:
         """The credentials to serve with now; :meth:`rotate` must have run once."""
         current = self._current

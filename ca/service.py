@@ -8,7 +8,7 @@ one that was handed out.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from ca.authority_manager import AuthorityManager
@@ -26,7 +26,7 @@ from ca.store.records import IssuedCertificate
 from ca.store.repositories import IssuedCertificateRepository
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import TrustmeshError
+from spiffe_core.errors import NoActiveAuthority, TrustmeshError
 
 
 class CaService:
@@ -39,6 +39,7 @@ class CaService:
         jwt_ttl: TtlPolicy,
         clock: Clock,
         metrics: CaMetrics,
+        rotation_error: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._database = database
         self._authorities = authorities
@@ -46,6 +47,7 @@ class CaService:
         self._jwt_ttl = jwt_ttl
         self._clock = clock
         self._metrics = metrics
+        self._rotation_error = rotation_error
 
     def get_bundle(self) -> Bundle:
         return self._authorities.get_current().bundle
@@ -87,8 +89,16 @@ class CaService:
         return minted
 
     def check_ready(self) -> None:
-        """Ready means: the datastore answers and an authority can sign X509- and JWT-SVIDs."""
+        """Ready means: the datastore answers and an authority can sign X509- and JWT-SVIDs now. When
+        none can, the reason says why and what the rotation task last failed on."""
         self._database.ping()
         current = self._authorities.get_current()
-        current.active_x509()
-        current.active_jwt()
+        now = self._clock.now()
+        try:
+            current.active_x509(now)
+            current.active_jwt(now)
+        except NoActiveAuthority as err:
+            failure = self._rotation_error()
+            if failure is None:
+                raise
+            raise NoActiveAuthority(f"{err}; the last attempt to activate a new one failed: {failure}") from err

@@ -147,6 +147,12 @@ def announce(session: Session, hub: ChangeHub, change: Change) -> None:
     """Announce ``change`` as part of the unit of work ``session`` belongs to: local streams wake after
     it commits (not at all if it rolls back), and on PostgreSQL other replicas' streams too."""
     event.listen(session, "after_commit", lambda _session: hub.notify(change), once=True)
+    notify_replicas(session, hub, change)
+
+
+def notify_replicas(session: Session, hub: ChangeHub, change: Change) -> None:
+    """Only the other replicas' part of :func:`announce` (PostgreSQL delivers it at commit): for a
+    change whose local wake-up must wait until this process has reloaded what changed."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_notify(CHANNEL, change.to_payload(hub.origin))))
 
@@ -184,23 +190,35 @@ def _conninfo(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def listen_for_changes(database_url: str, hub: ChangeHub, *, listening: asyncio.Event | None = None) -> None:
+async def listen_for_changes(
+    database_url: str,
+    hub: ChangeHub,
+    *,
+    listening: asyncio.Event | None = None,
+    reload_shared: Callable[[], object] | None = None,
+) -> None:
     """Run until cancelled: LISTEN on :data:`CHANNEL` and feed other replicas' changes to ``hub``.
 
     Reconnects with backoff when the connection drops; every (re)connect wakes all streams, since what
-    happened while nobody listened is unknown. ``listening`` is set once the first LISTEN is active."""
+    happened while nobody listened is unknown. ``listening`` is set once the first LISTEN is active.
+    ``reload_shared`` (blocking) runs before a change for every agent wakes the streams: such a change
+    (authorities, revocations) lives in state this replica caches, which must be re-read first."""
     failures = 0
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(_conninfo(database_url), autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 failures = 0
+                if reload_shared is not None:
+                    await asyncio.to_thread(reload_shared)
                 hub.notify(Change.everyone())
                 if listening is not None:
                     listening.set()
                 async for notification in conn.notifies():
                     origin, change = Change.from_payload(notification.payload)
                     if origin != hub.origin:
+                        if change.agents is None and reload_shared is not None:
+                            await asyncio.to_thread(reload_shared)
                         hub.notify(change)
         except psycopg.OperationalError as err:
             delay = _RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)]

@@ -36,7 +36,14 @@ from cryptography import x509
 
 from sds.node_client import AgentCredentials, AttestResult, SyncState, make_csr
 from sds.persistence import AgentStore
-from sds.planning import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, SignReason, next_rotation, own_svid_reason
+from sds.planning import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    SignReason,
+    next_rotation,
+    own_svid_reason,
+    received_life_start,
+)
 from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
@@ -298,17 +305,21 @@ class AgentIdentity:
 
     async def _save(self, credentials: AgentCredentials) -> None:
         await asyncio.to_thread(self._store.save_agent, credentials.svid, credentials.bundle)
-        self._set(credentials)
+        self._set(credentials, received=True)
 
-    def _set(self, credentials: AgentCredentials) -> None:
+    def _set(self, credentials: AgentCredentials, *, received: bool = False) -> None:
+        """Use ``credentials``; ``received`` when the SVID just came from the CA (not from disk)."""
         previous = self._current
         self._current = credentials
         if previous is None or previous.svid is not credentials.svid:
             leaf = credentials.svid.leaf
             p = self._params
+            now = self._clock.now()
             self._rotate_at = next_rotation(
-                self._clock.now(),
-                leaf.not_valid_before_utc,
+                now,
+                received_life_start(leaf.not_valid_before_utc, leaf.not_valid_after_utc, now)
+                if received
+                else leaf.not_valid_before_utc,
                 leaf.not_valid_after_utc,
                 fraction=p.rotation_fraction,
                 jitter=p.jitter,

@@ -18,6 +18,7 @@ from sds.config import CONFIG_PATH_ENV, AgentConfig, load_agent_config
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
 from sds.files import write_private_file, write_public_file
 from sds.workload_client import WorkloadApiClient
+from spiffe_core.durations import parse_duration
 from spiffe_core.errors import TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -54,6 +55,7 @@ def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         inbound=inbound,
         outbound=outbound,
+        max_connection_duration=parse_duration(args.max_connection_duration),
     )
     sys.stdout.write(render(bootstrap) + "\n")
     return 0
@@ -111,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--outbound-port", type=int, help="plain HTTP on 127.0.0.1 here, forwarded over mTLS")
     envoy.add_argument("--upstream", help="HOST:PORT of the mTLS upstream")
     envoy.add_argument("--upstream-id", help="SPIFFE ID the upstream must present")
+    envoy.add_argument(
+        "--max-connection-duration",
+        default="5m",
+        help="close each mTLS connection after this long, so revocations reach open connections (0: never)",
+    )
     envoy.set_defaults(func=cmd_envoy_bootstrap)
 
     api = commands.add_parser("api", help="call the agent's Workload API as this process")

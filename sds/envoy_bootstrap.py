@@ -5,6 +5,8 @@ cluster on the agent's Unix socket (HTTP/2, as gRPC needs), and TLS contexts who
 (a SPIFFE ID, or ``default``) and validation context (``ROOTCA``, which carries Envoy's SPIFFE
 certificate validator) come over SDS with ``initial_fetch_timeout: 0s`` so listeners wait for their
 first SVID instead of serving without one. Peer authorization is by exact SPIFFE ID on the URI SAN.
+Connections have a bounded lifetime (``max_connection_duration``, 5 minutes by default), because Envoy
+checks revocation only when a connection is made.
 
 The output is plain JSON (a valid Envoy YAML document); ``trustmesh-agent envoy-bootstrap`` prints it.
 """
@@ -14,10 +16,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 SDS_CLUSTER = "trustmesh_sds"
+# How long one mTLS connection may live before Envoy closes it (gracefully) and the peer reconnects
+# with a fresh handshake, which is where revocation is enforced. 5 minutes: a reconnect per client
+# every 5 minutes costs nothing measurable; a revoked peer keeps an open connection at most that long.
+DEFAULT_MAX_CONNECTION_DURATION = timedelta(minutes=5)
 _TLS = "envoy.transport_sockets.tls"
 _TYPES = "type.googleapis.com/envoy.extensions"
 
@@ -68,12 +75,25 @@ def _common_tls(own_id: str, peer_ids: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _http_manager(stat_prefix: str, route: dict[str, Any]) -> dict[str, Any]:
+def _lifetime(max_connection_duration: timedelta | None) -> dict[str, Any]:
+    """Envoy's ``HttpProtocolOptions`` bounding how long one connection lives: SDS updates (a new CRL,
+    a bundle without a revoked authority) apply to new handshakes only, so this bounds how long an
+    already-connected revoked peer keeps talking (docs/runbooks/revocation.md)."""
+    if max_connection_duration is None or max_connection_duration <= timedelta(0):
+        return {}
+    seconds = max_connection_duration.total_seconds()
+    return {"common_http_protocol_options": {"max_connection_duration": f"{seconds:g}s"}}
+
+
+def _http_manager(
+    stat_prefix: str, route: dict[str, Any], max_connection_duration: timedelta | None = None
+) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": stat_prefix,
+            **_lifetime(max_connection_duration),
             "route_config": {"virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": [route]}]},
             "http_filters": [
                 {
@@ -104,8 +124,11 @@ def envoy_bootstrap(
     admin_port: int,
     inbound: Inbound | None = None,
     outbound: Outbound | None = None,
+    max_connection_duration: timedelta | None = DEFAULT_MAX_CONNECTION_DURATION,
 ) -> dict[str, Any]:
-    """An Envoy v3 bootstrap for one workload identity (``spiffe_id``, or ``default``)."""
+    """An Envoy v3 bootstrap for one workload identity (``spiffe_id``, or ``default``). Every mTLS
+    connection, inbound and outbound, ends after ``max_connection_duration`` (None or 0: never), so a
+    revoked peer cannot ride on a connection opened before its revocation for longer than that."""
     listeners: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = [
         {
@@ -135,7 +158,9 @@ def envoy_bootstrap(
             "require_client_certificate": True,
             "common_tls_context": _common_tls(spiffe_id, inbound.allowed_peers),
         }
-        listeners.append(_listener("inbound", inbound.port, [_http_manager("inbound", route)], tls))
+        listeners.append(
+            _listener("inbound", inbound.port, [_http_manager("inbound", route, max_connection_duration)], tls)
+        )
     if outbound is not None:
         host, _, port = outbound.upstream.rpartition(":")
         route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
@@ -158,6 +183,13 @@ def envoy_bootstrap(
                             ]
                         }
                     ],
+                },
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {}},
+                        **_lifetime(max_connection_duration),
+                    }
                 },
                 "transport_socket": {
                     "name": _TLS,

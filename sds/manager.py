@@ -44,6 +44,7 @@ from sds.planning import (
     build_snapshot,
     next_rotation,
     plan_signing,
+    received_life_start,
     same_content,
 )
 from spiffe_core.backoff import LogThrottle, backoff_delay
@@ -321,7 +322,7 @@ class AgentManager:
         p = self._params
         rotate_at = next_rotation(
             now,
-            leaf.not_valid_before_utc,
+            received_life_start(leaf.not_valid_before_utc, leaf.not_valid_after_utc, now),
             leaf.not_valid_after_utc,
             fraction=p.rotation_fraction,
             jitter=p.jitter,

@@ -84,6 +84,13 @@ class SigningPlan:
     to_drop: frozenset[str] = frozenset()
 
 
+def received_life_start(not_before: datetime, not_after: datetime, received_at: datetime) -> datetime:
+    """Where the life of an SVID that just arrived from the CA starts for rotation: its notBefore, but
+    never earlier than its arrival. The CA backdates notBefore for clock skew; with short TTLs that
+    backdate alone would put the half-life point in the past and renew at once, over and over."""
+    return min(max(not_before, received_at), not_after)
+
+
 def next_rotation(
     now: datetime,
     not_before: datetime,

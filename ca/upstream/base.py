@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from spiffe_core.keys import PrivateKey
 from spiffe_core.spiffe_id import TrustDomain
+
+if TYPE_CHECKING:
+    from ca.crl import RevokedSerial
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,4 +48,17 @@ class UpstreamAuthority(Protocol):
         """Certify a new CA key. Returns the CA certificate and the upstream chain above it, ending
         at the root that goes into the bundle (empty for a self-signed CA). ``not_after`` may be
         shortened to the upstream's own expiry. Raises UpstreamUnavailable when the upstream is down."""
+        ...
+
+    def root_crl(
+        self,
+        root: x509.Certificate,
+        revoked: Sequence[RevokedSerial],
+        this_update: datetime,
+        next_update: datetime,
+        number: int,
+    ) -> x509.CertificateRevocationList | None:
+        """A CRL for the upstream root ``root`` listing ``revoked`` (revoked trustmesh CAs under it),
+        signed with the root's key; None when this upstream does not hold that key (the root was
+        replaced, or the upstream is an intermediate of a root it does not hold)."""
         ...

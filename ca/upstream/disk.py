@@ -8,12 +8,13 @@ publishes, it also signs the CRL that lists revoked trustmesh intermediates (:me
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from ca.crl import RevokedSerial, build_crl
 from ca.signing import sign
@@ -21,6 +22,8 @@ from spiffe_core.errors import ConfigError
 from spiffe_core.keys import PrivateKey, key_type_of
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates, signing_cert_builder, validate_signing_cert
+
+log = logging.getLogger(__name__)
 
 
 class DiskUpstream:
@@ -30,6 +33,15 @@ class DiskUpstream:
         self._certificate = certificate
         self._key = key
         self._chain = chain
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the upstream certificate: tells one upstream root from its replacement."""
+        return self._certificate.fingerprint(hashes.SHA256())
+
+    @property
+    def subject(self) -> str:
+        return self._certificate.subject.rfc4514_string()
 
     @classmethod
     def load(cls, cert_file: Path, key_file: Path, bundle_file: Path | None) -> DiskUpstream:
@@ -101,3 +113,76 @@ class DiskUpstream:
             next_update=next_update,
             number=number,
         )
+
+
+class WatchedDiskUpstream:
+    """A :class:`DiskUpstream` that follows its files: when the upstream certificate or key file
+    changes (the enterprise replaced its root), the next CA is minted by the new one. Upstreams seen
+    before are kept in memory, so the old root's CRL can still be signed while authorities under it
+    are alive — until a restart, after which no CRL can be had for the old root and the CA says so
+    (docs/runbooks/root-rotation.md). Files that cannot be read mid-replacement leave the last good
+    upstream in use."""
+
+    def __init__(self, cert_file: Path, key_file: Path, bundle_file: Path | None) -> None:
+        self._files = (cert_file, key_file, bundle_file)
+        self._stamp = self._stat()
+        self._current = DiskUpstream.load(cert_file, key_file, bundle_file)
+        self._seen: dict[bytes, DiskUpstream] = {self._current.fingerprint: self._current}
+
+    def _stat(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in self._files:
+            if path is None:
+                continue
+            try:
+                info = path.stat()
+            except OSError:
+                stamps.append((0, 0))
+            else:
+                stamps.append((info.st_mtime_ns, info.st_size))
+        return tuple(stamps)
+
+    def current(self) -> DiskUpstream:
+        """The upstream as the files hold it now (re-read when they changed)."""
+        stamp = self._stat()
+        if stamp != self._stamp:
+            try:
+                upstream = DiskUpstream.load(*self._files)
+            except ConfigError as err:
+                log.warning("ca.upstream files changed but cannot be used (%s); still minting with the old ones", err)
+            else:
+                self._stamp = stamp
+                if upstream.fingerprint != self._current.fingerprint:
+                    log.info("ca.upstream changed: new CAs are minted by %s", upstream.subject)
+                self._current = upstream
+                self._seen[upstream.fingerprint] = upstream
+        return self._current
+
+    def mint_x509_ca(
+        self,
+        *,
+        private_key: PrivateKey,
+        trust_domain: TrustDomain,
+        subject: x509.Name,
+        not_before: datetime,
+        not_after: datetime,
+    ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+        return self.current().mint_x509_ca(
+            private_key=private_key,
+            trust_domain=trust_domain,
+            subject=subject,
+            not_before=not_before,
+            not_after=not_after,
+        )
+
+    def root_crl(
+        self,
+        root: x509.Certificate,
+        revoked: Sequence[RevokedSerial],
+        this_update: datetime,
+        next_update: datetime,
+        number: int,
+    ) -> x509.CertificateRevocationList | None:
+        self.current()
+        upstream = self._seen.get(root.fingerprint(hashes.SHA256()))
+        return None if upstream is None else upstream.root_crl(root, revoked, this_update, next_update, number)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
 
+from ca.crl import RevokedSerial
 from ca.signing import sign
 from spiffe_core.keys import PrivateKey
 from spiffe_core.spiffe_id import TrustDomain
@@ -34,3 +36,14 @@ class SelfSignedUpstream:
         cert = sign(builder, private_key)
         validate_signing_cert(cert)
         return cert, ()
+
+    def root_crl(
+        self,
+        root: x509.Certificate,
+        revoked: Sequence[RevokedSerial],
+        this_update: datetime,
+        next_update: datetime,
+        number: int,
+    ) -> x509.CertificateRevocationList | None:
+        """Never needed: a self-signed CA is its own root, and its own CRL is the root's."""
+        return None

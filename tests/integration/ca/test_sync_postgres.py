@@ -9,9 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.authority_ops import AuthorityOperations
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.keys.memory import MemoryKeyManager
+from ca.rotation import RotationParams
 from ca.store import Database, EntrySpec
+from ca.store.records import AuthorityKind
 from ca.sync import ChangeHub, listen_for_changes
+from ca.upstream import SelfSignedUpstream
+from spiffe_core.clock import SystemClock
+from spiffe_core.keys import KeyType
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
@@ -81,3 +89,38 @@ async def test_a_replica_ignores_its_own_notifications(postgres_migrated_url: st
         with pytest.raises(asyncio.CancelledError):
             await echo_listener
         database.close()
+
+
+@pytest.mark.parametrize("database_engine", ["postgresql"])
+async def test_an_authority_change_on_one_replica_reaches_the_other_replicas_bundle_before_its_streams_wake(
+    database: Database, postgres_migrated_url: str
+) -> None:
+    clock = SystemClock()
+    params = AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(days=7), timedelta(seconds=1))
+    keys = MemoryKeyManager()  # the replicas share their keys (the disk key manager is per machine)
+    replicas = [AuthorityManager(database, keys, SelfSignedUpstream(), params, clock) for _ in range(2)]
+    for manager in replicas:
+        await asyncio.to_thread(manager.load)
+    rotation = RotationParams(timedelta(seconds=1), timedelta(hours=1))
+    hub_a, hub_b = ChangeHub(), ChangeHub()
+    ops_a, ops_b = (
+        AuthorityOperations(database=database, authorities=m, hub=h, params=rotation, clock=clock)
+        for m, h in zip(replicas, (hub_a, hub_b), strict=True)
+    )
+    seen_by_stream: list[int] = []
+    listening = asyncio.Event()
+    task = asyncio.create_task(
+        listen_for_changes(postgres_migrated_url, hub_b, listening=listening, reload_shared=ops_b.reload_quietly)
+    )
+    try:
+        await asyncio.wait_for(listening.wait(), WAIT)
+        with hub_b.subscribe(AGENT) as stream:
+            report = await asyncio.to_thread(ops_a.prepare, AuthorityKind.X509)
+            await asyncio.wait_for(stream.wait(), WAIT)
+            seen_by_stream.append(len(replicas[1].get_current().bundle.x509_authorities))
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert report.changes[0].authority_id in {a.id for a in replicas[1].get_current().x509}
+    assert seen_by_stream == [2]

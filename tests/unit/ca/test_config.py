@@ -225,7 +225,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -238,7 +238,7 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation",
         id="unknown-section",
     ),
     pytest.param(

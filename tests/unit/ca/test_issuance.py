@@ -36,7 +36,7 @@ def authorities(ca_ttl: timedelta = timedelta(days=7), state: AuthorityState = A
         not_after=NOW + ca_ttl,
     )
     x509_authority = X509Authority(authority_id, cert, key, state, chain)
-    jwt_key = JwtKey("kid-1", generate_private_key(KeyType.EC_P256), state, NOW + ca_ttl)
+    jwt_key = JwtKey("kid-1", generate_private_key(KeyType.EC_P256), state, NOW + ca_ttl, NOW - timedelta(minutes=1))
     bundle = build_bundle(TD, (x509_authority,), (jwt_key,), sequence=1, refresh_hint=300)
     return AuthoritySet(TD, (x509_authority,), (jwt_key,), bundle)
 
@@ -131,6 +131,14 @@ def test_no_active_authority_means_no_signing() -> None:
     prepared_only = authorities(state=AuthorityState.PREPARED)
     with pytest.raises(NoActiveAuthority, match=r"no active X\.509 authority"):
         sign_x509_svids([X509SvidRequest(csr(), WEB)], prepared_only, POLICY, NOW)
+
+
+def test_an_expired_active_authority_signs_nothing(active: AuthoritySet) -> None:
+    after_expiry = active.active_x509().not_after
+    with pytest.raises(NoActiveAuthority, match="expired at"):
+        sign_x509_svids([X509SvidRequest(csr(), WEB)], active, POLICY, after_expiry)
+    with pytest.raises(NoActiveAuthority, match="expired at"):
+        mint_jwt(JwtSvidRequest(WEB, ("payments",)), active, POLICY, after_expiry)
 
 
 def test_jwt_svid_validates_against_the_bundle(active: AuthoritySet) -> None:

@@ -14,7 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sds.node_client import EntryRecord, SyncState
-from sds.planning import HeldSvid, SignReason, build_snapshot, next_rotation, own_svid_reason, plan_signing
+from sds.planning import (
+    HeldSvid,
+    SignReason,
+    build_snapshot,
+    next_rotation,
+    own_svid_reason,
+    plan_signing,
+    received_life_start,
+)
 from spiffe_core.bundle import Bundle
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -250,3 +258,10 @@ def test_snapshot_leaves_out_an_expired_svid() -> None:
     web = entry()
     expired = held(web, issued=NOW - timedelta(hours=2))
     assert build_snapshot(state(web), {"e-web": expired}, NOW, version=1).svids == ()
+
+
+def test_a_just_received_svid_counts_its_life_from_arrival_not_from_its_backdated_not_before() -> None:
+    not_after = NOW + timedelta(seconds=6)
+    start = received_life_start(NOW - timedelta(seconds=10), not_after, NOW)
+    at = next_rotation(NOW, start, not_after, fraction=0.5, jitter=0.0, rng=random.Random(1))
+    assert at == NOW + timedelta(seconds=3)

@@ -1,0 +1,173 @@
+"""Rotation under a ``disk`` upstream (an enterprise root on disk) on a real datastore: every rotation
+gets a new intermediate from the upstream; replacing the root files publishes both roots until the old
+one signs nothing alive, then prunes it; and the published CRL set covers every CA on every chain, as
+``openssl verify -crl_check_all`` demands (Envoy's rule)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.authority_ops import AuthorityOperations
+from ca.issuance import IssuedX509Svid, TtlPolicy, X509SvidRequest
+from ca.keys.memory import MemoryKeyManager
+from ca.metrics import CaMetrics
+from ca.rotation import RotationParams
+from ca.service import CaService
+from ca.store import Database
+from ca.store.records import AuthorityKind
+from ca.sync import ChangeHub
+from ca.upstream.disk import WatchedDiskUpstream
+from spiffe_core.keys import KeyType
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.clock import FakeClock
+
+TD = TrustDomain("example.org")
+CA_TTL = timedelta(hours=6)
+SVID_TTL = timedelta(hours=1)
+HINT = timedelta(minutes=1)
+WEB = SpiffeId.parse("spiffe://example.org/web")
+
+
+def write_root(directory: Path, name: str) -> x509.Certificate:
+    """An enterprise root valid for a month around the real now."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "root.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "root.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert
+
+
+@dataclass
+class DiskCa:
+    clock: FakeClock
+    authorities: AuthorityManager
+    ops: AuthorityOperations
+    service: CaService
+    directory: Path
+
+    def mint(self) -> IssuedX509Svid:
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+        (svid,) = self.service.mint_x509_svids([X509SvidRequest(csr.public_bytes(serialization.Encoding.DER), WEB)])
+        return svid
+
+    def rotate(self) -> str:
+        """Prepare and activate the next X.509 authority as an officer would; returns its ID."""
+        new_id = self.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+        self.clock.advance(HINT)
+        self.ops.activate(new_id)
+        return new_id
+
+    def roots(self) -> set[str]:
+        return {c.subject.rfc4514_string() for c in self.authorities.get_current().bundle.x509_authorities}
+
+    def openssl_verify(self, svid: IssuedX509Svid) -> subprocess.CompletedProcess[str]:
+        """``openssl verify -crl_check_all`` of an SVID against the bundle and the published CRLs."""
+        current = self.authorities.get_current()
+        files = {
+            "bundle.pem": current.bundle.x509_authorities_pem(),
+            "chain.pem": b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.cert_chain[1:]),
+            "leaf.pem": svid.leaf.public_bytes(serialization.Encoding.PEM),
+            "crls.pem": b"".join(
+                x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM) for der in current.crls
+            ),
+        }
+        for name, content in files.items():
+            (self.directory / name).write_bytes(content)
+        d = self.directory
+        at = str(int(self.clock.now().timestamp()))  # the CA's (hand-moved) clock, not the real one
+        return subprocess.run(
+            [
+                *("openssl", "verify", "-attime", at, "-crl_check_all", "-CAfile", str(d / "bundle.pem")),
+                *("-untrusted", str(d / "chain.pem"), "-CRLfile", str(d / "crls.pem"), str(d / "leaf.pem")),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+
+@pytest.fixture
+def disk_ca(database: Database, tmp_path: Path) -> DiskCa:
+    write_root(tmp_path, "enterprise root 1")
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    manager = AuthorityManager(
+        database,
+        MemoryKeyManager(),
+        WatchedDiskUpstream(tmp_path / "root.pem", tmp_path / "root.key", None),
+        AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, CA_TTL, HINT),
+        clock,
+    )
+    manager.load()
+    ops = AuthorityOperations(
+        database=database, authorities=manager, hub=ChangeHub(), params=RotationParams(HINT, SVID_TTL), clock=clock
+    )
+    service = CaService(
+        database=database,
+        authorities=manager,
+        x509_ttl=TtlPolicy(SVID_TTL, SVID_TTL),
+        jwt_ttl=TtlPolicy(SVID_TTL, SVID_TTL),
+        clock=clock,
+        metrics=CaMetrics(),
+    )
+    return DiskCa(clock, manager, ops, service, tmp_path)
+
+
+def test_each_rotation_gets_a_new_intermediate_under_the_same_root(disk_ca: DiskCa) -> None:
+    first = disk_ca.authorities.get_current().active_x509()
+    disk_ca.rotate()
+    second = disk_ca.authorities.get_current().active_x509()
+    assert second.id != first.id
+    assert second.certificate != first.certificate
+    assert second.root == first.root
+    assert disk_ca.roots() == {"CN=enterprise root 1"}
+
+
+def test_the_crl_set_covers_every_ca_on_the_chain_as_openssl_demands(disk_ca: DiskCa) -> None:
+    svid = disk_ca.mint()
+    result = disk_ca.openssl_verify(svid)
+    assert result.returncode == 0, result.stdout + result.stderr
+    disk_ca.ops.revoke_svids(serial=svid.serial)
+    result = disk_ca.openssl_verify(svid)
+    assert result.returncode != 0
+    assert "certificate revoked" in result.stdout + result.stderr
+
+
+def test_a_replaced_root_is_published_beside_the_old_one_until_the_old_signs_nothing_alive(disk_ca: DiskCa) -> None:
+    old_svid = disk_ca.mint()
+    write_root(disk_ca.directory, "enterprise root 2")
+    disk_ca.rotate()
+    assert disk_ca.roots() == {"CN=enterprise root 1", "CN=enterprise root 2"}
+    new_svid = disk_ca.mint()
+    for svid in (old_svid, new_svid):  # both chains verify, CRLs for every CA included
+        result = disk_ca.openssl_verify(svid)
+        assert result.returncode == 0, result.stdout + result.stderr
+    disk_ca.clock.advance(SVID_TTL + HINT)  # everything the old intermediate signed has expired
+    disk_ca.ops.tick()
+    assert disk_ca.roots() == {"CN=enterprise root 2"}
