@@ -10,6 +10,7 @@ later change of authorities (:mod:`ca.authority_ops`) takes the same row lock fi
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -63,6 +64,15 @@ class AuthorityParams:
 
 
 @dataclass(frozen=True, slots=True)
+class _SignedCrl:
+    """A signed CRL, what it was signed for (issuer and list), and when to sign it afresh."""
+
+    key: tuple[object, ...]
+    der: bytes
+    refresh_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Published:
     """A snapshot and when its CRLs must be re-signed."""
 
@@ -89,6 +99,7 @@ class AuthorityManager:
         self._listeners: list[Callable[[AuthoritySet], None]] = []
         self._lock = threading.Lock()
         self._crl_warning: str | None = None
+        self._crl_cache: dict[tuple[object, ...], _SignedCrl] = {}
 
     @property
     def params(self) -> AuthorityParams:
@@ -161,7 +172,7 @@ class AuthorityManager:
         self, records: Sequence[AuthorityRecord], sequence: int, revoked: Sequence[IssuedCertificate]
     ) -> Published:
         x509_authorities: list[X509Authority] = []
-        revoked_authorities: list[X509Authority] = []
+        revoked_authorities: list[tuple[X509Authority, datetime]] = []
         jwt_keys: list[JwtKey] = []
         for record in sorted(records, key=lambda r: r.not_before):
             key = self._key(record.key_ref)
@@ -171,7 +182,7 @@ class AuthorityManager:
                 cert = x509.load_der_x509_certificate(record.certificate_der)
                 authority = X509Authority(record.id, cert, key, record.state, chain)
                 if record.state is AuthorityState.REVOKED:
-                    revoked_authorities.append(authority)
+                    revoked_authorities.append((authority, record.revoked_at or record.created_at))
                 else:
                     x509_authorities.append(authority)
             elif record.state is not AuthorityState.REVOKED:
@@ -186,7 +197,7 @@ class AuthorityManager:
         )
         now = self._clock.now()
         live_revoked = tuple(c for c in revoked if c.not_after > now)
-        crls = self._crls(tuple(x509_authorities), tuple(revoked_authorities), live_revoked, now)
+        crls, crls_refresh_at = self._crls(tuple(x509_authorities), tuple(revoked_authorities), live_revoked, now)
         authorities = AuthoritySet(
             td,
             tuple(x509_authorities),
@@ -195,61 +206,90 @@ class AuthorityManager:
             crls=crls,
             revoked_serials=frozenset(c.serial for c in live_revoked),
         )
-        return Published(authorities, now + self._params.crl_ttl / 2)
+        return Published(authorities, crls_refresh_at)
 
     def _crls(
         self,
         published: tuple[X509Authority, ...],
-        revoked_authorities: tuple[X509Authority, ...],
+        revoked_authorities: tuple[tuple[X509Authority, datetime], ...],
         revoked: Sequence[IssuedCertificate],
         now: datetime,
-    ) -> tuple[bytes, ...]:
+    ) -> tuple[tuple[bytes, ...], datetime]:
         """One CRL per CA on every published chain: each trustmesh authority's (its revoked leaves),
         and each upstream root's when the upstream holds its key (the revoked trustmesh authorities
         under it). If any CA of a published chain would be left without a CRL, none is published:
         Envoy's SPIFFE validator refuses every peer once a chain has one CA with a CRL and one without
-        (docs/runbooks/revocation.md)."""
-        this_update, next_update, number = now - CRL_BACKDATE, now + self._params.crl_ttl, crl_number(now)
+        (docs/runbooks/revocation.md). Returns the CRLs and when the first of them is due for
+        re-signing.
+
+        A CRL is re-signed only when what it lists changed or half its life passed, so a change that
+        revokes nothing (a prepare, an activation) leaves the CRL bytes, and thus every Envoy validation
+        context, as they were: no push to every stream for nothing."""
         by_authority: dict[str, list[RevokedSerial]] = {}
         for cert in revoked:
             assert cert.revoked_at is not None
             by_authority.setdefault(cert.authority_id, []).append(
                 RevokedSerial(cert.serial, cert.revoked_at, cert.revocation_reason)
             )
-        crls: list[bytes] = []
+        signed: list[_SignedCrl] = []
         roots: dict[bytes, x509.Certificate] = {}
+        this_update, next_update, number = now - CRL_BACKDATE, now + self._params.crl_ttl, crl_number(now)
         for authority in published:
-            crl = build_crl(
-                issuer=authority.certificate,
-                issuer_key=authority.private_key,
-                revoked=by_authority.get(authority.id, ()),
-                this_update=this_update,
-                next_update=next_update,
-                number=number,
+            listed = tuple(sorted(by_authority.get(authority.id, ()), key=lambda r: r.serial))
+            own = self._crl(
+                ("authority", authority.id, listed),
+                functools.partial(
+                    build_crl,
+                    issuer=authority.certificate,
+                    issuer_key=authority.private_key,
+                    revoked=listed,
+                    this_update=this_update,
+                    next_update=next_update,
+                    number=number,
+                ),
+                now,
             )
-            crls.append(crl.public_bytes(serialization.Encoding.DER))
+            assert own is not None  # an authority always holds its own key
+            signed.append(own)
             if len(authority.upstream_chain) > 1:
                 return self._without_crls(
                     f"authority {authority.id} chains through an upstream intermediate whose issuer's key "
                     "trustmesh does not hold"
-                )
+                ), now + self._params.crl_ttl / 2
             if authority.upstream_chain:
                 roots.setdefault(authority.root.fingerprint(hashes.SHA256()), authority.root)
-        for root in roots.values():
-            under_root = [
-                RevokedSerial(a.certificate.serial_number, now, x509.ReasonFlags.ca_compromise)
-                for a in revoked_authorities
+        for fingerprint, root in roots.items():
+            under_root = tuple(
+                RevokedSerial(a.certificate.serial_number, revoked_at, x509.ReasonFlags.ca_compromise)
+                for a, revoked_at in revoked_authorities
                 if a.upstream_chain and a.root == root
-            ]
-            root_crl = self._upstream.root_crl(root, under_root, this_update, next_update, number)
+            )
+            root_crl = self._crl(
+                ("root", fingerprint.hex(), under_root),
+                functools.partial(self._upstream.root_crl, root, under_root, this_update, next_update, number),
+                now,
+            )
             if root_crl is None:
                 return self._without_crls(
                     f"the upstream root {root.subject.rfc4514_string()} is no longer the configured upstream "
                     "(its key is not held), so no CRL can be signed for it"
-                )
-            crls.append(root_crl.public_bytes(serialization.Encoding.DER))
+                ), now + self._params.crl_ttl / 2
+            signed.append(root_crl)
         self._crl_warning = None
-        return tuple(crls)
+        self._crl_cache = {crl.key: crl for crl in signed}  # forget CRLs of pruned authorities
+        refresh_at = min((crl.refresh_at for crl in signed), default=now + self._params.crl_ttl / 2)
+        return tuple(crl.der for crl in signed), refresh_at
+
+    def _crl(
+        self, key: tuple[object, ...], sign: Callable[[], x509.CertificateRevocationList | None], now: datetime
+    ) -> _SignedCrl | None:
+        cached = self._crl_cache.get(key)
+        if cached is not None and now < cached.refresh_at:
+            return cached
+        crl = sign()
+        if crl is None:
+            return None
+        return _SignedCrl(key, crl.public_bytes(serialization.Encoding.DER), now + self._params.crl_ttl / 2)
 
     def _without_crls(self, why: str) -> tuple[bytes, ...]:
         message = (

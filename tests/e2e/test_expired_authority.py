@@ -12,12 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.e2e.test_mesh import start_agent
+from tests.support.enterprise_pki import write_enterprise_root
 from tests.support.mesh import Mesh
 from tests.support.processes import background, command, run, wait_until
 
@@ -25,32 +22,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT_LIFETIME = timedelta(seconds=20)
 MEASURE_SECONDS = 10.0
-
-
-def write_short_lived_root(directory: Path) -> datetime:
-    """An enterprise root (cert + key files) that expires soon; returns when."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "short-lived enterprise root")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + ROOT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "root.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "root.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (directory / "root.key").chmod(0o600)
-    return cert.not_valid_after_utc
 
 
 def cpu_seconds(pid: int) -> float:
@@ -70,7 +41,7 @@ def measure(logs: dict[str, Path], procs: list[subprocess.Popen[bytes]]) -> tupl
 
 def test_a_ca_whose_authorities_all_expired_refuses_to_issue_says_why_and_nothing_spins(tmp_path: Path) -> None:
     mesh = Mesh(tmp_path)
-    expires = write_short_lived_root(tmp_path)
+    expires = write_enterprise_root(tmp_path, "short-lived enterprise root", ROOT_LIFETIME).not_valid_after_utc
     mesh.write_ca_config(
         f'[ca.upstream]\nkind = "disk"\ncert_file = "{tmp_path / "root.pem"}"\nkey_file = "{tmp_path / "root.key"}"\n'
         '[x509_svid]\ndefault_ttl = "5s"\n[agent_svid]\nttl = "5s"\n[bundle]\nrefresh_hint = "2s"\n'

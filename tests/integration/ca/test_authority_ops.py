@@ -15,21 +15,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca.authority import AuthorityState
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
-from ca.issuance import JwtSvidRequest, TtlPolicy, X509SvidRequest
+from ca.issuance import JwtSvidRequest, X509SvidRequest
 from ca.keys.memory import MemoryKeyManager
-from ca.metrics import CaMetrics
-from ca.rotation import RotationParams
 from ca.service import CaService
 from ca.store import Database
 from ca.store.records import AuthorityKind
 from ca.store.repositories import AuthorityRepository, IssuedCertificateRepository, TrustBundleStateRepository
-from ca.sync import ChangeHub
 from ca.upstream import SelfSignedUpstream
 from spiffe_core.errors import FailedPrecondition, JwtSvidError, NoActiveAuthority
 from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.enterprise_pki import ca_use_cases
 
 TD = TrustDomain("example.org")
 CA_TTL = timedelta(minutes=60)
@@ -80,18 +78,7 @@ def ca(database: Database) -> Ca:
         clock,
     )
     manager.load()
-    hub = ChangeHub()
-    ops = AuthorityOperations(
-        database=database, authorities=manager, hub=hub, params=RotationParams(HINT, SVID_TTL), clock=clock
-    )
-    service = CaService(
-        database=database,
-        authorities=manager,
-        x509_ttl=TtlPolicy(SVID_TTL, SVID_TTL),
-        jwt_ttl=TtlPolicy(SVID_TTL, SVID_TTL),
-        clock=clock,
-        metrics=CaMetrics(),
-    )
+    ops, service = ca_use_cases(database, manager, clock, SVID_TTL)
     return Ca(clock, manager, ops, service, database)
 
 
@@ -240,3 +227,23 @@ def test_a_revoked_jwt_key_leaves_the_bundle_and_its_tokens_no_longer_validate(c
     assert old_kid not in {key.key_id for key in bundle.jwt_authorities}
     with pytest.raises(JwtSvidError):
         validate_jwt_svid(token, audience="payments", bundle_source=bundle, now=ca.clock.now())
+
+
+def test_an_activation_leaves_the_crls_as_they_were_so_no_validation_context_changes(ca: Ca) -> None:
+    new_id = ca.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+    before = set(ca.authorities.get_current().crls)
+    ca.clock.advance(HINT)
+    ca.ops.activate(new_id)
+    assert set(ca.authorities.get_current().crls) == before
+    assert len(before) == 2
+
+
+def test_a_revocation_re_signs_only_the_crl_of_the_authority_that_signed_the_svid(ca: Ca) -> None:
+    new_id = ca.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+    before = set(ca.authorities.get_current().crls)
+    ca.ops.revoke_svids(serial=ca.mint())
+    after = set(ca.authorities.get_current().crls)
+    (kept,) = before & after
+    assert x509.load_der_x509_crl(kept).extensions.get_extension_for_class(
+        x509.AuthorityKeyIdentifier
+    ).value.key_identifier == bytes.fromhex(new_id)

@@ -14,53 +14,26 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
-from ca.issuance import IssuedX509Svid, TtlPolicy, X509SvidRequest
+from ca.issuance import IssuedX509Svid, X509SvidRequest
 from ca.keys.memory import MemoryKeyManager
-from ca.metrics import CaMetrics
-from ca.rotation import RotationParams
 from ca.service import CaService
 from ca.store import Database
 from ca.store.records import AuthorityKind
-from ca.sync import ChangeHub
 from ca.upstream.disk import WatchedDiskUpstream
 from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.enterprise_pki import ca_use_cases, write_enterprise_root
 
 TD = TrustDomain("example.org")
 CA_TTL = timedelta(hours=6)
 SVID_TTL = timedelta(hours=1)
 HINT = timedelta(minutes=1)
 WEB = SpiffeId.parse("spiffe://example.org/web")
-
-
-def write_root(directory: Path, name: str) -> x509.Certificate:
-    """An enterprise root valid for a month around the real now."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "root.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "root.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert
+ROOT_LIFETIME = timedelta(days=30)
 
 
 @dataclass
@@ -115,7 +88,7 @@ class DiskCa:
 
 @pytest.fixture
 def disk_ca(database: Database, tmp_path: Path) -> DiskCa:
-    write_root(tmp_path, "enterprise root 1")
+    write_enterprise_root(tmp_path, "enterprise root 1", ROOT_LIFETIME)
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     manager = AuthorityManager(
         database,
@@ -125,17 +98,7 @@ def disk_ca(database: Database, tmp_path: Path) -> DiskCa:
         clock,
     )
     manager.load()
-    ops = AuthorityOperations(
-        database=database, authorities=manager, hub=ChangeHub(), params=RotationParams(HINT, SVID_TTL), clock=clock
-    )
-    service = CaService(
-        database=database,
-        authorities=manager,
-        x509_ttl=TtlPolicy(SVID_TTL, SVID_TTL),
-        jwt_ttl=TtlPolicy(SVID_TTL, SVID_TTL),
-        clock=clock,
-        metrics=CaMetrics(),
-    )
+    ops, service = ca_use_cases(database, manager, clock, SVID_TTL)
     return DiskCa(clock, manager, ops, service, tmp_path)
 
 
@@ -161,7 +124,7 @@ def test_the_crl_set_covers_every_ca_on_the_chain_as_openssl_demands(disk_ca: Di
 
 def test_a_replaced_root_is_published_beside_the_old_one_until_the_old_signs_nothing_alive(disk_ca: DiskCa) -> None:
     old_svid = disk_ca.mint()
-    write_root(disk_ca.directory, "enterprise root 2")
+    write_enterprise_root(disk_ca.directory, "enterprise root 2", ROOT_LIFETIME)
     disk_ca.rotate()
     assert disk_ca.roots() == {"CN=enterprise root 1", "CN=enterprise root 2"}
     new_svid = disk_ca.mint()

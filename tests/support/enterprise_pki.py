@@ -1,0 +1,71 @@
+"""Test material for upstream authorities: an enterprise root on disk, as ``ca.upstream.kind = "disk"``
+reads it, and the CA use cases wired over an authority manager the way ``ca.server`` wires them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ca.authority_manager import AuthorityManager
+from ca.authority_ops import AuthorityOperations
+from ca.issuance import TtlPolicy
+from ca.metrics import CaMetrics
+from ca.rotation import RotationParams
+from ca.service import CaService
+from ca.store import Database
+from ca.sync import ChangeHub
+from spiffe_core.clock import Clock
+
+
+def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x509.Certificate:
+    """Write ``root.pem`` and ``root.key`` (0600) of a self-signed CA valid from 5 minutes ago for
+    ``lifetime`` from now, around the real clock (openssl checks it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "root.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "root.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (directory / "root.key").chmod(0o600)
+    return cert
+
+
+def ca_use_cases(
+    database: Database, manager: AuthorityManager, clock: Clock, svid_ttl: timedelta
+) -> tuple[AuthorityOperations, CaService]:
+    """The authority operations and the issuing service over ``manager`` (loaded), SVIDs ``svid_ttl``."""
+    ops = AuthorityOperations(
+        database=database,
+        authorities=manager,
+        hub=ChangeHub(),
+        params=RotationParams(manager.params.refresh_hint, svid_ttl),
+        clock=clock,
+    )
+    service = CaService(
+        database=database,
+        authorities=manager,
+        x509_ttl=TtlPolicy(svid_ttl, svid_ttl),
+        jwt_ttl=TtlPolicy(svid_ttl, svid_ttl),
+        clock=clock,
+        metrics=CaMetrics(),
+    )
+    return ops, service
