@@ -271,8 +271,9 @@ class AuthorityManager:
             )
             if root_crl is None:
                 return self._without_crls(
-                    f"the upstream root {root.subject.rfc4514_string()} is no longer the configured upstream "
-                    "(its key is not held), so no CRL can be signed for it"
+                    f"no CRL can be signed for the upstream root {root.subject.rfc4514_string()}: it is no longer "
+                    "the configured upstream (its key is not held), it is not the top of the upstream chain "
+                    "(ca.upstream.bundle_file), or its keyUsage lacks cRLSign"
                 ), now + self._params.crl_ttl / 2
             signed.append(root_crl)
         self._crl_warning = None
@@ -360,7 +361,7 @@ class AuthorityManager:
 
     def create_jwt(self, session: Session, state: AuthorityState) -> AuthorityRecord:
         now = self._clock.now()
-        key_id = secrets.token_urlsafe(24)
+        key_id = secrets.token_hex(20)  # like X.509 authority IDs: safe in URLs and on command lines
         key_ref = f"jwt-{uuid.uuid4().hex}"
         key = self._keys.generate(key_ref, self._params.jwt_key_type)
         try:

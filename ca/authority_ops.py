@@ -336,12 +336,18 @@ class AuthorityOperations:
         while True:
             try:
                 next_at = await asyncio.to_thread(self.tick)
-            except TrustmeshError as err:
+            except Exception as err:
                 failures += 1
-                self._last_error = str(err)
+                self._last_error = str(err) if isinstance(err, TrustmeshError) else f"internal error: {err!r}"
                 delay = backoff_delay(failures, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
                 if self._throttle.should_log(time.monotonic()):
-                    log.warning("authority rotation failed: %s; retrying in %.1fs%s", err, delay, self._throttle.note())
+                    log.warning(
+                        "authority rotation failed: %s; retrying in %.1fs%s",
+                        err,
+                        delay,
+                        self._throttle.note(),
+                        exc_info=not isinstance(err, TrustmeshError),  # a bug: keep its trace
+                    )
             else:
                 failures = 0
                 self._last_error = None

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from ca.crl import RevokedSerial, build_crl
 from ca.signing import sign
-from spiffe_core.errors import ConfigError
+from spiffe_core.errors import ConfigError, UpstreamUnavailable
 from spiffe_core.keys import PrivateKey, key_type_of
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates, signing_cert_builder, validate_signing_cert
@@ -66,6 +66,12 @@ class DiskUpstream:
         not_before: datetime,
         not_after: datetime,
     ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+        expires = self._certificate.not_valid_after_utc
+        if expires <= not_before:
+            raise UpstreamUnavailable(
+                f"the upstream CA {self.subject} expired at {expires.isoformat()}; it cannot certify a new CA. "
+                "Replace ca.upstream.cert_file and key_file with a valid root (docs/runbooks/root-rotation.md)"
+            )
         builder = signing_cert_builder(
             trust_domain=trust_domain,
             public_key=private_key.public_key(),

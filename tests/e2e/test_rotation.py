@@ -166,3 +166,42 @@ def agent_renewed_after_taint(mesh: Mesh) -> bool:
     log = (mesh.root / "agent.log").read_text()
     tainted_at = log.find("must be replaced (signing authority tainted)")
     return tainted_at >= 0 and "renewed agent SVID" in log[tainted_at:]
+
+
+def test_emergency_rotation_under_live_traffic_replaces_every_svid_and_fails_no_request(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path)
+    mesh.write_ca_config(OFFICER_TTLS)
+    with mesh.running_ca():
+        config, _ = start_agent(mesh)
+        backend, frontend, _, frontend_port = envoy_pair(mesh)
+        old = active_x509(mesh)
+        with (
+            mesh.running_agent(config),
+            running_envoy(backend, tmp_path, "backend") as backend_envoy,
+            running_envoy(frontend, tmp_path, "frontend") as frontend_envoy,
+        ):
+            wait_for_mtls(frontend_port)
+            before = backend_envoy.certificate_serials() | frontend_envoy.certificate_serials()
+            with continuous_requests(frontend_port) as traffic:
+                dry = officer(mesh, "authority", "rotate", "--now", "--dry-run")
+                assert active_x509(mesh) == old
+                started = time.monotonic()
+                with admin_api(mesh) as admin:
+                    report = admin.post("/v1/authorities/rotate", json={"kind": "x509"}).raise_for_status().json()
+                wait_until(
+                    lambda: (backend_envoy.certificate_serials() | frontend_envoy.certificate_serials()).isdisjoint(
+                        before
+                    ),
+                    10,
+                    "both Envoys to serve SVIDs of the new authority",
+                )
+                switched = time.monotonic() - started
+                print(f"\nrotate --now -> both Envoys serve the new authority's SVIDs: {switched:.2f} s")
+                wait_until(lambda: agent_renewed_after_taint(mesh), 10, "the agent to renew its own SVID")
+                officer(mesh, "authority", "revoke", old)
+                time.sleep(1)
+            assert dry["svids_affected"] == report["svids_affected"]
+            assert active_x509(mesh) != old
+            assert len(traffic.results) > 100
+            assert traffic.failures == []
+            assert get_through(frontend_port).status_code == 200

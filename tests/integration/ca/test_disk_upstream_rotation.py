@@ -23,6 +23,7 @@ from ca.service import CaService
 from ca.store import Database
 from ca.store.records import AuthorityKind
 from ca.upstream.disk import WatchedDiskUpstream
+from spiffe_core.errors import UpstreamUnavailable
 from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
@@ -134,3 +135,19 @@ def test_a_replaced_root_is_published_beside_the_old_one_until_the_old_signs_not
     disk_ca.clock.advance(SVID_TTL + HINT)  # everything the old intermediate signed has expired
     disk_ca.ops.tick()
     assert disk_ca.roots() == {"CN=enterprise root 2"}
+
+
+def test_an_expired_upstream_root_refuses_to_mint_with_the_reason(tmp_path: Path) -> None:
+    root = write_enterprise_root(tmp_path, "expired enterprise root", timedelta(seconds=-120))
+    upstream = WatchedDiskUpstream(tmp_path / "root.pem", tmp_path / "root.key", None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    with pytest.raises(UpstreamUnavailable, match="expired at"):
+        upstream.mint_x509_ca(
+            private_key=key,
+            trust_domain=TD,
+            subject=x509.Name([]),
+            not_before=now - timedelta(minutes=1),
+            not_after=now + CA_TTL,
+        )
+    assert root.not_valid_after_utc < now
