@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # CA certificates are backdated a little more than SVIDs, so SVIDs backdated by the issuer still nest.
 CA_BACKDATE = timedelta(minutes=1)
+# A key that no authority names is deleted at start-up once it is this old (never one being created).
+ORPHAN_KEY_GRACE = timedelta(minutes=10)
 # CRLs are valid from slightly in the past, for relying parties whose clocks run behind.
 CRL_BACKDATE = timedelta(minutes=1)
 
@@ -133,7 +135,18 @@ class AuthorityManager:
             if not any(r.kind is AuthorityKind.JWT and r.state is AuthorityState.ACTIVE for r in records):
                 records.append(self.create_jwt(session, AuthorityState.ACTIVE))
             revoked = IssuedCertificateRepository(session).revoked_live(self._clock.now())
+        self._sweep_orphaned_keys({r.key_ref for r in records})
         return self._publish(records, sequence, revoked)
+
+    def _sweep_orphaned_keys(self, referenced: set[str]) -> None:
+        """Delete authority keys no stored authority names: left by a CA killed between writing a key and
+        committing its authority, or between pruning an authority and deleting its key. Only keys older
+        than :data:`ORPHAN_KEY_GRACE`, so a key another replica is about to commit is never touched."""
+        cutoff = self._clock.now() - ORPHAN_KEY_GRACE
+        for key_ref, created in self._keys.list():
+            if key_ref.startswith(("x509-", "jwt-")) and key_ref not in referenced and created < cutoff:
+                log.warning("deleting key %s: no authority uses it (a change was interrupted)", key_ref)
+                self._keys.delete(key_ref)
 
     def refresh(self) -> AuthoritySet:
         """Re-read the authorities and revocations (after a change, here or on another replica) and

@@ -9,6 +9,7 @@ Every call may block (file I/O, RSA generation): callers on an event loop use ``
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Protocol
 
 from spiffe_core.errors import InvalidArgument
@@ -45,4 +46,9 @@ class KeyManager(Protocol):
 
     def delete(self, key_id: str) -> None:
         """Forget the key; deleting a missing key is not an error (retried cleanups stay harmless)."""
+        ...
+
+    def list(self) -> tuple[tuple[str, datetime], ...]:
+        """Every key ID held, with when its key was created: for sweeping keys that no record names
+        (a CA killed between writing a key and committing its authority)."""
         ...

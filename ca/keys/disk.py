@@ -22,6 +22,7 @@ import secrets
 import stat
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -94,6 +95,16 @@ class DiskKeyManager:
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise ConfigError(f"key file {path} holds a {type(key).__name__}; the CA signs only with EC or RSA keys")
         return key
+
+    def list(self) -> tuple[tuple[str, datetime], ...]:
+        keys = []
+        for path in self._directory.glob("*.pem"):
+            try:
+                created = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            keys.append((path.stem, created))
+        return tuple(keys)
 
     def delete(self, key_id: str) -> None:
         path = self._path(key_id)

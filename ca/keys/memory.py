@@ -4,6 +4,7 @@ by design — a CA using it starts a new trust chain on every start."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 from ca.keys.base import check_key_id
 from spiffe_core.errors import AlreadyExists, NotFound
@@ -15,6 +16,7 @@ class MemoryKeyManager:
 
     def __init__(self) -> None:
         self._keys: dict[str, PrivateKey] = {}
+        self._created: dict[str, datetime] = {}
         self._lock = threading.Lock()
 
     def generate(self, key_id: str, key_type: KeyType) -> PrivateKey:
@@ -27,6 +29,7 @@ class MemoryKeyManager:
             if key_id in self._keys:
                 raise AlreadyExists(f"key {key_id!r} exists already; choose a new key ID")
             self._keys[key_id] = key
+            self._created[key_id] = datetime.now(UTC)
         return key
 
     def get(self, key_id: str) -> PrivateKey:
@@ -41,3 +44,8 @@ class MemoryKeyManager:
         check_key_id(key_id)
         with self._lock:
             self._keys.pop(key_id, None)
+            self._created.pop(key_id, None)
+
+    def list(self) -> tuple[tuple[str, datetime], ...]:
+        with self._lock:
+            return tuple(self._created.items())

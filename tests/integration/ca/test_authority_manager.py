@@ -4,7 +4,7 @@ other replicas load the same ones, and the bundle sequence only grows."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
@@ -19,6 +19,7 @@ from spiffe_core.clock import SystemClock
 from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import validate_signing_cert
+from tests.support.clock import FakeClock
 
 TD = TrustDomain("example.org")
 PARAMS = AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(days=7), timedelta(minutes=5))
@@ -70,3 +71,16 @@ def test_the_authority_id_is_the_ca_certificates_subject_key_identifier(database
     authority = manager(database, MemoryKeyManager()).load().active_x509()
     ski = authority.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert ski.digest.hex() == authority.id
+
+
+def test_start_up_deletes_old_keys_no_authority_names_and_keeps_fresh_ones(database: Database) -> None:
+    keys = MemoryKeyManager()
+    keys.generate("x509-orphan", KeyType.EC_P256)  # a CA killed after writing the key, before its commit
+    later = FakeClock(datetime.now(UTC) + timedelta(minutes=11))
+    AuthorityManager(database, keys, SelfSignedUpstream(), PARAMS, later).load()
+    keys.generate("x509-being-created", KeyType.EC_P256)  # another replica's, not committed yet
+    AuthorityManager(database, keys, SelfSignedUpstream(), PARAMS, FakeClock(datetime.now(UTC))).load()
+    held = {key_id for key_id, _ in keys.list()}
+    assert "x509-orphan" not in held
+    assert "x509-being-created" in held
+    assert len(held) == 3  # and the two authorities' keys
