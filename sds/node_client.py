@@ -208,6 +208,10 @@ class _Channel:
     retired: bool = False
 
 
+# The gRPC channel's reconnect backoff, initial and maximum (milliseconds).
+CHANNEL_RECONNECT_BACKOFF_MS = (250, 2000)
+
+
 class NodeClient:
     """The Node service, as the agent calls it. One instance per agent; safe to share between tasks."""
 
@@ -223,7 +227,15 @@ class NodeClient:
         self._trust_domain = trust_domain
         self._server_address = server_address
         self._attestation_address = attestation_address
-        self._options = [("grpc.ssl_target_name_override", server_name)]
+        self._options = [
+            ("grpc.ssl_target_name_override", server_name),
+            # The manager backs off between attempts itself; the channel's own reconnect backoff (1 s
+            # doubling to 120 s by default) would stack on it and leave the agent away from a CA that
+            # is back for minutes.
+            ("grpc.initial_reconnect_backoff_ms", CHANNEL_RECONNECT_BACKOFF_MS[0]),
+            ("grpc.min_reconnect_backoff_ms", CHANNEL_RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", CHANNEL_RECONNECT_BACKOFF_MS[1]),
+        ]
         self._timeout = rpc_timeout
         self._credentials: AgentCredentials | None = None
         self._current: _Channel | None = None

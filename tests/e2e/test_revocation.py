@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from sds.envoy_bootstrap import Inbound, envoy_bootstrap
 from tests.e2e.test_mesh import BACKEND, FRONTEND, envoy_pair, get_through, start_agent, wait_for_mtls
@@ -111,3 +113,18 @@ def test_an_open_connection_of_a_revoked_peer_ends_within_the_bounded_connection
                 lived_on = time.monotonic() - started
         print(f"\nrevoked peer's open connection lived on {lived_on:.1f} s ({answered_on_old_connection} requests)")
         assert lived_on < 5.0
+
+
+def test_the_crl_listing_a_revoked_svid_is_served_over_http_and_by_the_cli(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path)
+    with mesh.running_ca():
+        minted = json.loads(mesh.ca("x509", "mint", "--spiffe-id", FRONTEND, "--out", str(tmp_path / "leaf"), "--json"))
+        mesh.ca("revoke", "--serial", minted["serial"], "--reason", "key-compromise")
+        (authority,) = [a["id"] for a in json.loads(mesh.ca("authority", "list", "--json")) if a["kind"] == "x509"]
+        served = httpx.get(f"http://127.0.0.1:{mesh.http_port}/crl/{authority}.crl", timeout=5)
+        assert served.headers["content-type"] == "application/pkix-crl"
+        crl = x509.load_der_x509_crl(served.content)
+        entry = crl.get_revoked_certificate_by_serial_number(int(minted["serial"], 16))
+        assert entry is not None
+        assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is x509.ReasonFlags.key_compromise
+        assert crl.public_bytes(serialization.Encoding.PEM).decode() in mesh.ca("crl", "show", "--authority", authority)
