@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from ca.attestation import JoinTokens, NodeAttestors
+from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.config import CaConfig
@@ -29,6 +30,7 @@ from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
 from ca.rotation import RotationParams
+from ca.rotator import Rotator
 from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.store.engine import Database
@@ -75,7 +77,8 @@ class CaParts:
     node: NodeService
     identity: ServerIdentity
     clock: Clock
-    rotation: AuthorityOperations
+    rotator: Rotator
+    officer: AuthorityOperations
 
 
 def build_service(config: CaConfig) -> CaParts:
@@ -102,15 +105,12 @@ def build_service(config: CaConfig) -> CaParts:
     )
     authorities.load()
     hub = ChangeHub()
-    rotation = AuthorityOperations(
-        database=database,
-        authorities=authorities,
-        hub=hub,
-        params=RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl),
-        clock=clock,
-    )
+    changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
+    rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
+    rotator = Rotator(changes, rotation_params, clock)
+    officer = AuthorityOperations(changes, rotation_params, clock)
     try:
-        rotation.tick()  # a CA that was down across a rotation point catches up before serving
+        rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
         log.warning("authority rotation failed at start-up (%s); the CA serves and retries", err)
     metrics = CaMetrics()
@@ -121,7 +121,7 @@ def build_service(config: CaConfig) -> CaParts:
         jwt_ttl=TtlPolicy(config.jwt_svid.default_ttl, config.jwt_svid.max_ttl),
         clock=clock,
         metrics=metrics,
-        rotation_error=lambda: rotation.last_error,
+        rotation_error=lambda: rotator.last_error,
     )
     entries = RegistrationEntries(
         database,
@@ -147,7 +147,7 @@ def build_service(config: CaConfig) -> CaParts:
         identity.rotate()
     except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
         log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
-    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotation)
+    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotator, officer)
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -187,7 +187,7 @@ async def serve(config: CaConfig) -> None:
     service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
     admin_app = create_admin_app(
-        service, metrics.registry, entries=parts.entries, join_tokens=parts.join_tokens, authorities=parts.rotation
+        service, metrics.registry, entries=parts.entries, join_tokens=parts.join_tokens, authorities=parts.officer
     )
     servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
         (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
@@ -195,7 +195,7 @@ async def serve(config: CaConfig) -> None:
     if config.server.http_address:
         host, _, port = config.server.http_address.rpartition(":")
         health = uvicorn.Config(
-            create_health_app(service, metrics.registry, authorities=parts.rotation),
+            create_health_app(service, metrics.registry, authorities=parts.officer),
             host=host,
             port=int(port),
             log_config=None,
@@ -214,10 +214,10 @@ async def serve(config: CaConfig) -> None:
                 group.create_task(server.serve(sockets=sockets))
             group.create_task(_serve_node_api(config, parts))
             group.create_task(parts.identity.run())
-            group.create_task(parts.rotation.run())
+            group.create_task(parts.rotator.run())
             if database.dialect == "postgresql":
                 group.create_task(
-                    listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotation.reload_quietly)
+                    listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly)
                 )
     finally:
         config.server.admin_socket.unlink(missing_ok=True)
