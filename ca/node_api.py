@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -96,13 +97,14 @@ def _peer_chain_pem(context: Context) -> bytes | None:
 
 def peer_source(peer: str) -> str:
     """The address a call came from, without its port: ``ipv4:10.0.0.1:5000`` → ``10.0.0.1``,
-    ``ipv6:[::1]:5000`` → ``::1``; anything else (a Unix socket) as it is."""
+    ``ipv6:%5B::1%5D:5000`` (grpc percent-encodes the brackets) → ``::1``; anything else (a Unix
+    socket) as it is."""
     kind, _, address = peer.partition(":")
+    address = urllib.parse.unquote(address)
     if kind == "ipv4":
         return address.rpartition(":")[0] or address
-    if kind == "ipv6":
-        host = address.rpartition(":")[0] if address.startswith("[") else address
-        return host.strip("[]") or address
+    if kind == "ipv6" and address.startswith("["):
+        return address[1:].partition("]")[0] or address
     return peer
 
 
