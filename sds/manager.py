@@ -53,6 +53,7 @@ from spiffe_core.errors import (
     InvalidArgument,
     JwtSvidError,
     NotFound,
+    ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
     X509SvidError,
@@ -205,11 +206,13 @@ class AgentManager:
 
     async def _keep_svids(self) -> None:
         failures = 0
+        retry_after = 0.0  # the CA's hint when it refused us for its signing rate
         while True:
             timeout = self._seconds_to_next_rotation()
             if failures:
-                # Backoff governs: a rotation time already past is what is being retried.
-                timeout = self._backoff(failures)
+                # Backoff governs (or the CA's retry hint, if longer, within the backoff cap): a rotation
+                # time already past is what is being retried.
+                timeout = max(self._backoff(failures), min(retry_after, self._params.backoff_cap))
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -220,6 +223,7 @@ class AgentManager:
                 complete = await self.reconcile()
             except TrustmeshError as err:
                 failures += 1
+                retry_after = err.retry_after if isinstance(err, ResourceExhausted) else 0.0
                 self._warn("svids", "could not get workload SVIDs signed (%s); retrying", err)
             else:
                 failures = 0 if complete else failures + 1
