@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 
 # JWT-SVIDs kept for reuse; beyond this the soonest-stale ones are forgotten first.
 _JWT_CACHE_LIMIT = 1024
-# Items per SignX509Svids call, and calls in flight at once. The node API names no batch limit, but one
+# Items per SignX509Svids call, and calls in flight at once. The CA refuses calls over its
+# node_api.max_batch_size (1,000 by default) and rate-limits each agent (bursts of 2,000 by default), and one
 # call must fit gRPC's default 4 MiB message limit (a response item is a whole chain: a few KiB with RSA
 # keys and an upstream intermediate) and the node client's 10 s deadline (the CA signs, re-validates and
 # records the whole batch in one transaction). 1,000 SVIDs thus go out as 10 calls, 4 at a time.
