@@ -2,8 +2,9 @@
 one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving.
 
 The group holds: the admin API (Unix socket), the health listener, the node API's gRPC server (its
-attestation and mTLS listeners), the renewal of the CA's own serving SVID, and — on PostgreSQL — the
-LISTEN task that brings other replicas' changes to this replica's Sync streams."""
+attestation and mTLS listeners), the renewal of the CA's own serving SVID, the pruning of expired
+issued-certificate records, and — on PostgreSQL — the LISTEN task that brings other replicas' changes
+to this replica's Sync streams."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from ca.keys import open_key_manager
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
+from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
+from ca.retention import IssuedCertificateRetention
 from ca.rotation import RotationParams
 from ca.rotator import Rotator
 from ca.server_identity import ServerIdentity
@@ -165,6 +168,16 @@ def _bind_admin_socket(path: Path) -> socket.socket:
     return sock
 
 
+def _node_api_limits(config: CaConfig) -> NodeApiLimits:
+    node_api = config.node_api
+    ratelimit = node_api.ratelimit
+    return NodeApiLimits(
+        max_batch_size=node_api.max_batch_size,
+        signing=Rate(ratelimit.signing, ratelimit.signing_burst),
+        attestation=Rate(ratelimit.attestation, ratelimit.attestation_burst),
+    )
+
+
 async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     """Serve the node API once the CA holds a serving SVID: when no authority could sign one at
     start-up (all expired, upstream down), the rest of the CA serves (``/ready`` says why) and the
@@ -172,7 +185,7 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
         await asyncio.sleep(NODE_API_WAIT_SECONDS)
     node_server, ports = build_node_server(
-        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock),
+        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock, NodeApiGuard(_node_api_limits(config))),
         parts.identity,
         parts.service.get_bundle,
         attestation_address=config.server.attestation_address,
@@ -215,6 +228,8 @@ async def serve(config: CaConfig) -> None:
             group.create_task(_serve_node_api(config, parts))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
+            retention = config.datastore.issued_certificate_retention
+            group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
             if database.dialect == "postgresql":
                 group.create_task(
                     listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly)

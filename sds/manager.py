@@ -53,6 +53,7 @@ from spiffe_core.errors import (
     InvalidArgument,
     JwtSvidError,
     NotFound,
+    ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
     X509SvidError,
@@ -66,7 +67,8 @@ log = logging.getLogger(__name__)
 
 # JWT-SVIDs kept for reuse; beyond this the soonest-stale ones are forgotten first.
 _JWT_CACHE_LIMIT = 1024
-# Items per SignX509Svids call, and calls in flight at once. The node API names no batch limit, but one
+# Items per SignX509Svids call, and calls in flight at once. The CA refuses calls over its
+# node_api.max_batch_size (1,000 by default) and rate-limits each agent (bursts of 2,000 by default), and one
 # call must fit gRPC's default 4 MiB message limit (a response item is a whole chain: a few KiB with RSA
 # keys and an upstream intermediate) and the node client's 10 s deadline (the CA signs, re-validates and
 # records the whole batch in one transaction). 1,000 SVIDs thus go out as 10 calls, 4 at a time.
@@ -205,11 +207,13 @@ class AgentManager:
 
     async def _keep_svids(self) -> None:
         failures = 0
+        retry_after = 0.0  # the CA's hint when it refused us for its signing rate
         while True:
             timeout = self._seconds_to_next_rotation()
             if failures:
-                # Backoff governs: a rotation time already past is what is being retried.
-                timeout = self._backoff(failures)
+                # Backoff governs (or the CA's retry hint, if longer, within the backoff cap): a rotation
+                # time already past is what is being retried.
+                timeout = max(self._backoff(failures), min(retry_after, self._params.backoff_cap))
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -220,6 +224,7 @@ class AgentManager:
                 complete = await self.reconcile()
             except TrustmeshError as err:
                 failures += 1
+                retry_after = err.retry_after if isinstance(err, ResourceExhausted) else 0.0
                 self._warn("svids", "could not get workload SVIDs signed (%s); retrying", err)
             else:
                 failures = 0 if complete else failures + 1

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from cryptography import x509
@@ -37,6 +37,7 @@ from spiffe_core.errors import (
     NotAuthenticated,
     NotAuthorized,
     NotFound,
+    ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
 )
@@ -61,7 +62,10 @@ _ERROR_KINDS: Mapping[grpc.StatusCode, type[TrustmeshError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: UpstreamUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: UpstreamUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
+# Trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds until the CA would take the call.
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,19 @@ def decode_sync_update(trust_domain: TrustDomain, message: node_pb2.SyncUpdate) 
     )
 
 
+def _retry_after(err: grpc.aio.AioRpcError) -> float:
+    """The CA's retry hint in seconds (0.0 when it gave none or an unreadable one)."""
+    # A grpc.aio.Metadata at run time, iterating as (key, value); the stubs type it as grpc's tuples.
+    metadata: Iterable[tuple[str, str | bytes]] = cast(Any, err.trailing_metadata()) or ()
+    for key, value in metadata:
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(int(value), 0) / 1000
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
 def rpc_error(err: grpc.aio.AioRpcError, rpc: str, address: str) -> TrustmeshError:
     """The error kind for a failed call, with the CA's message (which names the fix) kept."""
     code = err.code()
@@ -195,6 +212,8 @@ def rpc_error(err: grpc.aio.AioRpcError, rpc: str, address: str) -> TrustmeshErr
     details = err.details() or code.name
     if kind is UpstreamUnavailable:
         return kind(f"node API {rpc} at {address} is unavailable ({details}); is the CA running and reachable?")
+    if kind is ResourceExhausted:
+        return ResourceExhausted(f"node API {rpc} at {address} refused: {details}", _retry_after(err))
     return kind(f"node API {rpc} at {address} refused: {details}")
 
 

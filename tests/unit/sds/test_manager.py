@@ -19,7 +19,7 @@ from sds.node_client import EntryRecord, SignedX509Svid, SyncState
 from sds.persistence import AgentStore
 from sds.planning import signer_ids
 from spiffe_core.bundle import Bundle
-from spiffe_core.errors import InvalidArgument, NotFound, UpstreamUnavailable
+from spiffe_core.errors import InvalidArgument, NotFound, ResourceExhausted, UpstreamUnavailable
 from spiffe_core.jwt_svid import mint_jwt_svid
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -67,6 +67,8 @@ class FakeNodeApi:
         self.in_flight = 0
         self.most_in_flight = 0
         self.real_jwts = False
+        self.rate_limited = 0  # this many calls are refused for the CA's signing rate first
+        self.retry_after = 0.0
 
     async def sync(self) -> AsyncIterator[SyncState]:
         script = self.streams.pop(0) if self.streams else []
@@ -78,6 +80,9 @@ class FakeNodeApi:
 
     async def sign_x509_svids(self, items: Sequence[tuple[str, bytes]]) -> list[SignedX509Svid]:
         self.attempts += 1
+        if self.rate_limited:
+            self.rate_limited -= 1
+            raise ResourceExhausted("node API SignX509Svids at 127.0.0.1:8081 refused: over rate", self.retry_after)
         if self.down or self.down_for.intersection(entry_id for entry_id, _ in items):
             raise UpstreamUnavailable("node API SignX509Svids at 127.0.0.1:8081 is unavailable (down)")
         self.in_flight += 1
@@ -350,6 +355,37 @@ async def test_a_failing_signing_loop_backs_off_and_logs_once(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert 3 < harness.api.attempts < 60  # retried with backoff (10 ms to 50 ms), not in a spin
+    assert [m.split(" (")[0] for m in caplog.messages] == ["could not get workload SVIDs signed"]
+
+
+async def test_a_signing_rate_refusal_is_retried_no_sooner_than_the_cas_hint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(tmp_path)
+    harness.manager = AgentManager(  # a backoff cap above the hint, so the hint is what is honoured
+        client=harness.api,
+        cache=harness.cache,
+        store=AgentStore(tmp_path, TD),
+        identity=harness.sink,
+        params=ManagerParams(backoff_base=0.01, backoff_cap=5.0),
+        clock=harness.clock,
+        rng=random.Random(5),
+    )
+    harness.api.ids["e-web"] = WEB
+    harness.api.rate_limited, harness.api.retry_after = 2, 0.2
+    harness.api.streams = [[state(entry("e-web", WEB))]]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="sds.manager"):
+        async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(harness.manager.run())
+            async for snapshot in harness.cache.subscribe():
+                if snapshot.svids:
+                    break
+            running.cancel()
+    assert harness.api.attempts == 3  # refused twice, then signed
+    assert loop.time() - started >= 0.4  # each retry waited for the hint, not the 10 ms backoff
+    assert [s.spiffe_id for s in harness.snapshot().svids] == [WEB]
     assert [m.split(" (")[0] for m in caplog.messages] == ["could not get workload SVIDs signed"]
 
 

@@ -17,6 +17,7 @@ from spiffe_core.errors import (
     NotAuthenticated,
     NotAuthorized,
     NotFound,
+    ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
 )
@@ -46,6 +47,7 @@ def failure(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
         pytest.param(grpc.StatusCode.NOT_FOUND, NotFound, id="not-found"),
         pytest.param(grpc.StatusCode.ALREADY_EXISTS, AlreadyExists, id="already-exists"),
         pytest.param(grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition, id="failed-precondition"),
+        pytest.param(grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted, id="resource-exhausted"),
         pytest.param(grpc.StatusCode.INTERNAL, TrustmeshError, id="internal"),
     ],
 )
@@ -68,6 +70,23 @@ def test_an_unreachable_ca_is_upstream_unavailable(code: grpc.StatusCode) -> Non
     assert (
         str(err) == f"node API Sync at {ADDRESS} is unavailable (failed to connect); is the CA running and reachable?"
     )
+
+
+@pytest.mark.parametrize(
+    ("trailer", "seconds"),
+    [
+        pytest.param(("retry-after-ms", "2500"), 2.5, id="hint"),
+        pytest.param(("retry-after-ms", "soon"), 0.0, id="unreadable-hint"),
+        pytest.param(("other", "1"), 0.0, id="no-hint"),
+    ],
+)
+def test_a_rate_limit_refusal_keeps_the_cas_retry_hint(trailer: tuple[str, str], seconds: float) -> None:
+    refused = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(trailer), details="slow down"
+    )
+    err = rpc_error(refused, "SignX509Svids", ADDRESS)
+    assert isinstance(err, ResourceExhausted)
+    assert err.retry_after == seconds
 
 
 def update(**fields: object) -> node_pb2.SyncUpdate:
