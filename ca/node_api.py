@@ -174,6 +174,7 @@ class NodeServicer:
         self, request: node_pb2.AttestRequest, context: Context
     ) -> node_pb2.AttestResponse:
         self._guard.admit_attestation(peer_source(context.peer()))  # before the evidence is spent
+        self._node.check_trust_domain(request.trust_domain)  # before the evidence is spent
         svid = await asyncio.to_thread(self._node.attest, request.method, request.payload, request.csr)
         return node_pb2.AttestResponse(
             spiffe_id=str(svid.spiffe_id), svid_chain=_der_chain(svid.cert_chain), bundle=_bundle_json(svid.bundle)
@@ -188,12 +189,12 @@ class NodeServicer:
     @_edge
     async def Sync(self, request: node_pb2.SyncRequest, context: Context) -> None:
         """Full state at once, then again on every change that alters it. The stream ends when the
-        client SVID it was opened with expires (the agent reconnects with its renewed one) or when the
-        agent is banned."""
+        client SVID it was opened with expires (the agent reconnects with its renewed one), and at once
+        when the agent is banned or evicted or that SVID is replaced by a re-attestation."""
         agent = await self._agent(context)
         remaining = (agent.not_after - self._clock.now()).total_seconds()
         with self._hub.subscribe(agent.spiffe_id) as subscription:
-            load = functools.partial(self._node.get_sync_state, agent.spiffe_id)
+            load = functools.partial(self._node.get_sync_state, agent.spiffe_id, agent.serial)
             try:
                 async with asyncio.timeout(remaining):
                     async for state in watch(subscription, load):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
@@ -141,6 +142,7 @@ def build_service(config: CaConfig) -> CaParts:
         attestors=NodeAttestors.of(join_tokens),
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
+        hub=hub,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -200,7 +202,12 @@ async def serve(config: CaConfig) -> None:
     service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
     admin_app = create_admin_app(
-        service, metrics.registry, entries=parts.entries, join_tokens=parts.join_tokens, authorities=parts.officer
+        service,
+        metrics.registry,
+        entries=parts.entries,
+        join_tokens=parts.join_tokens,
+        authorities=parts.officer,
+        agents=AgentAdmin(database, parts.hub, parts.clock),
     )
     servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
         (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])

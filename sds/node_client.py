@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import (
     AlreadyExists,
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     NotAuthenticated,
@@ -40,11 +41,12 @@ from spiffe_core.errors import (
     ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
+    X509SvidError,
 )
 from spiffe_core.keys import PrivateKey
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import X509Svid
+from spiffe_core.x509_svid import X509Svid, validate_signing_cert
 from wire import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -205,6 +207,24 @@ def _retry_after(err: grpc.aio.AioRpcError) -> float:
     return 0.0
 
 
+def check_roots_trust_domain(roots: Bundle, trust_domain: TrustDomain) -> None:
+    """Refuse (ConfigError) roots that name another trust domain in their URI SAN (trustmesh's own roots
+    do; an enterprise root usually names none and passes): the agent is pointed at another trust
+    domain's CA. Checked before a join token is sent, so the token stays unspent."""
+    for cert in roots.x509_authorities:
+        try:
+            named = validate_signing_cert(cert)
+        except X509SvidError:
+            continue  # not ours to judge here; the TLS handshake decides whether it verifies the CA
+        if named is not None and named != trust_domain:
+            raise ConfigError(
+                f"trust_domain: the agent is configured for {trust_domain.name!r} but the CA's root certificate "
+                f"{cert.subject.rfc4514_string()!r} is of trust domain {named.name!r}; set trust_domain = "
+                f"{named.name!r}, or point trust_bundle_path and attestation_address at the CA of "
+                f"{trust_domain.name!r} (the join token was not sent)"
+            )
+
+
 def rpc_error(err: grpc.aio.AioRpcError, rpc: str, address: str) -> TrustmeshError:
     """The error kind for a failed call, with the CA's message (which names the fix) kept."""
     code = err.code()
@@ -293,9 +313,13 @@ class NodeClient:
 
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
         """Prove the node's identity (``method`` "join_token": ``payload`` is the token) and get the
-        agent's first X509-SVID for the key behind ``csr``. The CA is verified against ``roots``."""
+        agent's first X509-SVID for the key behind ``csr``. The CA is verified against ``roots``.
+
+        A CA of another trust domain is refused before the payload leaves: here when ``roots`` name it
+        (ConfigError), else by the CA, which checks the trust domain sent along before the payload."""
+        check_roots_trust_domain(roots, self._trust_domain)
         tls = grpc.ssl_channel_credentials(root_certificates=roots.x509_authorities_pem())
-        request = node_pb2.AttestRequest(method=method, payload=payload, csr=csr)
+        request = node_pb2.AttestRequest(method=method, payload=payload, csr=csr, trust_domain=self._trust_domain.name)
         async with grpc.aio.secure_channel(self._attestation_address, tls, options=self._options) as channel:
             try:
                 response = await node_pb2_grpc.NodeStub(channel).Attest(request, timeout=self._timeout)

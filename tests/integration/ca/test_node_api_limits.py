@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.entries import EntryPolicy, RegistrationEntries
@@ -101,6 +102,7 @@ def start_ca(tmp_path: Path, monotonic: Monotonic) -> StartCa:
             attestors=NodeAttestors.of(join_tokens),
             agent_svid_ttl=AGENT_TTL,
             clock=clock,
+            hub=hub,
         )
         identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
         identity.rotate()
@@ -113,7 +115,17 @@ def start_ca(tmp_path: Path, monotonic: Monotonic) -> StartCa:
         )
         serving = asyncio.create_task(run_node_server(server))
         try:
-            yield RunningCa(database, service, entries, join_tokens, clock, identity, ports.attestation, ports.node_api)
+            yield RunningCa(
+                database,
+                service,
+                entries,
+                join_tokens,
+                clock,
+                identity,
+                ports.attestation,
+                ports.node_api,
+                AgentAdmin(database, hub, clock),
+            )
         finally:
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from sds.node_client import EntryRecord, decode_sync_update, rpc_error
+from sds.node_client import EntryRecord, NodeClient, check_roots_trust_domain, decode_sync_update, rpc_error
 from spiffe_core.errors import (
     AlreadyExists,
     BundleError,
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     NotAuthenticated,
@@ -172,3 +173,27 @@ def test_refuses_a_malformed_update_as_a_whole(fields: dict[str, object], kind: 
     with pytest.raises(kind) as caught:
         decode_sync_update(TD, update(**fields))
     assert str(caught.value) == message
+
+
+def test_roots_of_another_trust_domain_are_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_roots_trust_domain(PEER_CA.bundle(), TD)
+    assert str(raised.value) == (
+        f"trust_domain: the agent is configured for 'example.org' but the CA's root certificate "
+        f"{PEER_CA.cert.subject.rfc4514_string()!r} is of trust domain 'peer.example'; set trust_domain = "
+        "'peer.example', or point trust_bundle_path and attestation_address at the CA of 'example.org' "
+        "(the join token was not sent)"
+    )
+
+
+def test_roots_of_the_own_trust_domain_pass() -> None:
+    check_roots_trust_domain(CA.bundle(), TD)
+
+
+async def test_attest_against_roots_of_another_trust_domain_does_not_dial_the_ca() -> None:
+    client = NodeClient(
+        trust_domain=TD, server_address=ADDRESS, attestation_address=ADDRESS, server_name="trustmesh-ca"
+    )
+    with pytest.raises(ConfigError):
+        await client.attest(PEER_CA.bundle(), "join_token", b"the-token", b"csr")
+    await client.close()
