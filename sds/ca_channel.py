@@ -12,18 +12,22 @@ connection gRPC opens, the bridge
 
 1. refuses callers other than this process (``SO_PEERCRED``), so no one else can borrow the agent's
    client certificate;
-2. opens TLS to the CA's address with Python's ``ssl``: the bundle's X.509 authorities as the only trust
-   anchors (``CERT_REQUIRED``, partial chains allowed: every bundle certificate is an anchor), the
-   agent's X509-SVID as client certificate on the node API listener and none on the attestation one,
-   no host name check (the SPIFFE ID is checked instead);
-3. checks the CA's chain as an X509-SVID against the bundle (:func:`~spiffe_core.x509_svid.verify_x509_svid`,
-   on the chain the server sent) and that its SPIFFE ID is exactly the server ID;
+2. opens TLS to the CA's address with Python's ``ssl``, presenting the agent's X509-SVID chain exactly
+   as it holds it on the node API listener and no certificate on the attestation one;
+3. verifies the chain the server sent as an X509-SVID against the bundle
+   (:func:`~spiffe_core.x509_svid.verify_x509_svid`, the rules every SVID in trustmesh is checked
+   with) and that its SPIFFE ID is exactly the server ID; the handshake itself proved the server holds
+   the leaf's key;
 4. only then copies bytes both ways. A peer that fails 2 or 3 is disconnected before a single gRPC byte
    reaches it or comes from it; the bridge keeps the reason (:attr:`CaTlsBridge.last_failure`) so the
    node client reports a :class:`CaNotTrusted` instead of gRPC's "connection closed".
 
-The copy of the agent's key that ``ssl`` needs as a file lives in the private directory only while the
-TLS context loads it.
+OpenSSL itself is not given the bundle: with roots in its store it appends them to a client chain that
+has no intermediates ("auto chain"), and a gRPC server reports a client's chain without its leaf
+(``x509_pem_cert_chain``), so the CA would see a root where it expects the agent's SVID. Python's ``ssl``
+shows the server's chain only privately before 3.13 (``_sslobj.get_unverified_chain``); where neither
+form exists every server is refused rather than half-checked. The copy of the agent's key that ``ssl``
+needs as a file lives in the private directory only while the TLS context loads it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from sds.peer_endpoint import read_peer_credentials
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import NotAuthenticated, TrustmeshError, UpstreamUnavailable, X509SvidError
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import X509Svid, validate_x509_svid_leaf, verify_x509_svid
+from spiffe_core.x509_svid import X509Svid, verify_x509_svid
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +70,14 @@ class CaNotTrusted(NotAuthenticated):
     agent's bundle, or it is not an X509-SVID for ``spiffe://<td>/trustmesh/server``."""
 
 
-def tls_context(bundle: Bundle, svid: X509Svid | None, scratch_dir: Path) -> ssl.SSLContext:
-    """A client context trusting exactly ``bundle``'s X.509 authorities, presenting ``svid`` (None: no
-    client certificate). ``scratch_dir`` must be private: the key is written there for ``ssl`` to load
-    (0600 from the first byte) and removed at once."""
+def tls_context(svid: X509Svid | None, scratch_dir: Path) -> ssl.SSLContext:
+    """A client context presenting ``svid`` (None: no client certificate) that leaves the server's
+    chain to :func:`check_ca_peer` (see the module docstring). ``scratch_dir`` must be private: the key
+    is written there for ``ssl`` to load (0600 from the first byte) and removed at once."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False  # the SPIFFE ID is checked after the handshake instead
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    context.load_verify_locations(cadata=bundle.x509_authorities_pem().decode("ascii"))
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # verified after the handshake, before any byte is sent
     context.set_alpn_protocols(["h2"])
     if svid is not None:
         path = scratch_dir / f"svid-{os.urandom(8).hex()}.pem"
@@ -90,37 +92,34 @@ def tls_context(bundle: Bundle, svid: X509Svid | None, scratch_dir: Path) -> ssl
 
 
 def _peer_chain(ssl_object: ssl.SSLObject) -> tuple[x509.Certificate, ...]:
-    """The chain the server sent, leaf first. Python 3.11 and 3.12 have it only on the private
-    ``_sslobj`` (public as ``get_unverified_chain`` from 3.13); without either, the leaf alone."""
+    """The chain the server sent, leaf first (public ``get_unverified_chain`` from Python 3.13, on the
+    private ``_sslobj`` before). Raises X509SvidError when there is none or it cannot be read."""
     get_chain = getattr(ssl_object, "get_unverified_chain", None) or getattr(
         getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
     )
-    chain = get_chain() if get_chain is not None else None
-    if chain:
-        return tuple(
-            x509.load_der_x509_certificate(cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER))
-            for cert in chain
-        )
-    leaf = ssl_object.getpeercert(binary_form=True)
-    if not leaf:
+    if get_chain is None:
+        raise X509SvidError("this Python's ssl module does not show the server's certificate chain")
+    chain = get_chain()
+    if not chain:
         raise X509SvidError("the server sent no certificate")
-    return (x509.load_der_x509_certificate(leaf),)
+    return tuple(
+        x509.load_der_x509_certificate(cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER))
+        for cert in chain
+    )
 
 
 def check_ca_peer(
     chain: tuple[x509.Certificate, ...], bundle: Bundle, expected: SpiffeId, address: str, now: datetime
 ) -> None:
     """Raise :class:`CaNotTrusted` unless ``chain`` (leaf first, as the server sent it) is an X509-SVID
-    for ``expected`` that chains to ``bundle`` at ``now``. With the leaf alone (``ssl`` without the
-    chain) its path is what OpenSSL verified against the bundle during the handshake."""
+    for ``expected`` that chains to ``bundle`` at ``now``."""
     try:
-        presented = validate_x509_svid_leaf(chain[0])
-        if presented == expected and len(chain) > 1:
-            verify_x509_svid(chain, bundle, now)
+        presented, _ = verify_x509_svid(chain, bundle, now)
     except X509SvidError as err:
         raise CaNotTrusted(
             f"the CA at {address} presented a certificate that is not a valid X509-SVID of "
-            f"{expected.trust_domain} ({err}); only {expected} is accepted as the CA"
+            f"{expected.trust_domain} ({err}); only {expected} chained to the agent's bundle is accepted as the "
+            "CA — check server_address and attestation_address, and trust_bundle_path on first contact"
         ) from err
     if presented != expected:
         raise CaNotTrusted(
@@ -171,7 +170,7 @@ class CaTlsBridge:
         running event loop. Connections made before the accept task runs wait in the backlog."""
         self._dir = Path(tempfile.mkdtemp(prefix="trustmesh-ca-"))  # 0700
         try:
-            self._context = tls_context(self._bundle, self._svid, self._dir)
+            self._context = tls_context(self._svid, self._dir)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(self._dir / _SOCKET_NAME))
             listener.listen(64)
@@ -247,13 +246,6 @@ class CaTlsBridge:
                 reader, writer = await asyncio.open_connection(
                     self._host, self._port, ssl=self._context, server_hostname=self._server_name
                 )
-        except ssl.SSLCertVerificationError as err:
-            self.last_failure = CaNotTrusted(
-                f"the CA at {self._address} presented a certificate that does not chain to the agent's bundle "
-                f"({err.verify_message}); only {self._expected} under the bundle is accepted as the CA — check "
-                "server_address, and trust_bundle_path on first contact"
-            )
-            return None
         except (OSError, TimeoutError) as err:
             self.last_failure = UpstreamUnavailable(f"TLS connection failed: {err or type(err).__name__}")
             return None
