@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field
 
 from ca.attestation import GeneratedJoinToken
+from ca.entries import check_operator_svid
 from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
@@ -296,6 +297,7 @@ def create_admin_app(
             dns_names=tuple(body.dns_names),
             ttl=_ttl(body.ttl_seconds),
         )
+        check_operator_svid(request.spiffe_id, request.dns_names)
         (issued,) = ops.mint_x509_svids([request])
         return X509MintReply(
             spiffe_id=str(issued.spiffe_id),
@@ -307,9 +309,9 @@ def create_admin_app(
 
     @app.post("/v1/jwt-svids")
     def mint_jwt(body: JwtMintBody) -> JwtMintReply:
-        token, expires_at = ops.mint_jwt_svid(
-            JwtSvidRequest(SpiffeId.parse(body.spiffe_id), tuple(body.audience), _ttl(body.ttl_seconds))
-        )
+        spiffe_id = SpiffeId.parse(body.spiffe_id)
+        check_operator_svid(spiffe_id)
+        token, expires_at = ops.mint_jwt_svid(JwtSvidRequest(spiffe_id, tuple(body.audience), _ttl(body.ttl_seconds)))
         return JwtMintReply(token=token, expires_at=expires_at)
 
     _add_entry_routes(app, entries, join_tokens)

@@ -2,9 +2,10 @@
 
 ``Attest`` goes to the attestation listener over server-authenticated TLS (the agent has no SVID yet);
 everything else goes to the node API listener over mTLS, where the agent presents its own X509-SVID.
-Either way the CA's serving certificate is checked against the X.509 authorities of the agent's
-bundle, with the configured ``server_name`` as the TLS target name (the CA's serving X509-SVID carries
-it as a DNS SAN).
+Either way the CA is authenticated by SPIFFE ID: only an X509-SVID for ``spiffe://<td>/trustmesh/server``
+that chains to the agent's bundle is accepted, never a DNS name. gRPC cannot check that, so TLS is the
+agent's own (:mod:`sds.ca_channel`) and gRPC runs over it through a private Unix socket; a peer that is
+not the CA is disconnected before any gRPC byte passes and reported as :class:`~sds.ca_channel.CaNotTrusted`.
 
 The channel is built from :class:`AgentCredentials` (the agent's SVID and bundle). When they change —
 a renewed agent SVID, a rotated bundle — :meth:`NodeClient.use_credentials` swaps in a new channel:
@@ -29,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sds.ca_channel import CaNotTrusted, CaTlsBridge
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import (
     AlreadyExists,
@@ -225,11 +227,19 @@ def check_roots_trust_domain(roots: Bundle, trust_domain: TrustDomain) -> None:
             )
 
 
-def rpc_error(err: grpc.aio.AioRpcError, rpc: str, address: str) -> TrustmeshError:
-    """The error kind for a failed call, with the CA's message (which names the fix) kept."""
+def rpc_error(
+    err: grpc.aio.AioRpcError, rpc: str, address: str, transport_failure: TrustmeshError | None = None
+) -> TrustmeshError:
+    """The error kind for a failed call, with the CA's message (which names the fix) kept. When the
+    call failed for want of a connection, ``transport_failure`` (what the TLS bridge saw) says why: a
+    :class:`CaNotTrusted` is raised as it is."""
     code = err.code()
     kind = _ERROR_KINDS.get(code, TrustmeshError)
     details = err.details() or code.name
+    if kind is UpstreamUnavailable and transport_failure is not None:
+        if isinstance(transport_failure, CaNotTrusted):
+            return transport_failure
+        details = str(transport_failure)
     if kind is UpstreamUnavailable:
         return kind(f"node API {rpc} at {address} is unavailable ({details}); is the CA running and reachable?")
     if kind is ResourceExhausted:
@@ -243,6 +253,7 @@ class _Channel:
 
     channel: grpc.aio.Channel
     credentials: AgentCredentials
+    bridge: CaTlsBridge
     streams: set[Any] = field(default_factory=set)
     retired: bool = False
 
@@ -266,8 +277,9 @@ class NodeClient:
         self._trust_domain = trust_domain
         self._server_address = server_address
         self._attestation_address = attestation_address
+        self._server_name = server_name
         self._options = [
-            ("grpc.ssl_target_name_override", server_name),
+            ("grpc.default_authority", server_name),
             # The manager backs off between attempts itself; the channel's own reconnect backoff (1 s
             # doubling to 120 s by default) would stack on it and leave the agent away from a CA that
             # is back for minutes.
@@ -291,25 +303,42 @@ class NodeClient:
         old.retired = True
         for call in tuple(old.streams):
             call.cancel()
-        task = asyncio.get_running_loop().create_task(old.channel.close(_RETIRE_GRACE_SECONDS))
+        task = asyncio.get_running_loop().create_task(self._close(old, _RETIRE_GRACE_SECONDS))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(channel: _Channel, grace: float | None) -> None:
+        try:
+            await channel.channel.close(grace)
+        finally:
+            await channel.bridge.close()
+
+    def _bridge(self, address: str, bundle: Bundle, svid: X509Svid | None) -> CaTlsBridge:
+        bridge = CaTlsBridge(
+            address,
+            trust_domain=self._trust_domain,
+            bundle=bundle,
+            svid=svid,
+            server_name=self._server_name,
+            connect_timeout=self._timeout,
+        )
+        bridge.open()
+        return bridge
 
     def _channel(self) -> _Channel:
         if self._current is None:
             credentials = self._credentials
             if credentials is None:
                 raise FailedPrecondition("the agent has no X509-SVID yet; attest before calling the node API")
-            svid = credentials.svid
-            tls = grpc.ssl_channel_credentials(
-                root_certificates=credentials.bundle.x509_authorities_pem(),
-                private_key=svid.key_pem(),
-                certificate_chain=svid.chain_pem(),
-            )
+            bridge = self._bridge(self._server_address, credentials.bundle, credentials.svid)
             self._current = _Channel(
-                grpc.aio.secure_channel(self._server_address, tls, options=self._options), credentials
+                grpc.aio.insecure_channel(bridge.target, options=self._options), credentials, bridge
             )
         return self._current
+
+    def _error(self, err: grpc.aio.AioRpcError, rpc: str, channel: _Channel) -> TrustmeshError:
+        return rpc_error(err, rpc, self._server_address, channel.bridge.last_failure)
 
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
         """Prove the node's identity (``method`` "join_token": ``payload`` is the token) and get the
@@ -318,13 +347,16 @@ class NodeClient:
         A CA of another trust domain is refused before the payload leaves: here when ``roots`` name it
         (ConfigError), else by the CA, which checks the trust domain sent along before the payload."""
         check_roots_trust_domain(roots, self._trust_domain)
-        tls = grpc.ssl_channel_credentials(root_certificates=roots.x509_authorities_pem())
         request = node_pb2.AttestRequest(method=method, payload=payload, csr=csr, trust_domain=self._trust_domain.name)
-        async with grpc.aio.secure_channel(self._attestation_address, tls, options=self._options) as channel:
-            try:
-                response = await node_pb2_grpc.NodeStub(channel).Attest(request, timeout=self._timeout)
-            except grpc.aio.AioRpcError as err:
-                raise rpc_error(err, "Attest", self._attestation_address) from err
+        bridge = self._bridge(self._attestation_address, roots, None)
+        try:
+            async with grpc.aio.insecure_channel(bridge.target, options=self._options) as channel:
+                try:
+                    response = await node_pb2_grpc.NodeStub(channel).Attest(request, timeout=self._timeout)
+                except grpc.aio.AioRpcError as err:
+                    raise rpc_error(err, "Attest", self._attestation_address, bridge.last_failure) from err
+        finally:
+            await bridge.close()
         try:
             spiffe_id = SpiffeId.parse(response.spiffe_id)
         except InvalidArgument as err:
@@ -337,11 +369,12 @@ class NodeClient:
 
     async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]:
         """A new agent X509-SVID chain for the key behind ``csr``, authenticated by the current SVID."""
-        stub = node_pb2_grpc.NodeStub(self._channel().channel)
+        channel = self._channel()
+        stub = node_pb2_grpc.NodeStub(channel.channel)
         try:
             response = await stub.RenewAgent(node_pb2.RenewAgentRequest(csr=csr), timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "RenewAgent", self._server_address) from err
+            raise self._error(err, "RenewAgent", channel) from err
         return _decode_chain(response.svid_chain, "RenewAgent")
 
     async def sync(self) -> AsyncIterator[SyncState]:
@@ -363,7 +396,7 @@ class NodeClient:
                 except grpc.aio.AioRpcError as err:
                     if channel.retired:
                         return
-                    raise rpc_error(err, "Sync", self._server_address) from err
+                    raise self._error(err, "Sync", channel) from err
                 if update is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs lack EOF
                     return
                 yield decode_sync_update(self._trust_domain, update)
@@ -376,11 +409,12 @@ class NodeClient:
         request = node_pb2.SignX509SvidsRequest(
             requests=[node_pb2.X509SvidRequest(entry_id=entry_id, csr=csr) for entry_id, csr in items]
         )
-        stub = node_pb2_grpc.NodeStub(self._channel().channel)
+        channel = self._channel()
+        stub = node_pb2_grpc.NodeStub(channel.channel)
         try:
             response = await stub.SignX509Svids(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "SignX509Svids", self._server_address) from err
+            raise self._error(err, "SignX509Svids", channel) from err
         if [svid.entry_id for svid in response.svids] != [entry_id for entry_id, _ in items]:
             raise InvalidArgument("the CA answered SignX509Svids with results that do not match the requests")
         return [
@@ -393,11 +427,12 @@ class NodeClient:
     async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for the entry, and when it expires."""
         request = node_pb2.MintJwtSvidRequest(entry_id=entry_id, audience=list(audience))
-        stub = node_pb2_grpc.NodeStub(self._channel().channel)
+        channel = self._channel()
+        stub = node_pb2_grpc.NodeStub(channel.channel)
         try:
             response = await stub.MintJwtSvid(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "MintJwtSvid", self._server_address) from err
+            raise self._error(err, "MintJwtSvid", channel) from err
         return response.token, datetime.fromtimestamp(response.expires_at, UTC)
 
     async def close(self) -> None:
@@ -405,6 +440,6 @@ class NodeClient:
         current, self._current = self._current, None
         if current is not None:
             current.retired = True
-            await current.channel.close(None)
+            await self._close(current, None)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)

@@ -80,8 +80,9 @@ def mint_jwt_svid(
     The header is exactly ``alg`` (fixed by the key type, see :func:`spiffe_core.keys.jwt_algorithm_for`),
     ``kid`` and ``typ: JWT``. ``aud`` is a single string when there is one audience and an array
     otherwise, as SPIRE writes it; RFC 7519 §4.1.3 allows both and every SPIFFE library reads both.
-    Raises :class:`InvalidArgument` for an empty audience or key ID, naive datetimes, an expiry not
-    after ``issued_at``, or extra claims that would replace ``sub``/``aud``/``exp``/``iat``."""
+    Raises :class:`InvalidArgument` for a trust domain's ID (no path), an empty audience or key ID, naive
+    datetimes, an expiry not after ``issued_at``, or extra claims that would replace
+    ``sub``/``aud``/``exp``/``iat``."""
     if isinstance(audience, str):
         raise InvalidArgument(
             f"audience {audience!r} is a single string; pass a sequence of audiences, e.g. [{audience!r}]"
@@ -93,6 +94,11 @@ def mint_jwt_svid(
             raise InvalidArgument(f"audience {value!r} is not a non-empty string; every audience must name a service")
     if not isinstance(key_id, str) or not key_id:
         raise InvalidArgument("key_id is empty; a JWT-SVID always names its signing key in 'kid'")
+    if spiffe_id.is_trust_domain_id:
+        raise InvalidArgument(
+            f"{spiffe_id} is a trust domain's ID; a JWT-SVID names a workload, whose SPIFFE ID has a path "
+            "(JWT-SVID.md §3.1)"
+        )
     _require_aware(expires_at, "expires_at")
     if issued_at is not None:
         _require_aware(issued_at, "issued_at")
@@ -247,9 +253,15 @@ def _check_subject(claims: Mapping[str, Any]) -> SpiffeId:
     if not isinstance(sub, str):
         raise JwtSvidError(f"JWT-SVID 'sub' is a JSON {type(sub).__name__}; it must be a SPIFFE ID string")
     try:
-        return SpiffeId.parse(sub)
+        spiffe_id = SpiffeId.parse(sub)
     except SpiffeIdError as err:
         raise JwtSvidError(f"JWT-SVID 'sub' is not a SPIFFE ID: {err}") from err
+    if spiffe_id.is_trust_domain_id:
+        raise JwtSvidError(
+            f"JWT-SVID 'sub' {sub!r} is a trust domain's ID; JWT-SVID.md §3.1 requires the SPIFFE ID of a "
+            "workload, which has a path"
+        )
+    return spiffe_id
 
 
 def _expected_audience(audience: str | Sequence[str]) -> frozenset[str]:

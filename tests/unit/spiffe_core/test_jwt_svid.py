@@ -214,6 +214,17 @@ def test_mint_refuses_a_bare_string_audience(keys: Keys) -> None:
         mint(keys.p256, audience="payments")
 
 
+def test_mint_refuses_a_trust_domain_id(keys: Keys) -> None:
+    with pytest.raises(
+        InvalidArgument,
+        match=exact(
+            "spiffe://example.org is a trust domain's ID; a JWT-SVID names a workload, whose SPIFFE ID has a "
+            "path (JWT-SVID.md §3.1)"
+        ),
+    ):
+        mint(keys.p256, spiffe_id=TD.id)
+
+
 def test_mint_refuses_an_empty_key_id(keys: Keys) -> None:
     with pytest.raises(
         InvalidArgument, match=exact("key_id is empty; a JWT-SVID always names its signing key in 'kid'")
@@ -487,6 +498,18 @@ def test_rejects_a_sub_that_is_not_a_string(keys: Keys, bundle: Bundle) -> None:
 def test_rejects_a_sub_that_is_not_a_spiffe_id(keys: Keys, bundle: Bundle, sub: str, reason: str) -> None:
     token = craft(header(), claims(sub=sub), keys.p256)
     with pytest.raises(JwtSvidError, match=re.escape("JWT-SVID 'sub' is not a SPIFFE ID: ") + ".*" + re.escape(reason)):
+        validate(token, bundle)
+
+
+def test_rejects_a_sub_that_is_a_bare_trust_domain_id(keys: Keys, bundle: Bundle) -> None:
+    token = craft(header(), claims(sub="spiffe://example.org"), keys.p256)
+    with pytest.raises(
+        JwtSvidError,
+        match=exact(
+            "JWT-SVID 'sub' 'spiffe://example.org' is a trust domain's ID; JWT-SVID.md §3.1 requires the SPIFFE "
+            "ID of a workload, which has a path"
+        ),
+    ):
         validate(token, bundle)
 
 
