@@ -32,6 +32,7 @@ from ca.sync import Change, ChangeHub, announce
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import InvalidArgument, NotAuthenticated, NotAuthorized, NotFound, X509SvidError
+from spiffe_core.jwt_svid import check_audience
 from spiffe_core.spiffe_id import SpiffeId
 from spiffe_core.x509_svid import load_pem_certificates, verify_x509_svid
 
@@ -225,7 +226,9 @@ class NodeService:
 
     def mint_jwt_svid(self, agent: SpiffeId, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for an entry parented to ``agent``, with the entry's TTL. Raises NotAuthorized
-        for another agent's (or no) entry, InvalidArgument without an audience."""
+        for another agent's (or no) entry, InvalidArgument for an audience
+        :func:`~spiffe_core.jwt_svid.check_audience` refuses (checked before the entry is looked up)."""
+        audience = check_audience(audience)
         entry = self._entries.get_for_agent(agent, entry_id)
         return self._issuer.mint_jwt_svid(JwtSvidRequest(entry.spec.spiffe_id, tuple(audience), entry.spec.jwt_ttl))
 

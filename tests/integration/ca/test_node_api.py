@@ -497,8 +497,31 @@ async def test_mint_jwt_svid_returns_a_token_that_validates_against_the_bundle(c
             NODE_1,
             [],
             grpc.StatusCode.INVALID_ARGUMENT,
-            "a JWT-SVID needs at least one non-empty audience",
+            "a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. ['payments']",
             id="no-audience",
+        ),
+        pytest.param(
+            NODE_1,
+            ["x" * 1_000_000],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"audience #0 {'x' * 32!r}… is 1000000 bytes long; an audience may be at most 1024 bytes (UTF-8) — "
+            "name the relying party with a shorter string",
+            id="oversized-audience",
+        ),
+        pytest.param(
+            NODE_1,
+            [f"svc-{n}" for n in range(33)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "33 audiences requested; a JWT-SVID carries at most 32 — ask for one token per relying party",
+            id="too-many-audiences",
+        ),
+        pytest.param(
+            NODE_1,
+            ["db\r\nx"],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audience #0 'db\\r\\nx' holds the non-printable character U+000D; audiences are printable text — "
+            "remove control characters and line breaks",
+            id="control-character",
         ),
     ],
 )
