@@ -127,7 +127,9 @@ def cmd_fetch_x509(args: argparse.Namespace) -> int:
 def cmd_fetch_bundles(args: argparse.Namespace) -> int:
     out = Path(args.out)
     written: dict[str, dict[str, object]] = {}
-    for trust_domain, certs in sorted(_workload_client(args).fetch_x509_bundles().items()):
+    for trust_domain_id, certs in sorted(_workload_client(args).fetch_x509_bundles().items()):
+        # The Workload API keys bundles by trust domain ID (spiffe://example.org); files take the name.
+        trust_domain = trust_domain_id.removeprefix("spiffe://")
         write_public_file(out / f"{trust_domain}.pem", _pem(certs))
         written[trust_domain] = {"authorities": len(certs), "path": str(out / f"{trust_domain}.pem")}
         if not args.json:
