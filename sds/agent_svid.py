@@ -9,9 +9,9 @@ While the CA cannot be reached (not up yet, restarting), attestation is retried 
 backoff and one log line per attempt at most every 10 s; a refused token stops the agent at once.
 
 Restart: load the saved SVID and bundle and carry on without calling the CA ("loaded saved SVID …"), so
-a restart during a CA outage keeps serving. A saved SVID that has expired is replaced by attesting again when a (new) join
-token is configured; otherwise the agent stops with the fix. A used token is never retried on its own:
-join tokens work once.
+a restart during a CA outage keeps serving. A saved SVID that has expired is replaced by attesting again
+when a (new) join token is configured; otherwise the agent stops with the fix. A used token is never
+retried on its own: join tokens work once.
 
 Renewal: at half the SVID's life (±jitter), a fresh key and ``RenewAgent`` over mTLS with the current
 SVID; failures are retried with backoff (0.5 s doubling to 30 s, jittered; at most one log line per

@@ -102,7 +102,7 @@ async def serve_agent(config: AgentConfig) -> None:
         await client.close()
 
 
-class _Stopped(Exception):  # noqa: N818 - a signal, not an error
+class _Stopped(Exception):
     """Raised in the agent's TaskGroup on SIGTERM/SIGINT: every other task is cancelled, so the
     endpoints close their streams and remove their sockets and private directories."""
 

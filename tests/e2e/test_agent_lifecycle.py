@@ -71,8 +71,17 @@ def fetched_svids(config: Path, tmp_path: Path) -> list[dict[str, str]]:
     def both() -> bool:
         nonlocal fetched
         result = run(
-            [command("trustmesh-agent"), "--config", str(config), "api", "fetch", "x509",
-             "--out", str(tmp_path / "svids"), "--json"]  # fmt: skip
+            [
+                command("trustmesh-agent"),
+                "--config",
+                str(config),
+                "api",
+                "fetch",
+                "x509",
+                "--out",
+                str(tmp_path / "svids"),
+                "--json",
+            ]
         )
         fetched = json.loads(result.stdout) if result.returncode == 0 else []
         return len(fetched) == 2
@@ -87,7 +96,12 @@ def test_sigterm_removes_the_sockets_and_a_restart_loads_the_saved_svid(tmp_path
         config = prepared_agent(mesh)
         with mesh.running_agent(config) as agent:
             wait_until(lambda: "attested as" in mesh.log("agent.log"), 20, "the agent to attest")
-            assert [p.name for p in agent_sockets(mesh)] == ["sds.sock", "workload.sock", ".sds.sock.d", ".workload.sock.d"]
+            assert [p.name for p in agent_sockets(mesh)] == [
+                "sds.sock",
+                "workload.sock",
+                ".sds.sock.d",
+                ".workload.sock.d",
+            ]
             agent.send_signal(signal.SIGTERM)
             assert agent.wait(timeout=15) == 0
         assert agent_sockets(mesh) == []
@@ -136,10 +150,24 @@ def test_envoy_bootstrap_inbound_forwards_to_the_application_over_mtls(tmp_path:
         config = prepared_agent(mesh)
         with mesh.running_agent(config):
             generated = run(
-                [command("trustmesh-agent"), "--config", str(config), "envoy-bootstrap",
-                 "--spiffe-id", BACKEND, "--node-id", "backend", "--admin-port", "0",
-                 "--inbound-port", str(backend_port), "--allow", FRONTEND,
-                 "--inbound-upstream", f"127.0.0.1:{application}"]  # fmt: skip
+                [
+                    command("trustmesh-agent"),
+                    "--config",
+                    str(config),
+                    "envoy-bootstrap",
+                    "--spiffe-id",
+                    BACKEND,
+                    "--node-id",
+                    "backend",
+                    "--admin-port",
+                    "0",
+                    "--inbound-port",
+                    str(backend_port),
+                    "--allow",
+                    FRONTEND,
+                    "--inbound-upstream",
+                    f"127.0.0.1:{application}",
+                ]
             )
             assert generated.returncode == 0, generated.stderr
             frontend = envoy_bootstrap(

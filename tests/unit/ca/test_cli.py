@@ -36,7 +36,9 @@ def test_every_group_is_checked() -> None:
 
 
 @pytest.mark.parametrize("path", GROUPS, ids=lambda p: " ".join(p) or "top")
-def test_a_missing_subcommand_is_named_by_its_choices(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_subcommand_is_named_by_its_choices(
+    path: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
         main(list(path))
     assert exited.value.code == 2

@@ -82,9 +82,17 @@ def test_envoy_bootstrap_refuses_an_inbound_port_that_allows_no_peer(capsys: pyt
 
 def test_envoy_bootstrap_refuses_inbound_options_without_an_inbound_port(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(
-        capsys, "envoy-bootstrap", "--allow", "spiffe://example.org/web", "--outbound-port", "10000",
-        "--upstream", "127.0.0.1:8443", "--upstream-id", "spiffe://example.org/api",
-    )  # fmt: skip
+        capsys,
+        "envoy-bootstrap",
+        "--allow",
+        "spiffe://example.org/web",
+        "--outbound-port",
+        "10000",
+        "--upstream",
+        "127.0.0.1:8443",
+        "--upstream-id",
+        "spiffe://example.org/api",
+    )
     assert code == 1
     assert "give --inbound-port" in err
 

@@ -52,7 +52,9 @@ def test_inbound_with_an_upstream_forwards_to_it_with_the_callers_id_in_xfcc() -
 
 
 def test_an_upstream_named_by_host_name_is_resolved_by_envoy() -> None:
-    assert cluster(bootstrap(Inbound(8443, (WEB,), upstream="app.local:80")), "inbound_upstream")["type"] == "STRICT_DNS"
+    assert (
+        cluster(bootstrap(Inbound(8443, (WEB,), upstream="app.local:80")), "inbound_upstream")["type"] == "STRICT_DNS"
+    )
 
 
 def test_inbound_without_an_upstream_answers_itself() -> None:
