@@ -16,12 +16,13 @@ import pytest
 from sds.agent_svid import AgentIdentity, AgentSvidParams
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.manager import AgentManager, ManagerParams
-from sds.node_client import NodeClient
+from sds.node_client import NodeClient, make_csr
 from sds.persistence import AgentStore
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import SystemClock
 from spiffe_core.errors import NotAuthorized, UpstreamUnavailable
 from spiffe_core.jwt_svid import validate_jwt_svid
+from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import verify_x509_svid
 from tests.support.agent_pki import SigningCa
@@ -152,14 +153,33 @@ async def test_a_restarted_agent_uses_its_saved_svid_while_the_ca_is_down(
     assert restarted.svid.leaf == agent.identity.get_current().svid.leaf
 
 
-async def test_attest_when_the_ca_is_down_is_upstream_unavailable(server: FakeNodeServer, tmp_path: Path) -> None:
+async def test_attest_when_the_ca_is_down_is_upstream_unavailable(server: FakeNodeServer) -> None:
     await server.stop()
     client = new_client(server)
     try:
         with pytest.raises(UpstreamUnavailable, match=r"^node API Attest at 127\.0\.0\.1:\d+ is unavailable"):
-            await new_identity(server, client, tmp_path).start()
+            await client.attest(
+                Bundle(TD, (server.servicer.ca.cert,)),
+                "join_token",
+                TOKEN.encode(),
+                make_csr(generate_private_key(KeyType.EC_P256)),
+            )
     finally:
         await client.close()
+
+
+async def test_a_first_start_before_the_ca_is_up_attests_once_it_is(server: FakeNodeServer, tmp_path: Path) -> None:
+    await server.stop()
+    client = new_client(server)
+    try:
+        starting = asyncio.create_task(new_identity(server, client, tmp_path).start())
+        await asyncio.sleep(1.5)
+        assert not starting.done(), "the agent must wait for its CA, not give up"
+        await server.start()  # the same ports
+        credentials = await asyncio.wait_for(starting, 30)
+    finally:
+        await client.close()
+    assert credentials.svid.spiffe_id == AGENT_ID
 
 
 async def test_sync_push_reaches_the_cache_and_survives_a_ca_outage(server: FakeNodeServer, agent: Agent) -> None:
