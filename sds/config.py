@@ -153,8 +153,9 @@ class AgentConfig(_Section):
     join_token: SecretStr | None = None
     join_token_file: Path | None = None
     data_dir: Path = Path(".trustmesh/agent")
-    workload_api_socket: Path = Path("workload.sock")  # relative to data_dir
-    sds_socket: Path = Path("sds.sock")  # relative to data_dir
+    socket_dir: Path | None = None  # None: "<data_dir>-public", next to data_dir
+    workload_api_socket: Path = Path("workload.sock")  # relative to socket_dir
+    sds_socket: Path = Path("sds.sock")  # relative to socket_dir
     key_type: KeyTypeField = KeyType.EC_P256
     rotation: RotationConfig = RotationConfig()
     cert_files: tuple[CertFileTarget, ...] = ()
@@ -272,21 +273,30 @@ def _absolute(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def default_socket_dir(data_dir: Path) -> Path:
+    """Where the sockets go unless configured: a directory of their own next to ``data_dir``
+    (``/var/lib/trustmesh-agent`` → ``/var/lib/trustmesh-agent-public``). ``data_dir`` is 0700, so
+    workloads of other users could not reach sockets inside it."""
+    return data_dir.with_name(f"{data_dir.name}-public")
+
+
 def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
     data_dir = _absolute(config.data_dir, base_dir)
+    socket_dir = default_socket_dir(data_dir) if config.socket_dir is None else _absolute(config.socket_dir, base_dir)
     sockets = {
-        "workload_api_socket": _absolute(config.workload_api_socket, data_dir),
-        "sds_socket": _absolute(config.sds_socket, data_dir),
+        "workload_api_socket": _absolute(config.workload_api_socket, socket_dir),
+        "sds_socket": _absolute(config.sds_socket, socket_dir),
     }
     for key, socket_path in sockets.items():
         if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH_BYTES:
             raise ConfigError(
                 f"{key}: {socket_path} is longer than {_MAX_SOCKET_PATH_BYTES} bytes, the limit of a Unix "
-                "socket path; choose a shorter data_dir or an absolute socket path"
+                "socket path; choose a shorter data_dir or socket_dir, or an absolute socket path"
             )
     return config.model_copy(
         update={
             "data_dir": data_dir,
+            "socket_dir": socket_dir,
             **sockets,
             "trust_bundle_path": None
             if config.trust_bundle_path is None
@@ -301,7 +311,7 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
 
 def load_agent_config(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read the TOML file (only defaults when ``path`` is None), apply environment overrides, validate
-    everything and resolve relative paths against the file's directory (sockets against data_dir).
+    everything and resolve relative paths against the file's directory (sockets against socket_dir).
     Raises ConfigError listing every problem."""
     env = os.environ if environ is None else environ
     document: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from sds.config import default_socket_dir
 from tests.support.processes import background, command, free_port, run, wait_until
 
 TRUST_DOMAIN = "example.org"
@@ -35,12 +36,17 @@ class Mesh:
         return self.root / "agent"
 
     @property
+    def socket_dir(self) -> Path:
+        """Where the agent puts its sockets by default: next to its data_dir, reachable by every user."""
+        return default_socket_dir(self.agent_dir)
+
+    @property
     def sds_socket(self) -> Path:
-        return self.agent_dir / "sds.sock"
+        return self.socket_dir / "sds.sock"
 
     @property
     def workload_socket(self) -> Path:
-        return self.agent_dir / "workload.sock"
+        return self.socket_dir / "workload.sock"
 
     def write_ca_config(self, extra: str = "") -> None:
         self.ca_config.write_text(

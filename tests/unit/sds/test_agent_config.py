@@ -28,15 +28,16 @@ def error_of(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> st
     return str(caught.value)
 
 
-def test_defaults_put_sockets_in_the_data_dir_next_to_the_config_file(tmp_path: Path) -> None:
+def test_defaults_put_sockets_in_a_public_directory_next_to_the_data_dir(tmp_path: Path) -> None:
     config = load(tmp_path, "")
     assert config.trust_domain == TrustDomain("example.org")
     assert config.server_address == "127.0.0.1:8081"
     assert config.attestation_address == "127.0.0.1:8082"
     assert config.server_name == "trustmesh-ca"
     assert config.data_dir == tmp_path / ".trustmesh/agent"
-    assert config.workload_api_socket == tmp_path / ".trustmesh/agent/workload.sock"
-    assert config.sds_socket == tmp_path / ".trustmesh/agent/sds.sock"
+    assert config.socket_dir == tmp_path / ".trustmesh/agent-public"
+    assert config.workload_api_socket == tmp_path / ".trustmesh/agent-public/workload.sock"
+    assert config.sds_socket == tmp_path / ".trustmesh/agent-public/sds.sock"
     assert (config.rotation.svid_rotation_fraction, config.rotation.jitter) == (0.5, 0.1)
     assert config.load_join_token() is None
 
@@ -189,9 +190,16 @@ def test_rejects_an_empty_join_token_without_echoing_it(tmp_path: Path) -> None:
 def test_rejects_a_socket_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
     long_dir = "/" + "d" * 100
     assert error_of(tmp_path, f"data_dir = '{long_dir}'") == (
-        f"workload_api_socket: {long_dir}/workload.sock is longer than 107 bytes, the limit of a Unix socket "
-        "path; choose a shorter data_dir or an absolute socket path"
+        f"workload_api_socket: {long_dir}-public/workload.sock is longer than 107 bytes, the limit of a Unix "
+        "socket path; choose a shorter data_dir or socket_dir, or an absolute socket path"
     )
+
+
+def test_socket_paths_are_relative_to_a_configured_socket_dir(tmp_path: Path) -> None:
+    config = load(tmp_path, "socket_dir = 'run/agent'\nsds_socket = 'envoy.sock'\nworkload_api_socket = '/run/w.sock'")
+    assert config.socket_dir == tmp_path / "run/agent"
+    assert config.sds_socket == tmp_path / "run/agent/envoy.sock"
+    assert config.workload_api_socket == Path("/run/w.sock")
 
 
 def test_error_for_a_malformed_token_type_does_not_echo_the_value(tmp_path: Path) -> None:
