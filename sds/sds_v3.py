@@ -1,10 +1,10 @@
 """The agent's Envoy SDS v3 server: StreamSecrets, DeltaSecrets and FetchSecrets (DESIGN §4).
 
 Implements ``envoy/service/secret/v3/sds.proto`` following the xDS transport protocol
-(``api-docs/xds_protocol.rst``). The servicer is a thin edge: it attests the caller once per stream
-through a :class:`CallerAttestor` (again before every response, ending the stream with
-PERMISSION_DENIED when the caller's selectors changed or its process is gone), asks :func:`sds.secrets.build_secrets` what the caller may have,
-and keeps per-stream protocol state.
+(``api-docs/xds_protocol.rst``). The servicer is a thin edge: it attests the caller when a stream
+opens through a :class:`CallerAttestor` (and again before every response, ending the stream with
+PERMISSION_DENIED when the caller's selectors changed or its process is gone), asks
+:func:`sds.secrets.build_secrets` what the caller may have, and keeps per-stream protocol state.
 
 State of the world (StreamSecrets):
   * every response carries a fresh nonce and a ``version_info`` made of the snapshot version and a
