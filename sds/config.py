@@ -12,7 +12,9 @@ drops next to the agent.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shlex
 import tomllib
@@ -104,18 +106,63 @@ class RotationConfig(_Section):
         return self
 
 
+def _account_id(kind: Literal["user", "group"]) -> Any:
+    """A uid/gid given as a number or as a name the account database knows (resolved at start-up)."""
+
+    def resolve(value: object) -> object:
+        if isinstance(value, str) and not value.isdigit():
+            try:
+                return pwd.getpwnam(value).pw_uid if kind == "user" else grp.getgrnam(value).gr_gid
+            except KeyError:
+                raise ValueError(f"no {kind} named {value!r} on this host; give a known name or a number") from None
+        return value
+
+    return resolve
+
+
+def _file_mode(value: object) -> object:
+    """A permission mode: a TOML integer (``0o640``) or an octal string (``"0640"``)."""
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            raise ValueError(f'{value!r} is not an octal mode; write e.g. "0640" or 0o640') from None
+    return value
+
+
+AccountUid = Annotated[int, BeforeValidator(_account_id("user")), Field(ge=0)]
+AccountGid = Annotated[int, BeforeValidator(_account_id("group")), Field(ge=0)]
+FileMode = Annotated[int, BeforeValidator(_file_mode), Field(ge=0, le=0o777)]
+
+
 class CertFileTarget(_Section):
     """One directory the agent keeps an X509-SVID in for an application that reads files (cert-file mode).
 
     The SVID is the one with ``spiffe_id`` (among those entitled to ``selectors``, when given), or else
     the first SVID entitled to ``selectors``. After the files change, ``reload_command`` runs (no shell;
-    split like a POSIX shell would) with at most ``reload_timeout`` to finish."""
+    split like a POSIX shell would) with at most ``reload_timeout`` to finish.
+
+    The files belong to ``owner``/``group`` (the agent's user and group when not given) with
+    ``key_mode``/``cert_mode``, so a workload of another user can read its own key. A ``dir`` that
+    belongs to a user other than root, the agent or ``owner`` is refused unless ``allow_foreign_dir``."""
 
     dir: Path
     spiffe_id: SpiffeIdField | None = None
     selectors: tuple[SelectorField, ...] = ()
     reload_command: str = ""
     reload_timeout: Duration = timedelta(seconds=30)
+    owner: AccountUid | None = None
+    group: AccountGid | None = None
+    key_mode: FileMode = 0o600
+    cert_mode: FileMode = 0o644
+    allow_foreign_dir: bool = False
+
+    @field_validator("key_mode")
+    @classmethod
+    def _key_private(cls, value: int) -> int:
+        if value & 0o007:
+            raise ValueError(f"{value:04o} lets every user read the private key; use 0600 (or 0640 with group)")
+        return value
 
     @field_validator("reload_command")
     @classmethod

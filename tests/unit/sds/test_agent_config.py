@@ -214,3 +214,38 @@ def test_docs_list_every_key() -> None:
     keys += [f"rotation.{name}" for name in RotationConfig.model_fields]
     keys += [f"`{name}`" for name in CertFileTarget.model_fields]
     assert [key for key in keys if key not in docs] == []
+
+
+def test_cert_file_owner_and_group_are_names_or_numbers(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "[[cert_files]]\ndir = 'certs'\nselectors = ['unix:uid:1']\nowner = 'nobody'\ngroup = '0'\nkey_mode = '0640'",
+    )
+    (target,) = config.cert_files
+    assert (target.owner, target.group, target.key_mode, target.cert_mode) == (65534, 0, 0o640, 0o644)
+    assert target.allow_foreign_dir is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param(
+            "owner = 'no-such-user-here'",
+            "cert_files.0.owner: no user named 'no-such-user-here' on this host; give a known name or a number",
+            id="unknown-user",
+        ),
+        pytest.param(
+            "key_mode = 0o644",
+            "cert_files.0.key_mode: 0644 lets every user read the private key; use 0600 (or 0640 with group)",
+            id="key-readable-by-all",
+        ),
+        pytest.param(
+            "cert_mode = 'rw-'",
+            "cert_files.0.cert_mode: 'rw-' is not an octal mode; write e.g. \"0640\" or 0o640",
+            id="not-octal",
+        ),
+    ],
+)
+def test_rejects_unsafe_or_unknown_cert_file_ownership(tmp_path: Path, extra: str, message: str) -> None:
+    text = error_of(tmp_path, f"[[cert_files]]\ndir = 'certs'\nselectors = ['unix:uid:1']\n{extra}")
+    assert text == f"invalid agent configuration:\n  {message}"
