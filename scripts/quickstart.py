@@ -7,7 +7,7 @@ What it does, in the order an operator would:
   1. `trustmesh-ca run` on SQLite with a self-signed root (state in .trustmesh/quickstart/ca);
   2. `trustmesh-ca token generate` for this node, and two registration entries parented to it
      (spiffe://example.org/frontend and /backend, selected by this user's uid);
-  3. `trustmesh-agent run` with that token (SDS and Workload API sockets in .trustmesh/quickstart/agent);
+  3. `trustmesh-agent run` with that token (SDS and Workload API sockets in .trustmesh/quickstart/public);
   4. two Envoys whose bootstraps come from `trustmesh-agent envoy-bootstrap`: "frontend" takes plain
      HTTP on 127.0.0.1:10000 and calls "backend" (127.0.0.1:10443) over mTLS; each accepts only the
      other's SPIFFE ID;
@@ -135,6 +135,7 @@ def main() -> int:
         "backend_admin": base + 902,
     }
     ca_dir, agent_dir = root / "ca", root / "agent"
+    socket_dir = root / "public"  # short: the proxy's private socket paths must stay within 107 bytes
     layout.ca_config.write_text(
         f'trust_domain = "{TRUST_DOMAIN}"\n[server]\ndata_dir = "{ca_dir}"\n'
         f'http_address = "127.0.0.1:{ports["ca_http"]}"\nnode_api_address = "127.0.0.1:{ports["node"]}"\n'
@@ -181,13 +182,13 @@ def main() -> int:
         agent_config.write_text(
             f'trust_domain = "{TRUST_DOMAIN}"\nserver_address = "127.0.0.1:{ports["node"]}"\n'
             f'attestation_address = "127.0.0.1:{ports["attest"]}"\ntrust_bundle_path = "{root / "bundle.pem"}"\n'
-            f'join_token = "{token["token"]}"\ndata_dir = "{agent_dir}"\n'
+            f'join_token = "{token["token"]}"\ndata_dir = "{agent_dir}"\nsocket_dir = "{socket_dir}"\n'
         )
         agent_config.chmod(0o600)  # it holds the join token
         agent = [str(BIN / "trustmesh-agent"), "--config", str(agent_config)]
         stack.enter_context(started(layout, "agent", [*agent, "run"], procs))
-        wait_until((agent_dir / "sds.sock").exists, 30, "the agent's SDS socket", procs, layout.logs)
-        print(f"[3/5] agent attested; SDS at {agent_dir / 'sds.sock'}, Workload API at {agent_dir / 'workload.sock'}")
+        wait_until((socket_dir / "sds.sock").exists, 30, "the agent's SDS socket", procs, layout.logs)
+        print(f"[3/5] agent attested; SDS at {socket_dir / 'sds.sock'}, Workload API at {socket_dir / 'workload.sock'}")
 
         envoy = shutil.which("envoy", path=str(BIN)) or "envoy"
         for name, spiffe_id, extra in (

@@ -16,6 +16,10 @@ endpoint hands in a pidfd obtained for the exact connecting process (``SO_PEERPI
 ``/proc`` has been read, the pidfd must still show that process alive, otherwise the facts read may
 belong to a successor and the caller is refused.
 
+A process may ``exec`` another binary after it connected: its connection, pid and pidfd stay the
+same, but ``/proc/<pid>/exe`` now names the new binary. The servicers therefore attest again before
+every response and end a stream whose caller's selectors changed (:func:`check_still_attested`).
+
 Digests are cached by (path, device, inode, mtime, size), so a workload calling repeatedly costs a
 few syscalls, not a re-hash. All of the work (account lookups may go to LDAP through NSS, hashing a
 large binary takes milliseconds) runs in a worker thread, off the event loop.
@@ -137,6 +141,21 @@ class ProcessAttestor:
             )
             return set()
         return {Selector(UNIX, f"path:{path}"), Selector(UNIX, f"sha256:{digest}")}
+
+
+def check_still_attested(admitted: frozenset[Selector], now: frozenset[Selector]) -> None:
+    """Raise :class:`NotAuthorized` when a caller's selectors read ``now`` differ from those it was
+    ``admitted`` with — typically its process executed another binary (``unix:path``/``unix:sha256``
+    changed), so it must not receive what the earlier binary was entitled to."""
+    if now == admitted:
+        return
+    gone = ", ".join(str(s) for s in sorted(admitted - now)) or "none"
+    new = ", ".join(str(s) for s in sorted(now - admitted)) or "none"
+    raise NotAuthorized(
+        f"the caller's selectors changed since it was attested (no longer: {gone}; now also: {new}), e.g. its "
+        "process executed another binary; the connection's identity is not handed to what runs now — "
+        "reconnect to be attested afresh"
+    )
 
 
 def _exited(pid: int) -> NotAuthorized:

@@ -12,7 +12,9 @@ drops next to the agent.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shlex
 import tomllib
@@ -104,18 +106,63 @@ class RotationConfig(_Section):
         return self
 
 
+def _account_id(kind: Literal["user", "group"]) -> Any:
+    """A uid/gid given as a number or as a name the account database knows (resolved at start-up)."""
+
+    def resolve(value: object) -> object:
+        if isinstance(value, str) and not value.isdigit():
+            try:
+                return pwd.getpwnam(value).pw_uid if kind == "user" else grp.getgrnam(value).gr_gid
+            except KeyError:
+                raise ValueError(f"no {kind} named {value!r} on this host; give a known name or a number") from None
+        return value
+
+    return resolve
+
+
+def _file_mode(value: object) -> object:
+    """A permission mode: a TOML integer (``0o640``) or an octal string (``"0640"``)."""
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            raise ValueError(f'{value!r} is not an octal mode; write e.g. "0640" or 0o640') from None
+    return value
+
+
+AccountUid = Annotated[int, BeforeValidator(_account_id("user")), Field(ge=0)]
+AccountGid = Annotated[int, BeforeValidator(_account_id("group")), Field(ge=0)]
+FileMode = Annotated[int, BeforeValidator(_file_mode), Field(ge=0, le=0o777)]
+
+
 class CertFileTarget(_Section):
     """One directory the agent keeps an X509-SVID in for an application that reads files (cert-file mode).
 
     The SVID is the one with ``spiffe_id`` (among those entitled to ``selectors``, when given), or else
     the first SVID entitled to ``selectors``. After the files change, ``reload_command`` runs (no shell;
-    split like a POSIX shell would) with at most ``reload_timeout`` to finish."""
+    split like a POSIX shell would) with at most ``reload_timeout`` to finish.
+
+    The files belong to ``owner``/``group`` (the agent's user and group when not given) with
+    ``key_mode``/``cert_mode``, so a workload of another user can read its own key. A ``dir`` that
+    belongs to a user other than root, the agent or ``owner`` is refused unless ``allow_foreign_dir``."""
 
     dir: Path
     spiffe_id: SpiffeIdField | None = None
     selectors: tuple[SelectorField, ...] = ()
     reload_command: str = ""
     reload_timeout: Duration = timedelta(seconds=30)
+    owner: AccountUid | None = None
+    group: AccountGid | None = None
+    key_mode: FileMode = 0o600
+    cert_mode: FileMode = 0o644
+    allow_foreign_dir: bool = False
+
+    @field_validator("key_mode")
+    @classmethod
+    def _key_private(cls, value: int) -> int:
+        if value & 0o007:
+            raise ValueError(f"{value:04o} lets every user read the private key; use 0600 (or 0640 with group)")
+        return value
 
     @field_validator("reload_command")
     @classmethod
@@ -178,8 +225,9 @@ class AgentConfig(_Section):
     join_token: SecretStr | None = None
     join_token_file: Path | None = None
     data_dir: Path = Path(".trustmesh/agent")
-    workload_api_socket: Path = Path("workload.sock")  # relative to data_dir
-    sds_socket: Path = Path("sds.sock")  # relative to data_dir
+    socket_dir: Path | None = None  # None: "<data_dir>-public", next to data_dir
+    workload_api_socket: Path = Path("workload.sock")  # relative to socket_dir
+    sds_socket: Path = Path("sds.sock")  # relative to socket_dir
     key_type: KeyTypeField = KeyType.EC_P256
     rotation: RotationConfig = RotationConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -298,21 +346,30 @@ def _absolute(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def default_socket_dir(data_dir: Path) -> Path:
+    """Where the sockets go unless configured: a directory of their own next to ``data_dir``
+    (``/var/lib/trustmesh-agent`` → ``/var/lib/trustmesh-agent-public``). ``data_dir`` is 0700, so
+    workloads of other users could not reach sockets inside it."""
+    return data_dir.with_name(f"{data_dir.name}-public")
+
+
 def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
     data_dir = _absolute(config.data_dir, base_dir)
+    socket_dir = default_socket_dir(data_dir) if config.socket_dir is None else _absolute(config.socket_dir, base_dir)
     sockets = {
-        "workload_api_socket": _absolute(config.workload_api_socket, data_dir),
-        "sds_socket": _absolute(config.sds_socket, data_dir),
+        "workload_api_socket": _absolute(config.workload_api_socket, socket_dir),
+        "sds_socket": _absolute(config.sds_socket, socket_dir),
     }
     for key, socket_path in sockets.items():
         if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH_BYTES:
             raise ConfigError(
                 f"{key}: {socket_path} is longer than {_MAX_SOCKET_PATH_BYTES} bytes, the limit of a Unix "
-                "socket path; choose a shorter data_dir or an absolute socket path"
+                "socket path; choose a shorter data_dir or socket_dir, or an absolute socket path"
             )
     return config.model_copy(
         update={
             "data_dir": data_dir,
+            "socket_dir": socket_dir,
             **sockets,
             "trust_bundle_path": None
             if config.trust_bundle_path is None
@@ -327,7 +384,7 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
 
 def load_agent_config(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read the TOML file (only defaults when ``path`` is None), apply environment overrides, validate
-    everything and resolve relative paths against the file's directory (sockets against data_dir).
+    everything and resolve relative paths against the file's directory (sockets against socket_dir).
     Raises ConfigError listing every problem."""
     env = os.environ if environ is None else environ
     document: dict[str, Any] = {}

@@ -1,9 +1,10 @@
 """The agent's Envoy SDS v3 server: StreamSecrets, DeltaSecrets and FetchSecrets (DESIGN §4).
 
 Implements ``envoy/service/secret/v3/sds.proto`` following the xDS transport protocol
-(``api-docs/xds_protocol.rst``). The servicer is a thin edge: it attests the caller once per stream
-through a :class:`CallerAttestor`, asks :func:`sds.secrets.build_secrets` what the caller may have,
-and keeps per-stream protocol state.
+(``api-docs/xds_protocol.rst``). The servicer is a thin edge: it attests the caller when a stream
+opens through a :class:`CallerAttestor` (and again before every response, ending the stream with
+PERMISSION_DENIED when the caller's selectors changed or its process is gone), asks
+:func:`sds.secrets.build_secrets` what the caller may have, and keeps per-stream protocol state.
 
 State of the world (StreamSecrets):
   * every response carries a fresh nonce and a ``version_info`` made of the snapshot version and a
@@ -46,6 +47,7 @@ from typing import Any, NoReturn, Protocol
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.secrets import SECRET_TYPE_URL, SdsResource, build_secrets
 from spiffe_core.errors import NotAuthorized, transport_status
@@ -81,13 +83,15 @@ class SecretDiscoveryService:
         self._max_names = max_resource_names
 
     async def StreamSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        stream = _SotwStream(await self._attest(context), context.peer(), self._max_names)
-        async for response in self._serve(stream, request_iterator, context):
+        selectors = await self._attest(context)
+        stream = _SotwStream(selectors, context.peer(), self._max_names)
+        async for response in self._serve(stream, selectors, request_iterator, context):
             yield response
 
     async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        stream = _DeltaStream(await self._attest(context), context.peer(), self._max_names)
-        async for response in self._serve(stream, request_iterator, context):
+        selectors = await self._attest(context)
+        stream = _DeltaStream(selectors, context.peer(), self._max_names)
+        async for response in self._serve(stream, selectors, request_iterator, context):
             yield response
 
     async def FetchSecrets(self, request: Any, context: Context) -> Any:
@@ -110,6 +114,7 @@ class SecretDiscoveryService:
                 f"secrets {missing} are not available to this caller: unknown names, not entitled by its "
                 "selectors, or not issued yet — retry later or use StreamSecrets to wait for them",
             )
+        await self._recheck(selectors, context)
         return discovery_pb2.DiscoveryResponse(
             version_info=_version_info(snapshot, resources),
             resources=[resources[n].to_any() for n in names],
@@ -118,7 +123,7 @@ class SecretDiscoveryService:
         )
 
     async def _serve(
-        self, stream: _StreamState, requests: AsyncIterator[Any], context: Context
+        self, stream: _StreamState, selectors: frozenset[Selector], requests: AsyncIterator[Any], context: Context
     ) -> AsyncGenerator[Any, None]:
         """Feed a stream's requests and the cache's snapshots to its protocol state; yield its responses."""
         async with aclosing(_events(requests, self._cache)) as events:
@@ -130,7 +135,17 @@ class SecretDiscoveryService:
                     await _refuse(context, stream.names_problem(event))
                     response = stream.on_request(event, self._cache.get_snapshot())
                 if response is not None:
+                    await self._recheck(selectors, context)
                     yield response
+
+    async def _recheck(self, admitted: frozenset[Selector], context: Context) -> None:
+        """Attest again right before a response leaves: a caller whose process executed another binary
+        (or exited) since it was admitted gets nothing more."""
+        now = await self._attest(context)
+        try:
+            check_still_attested(admitted, now)
+        except NotAuthorized as err:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"SDS caller is not authorized: {err}")
 
     async def _attest(self, context: Context) -> frozenset[Selector]:
         try:

@@ -22,6 +22,7 @@ from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.certfiles import CertFileWriter
 from sds.config import AgentConfig
+from sds.files import make_public_directory
 from sds.manager import AgentManager, ManagerParams
 from sds.node_client import NodeClient
 from sds.peer_endpoint import AttestedEndpoint
@@ -95,6 +96,8 @@ async def serve_agent(config: AgentConfig) -> None:
         clock=clock,
     )
     await manager.load_saved()
+    for socket_dir in dict.fromkeys((config.sds_socket.parent, config.workload_api_socket.parent)):
+        make_public_directory(socket_dir)
     limits = config.limits
     sds_endpoint = AttestedEndpoint(
         config.sds_socket,

@@ -10,6 +10,9 @@ matching its selectors entitle it to.
   (§4.4). A caller entitled to nothing gets PERMISSION_DENIED — at the start, or later when its last
   identity is redacted, which ends the stream (§5.2.1: a client then stops using its SVIDs). Bundles
   go only to callers with an identity, as SPIRE does by default.
+* The caller is attested again before every stream message and before a unary answer leaves; if its
+  selectors changed (its process executed another binary) or its process is gone, the call ends with
+  PERMISSION_DENIED instead (see :func:`sds.attestor.check_still_attested`).
 * Bundles are keyed by the trust domain's SPIFFE ID (``spiffe://<td>``) and never merged: the own
   trust domain's, plus the federated ones the caller's entries name (``federates_with``).
 * FetchJWTSVID returns one JWT-SVID per entitled SPIFFE ID (or the one requested), minted through a
@@ -35,6 +38,7 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from google.protobuf import struct_pb2
 
+from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
@@ -134,6 +138,7 @@ class WorkloadApiService:
         for svid in _unique_hints(svids):
             token = await self._mint(svid.spiffe_id, audience, context)
             minted.append(workload_pb2.JWTSVID(spiffe_id=str(svid.spiffe_id), svid=token, hint=svid.hint))
+        await self._recheck(selectors, context)
         return workload_pb2.JWTSVIDResponse(svids=minted)
 
     async def ValidateJWTSVID(self, request: Any, context: Context) -> Any:
@@ -176,6 +181,16 @@ class WorkloadApiService:
         except Exception as err:
             await _abort_for(err, "attesting the caller", context)
 
+    async def _recheck(self, admitted: frozenset[Selector], context: Context) -> None:
+        """Attest the caller again right before something is sent: a process that executed another
+        binary since (or exited) is refused what it was admitted for."""
+        try:
+            check_still_attested(admitted, await self._attestor.attest(context))
+        except NotAuthorized as err:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"the caller is no longer attested: {err}")
+        except Exception as err:
+            await _abort_for(err, "attesting the caller again", context)
+
     async def _mint(self, spiffe_id: SpiffeId, audience: Sequence[str], context: Context) -> str:
         try:
             return await self._minter.fetch_jwt_svid(spiffe_id, audience)
@@ -203,6 +218,7 @@ class WorkloadApiService:
                 encoded = response.SerializeToString(deterministic=True)
                 if encoded != last:
                     last = encoded
+                    await self._recheck(selectors, context)
                     yield response
 
 

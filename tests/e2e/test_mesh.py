@@ -197,7 +197,10 @@ def test_a_used_join_token_is_refused_to_a_second_agent(mesh: Mesh, tmp_path: Pa
     config, _ = start_agent(mesh)
     with mesh.running_agent(config):
         second = mesh.write_agent_config(
-            token=_token_of(config), path=tmp_path / "agent2.toml", data_dir=tmp_path / "agent2"
+            token=_token_of(config),
+            path=tmp_path / "agent2.toml",
+            data_dir=tmp_path / "agent2",
+            socket_dir=tmp_path / "run2",
         )
         result = run([command("trustmesh-agent"), "--config", str(second), "run"], timeout=30)
     assert result.returncode == 1

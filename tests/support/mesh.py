@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from sds.config import default_socket_dir
 from tests.support.processes import background, command, free_port, run, wait_until
 
 TRUST_DOMAIN = "example.org"
@@ -25,6 +26,9 @@ class Mesh:
     node_port: int = field(default_factory=free_port)
     attestation_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The agent's sockets go to root/<this>. None: the agent's default, <agent_dir>-public, whose
+    # private proxy sockets are too long for a Unix socket under pytest's tmp_path (use a short root).
+    socket_dir_name: str | None = "run"
 
     @property
     def ca_config(self) -> Path:
@@ -35,12 +39,18 @@ class Mesh:
         return self.root / "agent"
 
     @property
+    def socket_dir(self) -> Path:
+        if self.socket_dir_name is None:
+            return default_socket_dir(self.agent_dir)
+        return self.root / self.socket_dir_name
+
+    @property
     def sds_socket(self) -> Path:
-        return self.agent_dir / "sds.sock"
+        return self.socket_dir / "sds.sock"
 
     @property
     def workload_socket(self) -> Path:
-        return self.agent_dir / "workload.sock"
+        return self.socket_dir / "workload.sock"
 
     def write_ca_config(self, extra: str = "") -> None:
         self.ca_config.write_text(
@@ -74,14 +84,17 @@ class Mesh:
         reply = json.loads(self.ca("token", "generate", "--node-name", node_name, "--ttl", "10m", "--json"))
         return reply["token"], reply["spiffe_id"]
 
-    def write_agent_config(self, token: str, path: Path | None = None, data_dir: Path | None = None) -> Path:
+    def write_agent_config(
+        self, token: str, path: Path | None = None, data_dir: Path | None = None, socket_dir: Path | None = None
+    ) -> Path:
         (self.root / "bundle.pem").write_text(self.ca("bundle", "show", "--format", "pem"))
         config = path or self.root / "agent.toml"
+        sockets = socket_dir or (None if self.socket_dir_name is None else self.socket_dir)
         config.write_text(
             f'trust_domain = "{TRUST_DOMAIN}"\nserver_address = "127.0.0.1:{self.node_port}"\n'
             f'attestation_address = "127.0.0.1:{self.attestation_port}"\n'
             f'trust_bundle_path = "{self.root / "bundle.pem"}"\njoin_token = "{token}"\n'
-            f'data_dir = "{data_dir or self.agent_dir}"\n'
+            f'data_dir = "{data_dir or self.agent_dir}"\n' + ("" if sockets is None else f'socket_dir = "{sockets}"\n')
         )
         config.chmod(0o600)
         return config

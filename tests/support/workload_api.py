@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sds.attestor import ProcessAttestor
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.peer_endpoint import AttestedEndpoint
 from sds.workload_api import JwtSvidMinter, WorkloadApiService
@@ -88,10 +89,14 @@ def socket_directory() -> Iterator[Path]:
 
 @asynccontextmanager
 async def serve_workload_api(
-    cache: WorkloadCache, minter: JwtSvidMinter, socket: Path, clock: Clock | None = None
+    cache: WorkloadCache,
+    minter: JwtSvidMinter,
+    socket: Path,
+    clock: Clock | None = None,
+    process_attestor: ProcessAttestor | None = None,
 ) -> AsyncIterator[AttestedEndpoint]:
     """The Workload API on ``socket`` through the attesting proxy, until the block ends."""
-    endpoint = AttestedEndpoint(socket)
+    endpoint = AttestedEndpoint(socket, process_attestor=process_attestor)
     service = WorkloadApiService(cache, endpoint.attestor, minter, clock or SystemClock())
     endpoint.add_servicer(lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(service, server))
     async with endpoint:

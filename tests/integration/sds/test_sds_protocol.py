@@ -316,13 +316,66 @@ async def test_stream_releases_its_tasks_when_the_client_goes_away(agent: Agent)
     assert len(asyncio.all_tasks()) <= baseline
 
 
-async def test_caller_is_attested_once_per_stream(agent: Agent, stream: Stream) -> None:
+async def test_caller_is_attested_again_before_every_response(agent: Agent, stream: Stream) -> None:
     await stream.send(request([DEFAULT]))
     first = await stream.next()
     await stream.send(request([DEFAULT, ROOTCA], nonce=first.nonce))
     await stream.next()
 
-    assert agent.attestor.calls == 1
+    assert agent.attestor.calls == 3  # at the start, then before each of the two responses
+
+
+EXECUTED = frozenset({Selector("unix", "uid:1000"), Selector("unix", "sha256:" + "b" * 64)})
+CHANGED = (
+    "SDS caller is not authorized: the caller's selectors changed since it was attested (no longer: none; "
+    f"now also: unix:sha256:{'b' * 64}), e.g. its process executed another binary; the connection's identity "
+    "is not handed to what runs now — reconnect to be attested afresh"
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "first"),
+    [
+        pytest.param("StreamSecrets", request([DEFAULT]), id="stream"),
+        pytest.param("DeltaSecrets", delta_request([DEFAULT]), id="delta"),
+    ],
+)
+async def test_stream_ends_before_a_push_when_the_callers_selectors_changed(
+    agent: Agent, method: str, first: Any
+) -> None:
+    s = Stream(getattr(agent.stub, method)())
+    try:
+        await s.send(first)
+        await s.next()
+        agent.attestor.selectors = EXECUTED  # the process executed another binary
+        await agent.publish([agent.ca.svid("/web")])
+        error = await s.error()
+    finally:
+        await s.close()
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, CHANGED)
+
+
+async def test_stream_ends_before_a_push_when_the_caller_is_gone(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    await stream.next()
+    agent.attestor.selectors = None
+    await agent.publish([agent.ca.svid("/web")])
+
+    error = await stream.error()
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, DENIED)
+
+
+async def test_stream_answers_no_request_once_the_callers_selectors_changed(agent: Agent, stream: Stream) -> None:
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+    agent.attestor.selectors = EXECUTED
+    await stream.send(request([DEFAULT, ROOTCA], nonce=first.nonce))
+
+    error = await stream.error()
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, CHANGED)
 
 
 # --- fetch --------------------------------------------------------------------------------------

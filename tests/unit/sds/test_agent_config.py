@@ -28,15 +28,16 @@ def error_of(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> st
     return str(caught.value)
 
 
-def test_defaults_put_sockets_in_the_data_dir_next_to_the_config_file(tmp_path: Path) -> None:
+def test_defaults_put_sockets_in_a_public_directory_next_to_the_data_dir(tmp_path: Path) -> None:
     config = load(tmp_path, "")
     assert config.trust_domain == TrustDomain("example.org")
     assert config.server_address == "127.0.0.1:8081"
     assert config.attestation_address == "127.0.0.1:8082"
     assert config.server_name == "trustmesh-ca"
     assert config.data_dir == tmp_path / ".trustmesh/agent"
-    assert config.workload_api_socket == tmp_path / ".trustmesh/agent/workload.sock"
-    assert config.sds_socket == tmp_path / ".trustmesh/agent/sds.sock"
+    assert config.socket_dir == tmp_path / ".trustmesh/agent-public"
+    assert config.workload_api_socket == tmp_path / ".trustmesh/agent-public/workload.sock"
+    assert config.sds_socket == tmp_path / ".trustmesh/agent-public/sds.sock"
     assert (config.rotation.svid_rotation_fraction, config.rotation.jitter) == (0.5, 0.1)
     assert (config.limits.max_connections, config.limits.max_connections_per_uid) == (1024, 256)
     assert config.limits.sds_max_resource_names == 1024
@@ -206,9 +207,16 @@ def test_rejects_an_empty_join_token_without_echoing_it(tmp_path: Path) -> None:
 def test_rejects_a_socket_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
     long_dir = "/" + "d" * 100
     assert error_of(tmp_path, f"data_dir = '{long_dir}'") == (
-        f"workload_api_socket: {long_dir}/workload.sock is longer than 107 bytes, the limit of a Unix socket "
-        "path; choose a shorter data_dir or an absolute socket path"
+        f"workload_api_socket: {long_dir}-public/workload.sock is longer than 107 bytes, the limit of a Unix "
+        "socket path; choose a shorter data_dir or socket_dir, or an absolute socket path"
     )
+
+
+def test_socket_paths_are_relative_to_a_configured_socket_dir(tmp_path: Path) -> None:
+    config = load(tmp_path, "socket_dir = 'run/agent'\nsds_socket = 'envoy.sock'\nworkload_api_socket = '/run/w.sock'")
+    assert config.socket_dir == tmp_path / "run/agent"
+    assert config.sds_socket == tmp_path / "run/agent/envoy.sock"
+    assert config.workload_api_socket == Path("/run/w.sock")
 
 
 def test_error_for_a_malformed_token_type_does_not_echo_the_value(tmp_path: Path) -> None:
@@ -224,3 +232,38 @@ def test_docs_list_every_key() -> None:
     keys += [f"limits.{name}" for name in LimitsConfig.model_fields]
     keys += [f"`{name}`" for name in CertFileTarget.model_fields]
     assert [key for key in keys if key not in docs] == []
+
+
+def test_cert_file_owner_and_group_are_names_or_numbers(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "[[cert_files]]\ndir = 'certs'\nselectors = ['unix:uid:1']\nowner = 'nobody'\ngroup = '0'\nkey_mode = '0640'",
+    )
+    (target,) = config.cert_files
+    assert (target.owner, target.group, target.key_mode, target.cert_mode) == (65534, 0, 0o640, 0o644)
+    assert target.allow_foreign_dir is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param(
+            "owner = 'no-such-user-here'",
+            "cert_files.0.owner: no user named 'no-such-user-here' on this host; give a known name or a number",
+            id="unknown-user",
+        ),
+        pytest.param(
+            "key_mode = 0o644",
+            "cert_files.0.key_mode: 0644 lets every user read the private key; use 0600 (or 0640 with group)",
+            id="key-readable-by-all",
+        ),
+        pytest.param(
+            "cert_mode = 'rw-'",
+            "cert_files.0.cert_mode: 'rw-' is not an octal mode; write e.g. \"0640\" or 0o640",
+            id="not-octal",
+        ),
+    ],
+)
+def test_rejects_unsafe_or_unknown_cert_file_ownership(tmp_path: Path, extra: str, message: str) -> None:
+    text = error_of(tmp_path, f"[[cert_files]]\ndir = 'certs'\nselectors = ['unix:uid:1']\n{extra}")
+    assert text == f"invalid agent configuration:\n  {message}"

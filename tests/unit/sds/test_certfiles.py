@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import stat
+import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -154,3 +157,112 @@ async def test_a_missing_reload_command_is_logged(tmp_path: Path, caplog: pytest
 
 async def test_reload_exit_status_is_returned() -> None:
     assert await run_reload_command([sys.executable, "-c", "raise SystemExit(3)"], 10.0) == 3
+
+
+# --- writing safely as root into directories workloads control --------------------------------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+
+
+def owner_and_mode(path: Path) -> tuple[int, int, int]:
+    info = path.lstat()
+    return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+
+
+@needs_root
+async def test_files_belong_to_the_configured_owner_and_group_with_their_modes(tmp_path: Path) -> None:
+    directory = tmp_path / "web"
+    config = target(directory, owner=str(NOBODY), group=str(NOBODY), key_mode="0640", cert_mode=0o444)
+    await CertFileWriter(WorkloadCache(snapshot()), [config]).apply(snapshot(svid(WEB)))
+    assert owner_and_mode(directory / "svid_key.pem") == (NOBODY, NOBODY, 0o640)
+    assert owner_and_mode(directory / "svid.pem") == (NOBODY, NOBODY, 0o444)
+    assert owner_and_mode(directory / "bundle.pem") == (NOBODY, NOBODY, 0o444)
+    assert owner_and_mode(directory)[2] == 0o755
+    assert [p.name for p in directory.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@needs_root
+def test_the_owner_reads_its_own_key() -> None:
+    with tempfile.TemporaryDirectory(prefix="certfiles-", dir="/tmp") as root:  # tmp_path's parents are 0700
+        Path(root).chmod(0o755)
+        directory = Path(root) / "web"
+        writer = CertFileWriter(WorkloadCache(snapshot()), [target(directory, owner=NOBODY)])
+        asyncio.run(writer.apply(snapshot(svid(WEB))))
+        read = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "cat", f"{directory}/svid_key.pem"],
+            capture_output=True,
+            check=False,
+        )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+@needs_root
+async def test_a_change_of_owner_rewrites_files_with_the_same_content(tmp_path: Path) -> None:
+    directory, web = tmp_path / "web", snapshot(svid(WEB))
+    await CertFileWriter(WorkloadCache(snapshot()), [target(directory)]).apply(web)
+    await CertFileWriter(WorkloadCache(snapshot()), [target(directory, owner=NOBODY)]).apply(web)
+    assert owner_and_mode(directory / "svid_key.pem")[0] == NOBODY
+
+
+async def test_a_target_dir_swapped_for_a_symlink_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The workload owns the parent and replaces its cert directory with a link to a system directory
+    (``decoy-etc`` stands for ``/etc``): nothing is written there."""
+    (tmp_path / "decoy-etc").mkdir()
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "tls").symlink_to(tmp_path / "decoy-etc")
+    with caplog.at_level(logging.ERROR):
+        await CertFileWriter(WorkloadCache(snapshot()), [target(tmp_path / "app" / "tls")]).apply(snapshot(svid(WEB)))
+    assert list((tmp_path / "decoy-etc").iterdir()) == []
+    tls = tmp_path / "app" / "tls"
+    assert (
+        f"could not write the X509-SVID files in {tls}: cert_files dir {tls}: {tls} is a symlink or not a "
+        "directory; cert files are never written through a symlink"
+    ) in caplog.text
+
+
+async def test_a_symlink_higher_up_the_path_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "decoy-etc" / "tls").mkdir(parents=True)
+    (tmp_path / "app").symlink_to(tmp_path / "decoy-etc")
+    await CertFileWriter(WorkloadCache(snapshot()), [target(tmp_path / "app" / "tls")]).apply(snapshot(svid(WEB)))
+    assert list((tmp_path / "decoy-etc" / "tls").iterdir()) == []
+
+
+async def test_symlinks_planted_in_place_of_the_files_are_replaced_not_followed(tmp_path: Path) -> None:
+    directory = tmp_path / "web"
+    directory.mkdir()
+    decoy = tmp_path / "shadow"
+    decoy.write_bytes(b"root:secret\n")
+    for name in ("svid.pem", "svid_key.pem", "bundle.pem"):
+        (directory / name).symlink_to(decoy)
+    await CertFileWriter(WorkloadCache(snapshot()), [target(directory)]).apply(snapshot(svid(WEB)))
+    assert decoy.read_bytes() == b"root:secret\n"
+    for name in ("svid.pem", "svid_key.pem", "bundle.pem"):
+        assert stat.S_ISREG((directory / name).lstat().st_mode)
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("fields", "written"),
+    [
+        pytest.param({}, False, id="refused"),
+        pytest.param({"owner": NOBODY}, True, id="owned-by-the-target-owner"),
+        pytest.param({"allow_foreign_dir": True}, True, id="explicitly-allowed"),
+    ],
+)
+async def test_a_directory_of_another_user_is_refused_unless_configured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fields: dict[str, object], written: bool
+) -> None:
+    directory = tmp_path / "web"
+    directory.mkdir()
+    os.chown(directory, NOBODY, NOBODY)
+    with caplog.at_level(logging.ERROR):
+        await CertFileWriter(WorkloadCache(snapshot()), [target(directory, **fields)]).apply(snapshot(svid(WEB)))
+    assert (directory / "svid_key.pem").exists() is written
+    if not written:
+        assert (
+            f"cert_files dir {directory} belongs to uid {NOBODY}, neither root, the agent nor the target's owner"
+        ) in caplog.text
