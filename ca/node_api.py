@@ -41,7 +41,8 @@ from ca.store.records import RegistrationEntry
 from ca.sync import ChangeHub, UpdateVersions, watch
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import ResourceExhausted, transport_status
+from spiffe_core.errors import ResourceExhausted, X509SvidError, transport_status
+from spiffe_core.x509_svid import load_pem_certificates
 from wire import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,25 @@ def _edge(handler: Handler[Request, Reply]) -> Handler[Request, Reply]:
 
 
 def _peer_chain_pem(context: Context) -> bytes | None:
-    """The client's certificate chain as the TLS stack verified it (PEM, leaf first), if any."""
+    """The client's certificate chain (PEM, leaf first), if any.
+
+    grpc reports the leaf as ``x509_pem_cert`` and, as ``x509_pem_cert_chain``, the chain OpenSSL
+    built, which need not start with the leaf (with an intermediate, it starts with the intermediate).
+    So the leaf comes first, then whatever else the chain holds; verification decides the rest."""
     auth = context.auth_context()
-    for key in ("x509_pem_cert_chain", "x509_pem_cert"):
-        values = auth.get(key)
-        if values:
-            return b"".join(values)
-    return None
+    leaves = list(auth.get("x509_pem_cert", ()))
+    if not leaves:
+        return None
+    leaf: bytes = leaves[0]
+    chain = b"".join(auth.get("x509_pem_cert_chain", ()))
+    if not chain:
+        return leaf
+    try:
+        leaf_der = x509.load_pem_x509_certificate(leaf).public_bytes(serialization.Encoding.DER)
+        others = [c for c in load_pem_certificates(chain) if c.public_bytes(serialization.Encoding.DER) != leaf_der]
+    except (ValueError, X509SvidError):
+        return leaf  # authentication then judges the leaf alone
+    return b"".join([leaf, *(c.public_bytes(serialization.Encoding.PEM) for c in others)])
 
 
 def peer_source(peer: str) -> str:
