@@ -36,7 +36,7 @@ def prepared_agent(mesh: Mesh) -> Path:
 
 
 def agent_sockets(mesh: Mesh) -> list[Path]:
-    return sorted(mesh.agent_dir.glob("*.sock")) + sorted(mesh.agent_dir.glob(".*.sock.d"))
+    return sorted(mesh.socket_dir.glob("*.sock")) + sorted(mesh.socket_dir.glob(".*.sock.d"))
 
 
 def test_an_agent_started_before_its_ca_attests_once_the_ca_is_up(tmp_path: Path) -> None:

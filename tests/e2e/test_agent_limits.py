@@ -166,8 +166,10 @@ def test_a_connection_flood_from_one_uid_does_not_deny_another(agent: Agent) -> 
     finally:
         flood.kill()
         flood.wait(timeout=10)
-    assert max(latencies) < 2.0, latencies
-    assert statistics.median(latencies) < 0.5, latencies
+    # Not denied, and not starved: bounds loose enough for a loaded 2-core CI machine (measured alone:
+    # median about 0.1 s; without the per-uid budget root's fetches are refused outright).
+    assert max(latencies) < 3.0, latencies
+    assert statistics.median(latencies) < 1.0, latencies
     log = agent.mesh.log("agent.log")
     assert f"from uid {NOBODY}: uid {NOBODY} holds {PER_UID} connections already" in log
     assert log.count(f"from uid {NOBODY}: uid {NOBODY} holds") <= FLOOD_SECONDS / 10 + 1  # once per 10 s

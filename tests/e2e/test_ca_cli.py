@@ -233,7 +233,7 @@ def test_bundle_pem_is_accepted_by_py_spiffe(ca: RunningCa, tmp_path: Path) -> N
         ),
         pytest.param(
             ["jwt", "mint", "--spiffe-id", "spiffe://example.org/web", "--audience", ""],
-            "at least one non-empty audience",
+            "audience #0 '' is not a non-empty string",
             id="empty-audience",
         ),
     ],
