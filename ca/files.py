@@ -62,7 +62,9 @@ def lock_data_dir(data_dir: Path) -> DataDirLock:
     ConfigError when the directory cannot be used (not a directory, no permission)."""
     path = data_dir / LOCK_FILE
     if data_dir.exists() and not data_dir.is_dir():
-        raise ConfigError(f"server.data_dir: {data_dir} is not a directory; move that file away or point server.data_dir elsewhere")
+        raise ConfigError(
+            f"server.data_dir: {data_dir} is not a directory; move that file away or point server.data_dir elsewhere"
+        )
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
