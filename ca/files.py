@@ -81,7 +81,7 @@ def lock_data_dir(data_dir: Path) -> DataDirLock:
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise ConfigError(f"server.data_dir: cannot lock {path} ({err.strerror}); use a local file system") from err
         raise FailedPrecondition(
-            f"trustmesh-ca is already running (pid {owner}) on server.data_dir {data_dir}; stop it first, or give this "
+            f"another CA is already running (pid {owner}) on server.data_dir {data_dir}; stop it first, or give this "
             f"instance its own server.data_dir"
         ) from None
     os.ftruncate(fd, 0)

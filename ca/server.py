@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
@@ -36,7 +38,7 @@ from ca.sync import ChangeHub, UpdateVersions, listen_for_changes
 from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority
 from ca.upstream.disk import WatchedDiskUpstream
 from spiffe_core.clock import Clock, SystemClock
-from spiffe_core.errors import NoActiveAuthority, TrustmeshError
+from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +153,11 @@ def build_service(config: CaConfig) -> CaParts:
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
-    """Bind the admin socket ourselves so it is 0600 from the start (uvicorn would chmod it 0666)."""
+    """Bind the admin socket ourselves so it is 0600 from the start (uvicorn would chmod it 0666).
+    A socket left by a CA that died is replaced; one that answers, or a file that is not a socket, is
+    refused (ConfigError) and left alone."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _refuse_admin_socket_in_use(path)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -163,6 +168,64 @@ def _bind_admin_socket(path: Path) -> socket.socket:
         os.umask(old_umask)
     sock.listen(128)
     return sock
+
+
+def _refuse_admin_socket_in_use(path: Path) -> None:
+    if path.is_socket():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                pass  # nobody listens: a stale socket
+            else:
+                raise ConfigError(
+                    f"server.admin_socket {path} is in use by another process (a CA with another data "
+                    "directory?); stop it or set another server.admin_socket"
+                )
+    elif path.exists() or path.is_symlink():
+        raise ConfigError(f"server.admin_socket {path} exists and is not a socket; remove it or choose another path")
+
+
+def _bind_tcp(address: str, key: str, *, keep: bool) -> socket.socket | None:
+    """Bind ``address`` (host:port) without SO_REUSEPORT, so a port another process listens on is refused
+    here as one line naming ``key`` (instead of two CAs sharing it); closed again unless ``keep``."""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return None
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as err:
+        raise ConfigError(f"{key} {address}: cannot resolve {host!r} ({err.strerror}); use an IP address") from err
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not REUSEPORT: sharing stays refused
+        sock.bind(sockaddr)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(_address_problem(key, address, err)) from err
+    if not keep:
+        sock.close()
+        return None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _address_problem(key: str, address: str, err: OSError) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return f"{key} {address} is in use; stop what listens there or set {key} to a free port"
+    return f"{key} {address} cannot be bound ({err.strerror}); set {key} to an address of this host"
+
+
+def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, TrustmeshError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _first_domain_error(exc)) is not None:
+            return found
+    return None
 
 
 async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
@@ -183,6 +246,28 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
 
 
 async def serve(config: CaConfig) -> None:
+    """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
+    address before touching anything in it, so a second CA on the same data directory or ports stops
+    with one error (FailedPrecondition or ConfigError) and leaves the first one's files alone."""
+    lock = lock_data_dir(config.server.data_dir)
+    try:
+        await _serve_locked(config)
+    except BaseExceptionGroup as group:  # one line for the CLI instead of a task-group traceback
+        first = _first_domain_error(group)
+        if first is None:
+            raise
+        raise first from None
+    finally:
+        lock.release()
+
+
+async def _serve_locked(config: CaConfig) -> None:
+    _refuse_admin_socket_in_use(config.server.admin_socket)
+    for key in ("node_api_address", "attestation_address"):
+        _bind_tcp(getattr(config.server, key), f"server.{key}", keep=False)
+    http_socket = (
+        _bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
+    )
     parts = await asyncio.to_thread(build_service, config)
     service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
@@ -201,7 +286,7 @@ async def serve(config: CaConfig) -> None:
             log_config=None,
             lifespan="off",
         )
-        servers.append((uvicorn.Server(health), None))
+        servers.append((uvicorn.Server(health), None if http_socket is None else [http_socket]))
     log.info(
         "trustmesh CA serving trust domain %s: admin socket %s, health %s",
         config.trust_domain,

@@ -103,7 +103,7 @@ def lock_data_dir(data_dir: Path) -> DataDirLock:
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise ConfigError(f"data_dir: cannot lock {path} ({err.strerror}); use a local file system") from err
         raise FailedPrecondition(
-            f"trustmesh-agent is already running (pid {owner}) on data_dir {data_dir}; stop it first, or give this "
+            f"another agent is already running (pid {owner}) on data_dir {data_dir}; stop it first, or give this "
             f"instance its own data_dir"
         ) from None
     os.ftruncate(fd, 0)

@@ -18,6 +18,7 @@ from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.certfiles import CertFileWriter
 from sds.config import AgentConfig
+from sds.files import lock_data_dir
 from sds.manager import AgentManager, ManagerParams
 from sds.node_client import NodeClient
 from sds.peer_endpoint import AttestedEndpoint
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 async def serve_agent(config: AgentConfig) -> None:
     clock = SystemClock()
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = lock_data_dir(config.data_dir)  # before anything in it is touched: a second agent stops here
     store = AgentStore(config.data_dir, config.trust_domain)
     client = NodeClient(
         trust_domain=config.trust_domain,
@@ -89,6 +90,7 @@ async def serve_agent(config: AgentConfig) -> None:
                 tasks.create_task(CertFileWriter(cache, config.cert_files).run(), name="cert-files")
     finally:
         await client.close()
+        lock.release()
 
 
 def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshError | None:
