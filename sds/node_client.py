@@ -188,14 +188,48 @@ def decode_sync_update(trust_domain: TrustDomain, message: node_pb2.SyncUpdate) 
     )
 
 
-def rpc_error(err: grpc.aio.AioRpcError, rpc: str, address: str) -> TrustmeshError:
-    """The error kind for a failed call, with the CA's message (which names the fix) kept."""
+# What grpc's connection error says when the TLS handshake, not the network, failed.
+_HANDSHAKE_FAILURES = ("handshake failed", "verification check failed", "certificate_verify_failed")
+
+
+def _handshake_problem(details: str) -> str | None:
+    """The reason a handshake failed, in a few words, or None when ``details`` is no handshake failure."""
+    lowered = details.lower()
+    if not any(marker in lowered for marker in _HANDSHAKE_FAILURES):
+        return None
+    if "hostname verification" in lowered:
+        return "the CA's certificate does not carry the expected server name"
+    _, found, reason = details.partition("CERTIFICATE_VERIFY_FAILED: ")
+    if found:
+        return f"the CA's certificate does not verify: {reason.split(':')[0].strip()}"
+    return details
+
+
+def rpc_error(err: grpc.aio.AioRpcError, rpc: str, address: str, trust: str | None = None) -> TrustmeshError:
+    """The error kind for a failed call, with the CA's message (which names the fix) kept. A failed TLS
+    handshake is NotAuthenticated and names what the CA was checked against (``trust``: the bundle and
+    server name), since a CA that answers with a certificate we do not trust is not a CA that is down."""
     code = err.code()
     kind = _ERROR_KINDS.get(code, TrustmeshError)
     details = err.details() or code.name
+    problem = _handshake_problem(details) if code is grpc.StatusCode.UNAVAILABLE else None
+    if problem is not None:
+        checked = f" (checked against {trust})" if trust else ""
+        return NotAuthenticated(
+            f"node API {rpc} at {address}: TLS handshake failed, {problem}{checked}; the agent's trust bundle "
+            "and server_name must match the CA's ('trustmesh-ca bundle show', server.server_name)"
+        )
     if kind is UpstreamUnavailable:
         return kind(f"node API {rpc} at {address} is unavailable ({details}); is the CA running and reachable?")
     return kind(f"node API {rpc} at {address} refused: {details}")
+
+
+def _authority_label(cert: x509.Certificate) -> str:
+    """An X.509 authority as trustmesh names it (its subject key ID, hex), else its subject."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return cert.subject.rfc4514_string()
 
 
 @dataclass(eq=False)
@@ -227,6 +261,7 @@ class NodeClient:
         self._trust_domain = trust_domain
         self._server_address = server_address
         self._attestation_address = attestation_address
+        self._server_name = server_name
         self._options = [
             ("grpc.ssl_target_name_override", server_name),
             # The manager backs off between attempts itself; the channel's own reconnect backoff (1 s
@@ -272,6 +307,18 @@ class NodeClient:
             )
         return self._current
 
+    def _trust(self, bundle: Bundle | None = None) -> str:
+        """What the CA's certificate is checked against, for error messages: the bundle and the name."""
+        if bundle is None:
+            bundle = None if self._credentials is None else self._credentials.bundle
+        if bundle is None:
+            return f"server name {self._server_name!r}"
+        ids = ", ".join(_authority_label(cert) for cert in bundle.x509_authorities) or "none"
+        return (
+            f"the {bundle.trust_domain} bundle at sequence {bundle.sequence}, X.509 authorities {ids}, and "
+            f"server name {self._server_name!r}"
+        )
+
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
         """Prove the node's identity (``method`` "join_token": ``payload`` is the token) and get the
         agent's first X509-SVID for the key behind ``csr``. The CA is verified against ``roots``."""
@@ -281,7 +328,7 @@ class NodeClient:
             try:
                 response = await node_pb2_grpc.NodeStub(channel).Attest(request, timeout=self._timeout)
             except grpc.aio.AioRpcError as err:
-                raise rpc_error(err, "Attest", self._attestation_address) from err
+                raise rpc_error(err, "Attest", self._attestation_address, self._trust(roots)) from err
         try:
             spiffe_id = SpiffeId.parse(response.spiffe_id)
         except InvalidArgument as err:
@@ -298,7 +345,7 @@ class NodeClient:
         try:
             response = await stub.RenewAgent(node_pb2.RenewAgentRequest(csr=csr), timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "RenewAgent", self._server_address) from err
+            raise rpc_error(err, "RenewAgent", self._server_address, self._trust()) from err
         return _decode_chain(response.svid_chain, "RenewAgent")
 
     async def sync(self) -> AsyncIterator[SyncState]:
@@ -320,7 +367,7 @@ class NodeClient:
                 except grpc.aio.AioRpcError as err:
                     if channel.retired:
                         return
-                    raise rpc_error(err, "Sync", self._server_address) from err
+                    raise rpc_error(err, "Sync", self._server_address, self._trust()) from err
                 if update is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs lack EOF
                     return
                 yield decode_sync_update(self._trust_domain, update)
@@ -337,7 +384,7 @@ class NodeClient:
         try:
             response = await stub.SignX509Svids(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "SignX509Svids", self._server_address) from err
+            raise rpc_error(err, "SignX509Svids", self._server_address, self._trust()) from err
         if [svid.entry_id for svid in response.svids] != [entry_id for entry_id, _ in items]:
             raise InvalidArgument("the CA answered SignX509Svids with results that do not match the requests")
         return [
@@ -354,7 +401,7 @@ class NodeClient:
         try:
             response = await stub.MintJwtSvid(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "MintJwtSvid", self._server_address) from err
+            raise rpc_error(err, "MintJwtSvid", self._server_address, self._trust()) from err
         return response.token, datetime.fromtimestamp(response.expires_at, UTC)
 
     async def close(self) -> None:
