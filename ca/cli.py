@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, new_root=args.new_trust_domain_root))
     return 0
 
 
@@ -302,7 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--socket", help="admin socket of a running CA (default: from the config)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("run", help="run the CA server").set_defaults(func=cmd_run)
+    run_cmd = commands.add_parser("run", help="run the CA server")
+    run_cmd.add_argument(
+        "--new-trust-domain-root",
+        action="store_true",
+        help="start a new root although the key directory holds keys and the datastore no authorities "
+        "(a lost datastore is otherwise refused); agents and workloads must then get the new bundle",
+    )
+    run_cmd.set_defaults(func=cmd_run)
     healthcheck = commands.add_parser("healthcheck", help="exit 0 when the running CA is ready")
     healthcheck.set_defaults(func=cmd_healthcheck)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -80,9 +81,10 @@ class CaParts:
     rotation: AuthorityOperations
 
 
-def build_service(config: CaConfig) -> CaParts:
+def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     """Open the datastore (migrating it), the key manager and the authorities, and build the use
-    cases over them; blocking (it also signs the CA's first serving SVID)."""
+    cases over them; blocking (it also signs the CA's first serving SVID). ``new_root``: create first
+    authorities even beside existing keys (else that is refused as a lost datastore)."""
     config.server.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     database = Database.open(config.datastore.url)
     database.migrate()
@@ -99,6 +101,7 @@ def build_service(config: CaConfig) -> CaParts:
             refresh_hint=config.bundle.refresh_hint,
             subject=CaSubject(config.ca.subject.organization, config.ca.subject.common_name),
             crl_ttl=config.revocation.crl_ttl,
+            new_root=new_root,
         ),
         clock,
     )
@@ -245,13 +248,13 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     await run_node_server(node_server)
 
 
-async def serve(config: CaConfig) -> None:
+async def serve(config: CaConfig, *, new_root: bool = False) -> None:
     """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
     address before touching anything in it, so a second CA on the same data directory or ports stops
     with one error (FailedPrecondition or ConfigError) and leaves the first one's files alone."""
     lock = lock_data_dir(config.server.data_dir)
     try:
-        await _serve_locked(config)
+        await _serve_locked(config, new_root)
     except BaseExceptionGroup as group:  # one line for the CLI instead of a task-group traceback
         first = _first_domain_error(group)
         if first is None:
@@ -261,14 +264,14 @@ async def serve(config: CaConfig) -> None:
         lock.release()
 
 
-async def _serve_locked(config: CaConfig) -> None:
+async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     _refuse_admin_socket_in_use(config.server.admin_socket)
     for key in ("node_api_address", "attestation_address"):
         _bind_tcp(getattr(config.server, key), f"server.{key}", keep=False)
     http_socket = (
         _bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
     )
-    parts = await asyncio.to_thread(build_service, config)
+    parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
     admin_app = create_admin_app(
