@@ -105,12 +105,12 @@ _SQLITE_FILE_PROBLEMS = (
 )
 
 
-def _sqlite_file_problem(err: DatabaseError, path: str | None) -> ConfigError | None:
-    """A ConfigError naming the file when SQLite refused the file itself (damaged, read-only)."""
+def _sqlite_file_problem(err: DatabaseError, path: str | None) -> str | None:
+    """What is wrong with the file, naming it and the fix, when SQLite refused the file itself."""
     name = getattr(err.orig, "sqlite_errorname", "")
     for prefix, problem, fix in _SQLITE_FILE_PROBLEMS:
         if name.startswith(prefix):
-            return ConfigError(f"SQLite datastore {path} {problem} ({name}: {err.orig}); {fix}")
+            return f"SQLite datastore {path} {problem} ({name}: {err.orig}); {fix}"
     return None
 
 
@@ -184,11 +184,21 @@ class Database:
         A value the datastore refuses while binding (a naive timestamp) raises that refusal itself.
 
         A database that cannot be reached, or stays locked past the busy timeout, raises
-        :class:`UpstreamUnavailable`; the driver's detail is kept as the cause, not in the message."""
+        :class:`UpstreamUnavailable`; the driver's detail is kept as the cause, not in the message. A
+        SQLite file that is damaged or read-only raises it too, naming the file and the fix."""
         try:
             with self._sessions.begin() as session:
                 yield session
-        except (OperationalError, InterfaceError) as err:
+        except DatabaseError as err:
+            problem = _sqlite_file_problem(err, self._engine.url.database) if self.dialect == "sqlite" else None
+            if problem is not None:
+                raise UpstreamUnavailable(problem) from err  # the file, not a busy lock: say which and why
+            if not isinstance(err, OperationalError):
+                raise
+            raise UpstreamUnavailable(
+                f"the {self.dialect} datastore did not answer or stayed busy; retry shortly"
+            ) from err
+        except InterfaceError as err:
             raise UpstreamUnavailable(
                 f"the {self.dialect} datastore did not answer or stayed busy; retry shortly"
             ) from err
@@ -227,7 +237,7 @@ class Database:
         except DatabaseError as err:
             problem = _sqlite_file_problem(err, self._engine.url.database) if self.dialect == "sqlite" else None
             if problem is not None:
-                raise problem from err
+                raise ConfigError(problem) from err
             if not isinstance(err, OperationalError):
                 raise
             raise UpstreamUnavailable(

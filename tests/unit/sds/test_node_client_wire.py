@@ -70,6 +70,34 @@ def test_an_unreachable_ca_is_upstream_unavailable(code: grpc.StatusCode) -> Non
     )
 
 
+@pytest.mark.parametrize(
+    ("details", "problem"),
+    [
+        pytest.param(
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.1:8081: Tls handshake failed "
+            "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
+            "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK",
+            "the CA's certificate does not verify: unable to get local issuer certificate",
+            id="unknown-issuer",
+        ),
+        pytest.param(
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.1:8081: Custom verification "
+            "check failed with error: UNAUTHENTICATED: Hostname Verification Check failed.",
+            "the CA's certificate does not carry the expected server name",
+            id="server-name",
+        ),
+    ],
+)
+def test_a_failed_handshake_is_a_trust_failure_naming_what_was_checked(details: str, problem: str) -> None:
+    err = rpc_error(failure(grpc.StatusCode.UNAVAILABLE, details), "Attest", ADDRESS, "the example.org bundle")
+    assert type(err) is NotAuthenticated
+    assert str(err) == (
+        f"node API Attest at {ADDRESS}: TLS handshake failed, {problem} (checked against the example.org bundle); "
+        "the agent's trust bundle and server_name must match the CA's ('trustmesh-ca bundle show', "
+        "server.server_name)"
+    )
+
+
 def update(**fields: object) -> node_pb2.SyncUpdate:
     message = node_pb2.SyncUpdate(version=3, bundle=CA.bundle().to_json().encode())
     for name, value in fields.items():
