@@ -7,6 +7,10 @@ latter from bridge/, loaded by name) plug in next to ``join_token`` without touc
 Join tokens: 32 random bytes (URL-safe base64), shown once when generated; the datastore keeps only
 their SHA-256 and the agent ID they will attest as. A token is consumed atomically, once; an unknown,
 used or expired token gets one message that does not say which.
+
+One node name, one agent: a token for the ID of an agent that is attested (its SVID has not expired)
+is refused unless the operator asks to replace it; the replacement happens when the new node attests
+(its attestation records a new SVID, and the old agent's SVID stops authenticating at once).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ca.store.records import AuditEvent
 from ca.store.repositories import AgentRepository, AuditLogRepository, JoinTokenRepository
 from ca.store.repositories.join_tokens import hash_join_token
 from spiffe_core.clock import Clock
-from spiffe_core.errors import InvalidArgument, NotAuthorized, NotFound
+from spiffe_core.errors import AlreadyExists, InvalidArgument, NotAuthorized, NotFound
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 JOIN_TOKEN = "join_token"  # noqa: S105 - the method name, not a secret
@@ -85,9 +89,13 @@ class JoinTokens:
         self._trust_domain = trust_domain
         self._clock = clock
 
-    def generate(self, ttl: timedelta, actor: str, node_name: str | None = None) -> GeneratedJoinToken:
+    def generate(
+        self, ttl: timedelta, actor: str, node_name: str | None = None, *, replace: bool = False
+    ) -> GeneratedJoinToken:
         """Create a token valid for ``ttl`` that will attest as ``…/trustmesh/agent/join_token/<node_name>``
-        (a random UUID when no name is given). Raises InvalidArgument for a bad TTL or name."""
+        (a random UUID when no name is given). Raises InvalidArgument for a bad TTL or name, and
+        AlreadyExists while an agent with that ID is attested, unless ``replace``: then the node that
+        attests with this token replaces that agent (whose SVID stops working when it does)."""
         if ttl <= timedelta(0) or ttl > MAX_JOIN_TOKEN_TTL:
             limit = int(MAX_JOIN_TOKEN_TTL.total_seconds())
             raise InvalidArgument(
@@ -103,16 +111,24 @@ class JoinTokens:
         token = secrets.token_urlsafe(JOIN_TOKEN_BYTES)
         now = self._clock.now()
         with self._database.transaction() as session:
-            stored = JoinTokenRepository(session).add(hash_join_token(token), now + ttl, now, agent_id)
-            AuditLogRepository(session).append(
-                AuditEvent(
-                    now,
-                    actor,
-                    "join_token.generate",
-                    str(agent_id),
-                    "ok",
-                    {"expires_at": stored.expires_at.isoformat()},
+            try:
+                attested = AgentRepository(session).get(agent_id)
+            except NotFound:
+                attested = None
+            if attested is not None and attested.expires_at <= now:
+                attested = None  # its SVID expired: nothing authenticates as it any more
+            if attested is not None and not replace:
+                raise AlreadyExists(
+                    f"agent {agent_id} is attested (its SVID is valid until {attested.expires_at.isoformat()}); "
+                    f"one node name is one agent — evict it first with `trustmesh-ca agent evict {agent_id}`, "
+                    "or generate the token with --replace so the new node replaces it when it attests"
                 )
+            stored = JoinTokenRepository(session).add(hash_join_token(token), now + ttl, now, agent_id)
+            detail: dict[str, str] = {"expires_at": stored.expires_at.isoformat()}
+            if attested is not None:
+                detail["replaces_serial"] = format(attested.serial, "x")
+            AuditLogRepository(session).append(
+                AuditEvent(now, actor, "join_token.generate", str(agent_id), "ok", detail)
             )
         return GeneratedJoinToken(token, agent_id, stored.expires_at)
 

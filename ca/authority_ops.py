@@ -1,13 +1,9 @@
-"""The authority lifecycle as use cases: scheduled rotation, and what security officers do by hand
-(DESIGN §3 "Authorities", "Leaf revocation").
+"""What security officers do by hand with the trust domain's authorities (DESIGN §3 "Authorities",
+"Leaf revocation"): list, prepare, activate, taint, revoke, the emergency ``rotate --now``, and leaf
+revocation. Each is one change (:class:`~ca.authority_changes.AuthorityChanges`: one locked
+transaction, then reload and push); scheduled rotation is :mod:`ca.rotator`.
 
-Every operation is one transaction that first takes the trust domain's bundle-sequence row (a row
-lock on PostgreSQL, the write lock on SQLite) and bumps the sequence, so replicas never make the same
-change twice and a kill -9 at any point leaves either the whole change or none of it. After the commit
-this process re-reads its snapshot, then wakes every agent's Sync stream; other replicas are told by
-``NOTIFY`` inside the same transaction.
-
-Every officer operation takes ``dry_run``: the same checks and counts, and nothing written. Guard rails
+Every operation takes ``dry_run``: the same checks and counts, and nothing written. Guard rails
 refuse what would break the trust domain, with the reason and what to do instead:
 
 * revoke the active authority (activate another first, or ``rotate --now``);
@@ -18,50 +14,23 @@ refuse what would break the trust domain, with the reason and what to do instead
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TypeVar
+from datetime import datetime
 
 from cryptography import x509
 from sqlalchemy.orm import Session
 
 from ca.authority import AuthorityState
-from ca.authority_manager import AuthorityManager
-from ca.rotation import (
-    RotationParams,
-    Step,
-    StepKind,
-    next_check,
-    plan_rotation,
-    published_enough_at,
-)
-from ca.store.engine import Database
+from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
+from ca.rotation import RotationParams, published_enough_at
 from ca.store.records import AuthorityKind, AuthorityRecord, IssuedCertificate
-from ca.store.repositories import (
-    AgentRepository,
-    AuthorityRepository,
-    IssuedCertificateRepository,
-    RegistrationEntryRepository,
-    TrustBundleStateRepository,
-)
-from ca.sync import Change, ChangeHub, notify_replicas
-from spiffe_core.backoff import LogThrottle, backoff_delay
+from ca.store.repositories import AgentRepository, IssuedCertificateRepository, RegistrationEntryRepository
 from spiffe_core.clock import Clock
-from spiffe_core.errors import FailedPrecondition, InvalidArgument, NotFound, TrustmeshError
+from spiffe_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from spiffe_core.spiffe_id import SpiffeId
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-# The rotation task re-reads the datastore at least this often (another replica may have changed it).
-MAX_CHECK_INTERVAL = timedelta(seconds=10)
-RETRY_BASE_SECONDS = 1.0
-RETRY_CAP_SECONDS = 60.0
+__all__ = ["AuthorityOperations", "AuthorityView", "ChangeReport", "StateChange"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +41,6 @@ class AuthorityView:
     record: AuthorityRecord
     live_svids: int
     signed_until: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    authority_id: str
-    kind: AuthorityKind
-    before: AuthorityState | None  # None: the authority is created
-    after: AuthorityState | None  # None: the authority is removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,35 +61,17 @@ class ChangeReport:
 
 
 class AuthorityOperations:
-    def __init__(
-        self,
-        *,
-        database: Database,
-        authorities: AuthorityManager,
-        hub: ChangeHub,
-        params: RotationParams,
-        clock: Clock,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._database = database
-        self._authorities = authorities
-        self._hub = hub
+    def __init__(self, changes: AuthorityChanges, params: RotationParams, clock: Clock) -> None:
+        self._changes = changes
+        self._authorities = changes.authorities
         self._params = params
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-        self._last_error: str | None = None
-        self._throttle = LogThrottle(interval=10.0)
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the last scheduled rotation step failed, None after a success (for /ready)."""
-        return self._last_error
 
     # -- reading ---------------------------------------------------------------------------------
 
     def list(self) -> tuple[AuthorityView, ...]:
         now = self._clock.now()
-        with self._database.transaction() as session:
+        with self._changes.database.transaction() as session:
             certs = IssuedCertificateRepository(session)
             return tuple(
                 AuthorityView(r, self._live_count(certs, r, now), self._signed_until(certs, r))
@@ -166,7 +109,7 @@ class AuthorityOperations:
                 return self._report(
                     "prepare", True, session, records, [StateChange("(new)", kind, None, AuthorityState.PREPARED)]
                 )
-            record = self._create(session, kind, AuthorityState.PREPARED, records)
+            record = self._changes.create(session, kind, AuthorityState.PREPARED, records)
             return self._report(
                 "prepare",
                 False,
@@ -175,14 +118,14 @@ class AuthorityOperations:
                 [StateChange(record.id, kind, None, AuthorityState.PREPARED)],
             )
 
-        return self._run(change, dry_run)
+        return self._changes.run(change, dry_run=dry_run)
 
     def activate(self, authority_id: str, *, dry_run: bool = False, force: bool = False) -> ChangeReport:
         """Make a prepared authority the one that signs; the active one is retired in the same step.
         Refused until the prepared one has been published for a refresh hint (``force`` skips that)."""
 
         def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
-            target = _find(records, authority_id)
+            target = find(records, authority_id)
             if target.state is not AuthorityState.PREPARED:
                 raise FailedPrecondition(
                     f"authority {authority_id} is {target.state.value}; only a prepared authority can be activated "
@@ -197,21 +140,17 @@ class AuthorityOperations:
                     f"it at or after {ready_at.isoformat()} (or use `authority rotate --now` in an emergency)"
                 )
             changes = [StateChange(target.id, target.kind, AuthorityState.PREPARED, AuthorityState.ACTIVE)]
-            changes += [
-                StateChange(r.id, r.kind, AuthorityState.ACTIVE, AuthorityState.RETIRED)
-                for r in records
-                if r.kind is target.kind and r.state is AuthorityState.ACTIVE
-            ]
+            changes += retire_active(records, target.kind)
             return self._apply("activate", dry_run, session, records, changes)
 
-        return self._run(change, dry_run)
+        return self._changes.run(change, dry_run=dry_run)
 
     def taint(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport:
         """Mark an authority as suspect: agents replace everything chained to it at once; it stays in
         the bundle (its SVIDs keep verifying until replaced) until revoked or pruned."""
 
         def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
-            target = _find(records, authority_id)
+            target = find(records, authority_id)
             if target.state is AuthorityState.ACTIVE:
                 raise FailedPrecondition(
                     f"authority {authority_id} is active: agents would re-issue from the very authority they must "
@@ -226,13 +165,13 @@ class AuthorityOperations:
                 [StateChange(target.id, target.kind, target.state, AuthorityState.TAINTED)],
             )
 
-        return self._run(change, dry_run)
+        return self._changes.run(change, dry_run=dry_run)
 
     def revoke(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport:
         """Remove an authority from the bundle: nothing it signed verifies any more."""
 
         def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
-            target = _find(records, authority_id)
+            target = find(records, authority_id)
             if target.state is AuthorityState.ACTIVE:
                 raise FailedPrecondition(
                     f"authority {authority_id} is active and signs every new SVID; activate another one first "
@@ -253,7 +192,7 @@ class AuthorityOperations:
                 [StateChange(target.id, target.kind, target.state, AuthorityState.REVOKED)],
             )
 
-        return self._run(change, dry_run)
+        return self._changes.run(change, dry_run=dry_run)
 
     def rotate_now(self, kind: AuthorityKind, *, dry_run: bool = False) -> ChangeReport:
         """The emergency rotation: mint a new authority and activate it at once, and taint the active
@@ -266,11 +205,11 @@ class AuthorityOperations:
             if dry_run:
                 new = [StateChange("(new)", kind, None, AuthorityState.ACTIVE)]
                 return self._report("rotate", True, session, records, [*new, *changes])
-            record = self._create(session, kind, AuthorityState.ACTIVE)
+            record = self._changes.create(session, kind, AuthorityState.ACTIVE)
             report = self._apply("rotate", False, session, [*records, record], changes)
             return _with_change(report, StateChange(record.id, kind, None, AuthorityState.ACTIVE))
 
-        return self._run(change, dry_run)
+        return self._changes.run(change, dry_run=dry_run)
 
     def revoke_svids(
         self,
@@ -307,139 +246,9 @@ class AuthorityOperations:
                 tuple(c.serial for c in revoked),
             )
 
-        return self._run(change, dry_run)
-
-    # -- scheduled rotation --------------------------------------------------------------------------
-
-    def tick(self) -> datetime | None:
-        """Apply every rotation step due now (each in its own transaction); re-sign the CRLs when due.
-        Returns when to look again."""
-        now = self._clock.now()
-        records, signed_until = self._rotation_view()
-        for step in plan_rotation(records, signed_until, now, self._params):
-            self._apply_step(step)
-        refresh_at = self._authorities.crls_refresh_at
-        if refresh_at is not None and self._clock.now() >= refresh_at:
-            self._authorities.refresh()
-        records, signed_until = self._rotation_view()
-        now = self._clock.now()
-        moments = [
-            m for m in (next_check(records, signed_until, now, self._params), self._authorities.crls_refresh_at) if m
-        ]
-        return min(moments) if moments else None
-
-    async def run(self) -> None:
-        """Keep authorities rotating until cancelled. Failures (upstream or datastore down) are retried
-        with exponential backoff capped at a minute, logged at most every 10 s, and reported by /ready
-        (through :attr:`last_error`) while nothing usable is active."""
-        failures = 0
-        while True:
-            try:
-                next_at = await asyncio.to_thread(self.tick)
-            except Exception as err:
-                failures += 1
-                self._last_error = str(err) if isinstance(err, TrustmeshError) else f"internal error: {err!r}"
-                delay = backoff_delay(failures, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
-                if self._throttle.should_log(time.monotonic()):
-                    log.warning(
-                        "authority rotation failed: %s; retrying in %.1fs%s",
-                        err,
-                        delay,
-                        self._throttle.note(),
-                        exc_info=not isinstance(err, TrustmeshError),  # a bug: keep its trace
-                    )
-            else:
-                failures = 0
-                self._last_error = None
-                now = self._clock.now()
-                delay = MAX_CHECK_INTERVAL.total_seconds()
-                if next_at is not None:
-                    delay = min(delay, max((next_at - now).total_seconds(), 0.0) + 0.05)
-            await asyncio.sleep(delay)
-
-    def reload_quietly(self) -> None:
-        """Re-read the snapshot after another replica's change; a datastore hiccup is logged, not raised
-        (the rotation task re-reads it within seconds anyway)."""
-        try:
-            self._authorities.refresh()
-        except TrustmeshError as err:
-            log.warning("could not reload authorities after another replica's change: %s", err)
-
-    def _apply_step(self, step: Step) -> None:
-        def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport | None:
-            # Planned again under the lock: another replica may have done it already.
-            current, signed_until = self._rotation_view_in(session)
-            if step not in plan_rotation(current, signed_until, self._clock.now(), self._params):
-                return None
-            if step.kind is StepKind.PREPARE:
-                record = self._create(session, step.authority_kind, AuthorityState.PREPARED, records)
-                log.info(
-                    "prepared %s authority %s (%s); published in the bundle now",
-                    step.authority_kind,
-                    record.id,
-                    step.why,
-                )
-                return None
-            if step.kind is StepKind.RECOVER:
-                stale = [
-                    StateChange(r.id, r.kind, AuthorityState.ACTIVE, AuthorityState.RETIRED)
-                    for r in records
-                    if r.kind is step.authority_kind and r.state is AuthorityState.ACTIVE
-                ]
-                self._set_states(session, stale)
-                record = self._create(session, step.authority_kind, AuthorityState.ACTIVE)
-                log.warning("activated a new %s authority %s at once (%s)", step.authority_kind, record.id, step.why)
-                return None
-            assert step.authority_id is not None
-            if step.kind is StepKind.ACTIVATE:
-                changes = [
-                    StateChange(step.authority_id, step.authority_kind, AuthorityState.PREPARED, AuthorityState.ACTIVE)
-                ]
-                changes += [
-                    StateChange(r.id, r.kind, AuthorityState.ACTIVE, AuthorityState.RETIRED)
-                    for r in records
-                    if r.kind is step.authority_kind and r.state is AuthorityState.ACTIVE
-                ]
-                self._set_states(session, changes)
-                log.info("activated %s authority %s (%s)", step.authority_kind, step.authority_id, step.why)
-                return None
-            record = _find(records, step.authority_id)
-            AuthorityRepository(session).delete(step.authority_id)
-            session.info.setdefault("pruned_keys", []).append(record.key_ref)
-            log.info("pruned %s authority %s (%s)", step.authority_kind, step.authority_id, step.why)
-            return None
-
-        self._run(change, dry_run=False)
+        return self._changes.run(change, dry_run=dry_run)
 
     # -- plumbing ------------------------------------------------------------------------------------
-
-    def _run(self, change: Callable[[Session, Sequence[AuthorityRecord]], T], dry_run: bool) -> T:
-        """Run ``change`` in one locked transaction; on a real change, reload and wake every agent.
-        A dry run makes the very same changes and rolls them back, so its checks and counts are the
-        real operation's."""
-        try:
-            with self._database.transaction() as session:
-                TrustBundleStateRepository(session).next_bundle_sequence(self._authorities.params.trust_domain)
-                result = change(session, self._authorities.records(session))
-                if dry_run:
-                    raise _DryRun(result)
-                notify_replicas(session, self._hub, Change.everyone())
-                pruned = list(session.info.get("pruned_keys", ()))
-        except _DryRun as rolled_back:
-            return rolled_back.result  # type: ignore[return-value]
-        for key_ref in pruned:
-            self._authorities.delete_key(key_ref)
-        self._authorities.refresh()
-        self._hub.notify(Change.everyone())
-        return result
-
-    def _create(
-        self, session: Session, kind: AuthorityKind, state: AuthorityState, records: Sequence[AuthorityRecord] = ()
-    ) -> AuthorityRecord:
-        if kind is AuthorityKind.JWT:
-            return self._authorities.create_jwt(session, state)
-        active = [r.not_after for r in records if r.kind is kind and r.state is AuthorityState.ACTIVE]
-        return self._authorities.create_x509(session, state, must_outlive=max(active) if active else None)
 
     def _apply(
         self,
@@ -450,15 +259,8 @@ class AuthorityOperations:
         changes: Sequence[StateChange],
     ) -> ChangeReport:
         report = self._report(action, dry_run, session, records, changes)
-        self._set_states(session, changes)  # rolled back for a dry run, after the same checks
+        self._changes.set_states(session, changes)  # rolled back for a dry run, after the same checks
         return report
-
-    def _set_states(self, session: Session, changes: Sequence[StateChange]) -> None:
-        repo = AuthorityRepository(session)
-        now = self._clock.now()
-        for item in changes:
-            assert item.after is not None
-            repo.set_state(item.authority_id, item.after, now)
 
     def _report(
         self,
@@ -502,15 +304,6 @@ class AuthorityOperations:
         known = {a.spiffe_id for a in AgentRepository(session).list()}
         return tuple(sorted(agents & known, key=str))
 
-    def _rotation_view(self) -> tuple[Sequence[AuthorityRecord], dict[str, datetime | None]]:
-        with self._database.transaction() as session:
-            return self._rotation_view_in(session)
-
-    def _rotation_view_in(self, session: Session) -> tuple[Sequence[AuthorityRecord], dict[str, datetime | None]]:
-        records = self._authorities.records(session)
-        certs = IssuedCertificateRepository(session)
-        return records, {r.id: certs.latest_expiry(r.id) for r in records if r.kind is AuthorityKind.X509}
-
     @staticmethod
     def _live_count(certs: IssuedCertificateRepository, record: AuthorityRecord, now: datetime) -> int:
         return certs.count_live(record.id, now) if record.kind is AuthorityKind.X509 else 0
@@ -539,19 +332,6 @@ class AuthorityOperations:
         if not revoked:
             raise NotFound(f"{spiffe_id} holds no X509-SVID that is valid and not revoked; nothing to revoke")
         return revoked
-
-
-class _DryRun(Exception):
-    def __init__(self, result: object) -> None:
-        super().__init__("dry run")
-        self.result = result
-
-
-def _find(records: Sequence[AuthorityRecord], authority_id: str) -> AuthorityRecord:
-    for record in records:
-        if record.id == authority_id:
-            return record
-    raise NotFound(f"authority {authority_id!r} is not in the datastore; `trustmesh-ca authority list` lists them")
 
 
 def _crl_issuer_id(der: bytes) -> str:

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.admin_client import AdminClient
+from ca.cli_agents import add_agent_commands
 from ca.cli_authorities import add_authority_commands
 from ca.config import CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
@@ -228,6 +229,8 @@ def cmd_token_generate(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"ttl_seconds": _ttl_seconds(args.ttl)}
     if args.node_name is not None:
         body["node_name"] = args.node_name
+    if args.replace:
+        body["replace"] = True
     with _client(args) as client:
         reply = client.post_json("/v1/join-tokens", body)
     if args.json:
@@ -285,6 +288,11 @@ def _add_entry_commands(commands: Any) -> None:
     generate = token.add_parser("generate", help="generate a one-time join token for a new node")
     generate.add_argument("--ttl", default="1h", help="how long the token stays usable (default 1h)")
     generate.add_argument("--node-name", help="agent ID's last path segment (default: a random UUID)")
+    generate.add_argument(
+        "--replace",
+        action="store_true",
+        help="even if an agent with this ID is attested: the new node replaces it when it attests",
+    )
     generate.add_argument("--json", action="store_true", help="print JSON for machines")
     generate.set_defaults(func=cmd_token_generate)
 
@@ -340,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_entry_commands(commands)
     add_authority_commands(commands, _client)
+    add_agent_commands(commands, _client)
     return parser
 
 

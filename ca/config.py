@@ -131,6 +131,9 @@ class DatastoreConfig(_Section):
     """The SQL database; empty means SQLite in the data directory."""
 
     url: str = ""
+    # Records of issued X509-SVIDs are deleted this long after they expire (they back revocation and
+    # CRLs, which only ever concern unexpired SVIDs).
+    issued_certificate_retention: Duration = timedelta(hours=24)
 
     @field_validator("url")
     @classmethod
@@ -257,6 +260,53 @@ class RevocationConfig(_Section):
     crl_ttl: Duration = timedelta(hours=24)
 
 
+class RateLimitConfig(_Section):
+    """Token buckets of the node API (SPIRE's ``ratelimit``); a rate of 0 turns that limit off."""
+
+    signing: float = 100.0  # X509-SVIDs per second per agent
+    signing_burst: int = 2000  # lets one agent re-issue 1,000 SVIDs at once after a taint
+    attestation: float = 1.0  # Attest calls per second per source IP address
+    attestation_burst: int = 20  # agents behind one address (NAT, a test host) starting together
+
+    @field_validator("signing", "attestation")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if not 0 <= value < float("inf"):
+            raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
+        return value
+
+    @field_validator("signing_burst", "attestation_burst")
+    @classmethod
+    def _burst(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value!r} is not a burst; write at least 1")
+        return value
+
+
+class NodeApiConfig(_Section):
+    """Limits of the agents' node API."""
+
+    max_batch_size: int = 1000  # X509-SVIDs per SignX509Svids call; agents send 100
+    ratelimit: RateLimitConfig = RateLimitConfig()
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _batch(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value!r} is not a batch size; write at least 1 (agents send batches of 100)")
+        return value
+
+    @model_validator(mode="after")
+    def _batch_within_burst(self) -> NodeApiConfig:
+        burst = self.ratelimit.signing_burst
+        if self.ratelimit.signing > 0 and self.max_batch_size > burst:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) is larger than ratelimit.signing_burst ({burst}), so a "
+                "full batch could never pass the signing rate; lower max_batch_size or raise signing_burst"
+            )
+        return self
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -270,6 +320,7 @@ class CaConfig(_Section):
     agent_svid: AgentSvidConfig = AgentSvidConfig()
     bundle: BundleConfig = BundleConfig()
     revocation: RevocationConfig = RevocationConfig()
+    node_api: NodeApiConfig = NodeApiConfig()
 
 
 def ttl_problems(config: CaConfig) -> list[str]:
@@ -525,6 +576,7 @@ log_level = "info"                      # debug, info, warning or error
 
 [datastore]
 url = ""                                # "" = sqlite:///<data_dir>/datastore.sqlite3; or postgresql+psycopg://...
+issued_certificate_retention = "24h"    # records of issued X509-SVIDs are deleted this long after they expire
 
 [ca]
 key_type = "ec-p256"                    # ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096
@@ -563,4 +615,13 @@ refresh_hint = "5m"                     # shorter than x509_svid.default_ttl and
 
 [revocation]
 crl_ttl = "24h"                         # each CRL's validity; re-signed at half of it and on every revocation
+
+[node_api]
+max_batch_size = 1000                   # X509-SVIDs per SignX509Svids call (agents send 100); at most signing_burst
+
+[node_api.ratelimit]
+signing = 100                           # X509-SVIDs per second per agent; 0 = no limit
+signing_burst = 2000                    # at once: a taint re-issues all of an agent's SVIDs in one round
+attestation = 1                         # Attest calls per second per source IP address; 0 = no limit
+attestation_burst = 20                  # at once, e.g. agents behind one NAT starting together
 """

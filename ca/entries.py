@@ -73,6 +73,20 @@ def check_dns_name(name: str) -> None:
             )
 
 
+def check_operator_svid(spiffe_id: SpiffeId, dns_names: Iterable[str] = ()) -> None:
+    """The rules ``entry create`` applies to an entry's SPIFFE ID and DNS names, for the SVIDs an
+    operator mints directly (``x509 mint``, ``jwt mint``): nothing under the reserved ``/trustmesh``
+    path, valid DNS names. The CA's serving SVID and agents' SVIDs are issued by the CA itself and never
+    pass here. Raises :class:`InvalidArgument` naming the rule."""
+    if is_reserved(spiffe_id):
+        raise InvalidArgument(
+            f"SPIFFE ID {spiffe_id} is under the reserved path {RESERVED_PATH}/ (the CA's and agents' own "
+            "identities, issued only by attestation); choose another path"
+        )
+    for name in dns_names:
+        check_dns_name(name)
+
+
 def _check_ttl(ttl: timedelta | None, maximum: timedelta, what: str) -> None:
     if ttl is None:
         return

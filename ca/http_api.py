@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field
 
 from ca.attestation import GeneratedJoinToken
+from ca.entries import check_operator_svid
+from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
 from ca.store.records import EntrySpec, RegistrationEntry
@@ -59,7 +61,9 @@ class EntryOperations(Protocol):
 class JoinTokenOperations(Protocol):
     """Join token generation (:class:`ca.attestation.JoinTokens`)."""
 
-    def generate(self, ttl: timedelta, actor: str, node_name: str | None = None) -> GeneratedJoinToken: ...
+    def generate(
+        self, ttl: timedelta, actor: str, node_name: str | None = None, *, replace: bool = False
+    ) -> GeneratedJoinToken: ...
 
 
 # Who the audit log names for a change made through the admin socket: whoever can open it is the local
@@ -137,6 +141,9 @@ class EntryListReply(BaseModel):
 class JoinTokenBody(_Body):
     ttl_seconds: int = DEFAULT_JOIN_TOKEN_TTL_SECONDS
     node_name: str | None = Field(default=None, description="last path segment of the agent ID; default a UUID")
+    replace: bool = Field(
+        default=False, description="even if an agent with this ID is attested: the new node replaces it"
+    )
 
 
 class JoinTokenReply(BaseModel):
@@ -250,7 +257,9 @@ def _add_entry_routes(app: FastAPI, entries: EntryOperations, join_tokens: JoinT
 
     @app.post("/v1/join-tokens", status_code=201)
     def generate_join_token(body: JoinTokenBody) -> JoinTokenReply:
-        generated = join_tokens.generate(timedelta(seconds=body.ttl_seconds), LOCAL_ADMIN, body.node_name)
+        generated = join_tokens.generate(
+            timedelta(seconds=body.ttl_seconds), LOCAL_ADMIN, body.node_name, replace=body.replace
+        )
         return JoinTokenReply(token=generated.token, spiffe_id=str(generated.agent_id), expires_at=generated.expires_at)
 
 
@@ -261,6 +270,7 @@ def create_admin_app(
     entries: EntryOperations,
     join_tokens: JoinTokenOperations,
     authorities: AuthorityOps | None = None,
+    agents: AgentOps | None = None,
 ) -> FastAPI:
     """The local admin API the CLI talks to over the Unix socket."""
     app = FastAPI(title="trustmesh CA admin API", version="1")
@@ -287,6 +297,7 @@ def create_admin_app(
             dns_names=tuple(body.dns_names),
             ttl=_ttl(body.ttl_seconds),
         )
+        check_operator_svid(request.spiffe_id, request.dns_names)
         (issued,) = ops.mint_x509_svids([request])
         return X509MintReply(
             spiffe_id=str(issued.spiffe_id),
@@ -298,13 +309,15 @@ def create_admin_app(
 
     @app.post("/v1/jwt-svids")
     def mint_jwt(body: JwtMintBody) -> JwtMintReply:
-        token, expires_at = ops.mint_jwt_svid(
-            JwtSvidRequest(SpiffeId.parse(body.spiffe_id), tuple(body.audience), _ttl(body.ttl_seconds))
-        )
+        spiffe_id = SpiffeId.parse(body.spiffe_id)
+        check_operator_svid(spiffe_id)
+        token, expires_at = ops.mint_jwt_svid(JwtSvidRequest(spiffe_id, tuple(body.audience), _ttl(body.ttl_seconds)))
         return JwtMintReply(token=token, expires_at=expires_at)
 
     _add_entry_routes(app, entries, join_tokens)
     if authorities is not None:
         add_authority_routes(app, authorities)
         add_crl_routes(app, authorities)
+    if agents is not None:
+        add_agent_routes(app, agents, LOCAL_ADMIN)
     return app

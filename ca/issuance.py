@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from ca.authority import AuthoritySet, X509Authority
 from ca.signing import sign
 from spiffe_core.errors import InvalidArgument
-from spiffe_core.jwt_svid import mint_jwt_svid
+from spiffe_core.jwt_svid import check_audience, mint_jwt_svid
 from spiffe_core.keys import PublicKey, key_type_of
 from spiffe_core.spiffe_id import SpiffeId
 from spiffe_core.x509_svid import new_serial, validate_x509_svid_leaf, x509_svid_builder
@@ -151,14 +151,14 @@ def mint_jwt(
     request: JwtSvidRequest, authorities: AuthoritySet, ttl_policy: TtlPolicy, now: datetime
 ) -> tuple[str, datetime]:
     """Mint a JWT-SVID with the active JWT key; ``exp`` is capped by the key's own expiry.
-    Returns the compact token and its expiry."""
+    Returns the compact token and its expiry. Raises InvalidArgument for an audience
+    :func:`~spiffe_core.jwt_svid.check_audience` refuses, before any key is used."""
     if not request.spiffe_id.is_member_of(authorities.trust_domain):
         raise InvalidArgument(
             f"SPIFFE ID {request.spiffe_id} is not in trust domain {authorities.trust_domain}; "
             "this CA signs only its own trust domain"
         )
-    if not request.audience or not all(request.audience):
-        raise InvalidArgument("a JWT-SVID needs at least one non-empty audience")
+    check_audience(request.audience)
     key = authorities.active_jwt(now)
     ttl = ttl_policy.resolve(request.ttl, "JWT-SVID")
     expires_at = min(now + ttl, key.not_after)

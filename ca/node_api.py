@@ -11,9 +11,12 @@ without *requiring* one:
 Both serve the CA's own X509-SVID (:mod:`ca.server_identity`) and pick up a renewed serving SVID or a
 changed bundle on the next handshake (``grpc.dynamic_ssl_server_credentials``), without a restart.
 
-The servicer is thin: authenticate, call one :class:`~ca.node_service.NodeService` method in a worker
-thread, encode. Domain errors become status codes through ``spiffe_core.errors.transport_status``;
-anything else is logged and answered INTERNAL with a generic message.
+The servicer is thin: authenticate, apply the node API's limits (:mod:`ca.ratelimit`: batch size,
+signing rate per agent, attestation rate per source address), call one
+:class:`~ca.node_service.NodeService` method in a worker thread, encode. Domain errors become status
+codes through ``spiffe_core.errors.transport_status``; anything else is logged and answered INTERNAL
+with a generic message. A refusal for a rate limit (RESOURCE_EXHAUSTED) also carries its wait as
+trailing metadata, :data:`RETRY_AFTER_KEY` (milliseconds).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,12 +35,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.node_service import AuthenticatedAgent, NodeService, SyncState
+from ca.ratelimit import NodeApiGuard
 from ca.server_identity import ServerIdentity
 from ca.store.records import RegistrationEntry
 from ca.sync import ChangeHub, UpdateVersions, watch
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import ConfigError, transport_status
+from spiffe_core.errors import ConfigError, ResourceExhausted, transport_status
 from wire import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 _INTERNAL = "internal error; see the CA's log"
 # How long a stopping server lets in-flight unary calls finish (streams are cut).
 STOP_GRACE_SECONDS = 2.0
+# Trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds until the call would pass.
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -57,6 +64,9 @@ async def _abort(context: Context, err: Exception) -> NoReturn:
     if status is None:
         log.error("node API call failed", exc_info=err)
         await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+    if isinstance(err, ResourceExhausted):
+        hint = ((RETRY_AFTER_KEY, str(max(1, round(err.retry_after * 1000)))),)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), trailing_metadata=hint)
     await context.abort(grpc.StatusCode[status[1]], str(err))
 
 
@@ -83,6 +93,19 @@ def _peer_chain_pem(context: Context) -> bytes | None:
         if values:
             return b"".join(values)
     return None
+
+
+def peer_source(peer: str) -> str:
+    """The address a call came from, without its port: ``ipv4:10.0.0.1:5000`` → ``10.0.0.1``,
+    ``ipv6:%5B::1%5D:5000`` (grpc percent-encodes the brackets) → ``::1``; anything else (a Unix
+    socket) as it is."""
+    kind, _, address = peer.partition(":")
+    address = urllib.parse.unquote(address)
+    if kind == "ipv4":
+        return address.rpartition(":")[0] or address
+    if kind == "ipv6" and address.startswith("["):
+        return address[1:].partition("]")[0] or address
+    return peer
 
 
 def _der_chain(chain: tuple[x509.Certificate, ...]) -> list[bytes]:
@@ -129,11 +152,19 @@ def encode_sync_update(state: SyncState, version: int) -> node_pb2.SyncUpdate:
 class NodeServicer:
     """``trustmesh.node.v1.Node``; register with :func:`add_to_server`."""
 
-    def __init__(self, node: NodeService, hub: ChangeHub, versions: UpdateVersions, clock: Clock) -> None:
+    def __init__(
+        self,
+        node: NodeService,
+        hub: ChangeHub,
+        versions: UpdateVersions,
+        clock: Clock,
+        guard: NodeApiGuard | None = None,
+    ) -> None:
         self._node = node
         self._hub = hub
         self._versions = versions
         self._clock = clock
+        self._guard = guard or NodeApiGuard()  # the default limits of ca.ratelimit.NodeApiLimits
 
     async def _agent(self, context: Context) -> AuthenticatedAgent:
         return await asyncio.to_thread(self._node.authenticate, _peer_chain_pem(context))
@@ -142,6 +173,8 @@ class NodeServicer:
     async def Attest(  # gRPC method names are CamelCase
         self, request: node_pb2.AttestRequest, context: Context
     ) -> node_pb2.AttestResponse:
+        self._guard.admit_attestation(peer_source(context.peer()))  # before the evidence is spent
+        self._node.check_trust_domain(request.trust_domain)  # before the evidence is spent
         svid = await asyncio.to_thread(self._node.attest, request.method, request.payload, request.csr)
         return node_pb2.AttestResponse(
             spiffe_id=str(svid.spiffe_id), svid_chain=_der_chain(svid.cert_chain), bundle=_bundle_json(svid.bundle)
@@ -156,12 +189,12 @@ class NodeServicer:
     @_edge
     async def Sync(self, request: node_pb2.SyncRequest, context: Context) -> None:
         """Full state at once, then again on every change that alters it. The stream ends when the
-        client SVID it was opened with expires (the agent reconnects with its renewed one) or when the
-        agent is banned."""
+        client SVID it was opened with expires (the agent reconnects with its renewed one), and at once
+        when the agent is banned or evicted or that SVID is replaced by a re-attestation."""
         agent = await self._agent(context)
         remaining = (agent.not_after - self._clock.now()).total_seconds()
         with self._hub.subscribe(agent.spiffe_id) as subscription:
-            load = functools.partial(self._node.get_sync_state, agent.spiffe_id)
+            load = functools.partial(self._node.get_sync_state, agent.spiffe_id, agent.serial)
             try:
                 async with asyncio.timeout(remaining):
                     async for state in watch(subscription, load):
@@ -178,6 +211,7 @@ class NodeServicer:
         self, request: node_pb2.SignX509SvidsRequest, context: Context
     ) -> node_pb2.SignX509SvidsResponse:
         agent = await self._agent(context)
+        self._guard.admit_signing(agent.spiffe_id, len(request.requests))
         items = [(item.entry_id, item.csr) for item in request.requests]
         outcomes = await asyncio.to_thread(self._node.sign_x509_svids, agent.spiffe_id, items)
         return node_pb2.SignX509SvidsResponse(

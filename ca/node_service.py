@@ -5,6 +5,11 @@ workload SVIDs for the entries parented to it.
 The gRPC servicer (:mod:`ca.node_api`) only decodes, calls one method here (in a worker thread: these
 read the datastore and sign) and encodes. Identity always comes from the caller's verified client
 certificate, never from a request field.
+
+An agent's X509-SVID authenticates only while it is the one the CA last issued to that agent — or,
+for :data:`RENEWAL_OVERLAP` after a renewal, the one it replaced, so calls in flight on the agent's
+old channel finish. An SVID replaced by renewal or re-attestation, or of an evicted or banned agent,
+stops working; its open Sync streams end at once (every issuance announces a change for the agent).
 """
 
 from __future__ import annotations
@@ -23,11 +28,17 @@ from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_cs
 from ca.store.engine import Database
 from ca.store.records import Agent, RegistrationEntry
 from ca.store.repositories import AgentRepository, RegistrationEntryRepository
+from ca.sync import Change, ChangeHub, announce
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import InvalidArgument, NotAuthenticated, NotAuthorized, NotFound, X509SvidError
+from spiffe_core.jwt_svid import check_audience
 from spiffe_core.spiffe_id import SpiffeId
 from spiffe_core.x509_svid import load_pem_certificates, verify_x509_svid
+
+# How long the SVID a renewal replaced still authenticates: the agent moves to a new channel at once
+# and gives unary calls on the old one 5 s to finish.
+RENEWAL_OVERLAP = timedelta(seconds=30)
 
 
 class Issuer(Protocol):
@@ -56,6 +67,8 @@ class AuthenticatedAgent:
     spiffe_id: SpiffeId
     # When the presented SVID expires: a stream authenticated by it must end then.
     not_after: datetime
+    # The presented SVID's serial: a stream authenticated by it ends once the CA no longer accepts it.
+    serial: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +102,8 @@ class NodeService:
         attestors: NodeAttestors,
         agent_svid_ttl: timedelta,
         clock: Clock,
+        hub: ChangeHub | None = None,
+        renewal_overlap: timedelta = RENEWAL_OVERLAP,
     ) -> None:
         self._database = database
         self._issuer = issuer
@@ -97,6 +112,8 @@ class NodeService:
         self._attestors = attestors
         self._agent_svid_ttl = agent_svid_ttl
         self._clock = clock
+        self._hub = hub
+        self._renewal_overlap = renewal_overlap
 
     def attest(self, method: str, payload: bytes, csr: bytes) -> AgentSvid:
         """Check the node's evidence with the named attestor and sign its first agent X509-SVID.
@@ -112,14 +129,27 @@ class NodeService:
         """A fresh agent X509-SVID for the same ID and a new key; refused (NotAuthorized) once banned."""
         with self._database.transaction() as session:
             method = self._active_agent(AgentRepository(session), agent).attestation_type
-        return self._issue_agent_svid(agent, method, csr)
+        return self._issue_agent_svid(agent, method, csr, renewal=True)
+
+    def check_trust_domain(self, claimed: str) -> None:
+        """Refuse (InvalidArgument) an agent that says it is configured for another trust domain, before
+        its evidence is looked at, so a misconfigured agent does not spend its join token. An empty
+        claim (an agent older than this check) passes: the agent ID it gets tells it then."""
+        served = self._authorities.get_current().bundle.trust_domain
+        if claimed and claimed != served.name:
+            shown = claimed if len(claimed) <= 255 else claimed[:255] + "..."
+            raise InvalidArgument(
+                f"the agent is configured for trust domain {shown!r} but this CA serves {served.name!r}; "
+                f"set trust_domain = {served.name!r} in the agent's configuration (the join token was not used)"
+            )
 
     def authenticate(self, peer_chain_pem: bytes | None) -> AuthenticatedAgent:
         """The agent behind a TLS client certificate chain (PEM, leaf first).
 
         NotAuthenticated when there is no certificate or it is not a valid X509-SVID of this trust
         domain now (expired, wrong signer); NotAuthorized when it is valid but not a known, unbanned
-        agent (a workload's SVID, a forgotten or banned agent)."""
+        agent (a workload's SVID, a forgotten or banned agent) or no longer the agent's SVID (replaced by a
+        renewal more than :data:`RENEWAL_OVERLAP` ago, or by a re-attestation)."""
         if not peer_chain_pem:
             raise NotAuthenticated(
                 "no client certificate; call the node API over mTLS with the agent's X509-SVID "
@@ -139,16 +169,20 @@ class NodeService:
                 f"{spiffe_id} is not an agent ID; the node API serves only agents "
                 f"({bundle.trust_domain.id}/trustmesh/agent/...)"
             )
+        serial = chain[0].serial_number
         with self._database.transaction() as session:
-            self._active_agent(AgentRepository(session), spiffe_id)
-        return AuthenticatedAgent(spiffe_id, chain[0].not_valid_after_utc)
+            self._current_svid(self._active_agent(AgentRepository(session), spiffe_id), serial, now)
+        return AuthenticatedAgent(spiffe_id, chain[0].not_valid_after_utc, serial)
 
-    def get_sync_state(self, agent: SpiffeId) -> SyncState:
+    def get_sync_state(self, agent: SpiffeId, serial: int | None = None) -> SyncState:
         """The bundle, the entries parented directly to ``agent`` and the tainted authorities.
-        Raises NotAuthorized once the agent is banned, which ends its stream."""
+        Raises NotAuthorized once the agent is banned or evicted, or (given the ``serial`` of the SVID
+        the stream was opened with) once that SVID was replaced, which ends its stream."""
         authorities = self._authorities.get_current()
         with self._database.transaction() as session:
-            self._active_agent(AgentRepository(session), agent)
+            record = self._active_agent(AgentRepository(session), agent)
+            if serial is not None:
+                self._current_svid(record, serial, self._clock.now())
             entries = RegistrationEntryRepository(session).list(parent_id=agent)
         return SyncState(
             authorities.bundle, entries, authorities.tainted_ids(), authorities.revoked_serials, authorities.crls
@@ -192,14 +226,29 @@ class NodeService:
 
     def mint_jwt_svid(self, agent: SpiffeId, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for an entry parented to ``agent``, with the entry's TTL. Raises NotAuthorized
-        for another agent's (or no) entry, InvalidArgument without an audience."""
+        for another agent's (or no) entry, InvalidArgument for an audience
+        :func:`~spiffe_core.jwt_svid.check_audience` refuses (checked before the entry is looked up)."""
+        audience = check_audience(audience)
         entry = self._entries.get_for_agent(agent, entry_id)
         return self._issuer.mint_jwt_svid(JwtSvidRequest(entry.spec.spiffe_id, tuple(audience), entry.spec.jwt_ttl))
 
-    def _issue_agent_svid(self, agent: SpiffeId, method: str, csr: bytes) -> AgentSvid:
+    def _issue_agent_svid(self, agent: SpiffeId, method: str, csr: bytes, *, renewal: bool = False) -> AgentSvid:
+        """Sign and record the agent's new SVID. A renewal keeps the replaced one valid for the overlap;
+        an attestation does not (a node that attests again, or a replacement node, cuts off the old
+        SVID at once). Streams opened with a replaced SVID reload and end."""
         (issued,) = self._issuer.mint_x509_svids([X509SvidRequest(csr, agent, ttl=self._agent_svid_ttl)])
+        now = self._clock.now()
         with self._database.transaction() as session:
-            AgentRepository(session).upsert(agent, method, issued.serial, issued.not_after, self._clock.now())
+            AgentRepository(session).upsert(
+                agent,
+                method,
+                issued.serial,
+                issued.not_after,
+                now,
+                previous_valid_until=now + self._renewal_overlap if renewal else None,
+            )
+            if self._hub is not None:
+                announce(session, self._hub, Change.for_agents(agent))
         return AgentSvid(agent, issued.cert_chain, self._authorities.get_current().bundle)
 
     @staticmethod
@@ -211,3 +260,12 @@ class NodeService:
         if record.banned:
             raise NotAuthorized(f"agent {agent} is banned; an operator must lift the ban")
         return record
+
+    @staticmethod
+    def _current_svid(record: Agent, serial: int, now: datetime) -> None:
+        if not record.accepts_serial(serial, now):
+            raise NotAuthorized(
+                f"the X509-SVID with serial {serial:x} is no longer the SVID of agent {record.spiffe_id} "
+                "(it was renewed, or the node attested again); "
+                "use the agent's current SVID, or attest this node again with a new join token"
+            )

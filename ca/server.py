@@ -2,8 +2,9 @@
 one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving.
 
 The group holds: the admin API (Unix socket), the health listener, the node API's gRPC server (its
-attestation and mTLS listeners), the renewal of the CA's own serving SVID, and — on PostgreSQL — the
-LISTEN task that brings other replicas' changes to this replica's Sync streams."""
+attestation and mTLS listeners), the renewal of the CA's own serving SVID, the pruning of expired
+issued-certificate records, and — on PostgreSQL — the LISTEN task that brings other replicas' changes
+to this replica's Sync streams."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import uvicorn
 
+from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
+from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.config import CaConfig
@@ -31,7 +34,10 @@ from ca.keys import open_key_manager
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
+from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
+from ca.retention import IssuedCertificateRetention
 from ca.rotation import RotationParams
+from ca.rotator import Rotator
 from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.store.engine import Database
@@ -78,7 +84,8 @@ class CaParts:
     node: NodeService
     identity: ServerIdentity
     clock: Clock
-    rotation: AuthorityOperations
+    rotator: Rotator
+    officer: AuthorityOperations
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -107,15 +114,12 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     )
     authorities.load()
     hub = ChangeHub()
-    rotation = AuthorityOperations(
-        database=database,
-        authorities=authorities,
-        hub=hub,
-        params=RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl),
-        clock=clock,
-    )
+    changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
+    rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
+    rotator = Rotator(changes, rotation_params, clock)
+    officer = AuthorityOperations(changes, rotation_params, clock)
     try:
-        rotation.tick()  # a CA that was down across a rotation point catches up before serving
+        rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
         log.warning("authority rotation failed at start-up (%s); the CA serves and retries", err)
     metrics = CaMetrics()
@@ -126,7 +130,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         jwt_ttl=TtlPolicy(config.jwt_svid.default_ttl, config.jwt_svid.max_ttl),
         clock=clock,
         metrics=metrics,
-        rotation_error=lambda: rotation.last_error,
+        rotation_error=lambda: rotator.last_error,
     )
     entries = RegistrationEntries(
         database,
@@ -143,6 +147,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         attestors=NodeAttestors.of(join_tokens),
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
+        hub=hub,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -152,7 +157,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         identity.rotate()
     except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
         log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
-    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotation)
+    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotator, officer)
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -231,6 +236,16 @@ def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshEr
     return None
 
 
+def _node_api_limits(config: CaConfig) -> NodeApiLimits:
+    node_api = config.node_api
+    ratelimit = node_api.ratelimit
+    return NodeApiLimits(
+        max_batch_size=node_api.max_batch_size,
+        signing=Rate(ratelimit.signing, ratelimit.signing_burst),
+        attestation=Rate(ratelimit.attestation, ratelimit.attestation_burst),
+    )
+
+
 async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     """Serve the node API once the CA holds a serving SVID: when no authority could sign one at
     start-up (all expired, upstream down), the rest of the CA serves (``/ready`` says why) and the
@@ -238,7 +253,7 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
         await asyncio.sleep(NODE_API_WAIT_SECONDS)
     node_server, ports = build_node_server(
-        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock),
+        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock, NodeApiGuard(_node_api_limits(config))),
         parts.identity,
         parts.service.get_bundle,
         attestation_address=config.server.attestation_address,
@@ -275,7 +290,12 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
     admin_app = create_admin_app(
-        service, metrics.registry, entries=parts.entries, join_tokens=parts.join_tokens, authorities=parts.rotation
+        service,
+        metrics.registry,
+        entries=parts.entries,
+        join_tokens=parts.join_tokens,
+        authorities=parts.officer,
+        agents=AgentAdmin(database, parts.hub, parts.clock),
     )
     servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
         (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
@@ -283,7 +303,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     if config.server.http_address:
         host, _, port = config.server.http_address.rpartition(":")
         health = uvicorn.Config(
-            create_health_app(service, metrics.registry, authorities=parts.rotation),
+            create_health_app(service, metrics.registry, authorities=parts.officer),
             host=host,
             port=int(port),
             log_config=None,
@@ -302,10 +322,12 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
                 group.create_task(server.serve(sockets=sockets))
             group.create_task(_serve_node_api(config, parts))
             group.create_task(parts.identity.run())
-            group.create_task(parts.rotation.run())
+            group.create_task(parts.rotator.run())
+            retention = config.datastore.issued_certificate_retention
+            group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
             if database.dialect == "postgresql":
                 group.create_task(
-                    listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotation.reload_quietly)
+                    listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly)
                 )
     finally:
         config.server.admin_socket.unlink(missing_ok=True)

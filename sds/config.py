@@ -144,6 +144,31 @@ class CertFileTarget(_Section):
         return tuple(shlex.split(self.reload_command))
 
 
+class LimitsConfig(_Section):
+    """Per-caller limits of the agent's two sockets (Workload API and SDS; each socket has its own
+    budgets), so one local user or one proxy cannot starve the others (docs/agent.md, "Limits")."""
+
+    max_connections: int = 1024
+    max_connections_per_uid: int = 256
+    sds_max_resource_names: int = 1024
+
+    @field_validator("max_connections", "max_connections_per_uid", "sds_max_resource_names")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if not 1 <= value <= 1_000_000:
+            raise ValueError(f"{value} is not between 1 and 1000000; remove it to get the default")
+        return value
+
+    @model_validator(mode="after")
+    def _per_uid_within_total(self) -> LimitsConfig:
+        if self.max_connections_per_uid > self.max_connections:
+            raise ValueError(
+                f"max_connections_per_uid {self.max_connections_per_uid} is above max_connections "
+                f"{self.max_connections}; one uid could then hold every connection — lower it"
+            )
+        return self
+
+
 class AgentConfig(_Section):
     trust_domain: TrustDomainField = TrustDomain("example.org")
     server_address: str = "127.0.0.1:8081"
@@ -157,6 +182,7 @@ class AgentConfig(_Section):
     sds_socket: Path = Path("sds.sock")  # relative to data_dir
     key_type: KeyTypeField = KeyType.EC_P256
     rotation: RotationConfig = RotationConfig()
+    limits: LimitsConfig = LimitsConfig()
     cert_files: tuple[CertFileTarget, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

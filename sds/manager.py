@@ -50,23 +50,28 @@ from sds.planning import (
 from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.clock import Clock
 from spiffe_core.errors import (
-    InvalidArgument,
     JwtSvidError,
     NotFound,
+    ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
     X509SvidError,
 )
-from spiffe_core.jwt_svid import parse_jwt_svid_insecure
+from spiffe_core.jwt_svid import check_audience, parse_jwt_svid_insecure
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId
 from spiffe_core.x509_svid import verify_x509_svid
 
 log = logging.getLogger(__name__)
 
-# JWT-SVIDs kept for reuse; beyond this the soonest-stale ones are forgotten first.
+# JWT-SVIDs kept for reuse: at most this many, holding at most ManagerParams.jwt_cache_bytes of tokens
+# and keys; beyond either the soonest-stale ones are forgotten first.
 _JWT_CACHE_LIMIT = 1024
-# Items per SignX509Svids call, and calls in flight at once. The node API names no batch limit, but one
+JWT_CACHE_BYTES = 4 * 1024 * 1024
+# What a cached JWT-SVID costs beyond its token and key strings (dict slot, tuples, objects), roughly.
+_JWT_ENTRY_OVERHEAD = 512
+# Items per SignX509Svids call, and calls in flight at once. The CA refuses calls over its
+# node_api.max_batch_size (1,000 by default) and rate-limits each agent (bursts of 2,000 by default), and one
 # call must fit gRPC's default 4 MiB message limit (a response item is a whole chain: a few KiB with RSA
 # keys and an upstream intermediate) and the node client's 10 s deadline (the CA signs, re-validates and
 # records the whole batch in one transaction). 1,000 SVIDs thus go out as 10 calls, 4 at a time.
@@ -99,6 +104,7 @@ class ManagerParams:
     jitter: float = 0.1
     backoff_base: float = BACKOFF_BASE_SECONDS
     backoff_cap: float = BACKOFF_CAP_SECONDS
+    jwt_cache_bytes: int = JWT_CACHE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,7 @@ class _CachedJwt:
     token: str
     refresh_at: datetime
     key_id: str | None  # the signing key's ``kid``, so a taint of that key drops the token
+    size: int  # bytes it holds in the cache, token and key together (see _jwt_size)
 
 
 class AgentManager:
@@ -205,11 +212,13 @@ class AgentManager:
 
     async def _keep_svids(self) -> None:
         failures = 0
+        retry_after = 0.0  # the CA's hint when it refused us for its signing rate
         while True:
             timeout = self._seconds_to_next_rotation()
             if failures:
-                # Backoff governs: a rotation time already past is what is being retried.
-                timeout = self._backoff(failures)
+                # Backoff governs (or the CA's retry hint, if longer, within the backoff cap): a rotation
+                # time already past is what is being retried.
+                timeout = max(self._backoff(failures), min(retry_after, self._params.backoff_cap))
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -220,6 +229,7 @@ class AgentManager:
                 complete = await self.reconcile()
             except TrustmeshError as err:
                 failures += 1
+                retry_after = err.retry_after if isinstance(err, ResourceExhausted) else 0.0
                 self._warn("svids", "could not get workload SVIDs signed (%s); retrying", err)
             else:
                 failures = 0 if complete else failures + 1
@@ -353,10 +363,10 @@ class AgentManager:
 
     async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> str:
         """A JWT-SVID for ``spiffe_id`` (an entry parented to this agent) and ``audience``, reused until
-        half its life has passed. Raises NotFound for an ID no entry names, InvalidArgument without an
-        audience, UpstreamUnavailable before the first state or while the CA is unreachable."""
-        if not audience or not all(audience):
-            raise InvalidArgument("a JWT-SVID needs at least one non-empty audience")
+        half its life has passed. Raises NotFound for an ID no entry names, InvalidArgument for an
+        audience :func:`~spiffe_core.jwt_svid.check_audience` refuses, UpstreamUnavailable before the
+        first state or while the CA is unreachable."""
+        audience = check_audience(audience)
         state = self._state
         if state is None:
             raise UpstreamUnavailable("the agent has not received its registration entries from the CA yet; retry")
@@ -369,15 +379,33 @@ class AgentManager:
         if cached is not None and now < cached.refresh_at:
             return cached.token
         token, expires_at = await self._client.mint_jwt_svid(entry.id, list(audience))
-        self._remember_jwt(key, _CachedJwt(token, now + (expires_at - now) / 2, _key_id(token)), now)
+        cached = _CachedJwt(token, now + (expires_at - now) / 2, _key_id(token), _jwt_size(key, token))
+        self._remember_jwt(key, cached, now)
         return token
 
+    @property
+    def jwt_cache_bytes(self) -> int:
+        """Bytes the cached JWT-SVIDs hold now (tokens and keys, as :func:`_jwt_size` counts them)."""
+        return sum(v.size for v in self._jwt.values())
+
     def _remember_jwt(self, key: tuple[SpiffeId, tuple[str, ...]], value: _CachedJwt, now: datetime) -> None:
-        self._jwt = {k: v for k, v in self._jwt.items() if v.refresh_at > now}
+        """Keep ``value`` unless it alone is over the byte budget; then forget stale tokens, and the
+        soonest-stale ones until at most :data:`_JWT_CACHE_LIMIT` tokens and
+        ``ManagerParams.jwt_cache_bytes`` bytes remain."""
+        budget = self._params.jwt_cache_bytes
+        self._jwt = {k: v for k, v in self._jwt.items() if v.refresh_at > now and k != key}
+        if value.size > budget:
+            return  # served once, not cached: it would push out everything else
         self._jwt[key] = value
-        if len(self._jwt) > _JWT_CACHE_LIMIT:
-            keep = sorted(self._jwt.items(), key=lambda item: item[1].refresh_at)[-_JWT_CACHE_LIMIT:]
-            self._jwt = dict(keep)
+        if len(self._jwt) > _JWT_CACHE_LIMIT or self.jwt_cache_bytes > budget:
+            kept: dict[tuple[SpiffeId, tuple[str, ...]], _CachedJwt] = {}
+            total = 0
+            for k, v in sorted(self._jwt.items(), key=lambda item: item[1].refresh_at, reverse=True):
+                if len(kept) == _JWT_CACHE_LIMIT or total + v.size > budget:
+                    break
+                kept[k] = v
+                total += v.size
+            self._jwt = kept
 
 
 def _log_plan(to_sign: Sequence[tuple[EntryRecord, SignReason]]) -> None:
@@ -391,6 +419,13 @@ def _log_plan(to_sign: Sequence[tuple[EntryRecord, SignReason]]) -> None:
         counts[reason] = counts.get(reason, 0) + 1
         log.debug("signing an X509-SVID for %s (entry %s): %s", entry.spiffe_id, entry.id, reason)
     log.info("signing %d X509-SVIDs: %s", len(to_sign), ", ".join(f"{n} {reason}" for reason, n in counts.items()))
+
+
+def _jwt_size(key: tuple[SpiffeId, tuple[str, ...]], token: str) -> int:
+    """What one cached JWT-SVID costs: its token, the audiences and SPIFFE ID of its key, and a fixed
+    overhead. An estimate in bytes of text, proportional to what the process holds for it."""
+    spiffe_id, audience = key
+    return len(token) + len(str(spiffe_id)) + sum(len(a.encode()) for a in audience) + _JWT_ENTRY_OVERHEAD
 
 
 def _key_id(token: str) -> str | None:

@@ -2,9 +2,10 @@
 
 ``Attest`` goes to the attestation listener over server-authenticated TLS (the agent has no SVID yet);
 everything else goes to the node API listener over mTLS, where the agent presents its own X509-SVID.
-Either way the CA's serving certificate is checked against the X.509 authorities of the agent's
-bundle, with the configured ``server_name`` as the TLS target name (the CA's serving X509-SVID carries
-it as a DNS SAN).
+Either way the CA is authenticated by SPIFFE ID: only an X509-SVID for ``spiffe://<td>/trustmesh/server``
+that chains to the agent's bundle is accepted, never a DNS name. gRPC cannot check that, so TLS is the
+agent's own (:mod:`sds.ca_channel`) and gRPC runs over it through a private Unix socket; a peer that is
+not the CA is disconnected before any gRPC byte passes and reported as :class:`~sds.ca_channel.CaNotTrusted`.
 
 The channel is built from :class:`AgentCredentials` (the agent's SVID and bundle). When they change —
 a renewed agent SVID, a rotated bundle — :meth:`NodeClient.use_credentials` swaps in a new channel:
@@ -19,31 +20,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sds.ca_channel import CaNotTrusted, CaTlsBridge
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import (
     AlreadyExists,
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     NotAuthenticated,
     NotAuthorized,
     NotFound,
+    ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
+    X509SvidError,
 )
 from spiffe_core.keys import PrivateKey
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import X509Svid
+from spiffe_core.x509_svid import X509Svid, validate_signing_cert
 from wire import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,10 @@ _ERROR_KINDS: Mapping[grpc.StatusCode, type[TrustmeshError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: UpstreamUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: UpstreamUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
+# Trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds until the CA would take the call.
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,48 +196,55 @@ def decode_sync_update(trust_domain: TrustDomain, message: node_pb2.SyncUpdate) 
     )
 
 
-# What grpc's connection error says when the TLS handshake, not the network, failed.
-_HANDSHAKE_FAILURES = ("handshake failed", "verification check failed", "certificate_verify_failed")
+def _retry_after(err: grpc.aio.AioRpcError) -> float:
+    """The CA's retry hint in seconds (0.0 when it gave none or an unreadable one)."""
+    # A grpc.aio.Metadata at run time, iterating as (key, value); the stubs type it as grpc's tuples.
+    metadata: Iterable[tuple[str, str | bytes]] = cast(Any, err.trailing_metadata()) or ()
+    for key, value in metadata:
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(int(value), 0) / 1000
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
-def _handshake_problem(details: str) -> str | None:
-    """The reason a handshake failed, in a few words, or None when ``details`` is no handshake failure."""
-    lowered = details.lower()
-    if not any(marker in lowered for marker in _HANDSHAKE_FAILURES):
-        return None
-    if "hostname verification" in lowered:
-        return "the CA's certificate does not carry the expected server name"
-    _, found, reason = details.partition("CERTIFICATE_VERIFY_FAILED: ")
-    if found:
-        return f"the CA's certificate does not verify: {reason.split(':')[0].strip()}"
-    return details
+def check_roots_trust_domain(roots: Bundle, trust_domain: TrustDomain) -> None:
+    """Refuse (ConfigError) roots that name another trust domain in their URI SAN (trustmesh's own roots
+    do; an enterprise root usually names none and passes): the agent is pointed at another trust
+    domain's CA. Checked before a join token is sent, so the token stays unspent."""
+    for cert in roots.x509_authorities:
+        try:
+            named = validate_signing_cert(cert)
+        except X509SvidError:
+            continue  # not ours to judge here; the TLS handshake decides whether it verifies the CA
+        if named is not None and named != trust_domain:
+            raise ConfigError(
+                f"trust_domain: the agent is configured for {trust_domain.name!r} but the CA's root certificate "
+                f"{cert.subject.rfc4514_string()!r} is of trust domain {named.name!r}; set trust_domain = "
+                f"{named.name!r}, or point trust_bundle_path and attestation_address at the CA of "
+                f"{trust_domain.name!r} (the join token was not sent)"
+            )
 
 
-def rpc_error(err: grpc.aio.AioRpcError, rpc: str, address: str, trust: str | None = None) -> TrustmeshError:
-    """The error kind for a failed call, with the CA's message (which names the fix) kept. A failed TLS
-    handshake is NotAuthenticated and names what the CA was checked against (``trust``: the bundle and
-    server name), since a CA that answers with a certificate we do not trust is not a CA that is down."""
+def rpc_error(
+    err: grpc.aio.AioRpcError, rpc: str, address: str, transport_failure: TrustmeshError | None = None
+) -> TrustmeshError:
+    """The error kind for a failed call, with the CA's message (which names the fix) kept. When the
+    call failed for want of a connection, ``transport_failure`` (what the TLS bridge saw) says why: a
+    :class:`CaNotTrusted` is raised as it is."""
     code = err.code()
     kind = _ERROR_KINDS.get(code, TrustmeshError)
     details = err.details() or code.name
-    problem = _handshake_problem(details) if code is grpc.StatusCode.UNAVAILABLE else None
-    if problem is not None:
-        checked = f" (checked against {trust})" if trust else ""
-        return NotAuthenticated(
-            f"node API {rpc} at {address}: TLS handshake failed, {problem}{checked}; the agent's trust bundle "
-            "and server_name must match the CA's ('trustmesh-ca bundle show', server.server_name)"
-        )
+    if kind is UpstreamUnavailable and transport_failure is not None:
+        if isinstance(transport_failure, CaNotTrusted):
+            return transport_failure
+        details = str(transport_failure)
     if kind is UpstreamUnavailable:
         return kind(f"node API {rpc} at {address} is unavailable ({details}); is the CA running and reachable?")
+    if kind is ResourceExhausted:
+        return ResourceExhausted(f"node API {rpc} at {address} refused: {details}", _retry_after(err))
     return kind(f"node API {rpc} at {address} refused: {details}")
-
-
-def _authority_label(cert: x509.Certificate) -> str:
-    """An X.509 authority as trustmesh names it (its subject key ID, hex), else its subject."""
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
-    except x509.ExtensionNotFound:
-        return cert.subject.rfc4514_string()
 
 
 @dataclass(eq=False)
@@ -238,6 +253,7 @@ class _Channel:
 
     channel: grpc.aio.Channel
     credentials: AgentCredentials
+    bridge: CaTlsBridge
     streams: set[Any] = field(default_factory=set)
     retired: bool = False
 
@@ -263,7 +279,7 @@ class NodeClient:
         self._attestation_address = attestation_address
         self._server_name = server_name
         self._options = [
-            ("grpc.ssl_target_name_override", server_name),
+            ("grpc.default_authority", server_name),
             # The manager backs off between attempts itself; the channel's own reconnect backoff (1 s
             # doubling to 120 s by default) would stack on it and leave the agent away from a CA that
             # is back for minutes.
@@ -287,48 +303,60 @@ class NodeClient:
         old.retired = True
         for call in tuple(old.streams):
             call.cancel()
-        task = asyncio.get_running_loop().create_task(old.channel.close(_RETIRE_GRACE_SECONDS))
+        task = asyncio.get_running_loop().create_task(self._close(old, _RETIRE_GRACE_SECONDS))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(channel: _Channel, grace: float | None) -> None:
+        try:
+            await channel.channel.close(grace)
+        finally:
+            await channel.bridge.close()
+
+    def _bridge(self, address: str, bundle: Bundle, svid: X509Svid | None) -> CaTlsBridge:
+        bridge = CaTlsBridge(
+            address,
+            trust_domain=self._trust_domain,
+            bundle=bundle,
+            svid=svid,
+            server_name=self._server_name,
+            connect_timeout=self._timeout,
+        )
+        bridge.open()
+        return bridge
 
     def _channel(self) -> _Channel:
         if self._current is None:
             credentials = self._credentials
             if credentials is None:
                 raise FailedPrecondition("the agent has no X509-SVID yet; attest before calling the node API")
-            svid = credentials.svid
-            tls = grpc.ssl_channel_credentials(
-                root_certificates=credentials.bundle.x509_authorities_pem(),
-                private_key=svid.key_pem(),
-                certificate_chain=svid.chain_pem(),
-            )
+            bridge = self._bridge(self._server_address, credentials.bundle, credentials.svid)
             self._current = _Channel(
-                grpc.aio.secure_channel(self._server_address, tls, options=self._options), credentials
+                grpc.aio.insecure_channel(bridge.target, options=self._options), credentials, bridge
             )
         return self._current
 
-    def _trust(self, bundle: Bundle | None = None) -> str:
-        """What the CA's certificate is checked against, for error messages: the bundle and the name."""
-        if bundle is None:
-            bundle = None if self._credentials is None else self._credentials.bundle
-        if bundle is None:
-            return f"server name {self._server_name!r}"
-        ids = ", ".join(_authority_label(cert) for cert in bundle.x509_authorities) or "none"
-        return (
-            f"the {bundle.trust_domain} bundle at sequence {bundle.sequence}, X.509 authorities {ids}, and "
-            f"server name {self._server_name!r}"
-        )
+    def _error(self, err: grpc.aio.AioRpcError, rpc: str, channel: _Channel) -> TrustmeshError:
+        return rpc_error(err, rpc, self._server_address, channel.bridge.last_failure)
 
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
         """Prove the node's identity (``method`` "join_token": ``payload`` is the token) and get the
-        agent's first X509-SVID for the key behind ``csr``. The CA is verified against ``roots``."""
-        tls = grpc.ssl_channel_credentials(root_certificates=roots.x509_authorities_pem())
-        request = node_pb2.AttestRequest(method=method, payload=payload, csr=csr)
-        async with grpc.aio.secure_channel(self._attestation_address, tls, options=self._options) as channel:
-            try:
-                response = await node_pb2_grpc.NodeStub(channel).Attest(request, timeout=self._timeout)
-            except grpc.aio.AioRpcError as err:
-                raise rpc_error(err, "Attest", self._attestation_address, self._trust(roots)) from err
+        agent's first X509-SVID for the key behind ``csr``. The CA is verified against ``roots``.
+
+        A CA of another trust domain is refused before the payload leaves: here when ``roots`` name it
+        (ConfigError), else by the CA, which checks the trust domain sent along before the payload."""
+        check_roots_trust_domain(roots, self._trust_domain)
+        request = node_pb2.AttestRequest(method=method, payload=payload, csr=csr, trust_domain=self._trust_domain.name)
+        bridge = self._bridge(self._attestation_address, roots, None)
+        try:
+            async with grpc.aio.insecure_channel(bridge.target, options=self._options) as channel:
+                try:
+                    response = await node_pb2_grpc.NodeStub(channel).Attest(request, timeout=self._timeout)
+                except grpc.aio.AioRpcError as err:
+                    raise rpc_error(err, "Attest", self._attestation_address, bridge.last_failure) from err
+        finally:
+            await bridge.close()
         try:
             spiffe_id = SpiffeId.parse(response.spiffe_id)
         except InvalidArgument as err:
@@ -341,11 +369,12 @@ class NodeClient:
 
     async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]:
         """A new agent X509-SVID chain for the key behind ``csr``, authenticated by the current SVID."""
-        stub = node_pb2_grpc.NodeStub(self._channel().channel)
+        channel = self._channel()
+        stub = node_pb2_grpc.NodeStub(channel.channel)
         try:
             response = await stub.RenewAgent(node_pb2.RenewAgentRequest(csr=csr), timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "RenewAgent", self._server_address, self._trust()) from err
+            raise self._error(err, "RenewAgent", channel) from err
         return _decode_chain(response.svid_chain, "RenewAgent")
 
     async def sync(self) -> AsyncIterator[SyncState]:
@@ -367,7 +396,7 @@ class NodeClient:
                 except grpc.aio.AioRpcError as err:
                     if channel.retired:
                         return
-                    raise rpc_error(err, "Sync", self._server_address, self._trust()) from err
+                    raise self._error(err, "Sync", channel) from err
                 if update is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs lack EOF
                     return
                 yield decode_sync_update(self._trust_domain, update)
@@ -380,11 +409,12 @@ class NodeClient:
         request = node_pb2.SignX509SvidsRequest(
             requests=[node_pb2.X509SvidRequest(entry_id=entry_id, csr=csr) for entry_id, csr in items]
         )
-        stub = node_pb2_grpc.NodeStub(self._channel().channel)
+        channel = self._channel()
+        stub = node_pb2_grpc.NodeStub(channel.channel)
         try:
             response = await stub.SignX509Svids(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "SignX509Svids", self._server_address, self._trust()) from err
+            raise self._error(err, "SignX509Svids", channel) from err
         if [svid.entry_id for svid in response.svids] != [entry_id for entry_id, _ in items]:
             raise InvalidArgument("the CA answered SignX509Svids with results that do not match the requests")
         return [
@@ -397,11 +427,12 @@ class NodeClient:
     async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for the entry, and when it expires."""
         request = node_pb2.MintJwtSvidRequest(entry_id=entry_id, audience=list(audience))
-        stub = node_pb2_grpc.NodeStub(self._channel().channel)
+        channel = self._channel()
+        stub = node_pb2_grpc.NodeStub(channel.channel)
         try:
             response = await stub.MintJwtSvid(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise rpc_error(err, "MintJwtSvid", self._server_address, self._trust()) from err
+            raise self._error(err, "MintJwtSvid", channel) from err
         return response.token, datetime.fromtimestamp(response.expires_at, UTC)
 
     async def close(self) -> None:
@@ -409,6 +440,6 @@ class NodeClient:
         current, self._current = self._current, None
         if current is not None:
             current.retired = True
-            await current.channel.close(None)
+            await self._close(current, None)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)

@@ -13,6 +13,10 @@ socket is served by a small asyncio proxy instead (see docs/workload-api.md):
 3. it copies bytes both ways with backpressure (``drain``), never parsing HTTP/2, and forgets the
    connection (registry entry, pidfd, bound path) when either side closes.
 
+Connections are budgeted per uid as well as in total: a uid holding ``max_connections_per_uid``
+connections gets its new ones closed at once (logged at most once per 10 s per uid), so one local user
+cannot take the slots every other user's workloads need.
+
 A connection made straight to the private socket has no registry entry and is refused; the
 directory's mode keeps other users from making one at all.
 """
@@ -29,6 +33,7 @@ import shutil
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +43,7 @@ from typing import Any
 import grpc
 
 from sds.attestor import PeerCredentials, ProcessAttestor
+from spiffe_core.backoff import LogThrottle
 from spiffe_core.errors import ConfigError, NotAuthorized
 from spiffe_core.selectors import Selector
 
@@ -50,6 +56,13 @@ _CHUNK = 64 * 1024
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 _CLIENT_NAME = "c-" + "0" * 16  # shape of the proxy's bound client socket names (token_hex(8))
 _BACKEND_NAME = "grpc.sock"
+# Defaults of the connection budgets (the agent's limits.* settings) and of the largest request message.
+MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS_PER_UID = 256
+MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's own default, made explicit
+# Pending connections the kernel queues for the proxy: a burst from one user must not fill the queue
+# before the proxy gets to close its connections (the kernel caps it at net.core.somaxconn).
+_BACKLOG = 4096
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -129,7 +142,11 @@ class AttestedEndpoint:
     Register servicers with :meth:`add_servicer` before starting. Use :meth:`serve` in a TaskGroup
     (runs until cancelled), ``async with``, or :meth:`start`/:meth:`stop`. The public socket gets
     ``mode`` (default 0666, as SPIRE does: workloads of every user must reach it; attestation, not
-    file permissions, decides what each one gets)."""
+    file permissions, decides what each one gets).
+
+    At most ``max_connections`` connections are open at once, at most ``max_connections_per_uid`` of
+    them from one uid; a connection over either budget is closed as soon as it is accepted. Requests
+    larger than ``max_receive_message_bytes`` are refused by gRPC (RESOURCE_EXHAUSTED)."""
 
     def __init__(
         self,
@@ -137,11 +154,17 @@ class AttestedEndpoint:
         *,
         mode: int = 0o666,
         process_attestor: ProcessAttestor | None = None,
-        max_connections: int = 1024,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_uid: int = MAX_CONNECTIONS_PER_UID,
+        max_receive_message_bytes: int = MAX_RECEIVE_MESSAGE_BYTES,
     ) -> None:
         self._public = public_socket
         self._mode = mode
         self._max_connections = max_connections
+        self._max_per_uid = max_connections_per_uid
+        self._max_receive = max_receive_message_bytes
+        self._per_uid: dict[int, int] = {}  # open connections by uid; a uid leaves when it has none
+        self._refusals = LogThrottle()
         self._private_dir = public_socket.with_name(f".{public_socket.name}.d")
         self._registrations: list[Callable[[grpc.aio.Server], None]] = []
         self.attestor = PeerAttestor(process_attestor)
@@ -187,7 +210,9 @@ class AttestedEndpoint:
         self._public.parent.mkdir(parents=True, exist_ok=True)
         self._refuse_live_public_socket()
         self._make_private_dir()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", self._max_receive)]
+        )
         for register in self._registrations:
             register(server)
         server.add_insecure_port(f"unix:{self._backend}")
@@ -195,7 +220,7 @@ class AttestedEndpoint:
         self._server = server
         try:
             self._remove_stale_public_socket()
-            self._proxy = await asyncio.start_unix_server(self._accept, path=str(self._public))
+            self._proxy = await asyncio.start_unix_server(self._accept, path=str(self._public), backlog=_BACKLOG)
             os.chmod(self._public, self._mode)
         except BaseException:
             await self.stop()
@@ -272,17 +297,32 @@ class AttestedEndpoint:
             )
         self._public.unlink()
 
+    def connections_of(self, uid: int) -> int:
+        """Connections open now from ``uid``."""
+        return self._per_uid.get(uid, 0)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self._max_connections:
-            logger.warning(
-                "refusing a connection to %s: %d connections are open already (max_connections)",
-                self._public,
-                len(self._connections),
-            )
+        try:
+            creds = read_peer_credentials(writer.get_extra_info("socket"))
+        except OSError as err:  # the peer is gone already
+            logger.debug("connection to %s closed before its credentials were read: %s", self._public, err)
             writer.close()
             return
+        refusal = self._over_budget(creds.uid)
+        if refusal is not None:
+            writer.close()
+            if self._refusals.should_log(time.monotonic(), refusal):
+                logger.warning(
+                    "refusing connections to %s from uid %d: %s%s",
+                    self._public,
+                    creds.uid,
+                    refusal,
+                    self._refusals.note(refusal),
+                )
+            return
+        self._per_uid[creds.uid] = self._per_uid.get(creds.uid, 0) + 1
         # stop() cancels the proxying, not this handler task: asyncio 3.11 logs a cancelled handler as an error.
-        work = asyncio.create_task(self._proxy_connection(reader, writer))
+        work = asyncio.create_task(self._proxy_connection(reader, writer, creds))
         self._connections.add(work)
         try:
             await work
@@ -292,15 +332,30 @@ class AttestedEndpoint:
                 raise
         finally:
             self._connections.discard(work)
+            left = self._per_uid.pop(creds.uid) - 1
+            if left:
+                self._per_uid[creds.uid] = left
 
-    async def _proxy_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _over_budget(self, uid: int) -> str | None:
+        """Why a new connection from ``uid`` is refused (also its log throttle key), or None."""
+        if self._per_uid.get(uid, 0) >= self._max_per_uid:
+            return (
+                f"uid {uid} holds {self._max_per_uid} connections already (limits.max_connections_per_uid); "
+                "its processes must close connections they no longer use"
+            )
+        if len(self._connections) >= self._max_connections:
+            return f"{len(self._connections)} connections are open already (limits.max_connections)"
+        return None
+
+    async def _proxy_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, creds: PeerCredentials
+    ) -> None:
         client_path = self._private_dir / f"c-{secrets.token_hex(8)}"
         key = f"unix:{client_path}"
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         up_writer: asyncio.StreamWriter | None = None
         try:
             sock = writer.get_extra_info("socket")
-            creds = read_peer_credentials(sock)
             self.attestor._register(key, _Peer(creds, open_peer_pidfd(sock, creds.pid)))
             upstream.bind(str(client_path))
             upstream.setblocking(False)

@@ -26,6 +26,11 @@ lists in ``removed_resources`` those the client holds that disappeared or are no
 
 FetchSecrets is the unary variant: all named resources or ``NOT_FOUND``. Envoy itself never calls it
 (its REST subscriptions use HTTP/JSON, not this gRPC method); it exists for tools and debugging.
+
+Limits, so one caller's subscription cannot stall the others: a request, and a stream's whole
+subscription, names at most ``max_resource_names`` resources, each at most
+:data:`MAX_RESOURCE_NAME_BYTES` long. Beyond them the call ends with RESOURCE_EXHAUSTED (too many
+names) or INVALID_ARGUMENT (a name too long), checked before any name is looked at.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Mapping
 from contextlib import aclosing
 from typing import Any, NoReturn, Protocol
 
@@ -50,6 +55,13 @@ logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# Names a stream may subscribe to (the agent's limits.sds_max_resource_names). Envoy asks for one or a
+# few per stream ('default', 'ROOTCA', a SPIFFE ID); the bound keeps a stream's work per request and
+# per snapshot small.
+MAX_RESOURCE_NAMES = 1024
+# The longest name: SPIFFE IDs are at most 2048 bytes (SPIFFE-ID.md §2.3), the other names are shorter.
+MAX_RESOURCE_NAME_BYTES = 2048
+
 
 class CallerAttestor(Protocol):
     """Who is calling, as selectors. Raises :class:`~spiffe_core.errors.NotAuthorized` for a caller
@@ -61,23 +73,27 @@ class CallerAttestor(Protocol):
 class SecretDiscoveryService:
     """Registered with ``sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server`` on a grpc.aio server."""
 
-    def __init__(self, cache: WorkloadCache, attestor: CallerAttestor) -> None:
+    def __init__(
+        self, cache: WorkloadCache, attestor: CallerAttestor, *, max_resource_names: int = MAX_RESOURCE_NAMES
+    ) -> None:
         self._cache = cache
         self._attestor = attestor
+        self._max_names = max_resource_names
 
     async def StreamSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        stream = _SotwStream(await self._attest(context), context.peer())
+        stream = _SotwStream(await self._attest(context), context.peer(), self._max_names)
         async for response in self._serve(stream, request_iterator, context):
             yield response
 
     async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        stream = _DeltaStream(await self._attest(context), context.peer())
+        stream = _DeltaStream(await self._attest(context), context.peer(), self._max_names)
         async for response in self._serve(stream, request_iterator, context):
             yield response
 
     async def FetchSecrets(self, request: Any, context: Context) -> Any:
         selectors = await self._attest(context)
         await _check_type_url(request.type_url, context)
+        await _refuse(context, _names_problem(request.resource_names, self._max_names))
         names = _unique(request.resource_names)
         if not names:
             await context.abort(
@@ -111,6 +127,7 @@ class SecretDiscoveryService:
                     response = stream.on_snapshot(event)
                 else:
                     await _check_type_url(event.type_url, context)
+                    await _refuse(context, stream.names_problem(event))
                     response = stream.on_request(event, self._cache.get_snapshot())
                 if response is not None:
                     yield response
@@ -129,6 +146,7 @@ class SecretDiscoveryService:
 
 
 class _StreamState(Protocol):
+    def names_problem(self, request: Any) -> _Refusal | None: ...
     def on_request(self, request: Any, snapshot: CacheSnapshot) -> Any | None: ...
     def on_snapshot(self, snapshot: CacheSnapshot) -> Any | None: ...
 
@@ -136,13 +154,18 @@ class _StreamState(Protocol):
 class _SotwStream:
     """Protocol state of one StreamSecrets stream (pure: requests and snapshots in, responses out)."""
 
-    def __init__(self, selectors: frozenset[Selector], peer: str) -> None:
+    def __init__(self, selectors: frozenset[Selector], peer: str, max_names: int = MAX_RESOURCE_NAMES) -> None:
         self._selectors = selectors
         self._peer = peer
+        self._max_names = max_names
         self._names: tuple[str, ...] = ()
         self._nonce: str | None = None  # of the latest response; None until the first one is sent
         self._sent: dict[str, str] = {}  # name → version in the latest response
         self._rejected = False  # the latest response was NACKed
+
+    def names_problem(self, request: Any) -> _Refusal | None:
+        """Why the request's names end the stream (each request is the whole subscription), or None."""
+        return _names_problem(request.resource_names, self._max_names)
 
     def on_request(self, request: Any, snapshot: CacheSnapshot) -> Any | None:
         first = self._nonce is None
@@ -192,13 +215,31 @@ class _SotwStream:
 class _DeltaStream:
     """Protocol state of one DeltaSecrets stream (pure: requests and snapshots in, responses out)."""
 
-    def __init__(self, selectors: frozenset[Selector], peer: str) -> None:
+    def __init__(self, selectors: frozenset[Selector], peer: str, max_names: int = MAX_RESOURCE_NAMES) -> None:
         self._selectors = selectors
         self._peer = peer
+        self._max_names = max_names
         self._subscribed: dict[str, None] = {}  # ordered set
         self._client_versions: dict[str, str] = {}  # what the client holds, by name
         self._nonce: str | None = None
         self._started = False
+
+    def names_problem(self, request: Any) -> _Refusal | None:
+        """Why the request ends the stream: it names too many or too long names, or the subscription
+        it leaves would be too large. None when it may be applied."""
+        problem = _names_problem(request.resource_names_subscribe, self._max_names) or _names_problem(
+            request.resource_names_unsubscribe, self._max_names, "resource_names_unsubscribe"
+        )
+        if problem is None and not self._started:
+            problem = _names_problem(request.initial_resource_versions, self._max_names, "initial_resource_versions")
+        if problem is not None:
+            return problem
+        after = (self._subscribed.keys() | set(request.resource_names_subscribe)) - set(
+            request.resource_names_unsubscribe
+        )
+        if len(after) > self._max_names:
+            return _too_many(len(after), self._max_names, "the stream's subscription")
+        return None
 
     def on_request(self, request: Any, snapshot: CacheSnapshot) -> Any | None:
         if request.response_nonce and request.response_nonce == self._nonce:
@@ -279,6 +320,38 @@ async def _check_type_url(type_url: str, context: Context) -> None:
 
 async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
     await context.abort(code, details)
+
+
+_Refusal = tuple[grpc.StatusCode, str]
+
+
+async def _refuse(context: Context, refusal: _Refusal | None) -> None:
+    if refusal is not None:
+        await _abort(context, *refusal)
+
+
+def _names_problem(names: Collection[str], max_names: int, what: str = "the request") -> _Refusal | None:
+    """Too many names (counted before any is read), or one longer than a SPIFFE ID may be."""
+    if len(names) > max_names:
+        return _too_many(len(names), max_names, what)
+    for index, name in enumerate(names):
+        size = len(name.encode("utf-8", "surrogatepass"))
+        if size > MAX_RESOURCE_NAME_BYTES:
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"resource name #{index} of {what} ({name[:32]!r}…) is {size} bytes long; SDS names are "
+                f"'default', 'ROOTCA', 'ALL' or SPIFFE IDs, at most {MAX_RESOURCE_NAME_BYTES} bytes "
+                "(SPIFFE-ID.md §2.3)",
+            )
+    return None
+
+
+def _too_many(count: int, max_names: int, what: str) -> _Refusal:
+    return (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"{what} names {count} resources; an SDS stream may subscribe to at most {max_names} "
+        "(agent setting limits.sds_max_resource_names) — subscribe to the secrets this proxy uses",
+    )
 
 
 def _unique(names: Iterable[str]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 
 from envoy.service.secret.v3 import sds_pb2_grpc
 
@@ -24,7 +25,7 @@ from sds.node_client import NodeClient
 from sds.peer_endpoint import AttestedEndpoint
 from sds.persistence import AgentStore
 from sds.sds_v3 import SecretDiscoveryService
-from sds.workload_api import WorkloadApiService
+from sds.workload_api import MAX_REQUEST_BYTES, WorkloadApiService
 from spiffe_core.clock import SystemClock
 from spiffe_core.errors import TrustmeshError
 from wire import workload_pb2_grpc
@@ -32,7 +33,33 @@ from wire import workload_pb2_grpc
 log = logging.getLogger(__name__)
 
 
+def raise_open_file_limit(needed: int) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (as Go programs do at start) and return it.
+
+    Each proxied connection costs four descriptors; a soft limit of 1024 (a common default) would let
+    one uid's connections exhaust them, and a full descriptor table stops the proxy accepting anyone.
+    Warns when even the hard limit is below ``needed``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = needed if hard == resource.RLIM_INFINITY else hard
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError) as err:
+                log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, err)
+    if soft < needed:
+        log.warning(
+            "the open-file limit is %d, below the %d the connection budgets can use (4 per connection); "
+            "raise it (systemd: LimitNOFILE=) or lower limits.max_connections",
+            soft,
+            needed,
+        )
+    return soft
+
+
 async def serve_agent(config: AgentConfig) -> None:
+    raise_open_file_limit(4 * 2 * config.limits.max_connections + 256)
     clock = SystemClock()
     lock = lock_data_dir(config.data_dir)  # before anything in it is touched: a second agent stops here
     store = AgentStore(config.data_dir, config.trust_domain)
@@ -66,13 +93,24 @@ async def serve_agent(config: AgentConfig) -> None:
         clock=clock,
     )
     await manager.load_saved()
-    sds_endpoint = AttestedEndpoint(config.sds_socket)
+    limits = config.limits
+    sds_endpoint = AttestedEndpoint(
+        config.sds_socket,
+        max_connections=limits.max_connections,
+        max_connections_per_uid=limits.max_connections_per_uid,
+    )
     sds_endpoint.add_servicer(
         lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-            SecretDiscoveryService(cache, sds_endpoint.attestor), server
+            SecretDiscoveryService(cache, sds_endpoint.attestor, max_resource_names=limits.sds_max_resource_names),
+            server,
         )
     )
-    workload_endpoint = AttestedEndpoint(config.workload_api_socket)
+    workload_endpoint = AttestedEndpoint(
+        config.workload_api_socket,
+        max_connections=limits.max_connections,
+        max_connections_per_uid=limits.max_connections_per_uid,
+        max_receive_message_bytes=MAX_REQUEST_BYTES,
+    )
     workload_endpoint.add_servicer(
         lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
             WorkloadApiService(cache, workload_endpoint.attestor, manager, clock), server

@@ -39,7 +39,7 @@ from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import InvalidArgument, NotAuthorized, transport_status
-from spiffe_core.jwt_svid import validate_jwt_svid
+from spiffe_core.jwt_svid import check_audience, validate_jwt_svid
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from wire import workload_pb2
@@ -50,6 +50,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 SECURITY_HEADER = "workload.spiffe.io"
 SECURITY_HEADER_VALUE = "true"
+# The largest request the Workload API server takes (gRPC's default is 4 MiB). Requests are small: the
+# biggest legitimate one is a ValidateJWTSVID token or a FetchJWTSVID audience list (at most 32 KiB,
+# spiffe_core.jwt_svid.check_audience).
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 class CallerAttestor(Protocol):
@@ -109,14 +113,10 @@ class WorkloadApiService:
 
     async def FetchJWTSVID(self, request: Any, context: Context) -> Any:
         selectors = await self._admit(context)
-        audience = list(request.audience)
-        if not audience or not all(audience):
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"audience {audience!r} is missing or has an empty value; FetchJWTSVID needs at least one "
-                "audience naming the service the token is for (SPIFFE_Workload_API.md §6.2.1)",
-            )
+        try:
+            audience = check_audience(request.audience)
+        except InvalidArgument as err:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"FetchJWTSVID audience refused: {err}")
         svids = _one_per_spiffe_id(self._cache.get_snapshot().svids_for(selectors))
         if request.spiffe_id:
             wanted = await _parse_spiffe_id(request.spiffe_id, context)

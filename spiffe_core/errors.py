@@ -64,6 +64,14 @@ class UpstreamUnavailable(TrustmeshError):
     """A dependency (database, Vault, upstream CA, peer bundle endpoint) did not answer."""
 
 
+class ResourceExhausted(TrustmeshError):
+    """The caller is over a rate limit; ``retry_after`` says in how many seconds the call would pass."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 # The one table edges use to turn an error kind into a transport status: (HTTP status, gRPC code name).
 # gRPC codes are named, not imported, so this package stays free of grpc. Anything not listed is a bug
 # or an outage: the edge logs the detail and answers 500/INTERNAL with a generic message.
@@ -75,6 +83,7 @@ _STATUS_TABLE: tuple[tuple[type[TrustmeshError], int, str], ...] = (
     (AlreadyExists, 409, "ALREADY_EXISTS"),
     (FailedPrecondition, 409, "FAILED_PRECONDITION"),
     (UpstreamUnavailable, 503, "UNAVAILABLE"),
+    (ResourceExhausted, 429, "RESOURCE_EXHAUSTED"),
 )
 
 

@@ -45,6 +45,11 @@ ALLOWED_TYPES: Final = frozenset({"JWT", "JOSE"})
 RESERVED_CLAIMS: Final = frozenset({"sub", "aud", "exp", "iat"})
 # RSA keys below this size are refused when verifying, as NIST SP 800-131A asks.
 MIN_RSA_KEY_BITS: Final = 2048
+# Audiences a JWT-SVID may be minted for, and the UTF-8 length of each (check_audience). The spec names
+# no limit; these keep a caller from making the agent and the CA hold, sign and cache megabytes per
+# token. A relying party is named by a short string (a service name or a URL).
+MAX_AUDIENCES: Final = 32
+MAX_AUDIENCE_BYTES: Final = 1024
 
 _EC_CURVE_FOR_ALG: Final[Mapping[str, type[ec.EllipticCurve]]] = {
     "ES256": ec.SECP256R1,
@@ -80,19 +85,17 @@ def mint_jwt_svid(
     The header is exactly ``alg`` (fixed by the key type, see :func:`spiffe_core.keys.jwt_algorithm_for`),
     ``kid`` and ``typ: JWT``. ``aud`` is a single string when there is one audience and an array
     otherwise, as SPIRE writes it; RFC 7519 §4.1.3 allows both and every SPIFFE library reads both.
-    Raises :class:`InvalidArgument` for an empty audience or key ID, naive datetimes, an expiry not
-    after ``issued_at``, or extra claims that would replace ``sub``/``aud``/``exp``/``iat``."""
-    if isinstance(audience, str):
-        raise InvalidArgument(
-            f"audience {audience!r} is a single string; pass a sequence of audiences, e.g. [{audience!r}]"
-        )
-    if not audience:
-        raise InvalidArgument("a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. ['payments']")
-    for value in audience:
-        if not isinstance(value, str) or not value:
-            raise InvalidArgument(f"audience {value!r} is not a non-empty string; every audience must name a service")
+    Raises :class:`InvalidArgument` for a trust domain's ID (no path), an audience :func:`check_audience`
+    refuses, an empty key ID, naive datetimes, an expiry not after ``issued_at``, or extra claims that
+    would replace ``sub``/``aud``/``exp``/``iat``."""
+    audience = check_audience(audience)
     if not isinstance(key_id, str) or not key_id:
         raise InvalidArgument("key_id is empty; a JWT-SVID always names its signing key in 'kid'")
+    if spiffe_id.is_trust_domain_id:
+        raise InvalidArgument(
+            f"{spiffe_id} is a trust domain's ID; a JWT-SVID names a workload, whose SPIFFE ID has a path "
+            "(JWT-SVID.md §3.1)"
+        )
     _require_aware(expires_at, "expires_at")
     if issued_at is not None:
         _require_aware(issued_at, "issued_at")
@@ -114,6 +117,52 @@ def mint_jwt_svid(
     if issued_at is not None:
         claims["iat"] = int(issued_at.timestamp())
     return jwt.encode(claims, private_key, algorithm=jwt_algorithm_for(private_key), headers={"kid": key_id})
+
+
+def check_audience(audience: Sequence[str]) -> tuple[str, ...]:
+    """The audiences a JWT-SVID may be minted for, as a tuple; the one rule the agent (Workload API,
+    manager) and the CA (node API, issuance) apply alike.
+
+    At least one and at most :data:`MAX_AUDIENCES` values, each a non-empty string of printable
+    characters (no control characters or line breaks) of at most :data:`MAX_AUDIENCE_BYTES` bytes in
+    UTF-8. Raises :class:`InvalidArgument` naming the first value that breaks the rule (by position
+    and a short prefix, never the whole value)."""
+    if isinstance(audience, str):
+        raise InvalidArgument(
+            f"audience {_preview(audience)} is a single string; pass a sequence of audiences, e.g. "
+            f"[{_preview(audience)}]"
+        )
+    values = tuple(audience)
+    if not values:
+        raise InvalidArgument("a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. ['payments']")
+    if len(values) > MAX_AUDIENCES:
+        raise InvalidArgument(
+            f"{len(values)} audiences requested; a JWT-SVID carries at most {MAX_AUDIENCES} — ask for one "
+            "token per relying party"
+        )
+    for index, value in enumerate(values):
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument(
+                f"audience #{index} {value!r} is not a non-empty string; every audience must name a service"
+            )
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_AUDIENCE_BYTES:
+            raise InvalidArgument(
+                f"audience #{index} {_preview(value)} is {size} bytes long; an audience may be at most "
+                f"{MAX_AUDIENCE_BYTES} bytes (UTF-8) — name the relying party with a shorter string"
+            )
+        if not value.isprintable():
+            bad = next(c for c in value if not c.isprintable())
+            raise InvalidArgument(
+                f"audience #{index} {_preview(value)} holds the non-printable character U+{ord(bad):04X}; "
+                "audiences are printable text — remove control characters and line breaks"
+            )
+    return values
+
+
+def _preview(value: str, limit: int = 32) -> str:
+    """``value`` quoted for a message: its first ``limit`` characters, marked when cut."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
 
 
 def parse_jwt_svid_insecure(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -247,9 +296,15 @@ def _check_subject(claims: Mapping[str, Any]) -> SpiffeId:
     if not isinstance(sub, str):
         raise JwtSvidError(f"JWT-SVID 'sub' is a JSON {type(sub).__name__}; it must be a SPIFFE ID string")
     try:
-        return SpiffeId.parse(sub)
+        spiffe_id = SpiffeId.parse(sub)
     except SpiffeIdError as err:
         raise JwtSvidError(f"JWT-SVID 'sub' is not a SPIFFE ID: {err}") from err
+    if spiffe_id.is_trust_domain_id:
+        raise JwtSvidError(
+            f"JWT-SVID 'sub' {sub!r} is a trust domain's ID; JWT-SVID.md §3.1 requires the SPIFFE ID of a "
+            "workload, which has a path"
+        )
+    return spiffe_id
 
 
 def _expected_audience(audience: str | Sequence[str]) -> frozenset[str]:

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AttestRequest(_message.Message):
-    __slots__ = ("method", "payload", "csr")
+    __slots__ = ("method", "payload", "csr", "trust_domain")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     method: str
     payload: bytes
     csr: bytes
-    def __init__(self, method: _Optional[str] = ..., payload: _Optional[bytes] = ..., csr: _Optional[bytes] = ...) -> None: ...
+    trust_domain: str
+    def __init__(self, method: _Optional[str] = ..., payload: _Optional[bytes] = ..., csr: _Optional[bytes] = ..., trust_domain: _Optional[str] = ...) -> None: ...
 
 class AttestResponse(_message.Message):
     __slots__ = ("spiffe_id", "svid_chain", "bundle")

@@ -167,7 +167,8 @@ class JoinTokenRow(Base):
 
 
 class AgentRow(Base):
-    """An attested node agent and the serial of the SVID it currently holds."""
+    """An attested node agent and the serial of the SVID it currently holds (and, briefly, the one
+    it held before its last renewal)."""
 
     __tablename__ = "agents"
 
@@ -176,6 +177,10 @@ class AgentRow(Base):
     serial: Mapped[str] = mapped_column(String(40))
     expires_at: Mapped[datetime]
     banned: Mapped[bool] = mapped_column(Boolean)
+    # The SVID a renewal replaced, which still authenticates until previous_serial_until (calls in
+    # flight on the agent's old channel finish); NULL after an attestation.
+    previous_serial: Mapped[str | None] = mapped_column(String(40))
+    previous_serial_until: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -114,6 +114,16 @@ class Agent:
     banned: bool
     created_at: datetime
     updated_at: datetime
+    # The SVID the last renewal replaced and until when it still authenticates (None after attestation).
+    previous_serial: int | None = None
+    previous_serial_until: datetime | None = None
+
+    def accepts_serial(self, serial: int, now: datetime) -> bool:
+        """True for the current SVID's serial, and for the previous one until its overlap ends."""
+        if serial == self.serial:
+            return True
+        until = self.previous_serial_until
+        return serial == self.previous_serial and until is not None and now < until
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,6 +121,55 @@ def test_jwt_svid_validates_with_py_spiffe_against_the_bundle(ca: RunningCa, tmp
     assert parsed["audience"] == ["payments"]
 
 
+RESERVED_REFUSAL = (
+    "trustmesh-ca: error: SPIFFE ID {id} is under the reserved path /trustmesh/ (the CA's and agents' own "
+    "identities, issued only by attestation); choose another path"
+)
+
+
+@pytest.mark.parametrize(
+    "spiffe_id",
+    [
+        pytest.param("spiffe://example.org/trustmesh/server", id="ca-server"),
+        pytest.param("spiffe://example.org/trustmesh/agent/join_token/node-1", id="agent"),
+        pytest.param("spiffe://example.org/trustmesh", id="reserved-root"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command_line",
+    [
+        pytest.param(("x509", "mint", "--dns", "trustmesh-ca"), id="x509"),
+        pytest.param(("jwt", "mint", "--audience", "payments"), id="jwt"),
+    ],
+)
+def test_mint_refuses_reserved_ids(
+    ca: RunningCa, tmp_path: Path, spiffe_id: str, command_line: tuple[str, ...]
+) -> None:
+    out = ("--out", str(tmp_path / "out")) if command_line[0] == "x509" else ()
+    code, stdout, stderr = ca.cli(*command_line, "--spiffe-id", spiffe_id, *out)
+    assert (code, stdout, stderr) == (1, "", RESERVED_REFUSAL.format(id=spiffe_id) + "\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("dns", "problem"),
+    [
+        pytest.param(
+            "Web.Example.org", "DNS name 'Web.Example.org' has uppercase letters; write it lowercase", id="upper"
+        ),
+        pytest.param("*.com", "DNS name '*.com' has the label '*'", id="wildcard-over-public-suffix"),
+        pytest.param("web_1.example.org", "DNS name 'web_1.example.org' has the label 'web_1'", id="underscore"),
+    ],
+)
+def test_x509_mint_refuses_bad_dns_names(ca: RunningCa, tmp_path: Path, dns: str, problem: str) -> None:
+    code, stdout, stderr = ca.cli(
+        "x509", "mint", "--spiffe-id", "spiffe://example.org/web", "--dns", dns, "--out", str(tmp_path / "out")
+    )
+    assert (code, stdout) == (1, "")
+    assert stderr.startswith(f"trustmesh-ca: error: {problem}"), stderr
+    assert len(stderr.splitlines()) == 1
+
+
 def test_bundle_show_spiffe_carries_sequence_refresh_hint_and_both_key_uses(ca: RunningCa) -> None:
     code, stdout, stderr = ca.cli("bundle", "show", "--format", "spiffe")
     assert code == 0, stderr

@@ -3,6 +3,7 @@ reads it, and the CA use cases wired over an authority manager the way ``ca.serv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import TtlPolicy
 from ca.metrics import CaMetrics
 from ca.rotation import RotationParams
+from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import Database
 from ca.sync import ChangeHub
@@ -49,17 +52,18 @@ def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x5
     return cert
 
 
-def ca_use_cases(
-    database: Database, manager: AuthorityManager, clock: Clock, svid_ttl: timedelta
-) -> tuple[AuthorityOperations, CaService]:
-    """The authority operations and the issuing service over ``manager`` (loaded), SVIDs ``svid_ttl``."""
-    ops = AuthorityOperations(
-        database=database,
-        authorities=manager,
-        hub=ChangeHub(),
-        params=RotationParams(manager.params.refresh_hint, svid_ttl),
-        clock=clock,
-    )
+@dataclass(frozen=True, slots=True)
+class CaUseCases:
+    officer: AuthorityOperations
+    rotator: Rotator
+    service: CaService
+
+
+def ca_use_cases(database: Database, manager: AuthorityManager, clock: Clock, svid_ttl: timedelta) -> CaUseCases:
+    """The officer operations, the rotation task and the issuing service over ``manager`` (loaded),
+    wired as ``ca.server`` wires them, with SVIDs of ``svid_ttl``."""
+    changes = AuthorityChanges(database=database, authorities=manager, hub=ChangeHub(), clock=clock)
+    params = RotationParams(manager.params.refresh_hint, svid_ttl)
     service = CaService(
         database=database,
         authorities=manager,
@@ -68,4 +72,4 @@ def ca_use_cases(
         clock=clock,
         metrics=CaMetrics(),
     )
-    return ops, service
+    return CaUseCases(AuthorityOperations(changes, params, clock), Rotator(changes, params, clock), service)

@@ -172,27 +172,30 @@ class FakeNodeServicer:
         return node_pb2.MintJwtSvidResponse(token=token, expires_at=int(expires_at.timestamp()))
 
 
-def serving_svid(ca: SigningCa, server_name: str = SERVER_NAME) -> X509Svid:
-    """The fake CA's own serving X509-SVID, with ``server_name`` as its DNS SAN."""
+def serving_svid(ca: SigningCa, server_name: str = SERVER_NAME, spiffe_id: SpiffeId | None = None) -> X509Svid:
+    """The fake CA's own serving X509-SVID, with ``server_name`` as its DNS SAN (``spiffe_id``: an
+    impostor's SVID of the same trust domain instead)."""
+    spiffe_id = spiffe_id or SpiffeId.from_segments(ca.trust_domain, "trustmesh", "server")
     key = generate_private_key(KeyType.EC_P256)
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
     now = datetime.now(UTC)
     chain = ca.sign_csr(
         csr.public_bytes(serialization.Encoding.DER),
-        SpiffeId.from_segments(ca.trust_domain, "trustmesh", "server"),
+        spiffe_id,
         now=now,
         ttl=timedelta(hours=1),
         dns_names=(server_name,),
     )
-    return X509Svid(SpiffeId.from_segments(ca.trust_domain, "trustmesh", "server"), chain, key)
+    return X509Svid(spiffe_id, chain, key)
 
 
 class FakeNodeServer:
-    """The servicer on two TLS listeners of 127.0.0.1; :meth:`stop` and :meth:`start` again keep the ports."""
+    """The servicer on two TLS listeners of 127.0.0.1; :meth:`stop` and :meth:`start` again keep the ports.
+    ``identity`` replaces the serving X509-SVID (to play an impostor)."""
 
-    def __init__(self, servicer: FakeNodeServicer) -> None:
+    def __init__(self, servicer: FakeNodeServicer, identity: X509Svid | None = None) -> None:
         self.servicer = servicer
-        self._identity = serving_svid(servicer.ca)
+        self._identity = identity or serving_svid(servicer.ca)
         self._server: grpc.aio.Server | None = None
         self.attestation_port = 0
         self.node_api_port = 0

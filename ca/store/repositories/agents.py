@@ -2,14 +2,15 @@
 they hold, and whether an operator banned them.
 
 Re-attestation of a banned agent is refused in the same statement that would record it, so a ban
-cannot be raced by an attestation already in flight.
+cannot be raced by an attestation already in flight. A renewal keeps the serial it replaced for a
+short overlap (``previous_serial`` until ``previous_serial_until``); an attestation forgets it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ca.store.models import AgentRow
@@ -28,6 +29,8 @@ def _record(row: AgentRow) -> Agent:
         banned=row.banned,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        previous_serial=None if row.previous_serial is None else serial_from_text(row.previous_serial),
+        previous_serial_until=row.previous_serial_until,
     )
 
 
@@ -38,12 +41,21 @@ class AgentRepository:
         self._session = session
 
     def upsert(
-        self, spiffe_id: SpiffeId, attestation_type: str, serial: int, expires_at: datetime, now: datetime
+        self,
+        spiffe_id: SpiffeId,
+        attestation_type: str,
+        serial: int,
+        expires_at: datetime,
+        now: datetime,
+        *,
+        previous_valid_until: datetime | None = None,
     ) -> Agent:
-        """Record a (re-)attested agent and the SVID it now holds; a known agent keeps its creation time.
+        """Record a (re-)attested or renewed agent and the SVID it now holds; a known agent keeps its
+        creation time. ``previous_valid_until`` (a renewal) keeps the serial being replaced valid until
+        then; without it (an attestation) only the new serial is valid.
 
         Raises :class:`NotAuthorized` when the agent is banned."""
-        values = {
+        values: dict[str, object] = {
             "attestation_type": attestation_type,
             "serial": serial_to_text(serial),
             "expires_at": expires_at,
@@ -52,14 +64,21 @@ class AgentRepository:
         statement = upsert(self._session, AgentRow).values(
             spiffe_id=str(spiffe_id), banned=False, created_at=now, **values
         )
+        replaced: dict[str, object] = (
+            {"previous_serial": None, "previous_serial_until": None}
+            if previous_valid_until is None
+            # The row's serial before this statement: the SVID being replaced.
+            else {"previous_serial": AgentRow.serial, "previous_serial_until": previous_valid_until}
+        )
         statement = statement.on_conflict_do_update(
-            index_elements=[AgentRow.spiffe_id], set_=values, where=AgentRow.banned.is_(False)
-        ).returning(AgentRow.created_at)
-        created_at = self._session.execute(statement).scalar_one_or_none()
-        if created_at is None:
+            index_elements=[AgentRow.spiffe_id], set_={**values, **replaced}, where=AgentRow.banned.is_(False)
+        ).returning(AgentRow.created_at, AgentRow.previous_serial, AgentRow.previous_serial_until)
+        row = self._session.execute(statement).one_or_none()
+        if row is None:
             raise NotAuthorized(
                 f"agent {spiffe_id} is banned; an operator must lift the ban before it can attest again"
             )
+        created_at, previous_serial, previous_until = row
         return Agent(
             spiffe_id=spiffe_id,
             attestation_type=attestation_type,
@@ -68,6 +87,8 @@ class AgentRepository:
             banned=False,
             created_at=created_at,
             updated_at=now,
+            previous_serial=None if previous_serial is None else serial_from_text(previous_serial),
+            previous_serial_until=previous_until,
         )
 
     def get(self, spiffe_id: SpiffeId) -> Agent:
@@ -93,3 +114,11 @@ class AgentRepository:
         if changed is None:
             raise NotFound(f"agent {spiffe_id} has never attested")
         return self.get(spiffe_id)
+
+    def delete(self, spiffe_id: SpiffeId) -> Agent:
+        """Forget an agent (it must attest again); :class:`NotFound` if unknown. Its ban goes with it."""
+        record = self.get(spiffe_id)
+        self._session.execute(
+            delete(AgentRow).where(AgentRow.spiffe_id == str(spiffe_id)).execution_options(synchronize_session=False)
+        )
+        return record

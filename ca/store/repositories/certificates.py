@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from cryptography import x509
-from sqlalchemy import ColumnElement, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -222,3 +222,20 @@ class IssuedCertificateRepository:
             IssuedCertificateRow.authority_id == authority_id
         )
         return self._session.scalars(query).one()
+
+    def delete_expired(self, expired_before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` records of certificates whose notAfter is before ``expired_before``
+        and return how many went. Only expired certificates qualify, so nothing a CRL lists (revoked and
+        unexpired) or an authority's pruning waits for (its latest notAfter, still ahead) is touched."""
+        doomed = (
+            select(IssuedCertificateRow.serial)
+            .where(IssuedCertificateRow.not_after < expired_before)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        result = self._session.execute(
+            delete(IssuedCertificateRow)
+            .where(IssuedCertificateRow.serial.in_(doomed))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import JwtSvidRequest, X509SvidRequest
 from ca.keys.memory import MemoryKeyManager
+from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import Database
 from ca.store.records import AuthorityKind
@@ -41,6 +42,7 @@ class Ca:
     clock: FakeClock
     authorities: AuthorityManager
     ops: AuthorityOperations
+    rotator: Rotator
     service: CaService
     database: Database
 
@@ -78,8 +80,8 @@ def ca(database: Database) -> Ca:
         clock,
     )
     manager.load()
-    ops, service = ca_use_cases(database, manager, clock, SVID_TTL)
-    return Ca(clock, manager, ops, service, database)
+    cases = ca_use_cases(database, manager, clock, SVID_TTL)
+    return Ca(clock, manager, cases.officer, cases.rotator, cases.service, database)
 
 
 def test_scheduled_rotation_runs_generations_and_prunes_what_signed_nothing_alive(ca: Ca) -> None:
@@ -89,7 +91,7 @@ def test_scheduled_rotation_runs_generations_and_prunes_what_signed_nothing_aliv
         ca.mint()
         for _ in range(20):  # walk through one CA lifetime in steps, as the rotation task would
             ca.clock.advance(CA_TTL / 20)
-            ca.ops.tick()
+            ca.rotator.tick()
             ca.mint()
         seen.append(ca.active_id())
     assert len(set(seen)) == 4, "every lifetime must have activated a new authority"
@@ -101,7 +103,7 @@ def test_scheduled_rotation_runs_generations_and_prunes_what_signed_nothing_aliv
 
 def test_prepared_authority_is_published_before_it_signs(ca: Ca) -> None:
     ca.clock.advance(CA_TTL / 2)
-    ca.ops.tick()
+    ca.rotator.tick()
     prepared = [i for i, s in ca.states().items() if s is AuthorityState.PREPARED]
     assert len(prepared) == 1
     assert len(ca.authorities.get_current().bundle.x509_authorities) == 2
@@ -186,7 +188,7 @@ def test_an_expired_active_authority_is_never_used_to_sign(ca: Ca) -> None:
 def test_the_rotation_task_recovers_from_an_expired_authority(ca: Ca) -> None:
     old = ca.active_id()
     ca.clock.advance(CA_TTL * 2)
-    ca.ops.tick()
+    ca.rotator.tick()
     assert ca.active_id() != old
     ca.mint()
     ca.service.check_ready()

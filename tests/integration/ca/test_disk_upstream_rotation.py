@@ -19,6 +19,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import IssuedX509Svid, X509SvidRequest
 from ca.keys.memory import MemoryKeyManager
+from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import Database
 from ca.store.records import AuthorityKind
@@ -42,6 +43,7 @@ class DiskCa:
     clock: FakeClock
     authorities: AuthorityManager
     ops: AuthorityOperations
+    rotator: Rotator
     service: CaService
     directory: Path
 
@@ -99,8 +101,8 @@ def disk_ca(database: Database, tmp_path: Path) -> DiskCa:
         clock,
     )
     manager.load()
-    ops, service = ca_use_cases(database, manager, clock, SVID_TTL)
-    return DiskCa(clock, manager, ops, service, tmp_path)
+    cases = ca_use_cases(database, manager, clock, SVID_TTL)
+    return DiskCa(clock, manager, cases.officer, cases.rotator, cases.service, tmp_path)
 
 
 def test_each_rotation_gets_a_new_intermediate_under_the_same_root(disk_ca: DiskCa) -> None:
@@ -133,7 +135,7 @@ def test_a_replaced_root_is_published_beside_the_old_one_until_the_old_signs_not
         result = disk_ca.openssl_verify(svid)
         assert result.returncode == 0, result.stdout + result.stderr
     disk_ca.clock.advance(SVID_TTL + HINT)  # everything the old intermediate signed has expired
-    disk_ca.ops.tick()
+    disk_ca.rotator.tick()
     assert disk_ca.roots() == {"CN=enterprise root 2"}
 
 

@@ -232,9 +232,32 @@ def test_join_token_of_a_banned_agent_is_refused(join_tokens: JoinTokens, databa
         agents = AgentRepository(session)
         agents.upsert(AGENT, "join_token", 1, NOW + timedelta(hours=1), NOW)
         agents.set_banned(AGENT, True, NOW)
-    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
     with pytest.raises(NotAuthorized, match=f"agent {AGENT} is banned"):
         join_tokens.attest(token.encode(), clock.now())
+
+
+def test_join_token_for_an_attested_agent_is_refused_and_nothing_is_stored(
+    join_tokens: JoinTokens, database: Database
+) -> None:
+    with database.transaction() as session:
+        AgentRepository(session).upsert(AGENT, "join_token", 1, NOW + timedelta(hours=1), NOW)
+    with pytest.raises(AlreadyExists, match=f"evict it first with `trustmesh-ca agent evict {AGENT}`"):
+        join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+    with database.transaction() as session:
+        actions = [r.event.action for r in AuditLogRepository(session).list()]
+    assert "join_token.generate" not in actions
+
+
+def test_join_token_replacing_an_attested_agent_is_audited_with_the_replaced_serial(
+    join_tokens: JoinTokens, database: Database
+) -> None:
+    with database.transaction() as session:
+        AgentRepository(session).upsert(AGENT, "join_token", 0xABC, NOW + timedelta(hours=1), NOW)
+    join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True)
+    with database.transaction() as session:
+        (record,) = [r for r in AuditLogRepository(session).list() if r.event.action == "join_token.generate"]
+    assert record.event.detail["replaces_serial"] == "abc"
 
 
 def test_get_of_a_deleted_entry_is_not_found(entries: RegistrationEntries) -> None:

@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.entries import EntryPolicy, RegistrationEntries
@@ -28,10 +29,11 @@ from ca.node_service import NodeService
 from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.signing import digest_for
-from ca.store import AgentRepository, Database, EntrySpec, RegistrationEntry
+from ca.store import AgentRepository, AuditLogRepository, Database, EntrySpec, RegistrationEntry
 from ca.sync import ChangeHub, UpdateVersions
 from ca.upstream import SelfSignedUpstream
 from spiffe_core.bundle import Bundle
+from spiffe_core.errors import AlreadyExists
 from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 from spiffe_core.selectors import Selector
@@ -62,6 +64,7 @@ class RunningCa:
     identity: ServerIdentity
     attestation_port: int
     node_api_port: int
+    agents: AgentAdmin
 
     def bundle(self) -> Bundle:
         return self.service.get_bundle()
@@ -110,6 +113,7 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
         attestors=NodeAttestors.of(join_tokens),
         agent_svid_ttl=AGENT_TTL,
         clock=clock,
+        hub=hub,
     )
     identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
@@ -122,7 +126,17 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
     )
     serving = asyncio.create_task(run_node_server(server))
     try:
-        yield RunningCa(database, service, entries, join_tokens, clock, identity, ports.attestation, ports.node_api)
+        yield RunningCa(
+            database,
+            service,
+            entries,
+            join_tokens,
+            clock,
+            identity,
+            ports.attestation,
+            ports.node_api,
+            AgentAdmin(database, hub, clock),
+        )
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
@@ -483,8 +497,31 @@ async def test_mint_jwt_svid_returns_a_token_that_validates_against_the_bundle(c
             NODE_1,
             [],
             grpc.StatusCode.INVALID_ARGUMENT,
-            "a JWT-SVID needs at least one non-empty audience",
+            "a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. ['payments']",
             id="no-audience",
+        ),
+        pytest.param(
+            NODE_1,
+            ["x" * 1_000_000],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"audience #0 {'x' * 32!r}… is 1000000 bytes long; an audience may be at most 1024 bytes (UTF-8) — "
+            "name the relying party with a shorter string",
+            id="oversized-audience",
+        ),
+        pytest.param(
+            NODE_1,
+            [f"svc-{n}" for n in range(33)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "33 audiences requested; a JWT-SVID carries at most 32 — ask for one token per relying party",
+            id="too-many-audiences",
+        ),
+        pytest.param(
+            NODE_1,
+            ["db\r\nx"],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audience #0 'db\\r\\nx' holds the non-printable character U+000D; audiences are printable text — "
+            "remove control characters and line breaks",
+            id="control-character",
         ),
     ],
 )
@@ -500,3 +537,183 @@ async def test_mint_jwt_svid_refuses(
             )
         )
     assert (error.code(), details(error)) == (code, message.format(id=entry.id, agent=NODE_1))
+
+
+# --- Cutting agents off: replaced SVIDs, ban, evict; one node name, one agent; trust domain ---------------
+
+
+SUPERSEDED = (
+    "the X509-SVID with serial {serial:x} is no longer the SVID of agent "
+    "spiffe://example.org/trustmesh/agent/join_token/node-1 (it was renewed, or the node attested again); "
+    "use the agent's current SVID, or attest this node again with a new join token"
+)
+
+
+async def renewed(ca: RunningCa, agent: Agent) -> Agent:
+    new_key = generate_private_key(KeyType.EC_P256)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response = await node_pb2_grpc.NodeStub(ch).RenewAgent(
+            node_pb2.RenewAgentRequest(csr=csr_for(new_key)), timeout=RPC_TIMEOUT
+        )
+    return Agent(agent.spiffe_id, new_key, tuple(x509.load_der_x509_certificate(d) for d in response.svid_chain))
+
+
+async def sign_nothing(ca: RunningCa, agent: Agent) -> node_pb2.SignX509SvidsResponse:
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response: node_pb2.SignX509SvidsResponse = await node_pb2_grpc.NodeStub(ch).SignX509Svids(
+            node_pb2.SignX509SvidsRequest(), timeout=RPC_TIMEOUT
+        )
+    return response
+
+
+async def test_an_agent_svid_replaced_by_renewal_is_refused_once_the_overlap_ends(ca: RunningCa) -> None:
+    old = await attested_agent(ca)
+    await renewed(ca, old)
+    ca.clock.advance(timedelta(seconds=31))
+    error = await refused(sign_nothing(ca, old))
+    assert (error.code(), details(error)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        SUPERSEDED.format(serial=old.chain[0].serial_number),
+    )
+
+
+async def test_an_agent_svid_replaced_by_renewal_still_works_during_the_overlap(ca: RunningCa) -> None:
+    old = await attested_agent(ca)
+    await renewed(ca, old)
+    ca.clock.advance(timedelta(seconds=29))
+    assert list((await sign_nothing(ca, old)).svids) == []
+
+
+async def test_the_renewed_agent_svid_works_after_the_overlap(ca: RunningCa) -> None:
+    new = await renewed(ca, await attested_agent(ca))
+    ca.clock.advance(timedelta(seconds=31))
+    assert list((await sign_nothing(ca, new)).svids) == []
+
+
+async def test_an_agent_svid_replaced_by_reattestation_is_refused_at_once(ca: RunningCa) -> None:
+    old = await attested_agent(ca)
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
+    await attest(ca, token)
+    error = await refused(sign_nothing(ca, old))
+    assert (error.code(), details(error)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        SUPERSEDED.format(serial=old.chain[0].serial_number),
+    )
+
+
+async def test_reattestation_ends_the_sync_stream_of_the_replaced_svid(ca: RunningCa) -> None:
+    old = await attested_agent(ca)
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
+    async with channel(ca, ca.node_api_port, old) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        await attest(ca, token)
+        error = await refused(asyncio.wait_for(stream.read(), PUSH_DEADLINE))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_banned_agents_open_sync_stream_ends_within_one_second(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.to_thread(ca.agents.ban, agent.spiffe_id, "tester")
+        error = await refused(asyncio.wait_for(stream.read(), PUSH_DEADLINE))
+        elapsed = loop.time() - started
+    assert (error.code(), details(error)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"agent {NODE_1} is banned; an operator must lift the ban",
+    )
+    assert elapsed < 1.0
+
+
+async def test_a_banned_agent_may_not_renew_or_attest_again(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
+    ca.agents.ban(agent.spiffe_id, "tester")
+    renew_error = await refused(renewed(ca, agent))
+    attest_error = await refused(attest(ca, token))
+    assert (renew_error.code(), attest_error.code()) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert details(attest_error) == (f"agent {NODE_1} is banned; an operator must lift the ban before it can attest")
+
+
+async def test_unban_lets_the_agents_svid_work_again(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    ca.agents.ban(agent.spiffe_id, "tester")
+    ca.agents.unban(agent.spiffe_id, "tester")
+    assert list((await sign_nothing(ca, agent)).svids) == []
+
+
+async def test_an_evicted_agents_svid_is_refused_and_its_stream_ends(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        await asyncio.to_thread(ca.agents.evict, agent.spiffe_id, "tester")
+        stream_error = await refused(asyncio.wait_for(stream.read(), PUSH_DEADLINE))
+    call_error = await refused(sign_nothing(ca, agent))
+    assert stream_error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (call_error.code(), details(call_error)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"agent {NODE_1} is not known to this CA; attest the node again",
+    )
+
+
+async def test_eviction_forces_reattestation_under_the_same_node_name(ca: RunningCa) -> None:
+    old = await attested_agent(ca)
+    ca.agents.evict(old.spiffe_id, "tester")
+    again = await attested_agent(ca, "node-1")  # no --replace needed: the agent is gone
+    assert again.spiffe_id == NODE_1
+    assert list((await sign_nothing(ca, again)).svids) == []
+
+
+async def test_ban_unban_and_evict_are_audited(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    ca.agents.ban(agent.spiffe_id, "tester")
+    ca.agents.unban(agent.spiffe_id, "tester")
+    ca.agents.evict(agent.spiffe_id, "tester")
+    with ca.database.transaction() as session:
+        events = [r.event for r in AuditLogRepository(session).list() if r.event.action.startswith("agent.")]
+    assert [(e.actor, e.action, e.target) for e in events] == [
+        ("tester", "agent.ban", str(NODE_1)),
+        ("tester", "agent.unban", str(NODE_1)),
+        ("tester", "agent.evict", str(NODE_1)),
+    ]
+
+
+async def test_a_join_token_for_an_attested_node_name_is_refused_naming_evict(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    with pytest.raises(AlreadyExists) as raised:
+        ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+    assert str(raised.value) == (
+        f"agent {NODE_1} is attested (its SVID is valid until {agent.chain[0].not_valid_after_utc.isoformat()}); "
+        f"one node name is one agent — evict it first with `trustmesh-ca agent evict {NODE_1}`, "
+        "or generate the token with --replace so the new node replaces it when it attests"
+    )
+
+
+async def test_a_join_token_for_an_agent_whose_svid_expired_is_allowed(ca: RunningCa) -> None:
+    await attested_agent(ca)
+    ca.clock.advance(AGENT_TTL + timedelta(seconds=1))
+    assert ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").agent_id == NODE_1
+
+
+async def test_a_trust_domain_mismatch_is_refused_and_leaves_the_join_token_unspent(ca: RunningCa) -> None:
+    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    key = generate_private_key(KeyType.EC_P256)
+    async with channel(ca, ca.attestation_port) as ch:
+        request = node_pb2.AttestRequest(
+            method="join_token", payload=token.encode(), csr=csr_for(key), trust_domain="prod.example"
+        )
+        error = await refused(node_pb2_grpc.NodeStub(ch).Attest(request, timeout=RPC_TIMEOUT))
+    assert (error.code(), details(error)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the agent is configured for trust domain 'prod.example' but this CA serves 'example.org'; "
+        "set trust_domain = 'example.org' in the agent's configuration (the join token was not used)",
+    )
+    assert (await attest(ca, token)).spiffe_id == str(NODE_1)

@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.keys.memory import MemoryKeyManager
 from ca.rotation import RotationParams
+from ca.rotator import Rotator
 from ca.store import Database, EntrySpec
 from ca.store.records import AuthorityKind
 from ca.sync import ChangeHub, listen_for_changes
@@ -103,14 +105,15 @@ async def test_an_authority_change_on_one_replica_reaches_the_other_replicas_bun
         await asyncio.to_thread(manager.load)
     rotation = RotationParams(timedelta(seconds=1), timedelta(hours=1))
     hub_a, hub_b = ChangeHub(), ChangeHub()
-    ops_a, ops_b = (
-        AuthorityOperations(database=database, authorities=m, hub=h, params=rotation, clock=clock)
+    changes_a, changes_b = (
+        AuthorityChanges(database=database, authorities=m, hub=h, clock=clock)
         for m, h in zip(replicas, (hub_a, hub_b), strict=True)
     )
+    ops_a, rotator_b = AuthorityOperations(changes_a, rotation, clock), Rotator(changes_b, rotation, clock)
     seen_by_stream: list[int] = []
     listening = asyncio.Event()
     task = asyncio.create_task(
-        listen_for_changes(postgres_migrated_url, hub_b, listening=listening, reload_shared=ops_b.reload_quietly)
+        listen_for_changes(postgres_migrated_url, hub_b, listening=listening, reload_shared=rotator_b.reload_quietly)
     )
     try:
         await asyncio.wait_for(listening.wait(), WAIT)

@@ -8,6 +8,8 @@ import asyncio
 import os
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,3 +211,101 @@ async def test_refuses_a_socket_path_too_long_for_its_private_sockets(directory:
         "bytes, longer than the 107 a socket address holds (the proxy's private sockets live next to "
         "w.sock); put the socket in a shorter directory"
     )
+
+
+NOBODY = 65534
+# Holds ``count`` connections to the socket as the uid it runs as, says "held", and waits for stdin to close.
+HOLDER = """
+import socket, sys
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def as_nobody(*argv: str) -> list[str]:
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+async def hold_connections_as_nobody(public: Path, count: int) -> asyncio.subprocess.Process:
+    child = await asyncio.create_subprocess_exec(
+        *as_nobody(sys.executable, "-c", HOLDER, str(public), str(count)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    assert await asyncio.wait_for(child.stdout.readline(), WAIT) == b"held\n"
+    return child
+
+
+async def release(child: asyncio.subprocess.Process) -> None:
+    assert child.stdin is not None
+    child.stdin.close()
+    await asyncio.wait_for(child.wait(), WAIT)
+
+
+@pytest.fixture
+def shared_directory(directory: Path) -> Path:
+    """The socket directory opened to other users, as the agent's socket directory is."""
+    directory.chmod(0o755)
+    return directory
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
+async def test_a_uid_over_its_budget_is_refused_while_another_uid_connects(
+    shared_directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = TestCa.create("example.org")
+    cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
+    public = shared_directory / "workload.sock"
+    async with make_endpoint(ca, cache, public, max_connections=10, max_connections_per_uid=3) as endpoint:
+        child = await hold_connections_as_nobody(public, 40)  # 3 are kept, 37 closed at once
+        try:
+            await wait_until(lambda: endpoint.connections_of(NOBODY) == 3, "nobody's budget to fill")
+            response = await fetch_svids(f"unix:{public}")  # root still connects
+            assert [s.spiffe_id for s in response.svids] == ["spiffe://example.org/web"]
+            assert endpoint.connections_of(NOBODY) == 3
+        finally:
+            await release(child)
+        await wait_until(lambda: endpoint.connections_of(NOBODY) == 0, "nobody's connections to be forgotten")
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refusing connections")]
+    assert refusals == [  # 37 refusals, one line: at most one per 10 s per uid
+        f"refusing connections to {public} from uid {NOBODY}: uid {NOBODY} holds 3 connections already "
+        "(limits.max_connections_per_uid); its processes must close connections they no longer use"
+    ]
+
+
+async def test_a_uid_over_its_budget_gets_its_new_connections_closed(directory: Path) -> None:
+    ca = TestCa.create("example.org")
+    cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
+    public = directory / "workload.sock"
+    async with (
+        make_endpoint(ca, cache, public, max_connections=10, max_connections_per_uid=1) as endpoint,
+        grpc.aio.insecure_channel(f"unix:{public}") as first,
+    ):
+        await first.channel_ready()
+        await wait_until(lambda: endpoint.connections_of(os.getuid()) == 1, "registering the first connection")
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await fetch_svids(f"unix:{public}")
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert endpoint.attestor.connections == 1
+
+
+async def test_a_request_over_the_message_limit_is_resource_exhausted(directory: Path) -> None:
+    ca = TestCa.create("example.org")
+    cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
+    public = directory / "workload.sock"
+    async with (
+        make_endpoint(ca, cache, public, max_receive_message_bytes=64 * 1024),
+        grpc.aio.insecure_channel(f"unix:{public}") as channel,
+    ):
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["x" * 100_000]), metadata=SECURITY_HEADER, timeout=WAIT
+            )
+        assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -20,7 +20,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from google.rpc import status_pb2
 
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
-from sds.sds_v3 import SecretDiscoveryService
+from sds.sds_v3 import MAX_RESOURCE_NAME_BYTES, MAX_RESOURCE_NAMES, SecretDiscoveryService
 from sds.secrets import DEFAULT, ROOTCA, SECRET_TYPE_URL
 from spiffe_core.errors import NotAuthorized
 from spiffe_core.selectors import Selector
@@ -496,3 +496,109 @@ async def test_caller_entitled_to_no_svid_gets_no_certificate_but_the_bundle(age
     await stream.send(request([DEFAULT, ROOTCA]))
 
     assert list(secrets_of(await stream.next())) == [ROOTCA]
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+
+def too_many(count: int, what: str = "the request") -> str:
+    return (
+        f"{what} names {count} resources; an SDS stream may subscribe to at most {MAX_RESOURCE_NAMES} "
+        "(agent setting limits.sds_max_resource_names) — subscribe to the secrets this proxy uses"
+    )
+
+
+def names(count: int, prefix: str = "spiffe://example.org/n") -> list[str]:
+    return [f"{prefix}{n}" for n in range(count)]
+
+
+async def test_stream_takes_a_subscription_of_the_largest_size(stream: Stream) -> None:
+    await stream.send(request([*names(MAX_RESOURCE_NAMES - 1), DEFAULT]))
+    assert list(secrets_of(await stream.next())) == [DEFAULT]
+
+
+async def test_stream_with_too_many_names_ends_resource_exhausted(stream: Stream) -> None:
+    await stream.send(request(names(MAX_RESOURCE_NAMES + 1)))
+    error = await stream.error()
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        too_many(MAX_RESOURCE_NAMES + 1),
+    )
+
+
+async def test_stream_with_a_name_longer_than_a_spiffe_id_ends_invalid_argument(stream: Stream) -> None:
+    long_name = "spiffe://example.org/" + "x" * MAX_RESOURCE_NAME_BYTES
+    await stream.send(request([DEFAULT, long_name]))
+    error = await stream.error()
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"resource name #1 of the request ('spiffe://example.org/xxxxxxxxxxx'…) is {len(long_name)} bytes long; "
+        "SDS names are 'default', 'ROOTCA', 'ALL' or SPIFFE IDs, at most 2048 bytes (SPIFFE-ID.md §2.3)",
+    )
+
+
+async def test_delta_subscription_may_not_grow_past_the_limit(delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[DEFAULT, *names(600)]))
+    first = await delta.next()
+    await delta.send(delta_request(subscribe=names(600, "spiffe://example.org/m"), nonce=first.nonce))
+    error = await delta.error()
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        too_many(1201, "the stream's subscription"),
+    )
+
+
+async def test_delta_subscription_may_be_replaced_within_the_limit(delta: Stream) -> None:
+    await delta.send(delta_request(subscribe=[*names(MAX_RESOURCE_NAMES - 1), DEFAULT]))
+    first = await delta.next()
+    await delta.send(delta_request(subscribe=[ROOTCA], unsubscribe=names(MAX_RESOURCE_NAMES - 1), nonce=first.nonce))
+    assert list(secrets_of(await delta.next())) == [ROOTCA]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "what"),
+    [
+        pytest.param({"subscribe": names(MAX_RESOURCE_NAMES + 1)}, "the request", id="subscribe"),
+        pytest.param({"unsubscribe": names(MAX_RESOURCE_NAMES + 1)}, "resource_names_unsubscribe", id="unsubscribe"),
+        pytest.param(
+            {"subscribe": [DEFAULT], "initial": dict.fromkeys(names(MAX_RESOURCE_NAMES + 1), "v1")},
+            "initial_resource_versions",
+            id="initial-versions",
+        ),
+    ],
+)
+async def test_delta_request_with_too_many_names_ends_resource_exhausted(
+    delta: Stream, kwargs: dict[str, Any], what: str
+) -> None:
+    await delta.send(delta_request(**kwargs))
+    error = await delta.error()
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        too_many(MAX_RESOURCE_NAMES + 1, what),
+    )
+
+
+async def test_fetch_with_too_many_names_is_resource_exhausted(agent: Agent) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await agent.stub.FetchSecrets(request([DEFAULT] * (MAX_RESOURCE_NAMES + 1)), timeout=WAIT)
+    assert (failure.value.code(), failure.value.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        too_many(MAX_RESOURCE_NAMES + 1),
+    )
+
+
+async def test_a_huge_subscription_is_refused_without_stalling_another_stream(agent: Agent, stream: Stream) -> None:
+    """600,000 names (about 4 MB, near gRPC's message limit) are counted, not read: the stream ends at
+    once and another caller's request is answered meanwhile."""
+    await stream.send(request([DEFAULT]))
+    first = await stream.next()
+    huge = Stream(agent.stub.StreamSecrets())
+    try:
+        await huge.send(request([f"n{n}" for n in range(600_000)]))
+        started = asyncio.get_running_loop().time()
+        await stream.send(request([DEFAULT, ROOTCA], nonce=first.nonce))
+        assert list(secrets_of(await stream.next())) == [DEFAULT, ROOTCA]
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert (await huge.error()).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await huge.close()

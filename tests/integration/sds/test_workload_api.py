@@ -299,9 +299,31 @@ async def test_fetch_jwt_svid_requires_an_audience(agent: Agent) -> None:
     error = await rpc_error(agent.stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=SECURITY_HEADER))
     assert (error.code(), error.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "audience [] is missing or has an empty value; FetchJWTSVID needs at least one audience naming "
-        "the service the token is for (SPIFFE_Workload_API.md §6.2.1)",
+        "FetchJWTSVID audience refused: a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. "
+        "['payments']",
     )
+
+
+@pytest.mark.parametrize(
+    ("audience", "rule"),
+    [
+        pytest.param(
+            ["x" * 1_000_000], f"audience #0 {'x' * 32!r}… is 1000000 bytes long; an audience may be", id="huge"
+        ),
+        pytest.param([f"s{n}" for n in range(33)], "33 audiences requested; a JWT-SVID carries at most 32", id="many"),
+        pytest.param(["api", "a\x1bb"], "audience #1 'a\\x1bb' holds the non-printable character U+001B", id="escape"),
+    ],
+)
+async def test_fetch_jwt_svid_refuses_audiences_the_ca_would_refuse(
+    agent: Agent, audience: list[str], rule: str
+) -> None:
+    await agent.publish([agent.ca.svid("/web", [ME])])
+    error = await rpc_error(
+        agent.stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=audience), metadata=SECURITY_HEADER)
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(f"FetchJWTSVID audience refused: {rule}")
+    assert agent.minter.calls == []
 
 
 async def test_fetch_jwt_svid_returns_one_token_per_identity(agent: Agent) -> None:

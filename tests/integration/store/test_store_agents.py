@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -72,9 +72,46 @@ def test_lists_agents_by_spiffe_id(database: Database) -> None:
     [
         pytest.param(lambda r: r.get(AGENT_ID), id="get"),
         pytest.param(lambda r: r.set_banned(AGENT_ID, True, NOW), id="ban"),
+        pytest.param(lambda r: r.delete(AGENT_ID), id="delete"),
     ],
 )
 def test_unknown_agent_is_not_found(database: Database, operation: object) -> None:
     with pytest.raises(NotFound) as raised, database.transaction() as session:
         operation(AgentRepository(session))  # type: ignore[operator]
     assert str(raised.value) == f"agent {AGENT_ID} has never attested"
+
+
+def _renew(database: Database, serial: int, now: datetime, overlap_until: datetime) -> Agent:
+    with database.transaction() as session:
+        return AgentRepository(session).upsert(
+            AGENT_ID, "join_token", serial, SVID_EXPIRY, now, previous_valid_until=overlap_until
+        )
+
+
+def test_renewal_keeps_the_replaced_serial_until_the_overlap_ends(database: Database) -> None:
+    _attest(database, 1)
+    renewed = _renew(database, 2, LATER, LATER + timedelta(seconds=30))
+    with database.transaction() as session:
+        stored = AgentRepository(session).get(AGENT_ID)
+    assert stored == renewed
+    assert (stored.serial, stored.previous_serial, stored.previous_serial_until) == (
+        2,
+        1,
+        LATER + timedelta(seconds=30),
+    )
+
+
+def test_reattestation_forgets_the_previous_serial(database: Database) -> None:
+    _attest(database, 1)
+    _renew(database, 2, LATER, LATER + timedelta(seconds=30))
+    again = _attest(database, 3, LATER)
+    assert (again.serial, again.previous_serial, again.previous_serial_until) == (3, None, None)
+
+
+def test_delete_forgets_the_agent(database: Database) -> None:
+    _attest(database, 1)
+    with database.transaction() as session:
+        deleted = AgentRepository(session).delete(AGENT_ID)
+    assert deleted.serial == 1
+    with pytest.raises(NotFound), database.transaction() as session:
+        AgentRepository(session).get(AGENT_ID)

@@ -48,6 +48,15 @@ def test_defaults_are_those_of_the_design(tmp_path: Path, monkeypatch: pytest.Mo
     assert (config.jwt_svid.default_ttl, config.jwt_svid.max_ttl) == (timedelta(minutes=5), timedelta(hours=1))
     assert config.agent_svid.ttl == timedelta(hours=1)
     assert config.bundle.refresh_hint == timedelta(minutes=5)
+    assert config.datastore.issued_certificate_retention == timedelta(hours=24)
+    assert config.node_api.max_batch_size == 1000
+    ratelimit = config.node_api.ratelimit
+    assert (ratelimit.signing, ratelimit.signing_burst, ratelimit.attestation, ratelimit.attestation_burst) == (
+        100,
+        2000,
+        1,
+        20,
+    )
 
 
 def test_the_sample_config_is_valid_toml_holding_exactly_the_defaults(tmp_path: Path) -> None:
@@ -225,7 +234,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -238,7 +247,7 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api",
         id="unknown-section",
     ),
     pytest.param(
@@ -385,6 +394,32 @@ INVALID = [
         "ca.key_manager.create_kek_if_missing (from TRUSTMESH_CA__KEY_MANAGER__CREATE_KEK_IF_MISSING): 'maybe' "
         "is not a boolean; write true or false",
         id="bad-boolean-from-environment",
+    ),
+    pytest.param(
+        "[node_api]\nmax_batch_size = 5000\n",
+        {},
+        "node_api: max_batch_size (5000) is larger than ratelimit.signing_burst (2000), so a full batch could "
+        "never pass the signing rate; lower max_batch_size or raise signing_burst",
+        id="batch-larger-than-the-signing-burst",
+    ),
+    pytest.param(
+        "[node_api]\nmax_batch_size = 0\n",
+        {},
+        "node_api.max_batch_size: 0 is not a batch size; write at least 1 (agents send batches of 100)",
+        id="empty-batch-size",
+    ),
+    pytest.param(
+        "",
+        {"TRUSTMESH_NODE_API__RATELIMIT__SIGNING": "-1"},
+        "node_api.ratelimit.signing (from TRUSTMESH_NODE_API__RATELIMIT__SIGNING): -1.0 is not a rate; write "
+        "calls per second, e.g. 100, or 0 for no limit",
+        id="negative-rate-from-environment",
+    ),
+    pytest.param(
+        "[node_api.ratelimit]\nattestation_burst = 0\n",
+        {},
+        "node_api.ratelimit.attestation_burst: 0 is not a burst; write at least 1",
+        id="empty-burst",
     ),
 ]
 

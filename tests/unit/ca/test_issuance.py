@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -149,5 +150,25 @@ def test_jwt_svid_validates_against_the_bundle(active: AuthoritySet) -> None:
 
 
 def test_jwt_svid_needs_an_audience(active: AuthoritySet) -> None:
-    with pytest.raises(InvalidArgument, match="at least one non-empty audience"):
+    with pytest.raises(InvalidArgument, match=re.escape("a JWT-SVID needs at least one audience (JWT-SVID.md §3.2)")):
         mint_jwt(JwtSvidRequest(WEB, ()), active, POLICY, NOW)
+
+
+@pytest.mark.parametrize(
+    ("audience", "message"),
+    [
+        pytest.param(
+            ("x" * 1_000_000,), "audience #0 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… is 1000000 bytes long", id="huge"
+        ),
+        pytest.param(
+            tuple(f"a{n}" for n in range(33)), "33 audiences requested; a JWT-SVID carries at most 32", id="many"
+        ),
+        pytest.param(("db", "a\tb"), "audience #1 'a\\tb' holds the non-printable character U+0009", id="control"),
+    ],
+)
+def test_jwt_svid_audiences_follow_the_agents_rule(
+    active: AuthoritySet, audience: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        mint_jwt(JwtSvidRequest(WEB, audience), active, POLICY, NOW)
+    assert str(refused.value).startswith(message)

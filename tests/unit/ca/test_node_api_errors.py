@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import grpc
 import pytest
 
-from ca.node_api import NodeServicer
+from ca.node_api import NodeServicer, peer_source
 from spiffe_core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -18,31 +18,39 @@ from spiffe_core.errors import (
     NotAuthenticated,
     NotAuthorized,
     NotFound,
+    ResourceExhausted,
     UpstreamUnavailable,
 )
 from wire import node_pb2
 
 
 class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()) -> None:
         super().__init__(code, details)
         self.code = code
         self.details = details
+        self.trailing_metadata = tuple(trailing_metadata)
 
 
 class FakeContext:
-    """Just what the edge uses: the peer's auth context (no certificate) and abort."""
+    """Just what the edge uses: the peer's address and auth context (no certificate), and abort."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5000"
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
 
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
-        raise Aborted(code, details)
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
+        raise Aborted(code, details, trailing_metadata)
 
 
 class RaisingNode:
     def __init__(self, error: Exception) -> None:
         self._error = error
+
+    def check_trust_domain(self, _claimed: str) -> None:
+        return None
 
     def attest(self, *_args: Any) -> NoReturn:
         raise self._error
@@ -66,6 +74,7 @@ async def attest_refused(error: Exception) -> Aborted:
         pytest.param(FailedPrecondition("stale"), grpc.StatusCode.FAILED_PRECONDITION, id="precondition"),
         pytest.param(NoActiveAuthority("none"), grpc.StatusCode.FAILED_PRECONDITION, id="no-authority"),
         pytest.param(UpstreamUnavailable("db down"), grpc.StatusCode.UNAVAILABLE, id="unavailable"),
+        pytest.param(ResourceExhausted("slow down", 1.0), grpc.StatusCode.RESOURCE_EXHAUSTED, id="exhausted"),
     ],
 )
 async def test_domain_errors_keep_their_message_under_their_code(error: Exception, code: grpc.StatusCode) -> None:
@@ -78,3 +87,21 @@ async def test_unknown_errors_are_internal_without_their_detail(caplog: pytest.L
         aborted = await attest_refused(RuntimeError("secret detail: /var/lib/key"))
     assert (aborted.code, aborted.details) == (grpc.StatusCode.INTERNAL, "internal error; see the CA's log")
     assert "secret detail" in caplog.text
+
+
+async def test_a_rate_limit_refusal_carries_its_wait_in_milliseconds() -> None:
+    aborted = await attest_refused(ResourceExhausted("slow down; retry in 0.3 s", retry_after=0.25))
+    assert aborted.trailing_metadata == (("retry-after-ms", "250"),)
+
+
+@pytest.mark.parametrize(
+    ("peer", "source"),
+    [
+        pytest.param("ipv4:10.1.2.3:50051", "10.1.2.3", id="ipv4"),
+        pytest.param("ipv6:[2001:db8::1]:50051", "2001:db8::1", id="ipv6"),
+        pytest.param("ipv6:%5B::1%5D:50051", "::1", id="ipv6-percent-encoded"),
+        pytest.param("unix:/run/x.sock", "unix:/run/x.sock", id="unix"),
+    ],
+)
+def test_the_attestation_source_is_the_peer_address_without_its_port(peer: str, source: str) -> None:
+    assert peer_source(peer) == source

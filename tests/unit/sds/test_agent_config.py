@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sds.config import AgentConfig, CertFileTarget, RotationConfig, load_agent_config
+from sds.config import AgentConfig, CertFileTarget, LimitsConfig, RotationConfig, load_agent_config
 from spiffe_core.errors import ConfigError
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -38,6 +38,8 @@ def test_defaults_put_sockets_in_the_data_dir_next_to_the_config_file(tmp_path: 
     assert config.workload_api_socket == tmp_path / ".trustmesh/agent/workload.sock"
     assert config.sds_socket == tmp_path / ".trustmesh/agent/sds.sock"
     assert (config.rotation.svid_rotation_fraction, config.rotation.jitter) == (0.5, 0.1)
+    assert (config.limits.max_connections, config.limits.max_connections_per_uid) == (1024, 256)
+    assert config.limits.sds_max_resource_names == 1024
     assert config.load_join_token() is None
 
 
@@ -69,12 +71,14 @@ def test_environment_overrides_top_level_keys_and_section_keys(tmp_path: Path) -
         {
             "TRUSTMESH_AGENT_SERVER_ADDRESS": "10.0.0.5:8081",
             "TRUSTMESH_AGENT_ROTATION__JITTER": "0.2",
+            "TRUSTMESH_AGENT_LIMITS__MAX_CONNECTIONS_PER_UID": "32",
             "TRUSTMESH_AGENT_CONFIG": "ignored: names the file",
             "TRUSTMESH_CA__TTL": "ignored: the CA's",
         },
     )
     assert config.server_address == "10.0.0.5:8081"
     assert config.rotation.jitter == 0.2
+    assert config.limits.max_connections_per_uid == 32
 
 
 def test_join_token_is_masked_in_repr_and_read_from_a_file(tmp_path: Path) -> None:
@@ -129,6 +133,19 @@ def test_missing_join_token_file_names_the_key_and_the_fix(tmp_path: Path) -> No
             "rotation: svid_rotation_fraction 0.9 with jitter 0.2 can put rotation at 1.08 of an "
             "SVID's life, after it expires; lower one of them so that fraction * (1 + jitter) < 1",
             id="rotation-after-expiry",
+        ),
+        pytest.param(
+            "[limits]\nmax_connections = 100\nmax_connections_per_uid = 200",
+            {},
+            "limits: max_connections_per_uid 200 is above max_connections 100; one uid could then hold every "
+            "connection — lower it",
+            id="per-uid-budget-above-total",
+        ),
+        pytest.param(
+            "[limits]\nsds_max_resource_names = 0",
+            {},
+            "limits.sds_max_resource_names: 0 is not between 1 and 1000000; remove it to get the default",
+            id="no-resource-names",
         ),
         pytest.param(
             "[[cert_files]]\ndir = 'certs'",
@@ -202,7 +219,8 @@ def test_error_for_a_malformed_token_type_does_not_echo_the_value(tmp_path: Path
 
 def test_docs_list_every_key() -> None:
     docs = (Path(__file__).parents[3] / "docs" / "agent.md").read_text()
-    keys = [name for name in AgentConfig.model_fields if name != "rotation"]
+    keys = [name for name in AgentConfig.model_fields if name not in ("rotation", "limits")]
     keys += [f"rotation.{name}" for name in RotationConfig.model_fields]
+    keys += [f"limits.{name}" for name in LimitsConfig.model_fields]
     keys += [f"`{name}`" for name in CertFileTarget.model_fields]
     assert [key for key in keys if key not in docs] == []

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from sds.cache import CacheSnapshot, WorkloadCache
-from sds.manager import SIGN_BATCH_SIZE, AgentManager, ManagerParams
+from sds.manager import JWT_CACHE_BYTES, SIGN_BATCH_SIZE, AgentManager, ManagerParams
 from sds.node_client import EntryRecord, SignedX509Svid, SyncState
 from sds.persistence import AgentStore
 from sds.planning import signer_ids
 from spiffe_core.bundle import Bundle
-from spiffe_core.errors import InvalidArgument, NotFound, UpstreamUnavailable
-from spiffe_core.jwt_svid import mint_jwt_svid
+from spiffe_core.errors import InvalidArgument, NotFound, ResourceExhausted, UpstreamUnavailable
+from spiffe_core.jwt_svid import MAX_AUDIENCE_BYTES, MAX_AUDIENCES, mint_jwt_svid
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_pki import SigningCa
@@ -67,6 +67,8 @@ class FakeNodeApi:
         self.in_flight = 0
         self.most_in_flight = 0
         self.real_jwts = False
+        self.rate_limited = 0  # this many calls are refused for the CA's signing rate first
+        self.retry_after = 0.0
 
     async def sync(self) -> AsyncIterator[SyncState]:
         script = self.streams.pop(0) if self.streams else []
@@ -78,6 +80,9 @@ class FakeNodeApi:
 
     async def sign_x509_svids(self, items: Sequence[tuple[str, bytes]]) -> list[SignedX509Svid]:
         self.attempts += 1
+        if self.rate_limited:
+            self.rate_limited -= 1
+            raise ResourceExhausted("node API SignX509Svids at 127.0.0.1:8081 refused: over rate", self.retry_after)
         if self.down or self.down_for.intersection(entry_id for entry_id, _ in items):
             raise UpstreamUnavailable("node API SignX509Svids at 127.0.0.1:8081 is unavailable (down)")
         self.in_flight += 1
@@ -126,7 +131,7 @@ class RecordingIdentity:
 
 
 class Harness:
-    def __init__(self, data_dir: Path, clock: FakeClock | None = None) -> None:
+    def __init__(self, data_dir: Path, clock: FakeClock | None = None, jwt_cache_bytes: int = JWT_CACHE_BYTES) -> None:
         self.clock = clock or FakeClock(NOW)
         self.api = FakeNodeApi(self.clock)
         self.cache = WorkloadCache(CacheSnapshot(TD))
@@ -136,7 +141,7 @@ class Harness:
             cache=self.cache,
             store=AgentStore(data_dir, TD),
             identity=self.sink,
-            params=ManagerParams(backoff_base=0.01, backoff_cap=0.05),
+            params=ManagerParams(backoff_base=0.01, backoff_cap=0.05, jwt_cache_bytes=jwt_cache_bytes),
             clock=self.clock,
             rng=random.Random(5),
         )
@@ -246,9 +251,34 @@ async def test_jwt_svids_are_reused_until_half_their_life(harness: Harness) -> N
     ("spiffe_id", "audience", "error", "message"),
     [
         pytest.param(DB, ["x"], NotFound, f"no registration entry for {DB} is parented to this agent", id="no-entry"),
-        pytest.param(WEB, [], InvalidArgument, "a JWT-SVID needs at least one non-empty audience", id="no-audience"),
         pytest.param(
-            WEB, [""], InvalidArgument, "a JWT-SVID needs at least one non-empty audience", id="empty-audience"
+            WEB,
+            [],
+            InvalidArgument,
+            "a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. ['payments']",
+            id="no-audience",
+        ),
+        pytest.param(
+            WEB,
+            [""],
+            InvalidArgument,
+            "audience #0 '' is not a non-empty string; every audience must name a service",
+            id="empty-audience",
+        ),
+        pytest.param(
+            WEB,
+            ["x" * 1_000_000],
+            InvalidArgument,
+            f"audience #0 {'x' * 32!r}… is 1000000 bytes long; an audience may be at most 1024 bytes (UTF-8) — "
+            "name the relying party with a shorter string",
+            id="oversized-audience",
+        ),
+        pytest.param(
+            WEB,
+            [f"svc-{n}" for n in range(33)],
+            InvalidArgument,
+            "33 audiences requested; a JWT-SVID carries at most 32 — ask for one token per relying party",
+            id="too-many-audiences",
         ),
     ],
 )
@@ -260,6 +290,42 @@ async def test_refuses_jwt_svids_it_cannot_get(
         await harness.manager.fetch_jwt_svid(spiffe_id, audience)
     assert str(caught.value) == message
     assert harness.api.minted == 0
+
+
+def big_audience(n: int) -> list[str]:
+    """The largest audience list the rule allows, distinct per ``n``: 32 values of 1024 bytes."""
+    return [f"{n:06d}-{i:02d}-".ljust(MAX_AUDIENCE_BYTES, "a") for i in range(MAX_AUDIENCES)]
+
+
+async def test_the_jwt_svid_cache_counts_token_audiences_and_id_in_bytes(harness: Harness) -> None:
+    await harness.receive(state(entry("e-web", WEB)))
+    token = await harness.manager.fetch_jwt_svid(WEB, ["db", "cache"])
+    assert harness.manager.jwt_cache_bytes == len(token) + len(str(WEB)) + len("db") + len("cache") + 512
+
+
+async def test_the_jwt_svid_cache_stays_within_its_byte_budget_keeping_the_freshest(harness: Harness) -> None:
+    await harness.receive(state(entry("e-web", WEB)))
+    for n in range(300):  # ~64 KiB each (token + key): 19 MiB if nothing were forgotten
+        await harness.manager.fetch_jwt_svid(WEB, big_audience(n))
+        harness.clock.advance(timedelta(milliseconds=10))
+        assert harness.manager.jwt_cache_bytes <= JWT_CACHE_BYTES
+    assert harness.manager.jwt_cache_bytes > JWT_CACHE_BYTES - 100 * 1024  # full, not emptied
+    minted = harness.api.minted
+    await harness.manager.fetch_jwt_svid(WEB, big_audience(299))  # the freshest is still held
+    assert harness.api.minted == minted
+    await harness.manager.fetch_jwt_svid(WEB, big_audience(0))  # the stalest was forgotten
+    assert harness.api.minted == minted + 1
+
+
+async def test_a_jwt_svid_larger_than_the_whole_budget_is_served_but_not_cached(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, jwt_cache_bytes=1024)
+    await harness.receive(state(entry("e-web", WEB)))
+    small = await harness.manager.fetch_jwt_svid(WEB, ["db"])
+    big = await harness.manager.fetch_jwt_svid(WEB, ["x" * 1000])
+    assert big.endswith("x" * 1000)
+    assert harness.manager.jwt_cache_bytes == len(small) + len(str(WEB)) + len("db") + 512
+    assert await harness.manager.fetch_jwt_svid(WEB, ["db"]) == small
+    assert harness.api.minted == 2
 
 
 async def test_run_reconnects_after_a_failed_stream_and_publishes(harness: Harness) -> None:
@@ -350,6 +416,37 @@ async def test_a_failing_signing_loop_backs_off_and_logs_once(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert 3 < harness.api.attempts < 60  # retried with backoff (10 ms to 50 ms), not in a spin
+    assert [m.split(" (")[0] for m in caplog.messages] == ["could not get workload SVIDs signed"]
+
+
+async def test_a_signing_rate_refusal_is_retried_no_sooner_than_the_cas_hint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(tmp_path)
+    harness.manager = AgentManager(  # a backoff cap above the hint, so the hint is what is honoured
+        client=harness.api,
+        cache=harness.cache,
+        store=AgentStore(tmp_path, TD),
+        identity=harness.sink,
+        params=ManagerParams(backoff_base=0.01, backoff_cap=5.0),
+        clock=harness.clock,
+        rng=random.Random(5),
+    )
+    harness.api.ids["e-web"] = WEB
+    harness.api.rate_limited, harness.api.retry_after = 2, 0.2
+    harness.api.streams = [[state(entry("e-web", WEB))]]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="sds.manager"):
+        async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(harness.manager.run())
+            async for snapshot in harness.cache.subscribe():
+                if snapshot.svids:
+                    break
+            running.cancel()
+    assert harness.api.attempts == 3  # refused twice, then signed
+    assert loop.time() - started >= 0.4  # each retry waited for the hint, not the 10 ms backoff
+    assert [s.spiffe_id for s in harness.snapshot().svids] == [WEB]
     assert [m.split(" (")[0] for m in caplog.messages] == ["could not get workload SVIDs signed"]
 
 

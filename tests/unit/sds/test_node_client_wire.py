@@ -8,15 +8,17 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from sds.node_client import EntryRecord, decode_sync_update, rpc_error
+from sds.node_client import EntryRecord, NodeClient, check_roots_trust_domain, decode_sync_update, rpc_error
 from spiffe_core.errors import (
     AlreadyExists,
     BundleError,
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     NotAuthenticated,
     NotAuthorized,
     NotFound,
+    ResourceExhausted,
     TrustmeshError,
     UpstreamUnavailable,
 )
@@ -46,6 +48,7 @@ def failure(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
         pytest.param(grpc.StatusCode.NOT_FOUND, NotFound, id="not-found"),
         pytest.param(grpc.StatusCode.ALREADY_EXISTS, AlreadyExists, id="already-exists"),
         pytest.param(grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition, id="failed-precondition"),
+        pytest.param(grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted, id="resource-exhausted"),
         pytest.param(grpc.StatusCode.INTERNAL, TrustmeshError, id="internal"),
     ],
 )
@@ -71,31 +74,20 @@ def test_an_unreachable_ca_is_upstream_unavailable(code: grpc.StatusCode) -> Non
 
 
 @pytest.mark.parametrize(
-    ("details", "problem"),
+    ("trailer", "seconds"),
     [
-        pytest.param(
-            "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.1:8081: Tls handshake failed "
-            "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
-            "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK",
-            "the CA's certificate does not verify: unable to get local issuer certificate",
-            id="unknown-issuer",
-        ),
-        pytest.param(
-            "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.1:8081: Custom verification "
-            "check failed with error: UNAUTHENTICATED: Hostname Verification Check failed.",
-            "the CA's certificate does not carry the expected server name",
-            id="server-name",
-        ),
+        pytest.param(("retry-after-ms", "2500"), 2.5, id="hint"),
+        pytest.param(("retry-after-ms", "soon"), 0.0, id="unreadable-hint"),
+        pytest.param(("other", "1"), 0.0, id="no-hint"),
     ],
 )
-def test_a_failed_handshake_is_a_trust_failure_naming_what_was_checked(details: str, problem: str) -> None:
-    err = rpc_error(failure(grpc.StatusCode.UNAVAILABLE, details), "Attest", ADDRESS, "the example.org bundle")
-    assert type(err) is NotAuthenticated
-    assert str(err) == (
-        f"node API Attest at {ADDRESS}: TLS handshake failed, {problem} (checked against the example.org bundle); "
-        "the agent's trust bundle and server_name must match the CA's ('trustmesh-ca bundle show', "
-        "server.server_name)"
+def test_a_rate_limit_refusal_keeps_the_cas_retry_hint(trailer: tuple[str, str], seconds: float) -> None:
+    refused = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(trailer), details="slow down"
     )
+    err = rpc_error(refused, "SignX509Svids", ADDRESS)
+    assert isinstance(err, ResourceExhausted)
+    assert err.retry_after == seconds
 
 
 def update(**fields: object) -> node_pb2.SyncUpdate:
@@ -181,3 +173,27 @@ def test_refuses_a_malformed_update_as_a_whole(fields: dict[str, object], kind: 
     with pytest.raises(kind) as caught:
         decode_sync_update(TD, update(**fields))
     assert str(caught.value) == message
+
+
+def test_roots_of_another_trust_domain_are_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_roots_trust_domain(PEER_CA.bundle(), TD)
+    assert str(raised.value) == (
+        f"trust_domain: the agent is configured for 'example.org' but the CA's root certificate "
+        f"{PEER_CA.cert.subject.rfc4514_string()!r} is of trust domain 'peer.example'; set trust_domain = "
+        "'peer.example', or point trust_bundle_path and attestation_address at the CA of 'example.org' "
+        "(the join token was not sent)"
+    )
+
+
+def test_roots_of_the_own_trust_domain_pass() -> None:
+    check_roots_trust_domain(CA.bundle(), TD)
+
+
+async def test_attest_against_roots_of_another_trust_domain_does_not_dial_the_ca() -> None:
+    client = NodeClient(
+        trust_domain=TD, server_address=ADDRESS, attestation_address=ADDRESS, server_name="trustmesh-ca"
+    )
+    with pytest.raises(ConfigError):
+        await client.attest(PEER_CA.bundle(), "join_token", b"the-token", b"csr")
+    await client.close()

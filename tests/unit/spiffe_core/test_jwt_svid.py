@@ -24,7 +24,15 @@ from jwt.algorithms import get_default_algorithms
 
 from spiffe_core.bundle import Bundle, JwtAuthority
 from spiffe_core.errors import InvalidArgument, JwtSvidError
-from spiffe_core.jwt_svid import JwtSvid, mint_jwt_svid, parse_jwt_svid_insecure, validate_jwt_svid
+from spiffe_core.jwt_svid import (
+    MAX_AUDIENCE_BYTES,
+    MAX_AUDIENCES,
+    JwtSvid,
+    check_audience,
+    mint_jwt_svid,
+    parse_jwt_svid_insecure,
+    validate_jwt_svid,
+)
 from spiffe_core.keys import PrivateKey
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.oracle import ask_pyspiffe
@@ -205,13 +213,113 @@ def test_mint_refuses_an_empty_audience(keys: Keys) -> None:
 
 
 def test_mint_refuses_an_empty_audience_value(keys: Keys) -> None:
-    with pytest.raises(InvalidArgument, match=re.escape("audience '' is not a non-empty string")):
+    with pytest.raises(InvalidArgument, match=re.escape("audience #1 '' is not a non-empty string")):
         mint(keys.p256, audience=["payments", ""])
+
+
+def test_mint_refuses_an_audience_check_audience_refuses(keys: Keys) -> None:
+    with pytest.raises(
+        InvalidArgument, match=re.escape(f"is 1025 bytes long; an audience may be at most {MAX_AUDIENCE_BYTES}")
+    ):
+        mint(keys.p256, audience=["a" * 1025])
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [
+        pytest.param(["payments"], id="one"),
+        pytest.param(["a" * MAX_AUDIENCE_BYTES], id="longest"),
+        pytest.param(["é" * (MAX_AUDIENCE_BYTES // 2)], id="longest-in-utf8"),
+        pytest.param([f"svc-{n}" for n in range(MAX_AUDIENCES)], id="most"),
+        pytest.param(["https://vault.example.org:8200/v1/auth jwt"], id="url-with-space"),
+        pytest.param(("db", "cache"), id="tuple"),
+    ],
+)
+def test_check_audience_accepts(audience: list[str]) -> None:
+    assert check_audience(audience) == tuple(audience)
+
+
+@pytest.mark.parametrize(
+    ("audience", "message"),
+    [
+        pytest.param(
+            [], "a JWT-SVID needs at least one audience (JWT-SVID.md §3.2); pass e.g. ['payments']", id="none"
+        ),
+        pytest.param(
+            "payments",
+            "audience 'payments' is a single string; pass a sequence of audiences, e.g. ['payments']",
+            id="str",
+        ),
+        pytest.param(
+            ["x"] * (MAX_AUDIENCES + 1),
+            f"{MAX_AUDIENCES + 1} audiences requested; a JWT-SVID carries at most {MAX_AUDIENCES} — ask for one "
+            "token per relying party",
+            id="too-many",
+        ),
+        pytest.param(
+            ["db", ""], "audience #1 '' is not a non-empty string; every audience must name a service", id="empty"
+        ),
+        pytest.param(
+            ["db", 7], "audience #1 7 is not a non-empty string; every audience must name a service", id="not-str"
+        ),
+        pytest.param(
+            ["a" * (MAX_AUDIENCE_BYTES + 1)],
+            f"audience #0 {'a' * 32!r}… is {MAX_AUDIENCE_BYTES + 1} bytes long; an audience may be at most "
+            f"{MAX_AUDIENCE_BYTES} bytes (UTF-8) — name the relying party with a shorter string",
+            id="too-long",
+        ),
+        pytest.param(
+            ["é" * (MAX_AUDIENCE_BYTES // 2 + 1)],
+            f"audience #0 {'é' * 32!r}… is {MAX_AUDIENCE_BYTES + 2} bytes long; an audience may be at most "
+            f"{MAX_AUDIENCE_BYTES} bytes (UTF-8) — name the relying party with a shorter string",
+            id="too-long-in-utf8",
+        ),
+        pytest.param(
+            ["db\nX-Injected: 1"],
+            "audience #0 'db\\nX-Injected: 1' holds the non-printable character U+000A; audiences are printable "
+            "text — remove control characters and line breaks",
+            id="newline",
+        ),
+        pytest.param(
+            ["db\x00"],
+            "audience #0 'db\\x00' holds the non-printable character U+0000; audiences are printable text — remove "
+            "control characters and line breaks",
+            id="nul",
+        ),
+        pytest.param(
+            ["db\ud800"],
+            "audience #0 'db\\ud800' holds the non-printable character U+D800; audiences are printable text — "
+            "remove control characters and line breaks",
+            id="lone-surrogate",
+        ),
+    ],
+)
+def test_check_audience_refuses(audience: Any, message: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        check_audience(audience)
+    assert str(refused.value) == message
+
+
+def test_check_audience_never_echoes_a_whole_huge_value() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        check_audience(["x" * 1_000_000])
+    assert len(str(refused.value)) < 300
 
 
 def test_mint_refuses_a_bare_string_audience(keys: Keys) -> None:
     with pytest.raises(InvalidArgument, match=re.escape("audience 'payments' is a single string; pass a sequence")):
         mint(keys.p256, audience="payments")
+
+
+def test_mint_refuses_a_trust_domain_id(keys: Keys) -> None:
+    with pytest.raises(
+        InvalidArgument,
+        match=exact(
+            "spiffe://example.org is a trust domain's ID; a JWT-SVID names a workload, whose SPIFFE ID has a "
+            "path (JWT-SVID.md §3.1)"
+        ),
+    ):
+        mint(keys.p256, spiffe_id=TD.id)
 
 
 def test_mint_refuses_an_empty_key_id(keys: Keys) -> None:
@@ -487,6 +595,18 @@ def test_rejects_a_sub_that_is_not_a_string(keys: Keys, bundle: Bundle) -> None:
 def test_rejects_a_sub_that_is_not_a_spiffe_id(keys: Keys, bundle: Bundle, sub: str, reason: str) -> None:
     token = craft(header(), claims(sub=sub), keys.p256)
     with pytest.raises(JwtSvidError, match=re.escape("JWT-SVID 'sub' is not a SPIFFE ID: ") + ".*" + re.escape(reason)):
+        validate(token, bundle)
+
+
+def test_rejects_a_sub_that_is_a_bare_trust_domain_id(keys: Keys, bundle: Bundle) -> None:
+    token = craft(header(), claims(sub="spiffe://example.org"), keys.p256)
+    with pytest.raises(
+        JwtSvidError,
+        match=exact(
+            "JWT-SVID 'sub' 'spiffe://example.org' is a trust domain's ID; JWT-SVID.md §3.1 requires the SPIFFE "
+            "ID of a workload, which has a path"
+        ),
+    ):
         validate(token, bundle)
 
 

@@ -1,0 +1,127 @@
+"""The scheduled rotation task: applies what :mod:`ca.rotation` says is due, one change at a time
+(:class:`~ca.authority_changes.AuthorityChanges`), re-signs CRLs when they are due, and keeps going
+through failures with backoff — a CA whose upstream is down keeps serving and says why on ``/ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from ca.authority import AuthorityState
+from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
+from ca.rotation import RotationParams, Step, StepKind, next_check, plan_rotation
+from ca.store.records import AuthorityRecord
+from spiffe_core.backoff import LogThrottle, backoff_delay
+from spiffe_core.clock import Clock
+from spiffe_core.errors import TrustmeshError
+
+log = logging.getLogger(__name__)
+
+# The rotation task re-reads the datastore at least this often (another replica may have changed it).
+MAX_CHECK_INTERVAL = timedelta(seconds=10)
+RETRY_BASE_SECONDS = 1.0
+RETRY_CAP_SECONDS = 60.0
+
+
+class Rotator:
+    def __init__(
+        self, changes: AuthorityChanges, params: RotationParams, clock: Clock, rng: random.Random | None = None
+    ) -> None:
+        self._changes = changes
+        self._params = params
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._last_error: str | None = None
+        self._throttle = LogThrottle(interval=10.0)
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last scheduled rotation step failed, None after a success (for /ready)."""
+        return self._last_error
+
+    def tick(self) -> datetime | None:
+        """Apply every rotation step due now (each in its own transaction); re-sign the CRLs when due.
+        Returns when to look again."""
+        authorities = self._changes.authorities
+        records, signed_until = self._changes.rotation_view()
+        for step in plan_rotation(records, signed_until, self._clock.now(), self._params):
+            self._apply(step)
+        refresh_at = authorities.crls_refresh_at
+        if refresh_at is not None and self._clock.now() >= refresh_at:
+            authorities.refresh()
+        records, signed_until = self._changes.rotation_view()
+        moments = [
+            m
+            for m in (next_check(records, signed_until, self._clock.now(), self._params), authorities.crls_refresh_at)
+            if m
+        ]
+        return min(moments) if moments else None
+
+    async def run(self) -> None:
+        """Keep authorities rotating until cancelled. Failures (upstream or datastore down) are retried
+        with exponential backoff capped at a minute, logged at most every 10 s, and reported by /ready
+        (through :attr:`last_error`) while nothing usable is active."""
+        failures = 0
+        while True:
+            try:
+                next_at = await asyncio.to_thread(self.tick)
+            except Exception as err:
+                failures += 1
+                self._last_error = str(err) if isinstance(err, TrustmeshError) else f"internal error: {err!r}"
+                delay = backoff_delay(failures, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
+                if self._throttle.should_log(time.monotonic()):
+                    log.warning(
+                        "authority rotation failed: %s; retrying in %.1fs%s",
+                        err,
+                        delay,
+                        self._throttle.note(),
+                        exc_info=not isinstance(err, TrustmeshError),  # a bug: keep its trace
+                    )
+            else:
+                failures = 0
+                self._last_error = None
+                delay = MAX_CHECK_INTERVAL.total_seconds()
+                if next_at is not None:
+                    delay = min(delay, max((next_at - self._clock.now()).total_seconds(), 0.0) + 0.05)
+            await asyncio.sleep(delay)
+
+    def reload_quietly(self) -> None:
+        """Re-read the snapshot after another replica's change; a datastore hiccup is logged, not raised
+        (the rotation task re-reads it within seconds anyway)."""
+        try:
+            self._changes.authorities.refresh()
+        except TrustmeshError as err:
+            log.warning("could not reload authorities after another replica's change: %s", err)
+
+    def _apply(self, step: Step) -> None:
+        def change(session: Session, records: Sequence[AuthorityRecord]) -> None:
+            # Planned again under the lock: another replica may have done it already.
+            current, signed_until = self._changes.rotation_view(session)
+            if step not in plan_rotation(current, signed_until, self._clock.now(), self._params):
+                return
+            kind = step.authority_kind
+            if step.kind is StepKind.PREPARE:
+                record = self._changes.create(session, kind, AuthorityState.PREPARED, records)
+                log.info("prepared %s authority %s (%s); published in the bundle now", kind, record.id, step.why)
+            elif step.kind is StepKind.RECOVER:
+                self._changes.set_states(session, retire_active(records, kind))
+                record = self._changes.create(session, kind, AuthorityState.ACTIVE)
+                log.warning("activated a new %s authority %s at once (%s)", kind, record.id, step.why)
+            elif step.kind is StepKind.ACTIVATE:
+                assert step.authority_id is not None
+                activated = StateChange(step.authority_id, kind, AuthorityState.PREPARED, AuthorityState.ACTIVE)
+                self._changes.set_states(session, [activated, *retire_active(records, kind)])
+                log.info("activated %s authority %s (%s)", kind, step.authority_id, step.why)
+            else:
+                assert step.authority_id is not None
+                self._changes.prune(session, find(records, step.authority_id))
+                log.info("pruned %s authority %s (%s)", kind, step.authority_id, step.why)
+
+        self._changes.run(change)
