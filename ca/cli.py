@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from ca.config import CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
 from ca.signing import digest_for
 from spiffe_core.durations import parse_duration
-from spiffe_core.errors import TrustmeshError
+from spiffe_core.errors import InvalidArgument, TrustmeshError
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -101,6 +102,9 @@ def cmd_jwt_mint(args: argparse.Namespace) -> int:
         body["ttl_seconds"] = int(parse_duration(args.ttl).total_seconds())
     with _client(args) as client:
         reply = client.post_json("/v1/jwt-svids", body)
+    if args.json:
+        _print_json({"spiffe_id": body["spiffe_id"], "token": reply["token"], "expires_at": reply["expires_at"]})
+        return 0
     print(reply["token"])
     return 0
 
@@ -167,7 +171,7 @@ def _entry_body(args: argparse.Namespace, current: Mapping[str, Any] | None = No
         "spiffe_id": args.spiffe_id,
         "parent_id": args.parent_id,
         "selectors": args.selector,
-        "dns_names": args.dns,
+        "dns_names": [] if getattr(args, "clear_dns", False) and args.dns is None else args.dns,
         "x509_svid_ttl_seconds": _ttl_seconds(args.x509_ttl),
         "jwt_svid_ttl_seconds": _ttl_seconds(args.jwt_ttl),
         "federates_with": args.federates_with,
@@ -206,7 +210,10 @@ def cmd_entry_show(args: argparse.Namespace) -> int:
 
 
 def cmd_entry_update(args: argparse.Namespace) -> int:
-    """Change the given fields only; the update is refused if someone changed the entry in between."""
+    """Change the given fields only; the update is refused if someone changed the entry in between.
+    An update that changes nothing leaves the entry (and its revision) as it is."""
+    if args.clear_dns and args.dns:
+        raise InvalidArgument("--clear-dns removes every DNS name and --dns sets them; give one of the two")
     with _client(args) as client:
         current = client.get_json(f"/v1/entries/{args.entry_id}")
         body = {**_entry_body(args, current), "revision": current["revision"]}
@@ -249,7 +256,9 @@ def _add_entry_fields(parser: argparse.ArgumentParser, *, creating: bool) -> Non
     parser.add_argument(
         "--selector", action="append", required=creating, help="type:value, all must match (repeatable)"
     )
-    parser.add_argument("--dns", action="append", help="DNS SAN (repeatable)")
+    parser.add_argument("--dns", action="append", help="DNS SAN (repeatable)" + ("" if creating else "; replaces all"))
+    if not creating:
+        parser.add_argument("--clear-dns", action="store_true", help="remove every DNS SAN")
     parser.add_argument("--x509-ttl", help="X509-SVID lifetime, e.g. 1h (default: the CA's)")
     parser.add_argument("--jwt-ttl", help="JWT-SVID lifetime, e.g. 5m (default: the CA's)")
     parser.add_argument("--federates-with", action="append", help="trust domain name (repeatable)")
@@ -257,7 +266,9 @@ def _add_entry_fields(parser: argparse.ArgumentParser, *, creating: bool) -> Non
         parser.add_argument("--admin", action="store_true", default=None, help="the workload may use the admin API")
     else:
         parser.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--hint", help="free text that tells apart SVIDs of one workload")
+    parser.add_argument(
+        "--hint", help="free text that tells apart SVIDs of one workload" + ("" if creating else " ('' clears it)")
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
 
 
@@ -300,14 +311,38 @@ def _add_entry_commands(commands: Any) -> None:
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     with _client(args) as client:
         response = client.request("GET", "/ready")
+    if args.json:
+        _print_json({"ready": True, "status": response.text.strip()})
+        return 0
     print(response.text.strip())
     return 0
+
+
+def package_version() -> str:
+    """The installed trustmesh distribution's version (``--version``)."""
+    try:
+        return importlib.metadata.version("trustmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (trustmesh is not installed; run scripts/bootstrap)"
+
+
+def name_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Name every subcommand group by its choices, as the usage line does, so a missing subcommand is
+    reported as "the following arguments are required: {create,list,...}" rather than by the group's
+    internal ``dest``. Walks the whole tree, including groups other modules registered."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if action.metavar is None:
+                action.metavar = "{" + ",".join(action.choices) + "}"
+            for sub in action.choices.values():
+                name_subcommands(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="trustmesh certificate authority")
     parser.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV}, else built-in defaults)")
     parser.add_argument("--socket", help="admin socket of a running CA (default: from the config)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run_cmd = commands.add_parser("run", help="run the CA server")
@@ -319,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_cmd.set_defaults(func=cmd_run)
     healthcheck = commands.add_parser("healthcheck", help="exit 0 when the running CA is ready")
+    healthcheck.add_argument("--json", action="store_true", help="print JSON for machines")
     healthcheck.set_defaults(func=cmd_healthcheck)
 
     config = commands.add_parser("config", help="configuration helpers").add_subparsers(dest="sub", required=True)
@@ -344,11 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     jwt_mint.add_argument("--spiffe-id", required=True)
     jwt_mint.add_argument("--audience", action="append", required=True, help="audience (repeatable)")
     jwt_mint.add_argument("--ttl", help="lifetime, e.g. 5m (default: jwt_svid.default_ttl)")
+    jwt_mint.add_argument("--json", action="store_true", help="print the SPIFFE ID, token and expiry as JSON")
     jwt_mint.set_defaults(func=cmd_jwt_mint)
 
     _add_entry_commands(commands)
     add_authority_commands(commands, _client)
     add_agent_commands(commands, _client)
+    name_subcommands(parser)
     return parser
 
 

@@ -200,12 +200,17 @@ class RegistrationEntries:
         self, entry_id: str, spec: EntrySpec, actor: str, expected_revision: int | None = None
     ) -> RegistrationEntry:
         """Replace an entry's spec. With ``expected_revision``, refuse (FailedPrecondition) if someone
-        changed it since it was read. Raises InvalidArgument, NotFound, AlreadyExists."""
+        changed it since it was read. A spec equal to the stored one changes nothing: the entry is
+        returned as it is (same revision, no audit event, no push to agents, which would otherwise
+        re-sign its SVIDs). Raises InvalidArgument, NotFound, AlreadyExists."""
         check_entry_spec(spec, self._policy)
         now = self._clock.now()
         with self._database.transaction() as session:
             repository = RegistrationEntryRepository(session)
-            old_parent = repository.get(entry_id).spec.parent_id
+            current = repository.get(entry_id)
+            if current.spec == spec and expected_revision in (None, current.revision):
+                return current
+            old_parent = current.spec.parent_id
             entry = repository.update(entry_id, spec, now, expected_revision)
             AuditLogRepository(session).append(
                 AuditEvent(

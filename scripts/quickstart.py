@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -68,6 +69,13 @@ def http_ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something already accepts connections on 127.0.0.1:``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cli(layout: Layout, *args: str) -> str:
@@ -132,6 +140,16 @@ def main() -> int:
         f'http_address = "127.0.0.1:{ports["ca_http"]}"\nnode_api_address = "127.0.0.1:{ports["node"]}"\n'
         f'attestation_address = "127.0.0.1:{ports["attest"]}"\n'
     )
+    # A CA (or Envoy) left from another run would answer in place of the ones started here, and the
+    # quickstart would report a CA it did not start: refuse instead.
+    busy = [f"{name} 127.0.0.1:{port}" for name, port in ports.items() if port_in_use(port)]
+    if busy:
+        print(
+            f"quickstart: ports already in use ({', '.join(busy)}) — a quickstart from another run may still be "
+            "running; stop it, or pick other ports with --port-base",
+            file=sys.stderr,
+        )
+        return 1
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(

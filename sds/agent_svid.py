@@ -5,10 +5,13 @@ First start: generate a key here, attest with the join token over server-authent
 verified against ``trust_bundle_path``, the CA's roots as the operator handed them over, as SPIRE's
 agent does), check the SVID the CA returned, and save it with the CA's bundle (0600).
 
-Restart: load the saved SVID and bundle and carry on without calling the CA, so a restart during a CA
-outage keeps serving. A saved SVID that has expired is replaced by attesting again when a (new) join
-token is configured; otherwise the agent stops with the fix. A used token is never retried on its own:
-join tokens work once.
+While the CA cannot be reached (not up yet, restarting), attestation is retried with the renewal's
+backoff and one log line per attempt at most every 10 s; a refused token stops the agent at once.
+
+Restart: load the saved SVID and bundle and carry on without calling the CA ("loaded saved SVID …"), so
+a restart during a CA outage keeps serving. A saved SVID that has expired is replaced by attesting again
+when a (new) join token is configured; otherwise the agent stops with the fix. A used token is never
+retried on its own: join tokens work once.
 
 Renewal: at half the SVID's life (±jitter), a fresh key and ``RenewAgent`` over mTLS with the current
 SVID; failures are retried with backoff (0.5 s doubling to 30 s, jittered; at most one log line per
@@ -47,7 +50,14 @@ from sds.planning import (
 from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, TrustmeshError, X509SvidError
+from spiffe_core.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    TrustmeshError,
+    UpstreamUnavailable,
+    X509SvidError,
+)
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import X509Svid, load_pem_certificates, verify_x509_svid
@@ -145,7 +155,7 @@ class AgentIdentity:
             expiry = saved.svid.leaf.not_valid_after_utc
             if self._clock.now() < expiry:
                 self._set(AgentCredentials(saved.svid, saved.bundle))
-                log.info("loaded agent SVID %s (valid until %s)", saved.svid.spiffe_id, expiry.isoformat())
+                log.info("loaded saved SVID %s (valid until %s)", saved.svid.spiffe_id, expiry.isoformat())
                 return self.get_current()
             log.warning("the saved agent SVID %s expired at %s", saved.svid.spiffe_id, expiry.isoformat())
             return await self._reattest(expiry, saved.bundle)
@@ -157,11 +167,34 @@ class AgentIdentity:
                 "trust_bundle_path is not set; the agent needs the CA's root certificates (PEM) to verify the CA "
                 "on first contact — export them with 'trustmesh-ca bundle show --format pem'"
             )
-        return await self.attest(token, self._bootstrap)
+        return await self._attest_when_reachable(token, self._bootstrap)
 
     async def _reattest(self, expired_at: datetime, saved_bundle: Bundle) -> AgentCredentials:
         token = await self._token_after_expiry(expired_at)
-        return await self.attest(token, self._reattestation_roots(saved_bundle))
+        return await self._attest_when_reachable(token, self._reattestation_roots(saved_bundle))
+
+    async def _attest_when_reachable(self, join_token: str, roots: Bundle) -> AgentCredentials:
+        """:meth:`attest`, retried with backoff (0.5 s doubling to 30 s, jittered) while the CA cannot
+        be reached (UpstreamUnavailable: not started yet, restarting, network down), so an agent
+        started before its CA waits for it. Each attempt is logged, at most one line per 10 s (the next
+        line counts those held back). Anything the CA answers (a refused, used or expired token) is
+        raised at once: join tokens work once, so retrying one would only repeat the refusal."""
+        failures = 0
+        while True:
+            try:
+                return await self.attest(join_token, roots)
+            except UpstreamUnavailable as err:
+                failures += 1
+                delay = backoff_delay(failures, self._rng, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
+                if self._throttle.should_log(time.monotonic(), "attest"):
+                    log.warning(
+                        "attestation attempt %d failed: %s; retrying in %.1f s%s",
+                        failures,
+                        err,
+                        delay,
+                        self._throttle.note("attest"),
+                    )
+                await asyncio.sleep(delay)
 
     async def _token_after_expiry(self, expired_at: datetime) -> str:
         """The join token to attest again with; FailedPrecondition (with the fix) when there is none."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
+import json
 import os
 import sys
 from collections.abc import MutableMapping, Sequence
@@ -20,7 +22,7 @@ from sds.config import CONFIG_PATH_ENV, AgentConfig, load_agent_config
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
 from sds.files import write_private_file, write_public_file
 from spiffe_core.durations import parse_duration
-from spiffe_core.errors import TrustmeshError
+from spiffe_core.errors import InvalidArgument, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId
 
 if TYPE_CHECKING:
@@ -41,11 +43,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+_NO_LISTENER = (
+    "envoy-bootstrap needs a listener: --inbound-port PORT --allow SPIFFE_ID --inbound-upstream HOST:PORT "
+    "to terminate mTLS in front of your application, and/or --outbound-port PORT --upstream HOST:PORT "
+    "--upstream-id SPIFFE_ID to call an mTLS service"
+)
+
+
 def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
+    if not args.inbound_port and not args.outbound_port:
+        raise InvalidArgument(_NO_LISTENER)
+    if not args.inbound_port and (args.allow or args.allow_trust_domain or args.inbound_upstream):
+        raise InvalidArgument(
+            "--allow, --allow-trust-domain and --inbound-upstream configure the inbound listener; give --inbound-port"
+        )
     config = _config(args)
     spiffe_id = args.spiffe_id if args.spiffe_id == "default" else str(SpiffeId.parse(args.spiffe_id))
     inbound = (
-        Inbound(args.inbound_port, tuple(str(SpiffeId.parse(p)) for p in args.allow)) if args.inbound_port else None
+        Inbound(
+            args.inbound_port,
+            tuple(str(SpiffeId.parse(p)) for p in args.allow),
+            upstream=args.inbound_upstream,
+            allowed_trust_domain=config.trust_domain.name if args.allow_trust_domain else None,
+        )
+        if args.inbound_port
+        else None
     )
     outbound = None
     if args.outbound_port:
@@ -75,9 +97,14 @@ def _pem(certs: Sequence[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
+def _print_json(document: object) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
 def cmd_fetch_x509(args: argparse.Namespace) -> int:
     svids = _workload_client(args).fetch_x509_svids()
     out = Path(args.out)
+    written: list[dict[str, object]] = []
     for index, svid in enumerate(svids):
         suffix = "" if index == 0 else f".{index}"
         key_pem = svid.private_key.private_bytes(
@@ -86,36 +113,96 @@ def cmd_fetch_x509(args: argparse.Namespace) -> int:
         write_private_file(out / f"svid{suffix}.key", key_pem)
         write_public_file(out / f"svid{suffix}.pem", _pem(svid.cert_chain))
         write_public_file(out / f"bundle{suffix}.pem", _pem(svid.bundle))
-        print(f"{svid.spiffe_id}: wrote {out}/svid{suffix}.pem, svid{suffix}.key (0600) and bundle{suffix}.pem")
+        written.append(
+            {
+                "spiffe_id": svid.spiffe_id,
+                "hint": svid.hint,
+                "expires_at": svid.cert_chain[0].not_valid_after_utc.isoformat(),
+                "svid": str(out / f"svid{suffix}.pem"),
+                "key": str(out / f"svid{suffix}.key"),
+                "bundle": str(out / f"bundle{suffix}.pem"),
+            }
+        )
+        if not args.json:
+            print(f"{svid.spiffe_id}: wrote {out}/svid{suffix}.pem, svid{suffix}.key (0600) and bundle{suffix}.pem")
+    if args.json:
+        _print_json(written)
     return 0
 
 
 def cmd_fetch_bundles(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    for trust_domain, certs in sorted(_workload_client(args).fetch_x509_bundles().items()):
+    written: dict[str, dict[str, object]] = {}
+    for trust_domain_id, certs in sorted(_workload_client(args).fetch_x509_bundles().items()):
+        # The Workload API keys bundles by trust domain ID (spiffe://example.org); files take the name.
+        trust_domain = trust_domain_id.removeprefix("spiffe://")
         write_public_file(out / f"{trust_domain}.pem", _pem(certs))
-        print(f"{trust_domain}: {len(certs)} authorities -> {out / f'{trust_domain}.pem'}")
+        written[trust_domain] = {"authorities": len(certs), "path": str(out / f"{trust_domain}.pem")}
+        if not args.json:
+            print(f"{trust_domain}: {len(certs)} authorities -> {out / f'{trust_domain}.pem'}")
+    if args.json:
+        _print_json(written)
     return 0
 
 
 def cmd_fetch_jwt(args: argparse.Namespace) -> int:
-    for spiffe_id, token in _workload_client(args).fetch_jwt_svids(list(args.audience), args.spiffe_id or ""):
+    svids = _workload_client(args).fetch_jwt_svids(list(args.audience), args.spiffe_id or "")
+    if args.json:
+        _print_json([{"spiffe_id": spiffe_id, "token": token} for spiffe_id, token in svids])
+        return 0
+    for spiffe_id, token in svids:
         print(f"{spiffe_id} {token}" if args.with_id else token)
     return 0
+
+
+def package_version() -> str:
+    """The installed trustmesh distribution's version (``--version``)."""
+    try:
+        return importlib.metadata.version("trustmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (trustmesh is not installed; run scripts/bootstrap)"
+
+
+def name_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Name every subcommand group by its choices, as the usage line does, so a missing subcommand is
+    reported as "the following arguments are required: {x509,bundles,jwt}" rather than by the
+    group's internal ``dest``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if action.metavar is None:
+                action.metavar = "{" + ",".join(action.choices) + "}"
+            for sub in action.choices.values():
+                name_subcommands(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="trustmesh node agent")
     parser.add_argument("--config", help=f"TOML config file (default: ${CONFIG_PATH_ENV}, else built-in defaults)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="attest, then serve SDS and the Workload API").set_defaults(func=cmd_run)
 
-    envoy = commands.add_parser("envoy-bootstrap", help="print an Envoy bootstrap that takes its certs from this agent")
+    envoy = commands.add_parser(
+        "envoy-bootstrap",
+        help="print an Envoy bootstrap that takes its certs from this agent",
+        description=_NO_LISTENER.replace("envoy-bootstrap needs", "Give"),
+    )
     envoy.add_argument("--spiffe-id", default="default", help="the SVID Envoy presents (default: 'default')")
     envoy.add_argument("--node-id", default="envoy")
     envoy.add_argument("--admin-port", type=int, default=9901, help="Envoy admin listener on 127.0.0.1")
     envoy.add_argument("--inbound-port", type=int, help="terminate mTLS here")
     envoy.add_argument("--allow", action="append", default=[], help="peer SPIFFE ID allowed inbound (repeatable)")
+    envoy.add_argument(
+        "--allow-trust-domain",
+        action="store_true",
+        help="allow every SPIFFE ID of the agent's trust domain inbound (instead of, or besides, --allow)",
+    )
+    envoy.add_argument(
+        "--inbound-upstream",
+        metavar="HOST:PORT",
+        help="your application (plain HTTP); inbound requests go there with the caller's SPIFFE ID in "
+        "x-forwarded-client-cert (default: Envoy answers 200 itself)",
+    )
     envoy.add_argument("--outbound-port", type=int, help="plain HTTP on 127.0.0.1 here, forwarded over mTLS")
     envoy.add_argument("--upstream", help="HOST:PORT of the mTLS upstream")
     envoy.add_argument("--upstream-id", help="SPIFFE ID the upstream must present")
@@ -131,15 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = api.add_subparsers(dest="api", required=True).add_parser("fetch").add_subparsers(dest="what", required=True)
     x509_cmd = fetch.add_parser("x509", help="write this process's X509-SVIDs, keys (0600) and bundles")
     x509_cmd.add_argument("--out", required=True)
+    x509_cmd.add_argument("--json", action="store_true", help="print what was written as JSON")
     x509_cmd.set_defaults(func=cmd_fetch_x509)
     bundles = fetch.add_parser("bundles", help="write the X.509 bundles (own and federated), one PEM per trust domain")
     bundles.add_argument("--out", required=True)
+    bundles.add_argument("--json", action="store_true", help="print what was written as JSON")
     bundles.set_defaults(func=cmd_fetch_bundles)
     jwt_cmd = fetch.add_parser("jwt", help="print JWT-SVIDs for an audience")
     jwt_cmd.add_argument("--audience", action="append", required=True)
     jwt_cmd.add_argument("--spiffe-id", help="only this identity (must be one this process is entitled to)")
     jwt_cmd.add_argument("--with-id", action="store_true", help="print 'SPIFFE_ID TOKEN' per line")
+    jwt_cmd.add_argument("--json", action="store_true", help="print [{spiffe_id, token}] as JSON")
     jwt_cmd.set_defaults(func=cmd_fetch_jwt)
+    name_subcommands(parser)
     return parser
 
 

@@ -4,7 +4,12 @@ Like Istio's pilot-agent, trustmesh can write the Envoy side of the contract for
 cluster on the agent's Unix socket (HTTP/2, as gRPC needs), and TLS contexts whose certificate
 (a SPIFFE ID, or ``default``) and validation context (``ROOTCA``, which carries Envoy's SPIFFE
 certificate validator) come over SDS with ``initial_fetch_timeout: 0s`` so listeners wait for their
-first SVID instead of serving without one. Peer authorization is by exact SPIFFE ID on the URI SAN.
+first SVID instead of serving without one. Peer authorization is by exact SPIFFE ID on the URI SAN, or —
+only when asked for explicitly — by trust domain (any ID under ``spiffe://<trust domain>/``).
+
+The inbound listener forwards to the application on a local address (plain HTTP), with the caller's
+SPIFFE ID in ``x-forwarded-client-cert`` (``URI=…``; whatever the client sent in that header is
+dropped first). Without an application address Envoy answers by itself (a demo and health target).
 Connections have a bounded lifetime (``max_connection_duration``, 5 minutes by default), because Envoy
 checks revocation only when a connection is made.
 
@@ -13,12 +18,15 @@ The output is plain JSON (a valid Envoy YAML document); ``trustmesh-agent envoy-
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from spiffe_core.errors import InvalidArgument
 
 SDS_CLUSTER = "trustmesh_sds"
 # How long one mTLS connection may live before Envoy closes it (gracefully) and the peer reconnects
@@ -31,11 +39,15 @@ _TYPES = "type.googleapis.com/envoy.extensions"
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """Terminate mTLS on ``port``; accept only peers whose SPIFFE ID is in ``allowed_peers``; answer
-    200 with the peer's SPIFFE ID in the ``x-peer-spiffe-id`` header (a demo and health target)."""
+    """Terminate mTLS on ``port``; accept only peers whose SPIFFE ID is in ``allowed_peers``, or any
+    peer of ``allowed_trust_domain`` when that is given. Forward requests to ``upstream`` (HOST:PORT,
+    plain HTTP: the application) with the peer's SPIFFE ID in ``x-forwarded-client-cert``; without
+    one, answer 200 with the peer's SPIFFE ID in the ``x-peer-spiffe-id`` header (a demo target)."""
 
     port: int
     allowed_peers: tuple[str, ...]
+    upstream: str | None = None
+    allowed_trust_domain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +75,14 @@ def _sds_secret(name: str) -> dict[str, Any]:
     }
 
 
-def _common_tls(own_id: str, peer_ids: Sequence[str]) -> dict[str, Any]:
+def _common_tls(own_id: str, peer_ids: Sequence[str], peer_trust_domain: str | None = None) -> dict[str, Any]:
+    matchers = [{"san_type": "URI", "matcher": {"exact": p}} for p in peer_ids]
+    if peer_trust_domain is not None:
+        matchers.append({"san_type": "URI", "matcher": {"prefix": f"spiffe://{peer_trust_domain}/"}})
     return {
         "tls_certificate_sds_secret_configs": [_sds_secret(own_id)],
         "combined_validation_context": {
-            "default_validation_context": {
-                "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": p}} for p in peer_ids]
-            },
+            "default_validation_context": {"match_typed_subject_alt_names": matchers},
             "validation_context_sds_secret_config": _sds_secret("ROOTCA"),
         },
     }
@@ -86,7 +99,10 @@ def _lifetime(max_connection_duration: timedelta | None) -> dict[str, Any]:
 
 
 def _http_manager(
-    stat_prefix: str, route: dict[str, Any], max_connection_duration: timedelta | None = None
+    stat_prefix: str,
+    route: dict[str, Any],
+    max_connection_duration: timedelta | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
@@ -94,6 +110,7 @@ def _http_manager(
             "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": stat_prefix,
             **_lifetime(max_connection_duration),
+            **(extra or {}),
             "route_config": {"virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": [route]}]},
             "http_filters": [
                 {
@@ -116,6 +133,43 @@ def _listener(name: str, port: int, filters: list[dict[str, Any]], tls: dict[str
     }
 
 
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port). Raises InvalidArgument naming ``what``."""
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{what} {text!r} is not HOST:PORT with a port from 1 to 65535; e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def _plain_cluster(name: str, address: str, what: str, protocol_options: dict[str, Any]) -> dict[str, Any]:
+    """A cluster of one endpoint; an IP address is used as it is, a host name is resolved by Envoy."""
+    host, port = parse_host_port(address, what)
+    try:
+        ipaddress.ip_address(host)
+        kind = "STATIC"
+    except ValueError:
+        kind = "STRICT_DNS"
+    return {
+        "name": name,
+        "type": kind,
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                **protocol_options,
+            }
+        },
+    }
+
+
 def envoy_bootstrap(
     *,
     node_id: str,
@@ -128,7 +182,17 @@ def envoy_bootstrap(
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap for one workload identity (``spiffe_id``, or ``default``). Every mTLS
     connection, inbound and outbound, ends after ``max_connection_duration`` (None or 0: never), so a
-    revoked peer cannot ride on a connection opened before its revocation for longer than that."""
+    revoked peer cannot ride on a connection opened before its revocation for longer than that.
+
+    Raises InvalidArgument for a bootstrap without a listener, an inbound listener that allows no
+    peer (neither SPIFFE IDs nor, explicitly, a trust domain), or a malformed HOST:PORT."""
+    if inbound is None and outbound is None:
+        raise InvalidArgument("an Envoy bootstrap needs an inbound or an outbound listener (or both)")
+    if inbound is not None and not inbound.allowed_peers and inbound.allowed_trust_domain is None:
+        raise InvalidArgument(
+            f"the inbound listener on port {inbound.port} allows no peer; name the SPIFFE IDs allowed in "
+            "(--allow), or allow every ID of the trust domain explicitly (--allow-trust-domain)"
+        )
     listeners: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = [
         {
@@ -148,58 +212,43 @@ def envoy_bootstrap(
         }
     ]
     if inbound is not None:
-        route = {
-            "match": {"prefix": "/"},
-            "direct_response": {"status": 200, "body": {"inline_string": f"hello from {spiffe_id}\n"}},
-            "response_headers_to_add": [{"header": {"key": "x-peer-spiffe-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"}}],
-        }
+        route: dict[str, Any]
+        forwarding: dict[str, Any] = {}
+        if inbound.upstream is None:
+            route = {
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 200, "body": {"inline_string": f"hello from {spiffe_id}\n"}},
+                "response_headers_to_add": [
+                    {"header": {"key": "x-peer-spiffe-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"}}
+                ],
+            }
+        else:
+            route = {"match": {"prefix": "/"}, "route": {"cluster": "inbound_upstream"}}
+            # The application learns who called from XFCC; a client cannot forge it (SANITIZE_SET).
+            forwarding = {
+                "forward_client_cert_details": "SANITIZE_SET",
+                "set_current_client_cert_details": {"uri": True},
+            }
+            clusters.append(_plain_cluster("inbound_upstream", inbound.upstream, "inbound upstream", {}))
         tls = {
             "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": True,
-            "common_tls_context": _common_tls(spiffe_id, inbound.allowed_peers),
+            "common_tls_context": _common_tls(spiffe_id, inbound.allowed_peers, inbound.allowed_trust_domain),
         }
-        listeners.append(
-            _listener("inbound", inbound.port, [_http_manager("inbound", route, max_connection_duration)], tls)
-        )
+        manager = _http_manager("inbound", route, max_connection_duration, forwarding)
+        listeners.append(_listener("inbound", inbound.port, [manager], tls))
     if outbound is not None:
-        host, _, port = outbound.upstream.rpartition(":")
         route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
         listeners.append(_listener("outbound", outbound.port, [_http_manager("outbound", route)], None))
-        clusters.append(
-            {
-                "name": "upstream",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "load_assignment": {
-                    "cluster_name": "upstream",
-                    "endpoints": [
-                        {
-                            "lb_endpoints": [
-                                {
-                                    "endpoint": {
-                                        "address": {"socket_address": {"address": host, "port_value": int(port)}}
-                                    }
-                                }
-                            ]
-                        }
-                    ],
-                },
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http_protocol_options": {}},
-                        **_lifetime(max_connection_duration),
-                    }
-                },
-                "transport_socket": {
-                    "name": _TLS,
-                    "typed_config": {
-                        "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "common_tls_context": _common_tls(spiffe_id, (outbound.upstream_id,)),
-                    },
-                },
-            }
-        )
+        upstream = _plain_cluster("upstream", outbound.upstream, "upstream", _lifetime(max_connection_duration))
+        upstream["transport_socket"] = {
+            "name": _TLS,
+            "typed_config": {
+                "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": _common_tls(spiffe_id, (outbound.upstream_id,)),
+            },
+        }
+        clusters.append(upstream)
     return {
         "node": {"id": node_id, "cluster": node_id},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},

@@ -5,6 +5,8 @@ Order matters for availability: SVIDs saved before a restart are republished fir
 keeps proxies and applications working. Then the agent's own identity is started (attesting with the
 join token on first run, or loading the saved agent SVID), and the manager holds the push stream to the
 CA. Everything runs in one TaskGroup: if one part fails, the agent stops instead of half-serving.
+SIGTERM (and SIGINT) stop it the same way, logged: every stream is closed and both sockets and their
+private directories are removed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import signal
 
 from envoy.service.secret.v3 import sds_pb2_grpc
 
@@ -118,17 +121,47 @@ async def serve_agent(config: AgentConfig) -> None:
     )
     try:
         async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(_stop_on_signal(), name="signals")
             tasks.create_task(sds_endpoint.serve(), name="sds")
             tasks.create_task(workload_endpoint.serve(), name="workload-api")
             await identity.start()
-            log.info("agent %s attested; serving SDS at %s", identity.spiffe_id, config.sds_socket)
+            log.info(
+                "agent %s ready; serving SDS at %s and the Workload API at %s",
+                identity.spiffe_id,
+                config.sds_socket,
+                config.workload_api_socket,
+            )
             tasks.create_task(identity.run(), name="agent-svid")
             tasks.create_task(manager.run(), name="manager")
             if config.cert_files:
                 tasks.create_task(CertFileWriter(cache, config.cert_files).run(), name="cert-files")
+    except* _Stopped:
+        log.info("agent stopped; sockets removed")
     finally:
         await client.close()
         lock.release()
+
+
+class _Stopped(Exception):
+    """Raised in the agent's TaskGroup on SIGTERM/SIGINT: every other task is cancelled, so the
+    endpoints close their streams and remove their sockets and private directories."""
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _stop_on_signal() -> None:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, received.put_nowait, signum)
+    try:
+        first = await received.get()
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    log.info("received %s; closing streams and removing the agent's sockets", first.name)
+    raise _Stopped
 
 
 def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshError | None:

@@ -170,6 +170,33 @@ def test_x509_mint_refuses_bad_dns_names(ca: RunningCa, tmp_path: Path, dns: str
     assert len(stderr.splitlines()) == 1
 
 
+def test_json_output_of_healthcheck_and_mints_parses(ca: RunningCa, tmp_path: Path) -> None:
+    code, out, err = ca.cli("healthcheck", "--json")
+    assert (code, json.loads(out)) == (0, {"ready": True, "status": "ready"}), err
+    code, out, err = ca.cli(
+        "jwt", "mint", "--spiffe-id", "spiffe://example.org/web", "--audience", "payments", "--json"
+    )
+    assert code == 0, err
+    minted = json.loads(out)
+    assert minted["spiffe_id"] == "spiffe://example.org/web"
+    assert minted["token"].count(".") == 2
+    assert minted["expires_at"]
+    code, out, err = ca.cli("x509", "mint", "--spiffe-id", "spiffe://example.org/web", "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["spiffe_id"] == "spiffe://example.org/web"
+
+
+def test_version_and_usage_errors_of_the_installed_command(tmp_path: Path) -> None:
+    result = run([command("trustmesh-ca"), "--version"])
+    assert result.returncode == 0
+    assert result.stdout.startswith("trustmesh-ca ")
+    result = run([command("trustmesh-ca"), "entry"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "trustmesh-ca entry: error: the following arguments are required: {create,list,show,delete,update}"
+    )
+
+
 def test_bundle_show_spiffe_carries_sequence_refresh_hint_and_both_key_uses(ca: RunningCa) -> None:
     code, stdout, stderr = ca.cli("bundle", "show", "--format", "spiffe")
     assert code == 0, stderr

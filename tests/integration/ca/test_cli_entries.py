@@ -196,6 +196,27 @@ def test_entry_update_changes_only_the_given_fields(cli: Cli) -> None:
     }
 
 
+def test_entry_update_that_changes_nothing_keeps_the_revision(cli: Cli) -> None:
+    entry = create(cli, "spiffe://example.org/noop/web", "--hint", "blue")
+    again = cli.json("entry", "update", str(entry["id"]), "--hint", "blue")
+    assert again == entry
+    assert cli.json("entry", "show", str(entry["id"]))["revision"] == 1
+
+
+def test_entry_update_clears_dns_names_and_hint(cli: Cli) -> None:
+    entry = create(cli, "spiffe://example.org/clear/web", "--dns", "web.example.org", "--hint", "blue")
+    cleared = cli.json("entry", "update", str(entry["id"]), "--clear-dns", "--hint", "")
+    assert (cleared["dns_names"], cleared["hint"], cleared["revision"]) == ([], "", 2)
+    assert cli.json("entry", "show", str(entry["id"])) == cleared
+
+
+def test_entry_update_refuses_clear_dns_with_dns(cli: Cli) -> None:
+    entry = create(cli, "spiffe://example.org/clear-both/web")
+    code, _, err = cli("entry", "update", str(entry["id"]), "--clear-dns", "--dns", "a.example.org")
+    assert code == 1
+    assert err == "trustmesh-ca: error: --clear-dns removes every DNS name and --dns sets them; give one of the two\n"
+
+
 def test_entry_delete_removes_the_entry(cli: Cli) -> None:
     entry = create(cli, "spiffe://example.org/delete/web")
     assert cli.ok("entry", "delete", str(entry["id"])) == (

@@ -113,6 +113,26 @@ def test_update_with_a_stale_revision_is_refused(entries: RegistrationEntries) -
         entries.update(created.id, replace(SPEC, hint="second"), "tester", expected_revision=1)
 
 
+async def test_an_update_that_changes_nothing_keeps_the_revision_and_rings_nobody(
+    entries: RegistrationEntries, hub: ChangeHub, database: Database
+) -> None:
+    created = entries.create(SPEC, "tester")
+    with hub.subscribe(AGENT) as mine:
+        unchanged = await asyncio.to_thread(entries.update, created.id, SPEC, "tester", 1)
+        assert await quiet(mine)
+    assert unchanged == created
+    assert entries.get(created.id).revision == 1
+    with database.transaction() as session:
+        assert [r.event.action for r in AuditLogRepository(session).list()] == ["entry.create"]
+
+
+def test_an_unchanged_spec_with_a_stale_revision_is_still_refused(entries: RegistrationEntries) -> None:
+    created = entries.create(SPEC, "tester")
+    entries.update(created.id, replace(SPEC, hint="first"), "tester")
+    with pytest.raises(FailedPrecondition, match="is at revision 2, not 1"):
+        entries.update(created.id, replace(SPEC, hint="first"), "tester", expected_revision=1)
+
+
 def test_get_for_agent_refuses_another_agents_entry_and_unknown_ones_alike(entries: RegistrationEntries) -> None:
     theirs = entries.create(replace(SPEC, parent_id=OTHER_AGENT), "tester")
     for entry_id in (theirs.id, "no-such-entry"):

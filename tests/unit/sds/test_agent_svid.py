@@ -21,7 +21,14 @@ from sds.node_client import AgentCredentials, AttestResult, SyncState
 from sds.persistence import AgentStore
 from sds.planning import signer_ids
 from spiffe_core.bundle import Bundle
-from spiffe_core.errors import ConfigError, FailedPrecondition, InvalidArgument, UpstreamUnavailable, X509SvidError
+from spiffe_core.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotAuthorized,
+    UpstreamUnavailable,
+    X509SvidError,
+)
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_pki import SigningCa
@@ -48,6 +55,7 @@ class FakeAttestationApi:
         self.assign = AGENT
         self.sign_other_key = False
         self.renew_failures: list[Exception] = []
+        self.attest_failures: list[Exception] = []
         self.signer = CA
 
     def _sign(self, csr: bytes) -> tuple[x509.Certificate, ...]:
@@ -60,6 +68,8 @@ class FakeAttestationApi:
 
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
         self.attested.append((roots, method, payload))
+        if self.attest_failures:
+            raise self.attest_failures.pop(0)
         return AttestResult(self.assign, self._sign(csr), CA.bundle())
 
     async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]:
@@ -116,6 +126,58 @@ async def test_a_restart_uses_the_saved_svid_without_calling_the_ca(tmp_path: Pa
     assert api.attested == []
     assert credentials.svid.leaf == saved.svid.leaf
     assert api.credentials == [credentials]
+
+
+async def test_a_restart_logs_that_it_loaded_the_saved_svid(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = identity(tmp_path, clock)
+    await first.start()
+    restarted, _ = identity(tmp_path, clock)
+    with caplog.at_level(logging.INFO, logger="sds.agent_svid"):
+        await restarted.start()
+    assert [m.split(" (")[0] for m in caplog.messages] == [f"loaded saved SVID {AGENT}"]
+
+
+async def test_first_start_waits_for_an_unreachable_ca_with_backoff_and_bounded_logging(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delays: list[float] = []
+
+    async def no_sleep(delay: float) -> None:
+        delays.append(delay)
+
+    monkeypatch.setattr("sds.agent_svid.asyncio.sleep", no_sleep)
+    agent, api = identity(tmp_path, clock)
+    api.attest_failures = [UpstreamUnavailable("node API Attest at 127.0.0.1:8082 is unavailable")] * 5
+    with caplog.at_level(logging.WARNING, logger="sds.agent_svid"):
+        credentials = await agent.start()
+    assert credentials.svid.spiffe_id == AGENT
+    assert len(api.attested) == 6
+    assert len(delays) == 5
+    ceilings = [0.5, 1.0, 2.0, 4.0, 8.0]  # 0.5 s doubling (up to 30 s), jittered within [ceiling / 2, ceiling]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
+    # Five failures within ten (monotonic) seconds: the first is logged, the rest are held back.
+    assert caplog.messages == [
+        f"attestation attempt 1 failed: node API Attest at 127.0.0.1:8082 is unavailable; retrying in {delays[0]:.1f} s"
+    ]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        pytest.param(NotAuthorized("join token unknown, used or expired"), id="used-token"),
+        pytest.param(InvalidArgument("malformed CSR"), id="invalid"),
+    ],
+)
+async def test_first_start_does_not_retry_a_refused_join_token(
+    tmp_path: Path, clock: FakeClock, refusal: Exception
+) -> None:
+    agent, api = identity(tmp_path, clock)
+    api.attest_failures = [refusal]
+    with pytest.raises(type(refusal), match=str(refusal)):
+        await agent.start()
+    assert len(api.attested) == 1
 
 
 async def test_an_expired_svid_without_a_join_token_stops_the_agent_with_the_fix(

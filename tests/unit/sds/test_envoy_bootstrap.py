@@ -1,0 +1,107 @@
+"""Envoy bootstraps (sds/envoy_bootstrap.py) as configuration: the inbound listener forwards to the
+application or answers itself, peers are allowed by exact SPIFFE ID or — only when asked — by trust
+domain, and a bootstrap without a listener or an inbound listener that allows nobody is refused.
+Real Envoy runs them in tests/e2e/test_agent_lifecycle.py and tests/e2e/test_mesh.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, parse_host_port
+from spiffe_core.errors import InvalidArgument
+
+SDS = Path("/run/agent/sds.sock")
+WEB = "spiffe://example.org/web"
+API = "spiffe://example.org/api"
+
+
+def bootstrap(inbound: Inbound | None = None, outbound: Outbound | None = None) -> dict[str, Any]:
+    return envoy_bootstrap(node_id="n", spiffe_id=API, sds_socket=SDS, admin_port=0, inbound=inbound, outbound=outbound)
+
+
+def inbound_parts(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "inbound"]
+    chain = listener["filter_chains"][0]
+    manager = chain["filters"][0]["typed_config"]
+    tls = chain["transport_socket"]["typed_config"]["common_tls_context"]
+    matchers = tls["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+    return manager, manager["route_config"]["virtual_hosts"][0]["routes"][0], matchers
+
+
+def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
+    return found
+
+
+def test_inbound_with_an_upstream_forwards_to_it_with_the_callers_id_in_xfcc() -> None:
+    config = bootstrap(Inbound(8443, (WEB,), upstream="127.0.0.1:8080"))
+    manager, route, matchers = inbound_parts(config)
+    assert route == {"match": {"prefix": "/"}, "route": {"cluster": "inbound_upstream"}}
+    assert manager["forward_client_cert_details"] == "SANITIZE_SET"
+    assert manager["set_current_client_cert_details"] == {"uri": True}
+    assert matchers == [{"san_type": "URI", "matcher": {"exact": WEB}}]
+    app = cluster(config, "inbound_upstream")
+    assert app["type"] == "STATIC"
+    assert app["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "127.0.0.1", "port_value": 8080}
+    }
+    assert "transport_socket" not in app  # plain HTTP to the application on this host
+
+
+def test_an_upstream_named_by_host_name_is_resolved_by_envoy() -> None:
+    assert (
+        cluster(bootstrap(Inbound(8443, (WEB,), upstream="app.local:80")), "inbound_upstream")["type"] == "STRICT_DNS"
+    )
+
+
+def test_inbound_without_an_upstream_answers_itself() -> None:
+    manager, route, _ = inbound_parts(bootstrap(Inbound(8443, (WEB,))))
+    assert route["direct_response"]["status"] == 200
+    assert "forward_client_cert_details" not in manager
+
+
+def test_the_whole_trust_domain_is_allowed_only_by_a_prefix_of_that_trust_domain() -> None:
+    _, _, matchers = inbound_parts(bootstrap(Inbound(8443, (), allowed_trust_domain="example.org")))
+    assert matchers == [{"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}}]
+
+
+def test_inbound_that_allows_no_peer_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        bootstrap(Inbound(8443, ()))
+    assert str(caught.value) == (
+        "the inbound listener on port 8443 allows no peer; name the SPIFFE IDs allowed in (--allow), "
+        "or allow every ID of the trust domain explicitly (--allow-trust-domain)"
+    )
+
+
+def test_a_bootstrap_without_a_listener_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="needs an inbound or an outbound listener"):
+        bootstrap()
+
+
+def test_outbound_keeps_mtls_to_the_upstream_and_a_bounded_connection_lifetime() -> None:
+    upstream = cluster(bootstrap(outbound=Outbound(10000, "127.0.0.1:8443", WEB)), "upstream")
+    options = upstream["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"] == {"max_connection_duration": "300s"}
+    assert upstream["transport_socket"]["typed_config"]["@type"].endswith("UpstreamTlsContext")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("127.0.0.1:8080", ("127.0.0.1", 8080), id="ipv4"),
+        pytest.param("[::1]:8080", ("::1", 8080), id="ipv6"),
+        pytest.param("app.local:80", ("app.local", 80), id="host-name"),
+    ],
+)
+def test_parses_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(text, "upstream") == expected
+
+
+@pytest.mark.parametrize("text", ["8080", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":80", "host:http"])
+def test_refuses_malformed_host_port(text: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"upstream '{text}' is not HOST:PORT"):
+        parse_host_port(text, "upstream")
