@@ -38,7 +38,7 @@ from ca.store.records import AuthorityKind, AuthorityRecord, IssuedCertificate
 from ca.store.repositories import AuthorityRepository, IssuedCertificateRepository, TrustBundleStateRepository
 from ca.upstream.base import CaSubject, UpstreamAuthority
 from spiffe_core.clock import Clock
-from spiffe_core.errors import TrustmeshError, UpstreamUnavailable
+from spiffe_core.errors import FailedPrecondition, TrustmeshError, UpstreamUnavailable
 from spiffe_core.keys import KeyType, PrivateKey
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates
@@ -63,6 +63,8 @@ class AuthorityParams:
     subject: CaSubject = field(default_factory=CaSubject)
     # How long each CRL is valid; they are re-signed at half of it, and at once on every revocation.
     crl_ttl: timedelta = timedelta(hours=24)
+    # Create first authorities even though the key manager holds keys (``run --new-trust-domain-root``).
+    new_root: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ class AuthorityManager:
         with self._database.transaction() as session:
             sequence = TrustBundleStateRepository(session).next_bundle_sequence(self._params.trust_domain)
             records = self.records(session)
+            if not records and not self._params.new_root:
+                self._refuse_new_root_beside_keys()
             if not any(r.kind is AuthorityKind.X509 and r.state is AuthorityState.ACTIVE for r in records):
                 records.append(self.create_x509(session, AuthorityState.ACTIVE))
             if not any(r.kind is AuthorityKind.JWT and r.state is AuthorityState.ACTIVE for r in records):
@@ -137,6 +141,20 @@ class AuthorityManager:
             revoked = IssuedCertificateRepository(session).revoked_live(self._clock.now())
         self._sweep_orphaned_keys({r.key_ref for r in records})
         return self._publish(records, sequence, revoked)
+
+    def _refuse_new_root_beside_keys(self) -> None:
+        """An empty datastore beside authority keys is a lost or replaced datastore, not a first start:
+        new authorities would be a new root that no agent trusts, and the old keys would be swept."""
+        keys = sorted(key_ref for key_ref, _ in self._keys.list() if key_ref.startswith(("x509-", "jwt-")))
+        if keys:
+            shown = ", ".join(keys[:3]) + (", …" if len(keys) > 3 else "")
+            raise FailedPrecondition(
+                f"the datastore holds no authorities of {self._params.trust_domain}, but the key manager holds "
+                f"{len(keys)} authority keys ({shown}): the datastore was lost or replaced. Restore it from a "
+                "backup; or, to start a new trust domain root on purpose (every agent and workload must then "
+                "get the new bundle, and those keys are deleted), run 'trustmesh-ca run --new-trust-domain-root' "
+                "once or move the keys directory away"
+            )
 
     def _sweep_orphaned_keys(self, referenced: set[str]) -> None:
         """Delete authority keys no stored authority names: left by a CA killed between writing a key and

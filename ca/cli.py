@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, new_root=args.new_trust_domain_root))
     return 0
 
 
@@ -344,7 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("run", help="run the CA server").set_defaults(func=cmd_run)
+    run_cmd = commands.add_parser("run", help="run the CA server")
+    run_cmd.add_argument(
+        "--new-trust-domain-root",
+        action="store_true",
+        help="start a new root although the key directory holds keys and the datastore no authorities "
+        "(a lost datastore is otherwise refused); agents and workloads must then get the new bundle",
+    )
+    run_cmd.set_defaults(func=cmd_run)
     healthcheck = commands.add_parser("healthcheck", help="exit 0 when the running CA is ready")
     healthcheck.add_argument("--json", action="store_true", help="print JSON for machines")
     healthcheck.set_defaults(func=cmd_healthcheck)
@@ -382,12 +390,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_grpc_core(environ: MutableMapping[str, str]) -> None:
+    """Keep gRPC's C core from printing its own log lines (handshake failures, bind errors) on stderr:
+    every failure the user should see is reported once, in our words. Must run before grpc is imported;
+    a GRPC_VERBOSITY or GRPC_TRACE the user set is kept, for debugging."""
+    environ.setdefault("GRPC_VERBOSITY", "NONE")
+    environ.setdefault("GRPC_TRACE", "")
+
+
+def _os_problem(err: OSError) -> str:
+    where = f": {err.filename}" if err.filename else ""
+    return f"{err.strerror or err}{where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_grpc_core(os.environ)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away shows up here, not as a traceback at exit
+        return code
     except TrustmeshError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `… | head`: the reader closed the pipe; send what is still buffered nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{PROG}: error: standard output was closed before all of it was written", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"{PROG}: error: {_os_problem(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -41,7 +41,7 @@ from ca.store.records import RegistrationEntry
 from ca.sync import ChangeHub, UpdateVersions, watch
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import ResourceExhausted, X509SvidError, transport_status
+from spiffe_core.errors import ConfigError, ResourceExhausted, X509SvidError, transport_status
 from spiffe_core.x509_svid import load_pem_certificates
 from wire import node_pb2, node_pb2_grpc
 
@@ -297,15 +297,34 @@ def build_node_server(
     node_api_address: str,
 ) -> tuple[grpc.aio.Server, NodeApiPorts]:
     """A gRPC server with both listeners bound (not started). Must be called on the serving loop."""
-    server = grpc.aio.server()
+    # grpc sets SO_REUSEPORT by default: a second CA would bind the same ports and take half the agents.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server)
-    attestation = server.add_secure_port(
-        attestation_address, TlsConfigurations(identity, bundle, verify_clients=False).server_credentials()
+    attestation = _add_port(
+        server,
+        "server.attestation_address",
+        attestation_address,
+        TlsConfigurations(identity, bundle, verify_clients=False),
     )
-    node_api = server.add_secure_port(
-        node_api_address, TlsConfigurations(identity, bundle, verify_clients=True).server_credentials()
+    node_api = _add_port(
+        server, "server.node_api_address", node_api_address, TlsConfigurations(identity, bundle, verify_clients=True)
     )
     return server, NodeApiPorts(attestation=attestation, node_api=node_api)
+
+
+def _add_port(
+    server: grpc.aio.Server,
+    key: str,
+    address: str,
+    tls: TlsConfigurations,
+) -> int:
+    try:
+        port = server.add_secure_port(address, tls.server_credentials())
+    except RuntimeError as err:  # grpc says only "failed to bind"; the usual reason is another listener
+        raise ConfigError(f"{key} {address} is in use or cannot be bound; set {key} to a free port") from err
+    if port == 0:
+        raise ConfigError(f"{key} {address} is in use or cannot be bound; set {key} to a free port")
+    return port
 
 
 async def run_node_server(server: grpc.aio.Server) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import logging
 import os
 import socket
@@ -25,6 +27,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
@@ -42,7 +45,7 @@ from ca.sync import ChangeHub, UpdateVersions, listen_for_changes
 from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority
 from ca.upstream.disk import WatchedDiskUpstream
 from spiffe_core.clock import Clock, SystemClock
-from spiffe_core.errors import NoActiveAuthority, TrustmeshError
+from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +88,10 @@ class CaParts:
     officer: AuthorityOperations
 
 
-def build_service(config: CaConfig) -> CaParts:
+def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     """Open the datastore (migrating it), the key manager and the authorities, and build the use
-    cases over them; blocking (it also signs the CA's first serving SVID)."""
+    cases over them; blocking (it also signs the CA's first serving SVID). ``new_root``: create first
+    authorities even beside existing keys (else that is refused as a lost datastore)."""
     config.server.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     database = Database.open(config.datastore.url)
     database.migrate()
@@ -104,6 +108,7 @@ def build_service(config: CaConfig) -> CaParts:
             refresh_hint=config.bundle.refresh_hint,
             subject=CaSubject(config.ca.subject.organization, config.ca.subject.common_name),
             crl_ttl=config.revocation.crl_ttl,
+            new_root=new_root,
         ),
         clock,
     )
@@ -156,8 +161,11 @@ def build_service(config: CaConfig) -> CaParts:
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
-    """Bind the admin socket ourselves so it is 0600 from the start (uvicorn would chmod it 0666)."""
+    """Bind the admin socket ourselves so it is 0600 from the start (uvicorn would chmod it 0666).
+    A socket left by a CA that died is replaced; one that answers, or a file that is not a socket, is
+    refused (ConfigError) and left alone."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _refuse_admin_socket_in_use(path)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,6 +176,64 @@ def _bind_admin_socket(path: Path) -> socket.socket:
         os.umask(old_umask)
     sock.listen(128)
     return sock
+
+
+def _refuse_admin_socket_in_use(path: Path) -> None:
+    if path.is_socket():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                pass  # nobody listens: a stale socket
+            else:
+                raise ConfigError(
+                    f"server.admin_socket {path} is in use by another process (a CA with another data "
+                    "directory?); stop it or set another server.admin_socket"
+                )
+    elif path.exists() or path.is_symlink():
+        raise ConfigError(f"server.admin_socket {path} exists and is not a socket; remove it or choose another path")
+
+
+def _bind_tcp(address: str, key: str, *, keep: bool) -> socket.socket | None:
+    """Bind ``address`` (host:port) without SO_REUSEPORT, so a port another process listens on is refused
+    here as one line naming ``key`` (instead of two CAs sharing it); closed again unless ``keep``."""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return None
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as err:
+        raise ConfigError(f"{key} {address}: cannot resolve {host!r} ({err.strerror}); use an IP address") from err
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not REUSEPORT: sharing stays refused
+        sock.bind(sockaddr)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(_address_problem(key, address, err)) from err
+    if not keep:
+        sock.close()
+        return None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _address_problem(key: str, address: str, err: OSError) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return f"{key} {address} is in use; stop what listens there or set {key} to a free port"
+    return f"{key} {address} cannot be bound ({err.strerror}); set {key} to an address of this host"
+
+
+def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, TrustmeshError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _first_domain_error(exc)) is not None:
+            return found
+    return None
 
 
 def _node_api_limits(config: CaConfig) -> NodeApiLimits:
@@ -197,8 +263,30 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     await run_node_server(node_server)
 
 
-async def serve(config: CaConfig) -> None:
-    parts = await asyncio.to_thread(build_service, config)
+async def serve(config: CaConfig, *, new_root: bool = False) -> None:
+    """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
+    address before touching anything in it, so a second CA on the same data directory or ports stops
+    with one error (FailedPrecondition or ConfigError) and leaves the first one's files alone."""
+    lock = lock_data_dir(config.server.data_dir)
+    try:
+        await _serve_locked(config, new_root)
+    except BaseExceptionGroup as group:  # one line for the CLI instead of a task-group traceback
+        first = _first_domain_error(group)
+        if first is None:
+            raise
+        raise first from None
+    finally:
+        lock.release()
+
+
+async def _serve_locked(config: CaConfig, new_root: bool) -> None:
+    _refuse_admin_socket_in_use(config.server.admin_socket)
+    for key in ("node_api_address", "attestation_address"):
+        _bind_tcp(getattr(config.server, key), f"server.{key}", keep=False)
+    http_socket = (
+        _bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
+    )
+    parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
     admin_socket = _bind_admin_socket(config.server.admin_socket)
     admin_app = create_admin_app(
@@ -221,7 +309,7 @@ async def serve(config: CaConfig) -> None:
             log_config=None,
             lifespan="off",
         )
-        servers.append((uvicorn.Server(health), None))
+        servers.append((uvicorn.Server(health), None if http_socket is None else [http_socket]))
     log.info(
         "trustmesh CA serving trust domain %s: admin socket %s, health %s",
         config.trust_domain,

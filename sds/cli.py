@@ -6,12 +6,14 @@ Every failure is one line on stderr and a non-zero exit (2 for usage, 1 for anyt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -19,10 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from sds.config import CONFIG_PATH_ENV, AgentConfig, load_agent_config
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
 from sds.files import write_private_file, write_public_file
-from sds.workload_client import WorkloadApiClient
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId
+
+if TYPE_CHECKING:
+    from sds.workload_client import WorkloadApiClient
 
 PROG = "trustmesh-agent"
 
@@ -84,6 +88,8 @@ def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
 
 
 def _workload_client(args: argparse.Namespace) -> WorkloadApiClient:
+    from sds.workload_client import WorkloadApiClient  # noqa: PLC0415 - grpc only after quiet_grpc_core
+
     return WorkloadApiClient(Path(args.socket) if args.socket else _config(args).workload_api_socket)
 
 
@@ -228,12 +234,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_grpc_core(environ: MutableMapping[str, str]) -> None:
+    """Keep gRPC's C core from printing its own log lines (handshake failures, bind errors) on stderr:
+    every failure the user should see is reported once, in our words. Must run before grpc is imported;
+    a GRPC_VERBOSITY or GRPC_TRACE the user set is kept, for debugging."""
+    environ.setdefault("GRPC_VERBOSITY", "NONE")
+    environ.setdefault("GRPC_TRACE", "")
+
+
+def _os_problem(err: OSError) -> str:
+    where = f": {err.filename}" if err.filename else ""
+    return f"{err.strerror or err}{where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_grpc_core(os.environ)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away shows up here, not as a traceback at exit
+        return code
     except TrustmeshError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `… | head`: the reader closed the pipe; send what is still buffered nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{PROG}: error: standard output was closed before all of it was written", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"{PROG}: error: {_os_problem(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -208,8 +208,11 @@ class AttestedEndpoint:
         socket path is too long or a file that is not ours stands where a socket must go."""
         self._check_paths()
         self._public.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_live_public_socket()
         self._make_private_dir()
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", self._max_receive)])
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", self._max_receive)]
+        )
         for register in self._registrations:
             register(server)
         server.add_insecure_port(f"unix:{self._backend}")
@@ -266,6 +269,21 @@ class AttestedEndpoint:
         self._private_dir.mkdir(mode=0o700)
         self._owns_private_dir = True
         os.chmod(self._private_dir, 0o700)  # mkdir's mode is filtered by the umask
+
+    def _refuse_live_public_socket(self) -> None:
+        """Another process serving this socket (an agent with another data_dir) keeps it and its private
+        sockets: ConfigError instead of replacing them under it."""
+        if not self._public.is_socket():
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self._public))
+            except OSError:
+                return  # nobody listens: left by an agent that did not stop cleanly
+        raise ConfigError(
+            f"{self._public} is in use by another process (an agent with another data_dir?); stop it or "
+            "configure another socket path"
+        )
 
     def _remove_stale_public_socket(self) -> None:
         try:

@@ -22,7 +22,7 @@ from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.certfiles import CertFileWriter
 from sds.config import AgentConfig
-from sds.files import make_public_directory
+from sds.files import lock_data_dir, make_public_directory
 from sds.manager import AgentManager, ManagerParams
 from sds.node_client import NodeClient
 from sds.peer_endpoint import AttestedEndpoint
@@ -64,7 +64,7 @@ def raise_open_file_limit(needed: int) -> int:
 async def serve_agent(config: AgentConfig) -> None:
     raise_open_file_limit(4 * 2 * config.limits.max_connections + 256)
     clock = SystemClock()
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = lock_data_dir(config.data_dir)  # before anything in it is touched: a second agent stops here
     store = AgentStore(config.data_dir, config.trust_domain)
     client = NodeClient(
         trust_domain=config.trust_domain,
@@ -141,6 +141,7 @@ async def serve_agent(config: AgentConfig) -> None:
         log.info("agent stopped; sockets removed")
     finally:
         await client.close()
+        lock.release()
 
 
 class _Stopped(Exception):

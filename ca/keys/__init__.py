@@ -30,14 +30,20 @@ KEYS_SUBDIRECTORY = "keys"
 
 def open_key_manager(config: KeyManagerConfig, data_dir: Path, environ: Mapping[str, str] | None = None) -> KeyManager:
     """The key manager ``config`` names. For ``disk`` this reads the key-encryption key (creating its
-    file on first run when ``create_kek_if_missing`` is set) and keys live in ``<data_dir>/keys``.
+    file on first run when ``create_kek_if_missing`` is set, never beside existing keys) and keys live in
+    ``<data_dir>/keys``.
     Blocking; raises ConfigError for a missing, unsafe or too short key-encryption key."""
     if config.kind == "memory":
         return MemoryKeyManager()
+    directory = data_dir / KEYS_SUBDIRECTORY
     kek = load_kek(
-        config.kek_file, config.kek_env or None, create_if_missing=config.create_kek_if_missing, environ=environ
+        config.kek_file,
+        config.kek_env or None,
+        create_if_missing=config.create_kek_if_missing,
+        environ=environ,
+        keys_dir=directory,
     )
-    return DiskKeyManager(data_dir / KEYS_SUBDIRECTORY, kek)
+    return DiskKeyManager(directory, kek)
 
 
 __all__ = ["DiskKeyManager", "KeyManager", "MemoryKeyManager", "check_key_id", "load_kek", "open_key_manager"]

@@ -121,11 +121,13 @@ def load_kek(
     *,
     create_if_missing: bool = False,
     environ: Mapping[str, str] | None = None,
+    keys_dir: Path | None = None,
 ) -> bytes:
     """The key-encryption key, from exactly one of: the environment variable named ``env_var`` (read
-    from ``environ``, default ``os.environ``) or ``file`` (mode 0600 or 0400; with ``create_if_missing``
-    a missing file is created with 32 random bytes, hex-encoded). Surrounding whitespace is dropped;
-    at least 32 bytes must remain. Raises ConfigError naming the source and the fix; never shows the key."""
+        from ``environ``, default ``os.environ``) or ``file`` (mode 0600 or 0400; with ``create_if_missing``
+        a missing file is created with 32 random bytes, hex-encoded — never while ``keys_dir`` already holds
+    keys, which only the lost KEK can decrypt). Surrounding whitespace is dropped;
+        at least 32 bytes must remain. Raises ConfigError naming the source and the fix; never shows the key."""
     if file is not None and env_var:
         raise ConfigError(
             f"both a key-encryption key file ({file}) and environment variable ({env_var}) are configured; "
@@ -147,6 +149,14 @@ def load_kek(
     try:
         data = _read_private_file(file, what="key-encryption key file", chmod="600", modes=(0o600, 0o400))
     except FileNotFoundError:
+        existing = sorted(keys_dir.glob("*.pem")) if keys_dir is not None and keys_dir.is_dir() else []
+        if existing:
+            raise ConfigError(
+                f"key-encryption key file {file} does not exist, but {keys_dir} holds {len(existing)} keys "
+                "encrypted with one; restore that file (a new key-encryption key cannot decrypt them) or set "
+                "ca.key_manager.kek_file / kek_env to where it is kept. To start a new trust domain root on "
+                f"purpose instead, move {keys_dir} away first"
+            ) from None
         if not create_if_missing:
             raise ConfigError(
                 f"key-encryption key file {file} does not exist; create it with "

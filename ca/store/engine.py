@@ -30,7 +30,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, StatementError
+from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from spiffe_core.errors import ConfigError, TrustmeshError, UpstreamUnavailable
@@ -83,6 +83,35 @@ def _normalized_url(url: str) -> URL:
             raise ConfigError(f"PostgreSQL driver {driver!r} is not supported; use postgresql+psycopg://…")
         return parsed.set(drivername="postgresql+psycopg")
     raise ConfigError(f"database URL scheme {parsed.drivername!r} is not supported; {_URL_HELP}")
+
+
+# SQLite result codes (and their extended codes, which start with the same name) that retrying cannot
+# fix: the file itself is the problem. What the operator should do about each.
+_SQLITE_FILE_PROBLEMS = (
+    ("SQLITE_NOTADB", "is not a SQLite database or is damaged", "restore it from a backup"),
+    ("SQLITE_CORRUPT", "is damaged", "restore it from a backup"),
+    (
+        "SQLITE_READONLY",
+        "is read-only",
+        "make it, and the directory that holds it, writable by the CA's user (SQLite also writes -wal and "
+        "-shm files beside it)",
+    ),
+    (
+        "SQLITE_CANTOPEN",
+        "cannot be opened",
+        "make it, and the directory that holds it, readable and writable by the CA's user",
+    ),
+    ("SQLITE_PERM", "may not be written", "make it writable by the CA's user"),
+)
+
+
+def _sqlite_file_problem(err: DatabaseError, path: str | None) -> str | None:
+    """What is wrong with the file, naming it and the fix, when SQLite refused the file itself."""
+    name = getattr(err.orig, "sqlite_errorname", "")
+    for prefix, problem, fix in _SQLITE_FILE_PROBLEMS:
+        if name.startswith(prefix):
+            return f"SQLite datastore {path} {problem} ({name}: {err.orig}); {fix}"
+    return None
 
 
 def _ensure_wal(cursor: sqlite3.Cursor) -> None:
@@ -155,11 +184,21 @@ class Database:
         A value the datastore refuses while binding (a naive timestamp) raises that refusal itself.
 
         A database that cannot be reached, or stays locked past the busy timeout, raises
-        :class:`UpstreamUnavailable`; the driver's detail is kept as the cause, not in the message."""
+        :class:`UpstreamUnavailable`; the driver's detail is kept as the cause, not in the message. A
+        SQLite file that is damaged or read-only raises it too, naming the file and the fix."""
         try:
             with self._sessions.begin() as session:
                 yield session
-        except (OperationalError, InterfaceError) as err:
+        except DatabaseError as err:
+            problem = _sqlite_file_problem(err, self._engine.url.database) if self.dialect == "sqlite" else None
+            if problem is not None:
+                raise UpstreamUnavailable(problem) from err  # the file, not a busy lock: say which and why
+            if not isinstance(err, OperationalError):
+                raise
+            raise UpstreamUnavailable(
+                f"the {self.dialect} datastore did not answer or stayed busy; retry shortly"
+            ) from err
+        except InterfaceError as err:
             raise UpstreamUnavailable(
                 f"the {self.dialect} datastore did not answer or stayed busy; retry shortly"
             ) from err
@@ -195,7 +234,16 @@ class Database:
                         ) from err
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
-        except (OperationalError, InterfaceError) as err:
+        except DatabaseError as err:
+            problem = _sqlite_file_problem(err, self._engine.url.database) if self.dialect == "sqlite" else None
+            if problem is not None:
+                raise ConfigError(problem) from err
+            if not isinstance(err, OperationalError):
+                raise
+            raise UpstreamUnavailable(
+                f"the {self.dialect} datastore did not answer while migrating its schema; retry shortly"
+            ) from err
+        except InterfaceError as err:
             raise UpstreamUnavailable(
                 f"the {self.dialect} datastore did not answer while migrating its schema; retry shortly"
             ) from err

@@ -3,9 +3,11 @@ other replicas load the same ones, and the bundle sequence only grows."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from cryptography import x509
 
 from ca.authority import AuthorityState
@@ -16,6 +18,7 @@ from ca.store.records import AuthorityKind
 from ca.store.repositories import AuthorityRepository
 from ca.upstream import SelfSignedUpstream
 from spiffe_core.clock import SystemClock
+from spiffe_core.errors import FailedPrecondition
 from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import validate_signing_cert
@@ -75,6 +78,7 @@ def test_the_authority_id_is_the_ca_certificates_subject_key_identifier(database
 
 def test_start_up_deletes_old_keys_no_authority_names_and_keeps_fresh_ones(database: Database) -> None:
     keys = MemoryKeyManager()
+    manager(database, keys).load()
     keys.generate("x509-orphan", KeyType.EC_P256)  # a CA killed after writing the key, before its commit
     later = FakeClock(datetime.now(UTC) + timedelta(minutes=11))
     AuthorityManager(database, keys, SelfSignedUpstream(), PARAMS, later).load()
@@ -84,3 +88,28 @@ def test_start_up_deletes_old_keys_no_authority_names_and_keeps_fresh_ones(datab
     assert "x509-orphan" not in held
     assert "x509-being-created" in held
     assert len(held) == 3  # and the two authorities' keys
+
+
+def test_empty_datastore_beside_authority_keys_is_refused_and_nothing_is_created(database: Database) -> None:
+    keys = MemoryKeyManager()
+    keys.generate("x509-0a1b", KeyType.EC_P256)
+    keys.generate("jwt-2c3d", KeyType.EC_P256)
+    with pytest.raises(FailedPrecondition) as refused:
+        manager(database, keys).load()
+    assert str(refused.value).startswith(
+        "the datastore holds no authorities of example.org, but the key manager holds 2 authority keys "
+        "(jwt-2c3d, x509-0a1b): the datastore was lost or replaced. Restore it from a backup; or, to start a new "
+        "trust domain root on purpose"
+    )
+    assert "--new-trust-domain-root" in str(refused.value)
+    assert {key_id for key_id, _ in keys.list()} == {"x509-0a1b", "jwt-2c3d"}
+    with database.transaction() as session:
+        assert not AuthorityRepository(session).list()
+
+
+def test_a_new_root_beside_old_keys_is_created_when_asked_for(database: Database) -> None:
+    keys = MemoryKeyManager()
+    keys.generate("x509-0a1b", KeyType.EC_P256)
+    params = dataclasses.replace(PARAMS, new_root=True)
+    current = AuthorityManager(database, keys, SelfSignedUpstream(), params, SystemClock()).load()
+    assert current.active_x509().state is AuthorityState.ACTIVE

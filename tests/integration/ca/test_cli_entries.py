@@ -59,6 +59,7 @@ trust_domain = "example.org"
 [server]
 data_dir = "{root / "data"}"
 admin_socket = "{root / "admin.sock"}"
+http_address = ""
 node_api_address = "127.0.0.1:0"
 attestation_address = "127.0.0.1:0"
 """

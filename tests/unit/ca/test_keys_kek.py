@@ -96,6 +96,20 @@ def test_refuses_a_kek_file_that_is_a_symbolic_link(tmp_path: Path) -> None:
     )
 
 
+def test_never_creates_a_kek_beside_keys_encrypted_with_a_lost_one(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    (keys / "x509-0a1b.pem").write_text("-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
+
+    message = config_error(lambda: load_kek(tmp_path / "kek", None, create_if_missing=True, keys_dir=keys))
+
+    assert message.startswith(
+        f"key-encryption key file {tmp_path / 'kek'} does not exist, but {keys} holds 1 keys encrypted with one; "
+        "restore that file (a new key-encryption key cannot decrypt them)"
+    )
+    assert not (tmp_path / "kek").exists()
+
+
 def test_reads_the_kek_from_the_named_environment_variable() -> None:
     assert load_kek(None, "CA_KEK", environ={"CA_KEK": f"{KEK_TEXT}\n"}) == KEK_TEXT.encode()
 
