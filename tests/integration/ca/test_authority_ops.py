@@ -249,3 +249,21 @@ def test_a_revocation_re_signs_only_the_crl_of_the_authority_that_signed_the_svi
     assert x509.load_der_x509_crl(kept).extensions.get_extension_for_class(
         x509.AuthorityKeyIdentifier
     ).value.key_identifier == bytes.fromhex(new_id)
+
+
+def test_crls_are_re_signed_at_half_their_life_by_the_rotation_task(database: Database) -> None:
+    crl_ttl = CA_TTL / 3  # shorter than the authority's own rotation, so only the CRL is due
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    params = AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, CA_TTL, HINT, crl_ttl=crl_ttl)
+    manager = AuthorityManager(database, MemoryKeyManager(), SelfSignedUpstream(), params, clock)
+    manager.load()
+    rotator = ca_use_cases(database, manager, clock, SVID_TTL).rotator
+    first = set(manager.get_current().crls)
+    clock.advance(crl_ttl / 2 - timedelta(seconds=1))
+    rotator.tick()
+    assert set(manager.get_current().crls) == first
+    clock.advance(timedelta(seconds=1))
+    rotator.tick()
+    (renewed,) = manager.get_current().crls
+    assert renewed not in first
+    assert x509.load_der_x509_crl(renewed).next_update_utc == clock.now() + crl_ttl

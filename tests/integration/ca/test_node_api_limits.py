@@ -5,7 +5,6 @@ a hand-moved monotonic clock for the token buckets."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -250,16 +249,6 @@ async def test_attestations_over_the_rate_of_a_source_are_refused_without_spendi
         assert response.spiffe_id == "spiffe://example.org/trustmesh/agent/join_token/node-3"
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="needs IPv6 loopback to call from a second source address")
 async def test_a_source_over_its_attestation_rate_does_not_hold_up_another(start_ca: StartCa) -> None:
     async with start_ca(NodeApiLimits(attestation=Rate(SLOW, 1)), attestation_address="[::]:0") as ca:
         await attest_from(ca, "127.0.0.1", token(ca, "node-1"))

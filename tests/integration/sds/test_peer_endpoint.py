@@ -255,7 +255,6 @@ def shared_directory(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
 async def test_a_uid_over_its_budget_is_refused_while_another_uid_connects(
     shared_directory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -162,7 +162,6 @@ async def test_reload_exit_status_is_returned() -> None:
 # --- writing safely as root into directories workloads control --------------------------------
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
 
 
 def owner_and_mode(path: Path) -> tuple[int, int, int]:
@@ -170,7 +169,6 @@ def owner_and_mode(path: Path) -> tuple[int, int, int]:
     return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
 
 
-@needs_root
 async def test_files_belong_to_the_configured_owner_and_group_with_their_modes(tmp_path: Path) -> None:
     directory = tmp_path / "web"
     config = target(directory, owner=str(NOBODY), group=str(NOBODY), key_mode="0640", cert_mode=0o444)
@@ -182,7 +180,6 @@ async def test_files_belong_to_the_configured_owner_and_group_with_their_modes(t
     assert [p.name for p in directory.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@needs_root
 def test_the_owner_reads_its_own_key() -> None:
     with tempfile.TemporaryDirectory(prefix="certfiles-", dir="/tmp") as root:  # tmp_path's parents are 0700
         Path(root).chmod(0o755)
@@ -198,7 +195,6 @@ def test_the_owner_reads_its_own_key() -> None:
     assert read.stdout.startswith(b"-----BEGIN PRIVATE KEY-----")
 
 
-@needs_root
 async def test_a_change_of_owner_rewrites_files_with_the_same_content(tmp_path: Path) -> None:
     directory, web = tmp_path / "web", snapshot(svid(WEB))
     await CertFileWriter(WorkloadCache(snapshot()), [target(directory)]).apply(web)
@@ -244,7 +240,6 @@ async def test_symlinks_planted_in_place_of_the_files_are_replaced_not_followed(
         assert stat.S_ISREG((directory / name).lstat().st_mode)
 
 
-@needs_root
 @pytest.mark.parametrize(
     ("fields", "written"),
     [
