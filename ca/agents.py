@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ca.entries import AGENT_PATH
 from ca.store.engine import Database
-from ca.store.records import Agent, AuditEvent
+from ca.store.records import Actor, Agent, AuditEvent
 from ca.store.repositories import AgentRepository, AuditLogRepository
 from ca.sync import Change, ChangeHub, announce
 from spiffe_core.clock import Clock
@@ -51,15 +51,15 @@ class AgentAdmin:
         with self._database.transaction() as session:
             return AgentRepository(session).get(agent_id)
 
-    def ban(self, agent_id: SpiffeId, actor: str) -> Agent:
+    def ban(self, agent_id: SpiffeId, actor: Actor) -> Agent:
         """Refuse the agent every node API call from now on and end its streams. NotFound if unknown."""
         return self._set_banned(agent_id, True, actor)
 
-    def unban(self, agent_id: SpiffeId, actor: str) -> Agent:
+    def unban(self, agent_id: SpiffeId, actor: Actor) -> Agent:
         """Lift a ban: the agent's current SVID works again. NotFound if unknown."""
         return self._set_banned(agent_id, False, actor)
 
-    def evict(self, agent_id: SpiffeId, actor: str) -> Agent:
+    def evict(self, agent_id: SpiffeId, actor: Actor) -> Agent:
         """Delete the agent's record (it must attest again) and end its streams; the record as it was.
         NotFound if unknown."""
         _check_agent_id(agent_id)
@@ -72,7 +72,7 @@ class AgentAdmin:
             announce(session, self._hub, Change.for_agents(agent_id))
         return evicted
 
-    def _set_banned(self, agent_id: SpiffeId, banned: bool, actor: str) -> Agent:
+    def _set_banned(self, agent_id: SpiffeId, banned: bool, actor: Actor) -> Agent:
         _check_agent_id(agent_id)
         now = self._clock.now()
         with self._database.transaction() as session:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from ca.store.engine import Database
-from ca.store.records import AuditEvent
+from ca.store.records import Actor, AuditEvent
 from ca.store.repositories import AgentRepository, AuditLogRepository, JoinTokenRepository
 from ca.store.repositories.join_tokens import hash_join_token
 from spiffe_core.clock import Clock
@@ -90,7 +90,7 @@ class JoinTokens:
         self._clock = clock
 
     def generate(
-        self, ttl: timedelta, actor: str, node_name: str | None = None, *, replace: bool = False
+        self, ttl: timedelta, actor: Actor, node_name: str | None = None, *, replace: bool = False
     ) -> GeneratedJoinToken:
         """Create a token valid for ``ttl`` that will attest as ``…/trustmesh/agent/join_token/<node_name>``
         (a random UUID when no name is given). Raises InvalidArgument for a bad TTL or name, and

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ca.store.engine import Database
-from ca.store.records import AuditEvent, EntrySpec, RegistrationEntry
+from ca.store.records import Actor, AuditEvent, EntrySpec, RegistrationEntry
 from ca.store.repositories import AuditLogRepository, RegistrationEntryRepository
 from ca.sync import Change, ChangeHub, announce
 from spiffe_core.clock import Clock
@@ -184,7 +184,7 @@ class RegistrationEntries:
     def policy(self) -> EntryPolicy:
         return self._policy
 
-    def create(self, spec: EntrySpec, actor: str) -> RegistrationEntry:
+    def create(self, spec: EntrySpec, actor: Actor) -> RegistrationEntry:
         """Validate and store a new entry. Raises InvalidArgument or AlreadyExists (a duplicate)."""
         check_entry_spec(spec, self._policy)
         now = self._clock.now()
@@ -197,7 +197,7 @@ class RegistrationEntries:
         return entry
 
     def update(
-        self, entry_id: str, spec: EntrySpec, actor: str, expected_revision: int | None = None
+        self, entry_id: str, spec: EntrySpec, actor: Actor, expected_revision: int | None = None
     ) -> RegistrationEntry:
         """Replace an entry's spec. With ``expected_revision``, refuse (FailedPrecondition) if someone
         changed it since it was read. A spec equal to the stored one changes nothing: the entry is
@@ -220,7 +220,7 @@ class RegistrationEntries:
             announce(session, self._hub, Change.for_agents(old_parent, spec.parent_id))
         return entry
 
-    def delete(self, entry_id: str, actor: str) -> RegistrationEntry:
+    def delete(self, entry_id: str, actor: Actor) -> RegistrationEntry:
         """Remove an entry and return what it was. Raises NotFound."""
         now = self._clock.now()
         with self._database.transaction() as session:

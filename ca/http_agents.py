@@ -15,7 +15,7 @@ from typing import Protocol
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from ca.store.records import Agent
+from ca.store.records import Actor, Agent
 from spiffe_core.spiffe_id import SpiffeId
 
 
@@ -24,9 +24,9 @@ class AgentOps(Protocol):
 
     def list(self) -> tuple[Agent, ...]: ...
     def get(self, agent_id: SpiffeId) -> Agent: ...
-    def ban(self, agent_id: SpiffeId, actor: str) -> Agent: ...
-    def unban(self, agent_id: SpiffeId, actor: str) -> Agent: ...
-    def evict(self, agent_id: SpiffeId, actor: str) -> Agent: ...
+    def ban(self, agent_id: SpiffeId, actor: Actor) -> Agent: ...
+    def unban(self, agent_id: SpiffeId, actor: Actor) -> Agent: ...
+    def evict(self, agent_id: SpiffeId, actor: Actor) -> Agent: ...
 
 
 class AgentBody(BaseModel):
@@ -65,7 +65,7 @@ def agent_reply(agent: Agent) -> AgentReply:
     )
 
 
-def add_agent_routes(app: FastAPI, ops: AgentOps, actor: str) -> None:
+def add_agent_routes(app: FastAPI, ops: AgentOps, actor: Actor) -> None:
     """``GET /v1/agents``, ``GET /v1/agent?spiffe_id=…`` and ``POST /v1/agents/{ban,unban,evict}``;
     changes are audited as ``actor``."""
 

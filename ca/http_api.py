@@ -26,7 +26,7 @@ from ca.entries import check_operator_svid
 from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
-from ca.store.records import EntrySpec, RegistrationEntry
+from ca.store.records import Actor, EntrySpec, RegistrationEntry
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import TrustmeshError, transport_status
 from spiffe_core.selectors import Selector
@@ -47,11 +47,11 @@ class CaOperations(Protocol):
 class EntryOperations(Protocol):
     """Registration entry use cases (:class:`ca.entries.RegistrationEntries`)."""
 
-    def create(self, spec: EntrySpec, actor: str) -> RegistrationEntry: ...
+    def create(self, spec: EntrySpec, actor: Actor) -> RegistrationEntry: ...
     def update(
-        self, entry_id: str, spec: EntrySpec, actor: str, expected_revision: int | None = None
+        self, entry_id: str, spec: EntrySpec, actor: Actor, expected_revision: int | None = None
     ) -> RegistrationEntry: ...
-    def delete(self, entry_id: str, actor: str) -> RegistrationEntry: ...
+    def delete(self, entry_id: str, actor: Actor) -> RegistrationEntry: ...
     def get(self, entry_id: str) -> RegistrationEntry: ...
     def list(
         self, parent_id: SpiffeId | None = None, spiffe_id: SpiffeId | None = None
@@ -62,13 +62,13 @@ class JoinTokenOperations(Protocol):
     """Join token generation (:class:`ca.attestation.JoinTokens`)."""
 
     def generate(
-        self, ttl: timedelta, actor: str, node_name: str | None = None, *, replace: bool = False
+        self, ttl: timedelta, actor: Actor, node_name: str | None = None, *, replace: bool = False
     ) -> GeneratedJoinToken: ...
 
 
 # Who the audit log names for a change made through the admin socket: whoever can open it is the local
 # administrator (file permissions guard it); remote admin with identities comes with the admin-API RBAC.
-LOCAL_ADMIN = "local-admin"
+LOCAL_ADMIN = Actor("local-admin", "unix-socket")
 DEFAULT_JOIN_TOKEN_TTL_SECONDS = 3600
 
 

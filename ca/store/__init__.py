@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ca.store.engine import Database
 from ca.store.records import (
+    Actor,
     Agent,
     AuditEvent,
     AuditRecord,
@@ -40,6 +41,7 @@ from ca.store.repositories import (
 from ca.store.repositories.join_tokens import hash_join_token
 
 __all__ = [
+    "Actor",
     "Agent",
     "AgentRepository",
     "AuditEvent",

@@ -46,6 +46,8 @@ NAMING_CONVENTION = {
 SPIFFE_ID_LENGTH = 2048
 TRUST_DOMAIN_LENGTH = 255
 SHA256_HEX_LENGTH = 64
+# An audit reason is one line a person reads; longer ones are cut when recorded.
+AUDIT_REASON_LENGTH = 1024
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -194,9 +196,12 @@ class AuditRow(Base):
     id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(SPIFFE_ID_LENGTH))
+    auth_method: Mapped[str] = mapped_column(String(32), default="")
+    role: Mapped[str] = mapped_column(String(64), default="")
     action: Mapped[str] = mapped_column(String(128))
     target: Mapped[str] = mapped_column(String(SPIFFE_ID_LENGTH))
     outcome: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(AUDIT_REASON_LENGTH), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
     hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))

@@ -127,15 +127,34 @@ class Agent:
 
 
 @dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acted, as the audit log names them.
+
+    ``name`` is the caller's identity as it was proven: a SPIFFE ID (mTLS with an admin SVID, or an agent
+    on the node API), ``oidc:<issuer>#<subject>`` (a bearer JWT), ``unix:uid=<n>`` (the local admin socket,
+    the break-glass path) or ``system:<task>`` (the CA itself, e.g. scheduled rotation). ``method`` says
+    how it was proven and ``role`` under which role the action was allowed ("" where roles do not apply),
+    so an auditor can tell a break-glass change from one an IdP vouched for."""
+
+    name: str
+    method: str
+    role: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """An audited mutation about to be recorded: who did what to which target, and how it ended."""
+    """Something audited, about to be recorded: who did what to which target, how it ended and why.
+
+    ``outcome`` is ``ok``, ``denied`` (refused by authentication, RBAC or policy) or ``failed``; ``reason``
+    the one-line reason for anything but ``ok``."""
 
     at: datetime
-    actor: str
+    actor: Actor
     action: str
     target: str
     outcome: str
     detail: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from ca.authority import AuthorityState
-from ca.store import AuthorityKind, AuthorityRecord, EntrySpec
+from ca.store import Actor, AuthorityKind, AuthorityRecord, EntrySpec
 from spiffe_core.keys import KeyType
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
 TRUST_DOMAIN = TrustDomain("example.org")
+# Who the audit log names for changes the tests make directly through the domain services.
+TESTER = Actor("tester", "test")
 AGENT_ID = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
 
 

@@ -11,40 +11,48 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from datetime import UTC
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ca.store.engine import lock_for_writers
-from ca.store.models import AuditRow
-from ca.store.records import AuditEvent, AuditRecord, ChainCheck
+from ca.store.models import AUDIT_REASON_LENGTH, AuditRow
+from ca.store.records import Actor, AuditEvent, AuditRecord, ChainCheck
 
 GENESIS_HASH = "0" * 64
 _VERIFY_BATCH = 500
 
 
 def chain_hash(prev_hash: str, event: AuditEvent) -> str:
-    """The hash of a row holding ``event`` after a row whose hash is ``prev_hash``."""
-    canonical = json.dumps(
-        {
-            "at": event.at.astimezone(UTC).isoformat(timespec="microseconds"),
-            "actor": event.actor,
-            "action": event.action,
-            "target": event.target,
-            "outcome": event.outcome,
-            "detail": event.detail,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    """The hash of a row holding ``event`` after a row whose hash is ``prev_hash``.
+
+    The fields added in migration 0003 (auth method, role, reason) enter the canonical form only when
+    they are not empty, so rows written before them keep their hashes."""
+    fields: dict[str, object] = {
+        "at": event.at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": event.actor.name,
+        "action": event.action,
+        "target": event.target,
+        "outcome": event.outcome,
+        "detail": event.detail,
+    }
+    optional = {"auth_method": event.actor.method, "role": event.actor.role, "reason": event.reason}
+    fields.update((key, value) for key, value in optional.items() if value)
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
 def _event(row: AuditRow) -> AuditEvent:
     return AuditEvent(
-        at=row.at, actor=row.actor, action=row.action, target=row.target, outcome=row.outcome, detail=row.detail
+        at=row.at,
+        actor=Actor(row.actor, row.auth_method, row.role),
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        detail=row.detail,
+        reason=row.reason,
     )
 
 
@@ -59,12 +67,17 @@ class AuditLogRepository:
         lock_for_writers(self._session, "audit-log")
         last = self._session.scalars(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1)).first()
         prev_hash = GENESIS_HASH if last is None else last
+        if len(event.reason) > AUDIT_REASON_LENGTH:
+            event = replace(event, reason=event.reason[: AUDIT_REASON_LENGTH - 1] + "…")
         row = AuditRow(
             at=event.at,
-            actor=event.actor,
+            actor=event.actor.name,
+            auth_method=event.actor.method,
+            role=event.actor.role,
             action=event.action,
             target=event.target,
             outcome=event.outcome,
+            reason=event.reason,
             detail=dict(event.detail),
             prev_hash=prev_hash,
             hash=chain_hash(prev_hash, event),

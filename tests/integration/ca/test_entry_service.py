@@ -11,12 +11,13 @@ import pytest
 
 from ca.attestation import JoinTokens
 from ca.entries import EntryPolicy, RegistrationEntries
-from ca.store import AgentRepository, AuditLogRepository, Database, EntrySpec
+from ca.store import Actor, AgentRepository, AuditLogRepository, Database, EntrySpec
 from ca.sync import Change, ChangeHub, Subscription
 from spiffe_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotAuthorized, NotFound
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.store import TESTER
 
 TD = TrustDomain("example.org")
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -72,53 +73,56 @@ async def quiet(subscription: Subscription) -> bool:
 
 
 def test_created_entry_is_stored_with_revision_one(entries: RegistrationEntries) -> None:
-    created = entries.create(SPEC, "tester")
+    created = entries.create(SPEC, TESTER)
     assert entries.get(created.id) == created
     assert (created.spec, created.revision, created.created_at) == (SPEC, 1, NOW)
 
 
 def test_every_mutation_is_audited_with_actor_and_target(entries: RegistrationEntries, database: Database) -> None:
-    created = entries.create(SPEC, "alice")
-    entries.update(created.id, replace(SPEC, hint="blue"), "bob")
-    entries.delete(created.id, "carol")
+    alice, bob, carol = (
+        Actor(f"spiffe://example.org/admin/{name}", "mtls", "operator") for name in ("alice", "bob", "carol")
+    )
+    created = entries.create(SPEC, alice)
+    entries.update(created.id, replace(SPEC, hint="blue"), bob)
+    entries.delete(created.id, carol)
     with database.transaction() as session:
         events = [record.event for record in AuditLogRepository(session).list()]
     assert [(e.actor, e.action, e.target, e.outcome) for e in events] == [
-        ("alice", "entry.create", created.id, "ok"),
-        ("bob", "entry.update", created.id, "ok"),
-        ("carol", "entry.delete", created.id, "ok"),
+        (alice, "entry.create", created.id, "ok"),
+        (bob, "entry.update", created.id, "ok"),
+        (carol, "entry.delete", created.id, "ok"),
     ]
 
 
 def test_invalid_entry_is_refused_before_anything_is_stored(entries: RegistrationEntries) -> None:
     with pytest.raises(InvalidArgument, match="has no selectors"):
-        entries.create(replace(SPEC, selectors=frozenset()), "tester")
+        entries.create(replace(SPEC, selectors=frozenset()), TESTER)
     assert entries.list() == ()
 
 
 def test_list_filters_by_parent_and_spiffe_id(entries: RegistrationEntries, clock: FakeClock) -> None:
-    web = entries.create(SPEC, "tester")
+    web = entries.create(SPEC, TESTER)
     clock.advance(timedelta(seconds=1))
-    db = entries.create(replace(SPEC, spiffe_id=SpiffeId.parse("spiffe://example.org/db")), "tester")
+    db = entries.create(replace(SPEC, spiffe_id=SpiffeId.parse("spiffe://example.org/db")), TESTER)
     clock.advance(timedelta(seconds=1))
-    elsewhere = entries.create(replace(SPEC, parent_id=OTHER_AGENT), "tester")
+    elsewhere = entries.create(replace(SPEC, parent_id=OTHER_AGENT), TESTER)
     assert entries.list(parent_id=AGENT) == (web, db)
     assert entries.list(spiffe_id=SPEC.spiffe_id) == (web, elsewhere)
 
 
 def test_update_with_a_stale_revision_is_refused(entries: RegistrationEntries) -> None:
-    created = entries.create(SPEC, "tester")
-    entries.update(created.id, replace(SPEC, hint="first"), "tester", expected_revision=1)
+    created = entries.create(SPEC, TESTER)
+    entries.update(created.id, replace(SPEC, hint="first"), TESTER, expected_revision=1)
     with pytest.raises(FailedPrecondition, match="is at revision 2, not 1; read it again"):
-        entries.update(created.id, replace(SPEC, hint="second"), "tester", expected_revision=1)
+        entries.update(created.id, replace(SPEC, hint="second"), TESTER, expected_revision=1)
 
 
 async def test_an_update_that_changes_nothing_keeps_the_revision_and_rings_nobody(
     entries: RegistrationEntries, hub: ChangeHub, database: Database
 ) -> None:
-    created = entries.create(SPEC, "tester")
+    created = entries.create(SPEC, TESTER)
     with hub.subscribe(AGENT) as mine:
-        unchanged = await asyncio.to_thread(entries.update, created.id, SPEC, "tester", 1)
+        unchanged = await asyncio.to_thread(entries.update, created.id, SPEC, TESTER, 1)
         assert await quiet(mine)
     assert unchanged == created
     assert entries.get(created.id).revision == 1
@@ -127,14 +131,14 @@ async def test_an_update_that_changes_nothing_keeps_the_revision_and_rings_nobod
 
 
 def test_an_unchanged_spec_with_a_stale_revision_is_still_refused(entries: RegistrationEntries) -> None:
-    created = entries.create(SPEC, "tester")
-    entries.update(created.id, replace(SPEC, hint="first"), "tester")
+    created = entries.create(SPEC, TESTER)
+    entries.update(created.id, replace(SPEC, hint="first"), TESTER)
     with pytest.raises(FailedPrecondition, match="is at revision 2, not 1"):
-        entries.update(created.id, replace(SPEC, hint="first"), "tester", expected_revision=1)
+        entries.update(created.id, replace(SPEC, hint="first"), TESTER, expected_revision=1)
 
 
 def test_get_for_agent_refuses_another_agents_entry_and_unknown_ones_alike(entries: RegistrationEntries) -> None:
-    theirs = entries.create(replace(SPEC, parent_id=OTHER_AGENT), "tester")
+    theirs = entries.create(replace(SPEC, parent_id=OTHER_AGENT), TESTER)
     for entry_id in (theirs.id, "no-such-entry"):
         with pytest.raises(NotAuthorized) as caught:
             entries.get_for_agent(AGENT, entry_id)
@@ -143,31 +147,31 @@ def test_get_for_agent_refuses_another_agents_entry_and_unknown_ones_alike(entri
 
 async def test_creating_an_entry_rings_its_parent_agent_only(entries: RegistrationEntries, hub: ChangeHub) -> None:
     with hub.subscribe(AGENT) as mine, hub.subscribe(OTHER_AGENT) as theirs:
-        await asyncio.to_thread(entries.create, SPEC, "tester")
+        await asyncio.to_thread(entries.create, SPEC, TESTER)
         assert await rung(mine)
         assert await quiet(theirs)
 
 
 async def test_moving_an_entry_rings_the_old_and_the_new_parent(entries: RegistrationEntries, hub: ChangeHub) -> None:
-    created = entries.create(SPEC, "tester")
+    created = entries.create(SPEC, TESTER)
     with hub.subscribe(AGENT) as old, hub.subscribe(OTHER_AGENT) as new:
-        await asyncio.to_thread(entries.update, created.id, replace(SPEC, parent_id=OTHER_AGENT), "tester")
+        await asyncio.to_thread(entries.update, created.id, replace(SPEC, parent_id=OTHER_AGENT), TESTER)
         assert await rung(old)
         assert await rung(new)
 
 
 async def test_deleting_an_entry_rings_its_parent(entries: RegistrationEntries, hub: ChangeHub) -> None:
-    created = entries.create(SPEC, "tester")
+    created = entries.create(SPEC, TESTER)
     with hub.subscribe(AGENT) as mine:
-        await asyncio.to_thread(entries.delete, created.id, "tester")
+        await asyncio.to_thread(entries.delete, created.id, TESTER)
         assert await rung(mine)
 
 
 async def test_a_rolled_back_change_rings_nobody(entries: RegistrationEntries, hub: ChangeHub) -> None:
-    entries.create(SPEC, "tester")
+    entries.create(SPEC, TESTER)
     with hub.subscribe(AGENT) as mine:
         with pytest.raises(AlreadyExists):
-            await asyncio.to_thread(entries.create, SPEC, "tester")
+            await asyncio.to_thread(entries.create, SPEC, TESTER)
         assert await quiet(mine)
 
 
@@ -179,21 +183,21 @@ async def test_a_change_for_everyone_rings_every_agent(hub: ChangeHub) -> None:
 
 
 def test_join_token_attests_as_the_agent_named_at_generation(join_tokens: JoinTokens, clock: FakeClock) -> None:
-    generated = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+    generated = join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1")
     assert generated.agent_id == AGENT
     assert generated.expires_at == NOW + timedelta(hours=1)
     assert join_tokens.attest(generated.token.encode(), clock.now()) == AGENT
 
 
 def test_join_token_without_a_name_gets_a_random_agent_id(join_tokens: JoinTokens) -> None:
-    first = join_tokens.generate(timedelta(hours=1), "tester")
-    second = join_tokens.generate(timedelta(hours=1), "tester")
+    first = join_tokens.generate(timedelta(hours=1), TESTER)
+    second = join_tokens.generate(timedelta(hours=1), TESTER)
     assert first.agent_id.path.startswith("/trustmesh/agent/join_token/")
     assert first.agent_id != second.agent_id
 
 
 def test_join_token_is_32_random_bytes_and_stored_only_as_a_hash(join_tokens: JoinTokens, database: Database) -> None:
-    generated = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+    generated = join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1")
     assert len(generated.token) == 43  # 32 bytes, URL-safe base64 without padding
     assert generated.token not in repr(generated)
     with database.transaction() as session:
@@ -215,12 +219,12 @@ def test_join_token_is_32_random_bytes_and_stored_only_as_a_hash(join_tokens: Jo
 )
 def test_join_token_generation_refuses(join_tokens: JoinTokens, ttl: timedelta, name: str | None, message: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        join_tokens.generate(ttl, "tester", node_name=name)
+        join_tokens.generate(ttl, TESTER, node_name=name)
     assert str(caught.value).startswith(message)
 
 
 def test_join_token_works_only_once(join_tokens: JoinTokens, clock: FakeClock) -> None:
-    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").token
     join_tokens.attest(token.encode(), clock.now())
     with pytest.raises(NotAuthorized) as caught:
         join_tokens.attest(token.encode(), clock.now())
@@ -228,7 +232,7 @@ def test_join_token_works_only_once(join_tokens: JoinTokens, clock: FakeClock) -
 
 
 def test_expired_join_token_is_refused_with_the_same_message(join_tokens: JoinTokens, clock: FakeClock) -> None:
-    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").token
     clock.advance(timedelta(hours=1))
     with pytest.raises(NotAuthorized) as caught:
         join_tokens.attest(token.encode(), clock.now())
@@ -252,7 +256,7 @@ def test_join_token_of_a_banned_agent_is_refused(join_tokens: JoinTokens, databa
         agents = AgentRepository(session)
         agents.upsert(AGENT, "join_token", 1, NOW + timedelta(hours=1), NOW)
         agents.set_banned(AGENT, True, NOW)
-    token = join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
+    token = join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1", replace=True).token
     with pytest.raises(NotAuthorized, match=f"agent {AGENT} is banned"):
         join_tokens.attest(token.encode(), clock.now())
 
@@ -263,7 +267,7 @@ def test_join_token_for_an_attested_agent_is_refused_and_nothing_is_stored(
     with database.transaction() as session:
         AgentRepository(session).upsert(AGENT, "join_token", 1, NOW + timedelta(hours=1), NOW)
     with pytest.raises(AlreadyExists, match=f"evict it first with `trustmesh-ca agent evict {AGENT}`"):
-        join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+        join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1")
     with database.transaction() as session:
         actions = [r.event.action for r in AuditLogRepository(session).list()]
     assert "join_token.generate" not in actions
@@ -274,14 +278,14 @@ def test_join_token_replacing_an_attested_agent_is_audited_with_the_replaced_ser
 ) -> None:
     with database.transaction() as session:
         AgentRepository(session).upsert(AGENT, "join_token", 0xABC, NOW + timedelta(hours=1), NOW)
-    join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True)
+    join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1", replace=True)
     with database.transaction() as session:
         (record,) = [r for r in AuditLogRepository(session).list() if r.event.action == "join_token.generate"]
     assert record.event.detail["replaces_serial"] == "abc"
 
 
 def test_get_of_a_deleted_entry_is_not_found(entries: RegistrationEntries) -> None:
-    created = entries.create(SPEC, "tester")
-    entries.delete(created.id, "tester")
+    created = entries.create(SPEC, TESTER)
+    entries.delete(created.id, TESTER)
     with pytest.raises(NotFound, match=f"registration entry '{created.id}' does not exist"):
         entries.get(created.id)

@@ -40,6 +40,7 @@ from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import verify_x509_svid
 from tests.support.clock import FakeClock
+from tests.support.store import TESTER
 from wire import node_pb2, node_pb2_grpc
 
 TD = TrustDomain("example.org")
@@ -71,7 +72,7 @@ class RunningCa:
 
     def entry(self, spiffe_id: SpiffeId, parent: SpiffeId, *dns: str) -> RegistrationEntry:
         spec = EntrySpec(spiffe_id, parent, frozenset({Selector("unix", "uid:1000")}), dns_names=dns)
-        return self.entries.create(spec, "tester")
+        return self.entries.create(spec, TESTER)
 
 
 @dataclass
@@ -178,7 +179,7 @@ async def attest(ca: RunningCa, token: str, key: PrivateKey | None = None) -> no
 
 async def attested_agent(ca: RunningCa, name: str = "node-1") -> Agent:
     key = generate_private_key(KeyType.EC_P256)
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name=name).token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name=name).token
     response = await attest(ca, token, key)
     chain = tuple(x509.load_der_x509_certificate(der) for der in response.svid_chain)
     return Agent(SpiffeId.parse(response.spiffe_id), key, chain)
@@ -200,7 +201,7 @@ def details(error: grpc.aio.AioRpcError) -> str:
 async def test_attest_with_a_join_token_returns_an_agent_svid_that_verifies_against_the_bundle(
     ca: RunningCa,
 ) -> None:
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").token
     response = await attest(ca, token)
     chain = [x509.load_der_x509_certificate(der) for der in response.svid_chain]
     bundle = Bundle.parse_jwks(TD, response.bundle)
@@ -221,14 +222,14 @@ async def test_attest_records_the_agent_and_the_svid_it_holds(ca: RunningCa) -> 
 
 
 async def test_a_join_token_attests_only_once(ca: RunningCa) -> None:
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").token
     await attest(ca, token)
     error = await refused(attest(ca, token))
     assert (error.code(), details(error)) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
 
 
 async def test_an_expired_join_token_is_refused(ca: RunningCa) -> None:
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").token
     ca.clock.advance(timedelta(hours=1, seconds=1))
     error = await refused(attest(ca, token))
     assert (error.code(), details(error)) == (grpc.StatusCode.PERMISSION_DENIED, REFUSED)
@@ -240,7 +241,7 @@ async def test_an_unknown_join_token_is_refused(ca: RunningCa) -> None:
 
 
 async def test_a_malformed_csr_does_not_spend_the_join_token(ca: RunningCa) -> None:
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").token
     async with channel(ca, ca.attestation_port) as ch:
         request = node_pb2.AttestRequest(method="join_token", payload=token.encode(), csr=b"not a CSR")
         error = await refused(node_pb2_grpc.NodeStub(ch).Attest(request, timeout=RPC_TIMEOUT))
@@ -400,9 +401,9 @@ async def test_sync_pushes_updates_and_deletions(ca: RunningCa) -> None:
         stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
         await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
         changed = EntrySpec(WEB, NODE_1, frozenset({Selector("unix", "uid:1000")}), hint="blue")
-        await asyncio.to_thread(ca.entries.update, created.id, changed, "tester")
+        await asyncio.to_thread(ca.entries.update, created.id, changed, TESTER)
         updated = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
-        await asyncio.to_thread(ca.entries.delete, created.id, "tester")
+        await asyncio.to_thread(ca.entries.delete, created.id, TESTER)
         deleted = await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
         stream.cancel()
     assert [(e.hint, e.revision) for e in updated.entries] == [("blue", 2)]
@@ -592,7 +593,7 @@ async def test_the_renewed_agent_svid_works_after_the_overlap(ca: RunningCa) -> 
 
 async def test_an_agent_svid_replaced_by_reattestation_is_refused_at_once(ca: RunningCa) -> None:
     old = await attested_agent(ca)
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1", replace=True).token
     await attest(ca, token)
     error = await refused(sign_nothing(ca, old))
     assert (error.code(), details(error)) == (
@@ -603,7 +604,7 @@ async def test_an_agent_svid_replaced_by_reattestation_is_refused_at_once(ca: Ru
 
 async def test_reattestation_ends_the_sync_stream_of_the_replaced_svid(ca: RunningCa) -> None:
     old = await attested_agent(ca)
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1", replace=True).token
     async with channel(ca, ca.node_api_port, old) as ch:
         stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
         await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
@@ -619,7 +620,7 @@ async def test_a_banned_agents_open_sync_stream_ends_within_one_second(ca: Runni
         await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await asyncio.to_thread(ca.agents.ban, agent.spiffe_id, "tester")
+        await asyncio.to_thread(ca.agents.ban, agent.spiffe_id, TESTER)
         error = await refused(asyncio.wait_for(stream.read(), PUSH_DEADLINE))
         elapsed = loop.time() - started
     assert (error.code(), details(error)) == (
@@ -631,8 +632,8 @@ async def test_a_banned_agents_open_sync_stream_ends_within_one_second(ca: Runni
 
 async def test_a_banned_agent_may_not_renew_or_attest_again(ca: RunningCa) -> None:
     agent = await attested_agent(ca)
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1", replace=True).token
-    ca.agents.ban(agent.spiffe_id, "tester")
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1", replace=True).token
+    ca.agents.ban(agent.spiffe_id, TESTER)
     renew_error = await refused(renewed(ca, agent))
     attest_error = await refused(attest(ca, token))
     assert (renew_error.code(), attest_error.code()) == (
@@ -644,8 +645,8 @@ async def test_a_banned_agent_may_not_renew_or_attest_again(ca: RunningCa) -> No
 
 async def test_unban_lets_the_agents_svid_work_again(ca: RunningCa) -> None:
     agent = await attested_agent(ca)
-    ca.agents.ban(agent.spiffe_id, "tester")
-    ca.agents.unban(agent.spiffe_id, "tester")
+    ca.agents.ban(agent.spiffe_id, TESTER)
+    ca.agents.unban(agent.spiffe_id, TESTER)
     assert list((await sign_nothing(ca, agent)).svids) == []
 
 
@@ -654,7 +655,7 @@ async def test_an_evicted_agents_svid_is_refused_and_its_stream_ends(ca: Running
     async with channel(ca, ca.node_api_port, agent) as ch:
         stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
         await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
-        await asyncio.to_thread(ca.agents.evict, agent.spiffe_id, "tester")
+        await asyncio.to_thread(ca.agents.evict, agent.spiffe_id, TESTER)
         stream_error = await refused(asyncio.wait_for(stream.read(), PUSH_DEADLINE))
     call_error = await refused(sign_nothing(ca, agent))
     assert stream_error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -666,7 +667,7 @@ async def test_an_evicted_agents_svid_is_refused_and_its_stream_ends(ca: Running
 
 async def test_eviction_forces_reattestation_under_the_same_node_name(ca: RunningCa) -> None:
     old = await attested_agent(ca)
-    ca.agents.evict(old.spiffe_id, "tester")
+    ca.agents.evict(old.spiffe_id, TESTER)
     again = await attested_agent(ca, "node-1")  # no --replace needed: the agent is gone
     assert again.spiffe_id == NODE_1
     assert list((await sign_nothing(ca, again)).svids) == []
@@ -674,22 +675,22 @@ async def test_eviction_forces_reattestation_under_the_same_node_name(ca: Runnin
 
 async def test_ban_unban_and_evict_are_audited(ca: RunningCa) -> None:
     agent = await attested_agent(ca)
-    ca.agents.ban(agent.spiffe_id, "tester")
-    ca.agents.unban(agent.spiffe_id, "tester")
-    ca.agents.evict(agent.spiffe_id, "tester")
+    ca.agents.ban(agent.spiffe_id, TESTER)
+    ca.agents.unban(agent.spiffe_id, TESTER)
+    ca.agents.evict(agent.spiffe_id, TESTER)
     with ca.database.transaction() as session:
         events = [r.event for r in AuditLogRepository(session).list() if r.event.action.startswith("agent.")]
     assert [(e.actor, e.action, e.target) for e in events] == [
-        ("tester", "agent.ban", str(NODE_1)),
-        ("tester", "agent.unban", str(NODE_1)),
-        ("tester", "agent.evict", str(NODE_1)),
+        (TESTER, "agent.ban", str(NODE_1)),
+        (TESTER, "agent.unban", str(NODE_1)),
+        (TESTER, "agent.evict", str(NODE_1)),
     ]
 
 
 async def test_a_join_token_for_an_attested_node_name_is_refused_naming_evict(ca: RunningCa) -> None:
     agent = await attested_agent(ca)
     with pytest.raises(AlreadyExists) as raised:
-        ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1")
+        ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1")
     assert str(raised.value) == (
         f"agent {NODE_1} is attested (its SVID is valid until {agent.chain[0].not_valid_after_utc.isoformat()}); "
         f"one node name is one agent — evict it first with `trustmesh-ca agent evict {NODE_1}`, "
@@ -700,11 +701,11 @@ async def test_a_join_token_for_an_attested_node_name_is_refused_naming_evict(ca
 async def test_a_join_token_for_an_agent_whose_svid_expired_is_allowed(ca: RunningCa) -> None:
     await attested_agent(ca)
     ca.clock.advance(AGENT_TTL + timedelta(seconds=1))
-    assert ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").agent_id == NODE_1
+    assert ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").agent_id == NODE_1
 
 
 async def test_a_trust_domain_mismatch_is_refused_and_leaves_the_join_token_unspent(ca: RunningCa) -> None:
-    token = ca.join_tokens.generate(timedelta(hours=1), "tester", node_name="node-1").token
+    token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1").token
     key = generate_private_key(KeyType.EC_P256)
     async with channel(ca, ca.attestation_port) as ch:
         request = node_pb2.AttestRequest(

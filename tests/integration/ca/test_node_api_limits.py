@@ -44,6 +44,7 @@ from tests.integration.ca.test_node_api import (
     refused,
 )
 from tests.support.clock import FakeClock
+from tests.support.store import TESTER
 from wire import node_pb2, node_pb2_grpc
 
 RPC_TIMEOUT = 10.0
@@ -227,7 +228,7 @@ async def attest_from(ca: RunningCa, host: str, token: str) -> node_pb2.AttestRe
 
 
 def token(ca: RunningCa, name: str) -> str:
-    return ca.join_tokens.generate(timedelta(hours=1), "tester", node_name=name).token
+    return ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name=name).token
 
 
 async def test_attestations_over_the_rate_of_a_source_are_refused_without_spending_the_token(

@@ -25,6 +25,7 @@ from spiffe_core.keys import KeyType
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.store import TESTER
 
 pytestmark = pytest.mark.postgres
 
@@ -63,7 +64,7 @@ async def test_an_entry_created_on_one_replica_rings_the_agents_stream_on_anothe
     replica_a = RegistrationEntries(database, ChangeHub(), POLICY, FakeClock(datetime.now(UTC)))
     try:
         with replica_b.subscribe(AGENT) as stream:
-            await asyncio.to_thread(replica_a.create, spec(), "tester")
+            await asyncio.to_thread(replica_a.create, spec(), TESTER)
             await asyncio.wait_for(stream.wait(), WAIT)
     finally:
         database.close()
@@ -79,7 +80,7 @@ async def test_a_replica_ignores_its_own_notifications(postgres_migrated_url: st
     try:
         await asyncio.wait_for(listening.wait(), WAIT)
         with replica_b.subscribe(AGENT) as stream, other.subscribe(AGENT) as echo:
-            await asyncio.to_thread(entries_b.create, spec(), "tester")
+            await asyncio.to_thread(entries_b.create, spec(), TESTER)
             await asyncio.wait_for(stream.wait(), WAIT)
             # Once the other replica has seen the NOTIFY, replica_b's listener has had it too.
             await asyncio.wait_for(echo.wait(), WAIT)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from ca.store import AuditEvent, AuditLogRepository, ChainCheck, Database, TrustBundleStateRepository
+from ca.store import Actor, AuditEvent, AuditLogRepository, ChainCheck, Database, TrustBundleStateRepository
 from spiffe_core.spiffe_id import TrustDomain
 from tests.support.store import NOW, TRUST_DOMAIN
 
@@ -17,7 +17,7 @@ from tests.support.store import NOW, TRUST_DOMAIN
 def _event(n: int) -> AuditEvent:
     return AuditEvent(
         at=NOW + timedelta(seconds=n),
-        actor="spiffe://example.org/admin/alice",
+        actor=Actor("spiffe://example.org/admin/alice", "mtls", "operator"),
         action="entry.create",
         target=f"entry-{n}",
         outcome="ok",
