@@ -15,6 +15,7 @@ from typing import Protocol
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from ca.http_caller import Caller
 from ca.store.records import Actor, Agent
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -65,9 +66,9 @@ def agent_reply(agent: Agent) -> AgentReply:
     )
 
 
-def add_agent_routes(app: FastAPI, ops: AgentOps, actor: Actor) -> None:
+def add_agent_routes(app: FastAPI, ops: AgentOps) -> None:
     """``GET /v1/agents``, ``GET /v1/agent?spiffe_id=…`` and ``POST /v1/agents/{ban,unban,evict}``;
-    changes are audited as ``actor``."""
+    changes are audited as the request's caller."""
 
     @app.get("/v1/agents")
     def list_agents() -> AgentListReply:
@@ -78,13 +79,13 @@ def add_agent_routes(app: FastAPI, ops: AgentOps, actor: Actor) -> None:
         return agent_reply(ops.get(SpiffeId.parse(spiffe_id)))
 
     @app.post("/v1/agents/ban")
-    def ban_agent(body: AgentBody) -> AgentReply:
+    def ban_agent(body: AgentBody, actor: Caller) -> AgentReply:
         return agent_reply(ops.ban(SpiffeId.parse(body.spiffe_id), actor))
 
     @app.post("/v1/agents/unban")
-    def unban_agent(body: AgentBody) -> AgentReply:
+    def unban_agent(body: AgentBody, actor: Caller) -> AgentReply:
         return agent_reply(ops.unban(SpiffeId.parse(body.spiffe_id), actor))
 
     @app.post("/v1/agents/evict")
-    def evict_agent(body: AgentBody) -> AgentReply:
+    def evict_agent(body: AgentBody, actor: Caller) -> AgentReply:
         return agent_reply(ops.evict(SpiffeId.parse(body.spiffe_id), actor))

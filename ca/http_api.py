@@ -10,7 +10,7 @@ issue.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -25,6 +25,7 @@ from ca.attestation import GeneratedJoinToken
 from ca.entries import check_operator_svid
 from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
+from ca.http_caller import Caller
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
 from ca.store.records import Actor, EntrySpec, RegistrationEntry
 from spiffe_core.bundle import Bundle
@@ -232,8 +233,8 @@ def create_health_app(
 
 def _add_entry_routes(app: FastAPI, entries: EntryOperations, join_tokens: JoinTokenOperations) -> None:
     @app.post("/v1/entries", status_code=201)
-    def create_entry(body: EntryBody) -> EntryReply:
-        return _entry_reply(entries.create(_entry_spec(body), LOCAL_ADMIN))
+    def create_entry(body: EntryBody, actor: Caller) -> EntryReply:
+        return _entry_reply(entries.create(_entry_spec(body), actor))
 
     @app.get("/v1/entries")
     def list_entries(parent_id: str | None = None, spiffe_id: str | None = None) -> EntryListReply:
@@ -248,17 +249,17 @@ def _add_entry_routes(app: FastAPI, entries: EntryOperations, join_tokens: JoinT
         return _entry_reply(entries.get(entry_id))
 
     @app.put("/v1/entries/{entry_id}")
-    def update_entry(entry_id: str, body: EntryUpdateBody) -> EntryReply:
-        return _entry_reply(entries.update(entry_id, _entry_spec(body), LOCAL_ADMIN, body.revision))
+    def update_entry(entry_id: str, body: EntryUpdateBody, actor: Caller) -> EntryReply:
+        return _entry_reply(entries.update(entry_id, _entry_spec(body), actor, body.revision))
 
     @app.delete("/v1/entries/{entry_id}")
-    def delete_entry(entry_id: str) -> EntryReply:
-        return _entry_reply(entries.delete(entry_id, LOCAL_ADMIN))
+    def delete_entry(entry_id: str, actor: Caller) -> EntryReply:
+        return _entry_reply(entries.delete(entry_id, actor))
 
     @app.post("/v1/join-tokens", status_code=201)
-    def generate_join_token(body: JoinTokenBody) -> JoinTokenReply:
+    def generate_join_token(body: JoinTokenBody, actor: Caller) -> JoinTokenReply:
         generated = join_tokens.generate(
-            timedelta(seconds=body.ttl_seconds), LOCAL_ADMIN, body.node_name, replace=body.replace
+            timedelta(seconds=body.ttl_seconds), actor, body.node_name, replace=body.replace
         )
         return JoinTokenReply(token=generated.token, spiffe_id=str(generated.agent_id), expires_at=generated.expires_at)
 
@@ -274,6 +275,12 @@ def create_admin_app(
 ) -> FastAPI:
     """The local admin API the CLI talks to over the Unix socket."""
     app = FastAPI(title="trustmesh CA admin API", version="1")
+
+    @app.middleware("http")
+    async def local_admin(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.actor = LOCAL_ADMIN  # whoever can open the socket (0600, root's directory)
+        return await call_next(request)
+
     _add_health_routes(app, ops, registry)
     app.add_exception_handler(TrustmeshError, lambda _req, err: _error_reply(err))
 
@@ -319,5 +326,5 @@ def create_admin_app(
         add_authority_routes(app, authorities)
         add_crl_routes(app, authorities)
     if agents is not None:
-        add_agent_routes(app, agents, LOCAL_ADMIN)
+        add_agent_routes(app, agents)
     return app
