@@ -370,11 +370,11 @@ def ttl_problems(config: CaConfig) -> list[str]:
             f"({d(config.x509_svid.default_ttl)}), so relying parties could learn a new authority after SVIDs "
             "signed by it reach them; lower bundle.refresh_hint or raise x509_svid.default_ttl"
         )
-    if config.bundle.refresh_hint > ca_ttl / 3:
+    if config.bundle.refresh_hint > ca_ttl / 6:
         problems.append(
-            f"bundle.refresh_hint ({d(config.bundle.refresh_hint)}) is longer than ca.ttl/3 ({d(ca_ttl / 3)}): "
-            "the next authority is published at 1/2 of the active one's life and must be in the bundle for a "
-            "refresh hint before it activates at 5/6; lower bundle.refresh_hint or raise ca.ttl"
+            f"bundle.refresh_hint ({d(config.bundle.refresh_hint)}) is longer than ca.ttl/6 ({d(ca_ttl / 6)}): "
+            "the next authority is published at 1/2 of the active one's life and must be in the bundle for two "
+            "refresh hints before it activates at 5/6; lower bundle.refresh_hint or raise ca.ttl"
         )
     return problems
 
@@ -611,7 +611,7 @@ max_ttl = "1h"
 ttl = "1h"                              # at most x509_svid.max_ttl
 
 [bundle]
-refresh_hint = "5m"                     # shorter than x509_svid.default_ttl and at most ca.ttl/3
+refresh_hint = "5m"                     # shorter than x509_svid.default_ttl and at most ca.ttl/6
 
 [revocation]
 crl_ttl = "24h"                         # each CRL's validity; re-signed at half of it and on every revocation
