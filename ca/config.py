@@ -307,6 +307,50 @@ class NodeApiConfig(_Section):
         return self
 
 
+class FederationConfig(_Section):
+    """The bundle endpoint this CA serves to federated trust domains, and the limits on fetching theirs
+    (docs/federation.md). Relationships themselves live in the datastore (``trustmesh-ca federation``)."""
+
+    bundle_endpoint_address: str = ""  # "" serves no bundle endpoint
+    bundle_endpoint_profile: Literal["https_spiffe", "https_web"] = "https_spiffe"
+    bundle_endpoint_cert_file: OptionalPath = None  # https_web only: the serving chain (PEM)
+    bundle_endpoint_key_file: OptionalPath = None  # https_web only: its key (PEM)
+    web_ca_file: OptionalPath = None  # roots for https_web partners; None = the system's
+    min_refresh: Duration = timedelta(seconds=30)
+    max_refresh: Duration = timedelta(hours=1)
+    fetch_timeout: Duration = timedelta(seconds=10)
+    max_bundle_bytes: int = 256 * 1024
+    max_bundle_keys: int = 256
+    unknown_key_refresh_interval: Duration = timedelta(seconds=10)
+
+    @field_validator("bundle_endpoint_address")
+    @classmethod
+    def _endpoint_address(cls, value: str) -> str:
+        return _check_address(value, may_be_empty=True)
+
+    @field_validator("max_bundle_bytes", "max_bundle_keys")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value!r} is not a limit; write at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _profile_needs(self) -> FederationConfig:
+        has_files = self.bundle_endpoint_cert_file is not None and self.bundle_endpoint_key_file is not None
+        if self.bundle_endpoint_profile == "https_web" and self.bundle_endpoint_address and not has_files:
+            raise ValueError(
+                "bundle_endpoint_profile https_web needs bundle_endpoint_cert_file and bundle_endpoint_key_file "
+                "(a Web PKI certificate for the endpoint's name); set both or use https_spiffe"
+            )
+        if self.min_refresh > self.max_refresh:
+            raise ValueError(
+                f"min_refresh ({format_duration(self.min_refresh)}) is longer than max_refresh "
+                f"({format_duration(self.max_refresh)}); lower min_refresh or raise max_refresh"
+            )
+        return self
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -321,6 +365,7 @@ class CaConfig(_Section):
     bundle: BundleConfig = BundleConfig()
     revocation: RevocationConfig = RevocationConfig()
     node_api: NodeApiConfig = NodeApiConfig()
+    federation: FederationConfig = FederationConfig()
 
 
 def ttl_problems(config: CaConfig) -> list[str]:
@@ -335,6 +380,9 @@ def ttl_problems(config: CaConfig) -> list[str]:
         "agent_svid.ttl": config.agent_svid.ttl,
         "bundle.refresh_hint": config.bundle.refresh_hint,
         "revocation.crl_ttl": config.revocation.crl_ttl,
+        "federation.min_refresh": config.federation.min_refresh,
+        "federation.fetch_timeout": config.federation.fetch_timeout,
+        "federation.unknown_key_refresh_interval": config.federation.unknown_key_refresh_interval,
     }
     not_positive = [
         f"{key}: must be longer than 0; write e.g. '1h'" for key, v in durations.items() if v <= timedelta(0)
@@ -537,8 +585,15 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
         for name in ("cert_file", "key_file", "bundle_file")
         if (value := getattr(upstream, name)) is not None
     }
+    federation = config.federation
+    federation_files = {
+        name: base_dir / value
+        for name in ("bundle_endpoint_cert_file", "bundle_endpoint_key_file", "web_ca_file")
+        if (value := getattr(federation, name)) is not None
+    }
     return config.model_copy(
         update={
+            "federation": federation.model_copy(update=federation_files),
             "server": server.model_copy(update={"data_dir": data_dir, "admin_socket": admin_socket}),
             "datastore": config.datastore.model_copy(update={"url": url}),
             "ca": config.ca.model_copy(
@@ -624,4 +679,17 @@ signing = 100                           # X509-SVIDs per second per agent; 0 = n
 signing_burst = 2000                    # at once: a taint re-issues all of an agent's SVIDs in one round
 attestation = 1                         # Attest calls per second per source IP address; 0 = no limit
 attestation_burst = 20                  # at once, e.g. agents behind one NAT starting together
+
+[federation]
+bundle_endpoint_address = ""            # host:port of the SPIFFE bundle endpoint for partners; "" = none
+bundle_endpoint_profile = "https_spiffe"  # served with the CA's own SVID; or "https_web" with the files below
+# bundle_endpoint_cert_file = "endpoint.pem"   # https_web: a Web PKI certificate chain for the endpoint's name
+# bundle_endpoint_key_file = "endpoint.key"    # https_web: its key
+# web_ca_file = "web-roots.pem"         # roots that https_web partners' endpoints chain to; default: the system's
+min_refresh = "30s"                     # partners' bundles are fetched on their refresh hint, bounded by these
+max_refresh = "1h"
+fetch_timeout = "10s"                   # a whole fetch: connect, TLS, request and response
+max_bundle_bytes = 262144               # larger partner responses are refused
+max_bundle_keys = 256                   # partner bundles with more keys are refused
+unknown_key_refresh_interval = "10s"    # at most one unknown-key refresh per partner this often
 """

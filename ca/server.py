@@ -27,6 +27,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
 from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
@@ -263,6 +264,23 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     await run_node_server(node_server)
 
 
+async def _serve_bundle_endpoint(config: CaConfig, parts: CaParts, sock: socket.socket) -> None:
+    """Serve the SPIFFE bundle endpoint; with ``https_spiffe`` once the CA holds a serving SVID."""
+    federation = config.federation
+    if federation.bundle_endpoint_profile == "https_web":
+        assert federation.bundle_endpoint_cert_file is not None  # the config refuses https_web without them
+        assert federation.bundle_endpoint_key_file is not None
+        tls = WebServingContexts(federation.bundle_endpoint_cert_file, federation.bundle_endpoint_key_file)
+        tls()  # an unreadable certificate stops the CA now, not at the first partner's fetch
+        endpoint = BundleEndpoint(parts.service.get_bundle, tls)
+    else:
+        while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread
+            await asyncio.sleep(NODE_API_WAIT_SECONDS)
+        endpoint = BundleEndpoint(parts.service.get_bundle, SpiffeServingContexts(parts.identity))
+    log.info("SPIFFE bundle endpoint (%s) listening on %s", federation.bundle_endpoint_profile, sock.getsockname())
+    await endpoint.serve(sock)
+
+
 async def serve(config: CaConfig, *, new_root: bool = False) -> None:
     """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
     address before touching anything in it, so a second CA on the same data directory or ports stops
@@ -285,6 +303,10 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         _bind_tcp(getattr(config.server, key), f"server.{key}", keep=False)
     http_socket = (
         _bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
+    )
+    endpoint_address = config.federation.bundle_endpoint_address
+    endpoint_socket = (
+        _bind_tcp(endpoint_address, "federation.bundle_endpoint_address", keep=True) if endpoint_address else None
     )
     parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
@@ -323,6 +345,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             group.create_task(_serve_node_api(config, parts))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
+            if endpoint_socket is not None:
+                group.create_task(_serve_bundle_endpoint(config, parts, endpoint_socket))
             retention = config.datastore.issued_certificate_retention
             group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
             if database.dialect == "postgresql":

@@ -48,6 +48,7 @@ from sds.peer_endpoint import read_peer_credentials
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import NotAuthenticated, TrustmeshError, UpstreamUnavailable, X509SvidError
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from spiffe_core.tls import unverified_peer_chain
 from spiffe_core.x509_svid import X509Svid, verify_x509_svid
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 SERVER_PATH_SEGMENTS = ("trustmesh", "server")
 _CHUNK = 64 * 1024
 _SOCKET_NAME = "ca.sock"
-_ENCODING_DER = getattr(ssl, "_ssl").ENCODING_DER  # noqa: B009 - private module, no stubs
 
 
 def ca_server_id(trust_domain: TrustDomain) -> SpiffeId:
@@ -89,23 +89,6 @@ def tls_context(svid: X509Svid | None, scratch_dir: Path) -> ssl.SSLContext:
         finally:
             path.unlink(missing_ok=True)
     return context
-
-
-def _peer_chain(ssl_object: ssl.SSLObject) -> tuple[x509.Certificate, ...]:
-    """The chain the server sent, leaf first (public ``get_unverified_chain`` from Python 3.13, on the
-    private ``_sslobj`` before). Raises X509SvidError when there is none or it cannot be read."""
-    get_chain = getattr(ssl_object, "get_unverified_chain", None) or getattr(
-        getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
-    )
-    if get_chain is None:
-        raise X509SvidError("this Python's ssl module does not show the server's certificate chain")
-    chain = get_chain()
-    if not chain:
-        raise X509SvidError("the server sent no certificate")
-    return tuple(
-        x509.load_der_x509_certificate(cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER))
-        for cert in chain
-    )
 
 
 def check_ca_peer(
@@ -251,7 +234,9 @@ class CaTlsBridge:
             return None
         try:
             ssl_object = writer.get_extra_info("ssl_object")
-            check_ca_peer(_peer_chain(ssl_object), self._bundle, self._expected, self._address, datetime.now(UTC))
+            check_ca_peer(
+                tuple(unverified_peer_chain(ssl_object)), self._bundle, self._expected, self._address, datetime.now(UTC)
+            )
         except (CaNotTrusted, X509SvidError, ValueError) as err:
             writer.transport.abort()  # not even a TLS close_notify is owed to an impostor
             self.last_failure = (
