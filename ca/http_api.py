@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ca.attestation import GeneratedJoinToken
 from ca.entries import check_operator_svid
+from ca.federation.http import RelationshipOps, add_federation_routes
 from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.http_caller import Caller
@@ -272,6 +273,7 @@ def create_admin_app(
     join_tokens: JoinTokenOperations,
     authorities: AuthorityOps | None = None,
     agents: AgentOps | None = None,
+    federation: RelationshipOps | None = None,
 ) -> FastAPI:
     """The local admin API the CLI talks to over the Unix socket."""
     app = FastAPI(title="trustmesh CA admin API", version="1")
@@ -327,4 +329,6 @@ def create_admin_app(
         add_crl_routes(app, authorities)
     if agents is not None:
         add_agent_routes(app, agents)
+    if federation is not None:
+        add_federation_routes(app, federation)
     return app

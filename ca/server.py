@@ -28,6 +28,9 @@ from ca.authority_ops import AuthorityOperations
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
+from ca.federation.fetch import FetchLimits, web_client_context
+from ca.federation.refresher import FederationMetrics, FederationRefresher, RefreshPolicy
+from ca.federation.relationships import FederationRelationships
 from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
@@ -87,6 +90,8 @@ class CaParts:
     clock: Clock
     rotator: Rotator
     officer: AuthorityOperations
+    federation: FederationRelationships
+    refresher: FederationRefresher
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -158,7 +163,45 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         identity.rotate()
     except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
         log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
-    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotator, officer)
+    federation, refresher = _federation(config, database, hub, clock, metrics)
+    return CaParts(
+        service,
+        metrics,
+        database,
+        hub,
+        entries,
+        join_tokens,
+        node,
+        identity,
+        clock,
+        rotator,
+        officer,
+        federation,
+        refresher,
+    )
+
+
+def _federation(
+    config: CaConfig, database: Database, hub: ChangeHub, clock: Clock, metrics: CaMetrics
+) -> tuple[FederationRelationships, FederationRefresher]:
+    settings = config.federation
+    relationships = FederationRelationships(database, hub, config.trust_domain, clock, settings.max_bundle_keys)
+    web_ca = None if settings.web_ca_file is None else str(settings.web_ca_file)
+    try:
+        web_context = web_client_context(web_ca)
+    except OSError as err:
+        raise ConfigError(f"federation.web_ca_file {web_ca}: cannot read it ({err.strerror}); fix the path") from err
+    refresher = FederationRefresher(
+        database=database,
+        hub=hub,
+        relationships=relationships,
+        limits=FetchLimits(settings.fetch_timeout.total_seconds(), settings.max_bundle_bytes, settings.max_bundle_keys),
+        policy=RefreshPolicy(settings.min_refresh, settings.max_refresh, settings.unknown_key_refresh_interval),
+        web_context=web_context,
+        clock=clock,
+        metrics=FederationMetrics(metrics.registry),
+    )
+    return relationships, refresher
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -318,6 +361,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         join_tokens=parts.join_tokens,
         authorities=parts.officer,
         agents=AgentAdmin(database, parts.hub, parts.clock),
+        federation=parts.federation,
     )
     servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
         (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
@@ -345,6 +389,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             group.create_task(_serve_node_api(config, parts))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
+            group.create_task(parts.refresher.run())
             if endpoint_socket is not None:
                 group.create_task(_serve_bundle_endpoint(config, parts, endpoint_socket))
             retention = config.datastore.issued_certificate_retention

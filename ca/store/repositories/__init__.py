@@ -9,12 +9,14 @@ from ca.store.repositories.authorities import AuthorityRepository
 from ca.store.repositories.bundle_state import TrustBundleStateRepository
 from ca.store.repositories.certificates import IssuedCertificateRepository
 from ca.store.repositories.entries import RegistrationEntryRepository
+from ca.store.repositories.federation import FederationRepository
 from ca.store.repositories.join_tokens import JoinTokenRepository
 
 __all__ = [
     "AgentRepository",
     "AuditLogRepository",
     "AuthorityRepository",
+    "FederationRepository",
     "IssuedCertificateRepository",
     "JoinTokenRepository",
     "RegistrationEntryRepository",
