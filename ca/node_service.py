@@ -14,8 +14,8 @@ stops working; its open Sync streams end at once (every issuance announces a cha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -24,16 +24,17 @@ from cryptography import x509
 from ca.attestation import NodeAttestors
 from ca.authority import AuthoritySet
 from ca.entries import RegistrationEntries, authorize, entitled_by_id, is_agent_id
+from ca.federation.relationships import parsed_bundle
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_csr_public_key
 from ca.store.engine import Database
 from ca.store.records import Agent, RegistrationEntry
-from ca.store.repositories import AgentRepository, RegistrationEntryRepository
+from ca.store.repositories import AgentRepository, FederationRepository, RegistrationEntryRepository
 from ca.sync import Change, ChangeHub, announce
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import InvalidArgument, NotAuthenticated, NotAuthorized, NotFound, X509SvidError
 from spiffe_core.jwt_svid import check_audience
-from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates, verify_x509_svid
 
 # How long the SVID a renewal replaced still authenticates: the agent moves to a new channel at once
@@ -80,6 +81,8 @@ class SyncState:
     tainted_authority_ids: tuple[str, ...]
     revoked_serials: frozenset[int] = frozenset()
     crls: tuple[bytes, ...] = ()
+    # Only the partners the agent's entries federate with, each its own bundle (never merged).
+    federated_bundles: Mapping[TrustDomain, Bundle] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +187,18 @@ class NodeService:
             if serial is not None:
                 self._current_svid(record, serial, self._clock.now())
             entries = RegistrationEntryRepository(session).list(parent_id=agent)
+            wanted = {td for entry in entries for td in entry.spec.federates_with}
+            partners = FederationRepository(session).list() if wanted else ()
+        federated = {
+            r.trust_domain: bundle for r in partners if r.trust_domain in wanted and (bundle := parsed_bundle(r))
+        }
         return SyncState(
-            authorities.bundle, entries, authorities.tainted_ids(), authorities.revoked_serials, authorities.crls
+            authorities.bundle,
+            entries,
+            authorities.tainted_ids(),
+            authorities.revoked_serials,
+            authorities.crls,
+            federated,
         )
 
     def sign_x509_svids(self, agent: SpiffeId, items: Sequence[tuple[str, bytes]]) -> list[SignedOrRefused]:

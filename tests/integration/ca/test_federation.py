@@ -8,19 +8,24 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from ca.config import load_config
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
 from ca.federation.relationships import RelationshipSpec
 from ca.server import CaParts, build_service
 from ca.server_identity import server_id
-from ca.store.records import Actor, FederationRelationship
+from ca.store.records import Actor, EntrySpec, FederationRelationship
 from ca.store.repositories import AuditLogRepository
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import InvalidArgument
+from spiffe_core.keys import KeyType, generate_private_key
+from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.processes import free_port
 from tests.support.web_pki import write_web_pki
@@ -289,3 +294,25 @@ def test_mutations_are_audited_with_the_caller(ours: CaParts, partner: CaParts) 
     with ours.database.transaction() as session:
         events = [(r.event.action, r.event.actor) for r in AuditLogRepository(session).list()]
     assert events[-3:] == [(a, OPERATOR) for a in ("federation.create", "federation.refresh", "federation.delete")]
+
+
+def _attested(ours: CaParts, name: str) -> SpiffeId:
+    key = generate_private_key(KeyType.EC_P256)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    token = ours.join_tokens.generate(timedelta(hours=1), OPERATOR, node_name=name).token
+    der = csr.public_bytes(serialization.Encoding.DER)
+    return ours.node.attest("join_token", token.encode(), der).spiffe_id
+
+
+def test_agents_get_exactly_the_partner_bundles_their_entries_federate_with(ours: CaParts, partner: CaParts) -> None:
+    federated, plain = _attested(ours, "federated"), _attested(ours, "plain")
+    selectors = frozenset({Selector.parse("unix:uid:1000")})
+    ours.entries.create(
+        EntrySpec(SpiffeId.from_segments(A, "web"), federated, selectors, federates_with=frozenset({B})), OPERATOR
+    )
+    ours.entries.create(EntrySpec(SpiffeId.from_segments(A, "db"), plain, selectors), OPERATOR)
+    ours.federation.create(spiffe_spec(partner, 1), OPERATOR)  # the bootstrap bundle is delivered at once
+    assert ours.node.get_sync_state(federated).federated_bundles == {B: partner.service.get_bundle()}
+    assert ours.node.get_sync_state(plain).federated_bundles == {}
+    ours.federation.delete(B, OPERATOR)
+    assert ours.node.get_sync_state(federated).federated_bundles == {}
