@@ -18,9 +18,10 @@ matching its selectors entitle it to.
 * FetchJWTSVID returns one JWT-SVID per entitled SPIFFE ID (or the one requested), minted through a
   :class:`JwtSvidMinter` (the agent's manager, which asks the CA). Hints stay unique in a response
   (§5.2.1, §6.2.1): a later SVID repeating a hint is left out and the misconfiguration logged.
-* ValidateJWTSVID checks a token with the bundle of its subject's own trust domain, taken from the
-  snapshot (own bundle or exactly that federated one); any attested caller may ask, since it hands
-  out no credential.
+* ValidateJWTSVID checks a token with the bundle of its subject's own trust domain: the own bundle
+  (for any attested caller, since it hands out no credential) or exactly the federated bundle of that
+  trust domain, if the caller's entries federate with it — a workload not federated with a trust
+  domain cannot validate its JWT-SVIDs, even when another workload on this agent can.
 
 Domain errors are turned into status codes by the one table in :mod:`spiffe_core.errors`.
 """
@@ -76,16 +77,14 @@ class JwtSvidMinter(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotBundles:
-    """A :class:`~spiffe_core.sources.BundleSource` over one snapshot: the own trust domain's bundle or
-    the federated bundle of exactly the trust domain asked for (never a merge)."""
+class CallerBundles:
+    """A :class:`~spiffe_core.sources.BundleSource` over the bundles one caller may use (the own trust
+    domain's and those its entries federate with): exactly the trust domain asked for, never a merge."""
 
-    snapshot: CacheSnapshot
+    bundles: Mapping[TrustDomain, Bundle]
 
     def get_bundle_for_trust_domain(self, trust_domain: TrustDomain) -> Bundle | None:
-        if trust_domain == self.snapshot.trust_domain:
-            return self.snapshot.bundle
-        return self.snapshot.federated_bundles.get(trust_domain)
+        return self.bundles.get(trust_domain)
 
 
 _Builder = Callable[[CacheSnapshot, tuple[WorkloadSvid, ...], Mapping[TrustDomain, Bundle]], Any]
@@ -142,7 +141,7 @@ class WorkloadApiService:
         return workload_pb2.JWTSVIDResponse(svids=minted)
 
     async def ValidateJWTSVID(self, request: Any, context: Context) -> Any:
-        await self._admit(context)
+        selectors = await self._admit(context)
         for field, what in (("audience", "the audience this relying party answers to"), ("svid", "the token")):
             if not getattr(request, field):
                 await _abort(
@@ -150,12 +149,11 @@ class WorkloadApiService:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{field} is required: ValidateJWTSVID needs {what} (SPIFFE_Workload_API.md §6.2.3)",
                 )
+        snapshot = self._cache.get_snapshot()
+        bundles = snapshot.bundles_for(snapshot.svids_for(selectors))
         try:
             svid = validate_jwt_svid(
-                request.svid,
-                audience=[request.audience],
-                bundle_source=SnapshotBundles(self._cache.get_snapshot()),
-                now=self._clock.now(),
+                request.svid, audience=[request.audience], bundle_source=CallerBundles(bundles), now=self._clock.now()
             )
         except InvalidArgument as err:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"JWT-SVID is not valid: {err}")

@@ -397,11 +397,31 @@ async def test_validate_jwt_svid_returns_spiffe_id_and_claims(agent: Agent) -> N
 
 
 async def test_validate_jwt_svid_uses_the_federated_bundle_of_a_foreign_subject(agent: Agent) -> None:
+    await agent.publish([agent.ca.svid("/web", [ME], federates_with=["partner.org"])])
     token = agent.partner_jwt_key.mint(SpiffeId.parse("spiffe://partner.org/payments"), ["api"], agent.clock.now())
     response = await agent.stub.ValidateJWTSVID(
         workload_pb2.ValidateJWTSVIDRequest(audience="api", svid=token), metadata=SECURITY_HEADER
     )
     assert response.spiffe_id == "spiffe://partner.org/payments"
+
+
+async def test_validate_jwt_svid_refuses_a_trust_domain_only_another_workload_federates_with(agent: Agent) -> None:
+    await agent.publish(
+        [agent.ca.svid("/web", [ME]), agent.ca.svid("/batch", [STRANGER], federates_with=["partner.org"])]
+    )
+    assert TrustDomain("partner.org") in agent.cache.get_snapshot().federated_bundles  # the agent holds it
+    token = agent.partner_jwt_key.mint(SpiffeId.parse("spiffe://partner.org/payments"), ["api"], agent.clock.now())
+    error = await rpc_error(
+        agent.stub.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="api", svid=token), metadata=SECURITY_HEADER
+        )
+    )
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "JWT-SVID is not valid: no bundle for trust domain partner.org, the trust domain of "
+        "spiffe://partner.org/payments; a JWT-SVID is validated only with its own trust domain's bundle — "
+        "federate with it first",
+    )
 
 
 async def test_validate_jwt_svid_rejects_token_for_another_audience(agent: Agent) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -181,6 +182,19 @@ async def test_a_round_with_nothing_to_do_publishes_nothing(harness: Harness) ->
     await harness.manager.reconcile()
     assert harness.api.batches == [["e-web"]]
     assert harness.snapshot().version == 1
+
+
+async def test_a_new_partner_bundle_alone_is_published_without_signing_anything(harness: Harness) -> None:
+    partner = TrustDomain("partner.example")
+    web = EntryRecord("e-web", WEB, AGENT, UID, federates_with=frozenset({partner}))
+    first, rotated = SigningCa.create(partner, NOW), SigningCa.create(partner, NOW)
+    await harness.receive(replace(state(web), federated_bundles={partner: first.bundle()}))
+    await harness.manager.reconcile()
+    await harness.receive(replace(state(web, version=2), federated_bundles={partner: rotated.bundle()}))
+    await harness.manager.reconcile()
+    assert harness.api.batches == [["e-web"]]
+    assert harness.snapshot().version == 2
+    assert dict(harness.snapshot().federated_bundles) == {partner: rotated.bundle()}
 
 
 async def test_rotates_an_svid_at_its_rotation_time(harness: Harness) -> None:
