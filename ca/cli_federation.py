@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ca.cli_authorities import AdminApi
+from spiffe_core.spiffe_id import TrustDomain
 
 ClientFactory = Callable[[argparse.Namespace], AdminApi]
 _BASE = "/v1/federation/relationships"
@@ -56,13 +57,19 @@ def relationship_lines(relationship: Mapping[str, Any]) -> list[str]:
     return [f"{label:<16}: {value}" for label, value in rows]
 
 
+def _path(trust_domain: str, suffix: str = "") -> str:
+    """The relationship's URL path; a malformed trust domain is refused here (InvalidArgument, with
+    the fix), before anything is sent, and can never change the path it is put into."""
+    return f"{_BASE}/{TrustDomain.parse(trust_domain).name}{suffix}"
+
+
 def _print(document: Any, as_json: bool, human: Callable[[Any], list[str]]) -> None:
     print(json.dumps(document, indent=2, sort_keys=True) if as_json else "\n".join(human(document)))
 
 
 def cmd_create(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     body: dict[str, Any] = {
-        "trust_domain": args.trust_domain,
+        "trust_domain": TrustDomain.parse(args.trust_domain).name,
         "bundle_endpoint_url": args.url,
         "profile": args.profile,
         "endpoint_spiffe_id": args.endpoint_spiffe_id,
@@ -83,14 +90,14 @@ def cmd_list(args: argparse.Namespace, client_factory: ClientFactory) -> int:
 
 def cmd_show(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory(args) as client:
-        relationship = client.get_json(f"{_BASE}/{args.trust_domain}")
+        relationship = client.get_json(_path(args.trust_domain))
     _print(relationship, args.json, relationship_lines)
     return 0
 
 
 def cmd_refresh(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory(args) as client:
-        relationship = client.post_json(f"{_BASE}/{args.trust_domain}/refresh", {})
+        relationship = client.post_json(_path(args.trust_domain, "/refresh"), {})
     if args.json:
         _print(relationship, True, relationship_lines)
     else:
@@ -100,7 +107,7 @@ def cmd_refresh(args: argparse.Namespace, client_factory: ClientFactory) -> int:
 
 def cmd_delete(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory(args) as client:
-        response = client.request("DELETE", f"{_BASE}/{args.trust_domain}")
+        response = client.request("DELETE", _path(args.trust_domain))
         removed = response.json()
     if args.json:
         _print(removed, True, relationship_lines)
