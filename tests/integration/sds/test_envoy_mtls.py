@@ -28,7 +28,7 @@ from sds.cache import CacheSnapshot, WorkloadCache
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap
 from sds.sds_v3 import SecretDiscoveryService
 from spiffe_core.selectors import Selector
-from tests.support.envoy import Envoy, running_envoy
+from tests.support.envoy import Envoy, one_request_per_upstream_connection, running_envoy
 from tests.support.processes import wait_until
 from tests.support.sds_snapshots import TestCa, snapshot
 
@@ -162,7 +162,7 @@ def start_mesh(
         outbound=Outbound(port=0, upstream=f"127.0.0.1:{server.listener_port('inbound')}", upstream_id=SERVER_ID),
     )
     _use_sds_api(client_bootstrap, api_type)
-    _one_request_per_upstream_connection(client_bootstrap)
+    one_request_per_upstream_connection(client_bootstrap)
     client = stack.enter_context(running_envoy(client_bootstrap, workdir, "client"))
     url = f"http://127.0.0.1:{client.listener_port('outbound')}/"
     return Mesh(agents, server_cache, client_cache, server, client, url)
@@ -178,19 +178,6 @@ def _use_sds_api(node: Any, api_type: str) -> None:
     elif isinstance(node, list):
         for value in node:
             _use_sds_api(value, api_type)
-
-
-def _one_request_per_upstream_connection(bootstrap: dict[str, Any]) -> None:
-    """Every request makes a new TLS handshake to the server Envoy, so certificate and bundle
-    changes are exercised on each request instead of hiding behind a pooled connection."""
-    (cluster,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "upstream")
-    cluster["typed_extension_protocol_options"] = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "common_http_protocol_options": {"max_requests_per_connection": 1},
-            "explicit_http_config": {"http_protocol_options": {}},
-        }
-    }
 
 
 def verify_failures(envoy: Envoy) -> int:
