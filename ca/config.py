@@ -267,15 +267,17 @@ class RateLimitConfig(_Section):
     signing_burst: int = 2000  # lets one agent re-issue 1,000 SVIDs at once after a taint
     attestation: float = 1.0  # Attest calls per second per source IP address
     attestation_burst: int = 20  # agents behind one address (NAT, a test host) starting together
+    bundle_refresh: float = 1.0  # RefreshFederatedBundle calls per second per agent (unknown JWT keys)
+    bundle_refresh_burst: int = 5
 
-    @field_validator("signing", "attestation")
+    @field_validator("signing", "attestation", "bundle_refresh")
     @classmethod
     def _rate(cls, value: float) -> float:
         if not 0 <= value < float("inf"):
             raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
         return value
 
-    @field_validator("signing_burst", "attestation_burst")
+    @field_validator("signing_burst", "attestation_burst", "bundle_refresh_burst")
     @classmethod
     def _burst(cls, value: int) -> int:
         if value < 1:
@@ -679,6 +681,8 @@ signing = 100                           # X509-SVIDs per second per agent; 0 = n
 signing_burst = 2000                    # at once: a taint re-issues all of an agent's SVIDs in one round
 attestation = 1                         # Attest calls per second per source IP address; 0 = no limit
 attestation_burst = 20                  # at once, e.g. agents behind one NAT starting together
+bundle_refresh = 1                      # RefreshFederatedBundle calls per second per agent; 0 = no limit
+bundle_refresh_burst = 5                # at once: workloads meeting a partner's new JWT key together
 
 [federation]
 bundle_endpoint_address = ""            # host:port of the SPIFFE bundle endpoint for partners; "" = none

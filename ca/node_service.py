@@ -201,6 +201,23 @@ class NodeService:
             federated,
         )
 
+    def get_federated_bundle(self, agent: SpiffeId, trust_domain: TrustDomain) -> Bundle | None:
+        """The bundle of ``trust_domain`` the CA holds (None before a first good fetch), for an agent
+        with an entry that federates with it — the bundle its Sync state carries. Raises NotAuthorized
+        for any other trust domain: an agent learns only about partners its workloads trust."""
+        with self._database.transaction() as session:
+            entries = RegistrationEntryRepository(session).list(parent_id=agent)
+            if not any(trust_domain in entry.spec.federates_with for entry in entries):
+                raise NotAuthorized(
+                    f"no registration entry parented to {agent} federates with {trust_domain}; add "
+                    f"--federates-with {trust_domain} to the entries that must trust it"
+                )
+            try:
+                relationship = FederationRepository(session).get(trust_domain)
+            except NotFound:
+                return None
+        return parsed_bundle(relationship)
+
     def sign_x509_svids(self, agent: SpiffeId, items: Sequence[tuple[str, bytes]]) -> list[SignedOrRefused]:
         """Sign ``(entry_id, csr)`` items for the entries parented to ``agent``, in order.
 

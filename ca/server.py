@@ -31,6 +31,7 @@ from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebSer
 from ca.federation.fetch import FetchLimits, web_client_context
 from ca.federation.refresher import FederationMetrics, FederationRefresher, RefreshPolicy
 from ca.federation.relationships import FederationRelationships
+from ca.federation.unknown_keys import UnknownKeyRefresh
 from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
@@ -287,6 +288,7 @@ def _node_api_limits(config: CaConfig) -> NodeApiLimits:
         max_batch_size=node_api.max_batch_size,
         signing=Rate(ratelimit.signing, ratelimit.signing_burst),
         attestation=Rate(ratelimit.attestation, ratelimit.attestation_burst),
+        bundle_refresh=Rate(ratelimit.bundle_refresh, ratelimit.bundle_refresh_burst),
     )
 
 
@@ -297,7 +299,14 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
         await asyncio.sleep(NODE_API_WAIT_SECONDS)
     node_server, ports = build_node_server(
-        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock, NodeApiGuard(_node_api_limits(config))),
+        NodeServicer(
+            parts.node,
+            parts.hub,
+            UpdateVersions(),
+            parts.clock,
+            NodeApiGuard(_node_api_limits(config)),
+            unknown_keys=UnknownKeyRefresh(parts.node, parts.refresher),
+        ),
         parts.identity,
         parts.service.get_bundle,
         attestation_address=config.server.attestation_address,

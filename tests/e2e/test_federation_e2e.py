@@ -9,7 +9,8 @@ port, a new TLS handshake per request, so every request is verified with the bun
 
 One setup for the module (processes are slow to start); every test leaves it serving. A's CA refreshes
 B every second (B's refresh hint), so A follows B through outages and rotations within seconds; B's CA
-refreshes A only once a minute.
+refreshes A only once a minute, so a brand-new key of A can reach B within the module only through the
+refresh on an unknown key (the node API's ``RefreshFederatedBundle``).
 
 B's emergency rotation here is prepare, activate, taint: the new authority is in B's bundle before it
 signs. ``authority rotate --now`` activates a key no partner holds yet: partners refuse B's new SVIDs
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -46,11 +48,12 @@ from sds.workload_api import CallerBundles
 from sds.workload_client import WorkloadApiClient
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import X509SvidError
+from spiffe_core.jwt_svid import parse_jwt_svid_insecure
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import verify_x509_svid, x509_svid_builder
 from tests.support.envoy import Envoy, one_request_per_upstream_connection, running_envoy
 from tests.support.mesh import Mesh
-from tests.support.processes import command, free_port, run
+from tests.support.processes import command, free_port, restartable_port, run
 from tests.support.tls_peer import client_context, connects
 from tests.support.traffic import continuous_requests
 from tests.support.web_pki import write_web_pki
@@ -158,9 +161,16 @@ def start_agent(side: Side, *entries: tuple[str, str, list[str]]) -> Path:
 @pytest.fixture(scope="module")
 def federation() -> Iterator[Federation]:
     root = Path(tempfile.mkdtemp(prefix="tm-fed-", dir="/tmp"))  # short: Unix socket paths
-    ports = [free_port() for _ in range(6)]
-    a = Side(Mesh(root / "a", trust_domain=A), *ports[:3])
-    b = Side(Mesh(root / "b", trust_domain=B), *ports[3:])
+    a = Side(Mesh(root / "a", trust_domain=A), free_port(), free_port(), free_port())
+    # B's CA is stopped and started again: its ports must not be ones the traffic's connections may take.
+    b_ca = Mesh(
+        root / "b",
+        http_port=restartable_port(),
+        node_port=restartable_port(),
+        attestation_port=restartable_port(),
+        trust_domain=B,
+    )
+    b = Side(b_ca, restartable_port(), free_port(), free_port())
     web = write_web_pki(root / "web")
     a.mesh.root.mkdir()
     b.mesh.root.mkdir()
@@ -197,6 +207,7 @@ def federation() -> Iterator[Federation]:
         for side in (a, b):
             poll(lambda s=side: _status_code(s), lambda code: code == 200, f"a request from {side.name}'s web")
         yield Federation(a, b, stack, root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _status_code(side: Side) -> int | str:
@@ -405,3 +416,19 @@ def test_a_workload_in_a_not_federated_with_b_cannot_validate_bs_jwt_svids(feder
     )  # fmt: skip
     assert loner.returncode == 1, loner.stdout + loner.stderr
     assert "no bundle for trust domain b.test" in json.loads(loner.stdout)["error"]
+
+
+def test_a_jwt_svid_signed_by_a_brand_new_key_of_a_validates_in_b_without_waiting_for_the_refresh_hint(
+    federation: Federation,
+) -> None:
+    a, b = federation.a, federation.b
+    scheduled = datetime.fromisoformat(b.status(A)["next_refresh_at"])  # B's next fetch of A's bundle
+    with a.admin() as admin:
+        rotated = admin.post("/v1/authorities/rotate", json={"kind": "jwt"}).raise_for_status().json()
+    (new_key,) = [c["authority_id"] for c in rotated["changes"] if c["after"] == "active"]
+    token = jwt_of(a, "b-api")  # minted by A's CA with the key it activated just now
+    assert parse_jwt_svid_insecure(token)[0]["kid"] == new_key
+
+    assert validate(b.mesh.workload_socket, token, "b-api") == A_WEB
+    assert datetime.now(UTC) < scheduled
+    assert b.status(A)["jwt_authorities"] >= 2  # B's CA fetched A's bundle for it, and holds it now

@@ -18,12 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from ca.config import load_config
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
 from ca.federation.relationships import RelationshipSpec
+from ca.federation.unknown_keys import UnknownKeyRefresh
 from ca.server import CaParts, build_service
 from ca.server_identity import server_id
-from ca.store.records import Actor, EntrySpec, FederationRelationship
+from ca.store.records import Actor, AuthorityKind, EntrySpec, FederationRelationship
 from ca.store.repositories import AuditLogRepository
 from spiffe_core.bundle import Bundle
-from spiffe_core.errors import InvalidArgument
+from spiffe_core.errors import InvalidArgument, NotAuthorized
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -316,3 +317,68 @@ def test_agents_get_exactly_the_partner_bundles_their_entries_federate_with(ours
     assert ours.node.get_sync_state(plain).federated_bundles == {}
     ours.federation.delete(B, OPERATOR)
     assert ours.node.get_sync_state(federated).federated_bundles == {}
+
+
+class CountingRefresher:
+    """Stands in for the refresher: counts the fetches it is asked for and reports them failed."""
+
+    def __init__(self) -> None:
+        self.asked: list[TrustDomain] = []
+
+    async def refresh_for_unknown_key(self, trust_domain: TrustDomain) -> bool:
+        self.asked.append(trust_domain)
+        return False
+
+
+def _federated_agent(ours: CaParts, name: str) -> SpiffeId:
+    agent = _attested(ours, name)
+    spec = EntrySpec(
+        SpiffeId.from_segments(A, name),
+        agent,
+        frozenset({Selector.parse("unix:uid:1000")}),
+        federates_with=frozenset({B}),
+    )
+    ours.entries.create(spec, OPERATOR)
+    return agent
+
+
+async def test_an_agent_meeting_an_unknown_key_gets_the_partners_bundle_with_it_at_once(
+    refreshing: CaParts, partner: CaParts, spiffe_partner: Served
+) -> None:
+    agent = _federated_agent(refreshing, "validator")
+    refreshing.federation.create(spiffe_spec(partner, spiffe_partner.port), OPERATOR)
+    await until(refreshing, lambda r: r.last_success_at is not None, "a first fetch")
+    known = {a.key_id for a in partner.service.get_bundle().jwt_authorities}
+    partner.officer.prepare(AuthorityKind.JWT)  # B's brand-new key, published after A's last fetch
+    (new_key,) = {a.key_id for a in partner.service.get_bundle().jwt_authorities} - known
+
+    bundle = await UnknownKeyRefresh(refreshing.node, refreshing.refresher).fetch_bundle_with_key(agent, B, new_key)
+
+    assert bundle is not None
+    assert bundle.find_jwt_authority(new_key) is not None
+    assert refreshing.node.get_sync_state(agent).federated_bundles == {B: bundle}  # what Sync pushes too
+
+
+async def test_a_key_the_cas_copy_holds_already_is_answered_without_a_fetch(ours: CaParts, partner: CaParts) -> None:
+    agent = _federated_agent(ours, "late-sync")
+    ours.federation.create(spiffe_spec(partner, 1), OPERATOR)  # the bootstrap bundle, with B's JWT key
+    (held_key, *_) = [a.key_id for a in partner.service.get_bundle().jwt_authorities]
+    refresher = CountingRefresher()
+
+    bundle = await UnknownKeyRefresh(ours.node, refresher).fetch_bundle_with_key(agent, B, held_key)
+
+    assert bundle == partner.service.get_bundle()
+    assert refresher.asked == []
+
+
+async def test_only_agents_federated_with_the_partner_may_ask(ours: CaParts, partner: CaParts) -> None:
+    plain = _attested(ours, "plain")
+    ours.federation.create(spiffe_spec(partner, 1), OPERATOR)
+    refresher = CountingRefresher()
+    with pytest.raises(NotAuthorized) as refused:
+        await UnknownKeyRefresh(ours.node, refresher).fetch_bundle_with_key(plain, B, "any")
+    assert str(refused.value) == (
+        f"no registration entry parented to {plain} federates with b.test; add --federates-with b.test to the "
+        "entries that must trust it"
+    )
+    assert refresher.asked == []
