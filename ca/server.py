@@ -328,7 +328,11 @@ async def _serve_bundle_endpoint(config: CaConfig, parts: CaParts, sock: socket.
     else:
         while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread
             await asyncio.sleep(NODE_API_WAIT_SECONDS)
-        endpoint = BundleEndpoint(parts.service.get_bundle, SpiffeServingContexts(parts.identity))
+        # A new serving SVID is presented once its authority was published for two refresh hints.
+        tls_contexts = SpiffeServingContexts(
+            parts.identity, parts.service.get_bundle, 2 * config.bundle.refresh_hint, parts.clock
+        )
+        endpoint = BundleEndpoint(parts.service.get_bundle, tls_contexts)
     log.info("SPIFFE bundle endpoint (%s) listening on %s", federation.bundle_endpoint_profile, sock.getsockname())
     await endpoint.serve(sock)
 

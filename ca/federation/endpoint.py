@@ -6,7 +6,8 @@ refuse a whole bundle with any other key (gRPC's SPIFFE bundle map, grpc proposa
 ``trust_bundle_map``). Nothing else is served and no client is authenticated: a bundle is public.
 
 Profiles (§5.2): ``https_spiffe`` presents the CA's own X509-SVID (:mod:`ca.server_identity`), so the
-TLS context follows its every renewal; ``https_web`` presents a configured Web PKI certificate, re-read
+TLS context follows its renewals — one of a new authority only once partners can verify it
+(:class:`SpiffeServingContexts`); ``https_web`` presents a configured Web PKI certificate, re-read
 when its files change. The TLS context is chosen per connection (``start_tls`` after accept), so a new
 credential is used from the next handshake on without restarting the listener.
 
@@ -22,10 +23,14 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
 
 from ca.server_identity import ServerIdentity, ServingCredentials
 from spiffe_core.bundle import USE_X509_SVID, Bundle
+from spiffe_core.clock import Clock
 from spiffe_core.tls import load_identity
 
 log = logging.getLogger(__name__)
@@ -44,21 +49,59 @@ def _server_context(cert_chain_pem: bytes, private_key_pem: bytes) -> ssl.SSLCon
 
 
 class SpiffeServingContexts:
-    """``https_spiffe``: a TLS context with the CA's current serving SVID, rebuilt when it is renewed."""
+    """``https_spiffe``: a TLS context with the CA's serving SVID, rebuilt when that is renewed.
 
-    def __init__(self, identity: ServerIdentity) -> None:
+    Partners authenticate this endpoint with the bundle they fetched last (§5.2.2), so a serving SVID
+    of an authority they do not hold yet would lock them out for good: they could never fetch the
+    bundle that holds it. A renewed SVID is therefore presented only once its authority has been in the
+    published bundle for ``hold`` (two refresh hints, the same lead a prepared authority gets before it
+    signs). Until then — after ``authority rotate --now``, say — the SVID presented before stays, as
+    long as it is valid and its authority is still in the bundle (a tainted authority is: partners
+    trust it until they fetch the new bundle anyway). "In the bundle since" is when this endpoint first
+    saw it there, which is never earlier than its publication: the hold errs on the long side."""
+
+    def __init__(self, identity: ServerIdentity, bundle: Callable[[], Bundle], hold: timedelta, clock: Clock) -> None:
         self._identity = identity
+        self._bundle = bundle
+        self._hold = hold
+        self._clock = clock
+        self._seen_since: dict[str, datetime] = {}  # authority ID -> first seen in the published bundle
+        self._presented: ServingCredentials | None = None
         self._cached: tuple[ServingCredentials, ssl.SSLContext] | None = None
 
     def __call__(self) -> ssl.SSLContext:
-        credentials = self._identity.get_current()
+        now = self._clock.now()
+        previous = self._presented
+        # Authority IDs as the CA names them (ca.authority.authority_id_for): subject key identifiers.
+        published = {
+            x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest.hex()
+            for cert in self._bundle().x509_authorities
+        }
+        # What is published at the first look was published before this endpoint started: held long enough.
+        first_seen = now if previous is not None else now - self._hold
+        self._seen_since = {i: self._seen_since.get(i, first_seen) for i in published}
+        current = self._identity.get_current()
+        presented = current
+        if (
+            previous is not None
+            and previous is not current
+            and not self._published_long_enough(current.authority_id, now)
+            and previous.authority_id in published
+            and now < previous.not_after
+        ):
+            presented = previous
+        self._presented = presented
         cached = self._cached
-        if cached is None or cached[0] is not credentials:
+        if cached is None or cached[0] is not presented:
             cached = self._cached = (
-                credentials,
-                _server_context(credentials.cert_chain_pem, credentials.private_key_pem),
+                presented,
+                _server_context(presented.cert_chain_pem, presented.private_key_pem),
             )
         return cached[1]
+
+    def _published_long_enough(self, authority_id: str, now: datetime) -> bool:
+        since = self._seen_since.get(authority_id)
+        return since is not None and now - since >= self._hold
 
 
 class WebServingContexts:

@@ -12,10 +12,10 @@ B every second (B's refresh hint), so A follows B through outages and rotations 
 refreshes A only once a minute, so a brand-new key of A can reach B within the module only through the
 refresh on an unknown key (the node API's ``RefreshFederatedBundle``).
 
-B's emergency rotation here is prepare, activate, taint: the new authority is in B's bundle before it
-signs. ``authority rotate --now`` activates a key no partner holds yet: partners refuse B's new SVIDs
-until they fetch B's bundle, and an ``https_spiffe`` partner cannot fetch it at all once B's endpoint
-presents an SVID of the new authority (docs/federation.md, "Rotation").
+B's emergency rotation without failed requests is prepare, activate, taint: the new authority is in
+B's bundle before it signs. ``authority rotate --now`` activates a key no partner holds yet: A refuses
+B's new SVIDs until its next fetch, which still succeeds because B's endpoint keeps presenting an SVID
+A can verify (docs/federation.md, "Emergency rotation with partners").
 """
 
 from __future__ import annotations
@@ -396,6 +396,22 @@ def test_b_rotates_its_ca_in_an_emergency_under_traffic_from_a_and_no_request_fa
     assert active_x509(b) == prepared
     assert len(traffic.results) > 100
     assert traffic.failures == []
+
+
+def test_after_bs_rotate_now_a_fetches_bs_new_authority_by_itself_and_requests_succeed_again(
+    federation: Federation,
+) -> None:
+    a, b = federation.a, federation.b
+    assert b.envoy is not None
+    serving = b.envoy.certificate_serials()
+    with b.admin() as admin:
+        admin.post("/v1/authorities/rotate", json={"kind": "x509"}).raise_for_status()  # no partner holds it yet
+    published = b.bundle_sequence()
+    # B's endpoint keeps presenting an SVID A can verify, so A's https_spiffe fetch gets the new bundle.
+    caught_up = poll(lambda: a.status(B), lambda s: s["bundle_sequence"] >= published, "A to fetch B's new bundle")
+    assert caught_up["last_error"] == ""
+    poll(b.envoy.certificate_serials, lambda s: s.isdisjoint(serving), "B's Envoy to serve an SVID of the new CA")
+    poll(lambda: _status_code(a), lambda code: code == 200, "requests from A to B to succeed again")
 
 
 # --- JWT-SVIDs across the trust domains ----------------------------------------------------------------

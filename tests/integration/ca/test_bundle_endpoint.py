@@ -9,7 +9,7 @@ import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +21,27 @@ from ca.config import load_config
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
 from ca.server import CaParts, build_service
 from ca.server_identity import server_id
+from ca.store.records import AuthorityKind
 from spiffe_core.bundle import Bundle
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.tls import unverified_peer_chain
 from spiffe_core.x509_svid import verify_x509_svid
+from tests.support.clock import FakeClock
 from tests.support.web_pki import write_web_pki
 
 TD = TrustDomain("a.test")
+HOLD = timedelta(minutes=10)  # two of the test CA's refresh hints (5 m by default)
+
+
+def _parts(directory: Path) -> CaParts:
+    config_file = directory / "ca.toml"
+    config_file.write_text(f'trust_domain = "{TD.name}"\n[ca.key_manager]\nkind = "memory"\n')
+    return build_service(load_config(config_file, {}))
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> CaParts:
-    directory = tmp_path_factory.mktemp("ca")
-    config_file = directory / "ca.toml"
-    config_file.write_text(f'trust_domain = "{TD.name}"\n[ca.key_manager]\nkind = "memory"\n')
-    return build_service(load_config(config_file, {}))
+    return _parts(tmp_path_factory.mktemp("ca"))
 
 
 async def _serving(endpoint: BundleEndpoint) -> AsyncIterator[str]:
@@ -54,7 +60,11 @@ async def _serving(endpoint: BundleEndpoint) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def spiffe_url(parts: CaParts) -> AsyncIterator[str]:
-    async for url in _serving(BundleEndpoint(parts.service.get_bundle, SpiffeServingContexts(parts.identity))):
+    async for url in _serving(
+        BundleEndpoint(
+            parts.service.get_bundle, SpiffeServingContexts(parts.identity, parts.service.get_bundle, HOLD, parts.clock)
+        )
+    ):
         yield url
 
 
@@ -93,6 +103,47 @@ async def test_https_spiffe_presents_the_cas_own_svid_and_follows_its_renewal(pa
     _, second = await _get(spiffe_url, _unverified())
     assert second[0].serial_number != first[0].serial_number
     assert second[0] == x509.load_pem_x509_certificates(parts.identity.get_current().cert_chain_pem)[0]
+
+
+async def test_after_an_emergency_rotation_partners_can_verify_the_endpoint_until_they_hold_the_new_authority(
+    tmp_path: Path,
+) -> None:
+    rotating = _parts(tmp_path)
+    clock = FakeClock(datetime.now(UTC))
+    contexts = SpiffeServingContexts(rotating.identity, rotating.service.get_bundle, HOLD, clock)
+    partners_copy = rotating.service.get_bundle()  # what a partner fetched before the rotation
+    async for url in _serving(BundleEndpoint(rotating.service.get_bundle, contexts)):
+        _, before = await _get(url, _unverified())
+        rotating.officer.rotate_now(AuthorityKind.X509)  # a new authority signs at once; no partner holds it
+        rotating.identity.rotate()  # what the serving identity does on the change
+
+        response, held = await _get(url, _unverified())
+        assert held[0] == before[0]  # the SVID a partner's copy verifies, so it can fetch the new bundle
+        verify_x509_svid(held, partners_copy, datetime.now(UTC))
+        assert Bundle.parse_jwks(TD, response.content) == rotating.service.get_bundle()
+        clock.advance(HOLD - timedelta(seconds=1))
+        assert (await _get(url, _unverified()))[1][0] == before[0]
+
+        clock.advance(timedelta(seconds=1))  # published for two refresh hints: partners hold it now
+        _, renewed = await _get(url, _unverified())
+        assert renewed[0] == x509.load_pem_x509_certificates(rotating.identity.get_current().cert_chain_pem)[0]
+
+
+async def test_once_the_old_authority_leaves_the_bundle_the_endpoint_presents_the_new_svid_at_once(
+    tmp_path: Path,
+) -> None:
+    rotating = _parts(tmp_path)
+    contexts = SpiffeServingContexts(rotating.identity, rotating.service.get_bundle, HOLD, FakeClock(datetime.now(UTC)))
+    async for url in _serving(BundleEndpoint(rotating.service.get_bundle, contexts)):
+        _, before = await _get(url, _unverified())
+        old = rotating.identity.get_current().authority_id
+        rotating.officer.rotate_now(AuthorityKind.X509)
+        rotating.identity.rotate()
+        rotating.officer.revoke(old)  # no partner may trust it any more: nothing it signed is presented
+
+        _, after = await _get(url, _unverified())
+        assert after[0] != before[0]
+        verify_x509_svid(after, rotating.service.get_bundle(), datetime.now(UTC))
 
 
 async def test_https_web_serves_the_configured_certificate_to_clients_trusting_its_root(

@@ -34,6 +34,7 @@ from tests.support.web_pki import write_web_pki
 A = TrustDomain("a.test")
 B = TrustDomain("b.test")
 OPERATOR = Actor("local-admin", "unix-socket")
+HOLD = timedelta(seconds=2)  # two of the test CAs' 1 s refresh hints: when a new serving SVID is presented
 
 
 def _ca(directory: Path, trust_domain: TrustDomain, extra: str = "") -> CaParts:
@@ -90,7 +91,7 @@ async def _serve(endpoint_for: Callable[[Served], BundleEndpoint], served: Serve
 @pytest.fixture
 async def spiffe_partner(partner: CaParts) -> AsyncIterator[Served]:
     served = Served(partner.service.get_bundle, free_port())
-    contexts = SpiffeServingContexts(partner.identity)
+    contexts = SpiffeServingContexts(partner.identity, partner.service.get_bundle, HOLD, partner.clock)
     async for s in _serve(lambda s: BundleEndpoint(s, contexts), served):
         yield s
 
@@ -165,7 +166,7 @@ async def test_a_down_partner_keeps_its_last_good_bundle_and_catches_up_when_bac
 ) -> None:
     port = free_port()
     served = Served(partner.service.get_bundle, port)
-    contexts = SpiffeServingContexts(partner.identity)
+    contexts = SpiffeServingContexts(partner.identity, partner.service.get_bundle, HOLD, partner.clock)
 
     def endpoint_for(s: Served) -> BundleEndpoint:
         return BundleEndpoint(s, contexts)
@@ -224,7 +225,7 @@ async def test_garbage_and_oversized_answers_are_refused(refreshing: CaParts, pa
             return "200 OK", garbage[0]
 
     garbage = [b"{not json"]
-    contexts = SpiffeServingContexts(partner.identity)
+    contexts = SpiffeServingContexts(partner.identity, partner.service.get_bundle, HOLD, partner.clock)
     async for _ in _serve(
         lambda _s: Garbage(partner.service.get_bundle, contexts), Served(partner.service.get_bundle, port)
     ):
