@@ -295,11 +295,14 @@ class AuthorityManager:
                 for a, revoked_at in revoked_authorities
                 if a.upstream_chain and a.root == root
             )
-            root_crl = self._crl(
-                ("root", fingerprint.hex(), under_root),
-                functools.partial(self._upstream.root_crl, root, under_root, this_update, next_update, number),
-                now,
-            )
+            try:
+                root_crl = self._crl(
+                    ("root", fingerprint.hex(), under_root),
+                    functools.partial(self._upstream.root_crl, root, under_root, this_update, next_update, number),
+                    now,
+                )
+            except FailedPrecondition as err:  # the upstream holds the root's CRL but cannot give a usable one
+                return self._without_crls(str(err)), now + self._params.crl_ttl / 2
             if root_crl is None:
                 return self._without_crls(
                     f"no CRL can be signed for the upstream root {root.subject.rfc4514_string()}: it is no longer "
