@@ -247,17 +247,16 @@ class VaultTransitKeyManager:
     def delete(self, key_id: str) -> None:
         """Allow deletion on the key (transit refuses to delete keys otherwise), then delete it."""
         name = self._name(key_id)
+        if self._read(name) is None:
+            return  # Vault answers 400, not 404, when configuring a missing key
         path = f"{self._mount}/keys/{name}"
-        try:
-            self._vault.call(
-                lambda client: client.secrets.transit.update_key_configuration(
-                    name, deletion_allowed=True, mount_point=self._mount
-                ),
-                path=f"{path}/config",
-                capability="update",
-            )
-        except NotFound:
-            return
+        self._vault.call(
+            lambda client: client.secrets.transit.update_key_configuration(
+                name, deletion_allowed=True, mount_point=self._mount
+            ),
+            path=f"{path}/config",
+            capability="update",
+        )
         self._vault.call(
             lambda client: client.secrets.transit.delete_key(name, mount_point=self._mount),
             path=path,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import secrets
 import ssl
@@ -41,6 +42,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import NameOID
+
+from ca.config import VaultConfig
 
 PERMISSION_DENIED = "1 error occurred:\n\t* permission denied\n\n"
 # The policy docs/vault.md asks for, with the default mounts: what a correctly set-up CA may do.
@@ -525,3 +528,44 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 def _serial_text(serial: int) -> str:
     return serial.to_bytes((serial.bit_length() + 7) // 8, "big").hex(":")
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """A credential file as an operator would leave it: owner-only."""
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def token_config(vault: FakeVault, directory: Path, *policies: str, **settings: Any) -> VaultConfig:
+    """A ``[vault]`` section for ``vault`` with a new token of ``policies`` (default: the trustmesh
+    policy) in ``directory/vault-token``."""
+    token = vault.add_token(*(policies or ("trustmesh",)))
+    token_file = write_secret(directory / "vault-token", token)
+    return VaultConfig(address=vault.address, token_file=token_file, **settings)
+
+
+def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it: (CA file, certificate, key)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _root_certificate(ca_key, timedelta(days=1))
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vault.test")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "vault-ca.pem", directory / "vault.pem", directory / "vault.key")
+    paths[0].write_bytes(_pem(ca))
+    paths[1].write_bytes(_pem(cert))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
