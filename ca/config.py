@@ -403,6 +403,13 @@ class VaultConfig(_Section):
     def _mount(cls, value: str) -> str:
         return _check_mount(value, "approle")
 
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0; write e.g. '10s'")
+        return value
+
     @model_validator(mode="after")
     def _credentials(self) -> VaultConfig:
         token_sources = [name for name in ("token_file", "token_env") if getattr(self, name)]
@@ -424,8 +431,6 @@ class VaultConfig(_Section):
                 )
             if self.address and len(approle) < 2:
                 raise ValueError("auth 'approle' needs role_id_file and secret_id_file; set both")
-        if self.timeout <= timedelta(0):
-            raise ValueError("timeout must be longer than 0; write e.g. '10s'")
         return self
 
 
