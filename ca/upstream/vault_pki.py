@@ -195,6 +195,12 @@ class VaultPkiUpstream:
             raise FailedPrecondition(
                 f"{self._where()} answered {path} with a CRL not signed by the root {root.subject.rfc4514_string()}"
             )
+        try:
+            crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+        except x509.ExtensionNotFound:  # RFC 5280 §5.2.1: a MUST; it is how the CA names each CRL's issuer
+            raise FailedPrecondition(
+                f"{self._where()} answered {path} with a CRL without authorityKeyIdentifier"
+            ) from None
         return crl
 
     def _revoke(self, serial: int) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import itertools
 import json
 import secrets
 import ssl
@@ -124,6 +125,7 @@ class FakeVault:
         self._lock = threading.RLock()
         self.root_key = ec.generate_private_key(ec.SECP256R1())
         self.root = _root_certificate(self.root_key, root_lifetime)
+        self._crl_numbers = itertools.count(1)
         self.crl = self._build_crl()
         self.address = ""
 
@@ -346,6 +348,8 @@ class FakeVault:
             .issuer_name(self.root.subject)
             .last_update(now)
             .next_update(now + self.crl_expiry)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root_key.public_key()), False)
+            .add_extension(x509.CRLNumber(next(self._crl_numbers)), False)
         )
         for serial, when in self.issued.revoked.items():
             builder = builder.add_revoked_certificate(
