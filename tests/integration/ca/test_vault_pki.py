@@ -33,6 +33,7 @@ from tests.support.vault_server import FakeVault, token_config
 
 TD = TrustDomain("example.org")
 CA_TTL = timedelta(days=7)
+HINT = timedelta(minutes=1)
 USER = "vault-pki upstream"
 
 
@@ -208,11 +209,11 @@ class VaultCa:
         )
         upstream = VaultPkiUpstream(VaultClient(config, USER, "ca.upstream.pki_mount"), "pki")
         self.authorities = AuthorityManager(
-            database, keys, upstream, AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, CA_TTL, timedelta(0)), clock
+            database, keys, upstream, AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, CA_TTL, HINT), clock
         )
         self.authorities.load()
         cases = ca_use_cases(database, self.authorities, clock, timedelta(hours=1))
-        self.ops, self.service, self.directory = cases.officer, cases.service, directory
+        self.ops, self.rotator, self.service, self.directory = cases.officer, cases.rotator, cases.service, directory
 
     def mint(self) -> IssuedX509Svid:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -289,3 +290,23 @@ def test_a_vault_crl_that_cannot_last_a_crl_ttl_means_no_crls_with_vaults_reason
     assert ca.authorities.get_current().crls == ()
     warning = ca.authorities.crl_warning or ""
     assert warning.startswith(f"publishing no CRLs: {USER}: Vault at {vault.address} issues CRLs of pki that expire ")
+
+
+def test_a_ca_revocation_while_vault_is_sealed_is_published_once_vault_is_back(
+    vault: FakeVault, tmp_path: Path
+) -> None:
+    ca = VaultCa(vault, tmp_path)
+    old = ca.authorities.get_current().active_x509()
+    ca.ops.rotate_now(AuthorityKind.X509)
+    vault.sealed = True
+
+    with pytest.raises(UpstreamUnavailable, match="is sealed; unseal it"):
+        ca.ops.revoke(old.id)  # committed; the root's CRL cannot be had
+    published_while_sealed = {a.id for a in ca.authorities.get_current().x509}
+    vault.sealed = False
+    ca.rotator.tick()
+
+    assert old.id in published_while_sealed
+    assert old.id not in {a.id for a in ca.authorities.get_current().x509}
+    assert old.certificate.serial_number in vault.issued.revoked
+    assert ca.openssl_verify(old.certificate).returncode != 0
