@@ -671,7 +671,7 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
     url = config.datastore.url or f"sqlite:///{data_dir / 'datastore.sqlite3'}"
     key_manager = config.ca.key_manager
     kek_file = key_manager.kek_file
-    if kek_file is None and not key_manager.kek_env:
+    if kek_file is None and not key_manager.kek_env and key_manager.kind != "vault-transit":
         kek_file = data_dir / "kek"
     upstream = config.ca.upstream
     files = _resolved(upstream, ("cert_file", "key_file", "bundle_file"), base_dir)

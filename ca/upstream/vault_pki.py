@@ -175,8 +175,9 @@ class VaultPkiUpstream:
             )
         expires = crl.next_update_utc
         if expires is None or expires < next_update:
+            at = "never say when" if expires is None else f"at {expires.isoformat()}"
             return (
-                f"issues CRLs of {self._mount} that expire sooner than revocation.crl_ttl asks (at {expires}, not "
+                f"issues CRLs of {self._mount} that expire sooner than revocation.crl_ttl asks ({at}, not "
                 f"{next_update.isoformat()}); raise the mount's CRL expiry ('vault write {self._mount}/config/crl "
                 "expiry=72h') or lower revocation.crl_ttl"
             )
