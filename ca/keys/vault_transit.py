@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,7 +46,7 @@ _TRANSIT_HASHES = {"sha224": "sha2-224", "sha256": "sha2-256", "sha384": "sha2-3
 
 
 class TransitSigner:
-    """Signs with one version of one transit key, and verifies what Vault returns."""
+    """Signs with one version of one transit key, and checks each signature before returning it."""
 
     def __init__(self, vault: VaultClient, mount: str, name: str, version: int) -> None:
         self._vault = vault
@@ -53,9 +54,18 @@ class TransitSigner:
         self.name = name
         self._version = version
 
-    def sign(self, data: bytes, algorithm: hashes.HashAlgorithm | utils.Prehashed, *, rsa_pkcs1v15: bool) -> bytes:
-        """Vault's DER (ECDSA) or PKCS#1 v1.5 signature of ``data``; FailedPrecondition for a hash
-        transit does not offer."""
+    def sign(
+        self,
+        data: Buffer,
+        algorithm: hashes.HashAlgorithm | utils.Prehashed,
+        verify: Callable[[bytes, bytes], None],
+        *,
+        rsa_pkcs1v15: bool,
+    ) -> bytes:
+        """Vault's DER (ECDSA) or PKCS#1 v1.5 signature of ``data``, once ``verify(signature, data)``
+        (the public key's check) passed. FailedPrecondition for a hash transit does not offer, and for
+        a signature that does not verify."""
+        message = bytes(data)
         prehashed = isinstance(algorithm, utils.Prehashed)
         # Prehashed keeps its hash private; cryptography offers no public accessor.
         digest = algorithm._algorithm if isinstance(algorithm, utils.Prehashed) else algorithm
@@ -69,7 +79,7 @@ class TransitSigner:
         response = self._vault.call(
             lambda client: client.secrets.transit.sign_data(
                 self.name,
-                hash_input=base64.b64encode(data).decode(),
+                hash_input=base64.b64encode(message).decode(),
                 key_version=self._version,
                 hash_algorithm=transit_hash,
                 prehashed=prehashed or None,
@@ -79,24 +89,45 @@ class TransitSigner:
             path=path,
             capability="update",
         )
-        signature = self._vault.field(self._vault.data(response, path), "signature", str, path)
-        return _decode_signature(signature, self._version, path)
-
-    def refuse_export(self) -> FailedPrecondition:
-        return FailedPrecondition(
-            f"{USER}: key {self.name} lives in Vault's transit engine ({self._mount}) and cannot be exported; "
-            "only Vault signs with it"
+        signature = _decode_signature(
+            self._vault.field(self._vault.data(response, path), "signature", str, path), self._version, path
         )
+        try:
+            verify(signature, message)
+        except InvalidSignature:
+            raise FailedPrecondition(
+                f"{USER}: Vault at {self._vault.address} returned a signature of {path} that does not verify with "
+                "that key's public key; refusing it (was the key rotated or replaced in Vault?)"
+            ) from None
+        return signature
 
-    def wrong_signature(self) -> FailedPrecondition:
-        return FailedPrecondition(
-            f"{USER}: Vault at {self._vault.address} returned a signature of {self._mount}/sign/{self.name} that does "
-            "not verify with that key's public key; refusing it (was the key rotated or replaced in Vault?)"
-        )
+
+class _HeldInVault:
+    """What both key kinds share: the private key is in Vault, so nothing can export it or use it for
+    anything but signing, and a copy is the same reference to the same Vault key."""
+
+    _signer: TransitSigner
+
+    def _refused(self, what: str) -> FailedPrecondition:
+        return FailedPrecondition(f"{USER}: key {self._signer.name} lives in Vault's transit engine; {what}")
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,  # cryptography's parameter name
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        raise self._refused("it cannot be exported, only Vault signs with it")
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
 
 
-class TransitEcKey(ec.EllipticCurvePrivateKey):
-    """An EC private key held by Vault transit: signs through Vault, exports nothing."""
+class TransitEcKey(_HeldInVault, ec.EllipticCurvePrivateKey):
+    """An EC private key held by Vault transit: signs (ECDSA) through Vault, exports nothing."""
 
     def __init__(self, signer: TransitSigner, public: ec.EllipticCurvePublicKey) -> None:
         self._signer = signer
@@ -104,14 +135,13 @@ class TransitEcKey(ec.EllipticCurvePrivateKey):
 
     def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
-            raise FailedPrecondition(f"{USER}: Vault transit signs only ECDSA with EC keys")
-        message = bytes(data)
-        signature = self._signer.sign(message, signature_algorithm.algorithm, rsa_pkcs1v15=False)
-        try:
-            self._public.verify(signature, message, signature_algorithm)
-        except InvalidSignature:
-            raise self._signer.wrong_signature() from None
-        return signature
+            raise self._refused("it signs only ECDSA")
+        return self._signer.sign(
+            data,
+            signature_algorithm.algorithm,
+            lambda signature, message: self._public.verify(signature, message, signature_algorithm),
+            rsa_pkcs1v15=False,
+        )
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
@@ -125,27 +155,13 @@ class TransitEcKey(ec.EllipticCurvePrivateKey):
         return self._public.key_size
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        raise FailedPrecondition(f"{USER}: key {self._signer.name} only signs; it does no key exchange")
+        raise self._refused("it only signs")
 
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        raise self._signer.refuse_export()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,  # cryptography's parameter name
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        raise self._signer.refuse_export()
-
-    def __copy__(self) -> TransitEcKey:
-        return self  # immutable: a copy would be the same reference to the same Vault key
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TransitEcKey:
-        return self
+        raise self._refused("it cannot be exported, only Vault signs with it")
 
 
-class TransitRsaKey(rsa.RSAPrivateKey):
+class TransitRsaKey(_HeldInVault, rsa.RSAPrivateKey):
     """An RSA private key held by Vault transit: signs (PKCS#1 v1.5) through Vault, exports nothing."""
 
     def __init__(self, signer: TransitSigner, public: rsa.RSAPublicKey) -> None:
@@ -159,14 +175,13 @@ class TransitRsaKey(rsa.RSAPrivateKey):
         algorithm: utils.Prehashed | hashes.HashAlgorithm | utils.NoDigestInfo,
     ) -> bytes:
         if not isinstance(padding, asymmetric_padding.PKCS1v15) or isinstance(algorithm, utils.NoDigestInfo):
-            raise FailedPrecondition(f"{USER}: Vault transit signs RSA only as PKCS#1 v1.5 over a hash")
-        message = bytes(data)
-        signature = self._signer.sign(message, algorithm, rsa_pkcs1v15=True)
-        try:
-            self._public.verify(signature, message, padding, algorithm)
-        except InvalidSignature:
-            raise self._signer.wrong_signature() from None
-        return signature
+            raise self._refused("it signs only PKCS#1 v1.5 over a hash")
+        return self._signer.sign(
+            data,
+            algorithm,
+            lambda signature, message: self._public.verify(signature, message, padding, algorithm),
+            rsa_pkcs1v15=True,
+        )
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public
@@ -176,24 +191,10 @@ class TransitRsaKey(rsa.RSAPrivateKey):
         return self._public.key_size
 
     def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
-        raise FailedPrecondition(f"{USER}: key {self._signer.name} only signs; it decrypts nothing")
+        raise self._refused("it only signs")
 
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
-        raise self._signer.refuse_export()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,  # cryptography's parameter name
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        raise self._signer.refuse_export()
-
-    def __copy__(self) -> TransitRsaKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TransitRsaKey:
-        return self
+        raise self._refused("it cannot be exported, only Vault signs with it")
 
 
 class VaultTransitKeyManager:

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import NameOID
 
 from ca.config import VaultConfig
+from tests.support.enterprise_pki import self_signed_root
 
 PERMISSION_DENIED = "1 error occurred:\n\t* permission denied\n\n"
 # The policy docs/vault.md asks for, with the default mounts: what a correctly set-up CA may do.
@@ -124,7 +125,7 @@ class FakeVault:
         self._approles: dict[str, tuple[str, list[str]]] = {}
         self._lock = threading.RLock()
         self.root_key = ec.generate_private_key(ec.SECP256R1())
-        self.root = _root_certificate(self.root_key, root_lifetime)
+        self.root = self_signed_root(self.root_key, "Fake Vault Root CA", root_lifetime)
         self._crl_numbers = itertools.count(1)
         self.crl = self._build_crl()
         self.address = ""
@@ -490,24 +491,6 @@ def _describe(name: str, key: TransitKey) -> dict[str, Any]:
     }
 
 
-def _root_certificate(key: ec.EllipticCurvePrivateKey, lifetime: timedelta) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fake Vault Root CA")])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + lifetime)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
 def _no_route(path: str) -> VaultHttpError:
     return VaultHttpError(404, f'no handler for route "{path}". route entry not found.')
 
@@ -552,7 +535,7 @@ def token_config(vault: FakeVault, directory: Path, *policies: str, **settings: 
 def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 signed by it: (CA file, certificate, key)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _root_certificate(ca_key, timedelta(days=1))
+    ca = self_signed_root(ca_key, "Vault TLS test CA", timedelta(days=1))
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     cert = (

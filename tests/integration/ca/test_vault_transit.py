@@ -127,8 +127,8 @@ def test_a_transit_key_signs_crls_csrs_and_jwts(manager: VaultTransitKeyManager)
 def test_the_private_key_cannot_be_exported(manager: VaultTransitKeyManager) -> None:
     key = manager.generate("x509-1", KeyType.EC_P256)
     refusal = (
-        "vault-transit key manager: key trustmesh-x509-1 lives in Vault's transit engine (transit) and cannot be "
-        "exported; only Vault signs with it"
+        "vault-transit key manager: key trustmesh-x509-1 lives in Vault's transit engine; it cannot be exported, "
+        "only Vault signs with it"
     )
 
     with pytest.raises(FailedPrecondition) as by_bytes:
