@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -41,6 +42,9 @@ _AGENT_ENV_PREFIX = "TRUSTMESH_AGENT_"
 MAX_SOCKET_PATH_BYTES = 107
 _ADDRESS = re.compile(r"[A-Za-z0-9.-]+:(\d{1,5})")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MOUNT = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._-]{0,64}")
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _DOCS = "see docs/configuration.md"
 
 
@@ -89,6 +93,40 @@ def _check_address(value: str, *, may_be_empty: bool) -> str:
         disable = " or '' to disable" if may_be_empty else ""
         raise ValueError(f"{value!r} is not host:port; write e.g. '127.0.0.1:8081' (port 0-65535){disable}")
     return value
+
+
+def _check_env_name(value: str, example: str) -> str:
+    if value and not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an environment variable name; write e.g. '{example}'")
+    return value
+
+
+def _check_mount(value: str, example: str) -> str:
+    """A Vault mount path: segments of safe characters, no leading or trailing slash, no '..'."""
+    if not _MOUNT.fullmatch(value) or ".." in value.split("/"):
+        raise ValueError(
+            f"{value!r} is not a Vault mount path; write segments of A-Z, a-z, 0-9, '.', '-' or '_' joined by '/', "
+            f"without a leading or trailing '/', e.g. '{example}'"
+        )
+    return value
+
+
+def _check_vault_address(value: str) -> str:
+    if not value:
+        return value
+    url = urlsplit(value)
+    if url.scheme not in ("https", "http") or not url.hostname or url.path.strip("/") or url.query or url.username:
+        raise ValueError(f"{value!r} is not a Vault address; write e.g. 'https://vault.example.org:8200'")
+    try:
+        url.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port; write e.g. 'https://vault.example.org:8200'") from None
+    if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
+        raise ValueError(
+            f"{value!r} would send the Vault token unencrypted; use https:// (and vault.ca_file for a private CA) — "
+            "plain http is accepted only for a Vault on this host (127.0.0.1, ::1 or localhost)"
+        )
+    return value.rstrip("/")
 
 
 class _Section(BaseModel):
@@ -170,12 +208,19 @@ class SubjectConfig(_Section):
 
 
 class UpstreamConfig(_Section):
-    """Who signs the CA certificates: the CA itself, or an enterprise root whose files are given."""
+    """Who signs the CA certificates: the CA itself, an enterprise root whose files are given, or a
+    Vault PKI secrets engine (``vault-pki``, reached through the ``[vault]`` section)."""
 
-    kind: Literal["self-signed", "disk"] = "self-signed"
+    kind: Literal["self-signed", "disk", "vault-pki"] = "self-signed"
     cert_file: OptionalPath = None
     key_file: OptionalPath = None
     bundle_file: OptionalPath = None
+    pki_mount: str = "pki"  # vault-pki: where Vault's PKI secrets engine is mounted
+
+    @field_validator("pki_mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _check_mount(value, "pki")
 
     @model_validator(mode="after")
     def _files(self) -> UpstreamConfig:
@@ -184,33 +229,53 @@ class UpstreamConfig(_Section):
             raise ValueError(
                 "kind 'disk' needs cert_file and key_file; set them to the upstream CA's certificate and key"
             )
-        if self.kind == "self-signed" and given:
+        if self.kind != "disk" and given:
             raise ValueError(
-                f"kind 'self-signed' uses no {', '.join(given)}; remove them or set kind = 'disk' to sign with "
+                f"kind '{self.kind}' uses no {', '.join(given)}; remove them or set kind = 'disk' to sign with "
                 "the upstream CA they name"
             )
         return self
 
 
 class KeyManagerConfig(_Section):
-    """Custody of the CA's private keys (``disk``: encrypted PKCS#8 files; ``memory``: lost on restart)."""
+    """Custody of the CA's private keys (``disk``: encrypted PKCS#8 files; ``memory``: lost on restart;
+    ``vault-transit``: non-exportable keys in Vault's transit engine, which signs)."""
 
-    kind: Literal["disk", "memory"] = "disk"
+    kind: Literal["disk", "memory", "vault-transit"] = "disk"
     kek_file: OptionalPath = None  # default <data_dir>/kek unless kek_env is set
     kek_env: str = ""
     create_kek_if_missing: bool = True
+    transit_mount: str = "transit"  # vault-transit: where Vault's transit secrets engine is mounted
+    key_prefix: str = "trustmesh-"  # vault-transit: transit key name = key_prefix + the CA's key ID
 
     @field_validator("kek_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if value and not _ENV_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not an environment variable name; write e.g. 'TRUSTMESH_KEK'")
+        return _check_env_name(value, "TRUSTMESH_KEK")
+
+    @field_validator("transit_mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _check_mount(value, "transit")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _KEY_PREFIX.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a key name prefix; write 0-64 characters of A-Z, a-z, 0-9, '.', '-' or '_', "
+                "e.g. 'trustmesh-prod-'"
+            )
         return value
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyManagerConfig:
         if self.kek_file is not None and self.kek_env:
             raise ValueError("kek_file and kek_env are both set; keep only the one that holds the key-encryption key")
+        if self.kind == "vault-transit" and (self.kek_file is not None or self.kek_env):
+            raise ValueError(
+                "kind 'vault-transit' keeps keys in Vault and uses no key-encryption key; remove kek_file and kek_env"
+            )
         return self
 
 
@@ -307,6 +372,68 @@ class NodeApiConfig(_Section):
         return self
 
 
+class VaultConfig(_Section):
+    """How the CA reaches HashiCorp Vault, shared by the ``vault-pki`` upstream and the ``vault-transit``
+    key manager (docs/vault.md). The token itself is never in this file: it comes from a file, an
+    environment variable, or an AppRole login."""
+
+    address: str = ""  # e.g. https://vault.example.org:8200; "" = Vault is not used
+    ca_file: OptionalPath = None  # CA certificate(s) that signed Vault's TLS certificate; default: system CAs
+    namespace: str = ""  # Vault Enterprise namespace; "" = none
+    auth: Literal["token", "approle"] = "token"
+    token_file: OptionalPath = None  # auth "token": a file holding the token (0600 or 0400), e.g. a Vault Agent sink
+    token_env: str = ""  # auth "token": or the environment variable holding it
+    approle_mount: str = "approle"  # auth "approle": where the AppRole auth method is mounted
+    role_id_file: OptionalPath = None  # auth "approle"
+    secret_id_file: OptionalPath = None  # auth "approle" (0600 or 0400)
+    timeout: Duration = timedelta(seconds=10)  # per request to Vault
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _check_vault_address(value)
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        return _check_env_name(value, "VAULT_TOKEN")
+
+    @field_validator("approle_mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _check_mount(value, "approle")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0; write e.g. '10s'")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> VaultConfig:
+        token_sources = [name for name in ("token_file", "token_env") if getattr(self, name)]
+        approle = [name for name in ("role_id_file", "secret_id_file") if getattr(self, name) is not None]
+        if self.auth == "token":
+            if approle:
+                raise ValueError(f"auth 'token' uses no {', '.join(approle)}; remove them or set auth = 'approle'")
+            if len(token_sources) > 1:
+                raise ValueError("token_file and token_env are both set; keep only the one that holds the token")
+            if self.address and not token_sources:
+                raise ValueError(
+                    "auth 'token' needs token_file or token_env; point one at the Vault token (never write the "
+                    "token itself into this file), or set auth = 'approle'"
+                )
+        else:
+            if token_sources:
+                raise ValueError(
+                    f"auth 'approle' uses no {', '.join(token_sources)}; remove them or set auth = 'token'"
+                )
+            if self.address and len(approle) < 2:
+                raise ValueError("auth 'approle' needs role_id_file and secret_id_file; set both")
+        return self
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -321,6 +448,7 @@ class CaConfig(_Section):
     bundle: BundleConfig = BundleConfig()
     revocation: RevocationConfig = RevocationConfig()
     node_api: NodeApiConfig = NodeApiConfig()
+    vault: VaultConfig = VaultConfig()
 
 
 def ttl_problems(config: CaConfig) -> list[str]:
@@ -379,6 +507,19 @@ def ttl_problems(config: CaConfig) -> list[str]:
     return problems
 
 
+def vault_problems(config: CaConfig) -> list[str]:
+    """Each ``vault-*`` kind chosen without saying where Vault is, as ``<key> …; <fix>`` lines."""
+    if config.vault.address:
+        return []
+    kinds = {"ca.upstream.kind": config.ca.upstream.kind, "ca.key_manager.kind": config.ca.key_manager.kind}
+    return [
+        f"{key}: {kind!r} needs Vault, but vault.address is not set; set vault.address (e.g. "
+        "'https://vault.example.org:8200') and vault.auth with its credentials (docs/vault.md)"
+        for key, kind in kinds.items()
+        if kind.startswith("vault-")
+    ]
+
+
 def check_ttl_arithmetic(config: CaConfig) -> None:
     """Refuse TTLs that rotation cannot honour (DESIGN §3); ConfigError lists which numbers to change."""
     problems = ttl_problems(config)
@@ -406,8 +547,9 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
         header = f"invalid configuration in {path}"
     overrides, origins, unknown = _env_overrides(environ)
     document = _merge(document, overrides)
-    kek_env = _lookup(document, ("ca", "key_manager", "kek_env"))
-    unknown = [name for name in unknown if name != kek_env]  # the KEK's own variable may be TRUSTMESH_-named
+    # The variables holding the KEK and the Vault token may be TRUSTMESH_-named.
+    secret_envs = {_lookup(document, ("ca", "key_manager", "kek_env")), _lookup(document, ("vault", "token_env"))}
+    unknown = [name for name in unknown if name not in secret_envs]
     if unknown:
         raise ConfigError(
             f"unknown environment variables {', '.join(unknown)}; overrides are TRUSTMESH_<SECTION>__<KEY> for a "
@@ -417,7 +559,7 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
         config = CaConfig.model_validate(document)
     except ValidationError as err:
         raise ConfigError(_report(header, [_describe(problem, origins) for problem in err.errors()])) from None
-    problems = ttl_problems(config)
+    problems = ttl_problems(config) + vault_problems(config)
     if problems:
         raise ConfigError(_report(header, problems))
     return _resolve_paths(config, base_dir)
@@ -529,14 +671,11 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
     url = config.datastore.url or f"sqlite:///{data_dir / 'datastore.sqlite3'}"
     key_manager = config.ca.key_manager
     kek_file = key_manager.kek_file
-    if kek_file is None and not key_manager.kek_env:
+    if kek_file is None and not key_manager.kek_env and key_manager.kind != "vault-transit":
         kek_file = data_dir / "kek"
     upstream = config.ca.upstream
-    files = {
-        name: base_dir / value
-        for name in ("cert_file", "key_file", "bundle_file")
-        if (value := getattr(upstream, name)) is not None
-    }
+    files = _resolved(upstream, ("cert_file", "key_file", "bundle_file"), base_dir)
+    vault_files = _resolved(config.vault, ("ca_file", "token_file", "role_id_file", "secret_id_file"), base_dir)
     return config.model_copy(
         update={
             "server": server.model_copy(update={"data_dir": data_dir, "admin_socket": admin_socket}),
@@ -549,8 +688,14 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
                     "upstream": upstream.model_copy(update=files),
                 }
             ),
+            "vault": config.vault.model_copy(update=vault_files),
         }
     )
+
+
+def _resolved(section: BaseModel, names: tuple[str, ...], base_dir: Path) -> dict[str, Path]:
+    """The path keys ``names`` of ``section`` that are set, made absolute from ``base_dir``."""
+    return {name: base_dir / value for name in names if (value := getattr(section, name)) is not None}
 
 
 def default_config_toml() -> str:
@@ -587,16 +732,21 @@ organization = "trustmesh"
 common_name = ""                        # "" = "trustmesh CA <trust domain>"
 
 [ca.upstream]
-kind = "self-signed"                    # or "disk": signed by the upstream CA in cert_file/key_file
+kind = "self-signed"                    # or "disk": signed by the upstream CA in cert_file/key_file;
+                                        # or "vault-pki": signed by Vault's PKI engine ([vault] below)
 # cert_file = "upstream/ca.pem"
 # key_file = "upstream/ca.key"
 # bundle_file = "upstream/bundle.pem"   # the upstream's own chain, if any
+pki_mount = "pki"                       # vault-pki: where Vault's PKI secrets engine is mounted
 
 [ca.key_manager]
-kind = "disk"                           # encrypted PKCS#8 files in <data_dir>/keys; or "memory" (lost on restart)
+kind = "disk"                           # encrypted PKCS#8 files in <data_dir>/keys; or "memory" (lost on
+                                        # restart); or "vault-transit": non-exportable keys in Vault ([vault])
 # kek_file = "<data_dir>/kek"           # the key-encryption key (0600), the default unless kek_env is set
 # kek_env = "TRUSTMESH_KEK"             # or: take the key-encryption key from this environment variable
 create_kek_if_missing = true            # create kek_file with 32 random bytes on first run
+transit_mount = "transit"               # vault-transit: keys live (and sign) in Vault's transit engine
+key_prefix = "trustmesh-"               # vault-transit: transit key names are this + the CA's key ID
 
 [x509_svid]
 default_ttl = "1h"
@@ -624,4 +774,16 @@ signing = 100                           # X509-SVIDs per second per agent; 0 = n
 signing_burst = 2000                    # at once: a taint re-issues all of an agent's SVIDs in one round
 attestation = 1                         # Attest calls per second per source IP address; 0 = no limit
 attestation_burst = 20                  # at once, e.g. agents behind one NAT starting together
+
+[vault]                                 # for kind "vault-pki" / "vault-transit" (docs/vault.md)
+address = ""                            # e.g. "https://vault.example.org:8200"; "" = Vault is not used
+# ca_file = "vault-ca.pem"              # CA of Vault's TLS certificate; default: the system's CAs
+namespace = ""                          # Vault Enterprise namespace
+auth = "token"                          # or "approle"
+# token_file = "/run/vault/token"       # auth "token": file holding the token (0600), e.g. a Vault Agent sink
+# token_env = "VAULT_TOKEN"             # auth "token": or the environment variable holding it
+approle_mount = "approle"               # auth "approle": where the AppRole auth method is mounted
+# role_id_file = "vault/role-id"        # auth "approle"
+# secret_id_file = "vault/secret-id"    # auth "approle" (0600)
+timeout = "10s"                         # per request to Vault
 """

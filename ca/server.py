@@ -42,8 +42,9 @@ from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.store.engine import Database
 from ca.sync import ChangeHub, UpdateVersions, listen_for_changes
-from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority
+from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority, VaultPkiUpstream
 from ca.upstream.disk import WatchedDiskUpstream
+from ca.vault import VaultClient
 from spiffe_core.clock import Clock, SystemClock
 from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
 
@@ -60,6 +61,10 @@ def _upstream(config: CaConfig) -> UpstreamAuthority:
         assert upstream.cert_file is not None
         assert upstream.key_file is not None
         return WatchedDiskUpstream(upstream.cert_file, upstream.key_file, upstream.bundle_file)
+    if upstream.kind == "vault-pki":
+        return VaultPkiUpstream(
+            VaultClient(config.vault, "vault-pki upstream", "ca.upstream.pki_mount"), upstream.pki_mount
+        )
     return SelfSignedUpstream()
 
 
@@ -98,7 +103,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     clock = SystemClock()
     authorities = AuthorityManager(
         database,
-        open_key_manager(config.ca.key_manager, config.server.data_dir),
+        open_key_manager(config.ca.key_manager, config.server.data_dir, vault=config.vault),
         _upstream(config),
         AuthorityParams(
             trust_domain=config.trust_domain,

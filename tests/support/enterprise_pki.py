@@ -25,13 +25,12 @@ from ca.sync import ChangeHub
 from spiffe_core.clock import Clock
 
 
-def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x509.Certificate:
-    """Write ``root.pem`` and ``root.key`` (0600) of a self-signed CA valid from 5 minutes ago for
-    ``lifetime`` from now, around the real clock (openssl checks it)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def self_signed_root(key: ec.EllipticCurvePrivateKey, name: str, lifetime: timedelta) -> x509.Certificate:
+    """A self-signed CA certificate named ``name`` for ``key``, valid from 5 minutes ago for ``lifetime``
+    from now, around the real clock (openssl checks it)."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.now(UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -44,6 +43,12 @@ def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x5
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+
+
+def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x509.Certificate:
+    """Write ``root.pem`` and ``root.key`` (0600) of a :func:`self_signed_root`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed_root(key, name, lifetime)
     (directory / "root.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "root.key").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

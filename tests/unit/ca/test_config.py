@@ -174,6 +174,59 @@ def test_the_variable_named_by_kek_env_is_not_an_unknown_override(tmp_path: Path
     assert (config.ca.key_manager.kek_env, config.ca.key_manager.kek_file) == ("TRUSTMESH_KEK", None)
 
 
+def test_the_variable_named_by_vault_token_env_is_not_an_unknown_override(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[vault]\naddress = "https://vault:8200"\ntoken_env = "TRUSTMESH_VAULT_TOKEN"\n')
+
+    config = load_config(path, {"TRUSTMESH_VAULT_TOKEN": "hvs.secret"})
+
+    assert config.vault.token_env == "TRUSTMESH_VAULT_TOKEN"
+
+
+def test_vault_custody_is_configured_with_relative_credential_files(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+[ca.upstream]
+kind = "vault-pki"
+pki_mount = "pki_int"
+[ca.key_manager]
+kind = "vault-transit"
+transit_mount = "ca/transit"
+key_prefix = "prod-"
+[vault]
+address = "https://vault.example.org:8200/"
+ca_file = "vault-ca.pem"
+namespace = "team-a"
+auth = "approle"
+role_id_file = "vault/role-id"
+secret_id_file = "vault/secret-id"
+timeout = "5s"
+""",
+    )
+
+    config = load_config(path, {})
+
+    assert (config.ca.upstream.kind, config.ca.upstream.pki_mount) == ("vault-pki", "pki_int")
+    key_manager = config.ca.key_manager
+    assert (key_manager.kind, key_manager.transit_mount, key_manager.key_prefix) == (
+        "vault-transit",
+        "ca/transit",
+        "prod-",
+    )
+    vault = config.vault
+    assert (vault.address, vault.namespace, vault.auth, vault.timeout) == (
+        "https://vault.example.org:8200",
+        "team-a",
+        "approle",
+        timedelta(seconds=5),
+    )
+    assert (vault.ca_file, vault.role_id_file, vault.secret_id_file) == (
+        tmp_path / "vault-ca.pem",
+        tmp_path / "vault/role-id",
+        tmp_path / "vault/secret-id",
+    )
+
+
 def test_relative_paths_count_from_the_config_files_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "etc").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -234,7 +287,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -247,7 +300,7 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault",
         id="unknown-section",
     ),
     pytest.param(
@@ -302,7 +355,7 @@ INVALID = [
     pytest.param(
         '[ca.key_manager]\nkind = "vault"\n',
         {},
-        "ca.key_manager.kind: 'vault' is not allowed; use 'disk' or 'memory'",
+        "ca.key_manager.kind: 'vault' is not allowed; use 'disk', 'memory' or 'vault-transit'",
         id="bad-key-manager-kind",
     ),
     pytest.param(
@@ -401,6 +454,83 @@ INVALID = [
         "node_api: max_batch_size (5000) is larger than ratelimit.signing_burst (2000), so a full batch could "
         "never pass the signing rate; lower max_batch_size or raise signing_burst",
         id="batch-larger-than-the-signing-burst",
+    ),
+    pytest.param(
+        '[ca.upstream]\nkind = "vault-pki"\n',
+        {},
+        "ca.upstream.kind: 'vault-pki' needs Vault, but vault.address is not set; set vault.address (e.g. "
+        "'https://vault.example.org:8200') and vault.auth with its credentials (docs/vault.md)",
+        id="vault-pki-without-vault",
+    ),
+    pytest.param(
+        '[ca.key_manager]\nkind = "vault-transit"\n',
+        {},
+        "ca.key_manager.kind: 'vault-transit' needs Vault, but vault.address is not set; set vault.address (e.g. "
+        "'https://vault.example.org:8200') and vault.auth with its credentials (docs/vault.md)",
+        id="vault-transit-without-vault",
+    ),
+    pytest.param(
+        '[ca.key_manager]\nkind = "vault-transit"\nkek_env = "CA_KEK"\n[vault]\naddress = "https://vault:8200"\n'
+        'token_env = "VAULT_TOKEN"\n',
+        {},
+        "ca.key_manager: kind 'vault-transit' keeps keys in Vault and uses no key-encryption key; remove kek_file "
+        "and kek_env",
+        id="vault-transit-with-a-kek",
+    ),
+    pytest.param(
+        '[ca.key_manager]\nkey_prefix = "trustmesh/"\n',
+        {},
+        "ca.key_manager.key_prefix: 'trustmesh/' is not a key name prefix; write 0-64 characters of A-Z, a-z, 0-9, "
+        "'.', '-' or '_', e.g. 'trustmesh-prod-'",
+        id="bad-transit-key-prefix",
+    ),
+    pytest.param(
+        '[ca.upstream]\npki_mount = "/pki/"\n',
+        {},
+        "ca.upstream.pki_mount: '/pki/' is not a Vault mount path; write segments of A-Z, a-z, 0-9, '.', '-' or "
+        "'_' joined by '/', without a leading or trailing '/', e.g. 'pki'",
+        id="bad-pki-mount",
+    ),
+    pytest.param(
+        '[vault]\naddress = "http://vault.example.org:8200"\ntoken_env = "VAULT_TOKEN"\n',
+        {},
+        "vault.address: 'http://vault.example.org:8200' would send the Vault token unencrypted; use https:// (and "
+        "vault.ca_file for a private CA) — plain http is accepted only for a Vault on this host (127.0.0.1, ::1 or "
+        "localhost)",
+        id="vault-over-plain-http",
+    ),
+    pytest.param(
+        '[vault]\naddress = "https://vault.example.org:8200/v1"\ntoken_env = "VAULT_TOKEN"\n',
+        {},
+        "vault.address: 'https://vault.example.org:8200/v1' is not a Vault address; write e.g. "
+        "'https://vault.example.org:8200'",
+        id="vault-address-with-a-path",
+    ),
+    pytest.param(
+        '[vault]\naddress = "https://vault.example.org:8200"\n',
+        {},
+        "vault: auth 'token' needs token_file or token_env; point one at the Vault token (never write the token "
+        "itself into this file), or set auth = 'approle'",
+        id="vault-token-auth-without-a-token-source",
+    ),
+    pytest.param(
+        '[vault]\naddress = "https://vault.example.org:8200"\nauth = "approle"\nrole_id_file = "role-id"\n',
+        {},
+        "vault: auth 'approle' needs role_id_file and secret_id_file; set both",
+        id="vault-approle-without-secret-id",
+    ),
+    pytest.param(
+        '[vault]\ntoken = "hvs.secret"\n',
+        {},
+        "vault.token: is not a known key; the keys of vault are: address, ca_file, namespace, auth, token_file, "
+        "token_env, approle_mount, role_id_file, secret_id_file, timeout",
+        id="vault-token-written-into-the-file",
+    ),
+    pytest.param(
+        "[vault]\ntimeout = 0\n",
+        {},
+        "vault.timeout: must be longer than 0; write e.g. '10s'",
+        id="vault-timeout-zero",
     ),
     pytest.param(
         "[node_api]\nmax_batch_size = 0\n",
