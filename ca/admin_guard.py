@@ -145,12 +145,12 @@ def _clip(text: str) -> str:
 class _Refusal:
     status: int
     reason: str
-    presented_token: bool = False
+    invalid_token: bool = False
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", b"application/json")]
         if self.status == 401:
-            challenge = 'Bearer realm="trustmesh"' + (', error="invalid_token"' if self.presented_token else "")
+            challenge = 'Bearer realm="trustmesh"' + (', error="invalid_token"' if self.invalid_token else "")
             headers.append((b"www-authenticate", challenge.encode()))
         return headers
 
@@ -194,8 +194,9 @@ class AdminGuard:
             status = transport_status(err)
             if status is None:
                 raise
-            token = presented is not None and presented.bearer_token is not None
-            refusal = _Refusal(status[0], str(err), presented_token=token or isinstance(err, NotAuthenticated))
+            # RFC 6750 §3.1: "invalid_token" when a token (or a malformed Authorization header) came.
+            invalid_token = presented is None or presented.bearer_token is not None
+            refusal = _Refusal(status[0], str(err), invalid_token=invalid_token)
             source = presented.source if presented is not None else _source(scope)
             actor = Actor(f"unauthenticated:{source}", _method_tried(presented))
             await self._refuse(

@@ -50,9 +50,8 @@ def peer_certificate_chain(ssl_object: Any) -> tuple[x509.Certificate, ...]:
     )
     if get_chain is None:
         raise X509SvidError("this Python's ssl module does not show the peer's certificate chain")
-    chain = get_chain()
-    if not chain:
-        return ()
+    # Python 3.11's server side reports a client that sent nothing as [None].
+    chain = [cert for cert in get_chain() or () if cert is not None]
     return tuple(
         x509.load_der_x509_certificate(cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER))
         for cert in chain

@@ -81,7 +81,7 @@ def running_ca(config_file: Path) -> Iterator[Path]:
     def ready() -> bool:
         assert not main_task.done(), f"serve() ended early: {main_task.exception() if main_task.done() else ''}"
         try:
-            with AdminClient(config.server.admin_socket, timeout=1) as client:
+            with AdminClient.local(config.server.admin_socket, timeout=1) as client:
                 client.request("GET", "/ready")
         except TrustmeshError:
             return False

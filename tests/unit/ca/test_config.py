@@ -234,7 +234,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, admin_api",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -247,7 +247,7 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, admin_api",
         id="unknown-section",
     ),
     pytest.param(
