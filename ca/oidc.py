@@ -7,7 +7,7 @@ attacker controls reaches a verifier before it is known to be harmless:
 1. it is at most :data:`MAX_TOKEN_BYTES` long and its protected header parses;
 2. its ``alg`` is one of RS/ES/PS 256/384/512 — never ``none``, never HMAC (a token "signed" with
    HS256 using our *public* key as the secret is the classic confusion attack) — and it names a
-   ``kid`` and no ``crit`` extension;
+   ``kid`` and no ``crit`` extension (none is understood);
 3. the key is picked from the configured JWKS **by kid**, and the key's own type (and curve) must fit
    the algorithm; the algorithm in the token never chooses a key type;
 4. the signature verifies with exactly that key and that algorithm;
@@ -280,9 +280,11 @@ class OidcVerifier:
         if len(token) > MAX_TOKEN_BYTES:
             raise NotAuthenticated(f"bearer token is over {MAX_TOKEN_BYTES} bytes")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as err:
+            header = jwt.get_unverified_header(token)  # also refuses 'crit' extensions it does not know
+        except jwt.DecodeError as err:
             raise NotAuthenticated("bearer token is not a JWT (header.payload.signature)") from err
+        except jwt.InvalidTokenError as err:
+            raise NotAuthenticated(f"bearer token's header is refused: {err}") from err
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
             raise NotAuthenticated(
@@ -291,8 +293,6 @@ class OidcVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > MAX_NAME_LENGTH:
             raise NotAuthenticated("bearer token names no 'kid'; the IdP's key must be chosen by name")
-        if "crit" in header:
-            raise NotAuthenticated("bearer token has critical header extensions ('crit'), which are not understood")
         return str(algorithm), kid
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
