@@ -181,7 +181,8 @@ class AdminGuard:
             return
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         template, params = route_template(self._routes, scope)
-        policy = None if template is None else policy_for(method, template)
+        # An unserved path the matrix names (a route classified ahead of its code) is still guarded.
+        policy = policy_for(method, template if template is not None else scope.get("path", ""))
         if policy is not None and policy.is_public:
             await self._app(scope, receive, send)
             return
@@ -219,7 +220,7 @@ class AdminGuard:
         """The role the call is allowed under, or the refusal."""
         if principal.break_glass:
             return BREAK_GLASS_ROLE
-        if template is None:
+        if policy is None and template is None:
             return ""  # no such route: the app answers 404 or 405 to an authenticated caller
         if policy is None:
             return _Refusal(

@@ -28,7 +28,7 @@ from ca.cli_agents import add_agent_commands
 from ca.cli_authorities import add_authority_commands
 from ca.config import CLIENT_ENV, CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
-from ca.server_identity import server_id
+from ca.reserved_ids import server_id
 from ca.signing import digest_for
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError

@@ -52,7 +52,7 @@ from spiffe_core.x509_svid import X509Svid, verify_x509_svid
 
 log = logging.getLogger(__name__)
 
-# The CA's reserved serving identity; the same path as ca/server_identity.py (ca and sds never import
+# The CA's reserved serving identity; the same path as ca/reserved_ids.py (ca and sds never import
 # each other: the ID is part of the protocol, like the node API's messages).
 SERVER_PATH_SEGMENTS = ("trustmesh", "server")
 _CHUNK = 64 * 1024
