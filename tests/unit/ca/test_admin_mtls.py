@@ -80,7 +80,7 @@ def test_a_revoked_admin_svid_proves_nothing() -> None:
 
 
 def test_an_expired_admin_svid_proves_nothing() -> None:
-    with pytest.raises(NotAuthenticated, match="is not a valid X509-SVID of example.org now"):
+    with pytest.raises(NotAuthenticated, match=r"is not a valid X509-SVID of example\.org now"):
         admins(Trust(), FakeClock(NOW + timedelta(hours=2))).authenticate(chain(ALICE))
 
 
@@ -96,5 +96,5 @@ def test_an_admin_svid_whose_root_left_the_bundle_proves_nothing() -> None:
 def test_an_svid_of_another_trust_domain_proves_nothing() -> None:
     foreign = SigningCa.create(TrustDomain("partner.example"), NOW)
 
-    with pytest.raises(NotAuthenticated, match="no X.509 bundle for trust domain partner.example"):
+    with pytest.raises(NotAuthenticated, match=r"no X\.509 bundle for trust domain partner\.example"):
         admins(Trust()).authenticate(chain(SpiffeId.parse("spiffe://partner.example/admins/alice"), foreign))

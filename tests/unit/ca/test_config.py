@@ -649,8 +649,7 @@ ADMIN_API_INVALID = [
     ),
     pytest.param(
         OIDC,
-        "admin_api.oidc: set exactly one of jwks_file and jwks_url: where the IdP's signing keys (a JWK Set) come "
-        "from",
+        "admin_api.oidc: set exactly one of jwks_file and jwks_url: where the IdP's signing keys (a JWK Set) come from",
         id="oidc-without-jwks",
     ),
     pytest.param(
