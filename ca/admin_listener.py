@@ -1,8 +1,9 @@
 """The HTTPS admin listener, composed from the configuration (``[admin_api]``, docs/admin-api.md).
 
-:func:`ca.server.serve` binds ``admin_api.address`` with the other listeners (refused when in use) and
-serves the same admin app as the local socket, with :func:`remote_authenticator` instead of the
-break-glass one, over :class:`~ca.admin_transport.AdminTlsContext`.
+:func:`ca.server.serve` binds ``admin_api.address`` with the other listeners (refused when in use),
+:func:`prepare_https` builds who may call there and the TLS context, and :func:`serve_admin_https`
+serves the same admin app as the local socket, with the remote authenticator instead of the
+break-glass one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI
@@ -37,6 +39,36 @@ log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024
 MAX_CONCURRENCY = 256
 KEEP_ALIVE_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsListener:
+    """A bound HTTPS admin listener, ready to serve: its socket, who may call, its TLS context."""
+
+    sock: socket.socket
+    authenticator: Authenticator
+    tls: AdminTlsContext
+
+
+def prepare_https(
+    config: AdminApiConfig,
+    trust_domain: TrustDomain,
+    sock: socket.socket,
+    *,
+    current: Callable[[], PublishedTrust],
+    is_admin_entry: Callable[[SpiffeId], bool],
+    serving: Callable[[], ServingCredentials],
+    clock: Clock,
+) -> HttpsListener:
+    """Everything the listener on ``sock`` needs. A configured JWKS file or certificate that cannot be
+    loaded stops the start here (ConfigError)."""
+    authenticator = remote_authenticator(
+        config, trust_domain, current=current, is_admin_entry=is_admin_entry, clock=clock
+    )
+    tls = AdminTlsContext(admin_certificate(config, serving), lambda: current().bundle)
+    if config.tls_cert_file is not None:
+        tls.refresh()
+    return HttpsListener(sock, authenticator, tls)
 
 
 def remote_authenticator(
@@ -72,14 +104,13 @@ def admin_certificate(config: AdminApiConfig, serving: Callable[[], ServingCrede
     return ServingSvidCertificate(serving)
 
 
-async def serve_admin_https(
-    app: FastAPI, tls: AdminTlsContext, sock: socket.socket, ready: Callable[[], Awaitable[None]]
-) -> None:
-    """Serve ``app`` over TLS on ``sock`` once ``ready`` returns (the serving SVID exists), keeping the
-    TLS context current while it serves."""
+async def serve_admin_https(app: FastAPI, listener: HttpsListener, ready: Callable[[], Awaitable[None]]) -> None:
+    """Serve ``app`` on the listener once ``ready`` returns (the serving SVID exists), keeping its TLS
+    context current while it serves."""
+    tls = listener.tls
     await ready()
     tls.refresh()
-    host, port = sock.getsockname()[:2]
+    host, port = listener.sock.getsockname()[:2]
     log.info("admin API listening over HTTPS on %s:%d", host, port)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -96,7 +127,7 @@ async def serve_admin_https(
     )
     refresher = asyncio.create_task(tls.run())
     try:
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=[listener.sock])
     finally:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

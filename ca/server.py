@@ -22,8 +22,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from ca.admin_auth import Authenticator, BreakGlassAuthenticator
-from ca.admin_listener import admin_certificate, remote_authenticator, serve_admin_https
-from ca.admin_transport import AdminTlsContext, admin_protocol
+from ca.admin_listener import prepare_https, serve_admin_https
+from ca.admin_transport import admin_protocol
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
 from ca.audit import AuditTrail
@@ -303,20 +303,19 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     admin_tcp = _bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
     parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
-    remote = (
+    https = (
         None
         if admin_tcp is None
-        else remote_authenticator(
+        else prepare_https(
             admin_api,
             config.trust_domain,
+            admin_tcp,
             current=parts.authorities.get_current,
             is_admin_entry=parts.entries.has_admin_entry,
+            serving=parts.identity.get_current,
             clock=parts.clock,
         )
     )
-    tls = AdminTlsContext(admin_certificate(admin_api, parts.identity.get_current), service.get_bundle)
-    if admin_tcp is not None and admin_api.tls_cert_file is not None:
-        tls.refresh()  # a configured certificate that does not load stops the start
     audit = AuditTrail(database)
     agents = AgentAdmin(database, parts.hub, parts.clock)
 
@@ -359,9 +358,9 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             for server, sockets in servers:
                 group.create_task(server.serve(sockets=sockets))
             group.create_task(_serve_node_api(config, parts))
-            if admin_tcp is not None and remote is not None:
+            if https is not None:
                 ready = functools.partial(_wait_for_serving_svid, parts.identity)
-                group.create_task(serve_admin_https(admin_app(remote), tls, admin_tcp, ready))
+                group.create_task(serve_admin_https(admin_app(https.authenticator), https, ready))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
             retention = config.datastore.issued_certificate_retention

@@ -64,14 +64,14 @@ class Callers:
         return principal
 
 
-def build_app(audit: RecordedAudit, domain: Unreachable) -> FastAPI:
+def build_app(audit: RecordedAudit, domain: Unreachable, agents: Unreachable | None = None) -> FastAPI:
     return create_admin_app(
         domain,
         CollectorRegistry(),
         entries=domain,
         join_tokens=domain,
         authorities=domain,
-        agents=domain,
+        agents=agents or domain,
         authenticator=Callers(),
         audit=audit,
         clock=FakeClock(NOW),
@@ -242,17 +242,7 @@ def test_an_allowed_call_runs_as_its_caller_under_the_role_that_allowed_it(
     audit: RecordedAudit, domain: Unreachable
 ) -> None:
     agents = RecordingAgents()
-    app = create_admin_app(
-        domain,
-        CollectorRegistry(),
-        entries=domain,
-        join_tokens=domain,
-        authorities=domain,
-        agents=agents,
-        authenticator=Callers(),
-        audit=audit,
-        clock=FakeClock(NOW),
-    )
+    app = build_app(audit, domain, agents)
     body = {"spiffe_id": "spiffe://example.org/trustmesh/agent/join_token/n1"}
     with TestClient(app) as test_client:
         assert test_client.post("/v1/agents/ban", json=body, headers=as_("officer")).status_code == 200
