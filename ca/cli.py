@@ -87,7 +87,10 @@ def _client(args: argparse.Namespace) -> AdminClient:
         return AdminClient.remote(_remote_target(args, server))
     given = [f"--{name.replace('_', '-')}" for name in ("token_file", "cert", "key", "bundle") if getattr(args, name)]
     if given:
-        raise InvalidArgument(f"{', '.join(given)} only mean something with --server (a remote CA over HTTPS)")
+        raise InvalidArgument(
+            f"{', '.join(given)} given without --server; these options are for a remote CA over HTTPS "
+            "(without --server the CLI uses the local admin socket)"
+        )
     socket_path = Path(args.socket) if args.socket else _config(args).server.admin_socket
     return AdminClient.local(socket_path)
 
