@@ -255,6 +255,17 @@ def test_an_allowed_call_runs_as_its_caller_under_the_role_that_allowed_it(
     assert audit.events == []
 
 
+def test_a_request_body_over_the_bound_is_refused_413_before_the_route(client: TestClient, domain: Unreachable) -> None:
+    response = client.post(
+        "/v1/entries",
+        content=b"{" + b" " * (1024 * 1024) + b"}",
+        headers={**as_("operator"), "content-type": "application/json"},
+    )
+
+    assert (response.status_code, response.text) == (413, "Content Too Large")
+    assert domain.calls == []
+
+
 # --- the flood bound ---------------------------------------------------------------------------------
 
 
