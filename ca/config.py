@@ -806,7 +806,7 @@ address = ""                            # host:port, e.g. "0.0.0.0:8443"; "" = o
 # tls_cert_file = "admin-tls.pem"       # default: serve the CA's own serving SVID
 # tls_key_file = "admin-tls.key"
 admin_entry_role = "operator"           # what an entry with admin = true confers over mTLS
-admins = []                             # mTLS admins; write them as [[admin_api.admins]] tables (below)
+admins = []                             # mTLS admins: replace this line by [[admin_api.admins]] tables (below)
 
 # [admin_api.oidc]                      # bearer JWTs from the organisation's IdP
 # issuer = "https://idp.example.org/realms/ops"
