@@ -1,4 +1,4 @@
-"""``trustmesh-ca agent list|show|ban|unban|evict``: the operator's commands for attested agents (DESIGN §3
+"""``trustmesh-ca agent list|show|ban|unban|evict``: the commands for attested agents (DESIGN §3
 "Node attestation"), over the admin API routes of :mod:`ca.http_agents`.
 
 ``ban`` cuts an agent off at once (its open Sync streams end, every later call is refused) until

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -27,16 +28,26 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from ca.rbac import Role
 from spiffe_core.durations import format_duration, parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
-from spiffe_core.spiffe_id import TrustDomain
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import check_dns_name
 
 ENV_PREFIX = "TRUSTMESH_"
 # Not overrides: the CLI reads the config file's path from it, and the agent (which may run on the
 # same host, with its own TRUSTMESH_AGENT_ variables) has its own configuration.
 CONFIG_PATH_ENV = "TRUSTMESH_CONFIG"
+# Not overrides either: how the CLI reaches a remote CA's admin API (docs/admin-api.md "Remote CLI").
+CLIENT_ENV = {
+    "server": "TRUSTMESH_SERVER",
+    "token_file": "TRUSTMESH_TOKEN_FILE",
+    "cert": "TRUSTMESH_CERT_FILE",
+    "key": "TRUSTMESH_KEY_FILE",
+    "bundle": "TRUSTMESH_BUNDLE_FILE",
+    "server_name": "TRUSTMESH_SERVER_NAME",
+}
 _AGENT_ENV_PREFIX = "TRUSTMESH_AGENT_"
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL on Linux.
 MAX_SOCKET_PATH_BYTES = 107
@@ -79,7 +90,16 @@ def _optional_path(value: object) -> object:
     return None if value == "" else value  # an empty environment override means "not set", not "."
 
 
+def _role(value: object) -> Role:
+    try:
+        return Role(str(value))
+    except ValueError:
+        names = ", ".join(role.value for role in Role)
+        raise ValueError(f"{value!r} is not a role; use one of: {names}") from None
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+RoleField = Annotated[Role, BeforeValidator(_role)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_optional_path)]
 KeyTypeField = Annotated[KeyType, BeforeValidator(_key_type)]
 TrustDomainField = Annotated[TrustDomain, BeforeValidator(_trust_domain)]
@@ -434,6 +454,130 @@ class VaultConfig(_Section):
         return self
 
 
+MAX_CLOCK_SKEW = timedelta(minutes=10)
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class OidcConfig(_Section):
+    """The identity provider whose bearer JWTs the HTTPS admin API accepts (docs/admin-api.md)."""
+
+    issuer: str = ""  # "" = no bearer tokens
+    audience: str = ""
+    jwks_file: OptionalPath = None
+    jwks_url: str = ""
+    roles_claim: str = "roles"  # a dotted path reaches a nested claim, e.g. realm_access.roles
+    clock_skew: Duration = timedelta(seconds=60)
+    role_map: dict[str, RoleField] = {}  # IdP group or role name -> our role
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str) -> str:
+        url = urllib.parse.urlsplit(value)
+        if value and not (url.scheme == "https" or (url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS)):
+            raise ValueError(
+                f"{value!r} is not an https:// URL; the IdP's keys decide who administers the CA, fetch them "
+                "over HTTPS (plain http only from a loopback address)"
+            )
+        return value
+
+    @field_validator("roles_claim")
+    @classmethod
+    def _roles_claim(cls, value: str) -> str:
+        if not value or any(not part for part in value.split(".")):
+            raise ValueError(f"{value!r} is not a claim name; write e.g. 'roles' or 'realm_access.roles'")
+        return value
+
+    @field_validator("clock_skew")
+    @classmethod
+    def _clock_skew(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= MAX_CLOCK_SKEW:
+            raise ValueError(
+                f"{format_duration(value)} is not a clock skew between 0s and {format_duration(MAX_CLOCK_SKEW)}; "
+                "write e.g. '60s' (a larger skew keeps expired tokens working that long)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcConfig:
+        others = [
+            name
+            for name in ("audience", "jwks_file", "jwks_url", "role_map")
+            if getattr(self, name) not in ("", None, {})
+        ]
+        if not self.issuer:
+            if others:
+                raise ValueError(
+                    f"issuer is empty but {', '.join(others)} set; set issuer to the IdP's issuer URL (the 'iss' "
+                    "of its tokens) or remove [admin_api.oidc]"
+                )
+            return self
+        if not self.audience:
+            raise ValueError("audience is empty; set it to the 'aud' the IdP puts in tokens for the CA")
+        if (self.jwks_file is None) == (not self.jwks_url):
+            raise ValueError(
+                "set exactly one of jwks_file and jwks_url: where the IdP's signing keys (a JWK Set) come from"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
+class AdminIdentityConfig(_Section):
+    """One mTLS admin: an X509-SVID's SPIFFE ID and the roles it holds."""
+
+    spiffe_id: str
+    roles: list[RoleField]
+
+    @field_validator("spiffe_id")
+    @classmethod
+    def _spiffe_id(cls, value: str) -> str:
+        try:
+            SpiffeId.parse(value)
+        except InvalidArgument as err:
+            raise ValueError(f"{err}; write e.g. 'spiffe://example.org/admins/alice'") from None
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[Role]) -> list[Role]:
+        if not value:
+            raise ValueError(f"an admin needs at least one role; use {', '.join(role.value for role in Role)}")
+        return value
+
+
+class AdminApiConfig(_Section):
+    """The admin API over HTTPS (docs/admin-api.md); the local Unix socket is always served."""
+
+    address: str = ""  # host:port; "" = no HTTPS listener
+    tls_cert_file: OptionalPath = None  # "" both: serve the CA's own serving SVID
+    tls_key_file: OptionalPath = None
+    oidc: OidcConfig = OidcConfig()
+    admins: tuple[AdminIdentityConfig, ...] = ()
+    admin_entry_role: RoleField = Role.OPERATOR  # what an entry with admin = true confers over mTLS
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        _check_address(value, may_be_empty=True)
+        if value and int(value.rpartition(":")[2]) == 0:
+            raise ValueError(f"{value!r} has port 0; the CLI must know where to dial, give a fixed port")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdminApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither (to serve the CA's own serving SVID)")
+        if self.address and not self.oidc.enabled and not self.admins:
+            raise ValueError(
+                f"address {self.address!r} is set but nobody could authenticate there; configure "
+                "[admin_api.oidc] (bearer tokens from the IdP) or [[admin_api.admins]] (mTLS admin SVIDs), or set "
+                "address = '' (the local admin socket always works)"
+            )
+        return self
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -449,6 +593,25 @@ class CaConfig(_Section):
     revocation: RevocationConfig = RevocationConfig()
     node_api: NodeApiConfig = NodeApiConfig()
     vault: VaultConfig = VaultConfig()
+    admin_api: AdminApiConfig = AdminApiConfig()
+
+
+def admin_api_problems(config: CaConfig) -> list[str]:
+    """Each ``[[admin_api.admins]]`` that names no SPIFFE ID of this trust domain, or one named twice."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, admin in enumerate(config.admin_api.admins):
+        spiffe_id = SpiffeId.parse(admin.spiffe_id)
+        key = f"admin_api.admins[{index}].spiffe_id"
+        if not spiffe_id.is_member_of(config.trust_domain):
+            problems.append(
+                f"{key}: {spiffe_id} is not in trust domain {config.trust_domain}; admins hold X509-SVIDs this CA "
+                "issued"
+            )
+        if admin.spiffe_id in seen:
+            problems.append(f"{key}: {spiffe_id} is listed twice; give each admin one table with all its roles")
+        seen.add(admin.spiffe_id)
+    return problems
 
 
 def ttl_problems(config: CaConfig) -> list[str]:
@@ -559,7 +722,7 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
         config = CaConfig.model_validate(document)
     except ValidationError as err:
         raise ConfigError(_report(header, [_describe(problem, origins) for problem in err.errors()])) from None
-    problems = ttl_problems(config) + vault_problems(config)
+    problems = ttl_problems(config) + vault_problems(config) + admin_api_problems(config)
     if problems:
         raise ConfigError(_report(header, problems))
     return _resolve_paths(config, base_dir)
@@ -589,7 +752,11 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
     origins: dict[str, str] = {}
     unknown: list[str] = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV or name.startswith(_AGENT_ENV_PREFIX):
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in (CONFIG_PATH_ENV, *CLIENT_ENV.values())
+            or name.startswith(_AGENT_ENV_PREFIX)
+        ):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         sections, key = parts[:-1], parts[-1]
@@ -676,8 +843,13 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
     upstream = config.ca.upstream
     files = _resolved(upstream, ("cert_file", "key_file", "bundle_file"), base_dir)
     vault_files = _resolved(config.vault, ("ca_file", "token_file", "role_id_file", "secret_id_file"), base_dir)
+    admin_api = config.admin_api
+    admin_files = _resolved(admin_api, ("tls_cert_file", "tls_key_file"), base_dir)
+    oidc = admin_api.oidc
+    oidc_files = _resolved(oidc, ("jwks_file",), base_dir)
     return config.model_copy(
         update={
+            "admin_api": admin_api.model_copy(update={**admin_files, "oidc": oidc.model_copy(update=oidc_files)}),
             "server": server.model_copy(update={"data_dir": data_dir, "admin_socket": admin_socket}),
             "datastore": config.datastore.model_copy(update={"url": url}),
             "ca": config.ca.model_copy(
@@ -786,4 +958,22 @@ approle_mount = "approle"               # auth "approle": where the AppRole auth
 # role_id_file = "vault/role-id"        # auth "approle"
 # secret_id_file = "vault/secret-id"    # auth "approle" (0600)
 timeout = "10s"                         # per request to Vault
+[admin_api]                             # the admin API over HTTPS; see docs/admin-api.md
+address = ""                            # host:port, e.g. "0.0.0.0:8443"; "" = only the local admin socket
+# tls_cert_file = "admin-tls.pem"       # default: serve the CA's own serving SVID
+# tls_key_file = "admin-tls.key"
+admin_entry_role = "operator"           # what an entry with admin = true confers over mTLS
+admins = []                             # mTLS admins: replace this line by [[admin_api.admins]] tables (below)
+
+# [admin_api.oidc]                      # bearer JWTs from the organisation's IdP
+# issuer = "https://idp.example.org/realms/ops"
+# audience = "trustmesh-ca"
+# jwks_url = "https://idp.example.org/realms/ops/protocol/openid-connect/certs"   # or jwks_file = "..."
+# roles_claim = "roles"                 # a dotted path reaches a nested claim: "realm_access.roles"
+# clock_skew = "60s"
+# role_map = { "pki-officers" = "security-officer", "platform" = "operator", "audit" = "auditor" }
+
+# [[admin_api.admins]]                  # mTLS admins: X509-SVIDs of this trust domain
+# spiffe_id = "spiffe://example.org/admins/alice"
+# roles = ["security-officer"]
 """

@@ -1,7 +1,7 @@
 """The officer's HTTP edge for authorities, leaf revocation and CRLs (DESIGN §3 "Authorities", "Leaf
 revocation"; RFC 5280 §5 for the CRLs).
 
-Called by :func:`ca.http_api.create_admin_app` (the admin socket: everything here) and
+Called by :func:`ca.http_api.create_admin_app` (the admin API: everything here) and
 :func:`ca.http_api.create_health_app` (the public listener: only ``GET /crl/{id}.crl``; CRLs are public,
 relying parties fetch them without credentials). Each route decodes its body, calls one method of
 :class:`AuthorityOps` (:class:`ca.authority_ops.AuthorityOperations`), and encodes the result. Every

@@ -1,10 +1,10 @@
 """``trustmesh-ca run``: the composition root. Builds every part from the config and serves them in
 one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving.
 
-The group holds: the admin API (Unix socket), the health listener, the node API's gRPC server (its
-attestation and mTLS listeners), the renewal of the CA's own serving SVID, the pruning of expired
-issued-certificate records, and — on PostgreSQL — the LISTEN task that brings other replicas' changes
-to this replica's Sync streams."""
+The group holds: the admin API (the Unix socket, and HTTPS when ``admin_api.address`` is set), the
+health listener, the node API's gRPC server (its attestation and mTLS listeners), the renewal of the
+CA's own serving SVID, the pruning of expired issued-certificate records, and — on PostgreSQL — the
+LISTEN task that brings other replicas' changes to this replica's Sync streams."""
 
 from __future__ import annotations
 
@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
+from ca.admin_auth import Authenticator, BreakGlassAuthenticator
+from ca.admin_listener import prepare_https, serve_admin_https
+from ca.admin_transport import admin_protocol
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
+from ca.audit import AuditTrail
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
@@ -91,6 +96,7 @@ class CaParts:
     clock: Clock
     rotator: Rotator
     officer: AuthorityOperations
+    authorities: AuthorityManager
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -162,7 +168,9 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         identity.rotate()
     except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
         log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
-    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotator, officer)
+    return CaParts(
+        service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotator, officer, authorities
+    )
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -251,12 +259,17 @@ def _node_api_limits(config: CaConfig) -> NodeApiLimits:
     )
 
 
-async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
-    """Serve the node API once the CA holds a serving SVID: when no authority could sign one at
-    start-up (all expired, upstream down), the rest of the CA serves (``/ready`` says why) and the
-    listeners open as soon as the serving identity's retries succeed."""
-    while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
+async def _wait_for_serving_svid(identity: ServerIdentity) -> None:
+    """Return once the CA holds a serving SVID: when no authority could sign one at start-up (all
+    expired, upstream down), the rest of the CA serves (``/ready`` says why) and the TLS listeners open
+    as soon as the serving identity's retries succeed."""
+    while not identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
         await asyncio.sleep(NODE_API_WAIT_SECONDS)
+
+
+async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
+    """Serve the node API once the CA holds a serving SVID (:func:`_wait_for_serving_svid`)."""
+    await _wait_for_serving_svid(parts.identity)
     node_server, ports = build_node_server(
         NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock, NodeApiGuard(_node_api_limits(config))),
         parts.identity,
@@ -291,20 +304,43 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     http_socket = (
         _bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
     )
+    admin_api = config.admin_api
+    admin_tcp = _bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
     parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
-    admin_socket = _bind_admin_socket(config.server.admin_socket)
-    admin_app = create_admin_app(
-        service,
-        metrics.registry,
-        entries=parts.entries,
-        join_tokens=parts.join_tokens,
-        authorities=parts.officer,
-        agents=AgentAdmin(database, parts.hub, parts.clock),
+    https = (
+        None
+        if admin_tcp is None
+        else prepare_https(
+            admin_api,
+            config.trust_domain,
+            admin_tcp,
+            current=parts.authorities.get_current,
+            is_admin_entry=parts.entries.has_admin_entry,
+            serving=parts.identity.get_current,
+            clock=parts.clock,
+        )
     )
-    servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
-        (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
-    ]
+    audit = AuditTrail(database)
+    agents = AgentAdmin(database, parts.hub, parts.clock)
+
+    def admin_app(authenticator: Authenticator) -> FastAPI:
+        return create_admin_app(
+            service,
+            metrics.registry,
+            entries=parts.entries,
+            join_tokens=parts.join_tokens,
+            authorities=parts.officer,
+            agents=agents,
+            authenticator=authenticator,
+            audit=audit,
+            clock=parts.clock,
+            admin_entry_role=admin_api.admin_entry_role,
+        )
+
+    admin_socket = _bind_admin_socket(config.server.admin_socket)
+    local = uvicorn.Config(admin_app(BreakGlassAuthenticator()), http=admin_protocol(), log_config=None, lifespan="off")
+    servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [(uvicorn.Server(local), [admin_socket])]
     if config.server.http_address:
         host, _, port = config.server.http_address.rpartition(":")
         health = uvicorn.Config(
@@ -316,9 +352,10 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         )
         servers.append((uvicorn.Server(health), None if http_socket is None else [http_socket]))
     log.info(
-        "trustmesh CA serving trust domain %s: admin socket %s, health %s",
+        "trustmesh CA serving trust domain %s: admin socket %s, admin API (HTTPS) %s, health %s",
         config.trust_domain,
         config.server.admin_socket,
+        admin_api.address or "(disabled)",
         config.server.http_address or "(disabled)",
     )
     try:
@@ -326,6 +363,9 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             for server, sockets in servers:
                 group.create_task(server.serve(sockets=sockets))
             group.create_task(_serve_node_api(config, parts))
+            if https is not None:
+                ready = functools.partial(_wait_for_serving_svid, parts.identity)
+                group.create_task(serve_admin_https(admin_app(https.authenticator), https, ready))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
             retention = config.datastore.issued_certificate_retention

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.entries import check_dns_name
 from ca.issuance import IssuedX509Svid, X509SvidRequest
+from ca.reserved_ids import server_id
 from ca.signing import digest_for
 from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.clock import Clock
@@ -38,14 +39,9 @@ from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
-SERVER_PATH_SEGMENTS = ("trustmesh", "server")
 # After a failed renewal, try again after this backoff (the current SVID keeps serving meanwhile).
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
-
-
-def server_id(trust_domain: TrustDomain) -> SpiffeId:
-    return SpiffeId.from_segments(trust_domain, *SERVER_PATH_SEGMENTS)
 
 
 class X509Issuer(Protocol):

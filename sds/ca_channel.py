@@ -25,8 +25,8 @@ connection gRPC opens, the bridge
 OpenSSL itself is not given the bundle: with roots in its store it appends them to a client chain that
 has no intermediates ("auto chain"), and a gRPC server reports a client's chain without its leaf
 (``x509_pem_cert_chain``), so the CA would see a root where it expects the agent's SVID. Python's ``ssl``
-shows the server's chain only privately before 3.13 (``_sslobj.get_unverified_chain``); where neither
-form exists every server is refused rather than half-checked. The copy of the agent's key that ``ssl``
+shows the server's chain only privately before 3.13 (:func:`spiffe_core.peers.peer_certificate_chain`);
+where neither form exists every server is refused rather than half-checked. The copy of the agent's key that ``ssl``
 needs as a file lives in the private directory only while the TLS context loads it.
 """
 
@@ -44,20 +44,19 @@ from pathlib import Path
 
 from cryptography import x509
 
-from sds.peer_endpoint import read_peer_credentials
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import NotAuthenticated, TrustmeshError, UpstreamUnavailable, X509SvidError
+from spiffe_core.peers import peer_certificate_chain, read_peer_credentials
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import X509Svid, verify_x509_svid
 
 log = logging.getLogger(__name__)
 
-# The CA's reserved serving identity; the same path as ca/server_identity.py (ca and sds never import
+# The CA's reserved serving identity; the same path as ca/reserved_ids.py (ca and sds never import
 # each other: the ID is part of the protocol, like the node API's messages).
 SERVER_PATH_SEGMENTS = ("trustmesh", "server")
 _CHUNK = 64 * 1024
 _SOCKET_NAME = "ca.sock"
-_ENCODING_DER = getattr(ssl, "_ssl").ENCODING_DER  # noqa: B009 - private module, no stubs
 
 
 def ca_server_id(trust_domain: TrustDomain) -> SpiffeId:
@@ -92,20 +91,11 @@ def tls_context(svid: X509Svid | None, scratch_dir: Path) -> ssl.SSLContext:
 
 
 def _peer_chain(ssl_object: ssl.SSLObject) -> tuple[x509.Certificate, ...]:
-    """The chain the server sent, leaf first (public ``get_unverified_chain`` from Python 3.13, on the
-    private ``_sslobj`` before). Raises X509SvidError when there is none or it cannot be read."""
-    get_chain = getattr(ssl_object, "get_unverified_chain", None) or getattr(
-        getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
-    )
-    if get_chain is None:
-        raise X509SvidError("this Python's ssl module does not show the server's certificate chain")
-    chain = get_chain()
+    """The chain the server sent, leaf first; X509SvidError when there is none or it cannot be read."""
+    chain = peer_certificate_chain(ssl_object)
     if not chain:
         raise X509SvidError("the server sent no certificate")
-    return tuple(
-        x509.load_der_x509_certificate(cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER))
-        for cert in chain
-    )
+    return chain
 
 
 def check_ca_peer(

@@ -287,7 +287,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -300,7 +300,7 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api",
         id="unknown-section",
     ),
     pytest.param(
@@ -739,3 +739,105 @@ def test_the_configuration_reference_documents_every_key() -> None:
     reference = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
 
     assert [key for key in every_key(CaConfig) if f"| `{key.rsplit('.', 1)[-1]}` |" not in reference] == []
+
+
+OIDC = '[admin_api.oidc]\nissuer = "https://idp.example.org"\naudience = "trustmesh-ca"\n'
+
+ADMIN_API_INVALID = [
+    pytest.param(
+        '[admin_api]\naddress = "127.0.0.1:8443"\n',
+        "admin_api: address '127.0.0.1:8443' is set but nobody could authenticate there; configure "
+        "[admin_api.oidc] (bearer tokens from the IdP) or [[admin_api.admins]] (mTLS admin SVIDs), or set "
+        "address = '' (the local admin socket always works)",
+        id="address-without-an-auth-method",
+    ),
+    pytest.param(
+        '[admin_api]\naddress = "127.0.0.1:0"\n',
+        "admin_api.address: '127.0.0.1:0' has port 0; the CLI must know where to dial, give a fixed port",
+        id="address-with-port-0",
+    ),
+    pytest.param(
+        '[admin_api]\ntls_cert_file = "tls.pem"\n',
+        "admin_api: set both tls_cert_file and tls_key_file, or neither (to serve the CA's own serving SVID)",
+        id="certificate-without-key",
+    ),
+    pytest.param(
+        '[admin_api]\nadmin_entry_role = "root"\n',
+        "admin_api.admin_entry_role: 'root' is not a role; use one of: security-officer, operator, auditor",
+        id="unknown-admin-entry-role",
+    ),
+    pytest.param(
+        '[admin_api.oidc]\naudience = "trustmesh-ca"\n',
+        "admin_api.oidc: issuer is empty but audience set; set issuer to the IdP's issuer URL (the 'iss' of its "
+        "tokens) or remove [admin_api.oidc]",
+        id="oidc-without-issuer",
+    ),
+    pytest.param(
+        '[admin_api.oidc]\nissuer = "https://idp.example.org"\n',
+        "admin_api.oidc: audience is empty; set it to the 'aud' the IdP puts in tokens for the CA",
+        id="oidc-without-audience",
+    ),
+    pytest.param(
+        OIDC,
+        "admin_api.oidc: set exactly one of jwks_file and jwks_url: where the IdP's signing keys (a JWK Set) come from",
+        id="oidc-without-jwks",
+    ),
+    pytest.param(
+        OIDC + 'jwks_url = "http://idp.example.org/keys"\n',
+        "admin_api.oidc.jwks_url: 'http://idp.example.org/keys' is not an https:// URL; the IdP's keys decide who "
+        "administers the CA, fetch them over HTTPS (plain http only from a loopback address)",
+        id="jwks-url-in-clear",
+    ),
+    pytest.param(
+        OIDC + 'jwks_url = "https://idp.example.org/keys"\nclock_skew = "1h"\n',
+        "admin_api.oidc.clock_skew: 1h is not a clock skew between 0s and 10m; write e.g. '60s' (a larger skew "
+        "keeps expired tokens working that long)",
+        id="clock-skew-too-large",
+    ),
+    pytest.param(
+        OIDC + 'jwks_url = "https://idp.example.org/keys"\nrole_map = { "pki" = "admin" }\n',
+        "admin_api.oidc.role_map: 'admin' is not a role; use one of: security-officer, operator, auditor",
+        id="role-map-to-an-unknown-role",
+    ),
+    pytest.param(
+        '[[admin_api.admins]]\nspiffe_id = "spiffe://other.example/admins/alice"\nroles = ["operator"]\n',
+        "admin_api.admins[0].spiffe_id: spiffe://other.example/admins/alice is not in trust domain example.org; "
+        "admins hold X509-SVIDs this CA issued",
+        id="admin-of-another-trust-domain",
+    ),
+    pytest.param(
+        '[[admin_api.admins]]\nspiffe_id = "spiffe://example.org/admins/alice"\nroles = []\n',
+        "admin_api.admins: an admin needs at least one role; use security-officer, operator, auditor",
+        id="admin-without-roles",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), ADMIN_API_INVALID)
+def test_invalid_admin_api_setting_is_reported_with_its_key_and_fix(tmp_path: Path, text: str, problem: str) -> None:
+    path = write_config(tmp_path, text)
+
+    assert load_error(path) == f"invalid configuration in {path}:\n  {problem}"
+
+
+def test_admin_api_files_count_from_the_config_files_directory(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        '[admin_api]\naddress = "127.0.0.1:8443"\ntls_cert_file = "tls.pem"\ntls_key_file = "tls.key"\n'
+        + OIDC
+        + 'jwks_file = "jwks.json"\n',
+    )
+
+    admin_api = load_config(path, {}).admin_api
+
+    assert (admin_api.tls_cert_file, admin_api.tls_key_file, admin_api.oidc.jwks_file) == (
+        tmp_path / "tls.pem",
+        tmp_path / "tls.key",
+        tmp_path / "jwks.json",
+    )
+
+
+def test_the_remote_cli_variables_are_not_configuration_overrides(tmp_path: Path) -> None:
+    environ = {"TRUSTMESH_SERVER": "https://ca.example.org:8443", "TRUSTMESH_TOKEN_FILE": "/run/token"}
+
+    assert load_config(None, environ).admin_api.address == ""

@@ -23,6 +23,8 @@ from ca.upstream import CaSubject, SelfSignedUpstream
 from spiffe_core.errors import FailedPrecondition, NotFound
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.admin import LocalAdmin, RecordedAudit
+from tests.support.clock import FakeClock
 
 TD = TrustDomain("example.org")
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -156,7 +158,16 @@ def fake() -> FakeAuthorities:
 
 @pytest.fixture
 def admin(fake: FakeAuthorities) -> TestClient:
-    app = create_admin_app(UNUSED, CollectorRegistry(), entries=UNUSED, join_tokens=UNUSED, authorities=fake)
+    app = create_admin_app(
+        UNUSED,
+        CollectorRegistry(),
+        entries=UNUSED,
+        join_tokens=UNUSED,
+        authorities=fake,
+        authenticator=LocalAdmin(),
+        audit=RecordedAudit(),
+        clock=FakeClock(NOW),
+    )
     return TestClient(app, raise_server_exceptions=False)
 
 
