@@ -6,6 +6,8 @@ sentence saying the CA is not reachable and how to start it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +36,32 @@ class AdminClient:
         try:
             response = self._client.request(method, path, **kwargs)
         except (httpx.ConnectError, FileNotFoundError) as err:
-            raise UpstreamUnavailable(
-                f"cannot reach the CA admin socket {self._socket_path}; is 'trustmesh-ca run' running "
-                "with the same config (or pass --socket)?"
-            ) from err
+            raise self._unreachable() from err
         except httpx.HTTPError as err:
             raise UpstreamUnavailable(f"the CA admin socket {self._socket_path} failed: {err}") from err
         if response.status_code >= 400:
             raise _error_from(response)
         return response
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it arrives (``iter_lines``), for replies too long to hold."""
+        try:
+            with self._client.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                yield response
+        except (httpx.ConnectError, FileNotFoundError) as err:
+            raise self._unreachable() from err
+        except httpx.HTTPError as err:
+            raise UpstreamUnavailable(f"the CA admin socket {self._socket_path} failed: {err}") from err
+
+    def _unreachable(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"cannot reach the CA admin socket {self._socket_path}; is 'trustmesh-ca run' running "
+            "with the same config (or pass --socket)?"
+        )
 
     def get_json(self, path: str, **params: str) -> Any:
         return self.request("GET", path, params=params).json()

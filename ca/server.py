@@ -3,8 +3,8 @@ one asyncio TaskGroup, so if one listener dies the whole process stops instead o
 
 The group holds: the admin API (Unix socket), the health listener, the node API's gRPC server (its
 attestation and mTLS listeners), the renewal of the CA's own serving SVID, the pruning of expired
-issued-certificate records, and — on PostgreSQL — the LISTEN task that brings other replicas' changes
-to this replica's Sync streams."""
+issued-certificate records, the audit log's upkeep (signed checkpoints, refusal summaries), and — on
+PostgreSQL — the LISTEN task that brings other replicas' changes to this replica's Sync streams."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ import uvicorn
 
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
+from ca.audit import AuditTrail
+from ca.audit_log import AuditLog
+from ca.audit_task import AuditKeeper
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
@@ -86,6 +89,9 @@ class CaParts:
     clock: Clock
     rotator: Rotator
     officer: AuthorityOperations
+    authorities: AuthorityManager
+    audit: AuditTrail
+    audit_log: AuditLog
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -114,10 +120,11 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     )
     authorities.load()
     hub = ChangeHub()
+    audit = AuditTrail(database)
     changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
     rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
     rotator = Rotator(changes, rotation_params, clock)
-    officer = AuthorityOperations(changes, rotation_params, clock)
+    officer = AuthorityOperations(changes, rotation_params, clock, audit)
     try:
         rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
@@ -131,6 +138,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock=clock,
         metrics=metrics,
         rotation_error=lambda: rotator.last_error,
+        audit=audit,
     )
     entries = RegistrationEntries(
         database,
@@ -148,6 +156,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
         hub=hub,
+        audit=audit,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -157,7 +166,22 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         identity.rotate()
     except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
         log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
-    return CaParts(service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotator, officer)
+    return CaParts(
+        service,
+        metrics,
+        database,
+        hub,
+        entries,
+        join_tokens,
+        node,
+        identity,
+        clock,
+        rotator,
+        officer,
+        authorities,
+        audit,
+        AuditLog(database, authorities, clock, config.audit.checkpoint_interval),
+    )
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -296,6 +320,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         join_tokens=parts.join_tokens,
         authorities=parts.officer,
         agents=AgentAdmin(database, parts.hub, parts.clock),
+        audit=parts.audit_log,
     )
     servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
         (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
@@ -325,6 +350,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             group.create_task(parts.rotator.run())
             retention = config.datastore.issued_certificate_retention
             group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
+            interval = config.audit.checkpoint_interval
+            group.create_task(AuditKeeper(database, parts.authorities, parts.audit, parts.clock, interval).run())
             if database.dialect == "postgresql":
                 group.create_task(
                     listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly)

@@ -189,12 +189,13 @@ class AgentRow(Base):
 
 class AuditRow(Base):
     """One audited mutation, chained to the row before it by ``prev_hash``. The unique ``prev_hash``
-    makes a fork (two rows claiming the same predecessor) impossible even under concurrent appends."""
+    makes a fork (two rows claiming the same predecessor) impossible even under concurrent appends, and
+    lets ``audit verify`` find the rightful successor of a row at once (to tell reordering from deletion)."""
 
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
-    at: Mapped[datetime]
+    at: Mapped[datetime] = mapped_column(index=True)  # `audit list --since` reads a time range
     actor: Mapped[str] = mapped_column(String(SPIFFE_ID_LENGTH))
     auth_method: Mapped[str] = mapped_column(String(32), default="")
     role: Mapped[str] = mapped_column(String(64), default="")
@@ -205,6 +206,22 @@ class AuditRow(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
     hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+
+
+class AuditCheckpointRow(Base):
+    """The audit chain's head (``last_id``, ``last_hash``) at ``at``, signed by the X.509 authority
+    ``authority_id`` whose certificate is kept beside it, so cutting records off the end of the log is
+    detectable (:mod:`ca.audit_checkpoints`)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    last_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    last_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+    authority_id: Mapped[str] = mapped_column(String(128))
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TrustBundleStateRow(Base):
