@@ -4,8 +4,11 @@ a log cut back and written again, and checkpoints that were edited or forged —
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -17,6 +20,7 @@ from ca.audit_task import AuditKeeper
 from ca.audit_throttle import RefusalThrottle
 from ca.authority import AuthorityState, X509Authority, authority_id_for
 from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.http_audit import record_document
 from ca.keys.memory import MemoryKeyManager
 from ca.ratelimit import Rate
 from ca.store import Actor, AuditCheckpointRepository, AuditEvent, AuditQuery, Database
@@ -242,6 +246,32 @@ def test_refusals_over_the_throttle_are_summed_up_in_one_record_at_the_next_tick
     )
     assert summary.event.detail["actions"] == {"agent.attest": 3}
     assert audit.log.verify().ok
+
+
+def siem_hash(line: dict[str, Any]) -> str:
+    """docs/audit.md's recipe, as a SIEM would write it: nothing of trustmesh's, only JSON and SHA-256."""
+    fields = {key: line[key] for key in ("at", "actor", "action", "target", "outcome", "detail")}
+    fields |= {key: line[key] for key in ("auth_method", "role", "reason") if line[key]}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((line["prev_hash"] + canonical).encode()).hexdigest()
+
+
+def test_an_export_can_be_verified_by_a_siem_on_its_own(audit: Audit) -> None:
+    audit.append(2)
+    audit.trail.record(
+        AuditEvent(
+            audit.clock.now(),
+            Actor("bob", "mtls", "security-officer"),
+            "authority.taint",
+            "a",
+            "denied",
+            {"dry_run": True, "ratio": 0.5, "names": ["é", "ü"]},
+            "authority a is active",
+        )
+    )
+    lines = [json.loads(json.dumps(record_document(record))) for record in audit.log.export(AuditQuery())]
+    assert [siem_hash(line) for line in lines] == [line["hash"] for line in lines]
+    assert [line["prev_hash"] for line in lines[1:]] == [line["hash"] for line in lines[:-1]]
 
 
 def test_export_pages_through_every_matching_record(audit: Audit) -> None:
