@@ -31,8 +31,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from ca.authority import AuthoritySet, X509Authority, authority_id_for
+from ca.keys.base import KeyManager
 from ca.signing import sign_data, verify_data
-from ca.store.records import AuditCheckpoint
+from ca.store.records import AuditCheckpoint, AuthorityKind, AuthorityRecord
+from spiffe_core.errors import TrustmeshError
 from spiffe_core.keys import PublicKey
 
 # Names what is signed, so a checkpoint signature can never be mistaken for anything else the
@@ -98,6 +100,25 @@ class CheckpointTrust:
         held = frozenset(a.certificate.public_bytes(serialization.Encoding.DER) for a in authorities.x509)
         return cls(held, tuple(authorities.bundle.x509_authorities))
 
+    @classmethod
+    def of_held_keys(cls, records: Iterable[AuthorityRecord], keys: KeyManager) -> CheckpointTrust:
+        """For checking a datastore without the CA that runs on it: the X.509 authorities in ``records``
+        whose certificate is for a key ``keys`` holds. The datastore's word alone is not enough — anyone
+        who can write it can add an authority — but the key manager is out of its reach. No bundle roots:
+        a stopped CA's upstream is not consulted, so checkpoints of pruned authorities are unverifiable."""
+        held: set[bytes] = set()
+        for record in records:
+            if record.kind is not AuthorityKind.X509 or record.certificate_der is None:
+                continue
+            try:
+                key = keys.get(record.key_ref)
+            except TrustmeshError:
+                continue  # pruned, or a row someone added: not an authority of this CA
+            certificate = x509.load_der_x509_certificate(record.certificate_der)
+            if _der(certificate.public_key()) == _der(key.public_key()):
+                held.add(record.certificate_der)
+        return cls(frozenset(held), ())
+
     def trusts(self, certificate_der: bytes) -> x509.Certificate | None:
         """The certificate, parsed, when it is trusted; None otherwise (or when it is not one)."""
         try:
@@ -107,6 +128,12 @@ class CheckpointTrust:
         if certificate_der in self.authorities:
             return certificate
         return certificate if _issued_by_any(certificate, self.roots) else None
+
+
+def _der(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _issued_by_any(certificate: x509.Certificate, roots: Iterable[x509.Certificate]) -> bool:

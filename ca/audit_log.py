@@ -13,13 +13,11 @@ same hash — a log that ends before a checkpoint's record lost its tail.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from ca.audit_checkpoints import CheckpointTrust, Verdict, judge
-from ca.authority import AuthoritySet
 from ca.store.engine import Database
 from ca.store.records import AuditCheckpoint, AuditQuery, AuditRecord, ChainCheck
 from ca.store.repositories import AuditCheckpointRepository, AuditLogRepository
@@ -30,10 +28,6 @@ from spiffe_core.durations import format_duration
 # Records hashed in one transaction of a verify walk (a few tens of milliseconds).
 WALK_STEP = 5000
 _CHECKPOINT_PAGE = 500
-
-
-class AuthoritySource(Protocol):
-    def get_current(self) -> AuthoritySet: ...
 
 
 def when(at: datetime) -> str:
@@ -89,11 +83,15 @@ class AuditVerification:
 
 
 class AuditLog:
+    """``trust`` answers the certificates checkpoints may be signed with: in the CA, those of the
+    authorities it holds (:meth:`~ca.audit_checkpoints.CheckpointTrust.of`); checking a stopped CA's
+    datastore, those whose keys its key manager holds (``of_held_keys``)."""
+
     def __init__(
-        self, database: Database, authorities: AuthoritySource, clock: Clock, checkpoint_interval: timedelta
+        self, database: Database, trust: Callable[[], CheckpointTrust], clock: Clock, checkpoint_interval: timedelta
     ) -> None:
         self._database = database
-        self._authorities = authorities
+        self._trust = trust
         self._clock = clock
         self._interval = checkpoint_interval
 
@@ -128,7 +126,7 @@ class AuditLog:
         chain = walk_chain(self._database)
         if not chain.ok:
             return AuditVerification(False, chain.problem, chain.first_bad_id, chain.records, None, 0, 0, None, None)
-        trust = CheckpointTrust.of(self._authorities.get_current())
+        trust = self._trust()
         verified = unverifiable = 0
         newest: AuditCheckpoint | None = None
         after_id = 0

@@ -16,10 +16,12 @@ import logging
 import random
 import time
 from datetime import timedelta
+from typing import Protocol
 
 from ca.audit import AuditTrail
 from ca.audit_checkpoints import SignedHead, sign_head
-from ca.audit_log import AuthoritySource, walk_chain, when
+from ca.audit_log import walk_chain, when
+from ca.authority import AuthoritySet
 from ca.store.engine import Database
 from ca.store.records import AuditCheckpoint, ChainCheck
 from ca.store.repositories import AuditCheckpointRepository, AuditLogRepository
@@ -28,6 +30,11 @@ from spiffe_core.clock import Clock
 from spiffe_core.errors import FailedPrecondition, TrustmeshError
 
 log = logging.getLogger(__name__)
+
+
+class AuthoritySource(Protocol):
+    def get_current(self) -> AuthoritySet: ...
+
 
 _RETRY_BASE_SECONDS = 1.0
 

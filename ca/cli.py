@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_entry_commands(commands)
     add_authority_commands(commands, _client)
     add_agent_commands(commands, _client)
-    add_audit_commands(commands, _client)
+    add_audit_commands(commands, _client, _config)
     name_subcommands(parser)
     return parser
 

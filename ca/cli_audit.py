@@ -1,10 +1,12 @@
 """``trustmesh-ca audit list|verify|export``: the auditor's commands (issue 8), over the admin API routes
 of :mod:`ca.http_audit`.
 
-``verify`` runs in the CA, which holds the authorities a checkpoint must be signed by; so, like every
-command here, it needs the CA running (to check a datastore someone may have changed while the CA was
-stopped, start the CA on it first: starting changes no audit record). It prints one line and exits 0
-when the log verifies, 1 with the first problem otherwise.
+``verify`` asks the running CA, which holds the authorities a checkpoint must be signed by. With
+``--datastore`` it reads the datastore named in the configuration itself, so it works with the CA
+stopped (after an incident, before starting it again); it then trusts the checkpoints of the
+authorities whose keys the configured key manager holds, so it needs the key-encryption key, as the CA
+does, and nothing it does writes. Either way it prints one line and exits 0 when the log verifies, 1
+with the first problem otherwise.
 
 ``--since`` and ``--until`` take an ISO 8601 time with a zone (``2026-11-22T12:00:00Z``) or a duration
 back from now (``1h``, ``7d``).
@@ -26,6 +28,7 @@ from typing import IO, Any, Protocol
 import httpx
 
 from ca.cli_authorities import AdminApi, aligned, print_json
+from ca.config import CaConfig
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument
 
@@ -44,6 +47,7 @@ class AuditApi(AdminApi, Protocol):
 
 
 ClientFactory = Callable[[argparse.Namespace], AuditApi]
+ConfigFactory = Callable[[argparse.Namespace], CaConfig]
 
 
 def parse_time(text: str, now: datetime, flag: str) -> datetime:
@@ -127,9 +131,35 @@ def cmd_audit_list(args: argparse.Namespace, client_factory: ClientFactory) -> i
     return 0
 
 
-def cmd_audit_verify(args: argparse.Namespace, client_factory: ClientFactory) -> int:
-    with client_factory(args) as client:
-        result = client.request("GET", "/v1/audit/verify", timeout=VERIFY_TIMEOUT_SECONDS).json()
+def verify_datastore(config: CaConfig) -> dict[str, Any]:
+    """What ``GET /v1/audit/verify`` answers, found by reading the configured datastore directly."""
+    # The datastore, key manager and the HTTP reply model are loaded only for this command.
+    from ca.audit_checkpoints import CheckpointTrust  # noqa: PLC0415
+    from ca.audit_log import AuditLog  # noqa: PLC0415
+    from ca.http_audit import verify_reply  # noqa: PLC0415
+    from ca.keys import open_key_manager  # noqa: PLC0415
+    from ca.store import AuthorityRepository, Database  # noqa: PLC0415
+    from spiffe_core.clock import SystemClock  # noqa: PLC0415
+
+    key_manager = config.ca.key_manager.model_copy(update={"create_kek_if_missing": False})  # read, never create
+    keys = open_key_manager(key_manager, config.server.data_dir)
+    database = Database.open(config.datastore.url)
+    try:
+        with database.transaction() as session:
+            records = [r for r in AuthorityRepository(session).list() if r.trust_domain == config.trust_domain]
+        trust = CheckpointTrust.of_held_keys(records, keys)
+        result = AuditLog(database, lambda: trust, SystemClock(), config.audit.checkpoint_interval).verify()
+    finally:
+        database.close()
+    return verify_reply(result).model_dump(mode="json")
+
+
+def cmd_audit_verify(args: argparse.Namespace, client_factory: ClientFactory, config_factory: ConfigFactory) -> int:
+    if args.datastore:
+        result = verify_datastore(config_factory(args))
+    else:
+        with client_factory(args) as client:
+            result = client.request("GET", "/v1/audit/verify", timeout=VERIFY_TIMEOUT_SECONDS).json()
     if args.json:
         print_json(result)
     else:
@@ -168,12 +198,14 @@ def cmd_audit_export(args: argparse.Namespace, client_factory: ClientFactory) ->
 
 
 def add_audit_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], client_factory: ClientFactory
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    client_factory: ClientFactory,
+    config_factory: ConfigFactory,
 ) -> None:
     """Register ``audit list``, ``audit verify`` and ``audit export`` under ``trustmesh-ca``."""
 
-    def bind(func: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
-        return functools.partial(func, client_factory=client_factory)
+    def bind(func: Callable[..., int], **extra: Any) -> Callable[[argparse.Namespace], int]:
+        return functools.partial(func, client_factory=client_factory, **extra)
 
     audit = commands.add_parser("audit", help="the audit log: list, verify, export")
     subs = audit.add_subparsers(dest="sub", required=True)
@@ -191,8 +223,13 @@ def add_audit_commands(
     listing.set_defaults(func=bind(cmd_audit_list))
 
     verify = subs.add_parser("verify", help="check the hash chain and signed checkpoints; exit 1 naming the problem")
+    verify.add_argument(
+        "--datastore",
+        action="store_true",
+        help="read the datastore of the config directly instead of asking the CA (works with the CA stopped)",
+    )
     verify.add_argument("--json", action="store_true", help="print JSON for machines")
-    verify.set_defaults(func=bind(cmd_audit_verify))
+    verify.set_defaults(func=bind(cmd_audit_verify, config_factory=config_factory))
 
     export = subs.add_parser("export", help="every record as JSON lines, for a SIEM")
     export.add_argument("--since", help="from this time on: 1h, 7d or 2026-11-22T12:00:00Z")

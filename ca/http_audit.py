@@ -119,7 +119,7 @@ class AuditPage(AuditFilter):
     limit: int = Field(default=100, description="at most 1000")
 
 
-def _verify_reply(result: AuditVerification) -> VerifyReply:
+def verify_reply(result: AuditVerification) -> VerifyReply:
     newest = result.newest
     return VerifyReply(
         ok=result.ok,
@@ -155,7 +155,7 @@ def add_audit_routes(app: FastAPI, audit: AuditOps) -> None:
 
     @app.get("/v1/audit/verify")
     def verify_audit() -> VerifyReply:
-        return _verify_reply(audit.verify())
+        return verify_reply(audit.verify())
 
     @app.get("/v1/audit/export")
     def export_audit(chosen: Annotated[AuditFilter, Query()]) -> StreamingResponse:

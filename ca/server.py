@@ -23,6 +23,7 @@ import uvicorn
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
 from ca.audit import AuditTrail
+from ca.audit_checkpoints import CheckpointTrust
 from ca.audit_log import AuditLog
 from ca.audit_task import AuditKeeper
 from ca.authority_changes import AuthorityChanges
@@ -180,7 +181,12 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         officer,
         authorities,
         audit,
-        AuditLog(database, authorities, clock, config.audit.checkpoint_interval),
+        AuditLog(
+            database,
+            lambda: CheckpointTrust.of(authorities.get_current()),
+            clock,
+            config.audit.checkpoint_interval,
+        ),
     )
 
 

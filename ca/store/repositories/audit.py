@@ -19,12 +19,14 @@ from dataclasses import replace
 from datetime import UTC
 
 from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ca.store._integrity import Violation, violation_of
 from ca.store.engine import lock_for_writers
 from ca.store.models import AUDIT_REASON_LENGTH, AuditRow
 from ca.store.records import Actor, AuditEvent, AuditQuery, AuditRecord, ChainCheck
-from spiffe_core.errors import InvalidArgument
+from spiffe_core.errors import FailedPrecondition, InvalidArgument
 
 GENESIS_HASH = "0" * 64
 # The most records one page of a listing may hold (`audit list` and the admin API page through more).
@@ -109,7 +111,17 @@ class AuditLogRepository:
             hash=chain_hash(prev_hash, event),
         )
         self._session.add(row)
-        self._session.flush()
+        try:
+            self._session.flush()
+        except IntegrityError as err:
+            if violation_of(err) is not Violation.UNIQUE:
+                raise
+            # Appends are serialized, so only a tampered log has its newest record followed already.
+            raise FailedPrecondition(
+                "the audit log cannot be appended to: its newest record is already followed by another, so "
+                "records were moved; nothing audited can be done until it is restored. Run `trustmesh-ca audit "
+                "verify` to see where"
+            ) from err
         return AuditRecord(id=row.id, event=event, prev_hash=row.prev_hash, hash=row.hash)
 
     def list(

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from ca.audit import AuditTrail
-from ca.audit_checkpoints import sign_head
+from ca.audit_checkpoints import CheckpointTrust, sign_head
 from ca.audit_log import AuditLog, when
 from ca.audit_task import AuditKeeper
 from ca.audit_throttle import RefusalThrottle
@@ -68,7 +68,8 @@ def audit(database: Database) -> Audit:
     authorities.load()
     trail = AuditTrail(database, RefusalThrottle(Rate(1 / 60, 2), Rate(100, 100)))
     keeper = AuditKeeper(database, authorities, trail, clock, INTERVAL)
-    return Audit(database, clock, authorities, trail, keeper, AuditLog(database, authorities, clock, INTERVAL))
+    log = AuditLog(database, lambda: CheckpointTrust.of(authorities.get_current()), clock, INTERVAL)
+    return Audit(database, clock, authorities, trail, keeper, log)
 
 
 def test_a_log_without_checkpoints_verifies_and_says_so(audit: Audit) -> None:

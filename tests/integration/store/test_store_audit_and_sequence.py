@@ -20,7 +20,7 @@ from ca.store import (
     TrustBundleStateRepository,
 )
 from ca.store.repositories.audit import chain_hash
-from spiffe_core.errors import InvalidArgument
+from spiffe_core.errors import FailedPrecondition, InvalidArgument
 from spiffe_core.spiffe_id import TrustDomain
 from tests.support.store import NOW, TRUST_DOMAIN
 
@@ -142,10 +142,10 @@ def _rehash(database: Database, record_id: int, target: str) -> None:
         )
 
 
-SWAP_3_AND_4 = (
-    "UPDATE audit_log SET id = 1000 WHERE id = 3",
-    "UPDATE audit_log SET id = 3 WHERE id = 4",
-    "UPDATE audit_log SET id = 4 WHERE id = 1000",
+SWAP_2_AND_3 = (
+    "UPDATE audit_log SET id = 1000 WHERE id = 2",
+    "UPDATE audit_log SET id = 2 WHERE id = 3",
+    "UPDATE audit_log SET id = 3 WHERE id = 1000",
 )
 
 
@@ -189,9 +189,9 @@ SWAP_3_AND_4 = (
             id="deleted-the-first",
         ),
         pytest.param(
-            SWAP_3_AND_4,
-            3,
-            "records 3 and 4 are out of order (record 4 is the one that follows record 2)",
+            SWAP_2_AND_3,
+            2,
+            "records 2 and 3 are out of order (record 3 is the one that follows record 1)",
             id="reordered",
         ),
         pytest.param(
@@ -212,6 +212,22 @@ def test_verify_names_the_first_tampered_record_and_what_was_done(
     with audited.transaction() as session:
         check = AuditLogRepository(session).verify_chain()
     assert (check.ok, check.first_bad_id, check.problem) == (False, first_bad_id, problem)
+
+
+def test_a_log_whose_newest_records_were_swapped_refuses_appends_saying_why(audited: Database) -> None:
+    with audited.transaction() as session:
+        for statement in (
+            "UPDATE audit_log SET id = 1000 WHERE id = 3",
+            "UPDATE audit_log SET id = 3 WHERE id = 4",
+            "UPDATE audit_log SET id = 4 WHERE id = 1000",
+        ):
+            session.execute(text(statement))
+    with pytest.raises(FailedPrecondition) as raised, audited.transaction() as session:
+        AuditLogRepository(session).append(_event(9))
+    assert str(raised.value) == (
+        "the audit log cannot be appended to: its newest record is already followed by another, so records were "
+        "moved; nothing audited can be done until it is restored. Run `trustmesh-ca audit verify` to see where"
+    )
 
 
 def test_an_edit_with_a_recomputed_hash_is_found_at_the_next_record(audited: Database) -> None:

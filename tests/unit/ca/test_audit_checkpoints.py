@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from ca.audit_checkpoints import CheckpointTrust, Verdict, checkpoint_message, judge, sign_head
 from ca.authority import AuthoritySet, AuthorityState, X509Authority, authority_id_for, build_bundle
+from ca.keys.memory import MemoryKeyManager
 from ca.signing import sign
-from ca.store.records import AuditCheckpoint
+from ca.store.records import AuditCheckpoint, AuthorityKind, AuthorityRecord
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import signing_cert_builder
@@ -119,6 +121,35 @@ def test_a_checkpoint_of_an_authority_issued_by_a_bundle_root_verifies_after_the
         (root,),
     )
     assert judge(stored(old), CheckpointTrust.of(authority_set(new))) is Verdict.VERIFIED
+
+
+def record_of(authority: X509Authority, key_ref: str, kind: AuthorityKind = AuthorityKind.X509) -> AuthorityRecord:
+    return AuthorityRecord(
+        id=authority.id,
+        kind=kind,
+        trust_domain=TD,
+        state=AuthorityState.ACTIVE,
+        key_type=KeyType.EC_P256,
+        key_ref=key_ref,
+        public_key_der=b"",
+        not_before=authority.not_before,
+        not_after=authority.not_after,
+        created_at=NOW,
+        certificate_der=authority.certificate.public_bytes(serialization.Encoding.DER),
+    )
+
+
+def test_checking_a_datastore_alone_trusts_only_authorities_whose_keys_the_key_manager_holds() -> None:
+    keys = MemoryKeyManager()
+    held_key = keys.generate("x509-held", KeyType.EC_P256)
+    held = X509Authority(
+        authority_id_for(held_key.public_key()), ca_certificate(held_key), held_key, AuthorityState.ACTIVE
+    )
+    planted = authority()  # a row someone added, naming a key the CA holds
+    trust = CheckpointTrust.of_held_keys(
+        [record_of(held, "x509-held"), record_of(planted, "x509-held"), record_of(authority(), "x509-pruned")], keys
+    )
+    assert [judge(stored(a), trust) for a in (held, planted)] == [Verdict.VERIFIED, Verdict.UNVERIFIABLE]
 
 
 def test_the_signed_message_names_what_it_is_and_every_field() -> None:
