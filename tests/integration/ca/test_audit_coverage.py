@@ -17,19 +17,17 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from ca.audit import MAX_LISTED, ROTATOR, Issuance
-from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.authority_manager import AuthorityManager
 from ca.authority_ops import AuthorityOperations
 from ca.http_api import LOCAL_ADMIN, create_admin_app
 from ca.issuance import X509SvidRequest
-from ca.keys.memory import MemoryKeyManager
 from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import AgentRepository, AuditLogRepository, AuditQuery, AuditRecord, Database
 from ca.store.records import AuthorityKind
-from ca.upstream import SelfSignedUpstream
 from spiffe_core.errors import FailedPrecondition
 from spiffe_core.keys import KeyType, generate_private_key
-from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from spiffe_core.spiffe_id import SpiffeId
 from tests.integration.ca.test_node_api import (
     NODE_1,
     NODE_2,
@@ -46,11 +44,10 @@ from tests.integration.ca.test_node_api import (
     sign_nothing,
 )
 from tests.support.clock import FakeClock
-from tests.support.enterprise_pki import ca_use_cases
+from tests.support.enterprise_pki import ca_use_cases, memory_authorities
 from tests.support.store import OFFICER
 from wire import node_pb2, node_pb2_grpc
 
-TD = TrustDomain("example.org")
 CA_TTL = timedelta(minutes=60)
 HINT = timedelta(minutes=1)
 UNUSED: object = object()
@@ -77,14 +74,7 @@ class Officer:
 @pytest.fixture
 def officer(database: Database) -> Officer:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
-    manager = AuthorityManager(
-        database,
-        MemoryKeyManager(),
-        SelfSignedUpstream(),
-        AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, CA_TTL, HINT),
-        clock,
-    )
-    manager.load()
+    manager = memory_authorities(database, clock, CA_TTL, HINT)
     cases = ca_use_cases(database, manager, clock, timedelta(minutes=10))
     return Officer(database, clock, manager, cases.officer, cases.rotator, cases.service)
 

@@ -19,9 +19,8 @@ from ca.audit_log import AuditLog, when
 from ca.audit_task import AuditKeeper
 from ca.audit_throttle import RefusalThrottle
 from ca.authority import AuthorityState, X509Authority, authority_id_for
-from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.authority_manager import AuthorityManager
 from ca.http_audit import record_document
-from ca.keys.memory import MemoryKeyManager
 from ca.ratelimit import Rate
 from ca.store import Actor, AuditCheckpointRepository, AuditEvent, AuditQuery, Database
 from ca.upstream import CaSubject, SelfSignedUpstream
@@ -29,6 +28,7 @@ from spiffe_core.errors import FailedPrecondition
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.enterprise_pki import memory_authorities
 
 TD = TrustDomain("example.org")
 INTERVAL = timedelta(minutes=1)
@@ -58,14 +58,7 @@ class Audit:
 @pytest.fixture
 def audit(database: Database) -> Audit:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
-    authorities = AuthorityManager(
-        database,
-        MemoryKeyManager(),
-        SelfSignedUpstream(),
-        AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(days=7), timedelta(minutes=5)),
-        clock,
-    )
-    authorities.load()
+    authorities = memory_authorities(database, clock, timedelta(days=7))
     trail = AuditTrail(database, RefusalThrottle(Rate(1 / 60, 2), Rate(100, 100)))
     keeper = AuditKeeper(database, authorities, trail, clock, INTERVAL)
     log = AuditLog(database, lambda: CheckpointTrust.of(authorities.get_current()), clock, INTERVAL)
