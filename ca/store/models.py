@@ -46,8 +46,11 @@ NAMING_CONVENTION = {
 SPIFFE_ID_LENGTH = 2048
 TRUST_DOMAIN_LENGTH = 255
 SHA256_HEX_LENGTH = 64
-# An audit reason is one line a person reads; longer ones are cut when recorded.
+# An audit reason is one line a person reads; longer ones are cut when recorded, as are the other texts.
 AUDIT_REASON_LENGTH = 1024
+AUDIT_METHOD_LENGTH = 32
+AUDIT_ROLE_LENGTH = 64
+AUDIT_ACTION_LENGTH = 128
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -197,9 +200,9 @@ class AuditRow(Base):
     id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(index=True)  # `audit list --since` reads a time range
     actor: Mapped[str] = mapped_column(String(SPIFFE_ID_LENGTH))
-    auth_method: Mapped[str] = mapped_column(String(32), default="")
-    role: Mapped[str] = mapped_column(String(64), default="")
-    action: Mapped[str] = mapped_column(String(128))
+    auth_method: Mapped[str] = mapped_column(String(AUDIT_METHOD_LENGTH), default="")
+    role: Mapped[str] = mapped_column(String(AUDIT_ROLE_LENGTH), default="")
+    action: Mapped[str] = mapped_column(String(AUDIT_ACTION_LENGTH))
     target: Mapped[str] = mapped_column(String(SPIFFE_ID_LENGTH))
     outcome: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(AUDIT_REASON_LENGTH), default="")

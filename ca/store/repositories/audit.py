@@ -24,7 +24,14 @@ from sqlalchemy.orm import Session
 
 from ca.store._integrity import Violation, violation_of
 from ca.store.engine import lock_for_writers
-from ca.store.models import AUDIT_REASON_LENGTH, AuditRow
+from ca.store.models import (
+    AUDIT_ACTION_LENGTH,
+    AUDIT_METHOD_LENGTH,
+    AUDIT_REASON_LENGTH,
+    AUDIT_ROLE_LENGTH,
+    SPIFFE_ID_LENGTH,
+    AuditRow,
+)
 from ca.store.records import Actor, AuditEvent, AuditQuery, AuditRecord, ChainCheck
 from spiffe_core.errors import FailedPrecondition, InvalidArgument
 
@@ -52,6 +59,27 @@ def chain_hash(prev_hash: str, event: AuditEvent) -> str:
     fields.update((key, value) for key, value in optional.items() if value)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+def _cut(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _fitted(event: AuditEvent) -> AuditEvent:
+    """``event`` with every text cut to its column, so an overlong reason or a caller's long name is
+    recorded shortened instead of failing the audited action (PostgreSQL enforces the lengths)."""
+    actor = event.actor
+    return replace(
+        event,
+        actor=Actor(
+            _cut(actor.name, SPIFFE_ID_LENGTH),
+            _cut(actor.method, AUDIT_METHOD_LENGTH),
+            _cut(actor.role, AUDIT_ROLE_LENGTH),
+        ),
+        action=_cut(event.action, AUDIT_ACTION_LENGTH),
+        target=_cut(event.target, SPIFFE_ID_LENGTH),
+        reason=_cut(event.reason, AUDIT_REASON_LENGTH),
+    )
 
 
 def _event(row: AuditRow) -> AuditEvent:
@@ -95,8 +123,7 @@ class AuditLogRepository:
         lock_for_writers(self._session, "audit-log")
         last = self._session.scalars(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1)).first()
         prev_hash = GENESIS_HASH if last is None else last
-        if len(event.reason) > AUDIT_REASON_LENGTH:
-            event = replace(event, reason=event.reason[: AUDIT_REASON_LENGTH - 1] + "…")
+        event = _fitted(event)
         row = AuditRow(
             at=event.at,
             actor=event.actor.name,

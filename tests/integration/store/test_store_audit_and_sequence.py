@@ -110,6 +110,19 @@ def test_list_refuses_a_limit_outside_one_to_a_thousand(database: Database, limi
         AuditLogRepository(session).list(limit=limit)
 
 
+def test_overlong_texts_are_recorded_cut_to_their_columns(database: Database) -> None:
+    event = AuditEvent(NOW, Actor("o" * 3000, "m" * 40, "r" * 70), "a" * 200, "t" * 3000, "denied", {}, "why " * 400)
+    with database.transaction() as session:
+        recorded = AuditLogRepository(session).append(event)
+    with database.transaction() as session:
+        (stored,) = AuditLogRepository(session).list()
+        assert AuditLogRepository(session).verify_chain().ok
+    assert stored.event == recorded.event
+    actor, texts = stored.event.actor, (stored.event.action, stored.event.target, stored.event.reason)
+    assert [len(text) for text in (actor.name, actor.method, actor.role, *texts)] == [2048, 32, 64, 128, 2048, 1024]
+    assert stored.event.reason.endswith("…")
+
+
 def test_an_intact_chain_verifies_up_to_its_head(audited: Database) -> None:
     with audited.transaction() as session:
         repository = AuditLogRepository(session)
