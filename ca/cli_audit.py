@@ -213,7 +213,9 @@ def add_audit_commands(
     listing = subs.add_parser("list", help="list audit records (the newest, or from --since on)")
     listing.add_argument("--since", help="from this time on: 1h, 7d or 2026-11-22T12:00:00Z")
     listing.add_argument("--until", help="up to this time: a duration back from now or an ISO time")
-    listing.add_argument("--actor", help="only this actor (exactly as listed, e.g. spiffe://… or local-admin)")
+    listing.add_argument(
+        "--actor", help="only this actor, exactly as listed (spiffe://…, oidc:<issuer>#<sub>, unix:uid=0)"
+    )
     listing.add_argument("--action", help="only actions starting with this, e.g. authority. or x509_svid.issue")
     listing.add_argument("--outcome", choices=("ok", "denied", "failed"), help="only this outcome")
     listing.add_argument(

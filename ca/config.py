@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationError,
     field_validator,
     model_validator,
@@ -587,6 +588,9 @@ class AuditConfig(_Section):
     # the summaries of throttled refusals are written. Records newer than the newest checkpoint can be
     # cut off the log unnoticed, so shorter is safer; each checkpoint is one small row.
     checkpoint_interval: Duration = timedelta(minutes=1)
+    # Refused attempts recorded one by one per caller (actor) per minute; the rest are counted into one
+    # summary record per caller each checkpoint interval, so nobody can flood the log by being refused.
+    refusals_per_minute: int = Field(default=20, ge=1, le=10_000)
 
     @field_validator("checkpoint_interval")
     @classmethod
@@ -1002,4 +1006,5 @@ admins = []                             # mTLS admins: replace this line by [[ad
 # roles = ["security-officer"]
 [audit]
 checkpoint_interval = "1m"              # sign the audit chain's head this often (1s..1d); see docs/audit.md
+refusals_per_minute = 20                # refusals recorded one by one per caller; the rest as one summary
 """

@@ -31,6 +31,7 @@ from ca.audit import AuditTrail
 from ca.audit_checkpoints import CheckpointTrust
 from ca.audit_log import AuditLog
 from ca.audit_task import AuditKeeper
+from ca.audit_throttle import RefusalThrottle
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
@@ -131,7 +132,8 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     )
     authorities.load()
     hub = ChangeHub()
-    audit = AuditTrail(database)
+    per_minute = config.audit.refusals_per_minute
+    audit = AuditTrail(database, RefusalThrottle(per_source=Rate(per_minute / 60, per_minute)))
     changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
     rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
     rotator = Rotator(changes, rotation_params, clock)

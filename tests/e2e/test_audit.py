@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ def test_audit_list_shows_cli_actions_and_verify_names_each_tampering(tmp_path: 
             code, out, err = ca.cli(*args)
             assert code == 0, err
         token = out.split("Token     : ")[1].split()[0]
-        code, listed, err = ca.cli("audit", "list", "--json", "--actor", "local-admin")
+        code, listed, err = ca.cli("audit", "list", "--json", "--actor", f"unix:uid={os.getuid()}")
         assert code == 0, err
         records = json.loads(listed)
         assert [(r["action"], r["outcome"], r["detail"].get("dry_run", False)) for r in records] == [
