@@ -104,6 +104,7 @@ class AuthorityManager:
         self._lock = threading.Lock()
         self._crl_warning: str | None = None
         self._crl_cache: dict[tuple[object, ...], _SignedCrl] = {}
+        self._refresh_failed = False
 
     @property
     def params(self) -> AuthorityParams:
@@ -117,7 +118,12 @@ class AuthorityManager:
 
     @property
     def crls_refresh_at(self) -> datetime | None:
-        return None if self._current is None else self._current.crls_refresh_at
+        """When the rotation task must call :meth:`refresh`: when the CRLs are due, or at once while
+        the last refresh failed (the datastore or an upstream such as Vault was down after a change
+        was committed, so the published snapshot lacks it)."""
+        if self._current is None:
+            return None
+        return self._clock.now() if self._refresh_failed else self._current.crls_refresh_at
 
     def add_listener(self, listener: Callable[[AuthoritySet], None]) -> None:
         """Call ``listener`` with every new snapshot (from whichever thread swapped it in)."""
@@ -168,12 +174,16 @@ class AuthorityManager:
 
     def refresh(self) -> AuthoritySet:
         """Re-read the authorities and revocations (after a change, here or on another replica) and
-        re-sign the CRLs; publishes the new snapshot. Does not change the bundle sequence."""
+        re-sign the CRLs; publishes the new snapshot. Does not change the bundle sequence. Until one
+        succeeds after a failure, :attr:`crls_refresh_at` asks the rotation task to retry."""
+        self._refresh_failed = True
         with self._database.transaction() as session:
             sequence = TrustBundleStateRepository(session).current_bundle_sequence(self._params.trust_domain)
             records = self.records(session)
             revoked = IssuedCertificateRepository(session).revoked_live(self._clock.now())
-        return self._publish(records, sequence, revoked)
+        published = self._publish(records, sequence, revoked)
+        self._refresh_failed = False
+        return published
 
     def records(self, session: Session) -> list[AuthorityRecord]:
         """Every stored authority of this trust domain, oldest first."""
@@ -295,11 +305,14 @@ class AuthorityManager:
                 for a, revoked_at in revoked_authorities
                 if a.upstream_chain and a.root == root
             )
-            root_crl = self._crl(
-                ("root", fingerprint.hex(), under_root),
-                functools.partial(self._upstream.root_crl, root, under_root, this_update, next_update, number),
-                now,
-            )
+            try:
+                root_crl = self._crl(
+                    ("root", fingerprint.hex(), under_root),
+                    functools.partial(self._upstream.root_crl, root, under_root, this_update, next_update, number),
+                    now,
+                )
+            except FailedPrecondition as err:  # the upstream holds the root's CRL but cannot give a usable one
+                return self._without_crls(str(err)), now + self._params.crl_ttl / 2
             if root_crl is None:
                 return self._without_crls(
                     f"no CRL can be signed for the upstream root {root.subject.rfc4514_string()}: it is no longer "

@@ -1,4 +1,5 @@
-"""``trustmesh-ca``: run the CA, and talk to a running one over its local admin socket.
+"""``trustmesh-ca``: run the CA, and talk to a running one over its local admin socket or, with
+``--server``, to a remote one over HTTPS (docs/admin-api.md "Remote CLI").
 
 Every failure is one line on stderr and a non-zero exit: 2 for a usage error (argparse), 1 for
 anything the CA or the input refused. Private keys are generated here, on the caller's machine, and
@@ -22,17 +23,19 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.admin_client import AdminClient
+from ca.admin_client import AdminClient, RemoteTarget, read_token_file
 from ca.cli_agents import add_agent_commands
+from ca.cli_audit import add_audit_commands
 from ca.cli_authorities import add_authority_commands
 from ca.cli_federation import add_federation_commands
-from ca.config import CaConfig, default_config_toml, load_config
+from ca.config import CLIENT_ENV, CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
+from ca.reserved_ids import server_id
 from ca.signing import digest_for
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError
 from spiffe_core.keys import KeyType, generate_private_key
-from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 PROG = "trustmesh-ca"
 CONFIG_ENV = "TRUSTMESH_CONFIG"
@@ -43,9 +46,55 @@ def _config(args: argparse.Namespace) -> CaConfig:
     return load_config(Path(path) if path else None, os.environ)
 
 
+def _remote_option(args: argparse.Namespace, name: str) -> str | None:
+    """A remote-CLI option: the flag, else its environment variable (config.CLIENT_ENV)."""
+    value: str | None = getattr(args, name) or os.environ.get(CLIENT_ENV[name]) or None
+    return value
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise InvalidArgument(f"cannot read the {what} {path}: {err.strerror}") from err
+
+
+def _remote_target(args: argparse.Namespace, server: str) -> RemoteTarget:
+    """How to reach and trust the CA at ``server`` and who to be there, from the flags and environment."""
+    token_file, cert, key = (_remote_option(args, name) for name in ("token_file", "cert", "key"))
+    bundle, server_name = _remote_option(args, "bundle"), _remote_option(args, "server_name")
+    if (cert is None) != (key is None):
+        raise InvalidArgument("--cert and --key go together: the admin X509-SVID and its private key")
+    trust_domain = TrustDomain.parse(args.trust_domain) if args.trust_domain else None
+    expected = None
+    if server_name is None:
+        expected = server_id(trust_domain or _config(args).trust_domain)
+    return RemoteTarget(
+        url=server,
+        bundle_pem=None if bundle is None else _read_file(bundle, "bundle"),
+        server_id=expected,
+        server_name=server_name,
+        token=None if token_file is None else read_token_file(Path(token_file)),
+        cert_file=None if cert is None else Path(cert),
+        key_file=None if key is None else Path(key),
+    )
+
+
 def _client(args: argparse.Namespace) -> AdminClient:
+    """The admin API of the CA the command talks to: ``--server`` (HTTPS), else the local socket."""
+    server = _remote_option(args, "server")
+    if server is not None:
+        if args.socket:
+            raise InvalidArgument("--socket and --server name two CAs; give one")
+        return AdminClient.remote(_remote_target(args, server))
+    given = [f"--{name.replace('_', '-')}" for name in ("token_file", "cert", "key", "bundle") if getattr(args, name)]
+    if given:
+        raise InvalidArgument(
+            f"{', '.join(given)} given without --server; these options are for a remote CA over HTTPS "
+            "(without --server the CLI uses the local admin socket)"
+        )
     socket_path = Path(args.socket) if args.socket else _config(args).server.admin_socket
-    return AdminClient(socket_path)
+    return AdminClient.local(socket_path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -343,6 +392,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="trustmesh certificate authority")
     parser.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV}, else built-in defaults)")
     parser.add_argument("--socket", help="admin socket of a running CA (default: from the config)")
+    remote = parser.add_argument_group("remote CA", "talk to a CA's admin API over HTTPS (docs/admin-api.md)")
+    remote.add_argument("--server", help=f"https://host:port of the CA's admin API (${CLIENT_ENV['server']})")
+    remote.add_argument(
+        "--token-file", help=f"file holding a bearer token from the IdP (${CLIENT_ENV['token_file']}); never argv"
+    )
+    remote.add_argument("--cert", help=f"admin X509-SVID (PEM chain) for mTLS (${CLIENT_ENV['cert']})")
+    remote.add_argument("--key", help=f"its private key (PEM) (${CLIENT_ENV['key']})")
+    remote.add_argument("--bundle", help=f"PEM roots that the CA's certificate chains to (${CLIENT_ENV['bundle']})")
+    remote.add_argument(
+        "--trust-domain", help="the CA's trust domain: it must present spiffe://<td>/trustmesh/server (default: config)"
+    )
+    remote.add_argument(
+        "--server-name",
+        help=f"check a configured web certificate by this host name instead of the CA's SPIFFE ID "
+        f"(${CLIENT_ENV['server_name']})",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -388,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_authority_commands(commands, _client)
     add_agent_commands(commands, _client)
     add_federation_commands(commands, _client)
+    add_audit_commands(commands, _client, _config)
     name_subcommands(parser)
     return parser
 

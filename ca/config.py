@@ -11,37 +11,55 @@ from __future__ import annotations
 
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
 
+from ca.rbac import Role
 from spiffe_core.durations import format_duration, parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
-from spiffe_core.spiffe_id import TrustDomain
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import check_dns_name
 
 ENV_PREFIX = "TRUSTMESH_"
 # Not overrides: the CLI reads the config file's path from it, and the agent (which may run on the
 # same host, with its own TRUSTMESH_AGENT_ variables) has its own configuration.
 CONFIG_PATH_ENV = "TRUSTMESH_CONFIG"
+# Not overrides either: how the CLI reaches a remote CA's admin API (docs/admin-api.md "Remote CLI").
+CLIENT_ENV = {
+    "server": "TRUSTMESH_SERVER",
+    "token_file": "TRUSTMESH_TOKEN_FILE",
+    "cert": "TRUSTMESH_CERT_FILE",
+    "key": "TRUSTMESH_KEY_FILE",
+    "bundle": "TRUSTMESH_BUNDLE_FILE",
+    "server_name": "TRUSTMESH_SERVER_NAME",
+}
 _AGENT_ENV_PREFIX = "TRUSTMESH_AGENT_"
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL on Linux.
 MAX_SOCKET_PATH_BYTES = 107
 _ADDRESS = re.compile(r"[A-Za-z0-9.-]+:(\d{1,5})")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MOUNT = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._-]{0,64}")
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _DOCS = "see docs/configuration.md"
+MIN_CHECKPOINT_INTERVAL = timedelta(seconds=1)
+MAX_CHECKPOINT_INTERVAL = timedelta(days=1)
 
 
 def _duration(value: object) -> timedelta:
@@ -75,7 +93,16 @@ def _optional_path(value: object) -> object:
     return None if value == "" else value  # an empty environment override means "not set", not "."
 
 
+def _role(value: object) -> Role:
+    try:
+        return Role(str(value))
+    except ValueError:
+        names = ", ".join(role.value for role in Role)
+        raise ValueError(f"{value!r} is not a role; use one of: {names}") from None
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+RoleField = Annotated[Role, BeforeValidator(_role)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_optional_path)]
 KeyTypeField = Annotated[KeyType, BeforeValidator(_key_type)]
 TrustDomainField = Annotated[TrustDomain, BeforeValidator(_trust_domain)]
@@ -89,6 +116,40 @@ def _check_address(value: str, *, may_be_empty: bool) -> str:
         disable = " or '' to disable" if may_be_empty else ""
         raise ValueError(f"{value!r} is not host:port; write e.g. '127.0.0.1:8081' (port 0-65535){disable}")
     return value
+
+
+def _check_env_name(value: str, example: str) -> str:
+    if value and not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an environment variable name; write e.g. '{example}'")
+    return value
+
+
+def _check_mount(value: str, example: str) -> str:
+    """A Vault mount path: segments of safe characters, no leading or trailing slash, no '..'."""
+    if not _MOUNT.fullmatch(value) or ".." in value.split("/"):
+        raise ValueError(
+            f"{value!r} is not a Vault mount path; write segments of A-Z, a-z, 0-9, '.', '-' or '_' joined by '/', "
+            f"without a leading or trailing '/', e.g. '{example}'"
+        )
+    return value
+
+
+def _check_vault_address(value: str) -> str:
+    if not value:
+        return value
+    url = urlsplit(value)
+    if url.scheme not in ("https", "http") or not url.hostname or url.path.strip("/") or url.query or url.username:
+        raise ValueError(f"{value!r} is not a Vault address; write e.g. 'https://vault.example.org:8200'")
+    try:
+        url.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port; write e.g. 'https://vault.example.org:8200'") from None
+    if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
+        raise ValueError(
+            f"{value!r} would send the Vault token unencrypted; use https:// (and vault.ca_file for a private CA) — "
+            "plain http is accepted only for a Vault on this host (127.0.0.1, ::1 or localhost)"
+        )
+    return value.rstrip("/")
 
 
 class _Section(BaseModel):
@@ -170,12 +231,19 @@ class SubjectConfig(_Section):
 
 
 class UpstreamConfig(_Section):
-    """Who signs the CA certificates: the CA itself, or an enterprise root whose files are given."""
+    """Who signs the CA certificates: the CA itself, an enterprise root whose files are given, or a
+    Vault PKI secrets engine (``vault-pki``, reached through the ``[vault]`` section)."""
 
-    kind: Literal["self-signed", "disk"] = "self-signed"
+    kind: Literal["self-signed", "disk", "vault-pki"] = "self-signed"
     cert_file: OptionalPath = None
     key_file: OptionalPath = None
     bundle_file: OptionalPath = None
+    pki_mount: str = "pki"  # vault-pki: where Vault's PKI secrets engine is mounted
+
+    @field_validator("pki_mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _check_mount(value, "pki")
 
     @model_validator(mode="after")
     def _files(self) -> UpstreamConfig:
@@ -184,33 +252,53 @@ class UpstreamConfig(_Section):
             raise ValueError(
                 "kind 'disk' needs cert_file and key_file; set them to the upstream CA's certificate and key"
             )
-        if self.kind == "self-signed" and given:
+        if self.kind != "disk" and given:
             raise ValueError(
-                f"kind 'self-signed' uses no {', '.join(given)}; remove them or set kind = 'disk' to sign with "
+                f"kind '{self.kind}' uses no {', '.join(given)}; remove them or set kind = 'disk' to sign with "
                 "the upstream CA they name"
             )
         return self
 
 
 class KeyManagerConfig(_Section):
-    """Custody of the CA's private keys (``disk``: encrypted PKCS#8 files; ``memory``: lost on restart)."""
+    """Custody of the CA's private keys (``disk``: encrypted PKCS#8 files; ``memory``: lost on restart;
+    ``vault-transit``: non-exportable keys in Vault's transit engine, which signs)."""
 
-    kind: Literal["disk", "memory"] = "disk"
+    kind: Literal["disk", "memory", "vault-transit"] = "disk"
     kek_file: OptionalPath = None  # default <data_dir>/kek unless kek_env is set
     kek_env: str = ""
     create_kek_if_missing: bool = True
+    transit_mount: str = "transit"  # vault-transit: where Vault's transit secrets engine is mounted
+    key_prefix: str = "trustmesh-"  # vault-transit: transit key name = key_prefix + the CA's key ID
 
     @field_validator("kek_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if value and not _ENV_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not an environment variable name; write e.g. 'TRUSTMESH_KEK'")
+        return _check_env_name(value, "TRUSTMESH_KEK")
+
+    @field_validator("transit_mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _check_mount(value, "transit")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _KEY_PREFIX.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a key name prefix; write 0-64 characters of A-Z, a-z, 0-9, '.', '-' or '_', "
+                "e.g. 'trustmesh-prod-'"
+            )
         return value
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyManagerConfig:
         if self.kek_file is not None and self.kek_env:
             raise ValueError("kek_file and kek_env are both set; keep only the one that holds the key-encryption key")
+        if self.kind == "vault-transit" and (self.kek_file is not None or self.kek_env):
+            raise ValueError(
+                "kind 'vault-transit' keeps keys in Vault and uses no key-encryption key; remove kek_file and kek_env"
+            )
         return self
 
 
@@ -263,7 +351,7 @@ class RevocationConfig(_Section):
 class RateLimitConfig(_Section):
     """Token buckets of the node API (SPIRE's ``ratelimit``); a rate of 0 turns that limit off."""
 
-    signing: float = 100.0  # X509-SVIDs per second per agent
+    signing: float = 100.0  # SVIDs (X509-SVIDs, agent renewals, JWT-SVIDs) per second per agent
     signing_burst: int = 2000  # lets one agent re-issue 1,000 SVIDs at once after a taint
     attestation: float = 1.0  # Attest calls per second per source IP address
     attestation_burst: int = 20  # agents behind one address (NAT, a test host) starting together
@@ -353,6 +441,215 @@ class FederationConfig(_Section):
         return self
 
 
+class VaultConfig(_Section):
+    """How the CA reaches HashiCorp Vault, shared by the ``vault-pki`` upstream and the ``vault-transit``
+    key manager (docs/vault.md). The token itself is never in this file: it comes from a file, an
+    environment variable, or an AppRole login."""
+
+    address: str = ""  # e.g. https://vault.example.org:8200; "" = Vault is not used
+    ca_file: OptionalPath = None  # CA certificate(s) that signed Vault's TLS certificate; default: system CAs
+    namespace: str = ""  # Vault Enterprise namespace; "" = none
+    auth: Literal["token", "approle"] = "token"
+    token_file: OptionalPath = None  # auth "token": a file holding the token (0600 or 0400), e.g. a Vault Agent sink
+    token_env: str = ""  # auth "token": or the environment variable holding it
+    approle_mount: str = "approle"  # auth "approle": where the AppRole auth method is mounted
+    role_id_file: OptionalPath = None  # auth "approle"
+    secret_id_file: OptionalPath = None  # auth "approle" (0600 or 0400)
+    timeout: Duration = timedelta(seconds=10)  # per request to Vault
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _check_vault_address(value)
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        return _check_env_name(value, "VAULT_TOKEN")
+
+    @field_validator("approle_mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _check_mount(value, "approle")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0; write e.g. '10s'")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> VaultConfig:
+        token_sources = [name for name in ("token_file", "token_env") if getattr(self, name)]
+        approle = [name for name in ("role_id_file", "secret_id_file") if getattr(self, name) is not None]
+        if self.auth == "token":
+            if approle:
+                raise ValueError(f"auth 'token' uses no {', '.join(approle)}; remove them or set auth = 'approle'")
+            if len(token_sources) > 1:
+                raise ValueError("token_file and token_env are both set; keep only the one that holds the token")
+            if self.address and not token_sources:
+                raise ValueError(
+                    "auth 'token' needs token_file or token_env; point one at the Vault token (never write the "
+                    "token itself into this file), or set auth = 'approle'"
+                )
+        else:
+            if token_sources:
+                raise ValueError(
+                    f"auth 'approle' uses no {', '.join(token_sources)}; remove them or set auth = 'token'"
+                )
+            if self.address and len(approle) < 2:
+                raise ValueError("auth 'approle' needs role_id_file and secret_id_file; set both")
+        return self
+
+
+MAX_CLOCK_SKEW = timedelta(minutes=10)
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class OidcConfig(_Section):
+    """The identity provider whose bearer JWTs the HTTPS admin API accepts (docs/admin-api.md)."""
+
+    issuer: str = ""  # "" = no bearer tokens
+    audience: str = ""
+    jwks_file: OptionalPath = None
+    jwks_url: str = ""
+    roles_claim: str = "roles"  # a dotted path reaches a nested claim, e.g. realm_access.roles
+    clock_skew: Duration = timedelta(seconds=60)
+    role_map: dict[str, RoleField] = {}  # IdP group or role name -> our role
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str) -> str:
+        url = urllib.parse.urlsplit(value)
+        if value and not (url.scheme == "https" or (url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS)):
+            raise ValueError(
+                f"{value!r} is not an https:// URL; the IdP's keys decide who administers the CA, fetch them "
+                "over HTTPS (plain http only from a loopback address)"
+            )
+        return value
+
+    @field_validator("roles_claim")
+    @classmethod
+    def _roles_claim(cls, value: str) -> str:
+        if not value or any(not part for part in value.split(".")):
+            raise ValueError(f"{value!r} is not a claim name; write e.g. 'roles' or 'realm_access.roles'")
+        return value
+
+    @field_validator("clock_skew")
+    @classmethod
+    def _clock_skew(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= MAX_CLOCK_SKEW:
+            raise ValueError(
+                f"{format_duration(value)} is not a clock skew between 0s and {format_duration(MAX_CLOCK_SKEW)}; "
+                "write e.g. '60s' (a larger skew keeps expired tokens working that long)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcConfig:
+        others = [
+            name
+            for name in ("audience", "jwks_file", "jwks_url", "role_map")
+            if getattr(self, name) not in ("", None, {})
+        ]
+        if not self.issuer:
+            if others:
+                raise ValueError(
+                    f"issuer is empty but {', '.join(others)} set; set issuer to the IdP's issuer URL (the 'iss' "
+                    "of its tokens) or remove [admin_api.oidc]"
+                )
+            return self
+        if not self.audience:
+            raise ValueError("audience is empty; set it to the 'aud' the IdP puts in tokens for the CA")
+        if (self.jwks_file is None) == (not self.jwks_url):
+            raise ValueError(
+                "set exactly one of jwks_file and jwks_url: where the IdP's signing keys (a JWK Set) come from"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
+class AdminIdentityConfig(_Section):
+    """One mTLS admin: an X509-SVID's SPIFFE ID and the roles it holds."""
+
+    spiffe_id: str
+    roles: list[RoleField]
+
+    @field_validator("spiffe_id")
+    @classmethod
+    def _spiffe_id(cls, value: str) -> str:
+        try:
+            SpiffeId.parse(value)
+        except InvalidArgument as err:
+            raise ValueError(f"{err}; write e.g. 'spiffe://example.org/admins/alice'") from None
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[Role]) -> list[Role]:
+        if not value:
+            raise ValueError(f"an admin needs at least one role; use {', '.join(role.value for role in Role)}")
+        return value
+
+
+class AdminApiConfig(_Section):
+    """The admin API over HTTPS (docs/admin-api.md); the local Unix socket is always served."""
+
+    address: str = ""  # host:port; "" = no HTTPS listener
+    tls_cert_file: OptionalPath = None  # "" both: serve the CA's own serving SVID
+    tls_key_file: OptionalPath = None
+    oidc: OidcConfig = OidcConfig()
+    admins: tuple[AdminIdentityConfig, ...] = ()
+    admin_entry_role: RoleField = Role.OPERATOR  # what an entry with admin = true confers over mTLS
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        _check_address(value, may_be_empty=True)
+        if value and int(value.rpartition(":")[2]) == 0:
+            raise ValueError(f"{value!r} has port 0; the CLI must know where to dial, give a fixed port")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdminApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither (to serve the CA's own serving SVID)")
+        if self.address and not self.oidc.enabled and not self.admins:
+            raise ValueError(
+                f"address {self.address!r} is set but nobody could authenticate there; configure "
+                "[admin_api.oidc] (bearer tokens from the IdP) or [[admin_api.admins]] (mTLS admin SVIDs), or set "
+                "address = '' (the local admin socket always works)"
+            )
+        return self
+
+
+class AuditConfig(_Section):
+    """The audit log's signed checkpoints (docs/audit.md)."""
+
+    # How often the chain's head is signed with the active X.509 authority's key (when it moved), and
+    # the summaries of throttled refusals are written. Records newer than the newest checkpoint can be
+    # cut off the log unnoticed, so shorter is safer; each checkpoint is one small row.
+    checkpoint_interval: Duration = timedelta(minutes=1)
+    # Refused attempts recorded one by one per caller (actor) per minute; the rest are counted into one
+    # summary record per caller each checkpoint interval, so nobody can flood the log by being refused.
+    refusals_per_minute: int = Field(default=20, ge=1, le=10_000)
+
+    @field_validator("checkpoint_interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        if not MIN_CHECKPOINT_INTERVAL <= value <= MAX_CHECKPOINT_INTERVAL:
+            raise ValueError(
+                f"{format_duration(value)} is outside {format_duration(MIN_CHECKPOINT_INTERVAL)}.."
+                f"{format_duration(MAX_CHECKPOINT_INTERVAL)}; write e.g. '1m' (records newer than the newest "
+                "checkpoint can be cut off unnoticed, so keep it short)"
+            )
+        return value
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -368,6 +665,27 @@ class CaConfig(_Section):
     revocation: RevocationConfig = RevocationConfig()
     node_api: NodeApiConfig = NodeApiConfig()
     federation: FederationConfig = FederationConfig()
+    vault: VaultConfig = VaultConfig()
+    admin_api: AdminApiConfig = AdminApiConfig()
+    audit: AuditConfig = AuditConfig()
+
+
+def admin_api_problems(config: CaConfig) -> list[str]:
+    """Each ``[[admin_api.admins]]`` that names no SPIFFE ID of this trust domain, or one named twice."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, admin in enumerate(config.admin_api.admins):
+        spiffe_id = SpiffeId.parse(admin.spiffe_id)
+        key = f"admin_api.admins[{index}].spiffe_id"
+        if not spiffe_id.is_member_of(config.trust_domain):
+            problems.append(
+                f"{key}: {spiffe_id} is not in trust domain {config.trust_domain}; admins hold X509-SVIDs this CA "
+                "issued"
+            )
+        if admin.spiffe_id in seen:
+            problems.append(f"{key}: {spiffe_id} is listed twice; give each admin one table with all its roles")
+        seen.add(admin.spiffe_id)
+    return problems
 
 
 def ttl_problems(config: CaConfig) -> list[str]:
@@ -429,6 +747,19 @@ def ttl_problems(config: CaConfig) -> list[str]:
     return problems
 
 
+def vault_problems(config: CaConfig) -> list[str]:
+    """Each ``vault-*`` kind chosen without saying where Vault is, as ``<key> …; <fix>`` lines."""
+    if config.vault.address:
+        return []
+    kinds = {"ca.upstream.kind": config.ca.upstream.kind, "ca.key_manager.kind": config.ca.key_manager.kind}
+    return [
+        f"{key}: {kind!r} needs Vault, but vault.address is not set; set vault.address (e.g. "
+        "'https://vault.example.org:8200') and vault.auth with its credentials (docs/vault.md)"
+        for key, kind in kinds.items()
+        if kind.startswith("vault-")
+    ]
+
+
 def check_ttl_arithmetic(config: CaConfig) -> None:
     """Refuse TTLs that rotation cannot honour (DESIGN §3); ConfigError lists which numbers to change."""
     problems = ttl_problems(config)
@@ -456,8 +787,9 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
         header = f"invalid configuration in {path}"
     overrides, origins, unknown = _env_overrides(environ)
     document = _merge(document, overrides)
-    kek_env = _lookup(document, ("ca", "key_manager", "kek_env"))
-    unknown = [name for name in unknown if name != kek_env]  # the KEK's own variable may be TRUSTMESH_-named
+    # The variables holding the KEK and the Vault token may be TRUSTMESH_-named.
+    secret_envs = {_lookup(document, ("ca", "key_manager", "kek_env")), _lookup(document, ("vault", "token_env"))}
+    unknown = [name for name in unknown if name not in secret_envs]
     if unknown:
         raise ConfigError(
             f"unknown environment variables {', '.join(unknown)}; overrides are TRUSTMESH_<SECTION>__<KEY> for a "
@@ -467,7 +799,7 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
         config = CaConfig.model_validate(document)
     except ValidationError as err:
         raise ConfigError(_report(header, [_describe(problem, origins) for problem in err.errors()])) from None
-    problems = ttl_problems(config)
+    problems = ttl_problems(config) + vault_problems(config) + admin_api_problems(config)
     if problems:
         raise ConfigError(_report(header, problems))
     return _resolve_paths(config, base_dir)
@@ -497,7 +829,11 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
     origins: dict[str, str] = {}
     unknown: list[str] = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV or name.startswith(_AGENT_ENV_PREFIX):
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in (CONFIG_PATH_ENV, *CLIENT_ENV.values())
+            or name.startswith(_AGENT_ENV_PREFIX)
+        ):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         sections, key = parts[:-1], parts[-1]
@@ -579,23 +915,23 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
     url = config.datastore.url or f"sqlite:///{data_dir / 'datastore.sqlite3'}"
     key_manager = config.ca.key_manager
     kek_file = key_manager.kek_file
-    if kek_file is None and not key_manager.kek_env:
+    if kek_file is None and not key_manager.kek_env and key_manager.kind != "vault-transit":
         kek_file = data_dir / "kek"
     upstream = config.ca.upstream
-    files = {
-        name: base_dir / value
-        for name in ("cert_file", "key_file", "bundle_file")
-        if (value := getattr(upstream, name)) is not None
-    }
+    files = _resolved(upstream, ("cert_file", "key_file", "bundle_file"), base_dir)
+    vault_files = _resolved(config.vault, ("ca_file", "token_file", "role_id_file", "secret_id_file"), base_dir)
+    admin_api = config.admin_api
+    admin_files = _resolved(admin_api, ("tls_cert_file", "tls_key_file"), base_dir)
+    oidc = admin_api.oidc
+    oidc_files = _resolved(oidc, ("jwks_file",), base_dir)
     federation = config.federation
-    federation_files = {
-        name: base_dir / value
-        for name in ("bundle_endpoint_cert_file", "bundle_endpoint_key_file", "web_ca_file")
-        if (value := getattr(federation, name)) is not None
-    }
+    federation_files = _resolved(
+        federation, ("bundle_endpoint_cert_file", "bundle_endpoint_key_file", "web_ca_file"), base_dir
+    )
     return config.model_copy(
         update={
             "federation": federation.model_copy(update=federation_files),
+            "admin_api": admin_api.model_copy(update={**admin_files, "oidc": oidc.model_copy(update=oidc_files)}),
             "server": server.model_copy(update={"data_dir": data_dir, "admin_socket": admin_socket}),
             "datastore": config.datastore.model_copy(update={"url": url}),
             "ca": config.ca.model_copy(
@@ -606,8 +942,14 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
                     "upstream": upstream.model_copy(update=files),
                 }
             ),
+            "vault": config.vault.model_copy(update=vault_files),
         }
     )
+
+
+def _resolved(section: BaseModel, names: tuple[str, ...], base_dir: Path) -> dict[str, Path]:
+    """The path keys ``names`` of ``section`` that are set, made absolute from ``base_dir``."""
+    return {name: base_dir / value for name in names if (value := getattr(section, name)) is not None}
 
 
 def default_config_toml() -> str:
@@ -644,16 +986,21 @@ organization = "trustmesh"
 common_name = ""                        # "" = "trustmesh CA <trust domain>"
 
 [ca.upstream]
-kind = "self-signed"                    # or "disk": signed by the upstream CA in cert_file/key_file
+kind = "self-signed"                    # or "disk": signed by the upstream CA in cert_file/key_file;
+                                        # or "vault-pki": signed by Vault's PKI engine ([vault] below)
 # cert_file = "upstream/ca.pem"
 # key_file = "upstream/ca.key"
 # bundle_file = "upstream/bundle.pem"   # the upstream's own chain, if any
+pki_mount = "pki"                       # vault-pki: where Vault's PKI secrets engine is mounted
 
 [ca.key_manager]
-kind = "disk"                           # encrypted PKCS#8 files in <data_dir>/keys; or "memory" (lost on restart)
+kind = "disk"                           # encrypted PKCS#8 files in <data_dir>/keys; or "memory" (lost on
+                                        # restart); or "vault-transit": non-exportable keys in Vault ([vault])
 # kek_file = "<data_dir>/kek"           # the key-encryption key (0600), the default unless kek_env is set
 # kek_env = "TRUSTMESH_KEK"             # or: take the key-encryption key from this environment variable
 create_kek_if_missing = true            # create kek_file with 32 random bytes on first run
+transit_mount = "transit"               # vault-transit: keys live (and sign) in Vault's transit engine
+key_prefix = "trustmesh-"               # vault-transit: transit key names are this + the CA's key ID
 
 [x509_svid]
 default_ttl = "1h"
@@ -677,7 +1024,7 @@ crl_ttl = "24h"                         # each CRL's validity; re-signed at half
 max_batch_size = 1000                   # X509-SVIDs per SignX509Svids call (agents send 100); at most signing_burst
 
 [node_api.ratelimit]
-signing = 100                           # X509-SVIDs per second per agent; 0 = no limit
+signing = 100                           # SVIDs (X509- and JWT-) per second per agent; 0 = no limit
 signing_burst = 2000                    # at once: a taint re-issues all of an agent's SVIDs in one round
 attestation = 1                         # Attest calls per second per source IP address; 0 = no limit
 attestation_burst = 20                  # at once, e.g. agents behind one NAT starting together
@@ -696,4 +1043,38 @@ fetch_timeout = "10s"                   # a whole fetch: connect, TLS, request a
 max_bundle_bytes = 262144               # larger partner responses are refused
 max_bundle_keys = 256                   # partner bundles with more keys are refused
 unknown_key_refresh_interval = "10s"    # at most one unknown-key refresh per partner this often
+
+[vault]                                 # for kind "vault-pki" / "vault-transit" (docs/vault.md)
+address = ""                            # e.g. "https://vault.example.org:8200"; "" = Vault is not used
+# ca_file = "vault-ca.pem"              # CA of Vault's TLS certificate; default: the system's CAs
+namespace = ""                          # Vault Enterprise namespace
+auth = "token"                          # or "approle"
+# token_file = "/run/vault/token"       # auth "token": file holding the token (0600), e.g. a Vault Agent sink
+# token_env = "VAULT_TOKEN"             # auth "token": or the environment variable holding it
+approle_mount = "approle"               # auth "approle": where the AppRole auth method is mounted
+# role_id_file = "vault/role-id"        # auth "approle"
+# secret_id_file = "vault/secret-id"    # auth "approle" (0600)
+timeout = "10s"                         # per request to Vault
+
+[admin_api]                             # the admin API over HTTPS; see docs/admin-api.md
+address = ""                            # host:port, e.g. "0.0.0.0:8443"; "" = only the local admin socket
+# tls_cert_file = "admin-tls.pem"       # default: serve the CA's own serving SVID
+# tls_key_file = "admin-tls.key"
+admin_entry_role = "operator"           # what an entry with admin = true confers over mTLS
+admins = []                             # mTLS admins: replace this line by [[admin_api.admins]] tables (below)
+
+# [admin_api.oidc]                      # bearer JWTs from the organisation's IdP
+# issuer = "https://idp.example.org/realms/ops"
+# audience = "trustmesh-ca"
+# jwks_url = "https://idp.example.org/realms/ops/protocol/openid-connect/certs"   # or jwks_file = "..."
+# roles_claim = "roles"                 # a dotted path reaches a nested claim: "realm_access.roles"
+# clock_skew = "60s"
+# role_map = { "pki-officers" = "security-officer", "platform" = "operator", "audit" = "auditor" }
+
+# [[admin_api.admins]]                  # mTLS admins: X509-SVIDs of this trust domain
+# spiffe_id = "spiffe://example.org/admins/alice"
+# roles = ["security-officer"]
+[audit]
+checkpoint_interval = "1m"              # sign the audit chain's head this often (1s..1d); see docs/audit.md
+refusals_per_minute = 20                # refusals recorded one by one per caller; the rest as one summary
 """

@@ -8,6 +8,11 @@ receives those entries through Sync (nested parenting is left out on purpose; se
 
 Every mutation is audited in the same unit of work and announced to the Sync hub, so connected agents
 learn about it at once.
+
+An entry with ``admin: true`` makes its workload an admin of the CA over mTLS (``admin_api.admin_entry_role``,
+docs/admin-api.md). You cannot grant what you do not hold: creating, changing or deleting such an entry
+needs a caller who holds that role too (the admin API's edge says whether it does, ``may_manage_admin``);
+a refusal is audited.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ca.audit import AuditTrail
 from ca.store.engine import Database
 from ca.store.records import Actor, AuditEvent, EntrySpec, RegistrationEntry
 from ca.store.repositories import AuditLogRepository, RegistrationEntryRepository
@@ -184,9 +190,12 @@ class RegistrationEntries:
     def policy(self) -> EntryPolicy:
         return self._policy
 
-    def create(self, spec: EntrySpec, actor: Actor) -> RegistrationEntry:
-        """Validate and store a new entry. Raises InvalidArgument or AlreadyExists (a duplicate)."""
+    def create(self, spec: EntrySpec, actor: Actor, *, may_manage_admin: bool = True) -> RegistrationEntry:
+        """Validate and store a new entry. Raises InvalidArgument, AlreadyExists (a duplicate) or
+        NotAuthorized (an admin entry, and not ``may_manage_admin``: see the module docstring)."""
         check_entry_spec(spec, self._policy)
+        if spec.admin and not may_manage_admin:
+            raise self._refuse_admin_change(actor, "entry.create", str(spec.spiffe_id))
         now = self._clock.now()
         with self._database.transaction() as session:
             entry = RegistrationEntryRepository(session).add(spec, now)
@@ -197,41 +206,73 @@ class RegistrationEntries:
         return entry
 
     def update(
-        self, entry_id: str, spec: EntrySpec, actor: Actor, expected_revision: int | None = None
+        self,
+        entry_id: str,
+        spec: EntrySpec,
+        actor: Actor,
+        expected_revision: int | None = None,
+        *,
+        may_manage_admin: bool = True,
     ) -> RegistrationEntry:
         """Replace an entry's spec. With ``expected_revision``, refuse (FailedPrecondition) if someone
         changed it since it was read. A spec equal to the stored one changes nothing: the entry is
         returned as it is (same revision, no audit event, no push to agents, which would otherwise
-        re-sign its SVIDs). Raises InvalidArgument, NotFound, AlreadyExists."""
+        re-sign its SVIDs). Raises InvalidArgument, NotFound, AlreadyExists, or NotAuthorized (the entry
+        is or would become an admin entry, and not ``may_manage_admin``)."""
         check_entry_spec(spec, self._policy)
         now = self._clock.now()
-        with self._database.transaction() as session:
-            repository = RegistrationEntryRepository(session)
-            current = repository.get(entry_id)
-            if current.spec == spec and expected_revision in (None, current.revision):
-                return current
-            old_parent = current.spec.parent_id
-            entry = repository.update(entry_id, spec, now, expected_revision)
-            AuditLogRepository(session).append(
-                AuditEvent(
-                    now, actor, "entry.update", entry_id, "ok", {**_audit_detail(spec), "revision": entry.revision}
+        try:
+            with self._database.transaction() as session:
+                repository = RegistrationEntryRepository(session)
+                current = repository.get(entry_id)
+                if (current.spec.admin or spec.admin) and not may_manage_admin:
+                    raise _AdminEntryRefused
+                if current.spec == spec and expected_revision in (None, current.revision):
+                    return current
+                old_parent = current.spec.parent_id
+                entry = repository.update(entry_id, spec, now, expected_revision)
+                AuditLogRepository(session).append(
+                    AuditEvent(
+                        now, actor, "entry.update", entry_id, "ok", {**_audit_detail(spec), "revision": entry.revision}
+                    )
                 )
-            )
-            announce(session, self._hub, Change.for_agents(old_parent, spec.parent_id))
+                announce(session, self._hub, Change.for_agents(old_parent, spec.parent_id))
+        except _AdminEntryRefused:
+            raise self._refuse_admin_change(actor, "entry.update", entry_id) from None
         return entry
 
-    def delete(self, entry_id: str, actor: Actor) -> RegistrationEntry:
-        """Remove an entry and return what it was. Raises NotFound."""
+    def delete(self, entry_id: str, actor: Actor, *, may_manage_admin: bool = True) -> RegistrationEntry:
+        """Remove an entry and return what it was. Raises NotFound, or NotAuthorized (an admin entry,
+        and not ``may_manage_admin``)."""
         now = self._clock.now()
-        with self._database.transaction() as session:
-            repository = RegistrationEntryRepository(session)
-            entry = repository.get(entry_id)
-            repository.delete(entry_id)
-            AuditLogRepository(session).append(
-                AuditEvent(now, actor, "entry.delete", entry_id, "ok", _audit_detail(entry.spec))
-            )
-            announce(session, self._hub, Change.for_agents(entry.spec.parent_id))
+        try:
+            with self._database.transaction() as session:
+                repository = RegistrationEntryRepository(session)
+                entry = repository.get(entry_id)
+                if entry.spec.admin and not may_manage_admin:
+                    raise _AdminEntryRefused
+                repository.delete(entry_id)
+                AuditLogRepository(session).append(
+                    AuditEvent(now, actor, "entry.delete", entry_id, "ok", _audit_detail(entry.spec))
+                )
+                announce(session, self._hub, Change.for_agents(entry.spec.parent_id))
+        except _AdminEntryRefused:
+            raise self._refuse_admin_change(actor, "entry.delete", entry_id) from None
         return entry
+
+    def has_admin_entry(self, spiffe_id: SpiffeId) -> bool:
+        """Whether an entry with ``admin: true`` names ``spiffe_id`` (an mTLS admin, docs/admin-api.md)."""
+        return any(entry.spec.admin for entry in self.list(spiffe_id=spiffe_id))
+
+    def _refuse_admin_change(self, actor: Actor, action: str, target: str) -> NotAuthorized:
+        """Audit the refusal in a unit of work of its own (the change's own rolled back) and return it."""
+        err = NotAuthorized(
+            f"{target} is an admin entry (admin: true); only a caller holding the role admin entries confer "
+            "(admin_api.admin_entry_role) may create, change or delete one: you cannot grant what you do not hold"
+        )
+        event = AuditEvent(self._clock.now(), actor, action, target, "denied", reason=str(err))
+        AuditTrail(self._database).record(event)
+        return err
 
     def get(self, entry_id: str) -> RegistrationEntry:
         with self._database.transaction() as session:
@@ -251,6 +292,10 @@ class RegistrationEntries:
         except NotFound as err:
             raise not_parented(entry_id, agent_id) from err
         return authorize(entry_id, {entry.id: entry}, agent_id)
+
+
+class _AdminEntryRefused(Exception):
+    """Raised inside a unit of work to roll it back before the refusal is audited in its own."""
 
 
 def _audit_detail(spec: EntrySpec) -> dict[str, str | list[str] | bool]:

@@ -1,5 +1,5 @@
-"""The operator's HTTP edge for attested agents (DESIGN §3 "Node attestation"): list, show, ban, unban,
-evict. Registered by :func:`ca.http_api.create_admin_app` on the admin socket only.
+"""The HTTP edge for attested agents (DESIGN §3 "Node attestation"): list, show (any role), ban, unban,
+evict (security officers; :mod:`ca.rbac`). Registered by :func:`ca.http_api.create_admin_app`.
 
 Agents are named by their SPIFFE ID, which holds slashes, so it travels as a query parameter (reads)
 or in the JSON body (changes), never in the path. Each route decodes, calls one method of

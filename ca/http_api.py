@@ -1,16 +1,18 @@
-"""The CA's HTTP edges: health and metrics (TCP), and the local admin API (Unix socket).
+"""The CA's HTTP edges: health and metrics (TCP), and the admin API (the local Unix socket and, when
+configured, HTTPS; docs/admin-api.md).
 
 Routes are thin: decode the JSON body, call one method of :class:`CaOperations`, encode the result.
 Domain errors become HTTP statuses through :func:`spiffe_core.errors.transport_status`; anything else
-is logged and answered 500 without its detail. The admin socket is protected by file permissions
-(0600 in a 0700 directory), like SPIRE's admin socket; remote admin with RBAC comes with the admin-API
-issue.
+is logged and answered 500 without its detail. One app factory serves both admin listeners; what
+differs is who may call: the listener's authenticator and the route-by-role matrix (:mod:`ca.rbac`),
+enforced by :class:`ca.admin_guard.AdminGuard` before any route runs. The OpenAPI page (``/docs``)
+is served with its own assets (``fastapi-offline``), so it works where no CDN is reachable.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -18,18 +20,26 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
+from ca.admin_auth import Authenticator
+from ca.admin_guard import AdminGuard, AuditRecorder
 from ca.attestation import GeneratedJoinToken
+from ca.audit import Issuance
 from ca.entries import check_operator_svid
 from ca.federation.http import RelationshipOps, add_federation_routes
 from ca.http_agents import AgentOps, add_agent_routes
+from ca.http_audit import AuditOps, add_audit_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
-from ca.http_caller import Caller
+from ca.http_caller import Caller, CallerRoles
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
+from ca.rbac import Role
 from ca.store.records import Actor, EntrySpec, RegistrationEntry
 from spiffe_core.bundle import Bundle
+from spiffe_core.clock import Clock
 from spiffe_core.errors import TrustmeshError, transport_status
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -39,8 +49,8 @@ log = logging.getLogger(__name__)
 
 class CaOperations(Protocol):
     def get_bundle(self) -> Bundle: ...
-    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]: ...
-    def mint_jwt_svid(self, request: JwtSvidRequest) -> tuple[str, datetime]: ...
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest], issuance: Issuance) -> list[IssuedX509Svid]: ...
+    def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]: ...
     def check_ready(self) -> None:
         """Raise a TrustmeshError saying why the CA cannot serve (database down, no active authority)."""
         ...
@@ -49,11 +59,17 @@ class CaOperations(Protocol):
 class EntryOperations(Protocol):
     """Registration entry use cases (:class:`ca.entries.RegistrationEntries`)."""
 
-    def create(self, spec: EntrySpec, actor: Actor) -> RegistrationEntry: ...
+    def create(self, spec: EntrySpec, actor: Actor, *, may_manage_admin: bool = True) -> RegistrationEntry: ...
     def update(
-        self, entry_id: str, spec: EntrySpec, actor: Actor, expected_revision: int | None = None
+        self,
+        entry_id: str,
+        spec: EntrySpec,
+        actor: Actor,
+        expected_revision: int | None = None,
+        *,
+        may_manage_admin: bool = True,
     ) -> RegistrationEntry: ...
-    def delete(self, entry_id: str, actor: Actor) -> RegistrationEntry: ...
+    def delete(self, entry_id: str, actor: Actor, *, may_manage_admin: bool = True) -> RegistrationEntry: ...
     def get(self, entry_id: str) -> RegistrationEntry: ...
     def list(
         self, parent_id: SpiffeId | None = None, spiffe_id: SpiffeId | None = None
@@ -68,10 +84,9 @@ class JoinTokenOperations(Protocol):
     ) -> GeneratedJoinToken: ...
 
 
-# Who the audit log names for a change made through the admin socket: whoever can open it is the local
-# administrator (file permissions guard it); remote admin with identities comes with the admin-API RBAC.
-LOCAL_ADMIN = Actor("local-admin", "unix-socket")
 DEFAULT_JOIN_TOKEN_TTL_SECONDS = 3600
+# Largest request body the admin API reads (an entry or a CSR is a few KiB).
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class _Body(BaseModel):
@@ -232,10 +247,16 @@ def create_health_app(
     return app
 
 
-def _add_entry_routes(app: FastAPI, entries: EntryOperations, join_tokens: JoinTokenOperations) -> None:
+def _add_entry_routes(
+    app: FastAPI, entries: EntryOperations, join_tokens: JoinTokenOperations, admin_entry_role: Role
+) -> None:
+    """The operator's routes. Admin entries need the role they confer (you cannot grant what you do not
+    hold; :mod:`ca.entries` checks and audits it)."""
+
     @app.post("/v1/entries", status_code=201)
-    def create_entry(body: EntryBody, actor: Caller) -> EntryReply:
-        return _entry_reply(entries.create(_entry_spec(body), actor))
+    def create_entry(body: EntryBody, actor: Caller, roles: CallerRoles) -> EntryReply:
+        spec = _entry_spec(body)
+        return _entry_reply(entries.create(spec, actor, may_manage_admin=admin_entry_role in roles))
 
     @app.get("/v1/entries")
     def list_entries(parent_id: str | None = None, spiffe_id: str | None = None) -> EntryListReply:
@@ -250,12 +271,15 @@ def _add_entry_routes(app: FastAPI, entries: EntryOperations, join_tokens: JoinT
         return _entry_reply(entries.get(entry_id))
 
     @app.put("/v1/entries/{entry_id}")
-    def update_entry(entry_id: str, body: EntryUpdateBody, actor: Caller) -> EntryReply:
-        return _entry_reply(entries.update(entry_id, _entry_spec(body), actor, body.revision))
+    def update_entry(entry_id: str, body: EntryUpdateBody, actor: Caller, roles: CallerRoles) -> EntryReply:
+        may_manage_admin = admin_entry_role in roles
+        return _entry_reply(
+            entries.update(entry_id, _entry_spec(body), actor, body.revision, may_manage_admin=may_manage_admin)
+        )
 
     @app.delete("/v1/entries/{entry_id}")
-    def delete_entry(entry_id: str, actor: Caller) -> EntryReply:
-        return _entry_reply(entries.delete(entry_id, actor))
+    def delete_entry(entry_id: str, actor: Caller, roles: CallerRoles) -> EntryReply:
+        return _entry_reply(entries.delete(entry_id, actor, may_manage_admin=admin_entry_role in roles))
 
     @app.post("/v1/join-tokens", status_code=201)
     def generate_join_token(body: JoinTokenBody, actor: Caller) -> JoinTokenReply:
@@ -274,17 +298,29 @@ def create_admin_app(
     authorities: AuthorityOps | None = None,
     agents: AgentOps | None = None,
     federation: RelationshipOps | None = None,
+    authenticator: Authenticator,
+    audit: AuditRecorder,
+    clock: Clock,
+    admin_entry_role: Role = Role.OPERATOR,
+    audit_log: AuditOps | None = None,
 ) -> FastAPI:
-    """The local admin API the CLI talks to over the Unix socket."""
-    app = FastAPI(title="trustmesh CA admin API", version="1")
-
-    @app.middleware("http")
-    async def local_admin(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.actor = LOCAL_ADMIN  # whoever can open the socket (0600, root's directory)
-        return await call_next(request)
-
+    """The admin API the CLI talks to, for one listener: ``authenticator`` says who calls on it (the
+    Unix socket's break-glass caller, or remote callers over HTTPS), ``audit`` records refusals, and
+    ``audit_log`` (when given) serves the audit log's routes."""
+    app = FastAPIOffline(
+        title="trustmesh CA admin API",
+        version="1",
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.add_middleware(AdminGuard, routes=app.router.routes, authenticator=authenticator, audit=audit, clock=clock)
     _add_health_routes(app, ops, registry)
     app.add_exception_handler(TrustmeshError, lambda _req, err: _error_reply(err))
+
+    @app.exception_handler(HTTPException)
+    def http_error(_req: Request, err: HTTPException) -> JSONResponse:  # 404, 405, 413 in the API's own shape
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:
@@ -299,7 +335,7 @@ def create_admin_app(
         return Response(bundle.to_json(), media_type="application/json")
 
     @app.post("/v1/x509-svids")
-    def mint_x509(body: X509MintBody) -> X509MintReply:
+    def mint_x509(body: X509MintBody, actor: Caller) -> X509MintReply:
         request = X509SvidRequest(
             csr=body.csr_pem.encode(),
             spiffe_id=SpiffeId.parse(body.spiffe_id),
@@ -307,7 +343,7 @@ def create_admin_app(
             ttl=_ttl(body.ttl_seconds),
         )
         check_operator_svid(request.spiffe_id, request.dns_names)
-        (issued,) = ops.mint_x509_svids([request])
+        (issued,) = ops.mint_x509_svids([request], Issuance(actor))
         return X509MintReply(
             spiffe_id=str(issued.spiffe_id),
             serial=format(issued.serial, "x"),
@@ -317,13 +353,14 @@ def create_admin_app(
         )
 
     @app.post("/v1/jwt-svids")
-    def mint_jwt(body: JwtMintBody) -> JwtMintReply:
+    def mint_jwt(body: JwtMintBody, actor: Caller) -> JwtMintReply:
         spiffe_id = SpiffeId.parse(body.spiffe_id)
         check_operator_svid(spiffe_id)
-        token, expires_at = ops.mint_jwt_svid(JwtSvidRequest(spiffe_id, tuple(body.audience), _ttl(body.ttl_seconds)))
+        request = JwtSvidRequest(spiffe_id, tuple(body.audience), _ttl(body.ttl_seconds))
+        token, expires_at = ops.mint_jwt_svid(request, actor)
         return JwtMintReply(token=token, expires_at=expires_at)
 
-    _add_entry_routes(app, entries, join_tokens)
+    _add_entry_routes(app, entries, join_tokens, admin_entry_role)
     if authorities is not None:
         add_authority_routes(app, authorities)
         add_crl_routes(app, authorities)
@@ -331,4 +368,6 @@ def create_admin_app(
         add_agent_routes(app, agents)
     if federation is not None:
         add_federation_routes(app, federation)
+    if audit_log is not None:
+        add_audit_routes(app, audit_log)
     return app

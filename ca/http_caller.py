@@ -1,7 +1,7 @@
 """Who is calling the admin API: the authenticated :class:`~ca.store.records.Actor` of a request.
 
-The admin app decides who the caller is before any route runs (:func:`ca.http_api.create_admin_app`)
-and leaves it in the request's state. A route that changes anything takes it as
+The admin app's guard (:mod:`ca.admin_guard`) decides who the caller is before any route runs and
+leaves it, and the roles it holds, in the request's state. A route that changes anything takes it as
 ``actor: Actor = Depends(caller)`` and hands it to its domain call, which writes it into the audit log;
 so no route can forget whom to audit, and none can make up a caller from the request body.
 """
@@ -23,5 +23,16 @@ def caller(request: Request) -> Actor:
     return actor
 
 
+def caller_roles(request: Request) -> frozenset[str]:
+    """Every role the request's caller holds (not only the one the route was allowed under), for the
+    rules that look further than the matrix: you cannot grant what you do not hold."""
+    roles = getattr(request.state, "roles", None)
+    if not isinstance(roles, frozenset):
+        raise RuntimeError("the admin API served a request whose caller was not authenticated")
+    return roles
+
+
 # A route parameter ``actor: Caller`` receives the request's authenticated caller.
 Caller = Annotated[Actor, Depends(caller)]
+# A route parameter ``roles: CallerRoles`` receives every role that caller holds.
+CallerRoles = Annotated[frozenset[str], Depends(caller_roles)]

@@ -8,7 +8,9 @@ For each kind (X.509 CA, JWT key) independently:
   fetch) holds the new key before anything it signed reaches them; the
   previous active authority is **retired** in the same step and stays in the bundle;
 * **prune** a retired, tainted or revoked authority once everything it signed has expired (and at
-  least one refresh hint after it stopped signing), and a prepared one that expired unused;
+  least one refresh hint after it stopped signing) — a revoked X.509 CA not before its own certificate
+  expires, since an upstream root's CRL lists it only while it is kept — and a prepared one that
+  expired unused;
 * **recover** when nothing usable is active (the active one expired: the CA was down across its
   whole rotation window): activate a prepared one if there is one, else mint and activate at once.
 
@@ -92,6 +94,10 @@ def prune_at(record: AuthorityRecord, signed_until: datetime | None, params: Rot
     if record.kind is AuthorityKind.JWT:
         signed_until = min(record.not_after, stopped + params.jwt_max_ttl)
     last = max(t for t in (signed_until, stopped + params.refresh_hint) if t is not None)
+    if record.kind is AuthorityKind.X509 and record.state is AuthorityState.REVOKED:
+        # A revoked CA under an upstream root is listed on that root's CRL only while its record exists;
+        # pruned earlier, its still-valid certificate would be accepted again by anyone trusting the root.
+        return max(last, record.not_after)
     return min(last, max(record.not_after, stopped + params.refresh_hint))
 
 

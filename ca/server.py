@@ -1,10 +1,11 @@
 """``trustmesh-ca run``: the composition root. Builds every part from the config and serves them in
 one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving.
 
-The group holds: the admin API (Unix socket), the health listener, the node API's gRPC server (its
-attestation and mTLS listeners), the renewal of the CA's own serving SVID, the pruning of expired
-issued-certificate records, and — on PostgreSQL — the LISTEN task that brings other replicas' changes
-to this replica's Sync streams."""
+The group holds: the admin API (the Unix socket, and HTTPS when ``admin_api.address`` is set), the
+health listener, the node API's gRPC server (its attestation and mTLS listeners), the renewal of the
+CA's own serving SVID, the pruning of expired issued-certificate records, the audit log's upkeep (signed
+checkpoints, refusal summaries), and — on PostgreSQL — the LISTEN task that brings other replicas'
+changes to this replica's Sync streams."""
 
 from __future__ import annotations
 
@@ -19,9 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
+from ca.admin_auth import Authenticator, BreakGlassAuthenticator
+from ca.admin_listener import prepare_https, serve_admin_https
+from ca.admin_transport import admin_protocol
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
+from ca.audit import AuditTrail
+from ca.audit_checkpoints import CheckpointTrust
+from ca.audit_log import AuditLog
+from ca.audit_task import AuditKeeper
+from ca.audit_throttle import RefusalThrottle
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
@@ -47,8 +57,9 @@ from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.store.engine import Database
 from ca.sync import ChangeHub, UpdateVersions, listen_for_changes
-from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority
+from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority, VaultPkiUpstream
 from ca.upstream.disk import WatchedDiskUpstream
+from ca.vault import VaultClient
 from spiffe_core.clock import Clock, SystemClock
 from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
 
@@ -65,6 +76,10 @@ def _upstream(config: CaConfig) -> UpstreamAuthority:
         assert upstream.cert_file is not None
         assert upstream.key_file is not None
         return WatchedDiskUpstream(upstream.cert_file, upstream.key_file, upstream.bundle_file)
+    if upstream.kind == "vault-pki":
+        return VaultPkiUpstream(
+            VaultClient(config.vault, "vault-pki upstream", "ca.upstream.pki_mount"), upstream.pki_mount
+        )
     return SelfSignedUpstream()
 
 
@@ -91,6 +106,9 @@ class CaParts:
     clock: Clock
     rotator: Rotator
     officer: AuthorityOperations
+    authorities: AuthorityManager
+    audit: AuditTrail
+    audit_log: AuditLog
     federation: FederationRelationships
     refresher: FederationRefresher
 
@@ -105,7 +123,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     clock = SystemClock()
     authorities = AuthorityManager(
         database,
-        open_key_manager(config.ca.key_manager, config.server.data_dir),
+        open_key_manager(config.ca.key_manager, config.server.data_dir, vault=config.vault),
         _upstream(config),
         AuthorityParams(
             trust_domain=config.trust_domain,
@@ -121,10 +139,12 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     )
     authorities.load()
     hub = ChangeHub()
+    per_minute = config.audit.refusals_per_minute
+    audit = AuditTrail(database, RefusalThrottle(per_source=Rate(per_minute / 60, per_minute)))
     changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
     rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
     rotator = Rotator(changes, rotation_params, clock)
-    officer = AuthorityOperations(changes, rotation_params, clock)
+    officer = AuthorityOperations(changes, rotation_params, clock, audit)
     try:
         rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
@@ -138,6 +158,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock=clock,
         metrics=metrics,
         rotation_error=lambda: rotator.last_error,
+        audit=audit,
     )
     entries = RegistrationEntries(
         database,
@@ -155,6 +176,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
         hub=hub,
+        audit=audit,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -177,6 +199,14 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock,
         rotator,
         officer,
+        authorities,
+        audit,
+        AuditLog(
+            database,
+            lambda: CheckpointTrust.of(authorities.get_current()),
+            clock,
+            config.audit.checkpoint_interval,
+        ),
         federation,
         refresher,
     )
@@ -292,12 +322,17 @@ def _node_api_limits(config: CaConfig) -> NodeApiLimits:
     )
 
 
-async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
-    """Serve the node API once the CA holds a serving SVID: when no authority could sign one at
-    start-up (all expired, upstream down), the rest of the CA serves (``/ready`` says why) and the
-    listeners open as soon as the serving identity's retries succeed."""
-    while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
+async def _wait_for_serving_svid(identity: ServerIdentity) -> None:
+    """Return once the CA holds a serving SVID: when no authority could sign one at start-up (all
+    expired, upstream down), the rest of the CA serves (``/ready`` says why) and the TLS listeners open
+    as soon as the serving identity's retries succeed."""
+    while not identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread; polled only until then
         await asyncio.sleep(NODE_API_WAIT_SECONDS)
+
+
+async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
+    """Serve the node API once the CA holds a serving SVID (:func:`_wait_for_serving_svid`)."""
+    await _wait_for_serving_svid(parts.identity)
     node_server, ports = build_node_server(
         NodeServicer(
             parts.node,
@@ -326,8 +361,7 @@ async def _serve_bundle_endpoint(config: CaConfig, parts: CaParts, sock: socket.
         tls()  # an unreadable certificate stops the CA now, not at the first partner's fetch
         endpoint = BundleEndpoint(parts.service.get_bundle, tls)
     else:
-        while not parts.identity.has_credentials:  # noqa: ASYNC110 - set by a worker thread
-            await asyncio.sleep(NODE_API_WAIT_SECONDS)
+        await _wait_for_serving_svid(parts.identity)
         # A new serving SVID is presented once its authority was published for two refresh hints.
         tls_contexts = SpiffeServingContexts(
             parts.identity, parts.service.get_bundle, 2 * config.bundle.refresh_hint, parts.clock
@@ -364,21 +398,44 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     endpoint_socket = (
         _bind_tcp(endpoint_address, "federation.bundle_endpoint_address", keep=True) if endpoint_address else None
     )
+    admin_api = config.admin_api
+    admin_tcp = _bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
     parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
-    admin_socket = _bind_admin_socket(config.server.admin_socket)
-    admin_app = create_admin_app(
-        service,
-        metrics.registry,
-        entries=parts.entries,
-        join_tokens=parts.join_tokens,
-        authorities=parts.officer,
-        agents=AgentAdmin(database, parts.hub, parts.clock),
-        federation=parts.federation,
+    https = (
+        None
+        if admin_tcp is None
+        else prepare_https(
+            admin_api,
+            config.trust_domain,
+            admin_tcp,
+            current=parts.authorities.get_current,
+            is_admin_entry=parts.entries.has_admin_entry,
+            serving=parts.identity.get_current,
+            clock=parts.clock,
+        )
     )
-    servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [
-        (uvicorn.Server(uvicorn.Config(admin_app, log_config=None, lifespan="off")), [admin_socket])
-    ]
+    agents = AgentAdmin(database, parts.hub, parts.clock)
+
+    def admin_app(authenticator: Authenticator) -> FastAPI:
+        return create_admin_app(
+            service,
+            metrics.registry,
+            entries=parts.entries,
+            join_tokens=parts.join_tokens,
+            authorities=parts.officer,
+            agents=agents,
+            federation=parts.federation,
+            authenticator=authenticator,
+            audit=parts.audit,
+            audit_log=parts.audit_log,
+            clock=parts.clock,
+            admin_entry_role=admin_api.admin_entry_role,
+        )
+
+    admin_socket = _bind_admin_socket(config.server.admin_socket)
+    local = uvicorn.Config(admin_app(BreakGlassAuthenticator()), http=admin_protocol(), log_config=None, lifespan="off")
+    servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = [(uvicorn.Server(local), [admin_socket])]
     if config.server.http_address:
         host, _, port = config.server.http_address.rpartition(":")
         health = uvicorn.Config(
@@ -390,9 +447,10 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         )
         servers.append((uvicorn.Server(health), None if http_socket is None else [http_socket]))
     log.info(
-        "trustmesh CA serving trust domain %s: admin socket %s, health %s",
+        "trustmesh CA serving trust domain %s: admin socket %s, admin API (HTTPS) %s, health %s",
         config.trust_domain,
         config.server.admin_socket,
+        admin_api.address or "(disabled)",
         config.server.http_address or "(disabled)",
     )
     try:
@@ -400,6 +458,9 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             for server, sockets in servers:
                 group.create_task(server.serve(sockets=sockets))
             group.create_task(_serve_node_api(config, parts))
+            if https is not None:
+                ready = functools.partial(_wait_for_serving_svid, parts.identity)
+                group.create_task(serve_admin_https(admin_app(https.authenticator), https, ready))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
             group.create_task(parts.refresher.run())
@@ -407,6 +468,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
                 group.create_task(_serve_bundle_endpoint(config, parts, endpoint_socket))
             retention = config.datastore.issued_certificate_retention
             group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
+            interval = config.audit.checkpoint_interval
+            group.create_task(AuditKeeper(database, parts.authorities, parts.audit, parts.clock, interval).run())
             if database.dialect == "postgresql":
                 group.create_task(
                     listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly)

@@ -27,8 +27,10 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.audit import SERVER_IDENTITY, Issuance
 from ca.entries import check_dns_name
 from ca.issuance import IssuedX509Svid, X509SvidRequest
+from ca.reserved_ids import server_id
 from ca.signing import digest_for
 from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.clock import Clock
@@ -38,18 +40,13 @@ from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
-SERVER_PATH_SEGMENTS = ("trustmesh", "server")
 # After a failed renewal, try again after this backoff (the current SVID keeps serving meanwhile).
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
 
 
-def server_id(trust_domain: TrustDomain) -> SpiffeId:
-    return SpiffeId.from_segments(trust_domain, *SERVER_PATH_SEGMENTS)
-
-
 class X509Issuer(Protocol):
-    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]: ...
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest], issuance: Issuance) -> list[IssuedX509Svid]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +124,8 @@ class ServerIdentity:
                 X509SvidRequest(
                     csr.public_bytes(serialization.Encoding.DER), self._spiffe_id, (self._server_name,), self._ttl
                 )
-            ]
+            ],
+            Issuance(SERVER_IDENTITY),
         )
         credentials = ServingCredentials(
             private_key_pem=key.private_bytes(

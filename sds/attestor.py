@@ -36,26 +36,17 @@ import pwd
 import select
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
 
 from spiffe_core.errors import NotAuthorized
+from spiffe_core.peers import PeerCredentials
 from spiffe_core.selectors import Selector
 
 logger = logging.getLogger(__name__)
 
 UNIX = "unix"
 _DIGEST_CACHE_ENTRIES = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCredentials:
-    """What the kernel reports about the process at the other end of a Unix socket (``SO_PEERCRED``)."""
-
-    pid: int
-    uid: int
-    gid: int
 
 
 class ExecutableDigests:

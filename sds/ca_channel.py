@@ -25,8 +25,8 @@ connection gRPC opens, the bridge
 OpenSSL itself is not given the bundle: with roots in its store it appends them to a client chain that
 has no intermediates ("auto chain"), and a gRPC server reports a client's chain without its leaf
 (``x509_pem_cert_chain``), so the CA would see a root where it expects the agent's SVID. Python's ``ssl``
-shows the server's chain only privately before 3.13 (``_sslobj.get_unverified_chain``); where neither
-form exists every server is refused rather than half-checked. The copy of the agent's key that ``ssl``
+shows the server's chain only privately before 3.13 (:func:`spiffe_core.peers.peer_certificate_chain`);
+where neither form exists every server is refused rather than half-checked. The copy of the agent's key that ``ssl``
 needs as a file lives in the private directory only while the TLS context loads it.
 """
 
@@ -44,16 +44,15 @@ from pathlib import Path
 
 from cryptography import x509
 
-from sds.peer_endpoint import read_peer_credentials
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import NotAuthenticated, TrustmeshError, UpstreamUnavailable, X509SvidError
+from spiffe_core.peers import peer_certificate_chain, read_peer_credentials
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.tls import unverified_peer_chain
 from spiffe_core.x509_svid import X509Svid, verify_x509_svid
 
 log = logging.getLogger(__name__)
 
-# The CA's reserved serving identity; the same path as ca/server_identity.py (ca and sds never import
+# The CA's reserved serving identity; the same path as ca/reserved_ids.py (ca and sds never import
 # each other: the ID is part of the protocol, like the node API's messages).
 SERVER_PATH_SEGMENTS = ("trustmesh", "server")
 _CHUNK = 64 * 1024
@@ -89,6 +88,14 @@ def tls_context(svid: X509Svid | None, scratch_dir: Path) -> ssl.SSLContext:
         finally:
             path.unlink(missing_ok=True)
     return context
+
+
+def _peer_chain(ssl_object: ssl.SSLObject) -> tuple[x509.Certificate, ...]:
+    """The chain the server sent, leaf first; X509SvidError when there is none or it cannot be read."""
+    chain = peer_certificate_chain(ssl_object)
+    if not chain:
+        raise X509SvidError("the server sent no certificate")
+    return chain
 
 
 def check_ca_peer(
@@ -234,9 +241,7 @@ class CaTlsBridge:
             return None
         try:
             ssl_object = writer.get_extra_info("ssl_object")
-            check_ca_peer(
-                tuple(unverified_peer_chain(ssl_object)), self._bundle, self._expected, self._address, datetime.now(UTC)
-            )
+            check_ca_peer(_peer_chain(ssl_object), self._bundle, self._expected, self._address, datetime.now(UTC))
         except (CaNotTrusted, X509SvidError, ValueError) as err:
             writer.transport.abort()  # not even a TLS close_notify is owed to an impostor
             self.last_failure = (

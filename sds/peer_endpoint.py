@@ -32,7 +32,6 @@ import secrets
 import shutil
 import socket
 import stat
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,14 +41,14 @@ from typing import Any
 
 import grpc
 
-from sds.attestor import PeerCredentials, ProcessAttestor
+from sds.attestor import ProcessAttestor
 from spiffe_core.backoff import LogThrottle
 from spiffe_core.errors import ConfigError, NotAuthorized
+from spiffe_core.peers import PeerCredentials, read_peer_credentials
 from spiffe_core.selectors import Selector
 
 logger = logging.getLogger(__name__)
 
-_PEERCRED = struct.Struct("3i")
 # Python 3.11's socket module does not name it; the value is fixed in the Linux UAPI (asm-generic/socket.h).
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _CHUNK = 64 * 1024
@@ -65,12 +64,6 @@ MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's own default, made explicit
 _BACKLOG = 4096
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """The pid, uid and gid the kernel recorded for the process that connected ``sock``."""
-    pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return PeerCredentials(pid, uid, gid)
 
 
 def open_peer_pidfd(sock: socket.socket, pid: int) -> int:

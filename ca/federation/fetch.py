@@ -28,8 +28,8 @@ from cryptography import x509
 
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import BundleError, SpiffeIdError, TrustmeshError, X509SvidError
+from spiffe_core.peers import peer_certificate_chain
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.tls import unverified_peer_chain
 from spiffe_core.x509_svid import verify_x509_svid
 
 PROFILE_HTTPS_WEB = "https_web"
@@ -116,7 +116,7 @@ async def _read_bounded(response: httpx.Response, max_bytes: int) -> bytes:
 
 def _check_endpoint_svid(endpoint: PartnerEndpoint, ssl_object: Any, current: Bundle, now: datetime) -> None:
     try:
-        chain = unverified_peer_chain(ssl_object)
+        chain = list(peer_certificate_chain(ssl_object))
         presented, _ = verify_x509_svid(chain, current, now)
     except X509SvidError as err:
         raise BundleRefused(

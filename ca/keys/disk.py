@@ -16,7 +16,6 @@ directory that group or others can access, or a symbolic link, is refused rather
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import stat
@@ -28,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ca.files import read_private_file
 from ca.keys.base import check_key_id
 from spiffe_core.errors import AlreadyExists, ConfigError, NotFound
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
@@ -77,7 +77,7 @@ class DiskKeyManager:
     def get(self, key_id: str) -> PrivateKey:
         path = self._path(key_id)
         try:
-            data = _read_private_file(path, what="key file", chmod="600")
+            data = read_private_file(path, what="key file", chmod="600")
         except FileNotFoundError:
             raise NotFound(f"key {key_id!r} is not in {self._directory}") from None
         try:
@@ -147,7 +147,7 @@ def load_kek(
             "or ca.key_manager.kek_env"
         )
     try:
-        data = _read_private_file(file, what="key-encryption key file", chmod="600", modes=(0o600, 0o400))
+        data = read_private_file(file, what="key-encryption key file", chmod="600", modes=(0o600, 0o400))
     except FileNotFoundError:
         existing = sorted(keys_dir.glob("*.pem")) if keys_dir is not None and keys_dir.is_dir() else []
         if existing:
@@ -164,7 +164,7 @@ def load_kek(
             ) from None
         file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         _publish_exclusively(file, secrets.token_hex(MIN_KEK_BYTES).encode() + b"\n")  # loser reads the winner's
-        data = _read_private_file(file, what="key-encryption key file", chmod="600", modes=(0o600, 0o400))
+        data = read_private_file(file, what="key-encryption key file", chmod="600", modes=(0o600, 0o400))
     return _checked_kek(data.strip(), f"key-encryption key file {file}")
 
 
@@ -189,28 +189,6 @@ def _ensure_private_directory(directory: Path) -> None:
                 f"key directory {directory} is accessible by group or others (mode {mode:04o}); "
                 f"run 'chmod 700 {directory}'"
             ) from None
-
-
-def _read_private_file(path: Path, *, what: str, chmod: str, modes: tuple[int, ...] | None = None) -> bytes:
-    """Read a secret file, refusing symlinks, non-regular files and any access by group or others
-    (``modes`` narrows the allowed permission bits further). Raises FileNotFoundError if missing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ConfigError(f"{what} {path} is a symbolic link; put the file itself there") from err
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from err
-    with os.fdopen(fd, "rb") as handle:
-        status = os.fstat(handle.fileno())  # of the file we opened, not of whatever the name points to now
-        mode = stat.S_IMODE(status.st_mode)
-        if not stat.S_ISREG(status.st_mode):
-            raise ConfigError(f"{what} {path} is not a regular file; put the file itself there")
-        if mode & 0o077 or (modes is not None and mode not in modes):
-            allowed = " or ".join(f"{m:04o}" for m in modes) if modes else "without group/other access"
-            raise ConfigError(f"{what} {path} has mode {mode:04o}; it must be {allowed} — run 'chmod {chmod} {path}'")
-        return handle.read()
 
 
 def _publish_exclusively(path: Path, content: bytes) -> bool:

@@ -59,6 +59,8 @@ class UpstreamAuthority(Protocol):
         number: int,
     ) -> x509.CertificateRevocationList | None:
         """A CRL for the upstream root ``root`` listing ``revoked`` (revoked trustmesh CAs under it),
-        signed with the root's key; None when this upstream does not hold that key (the root was
-        replaced, or the upstream is an intermediate of a root it does not hold)."""
+        signed with the root's key and valid until at least ``next_update``; None when this upstream
+        does not hold that key (the root was replaced, or the upstream is an intermediate of a root it
+        does not hold). An upstream that keeps the key elsewhere (Vault) raises UpstreamUnavailable
+        when it cannot be reached, and FailedPrecondition saying why when its CRL cannot be used."""
         ...

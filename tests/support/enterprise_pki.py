@@ -13,25 +13,28 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ca.authority_changes import AuthorityChanges
-from ca.authority_manager import AuthorityManager
+from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import TtlPolicy
+from ca.keys.memory import MemoryKeyManager
 from ca.metrics import CaMetrics
 from ca.rotation import RotationParams
 from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import Database
 from ca.sync import ChangeHub
+from ca.upstream import SelfSignedUpstream
 from spiffe_core.clock import Clock
+from spiffe_core.keys import KeyType
+from spiffe_core.spiffe_id import TrustDomain
 
 
-def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x509.Certificate:
-    """Write ``root.pem`` and ``root.key`` (0600) of a self-signed CA valid from 5 minutes ago for
-    ``lifetime`` from now, around the real clock (openssl checks it)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def self_signed_root(key: ec.EllipticCurvePrivateKey, name: str, lifetime: timedelta) -> x509.Certificate:
+    """A self-signed CA certificate named ``name`` for ``key``, valid from 5 minutes ago for ``lifetime``
+    from now, around the real clock (openssl checks it)."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.now(UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -44,6 +47,12 @@ def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x5
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+
+
+def write_enterprise_root(directory: Path, name: str, lifetime: timedelta) -> x509.Certificate:
+    """Write ``root.pem`` and ``root.key`` (0600) of a :func:`self_signed_root`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed_root(key, name, lifetime)
     (directory / "root.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "root.key").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -57,6 +66,22 @@ class CaUseCases:
     officer: AuthorityOperations
     rotator: Rotator
     service: CaService
+
+
+def memory_authorities(
+    database: Database, clock: Clock, ca_ttl: timedelta, refresh_hint: timedelta = timedelta(minutes=5)
+) -> AuthorityManager:
+    """Self-signed EC P-256 authorities of example.org with keys in memory, loaded (first authorities
+    created), as most CA tests want them."""
+    manager = AuthorityManager(
+        database,
+        MemoryKeyManager(),
+        SelfSignedUpstream(),
+        AuthorityParams(TrustDomain("example.org"), KeyType.EC_P256, KeyType.EC_P256, ca_ttl, refresh_hint),
+        clock,
+    )
+    manager.load()
+    return manager
 
 
 def ca_use_cases(database: Database, manager: AuthorityManager, clock: Clock, svid_ttl: timedelta) -> CaUseCases:

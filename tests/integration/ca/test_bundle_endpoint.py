@@ -23,10 +23,11 @@ from ca.server import CaParts, build_service
 from ca.server_identity import server_id
 from ca.store.records import AuthorityKind
 from spiffe_core.bundle import Bundle
+from spiffe_core.peers import peer_certificate_chain
 from spiffe_core.spiffe_id import TrustDomain
-from spiffe_core.tls import unverified_peer_chain
 from spiffe_core.x509_svid import verify_x509_svid
 from tests.support.clock import FakeClock
+from tests.support.store import OFFICER
 from tests.support.web_pki import write_web_pki
 
 TD = TrustDomain("a.test")
@@ -77,7 +78,7 @@ def _unverified() -> ssl.SSLContext:
 
 async def _get(url: str, verify: ssl.SSLContext, method: str = "GET") -> tuple[httpx.Response, list[x509.Certificate]]:
     async with httpx.AsyncClient(verify=verify, timeout=5) as client, client.stream(method, url) as response:
-        chain = unverified_peer_chain(response.extensions["network_stream"].get_extra_info("ssl_object"))
+        chain = peer_certificate_chain(response.extensions["network_stream"].get_extra_info("ssl_object"))
         await response.aread()
         return response, chain
 
@@ -114,7 +115,7 @@ async def test_after_an_emergency_rotation_partners_can_verify_the_endpoint_unti
     partners_copy = rotating.service.get_bundle()  # what a partner fetched before the rotation
     async for url in _serving(BundleEndpoint(rotating.service.get_bundle, contexts)):
         _, before = await _get(url, _unverified())
-        rotating.officer.rotate_now(AuthorityKind.X509)  # a new authority signs at once; no partner holds it
+        rotating.officer.rotate_now(AuthorityKind.X509, OFFICER)  # a new authority signs at once; no partner holds it
         rotating.identity.rotate()  # what the serving identity does on the change
 
         response, held = await _get(url, _unverified())
@@ -137,9 +138,9 @@ async def test_once_the_old_authority_leaves_the_bundle_the_endpoint_presents_th
     async for url in _serving(BundleEndpoint(rotating.service.get_bundle, contexts)):
         _, before = await _get(url, _unverified())
         old = rotating.identity.get_current().authority_id
-        rotating.officer.rotate_now(AuthorityKind.X509)
+        rotating.officer.rotate_now(AuthorityKind.X509, OFFICER)
         rotating.identity.rotate()
-        rotating.officer.revoke(old)  # no partner may trust it any more: nothing it signed is presented
+        rotating.officer.revoke(old, OFFICER)  # no partner may trust it any more: nothing it signed is presented
 
         _, after = await _get(url, _unverified())
         assert after[0] != before[0]

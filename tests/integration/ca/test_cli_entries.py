@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from ca.admin_client import AdminClient
 from ca.cli import main
 from ca.config import load_config
 from ca.server import serve
+from ca.store import Actor, AuditLogRepository, AuditQuery, Database
 from spiffe_core.errors import TrustmeshError
 from tests.support.processes import wait_until
 
@@ -81,7 +83,7 @@ def running_ca(config_file: Path) -> Iterator[Path]:
     def ready() -> bool:
         assert not main_task.done(), f"serve() ended early: {main_task.exception() if main_task.done() else ''}"
         try:
-            with AdminClient(config.server.admin_socket, timeout=1) as client:
+            with AdminClient.local(config.server.admin_socket, timeout=1) as client:
                 client.request("GET", "/ready")
         except TrustmeshError:
             return False
@@ -284,3 +286,18 @@ def test_token_generate_refuses_a_node_name_that_is_not_a_path_segment(cli: Cli)
     code, _, err = cli("token", "generate", "--node-name", "a/b")
     assert code == 1
     assert err.startswith("trustmesh-ca: error: node name 'a/b' is not a SPIFFE ID path segment")
+
+
+def test_a_change_through_the_socket_is_audited_as_break_glass_by_the_callers_uid(cli: Cli, running_ca: Path) -> None:
+    entry_id = create(cli, "spiffe://example.org/audit/break-glass")["id"]
+
+    database = Database.open(load_config(running_ca, {}).datastore.url)
+    try:
+        with database.transaction() as session:
+            records = AuditLogRepository(session).list(AuditQuery(action="entry."), limit=1000)
+            events = [r.event for r in records if r.event.target == entry_id]
+    finally:
+        database.close()
+    assert [(e.actor, e.action) for e in events] == [
+        (Actor(f"unix:uid={os.getuid()}", "unix-socket", "break-glass"), "entry.create")
+    ]

@@ -289,3 +289,59 @@ def test_get_of_a_deleted_entry_is_not_found(entries: RegistrationEntries) -> No
     entries.delete(created.id, TESTER)
     with pytest.raises(NotFound, match=f"registration entry '{created.id}' does not exist"):
         entries.get(created.id)
+
+
+ADMIN_SPEC = replace(SPEC, spiffe_id=SpiffeId.parse("spiffe://example.org/ci/deployer"), admin=True)
+
+
+def denied(database: Database) -> list[tuple[str, str, str]]:
+    with database.transaction() as session:
+        return [
+            (r.event.action, r.event.target, r.event.outcome)
+            for r in AuditLogRepository(session).list()
+            if r.event.outcome == "denied"
+        ]
+
+
+def test_an_admin_entry_cannot_be_created_by_a_caller_without_the_role_it_confers(
+    entries: RegistrationEntries, database: Database
+) -> None:
+    with pytest.raises(NotAuthorized, match="you cannot grant what you do not hold"):
+        entries.create(ADMIN_SPEC, TESTER, may_manage_admin=False)
+
+    assert entries.list() == ()
+    assert denied(database) == [("entry.create", "spiffe://example.org/ci/deployer", "denied")]
+
+
+def test_an_entry_cannot_be_made_an_admin_entry_by_a_caller_without_the_role(
+    entries: RegistrationEntries, database: Database
+) -> None:
+    created = entries.create(SPEC, TESTER)
+
+    with pytest.raises(NotAuthorized):
+        entries.update(created.id, replace(SPEC, admin=True), TESTER, may_manage_admin=False)
+
+    assert entries.get(created.id) == created
+    assert denied(database) == [("entry.update", created.id, "denied")]
+
+
+def test_an_admin_entry_cannot_be_changed_or_deleted_by_a_caller_without_the_role(
+    entries: RegistrationEntries, database: Database
+) -> None:
+    created = entries.create(ADMIN_SPEC, TESTER)
+
+    with pytest.raises(NotAuthorized):
+        entries.update(created.id, replace(ADMIN_SPEC, admin=False), TESTER, may_manage_admin=False)
+    with pytest.raises(NotAuthorized):
+        entries.delete(created.id, TESTER, may_manage_admin=False)
+
+    assert entries.get(created.id) == created
+    assert [action for action, _, _ in denied(database)] == ["entry.update", "entry.delete"]
+
+
+def test_has_admin_entry_answers_for_the_spiffe_id_of_an_admin_entry_only(entries: RegistrationEntries) -> None:
+    entries.create(ADMIN_SPEC, TESTER)
+    entries.create(SPEC, TESTER)
+
+    assert entries.has_admin_entry(ADMIN_SPEC.spiffe_id)
+    assert not entries.has_admin_entry(SPEC.spiffe_id)

@@ -29,6 +29,7 @@ from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.processes import free_port
+from tests.support.store import OFFICER
 from tests.support.web_pki import write_web_pki
 
 A = TrustDomain("a.test")
@@ -350,7 +351,7 @@ async def test_an_agent_meeting_an_unknown_key_gets_the_partners_bundle_with_it_
     refreshing.federation.create(spiffe_spec(partner, spiffe_partner.port), OPERATOR)
     await until(refreshing, lambda r: r.last_success_at is not None, "a first fetch")
     known = {a.key_id for a in partner.service.get_bundle().jwt_authorities}
-    partner.officer.prepare(AuthorityKind.JWT)  # B's brand-new key, published after A's last fetch
+    partner.officer.prepare(AuthorityKind.JWT, OFFICER)  # B's brand-new key, published after A's last fetch
     (new_key,) = {a.key_id for a in partner.service.get_bundle().jwt_authorities} - known
 
     bundle = await UnknownKeyRefresh(refreshing.node, refreshing.refresher).fetch_bundle_with_key(agent, B, new_key)

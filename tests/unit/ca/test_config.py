@@ -57,6 +57,7 @@ def test_defaults_are_those_of_the_design(tmp_path: Path, monkeypatch: pytest.Mo
         1,
         20,
     )
+    assert config.audit.checkpoint_interval == timedelta(minutes=1)
 
 
 def test_the_sample_config_is_valid_toml_holding_exactly_the_defaults(tmp_path: Path) -> None:
@@ -174,6 +175,59 @@ def test_the_variable_named_by_kek_env_is_not_an_unknown_override(tmp_path: Path
     assert (config.ca.key_manager.kek_env, config.ca.key_manager.kek_file) == ("TRUSTMESH_KEK", None)
 
 
+def test_the_variable_named_by_vault_token_env_is_not_an_unknown_override(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[vault]\naddress = "https://vault:8200"\ntoken_env = "TRUSTMESH_VAULT_TOKEN"\n')
+
+    config = load_config(path, {"TRUSTMESH_VAULT_TOKEN": "hvs.secret"})
+
+    assert config.vault.token_env == "TRUSTMESH_VAULT_TOKEN"
+
+
+def test_vault_custody_is_configured_with_relative_credential_files(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+[ca.upstream]
+kind = "vault-pki"
+pki_mount = "pki_int"
+[ca.key_manager]
+kind = "vault-transit"
+transit_mount = "ca/transit"
+key_prefix = "prod-"
+[vault]
+address = "https://vault.example.org:8200/"
+ca_file = "vault-ca.pem"
+namespace = "team-a"
+auth = "approle"
+role_id_file = "vault/role-id"
+secret_id_file = "vault/secret-id"
+timeout = "5s"
+""",
+    )
+
+    config = load_config(path, {})
+
+    assert (config.ca.upstream.kind, config.ca.upstream.pki_mount) == ("vault-pki", "pki_int")
+    key_manager = config.ca.key_manager
+    assert (key_manager.kind, key_manager.transit_mount, key_manager.key_prefix) == (
+        "vault-transit",
+        "ca/transit",
+        "prod-",
+    )
+    vault = config.vault
+    assert (vault.address, vault.namespace, vault.auth, vault.timeout) == (
+        "https://vault.example.org:8200",
+        "team-a",
+        "approle",
+        timedelta(seconds=5),
+    )
+    assert (vault.ca_file, vault.role_id_file, vault.secret_id_file) == (
+        tmp_path / "vault-ca.pem",
+        tmp_path / "vault/role-id",
+        tmp_path / "vault/secret-id",
+    )
+
+
 def test_relative_paths_count_from_the_config_files_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "etc").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -234,7 +288,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation, vault, admin_api, audit",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -247,7 +301,8 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation, vault, "
+        "admin_api, audit",
         id="unknown-section",
     ),
     pytest.param(
@@ -273,6 +328,20 @@ INVALID = [
         {},
         "ca.ttl: '99999999999d' is too long a duration; write at most e.g. '3650d'",
         id="overflowing-duration",
+    ),
+    pytest.param(
+        '[audit]\ncheckpoint_interval = "0s"\n',
+        {},
+        "audit.checkpoint_interval: 0s is outside 1s..1d; write e.g. '1m' (records newer than the newest "
+        "checkpoint can be cut off unnoticed, so keep it short)",
+        id="checkpoint-interval-zero",
+    ),
+    pytest.param(
+        '[audit]\ncheckpoint_interval = "2d"\n',
+        {},
+        "audit.checkpoint_interval: 2d is outside 1s..1d; write e.g. '1m' (records newer than the newest "
+        "checkpoint can be cut off unnoticed, so keep it short)",
+        id="checkpoint-interval-too-long",
     ),
     pytest.param(
         '[ca]\nkey_type = "ec-p521"\n',
@@ -302,7 +371,7 @@ INVALID = [
     pytest.param(
         '[ca.key_manager]\nkind = "vault"\n',
         {},
-        "ca.key_manager.kind: 'vault' is not allowed; use 'disk' or 'memory'",
+        "ca.key_manager.kind: 'vault' is not allowed; use 'disk', 'memory' or 'vault-transit'",
         id="bad-key-manager-kind",
     ),
     pytest.param(
@@ -401,6 +470,83 @@ INVALID = [
         "node_api: max_batch_size (5000) is larger than ratelimit.signing_burst (2000), so a full batch could "
         "never pass the signing rate; lower max_batch_size or raise signing_burst",
         id="batch-larger-than-the-signing-burst",
+    ),
+    pytest.param(
+        '[ca.upstream]\nkind = "vault-pki"\n',
+        {},
+        "ca.upstream.kind: 'vault-pki' needs Vault, but vault.address is not set; set vault.address (e.g. "
+        "'https://vault.example.org:8200') and vault.auth with its credentials (docs/vault.md)",
+        id="vault-pki-without-vault",
+    ),
+    pytest.param(
+        '[ca.key_manager]\nkind = "vault-transit"\n',
+        {},
+        "ca.key_manager.kind: 'vault-transit' needs Vault, but vault.address is not set; set vault.address (e.g. "
+        "'https://vault.example.org:8200') and vault.auth with its credentials (docs/vault.md)",
+        id="vault-transit-without-vault",
+    ),
+    pytest.param(
+        '[ca.key_manager]\nkind = "vault-transit"\nkek_env = "CA_KEK"\n[vault]\naddress = "https://vault:8200"\n'
+        'token_env = "VAULT_TOKEN"\n',
+        {},
+        "ca.key_manager: kind 'vault-transit' keeps keys in Vault and uses no key-encryption key; remove kek_file "
+        "and kek_env",
+        id="vault-transit-with-a-kek",
+    ),
+    pytest.param(
+        '[ca.key_manager]\nkey_prefix = "trustmesh/"\n',
+        {},
+        "ca.key_manager.key_prefix: 'trustmesh/' is not a key name prefix; write 0-64 characters of A-Z, a-z, 0-9, "
+        "'.', '-' or '_', e.g. 'trustmesh-prod-'",
+        id="bad-transit-key-prefix",
+    ),
+    pytest.param(
+        '[ca.upstream]\npki_mount = "/pki/"\n',
+        {},
+        "ca.upstream.pki_mount: '/pki/' is not a Vault mount path; write segments of A-Z, a-z, 0-9, '.', '-' or "
+        "'_' joined by '/', without a leading or trailing '/', e.g. 'pki'",
+        id="bad-pki-mount",
+    ),
+    pytest.param(
+        '[vault]\naddress = "http://vault.example.org:8200"\ntoken_env = "VAULT_TOKEN"\n',
+        {},
+        "vault.address: 'http://vault.example.org:8200' would send the Vault token unencrypted; use https:// (and "
+        "vault.ca_file for a private CA) — plain http is accepted only for a Vault on this host (127.0.0.1, ::1 or "
+        "localhost)",
+        id="vault-over-plain-http",
+    ),
+    pytest.param(
+        '[vault]\naddress = "https://vault.example.org:8200/v1"\ntoken_env = "VAULT_TOKEN"\n',
+        {},
+        "vault.address: 'https://vault.example.org:8200/v1' is not a Vault address; write e.g. "
+        "'https://vault.example.org:8200'",
+        id="vault-address-with-a-path",
+    ),
+    pytest.param(
+        '[vault]\naddress = "https://vault.example.org:8200"\n',
+        {},
+        "vault: auth 'token' needs token_file or token_env; point one at the Vault token (never write the token "
+        "itself into this file), or set auth = 'approle'",
+        id="vault-token-auth-without-a-token-source",
+    ),
+    pytest.param(
+        '[vault]\naddress = "https://vault.example.org:8200"\nauth = "approle"\nrole_id_file = "role-id"\n',
+        {},
+        "vault: auth 'approle' needs role_id_file and secret_id_file; set both",
+        id="vault-approle-without-secret-id",
+    ),
+    pytest.param(
+        '[vault]\ntoken = "hvs.secret"\n',
+        {},
+        "vault.token: is not a known key; the keys of vault are: address, ca_file, namespace, auth, token_file, "
+        "token_env, approle_mount, role_id_file, secret_id_file, timeout",
+        id="vault-token-written-into-the-file",
+    ),
+    pytest.param(
+        "[vault]\ntimeout = 0\n",
+        {},
+        "vault.timeout: must be longer than 0; write e.g. '10s'",
+        id="vault-timeout-zero",
     ),
     pytest.param(
         "[node_api]\nmax_batch_size = 0\n",
@@ -609,3 +755,105 @@ def test_the_configuration_reference_documents_every_key() -> None:
     reference = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
 
     assert [key for key in every_key(CaConfig) if f"| `{key.rsplit('.', 1)[-1]}` |" not in reference] == []
+
+
+OIDC = '[admin_api.oidc]\nissuer = "https://idp.example.org"\naudience = "trustmesh-ca"\n'
+
+ADMIN_API_INVALID = [
+    pytest.param(
+        '[admin_api]\naddress = "127.0.0.1:8443"\n',
+        "admin_api: address '127.0.0.1:8443' is set but nobody could authenticate there; configure "
+        "[admin_api.oidc] (bearer tokens from the IdP) or [[admin_api.admins]] (mTLS admin SVIDs), or set "
+        "address = '' (the local admin socket always works)",
+        id="address-without-an-auth-method",
+    ),
+    pytest.param(
+        '[admin_api]\naddress = "127.0.0.1:0"\n',
+        "admin_api.address: '127.0.0.1:0' has port 0; the CLI must know where to dial, give a fixed port",
+        id="address-with-port-0",
+    ),
+    pytest.param(
+        '[admin_api]\ntls_cert_file = "tls.pem"\n',
+        "admin_api: set both tls_cert_file and tls_key_file, or neither (to serve the CA's own serving SVID)",
+        id="certificate-without-key",
+    ),
+    pytest.param(
+        '[admin_api]\nadmin_entry_role = "root"\n',
+        "admin_api.admin_entry_role: 'root' is not a role; use one of: security-officer, operator, auditor",
+        id="unknown-admin-entry-role",
+    ),
+    pytest.param(
+        '[admin_api.oidc]\naudience = "trustmesh-ca"\n',
+        "admin_api.oidc: issuer is empty but audience set; set issuer to the IdP's issuer URL (the 'iss' of its "
+        "tokens) or remove [admin_api.oidc]",
+        id="oidc-without-issuer",
+    ),
+    pytest.param(
+        '[admin_api.oidc]\nissuer = "https://idp.example.org"\n',
+        "admin_api.oidc: audience is empty; set it to the 'aud' the IdP puts in tokens for the CA",
+        id="oidc-without-audience",
+    ),
+    pytest.param(
+        OIDC,
+        "admin_api.oidc: set exactly one of jwks_file and jwks_url: where the IdP's signing keys (a JWK Set) come from",
+        id="oidc-without-jwks",
+    ),
+    pytest.param(
+        OIDC + 'jwks_url = "http://idp.example.org/keys"\n',
+        "admin_api.oidc.jwks_url: 'http://idp.example.org/keys' is not an https:// URL; the IdP's keys decide who "
+        "administers the CA, fetch them over HTTPS (plain http only from a loopback address)",
+        id="jwks-url-in-clear",
+    ),
+    pytest.param(
+        OIDC + 'jwks_url = "https://idp.example.org/keys"\nclock_skew = "1h"\n',
+        "admin_api.oidc.clock_skew: 1h is not a clock skew between 0s and 10m; write e.g. '60s' (a larger skew "
+        "keeps expired tokens working that long)",
+        id="clock-skew-too-large",
+    ),
+    pytest.param(
+        OIDC + 'jwks_url = "https://idp.example.org/keys"\nrole_map = { "pki" = "admin" }\n',
+        "admin_api.oidc.role_map: 'admin' is not a role; use one of: security-officer, operator, auditor",
+        id="role-map-to-an-unknown-role",
+    ),
+    pytest.param(
+        '[[admin_api.admins]]\nspiffe_id = "spiffe://other.example/admins/alice"\nroles = ["operator"]\n',
+        "admin_api.admins[0].spiffe_id: spiffe://other.example/admins/alice is not in trust domain example.org; "
+        "admins hold X509-SVIDs this CA issued",
+        id="admin-of-another-trust-domain",
+    ),
+    pytest.param(
+        '[[admin_api.admins]]\nspiffe_id = "spiffe://example.org/admins/alice"\nroles = []\n',
+        "admin_api.admins: an admin needs at least one role; use security-officer, operator, auditor",
+        id="admin-without-roles",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), ADMIN_API_INVALID)
+def test_invalid_admin_api_setting_is_reported_with_its_key_and_fix(tmp_path: Path, text: str, problem: str) -> None:
+    path = write_config(tmp_path, text)
+
+    assert load_error(path) == f"invalid configuration in {path}:\n  {problem}"
+
+
+def test_admin_api_files_count_from_the_config_files_directory(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        '[admin_api]\naddress = "127.0.0.1:8443"\ntls_cert_file = "tls.pem"\ntls_key_file = "tls.key"\n'
+        + OIDC
+        + 'jwks_file = "jwks.json"\n',
+    )
+
+    admin_api = load_config(path, {}).admin_api
+
+    assert (admin_api.tls_cert_file, admin_api.tls_key_file, admin_api.oidc.jwks_file) == (
+        tmp_path / "tls.pem",
+        tmp_path / "tls.key",
+        tmp_path / "jwks.json",
+    )
+
+
+def test_the_remote_cli_variables_are_not_configuration_overrides(tmp_path: Path) -> None:
+    environ = {"TRUSTMESH_SERVER": "https://ca.example.org:8443", "TRUSTMESH_TOKEN_FILE": "/run/token"}
+
+    assert load_config(None, environ).admin_api.address == ""

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ca.config import KeyManagerConfig
-from ca.keys import DiskKeyManager, MemoryKeyManager, load_kek, open_key_manager
+from ca.config import KeyManagerConfig, VaultConfig
+from ca.keys import DiskKeyManager, MemoryKeyManager, VaultTransitKeyManager, load_kek, open_key_manager
 from spiffe_core.errors import ConfigError
 from spiffe_core.keys import KeyType
 
@@ -181,3 +181,20 @@ def test_open_key_manager_disk_takes_the_kek_from_the_environment(tmp_path: Path
         lambda: open_key_manager(config, tmp_path, {"CA_KEK": KEK_TEXT[::-1]}).get("x509-1")
     ).startswith("cannot decrypt key 'x509-1'")
     assert not (tmp_path / "kek").exists()
+
+
+def test_open_key_manager_vault_transit_keeps_nothing_on_disk(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    vault = VaultConfig(address="https://vault.example.org:8200", token_env="CA_VAULT_TOKEN")
+
+    manager = open_key_manager(KeyManagerConfig(kind="vault-transit"), data_dir, {"CA_VAULT_TOKEN": "hvs.x"}, vault)
+
+    assert isinstance(manager, VaultTransitKeyManager)
+    assert list(data_dir.iterdir()) == []
+
+
+def test_open_key_manager_vault_transit_without_a_vault_section_is_refused(tmp_path: Path) -> None:
+    assert config_error(lambda: open_key_manager(KeyManagerConfig(kind="vault-transit"), tmp_path)) == (
+        "ca.key_manager.kind 'vault-transit' needs the [vault] section; set vault.address"
+    )

@@ -121,3 +121,17 @@ def test_next_check_is_the_earliest_threshold_ahead() -> None:
     jwt = replace(authority("j", AuthorityState.ACTIVE, kind=AuthorityKind.JWT), not_after=T0 + LIFE * 2)
     assert next_check([active, jwt], {}, T0 + timedelta(hours=1), PARAMS) == T0 + LIFE / 2
     assert next_check([active, jwt], {}, T0 + LIFE / 2, PARAMS) == T0 + LIFE * 5 / 6
+
+
+def test_a_revoked_ca_is_kept_until_its_certificate_expires_so_the_root_crl_still_lists_it() -> None:
+    revoked_at = T0 + LIFE / 3
+    revoked = authority("r", AuthorityState.REVOKED, revoked_at=revoked_at)
+    active = authority("a", AuthorityState.ACTIVE, start=revoked_at)
+    long_after_its_svids = revoked_at + PARAMS.refresh_hint + timedelta(hours=2)
+
+    def pruned(now: datetime) -> list[str]:
+        steps = x509_steps([revoked, active], now, {"r": revoked_at})
+        return [s.authority_id for s in steps if s.kind is StepKind.PRUNE]
+
+    assert pruned(long_after_its_svids) == []
+    assert pruned(revoked.not_after) == ["r"]

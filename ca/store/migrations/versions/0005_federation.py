@@ -1,10 +1,10 @@
 """Federation relationships: the trust domains this CA federates with and their last good bundles.
 
 Release note: adds the table ``federation_relationships`` (one row per federated trust domain). Nothing
-existing changes. (Numbered 0005 on the federation branch; re-chain after 0004 when merging.)
+existing changes. Follows 0004 (audit checkpoints).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,134 @@
+"""The HTTPS admin listener, composed from the configuration (``[admin_api]``, docs/admin-api.md).
+
+:func:`ca.server.serve` binds ``admin_api.address`` with the other listeners (refused when in use),
+:func:`prepare_https` builds who may call there and the TLS context, and :func:`serve_admin_https`
+serves the same admin app as the local socket, with the remote authenticator instead of the
+break-glass one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from ca.admin_auth import Authenticator, RemoteAuthenticator
+from ca.admin_mtls import MtlsAdmins, PublishedTrust
+from ca.admin_transport import (
+    AdminTlsContext,
+    CertificateSource,
+    FileCertificate,
+    ServingSvidCertificate,
+    admin_protocol,
+)
+from ca.config import AdminApiConfig
+from ca.oidc import OidcParams, OidcVerifier, default_jwks_source
+from ca.server_identity import ServingCredentials
+from spiffe_core.clock import Clock
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+
+log = logging.getLogger(__name__)
+
+# The listener's bounds: request line plus headers, requests in flight, idle keep-alive seconds.
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONCURRENCY = 256
+KEEP_ALIVE_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsListener:
+    """A bound HTTPS admin listener, ready to serve: its socket, who may call, its TLS context."""
+
+    sock: socket.socket
+    authenticator: Authenticator
+    tls: AdminTlsContext
+
+
+def prepare_https(
+    config: AdminApiConfig,
+    trust_domain: TrustDomain,
+    sock: socket.socket,
+    *,
+    current: Callable[[], PublishedTrust],
+    is_admin_entry: Callable[[SpiffeId], bool],
+    serving: Callable[[], ServingCredentials],
+    clock: Clock,
+) -> HttpsListener:
+    """Everything the listener on ``sock`` needs. A configured JWKS file or certificate that cannot be
+    loaded stops the start here (ConfigError)."""
+    authenticator = remote_authenticator(
+        config, trust_domain, current=current, is_admin_entry=is_admin_entry, clock=clock
+    )
+    tls = AdminTlsContext(admin_certificate(config, serving), lambda: current().bundle)
+    if config.tls_cert_file is not None:
+        tls.refresh()
+    return HttpsListener(sock, authenticator, tls)
+
+
+def remote_authenticator(
+    config: AdminApiConfig,
+    trust_domain: TrustDomain,
+    *,
+    current: Callable[[], PublishedTrust],
+    is_admin_entry: Callable[[SpiffeId], bool],
+    clock: Clock,
+) -> Authenticator:
+    """Who may call over HTTPS: the IdP's bearer tokens (if configured) and mTLS admin SVIDs. Reads a
+    configured JWKS file now, so a broken one stops the start (ConfigError)."""
+    oidc = config.oidc
+    verifier = None
+    if oidc.enabled:
+        params = OidcParams(oidc.issuer, oidc.audience, oidc.roles_claim, oidc.clock_skew, dict(oidc.role_map))
+        verifier = OidcVerifier(params, default_jwks_source(oidc.jwks_file, oidc.jwks_url), clock)
+    mtls = MtlsAdmins(
+        trust_domain=trust_domain,
+        current=current,
+        admins={SpiffeId.parse(admin.spiffe_id): frozenset(admin.roles) for admin in config.admins},
+        is_admin_entry=is_admin_entry,
+        admin_entry_role=config.admin_entry_role,
+        clock=clock,
+    )
+    return RemoteAuthenticator(verifier, mtls)
+
+
+def admin_certificate(config: AdminApiConfig, serving: Callable[[], ServingCredentials]) -> CertificateSource:
+    """The configured certificate files, or else the CA's own serving SVID (why: docs/admin-api.md)."""
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        return FileCertificate(config.tls_cert_file, config.tls_key_file)
+    return ServingSvidCertificate(serving)
+
+
+async def serve_admin_https(app: FastAPI, listener: HttpsListener, ready: Callable[[], Awaitable[None]]) -> None:
+    """Serve ``app`` on the listener once ``ready`` returns (the serving SVID exists), keeping its TLS
+    context current while it serves."""
+    tls = listener.tls
+    await ready()
+    tls.refresh()
+    host, port = listener.sock.getsockname()[:2]
+    log.info("admin API listening over HTTPS on %s:%d", host, port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            http=admin_protocol(),
+            ssl_context_factory=lambda _config, _default: tls.context,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            limit_concurrency=MAX_CONCURRENCY,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            server_header=False,
+            log_config=None,
+            lifespan="off",
+        )
+    )
+    refresher = asyncio.create_task(tls.run())
+    try:
+        await server.serve(sockets=[listener.sock])
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
