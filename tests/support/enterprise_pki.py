@@ -232,7 +232,7 @@ def generate_enterprise_pki(directory: Path) -> EnterprisePki:
         fqdns = tuple(f"{label}.{ENTERPRISE_DOMAIN}" for label in labels)
         return issue_host(issuing, fqdns[0], fqdns, **kwargs)
 
-    web = _write_host(directory, "web01", *host("web01.payments", "www.payments"), issuing)
+    web = _write_host(directory, "web01", *host("web01.payments", "web01"), issuing)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     db = _write_host(directory, "db01", *host("db01.data", key=rsa_key), issuing)
     now = datetime.now(UTC)
