@@ -32,6 +32,7 @@ from ca.entries import check_operator_svid
 from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.http_caller import Caller, CallerRoles
+from ca.http_mappings import MappingOps, add_mapping_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
 from ca.rbac import Role
 from ca.store.records import Actor, EntrySpec, RegistrationEntry
@@ -294,6 +295,7 @@ def create_admin_app(
     join_tokens: JoinTokenOperations,
     authorities: AuthorityOps | None = None,
     agents: AgentOps | None = None,
+    mappings: MappingOps | None = None,
     authenticator: Authenticator,
     audit: AuditRecorder,
     clock: Clock,
@@ -359,4 +361,6 @@ def create_admin_app(
         add_crl_routes(app, authorities)
     if agents is not None:
         add_agent_routes(app, agents)
+    if mappings is not None:
+        add_mapping_routes(app, mappings)
     return app

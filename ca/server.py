@@ -36,6 +36,7 @@ from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
+from ca.mappings import IdentityMappings
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
@@ -97,6 +98,7 @@ class CaParts:
     rotator: Rotator
     officer: AuthorityOperations
     authorities: AuthorityManager
+    mappings: IdentityMappings
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -150,6 +152,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock,
     )
     join_tokens = JoinTokens(database, config.trust_domain, clock)
+    mappings = IdentityMappings(database, config.trust_domain, clock)
     node = NodeService(
         database=database,
         issuer=service,
@@ -169,7 +172,19 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
         log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
     return CaParts(
-        service, metrics, database, hub, entries, join_tokens, node, identity, clock, rotator, officer, authorities
+        service,
+        metrics,
+        database,
+        hub,
+        entries,
+        join_tokens,
+        node,
+        identity,
+        clock,
+        rotator,
+        officer,
+        authorities,
+        mappings,
     )
 
 
@@ -332,6 +347,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             join_tokens=parts.join_tokens,
             authorities=parts.officer,
             agents=agents,
+            mappings=parts.mappings,
             authenticator=authenticator,
             audit=audit,
             clock=parts.clock,

@@ -214,3 +214,14 @@ class TrustBundleStateRow(Base):
 
     trust_domain: Mapped[str] = mapped_column(String(TRUST_DOMAIN_LENGTH), primary_key=True)
     sequence: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdentityMappingRow(Base):
+    """A legacy identity mapping rule (bridge/mapping.py), kept as the rule's dict form."""
+
+    __tablename__ = "identity_mappings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

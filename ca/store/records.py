@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeAlias
 
 from cryptography import x509
 
+from bridge.mapping import MappingRule
 from ca.authority import AuthorityState
 from spiffe_core.keys import KeyType
 from spiffe_core.selectors import Selector
@@ -173,3 +174,12 @@ class ChainCheck(NamedTuple):
 
     ok: bool
     first_bad_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMapping:
+    """A legacy identity mapping rule as the datastore holds it."""
+
+    rule: MappingRule
+    created_at: datetime
+    updated_at: datetime

@@ -10,11 +10,13 @@ from ca.store.repositories.bundle_state import TrustBundleStateRepository
 from ca.store.repositories.certificates import IssuedCertificateRepository
 from ca.store.repositories.entries import RegistrationEntryRepository
 from ca.store.repositories.join_tokens import JoinTokenRepository
+from ca.store.repositories.mappings import IdentityMappingRepository
 
 __all__ = [
     "AgentRepository",
     "AuditLogRepository",
     "AuthorityRepository",
+    "IdentityMappingRepository",
     "IssuedCertificateRepository",
     "JoinTokenRepository",
     "RegistrationEntryRepository",

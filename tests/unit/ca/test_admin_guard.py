@@ -72,6 +72,7 @@ def build_app(audit: RecordedAudit, domain: Unreachable, agents: Unreachable | N
         join_tokens=domain,
         authorities=domain,
         agents=agents or domain,
+        mappings=domain,
         authenticator=Callers(),
         audit=audit,
         clock=FakeClock(NOW),
