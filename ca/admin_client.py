@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import ssl
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,12 +263,29 @@ class AdminClient:
         try:
             response = self._client.request(method, path, extensions=self._extensions, **kwargs)
         except (httpx.ConnectError, FileNotFoundError) as err:
-            raise UpstreamUnavailable(f"cannot reach {self._where} ({err}); {self._hint}") from err
+            raise self._unreachable(err) from err
         except httpx.HTTPError as err:
             raise UpstreamUnavailable(f"{self._where} failed: {err}") from err
         if response.status_code >= 400:
             raise _error_from(response)
         return response
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it arrives (``iter_lines``), for replies too long to hold."""
+        try:
+            with self._client.stream(method, path, extensions=self._extensions, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                yield response
+        except (httpx.ConnectError, FileNotFoundError) as err:
+            raise self._unreachable(err) from err
+        except httpx.HTTPError as err:
+            raise UpstreamUnavailable(f"{self._where} failed: {err}") from err
+
+    def _unreachable(self, err: Exception) -> UpstreamUnavailable:
+        return UpstreamUnavailable(f"cannot reach {self._where} ({err}); {self._hint}")
 
     def get_json(self, path: str, **params: str) -> Any:
         return self.request("GET", path, params=params).json()

@@ -13,9 +13,8 @@ All of this happens before the route runs and without looking anything up, so a 
 same whether or not the object in the path exists. A refusal is ``401`` (no or bad credentials, with
 ``WWW-Authenticate: Bearer``) or ``403`` (authenticated, but the role is missing), with the body
 ``{"error": "<one reason>"}``; it never echoes a token. Each one is written to the audit log (outcome
-``denied``, the matrix's action name, the route and its path parameters as the target) — at most
-:data:`REFUSALS_AUDITED_PER_MINUTE` per source address per minute, then one summary, so a flood of bad
-requests cannot flood the audit log.
+``denied``, the matrix's action name, the route and its path parameters as the target), throttled per
+caller like every refusal (:mod:`ca.audit_throttle`), so a flood of bad requests cannot flood the log.
 """
 
 from __future__ import annotations
@@ -23,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,63 +38,15 @@ from spiffe_core.errors import NotAuthenticated, TrustmeshError, transport_statu
 
 log = logging.getLogger(__name__)
 
-REFUSALS_AUDITED_PER_MINUTE = 100
-MAX_SOURCES_TRACKED = 4096
 MAX_TARGET_PART = 200  # characters of a path parameter or unknown path kept in an audit record
 # The scope extension (:mod:`ca.admin_transport`) that carries a Unix socket peer's credentials.
 PEER_CREDENTIALS_EXTENSION = "trustmesh.peer_credentials"
-_WINDOW_SECONDS = 60.0
 
 
 class AuditRecorder(Protocol):
-    """Records one audit event in its own unit of work (:class:`ca.audit.AuditTrail`)."""
+    """Records refusals, throttled per caller (:meth:`ca.audit.AuditTrail.record_refusal`)."""
 
-    def record(self, event: AuditEvent) -> object: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What to do with one refusal: record it, record the one summary of a flood instead, or neither.
-    ``suppressed_before``: refusals of this source left unrecorded in its previous window."""
-
-    record: bool
-    summary: bool
-    suppressed_before: int = 0
-
-
-class RefusalThrottle:
-    """Per source address: the first ``per_minute`` refusals of each minute are recorded, the next one
-    becomes a summary, the rest are only counted (and that count rides on the source's next recorded
-    refusal). At most ``max_sources`` sources are tracked; the least recently refused is forgotten."""
-
-    def __init__(
-        self,
-        per_minute: int = REFUSALS_AUDITED_PER_MINUTE,
-        max_sources: int = MAX_SOURCES_TRACKED,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._per_minute = per_minute
-        self._max_sources = max_sources
-        self._monotonic = monotonic
-        # source -> [window start, refusals in the window, suppressed in the previous window]
-        self._sources: OrderedDict[str, list[float]] = OrderedDict()
-
-    def admit(self, source: str) -> Admission:
-        now = self._monotonic()
-        state = self._sources.pop(source, None)
-        if state is None or now - state[0] >= _WINDOW_SECONDS:
-            carried = 0 if state is None else int(max(state[1] - self._per_minute - 1, 0))
-            state = [now, 0.0, float(carried)]
-        state[1] += 1
-        self._sources[source] = state
-        while len(self._sources) > self._max_sources:
-            self._sources.popitem(last=False)
-        count = int(state[1])
-        if count <= self._per_minute:
-            carried = int(state[2])
-            state[2] = 0.0
-            return Admission(record=True, summary=False, suppressed_before=carried)
-        return Admission(record=False, summary=count == self._per_minute + 1)
+    def record_refusal(self, event: AuditEvent) -> None: ...
 
 
 def route_template(routes: Sequence[BaseRoute], scope: Scope) -> tuple[str | None, Mapping[str, Any]]:
@@ -166,14 +115,12 @@ class AdminGuard:
         authenticator: Authenticator,
         audit: AuditRecorder,
         clock: Clock,
-        throttle: RefusalThrottle | None = None,
     ) -> None:
         self._app = app
         self._routes = routes
         self._authenticator = authenticator
         self._audit = audit
         self._clock = clock
-        self._throttle = throttle or RefusalThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,25 +195,11 @@ class AdminGuard:
         source: str,
         send: Send,
     ) -> None:
-        admission = self._throttle.admit(source)
-        if admission.record or admission.summary:
-            action = policy.action if policy is not None else "admin_api.request"
-            detail: dict[str, JsonValue] = {"source": source, "status": refusal.status}
-            detail.update({f"path.{k}": _clip(str(v)) for k, v in params.items()})
-            reason = refusal.reason
-            if admission.summary:
-                action = "admin_api.refusals_suppressed"
-                reason = (
-                    f"more than {REFUSALS_AUDITED_PER_MINUTE} refusals from {source} within a minute; "
-                    "the rest of this minute's are counted and reported with its next recorded refusal"
-                )
-            elif admission.suppressed_before:
-                detail["suppressed_before"] = admission.suppressed_before
-            event = AuditEvent(self._clock.now(), actor, action, target, "denied", detail, reason)
-            try:
-                await asyncio.to_thread(self._audit.record, event)
-            except Exception:  # the refusal stands even when the audit log cannot take it
-                log.exception("could not record a refused admin API request in the audit log")
+        action = policy.action if policy is not None else "admin_api.request"
+        detail: dict[str, JsonValue] = {"source": source, "status": refusal.status}
+        detail.update({f"path.{k}": _clip(str(v)) for k, v in params.items()})
+        event = AuditEvent(self._clock.now(), actor, action, target, "denied", detail, refusal.reason)
+        await asyncio.to_thread(self._audit.record_refusal, event)  # throttled per caller; never raises
         body = json.dumps({"error": refusal.reason}).encode()
         await send({"type": "http.response.start", "status": refusal.status, "headers": refusal.headers()})
         await send({"type": "http.response.body", "body": body})

@@ -3,8 +3,10 @@
 revocation. Each is one change (:class:`~ca.authority_changes.AuthorityChanges`: one locked
 transaction, then reload and push); scheduled rotation is :mod:`ca.rotator`.
 
-Every operation takes ``dry_run``: the same checks and counts, and nothing written. Guard rails
-refuse what would break the trust domain, with the reason and what to do instead:
+Every operation takes ``dry_run``: the same checks and counts, and nothing written. Every operation is
+audited with the officer who asked (``actor``): a change in its own transaction; a dry run after its
+rollback (marked ``dry_run``: an auditor sees what an officer tried); a refusal with its reason. Guard
+rails refuse what would break the trust domain, with the reason and what to do instead:
 
 * revoke the active authority (activate another first, or ``rotate --now``);
 * revoke one that still signed live SVIDs unless it was tainted first (agents replace them on taint);
@@ -14,20 +16,26 @@ refuse what would break the trust domain, with the reason and what to do instead
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
 from sqlalchemy.orm import Session
 
+from ca.audit import OK, AuditTrail, listed, refusal_event
 from ca.authority import AuthorityState
 from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
 from ca.rotation import RotationParams, published_enough_at
-from ca.store.records import AuthorityKind, AuthorityRecord, IssuedCertificate
-from ca.store.repositories import AgentRepository, IssuedCertificateRepository, RegistrationEntryRepository
+from ca.store.records import Actor, AuditEvent, AuthorityKind, AuthorityRecord, IssuedCertificate, JsonValue
+from ca.store.repositories import (
+    AgentRepository,
+    AuditLogRepository,
+    IssuedCertificateRepository,
+    RegistrationEntryRepository,
+)
 from spiffe_core.clock import Clock
-from spiffe_core.errors import FailedPrecondition, InvalidArgument, NotFound
+from spiffe_core.errors import FailedPrecondition, InvalidArgument, NotFound, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId
 
 __all__ = ["AuthorityOperations", "AuthorityView", "ChangeReport", "StateChange"]
@@ -60,12 +68,18 @@ class ChangeReport:
     notes: tuple[str, ...] = field(default=())
 
 
+Change = Callable[[Session, Sequence[AuthorityRecord]], ChangeReport]
+
+
 class AuthorityOperations:
-    def __init__(self, changes: AuthorityChanges, params: RotationParams, clock: Clock) -> None:
+    def __init__(
+        self, changes: AuthorityChanges, params: RotationParams, clock: Clock, audit: AuditTrail | None = None
+    ) -> None:
         self._changes = changes
         self._authorities = changes.authorities
         self._params = params
         self._clock = clock
+        self._audit = audit or AuditTrail(changes.database)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -100,7 +114,7 @@ class AuthorityOperations:
 
     # -- officer operations ------------------------------------------------------------------------
 
-    def prepare(self, kind: AuthorityKind, *, dry_run: bool = False) -> ChangeReport:
+    def prepare(self, kind: AuthorityKind, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
         """Mint the next authority of ``kind`` and publish it (it signs nothing until activated)."""
 
         def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
@@ -118,9 +132,11 @@ class AuthorityOperations:
                 [StateChange(record.id, kind, None, AuthorityState.PREPARED)],
             )
 
-        return self._changes.run(change, dry_run=dry_run)
+        return self._audited(
+            change, actor, "authority.prepare", f"{kind} authority", dry_run, request={"kind": kind.value}
+        )
 
-    def activate(self, authority_id: str, *, dry_run: bool = False, force: bool = False) -> ChangeReport:
+    def activate(self, authority_id: str, actor: Actor, *, dry_run: bool = False, force: bool = False) -> ChangeReport:
         """Make a prepared authority the one that signs; the active one is retired in the same step.
         Refused until the prepared one has been published for a refresh hint (``force`` skips that)."""
 
@@ -143,9 +159,9 @@ class AuthorityOperations:
             changes += retire_active(records, target.kind)
             return self._apply("activate", dry_run, session, records, changes)
 
-        return self._changes.run(change, dry_run=dry_run)
+        return self._audited(change, actor, "authority.activate", authority_id, dry_run, request={"force": force})
 
-    def taint(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport:
+    def taint(self, authority_id: str, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
         """Mark an authority as suspect: agents replace everything chained to it at once; it stays in
         the bundle (its SVIDs keep verifying until replaced) until revoked or pruned."""
 
@@ -165,9 +181,9 @@ class AuthorityOperations:
                 [StateChange(target.id, target.kind, target.state, AuthorityState.TAINTED)],
             )
 
-        return self._changes.run(change, dry_run=dry_run)
+        return self._audited(change, actor, "authority.taint", authority_id, dry_run)
 
-    def revoke(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport:
+    def revoke(self, authority_id: str, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
         """Remove an authority from the bundle: nothing it signed verifies any more."""
 
         def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
@@ -192,9 +208,9 @@ class AuthorityOperations:
                 [StateChange(target.id, target.kind, target.state, AuthorityState.REVOKED)],
             )
 
-        return self._changes.run(change, dry_run=dry_run)
+        return self._audited(change, actor, "authority.revoke", authority_id, dry_run)
 
-    def rotate_now(self, kind: AuthorityKind, *, dry_run: bool = False) -> ChangeReport:
+    def rotate_now(self, kind: AuthorityKind, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
         """The emergency rotation: mint a new authority and activate it at once, and taint the active
         one, in one transaction, so agents replace every SVID the old one signed right away. Relying
         parties outside this trust domain's agents (federation) may not hold the new key yet."""
@@ -209,10 +225,13 @@ class AuthorityOperations:
             report = self._apply("rotate", False, session, [*records, record], changes)
             return _with_change(report, StateChange(record.id, kind, None, AuthorityState.ACTIVE))
 
-        return self._changes.run(change, dry_run=dry_run)
+        return self._audited(
+            change, actor, "authority.rotate", f"{kind} authority", dry_run, request={"kind": kind.value}
+        )
 
     def revoke_svids(
         self,
+        actor: Actor,
         *,
         serial: int | None = None,
         spiffe_id: SpiffeId | None = None,
@@ -223,6 +242,8 @@ class AuthorityOperations:
         pushed at once; agents drop the revoked SVIDs and fetch new ones."""
         if (serial is None) == (spiffe_id is None):
             raise InvalidArgument("name exactly one of a serial number or a SPIFFE ID to revoke")
+        target = str(spiffe_id) if serial is None else format(serial, "x")
+        request: dict[str, JsonValue] = {"reason": None if reason is None else reason.value}
 
         def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
             certs = IssuedCertificateRepository(session)
@@ -246,9 +267,41 @@ class AuthorityOperations:
                 tuple(c.serial for c in revoked),
             )
 
-        return self._changes.run(change, dry_run=dry_run)
+        return self._audited(change, actor, "x509_svid.revoke", target, dry_run, request=request)
 
     # -- plumbing ------------------------------------------------------------------------------------
+
+    def _audited(
+        self,
+        change: Change,
+        actor: Actor,
+        action: str,
+        target: str,
+        dry_run: bool,
+        *,
+        request: Mapping[str, JsonValue] | None = None,
+    ) -> ChangeReport:
+        """Run ``change`` and audit it: a real change in its own transaction (both or neither are
+        written), a dry run after its rollback, a refusal with its reason."""
+        now = self._clock.now()
+        asked: dict[str, JsonValue] = {"dry_run": dry_run, **(request or {})}
+
+        def audited(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
+            report = change(session, records)
+            if not dry_run:
+                AuditLogRepository(session).append(
+                    _change_event(now, actor, action, target, report=report, asked=asked)
+                )
+            return report
+
+        try:
+            report = self._changes.run(audited, dry_run=dry_run)
+        except TrustmeshError as err:
+            self._audit.record_refusal(refusal_event(now, actor, action, target, err, detail=asked))
+            raise
+        if dry_run:
+            self._audit.record(_change_event(now, actor, action, target, report=report, asked=asked))
+        return report
 
     def _apply(
         self,
@@ -338,6 +391,25 @@ def _crl_issuer_id(der: bytes) -> str:
     """The hex authority key identifier of a CRL we signed (``ca.crl.build_crl`` always sets it)."""
     aki = x509.load_der_x509_crl(der).extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     return (aki.key_identifier or b"").hex()
+
+
+def _change_event(
+    now: datetime, actor: Actor, action: str, target: str, *, report: ChangeReport, asked: Mapping[str, JsonValue]
+) -> AuditEvent:
+    """The record of an officer's change (or dry run): what changed, and how many SVIDs and agents."""
+    created = [c.authority_id for c in report.changes if c.before is None and c.authority_id != "(new)"]
+    changes = [f"{c.authority_id} ({c.kind}): {c.before or 'new'} -> {c.after or 'removed'}" for c in report.changes]
+    detail: dict[str, JsonValue] = {
+        **asked,
+        **listed("changes", changes),
+        "svids_affected": report.svids_affected,
+        "agents_affected": len(report.agents_affected),
+    }
+    if report.revoked_serials:
+        detail |= {"revoked": len(report.revoked_serials)} | listed(
+            "revoked_serials", [format(s, "x") for s in report.revoked_serials]
+        )
+    return AuditEvent(now, actor, action, created[0] if created else target, OK, detail)
 
 
 def _with_change(report: ChangeReport, extra: StateChange) -> ChangeReport:

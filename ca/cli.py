@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.admin_client import AdminClient, RemoteTarget, read_token_file
 from ca.cli_agents import add_agent_commands
+from ca.cli_audit import add_audit_commands
 from ca.cli_authorities import add_authority_commands
 from ca.cli_mappings import add_mapping_commands
 from ca.config import CLIENT_ENV, CaConfig, default_config_toml, load_config
@@ -452,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_authority_commands(commands, _client)
     add_agent_commands(commands, _client)
     add_mapping_commands(commands, _client)
+    add_audit_commands(commands, _client, _config)
     name_subcommands(parser)
     return parser
 

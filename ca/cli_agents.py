@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ca.cli_authorities import AdminApi
+from ca.cli_authorities import AdminApi, aligned, print_json
 
 ClientFactory = Callable[[argparse.Namespace], AdminApi]
-
-
-def _print_json(document: object) -> None:
-    print(json.dumps(document, indent=2, sort_keys=True))
 
 
 def agent_table(agents: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -30,8 +25,7 @@ def agent_table(agents: Sequence[Mapping[str, Any]]) -> list[str]:
         (a["spiffe_id"], a["attestation_type"], a["serial"], a["expires_at"], "yes" if a["banned"] else "no")
         for a in agents
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return aligned(rows)
 
 
 def agent_lines(agent: Mapping[str, Any]) -> list[str]:
@@ -56,7 +50,7 @@ def cmd_agent_list(args: argparse.Namespace, client_factory: ClientFactory) -> i
     with client_factory(args) as client:
         agents = client.get_json("/v1/agents")["agents"]
     if args.json:
-        _print_json(agents)
+        print_json(agents)
     else:
         print("\n".join(agent_table(agents)))
     return 0
@@ -66,7 +60,7 @@ def cmd_agent_show(args: argparse.Namespace, client_factory: ClientFactory) -> i
     with client_factory(args) as client:
         agent = client.get_json("/v1/agent", spiffe_id=args.spiffe_id)
     if args.json:
-        _print_json(agent)
+        print_json(agent)
     else:
         print("\n".join(agent_lines(agent)))
     return 0
@@ -84,7 +78,7 @@ def cmd_agent_change(args: argparse.Namespace, client_factory: ClientFactory, *,
     with client_factory(args) as client:
         agent = client.post_json(f"/v1/agents/{action}", {"spiffe_id": args.spiffe_id})
     if args.json:
-        _print_json(agent)
+        print_json(agent)
     else:
         print(_DONE[action].format(id=agent["spiffe_id"]))
     return 0

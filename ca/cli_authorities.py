@@ -38,8 +38,14 @@ class AdminApi(Protocol):
 ClientFactory = Callable[[argparse.Namespace], AdminApi]
 
 
-def _print_json(document: object) -> None:
+def print_json(document: object) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """``rows`` (the first one the header) as lines of left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def _state(value: str | None, missing: str) -> str:
@@ -68,7 +74,7 @@ def report_lines(report: Mapping[str, Any]) -> list[str]:
 
 def _show_report(report: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         print("\n".join(report_lines(report)))
 
@@ -77,8 +83,7 @@ def authority_table(authorities: Sequence[Mapping[str, Any]]) -> list[str]:
     """The rows of ``authority list``: ID, KIND, STATE, NOT AFTER, LIVE SVIDS, in aligned columns."""
     rows = [("ID", "KIND", "STATE", "NOT AFTER", "LIVE SVIDS")]
     rows += [(a["id"], a["kind"], a["state"], a["not_after"], str(a["live_svids"])) for a in authorities]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return aligned(rows)
 
 
 def _authority_lines(authority: Mapping[str, Any]) -> list[str]:
@@ -112,7 +117,7 @@ def cmd_authority_list(args: argparse.Namespace, client_factory: ClientFactory) 
     with client_factory(args) as client:
         authorities = client.get_json("/v1/authorities")["authorities"]
     if args.json:
-        _print_json(authorities)
+        print_json(authorities)
     else:
         print("\n".join(authority_table(authorities)))
     return 0
@@ -122,7 +127,7 @@ def cmd_authority_show(args: argparse.Namespace, client_factory: ClientFactory) 
     with client_factory(args) as client:
         authority = client.get_json(f"/v1/authorities/{args.authority_id}")
     if args.json:
-        _print_json(authority)
+        print_json(authority)
     else:
         print("\n".join(_authority_lines(authority)))
     return 0
@@ -192,7 +197,7 @@ def cmd_crl_show(args: argparse.Namespace, client_factory: ClientFactory) -> int
                 "`trustmesh-ca crl show` lists the published ones"
             )
     if args.json:
-        _print_json(crls)
+        print_json(crls)
     else:
         sys.stdout.write("".join(c["pem"] for c in crls))
     return 0

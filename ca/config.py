@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationError,
     field_validator,
     model_validator,
@@ -57,6 +58,8 @@ _MOUNT = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._-]{0,64}")
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _DOCS = "see docs/configuration.md"
+MIN_CHECKPOINT_INTERVAL = timedelta(seconds=1)
+MAX_CHECKPOINT_INTERVAL = timedelta(days=1)
 
 
 def _duration(value: object) -> timedelta:
@@ -348,7 +351,7 @@ class RevocationConfig(_Section):
 class RateLimitConfig(_Section):
     """Token buckets of the node API (SPIRE's ``ratelimit``); a rate of 0 turns that limit off."""
 
-    signing: float = 100.0  # X509-SVIDs per second per agent
+    signing: float = 100.0  # SVIDs (X509-SVIDs, agent renewals, JWT-SVIDs) per second per agent
     signing_burst: int = 2000  # lets one agent re-issue 1,000 SVIDs at once after a taint
     attestation: float = 1.0  # Attest calls per second per source IP address
     attestation_burst: int = 20  # agents behind one address (NAT, a test host) starting together
@@ -578,6 +581,29 @@ class AdminApiConfig(_Section):
         return self
 
 
+class AuditConfig(_Section):
+    """The audit log's signed checkpoints (docs/audit.md)."""
+
+    # How often the chain's head is signed with the active X.509 authority's key (when it moved), and
+    # the summaries of throttled refusals are written. Records newer than the newest checkpoint can be
+    # cut off the log unnoticed, so shorter is safer; each checkpoint is one small row.
+    checkpoint_interval: Duration = timedelta(minutes=1)
+    # Refused attempts recorded one by one per caller (actor) per minute; the rest are counted into one
+    # summary record per caller each checkpoint interval, so nobody can flood the log by being refused.
+    refusals_per_minute: int = Field(default=20, ge=1, le=10_000)
+
+    @field_validator("checkpoint_interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        if not MIN_CHECKPOINT_INTERVAL <= value <= MAX_CHECKPOINT_INTERVAL:
+            raise ValueError(
+                f"{format_duration(value)} is outside {format_duration(MIN_CHECKPOINT_INTERVAL)}.."
+                f"{format_duration(MAX_CHECKPOINT_INTERVAL)}; write e.g. '1m' (records newer than the newest "
+                "checkpoint can be cut off unnoticed, so keep it short)"
+            )
+        return value
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -594,6 +620,7 @@ class CaConfig(_Section):
     node_api: NodeApiConfig = NodeApiConfig()
     vault: VaultConfig = VaultConfig()
     admin_api: AdminApiConfig = AdminApiConfig()
+    audit: AuditConfig = AuditConfig()
 
 
 def admin_api_problems(config: CaConfig) -> list[str]:
@@ -942,7 +969,7 @@ crl_ttl = "24h"                         # each CRL's validity; re-signed at half
 max_batch_size = 1000                   # X509-SVIDs per SignX509Svids call (agents send 100); at most signing_burst
 
 [node_api.ratelimit]
-signing = 100                           # X509-SVIDs per second per agent; 0 = no limit
+signing = 100                           # SVIDs (X509- and JWT-) per second per agent; 0 = no limit
 signing_burst = 2000                    # at once: a taint re-issues all of an agent's SVIDs in one round
 attestation = 1                         # Attest calls per second per source IP address; 0 = no limit
 attestation_burst = 20                  # at once, e.g. agents behind one NAT starting together
@@ -958,6 +985,7 @@ approle_mount = "approle"               # auth "approle": where the AppRole auth
 # role_id_file = "vault/role-id"        # auth "approle"
 # secret_id_file = "vault/secret-id"    # auth "approle" (0600)
 timeout = "10s"                         # per request to Vault
+
 [admin_api]                             # the admin API over HTTPS; see docs/admin-api.md
 address = ""                            # host:port, e.g. "0.0.0.0:8443"; "" = only the local admin socket
 # tls_cert_file = "admin-tls.pem"       # default: serve the CA's own serving SVID
@@ -976,4 +1004,7 @@ admins = []                             # mTLS admins: replace this line by [[ad
 # [[admin_api.admins]]                  # mTLS admins: X509-SVIDs of this trust domain
 # spiffe_id = "spiffe://example.org/admins/alice"
 # roles = ["security-officer"]
+[audit]
+checkpoint_interval = "1m"              # sign the audit chain's head this often (1s..1d); see docs/audit.md
+refusals_per_minute = 20                # refusals recorded one by one per caller; the rest as one summary
 """

@@ -28,8 +28,10 @@ from starlette.exceptions import HTTPException
 from ca.admin_auth import Authenticator
 from ca.admin_guard import AdminGuard, AuditRecorder
 from ca.attestation import GeneratedJoinToken
+from ca.audit import Issuance
 from ca.entries import check_operator_svid
 from ca.http_agents import AgentOps, add_agent_routes
+from ca.http_audit import AuditOps, add_audit_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.http_caller import Caller, CallerRoles
 from ca.http_mappings import MappingOps, add_mapping_routes
@@ -47,8 +49,8 @@ log = logging.getLogger(__name__)
 
 class CaOperations(Protocol):
     def get_bundle(self) -> Bundle: ...
-    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]: ...
-    def mint_jwt_svid(self, request: JwtSvidRequest) -> tuple[str, datetime]: ...
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest], issuance: Issuance) -> list[IssuedX509Svid]: ...
+    def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]: ...
     def check_ready(self) -> None:
         """Raise a TrustmeshError saying why the CA cannot serve (database down, no active authority)."""
         ...
@@ -300,9 +302,11 @@ def create_admin_app(
     audit: AuditRecorder,
     clock: Clock,
     admin_entry_role: Role = Role.OPERATOR,
+    audit_log: AuditOps | None = None,
 ) -> FastAPI:
     """The admin API the CLI talks to, for one listener: ``authenticator`` says who calls on it (the
-    Unix socket's break-glass caller, or remote callers over HTTPS), ``audit`` records refusals."""
+    Unix socket's break-glass caller, or remote callers over HTTPS), ``audit`` records refusals, and
+    ``audit_log`` (when given) serves the audit log's routes."""
     app = FastAPIOffline(
         title="trustmesh CA admin API",
         version="1",
@@ -331,7 +335,7 @@ def create_admin_app(
         return Response(bundle.to_json(), media_type="application/json")
 
     @app.post("/v1/x509-svids")
-    def mint_x509(body: X509MintBody) -> X509MintReply:
+    def mint_x509(body: X509MintBody, actor: Caller) -> X509MintReply:
         request = X509SvidRequest(
             csr=body.csr_pem.encode(),
             spiffe_id=SpiffeId.parse(body.spiffe_id),
@@ -339,7 +343,7 @@ def create_admin_app(
             ttl=_ttl(body.ttl_seconds),
         )
         check_operator_svid(request.spiffe_id, request.dns_names)
-        (issued,) = ops.mint_x509_svids([request])
+        (issued,) = ops.mint_x509_svids([request], Issuance(actor))
         return X509MintReply(
             spiffe_id=str(issued.spiffe_id),
             serial=format(issued.serial, "x"),
@@ -349,10 +353,11 @@ def create_admin_app(
         )
 
     @app.post("/v1/jwt-svids")
-    def mint_jwt(body: JwtMintBody) -> JwtMintReply:
+    def mint_jwt(body: JwtMintBody, actor: Caller) -> JwtMintReply:
         spiffe_id = SpiffeId.parse(body.spiffe_id)
         check_operator_svid(spiffe_id)
-        token, expires_at = ops.mint_jwt_svid(JwtSvidRequest(spiffe_id, tuple(body.audience), _ttl(body.ttl_seconds)))
+        request = JwtSvidRequest(spiffe_id, tuple(body.audience), _ttl(body.ttl_seconds))
+        token, expires_at = ops.mint_jwt_svid(request, actor)
         return JwtMintReply(token=token, expires_at=expires_at)
 
     _add_entry_routes(app, entries, join_tokens, admin_entry_role)
@@ -363,4 +368,6 @@ def create_admin_app(
         add_agent_routes(app, agents)
     if mappings is not None:
         add_mapping_routes(app, mappings)
+    if audit_log is not None:
+        add_audit_routes(app, audit_log)
     return app

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ca.authority_ops import AuthorityView, ChangeReport
 from ca.crl import parse_reason
-from ca.store.records import AuthorityKind
+from ca.http_caller import Caller
+from ca.store.records import Actor, AuthorityKind
 from spiffe_core.errors import InvalidArgument, TrustmeshError, transport_status
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -34,13 +35,16 @@ class AuthorityOps(Protocol):
 
     def list(self) -> tuple[AuthorityView, ...]: ...
     def show(self, authority_id: str) -> AuthorityView: ...
-    def prepare(self, kind: AuthorityKind, *, dry_run: bool = False) -> ChangeReport: ...
-    def activate(self, authority_id: str, *, dry_run: bool = False, force: bool = False) -> ChangeReport: ...
-    def taint(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport: ...
-    def revoke(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport: ...
-    def rotate_now(self, kind: AuthorityKind, *, dry_run: bool = False) -> ChangeReport: ...
+    def prepare(self, kind: AuthorityKind, actor: Actor, *, dry_run: bool = False) -> ChangeReport: ...
+    def activate(
+        self, authority_id: str, actor: Actor, *, dry_run: bool = False, force: bool = False
+    ) -> ChangeReport: ...
+    def taint(self, authority_id: str, actor: Actor, *, dry_run: bool = False) -> ChangeReport: ...
+    def revoke(self, authority_id: str, actor: Actor, *, dry_run: bool = False) -> ChangeReport: ...
+    def rotate_now(self, kind: AuthorityKind, actor: Actor, *, dry_run: bool = False) -> ChangeReport: ...
     def revoke_svids(
         self,
+        actor: Actor,
         *,
         serial: int | None = None,
         spiffe_id: SpiffeId | None = None,
@@ -220,28 +224,29 @@ def add_authority_routes(app: FastAPI, ops: AuthorityOps) -> None:
         return _authority_reply(ops.show(authority_id))
 
     @app.post("/v1/authorities/prepare")
-    def prepare_authority(body: KindBody) -> ChangeReply:
-        return _change_reply(ops.prepare(AuthorityKind(body.kind), dry_run=body.dry_run))
+    def prepare_authority(body: KindBody, actor: Caller) -> ChangeReply:
+        return _change_reply(ops.prepare(AuthorityKind(body.kind), actor, dry_run=body.dry_run))
 
     @app.post("/v1/authorities/rotate")
-    def rotate_authority(body: KindBody) -> ChangeReply:
-        return _change_reply(ops.rotate_now(AuthorityKind(body.kind), dry_run=body.dry_run))
+    def rotate_authority(body: KindBody, actor: Caller) -> ChangeReply:
+        return _change_reply(ops.rotate_now(AuthorityKind(body.kind), actor, dry_run=body.dry_run))
 
     @app.post("/v1/authorities/{authority_id}/activate")
-    def activate_authority(authority_id: str, body: ActivateBody) -> ChangeReply:
-        return _change_reply(ops.activate(authority_id, dry_run=body.dry_run, force=body.force))
+    def activate_authority(authority_id: str, body: ActivateBody, actor: Caller) -> ChangeReply:
+        return _change_reply(ops.activate(authority_id, actor, dry_run=body.dry_run, force=body.force))
 
     @app.post("/v1/authorities/{authority_id}/taint")
-    def taint_authority(authority_id: str, body: DryRunBody) -> ChangeReply:
-        return _change_reply(ops.taint(authority_id, dry_run=body.dry_run))
+    def taint_authority(authority_id: str, body: DryRunBody, actor: Caller) -> ChangeReply:
+        return _change_reply(ops.taint(authority_id, actor, dry_run=body.dry_run))
 
     @app.post("/v1/authorities/{authority_id}/revoke")
-    def revoke_authority(authority_id: str, body: DryRunBody) -> ChangeReply:
-        return _change_reply(ops.revoke(authority_id, dry_run=body.dry_run))
+    def revoke_authority(authority_id: str, body: DryRunBody, actor: Caller) -> ChangeReply:
+        return _change_reply(ops.revoke(authority_id, actor, dry_run=body.dry_run))
 
     @app.post("/v1/revocations")
-    def revoke_svids(body: RevocationBody) -> ChangeReply:
+    def revoke_svids(body: RevocationBody, actor: Caller) -> ChangeReply:
         report = ops.revoke_svids(
+            actor,
             serial=None if body.serial is None else parse_serial(body.serial),
             spiffe_id=None if body.spiffe_id is None else SpiffeId.parse(body.spiffe_id),
             reason=None if body.reason is None else parse_reason(body.reason),

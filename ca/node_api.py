@@ -12,7 +12,8 @@ Both serve the CA's own X509-SVID (:mod:`ca.server_identity`) and pick up a rene
 changed bundle on the next handshake (``grpc.dynamic_ssl_server_credentials``), without a restart.
 
 The servicer is thin: authenticate, apply the node API's limits (:mod:`ca.ratelimit`: batch size,
-signing rate per agent, attestation rate per source address), call one
+signing rate per agent — every X509-SVID, agent renewal and JWT-SVID counts, so no agent can make the
+CA write issuance and audit records faster than that — attestation rate per source address), call one
 :class:`~ca.node_service.NodeService` method in a worker thread, encode. Domain errors become status
 codes through ``spiffe_core.errors.transport_status``; anything else is logged and answered INTERNAL
 with a generic message. A refusal for a rate limit (RESOURCE_EXHAUSTED) also carries its wait as
@@ -180,15 +181,28 @@ class NodeServicer:
         self._guard = guard or NodeApiGuard()  # the default limits of ca.ratelimit.NodeApiLimits
 
     async def _agent(self, context: Context) -> AuthenticatedAgent:
-        return await asyncio.to_thread(self._node.authenticate, _peer_chain_pem(context))
+        return await asyncio.to_thread(self._node.authenticate, _peer_chain_pem(context), peer_source(context.peer()))
 
     @_edge
     async def Attest(  # gRPC method names are CamelCase
         self, request: node_pb2.AttestRequest, context: Context
     ) -> node_pb2.AttestResponse:
-        self._guard.admit_attestation(peer_source(context.peer()))  # before the evidence is spent
-        self._node.check_trust_domain(request.trust_domain)  # before the evidence is spent
-        svid = await asyncio.to_thread(self._node.attest, request.method, request.payload, request.csr)
+        source = peer_source(context.peer())
+        try:
+            self._guard.admit_attestation(source)  # before the evidence is spent
+        except ResourceExhausted as err:
+            await asyncio.to_thread(self._node.refuse_attestation, source, request.method, err)
+            raise
+        svid = await asyncio.to_thread(
+            functools.partial(
+                self._node.attest,
+                request.method,
+                request.payload,
+                request.csr,
+                source=source,
+                trust_domain=request.trust_domain,
+            )
+        )
         return node_pb2.AttestResponse(
             spiffe_id=str(svid.spiffe_id), svid_chain=_der_chain(svid.cert_chain), bundle=_bundle_json(svid.bundle)
         )
@@ -196,6 +210,7 @@ class NodeServicer:
     @_edge
     async def RenewAgent(self, request: node_pb2.RenewAgentRequest, context: Context) -> node_pb2.RenewAgentResponse:
         agent = await self._agent(context)
+        self._guard.admit_signing(agent.spiffe_id, 1)
         svid = await asyncio.to_thread(self._node.renew, agent.spiffe_id, request.csr)
         return node_pb2.RenewAgentResponse(svid_chain=_der_chain(svid.cert_chain))
 
@@ -241,6 +256,7 @@ class NodeServicer:
     @_edge
     async def MintJwtSvid(self, request: node_pb2.MintJwtSvidRequest, context: Context) -> node_pb2.MintJwtSvidResponse:
         agent = await self._agent(context)
+        self._guard.admit_signing(agent.spiffe_id, 1)
         token, expires_at = await asyncio.to_thread(
             self._node.mint_jwt_svid, agent.spiffe_id, request.entry_id, list(request.audience)
         )

@@ -6,6 +6,12 @@ The gRPC servicer (:mod:`ca.node_api`) only decodes, calls one method here (in a
 read the datastore and sign) and encodes. Identity always comes from the caller's verified client
 certificate, never from a request field.
 
+Everything here is audited (issue 8): attestations that succeed (in the transaction that records the
+agent's SVID) and fail, renewals, one record per SignX509Svids batch (the SPIFFE IDs, bounded, and the
+entries refused), JWT-SVIDs, and refused node API calls. Refusals name as actor the agent's SPIFFE ID,
+or ``attestation:<address>`` before a node is attested, and are throttled per actor
+(:class:`~ca.audit.AuditTrail`), so a caller retrying a refused call cannot flood the log.
+
 An agent's X509-SVID authenticates only while it is the one the CA last issued to that agent — or,
 for :data:`RENEWAL_OVERLAP` after a renewal, the one it replaced, so calls in flight on the agent's
 old channel finish. An SVID replaced by renewal or re-attestation, or of an evicted or banned agent,
@@ -22,16 +28,24 @@ from typing import Protocol
 from cryptography import x509
 
 from ca.attestation import NodeAttestors
+from ca.audit import AuditTrail, Issuance, listed, refusal_event
 from ca.authority import AuthoritySet
 from ca.entries import RegistrationEntries, authorize, entitled_by_id, is_agent_id
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_csr_public_key
 from ca.store.engine import Database
-from ca.store.records import Agent, RegistrationEntry
+from ca.store.records import Actor, Agent, RegistrationEntry
 from ca.store.repositories import AgentRepository, RegistrationEntryRepository
 from ca.sync import Change, ChangeHub, announce
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import InvalidArgument, NotAuthenticated, NotAuthorized, NotFound, X509SvidError
+from spiffe_core.errors import (
+    InvalidArgument,
+    NotAuthenticated,
+    NotAuthorized,
+    NotFound,
+    TrustmeshError,
+    X509SvidError,
+)
 from spiffe_core.jwt_svid import check_audience
 from spiffe_core.spiffe_id import SpiffeId
 from spiffe_core.x509_svid import load_pem_certificates, verify_x509_svid
@@ -39,14 +53,35 @@ from spiffe_core.x509_svid import load_pem_certificates, verify_x509_svid
 # How long the SVID a renewal replaced still authenticates: the agent moves to a new channel at once
 # and gives unary calls on the old one 5 s to finish.
 RENEWAL_OVERLAP = timedelta(seconds=30)
+# How an agent is authenticated on the node API, as the audit log names it.
+NODE_API = "node-api"
+# Caller-chosen text (an attestation method, an entry ID) is cut to this many characters in a record.
+SHOWN_LENGTH = 128
+
+
+def agent_actor(agent: SpiffeId) -> Actor:
+    """The audit log's actor for a call by an authenticated agent."""
+    return Actor(str(agent), NODE_API)
+
+
+def attestation_actor(source: str) -> Actor:
+    """The audit log's actor for a node that is not attested yet: the address it called from."""
+    return Actor(f"attestation:{source or 'unknown'}", "attestation")
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN_LENGTH else text[: SHOWN_LENGTH - 1] + "…"
 
 
 class Issuer(Protocol):
     """What the node API needs from :class:`ca.service.CaService`."""
 
     def get_bundle(self) -> Bundle: ...
-    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]: ...
-    def mint_jwt_svid(self, request: JwtSvidRequest) -> tuple[str, datetime]: ...
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest], issuance: Issuance) -> list[IssuedX509Svid]: ...
+    def mint_x509_svids_each(
+        self, requests: Sequence[X509SvidRequest], issuance: Issuance
+    ) -> list[IssuedX509Svid | InvalidArgument]: ...
+    def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]: ...
 
 
 class AuthoritySource(Protocol):
@@ -104,6 +139,7 @@ class NodeService:
         clock: Clock,
         hub: ChangeHub | None = None,
         renewal_overlap: timedelta = RENEWAL_OVERLAP,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._database = database
         self._issuer = issuer
@@ -114,24 +150,46 @@ class NodeService:
         self._clock = clock
         self._hub = hub
         self._renewal_overlap = renewal_overlap
+        self._audit = audit or AuditTrail(database)
 
-    def attest(self, method: str, payload: bytes, csr: bytes) -> AgentSvid:
+    def attest(self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "") -> AgentSvid:
         """Check the node's evidence with the named attestor and sign its first agent X509-SVID.
 
-        The CSR is checked before the evidence is spent, so a malformed CSR does not burn a join token.
-        Raises InvalidArgument (unknown method, bad CSR) and NotAuthorized (evidence refused, banned)."""
-        attestor = self._attestors.get(method)
-        load_csr_public_key(csr)
-        agent_id = attestor.attest(payload, self._clock.now())
-        return self._issue_agent_svid(agent_id, method, csr)
+        ``source`` is the address the node called from (the audit log's actor), ``trust_domain`` the one
+        the agent says it is configured for. The trust domain and the CSR are checked before the evidence
+        is spent, so a misconfigured agent or a malformed CSR does not burn a join token. Raises
+        InvalidArgument (unknown method, bad CSR, another trust domain) and NotAuthorized (evidence
+        refused, banned); either is audited."""
+        now = self._clock.now()
+        try:
+            self._check_trust_domain(trust_domain)
+            attestor = self._attestors.get(method)
+            load_csr_public_key(csr)
+            agent_id = attestor.attest(payload, now)
+        except TrustmeshError as err:
+            self.refuse_attestation(source, method, err)
+            raise
+        issuance = Issuance(attestation_actor(source), "agent.attest", detail={"method": method})
+        return self._issue_agent_svid(agent_id, method, csr, issuance)
+
+    def refuse_attestation(self, source: str, method: str, err: TrustmeshError) -> None:
+        """Audit an attestation from ``source`` that ``err`` refused (throttled per source): here, or at
+        the edge before it got here (over the attestation rate of its address)."""
+        shown = _shown(method)
+        self._audit.record_refusal(
+            refusal_event(
+                self._clock.now(), attestation_actor(source), "agent.attest", shown, err, detail={"method": shown}
+            )
+        )
 
     def renew(self, agent: SpiffeId, csr: bytes) -> AgentSvid:
         """A fresh agent X509-SVID for the same ID and a new key; refused (NotAuthorized) once banned."""
         with self._database.transaction() as session:
             method = self._active_agent(AgentRepository(session), agent).attestation_type
-        return self._issue_agent_svid(agent, method, csr, renewal=True)
+        issuance = Issuance(agent_actor(agent), "agent.renew")
+        return self._issue_agent_svid(agent, method, csr, issuance, renewal=True)
 
-    def check_trust_domain(self, claimed: str) -> None:
+    def _check_trust_domain(self, claimed: str) -> None:
         """Refuse (InvalidArgument) an agent that says it is configured for another trust domain, before
         its evidence is looked at, so a misconfigured agent does not spend its join token. An empty
         claim (an agent older than this check) passes: the agent ID it gets tells it then."""
@@ -143,19 +201,51 @@ class NodeService:
                 f"set trust_domain = {served.name!r} in the agent's configuration (the join token was not used)"
             )
 
-    def authenticate(self, peer_chain_pem: bytes | None) -> AuthenticatedAgent:
-        """The agent behind a TLS client certificate chain (PEM, leaf first).
+    def authenticate(self, peer_chain_pem: bytes | None, source: str = "") -> AuthenticatedAgent:
+        """The agent behind a TLS client certificate chain (PEM, leaf first), calling from ``source``.
 
         NotAuthenticated when there is no certificate or it is not a valid X509-SVID of this trust
         domain now (expired, wrong signer); NotAuthorized when it is valid but not a known, unbanned
         agent (a workload's SVID, a forgotten or banned agent) or no longer the agent's SVID (replaced by a
-        renewal more than :data:`RENEWAL_OVERLAP` ago, or by a re-attestation)."""
+        renewal more than :data:`RENEWAL_OVERLAP` ago, or by a re-attestation). Refusals are audited."""
+        now = self._clock.now()
+        try:
+            spiffe_id, chain = self._verified_svid(peer_chain_pem, now)
+        except NotAuthenticated as err:
+            caller = Actor(f"node-api:{source or 'unknown'}", "unauthenticated")
+            self._audit.record_refusal(refusal_event(now, caller, "agent.authenticate", "node API", err))
+            raise
+        bundle = self._authorities.get_current().bundle
+        serial = chain[0].serial_number
+        try:
+            if not is_agent_id(spiffe_id, bundle.trust_domain):
+                raise NotAuthorized(
+                    f"{spiffe_id} is not an agent ID; the node API serves only agents "
+                    f"({bundle.trust_domain.id}/trustmesh/agent/...)"
+                )
+            with self._database.transaction() as session:
+                self._current_svid(self._active_agent(AgentRepository(session), spiffe_id), serial, now)
+        except NotAuthorized as err:
+            event = refusal_event(
+                now,
+                agent_actor(spiffe_id),
+                "agent.authenticate",
+                str(spiffe_id),
+                err,
+                detail={"serial": format(serial, "x")},
+            )
+            self._audit.record_refusal(event)
+            raise
+        return AuthenticatedAgent(spiffe_id, chain[0].not_valid_after_utc, serial)
+
+    def _verified_svid(
+        self, peer_chain_pem: bytes | None, now: datetime
+    ) -> tuple[SpiffeId, tuple[x509.Certificate, ...]]:
         if not peer_chain_pem:
             raise NotAuthenticated(
                 "no client certificate; call the node API over mTLS with the agent's X509-SVID "
                 "(get one with Attest on the attestation listener)"
             )
-        now = self._clock.now()
         bundle = self._authorities.get_current().bundle
         try:
             chain = load_pem_certificates(peer_chain_pem)
@@ -164,15 +254,7 @@ class NodeService:
             raise NotAuthenticated(
                 f"client certificate is not a valid X509-SVID of {bundle.trust_domain}: {err}"
             ) from err
-        if not is_agent_id(spiffe_id, bundle.trust_domain):
-            raise NotAuthorized(
-                f"{spiffe_id} is not an agent ID; the node API serves only agents "
-                f"({bundle.trust_domain.id}/trustmesh/agent/...)"
-            )
-        serial = chain[0].serial_number
-        with self._database.transaction() as session:
-            self._current_svid(self._active_agent(AgentRepository(session), spiffe_id), serial, now)
-        return AuthenticatedAgent(spiffe_id, chain[0].not_valid_after_utc, serial)
+        return spiffe_id, tuple(chain)
 
     def get_sync_state(self, agent: SpiffeId, serial: int | None = None) -> SyncState:
         """The bundle, the entries parented directly to ``agent`` and the tainted authorities.
@@ -191,52 +273,74 @@ class NodeService:
     def sign_x509_svids(self, agent: SpiffeId, items: Sequence[tuple[str, bytes]]) -> list[SignedOrRefused]:
         """Sign ``(entry_id, csr)`` items for the entries parented to ``agent``, in order.
 
-        Items for other entries are refused one by one ("entry X is not parented to <agent>"); the
-        authorized ones are signed in one batch. A batch refused for one bad item (a broken CSR, a TTL
-        the configuration no longer allows) is retried item by item, so only that item fails."""
+        Items for other entries are refused one by one ("entry X is not parented to <agent>"), and so
+        is an item the CA cannot sign (a broken CSR, a TTL the configuration no longer allows); the
+        others are signed and recorded together, with one audit record for the batch that also names
+        the refused entries. A batch of which nothing could be signed is audited as refused."""
+        actor = agent_actor(agent)
         entitled = entitled_by_id(self._entries.list(parent_id=agent))
         outcomes: list[SignedOrRefused] = []
         authorized: list[tuple[int, X509SvidRequest]] = []
+        not_parented: list[NotAuthorized] = []
         for entry_id, csr in items:
             try:
                 entry = authorize(entry_id, entitled, agent)
             except NotAuthorized as err:
                 outcomes.append(SignedOrRefused(entry_id, error=str(err)))
+                not_parented.append(err)
                 continue
             spec = entry.spec
             authorized.append((len(outcomes), X509SvidRequest(csr, spec.spiffe_id, spec.dns_names, spec.x509_ttl)))
             outcomes.append(SignedOrRefused(entry_id))
+        refused_ids = [_shown(o.entry_id) for o in outcomes if o.error]
+        detail = {"refused": len(refused_ids), **listed("refused_entries", refused_ids)} if refused_ids else {}
         if not authorized:
+            if not_parented:
+                event = refusal_event(
+                    self._clock.now(),
+                    actor,
+                    "x509_svid.issue",
+                    f"{len(items)} X509-SVIDs",
+                    not_parented[0],
+                    detail=detail,
+                )
+                self._audit.record_refusal(event)
             return outcomes
-        try:
-            issued = self._issuer.mint_x509_svids([request for _, request in authorized])
-        except InvalidArgument:
-            issued = None
-        for position, (index, request) in enumerate(authorized):
-            if issued is not None:
-                outcomes[index] = SignedOrRefused(outcomes[index].entry_id, svid=issued[position])
-                continue
-            try:
-                (svid,) = self._issuer.mint_x509_svids([request])
-            except InvalidArgument as err:
-                outcomes[index] = SignedOrRefused(outcomes[index].entry_id, error=str(err))
+        signed = self._issuer.mint_x509_svids_each(
+            [request for _, request in authorized], Issuance(actor, "x509_svid.issue", detail=detail)
+        )
+        for (index, _), result in zip(authorized, signed, strict=True):
+            entry_id = outcomes[index].entry_id
+            if isinstance(result, InvalidArgument):
+                outcomes[index] = SignedOrRefused(entry_id, error=str(result))
             else:
-                outcomes[index] = SignedOrRefused(outcomes[index].entry_id, svid=svid)
+                outcomes[index] = SignedOrRefused(entry_id, svid=result)
         return outcomes
 
     def mint_jwt_svid(self, agent: SpiffeId, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for an entry parented to ``agent``, with the entry's TTL. Raises NotAuthorized
         for another agent's (or no) entry, InvalidArgument for an audience
-        :func:`~spiffe_core.jwt_svid.check_audience` refuses (checked before the entry is looked up)."""
-        audience = check_audience(audience)
-        entry = self._entries.get_for_agent(agent, entry_id)
-        return self._issuer.mint_jwt_svid(JwtSvidRequest(entry.spec.spiffe_id, tuple(audience), entry.spec.jwt_ttl))
+        :func:`~spiffe_core.jwt_svid.check_audience` refuses (checked before the entry is looked up);
+        both are audited."""
+        try:
+            audience = check_audience(audience)
+            entry = self._entries.get_for_agent(agent, entry_id)
+        except (InvalidArgument, NotAuthorized) as err:
+            target = f"entry {_shown(entry_id)}"
+            self._audit.record_refusal(
+                refusal_event(self._clock.now(), agent_actor(agent), "jwt_svid.issue", target, err)
+            )
+            raise
+        request = JwtSvidRequest(entry.spec.spiffe_id, tuple(audience), entry.spec.jwt_ttl)
+        return self._issuer.mint_jwt_svid(request, agent_actor(agent))
 
-    def _issue_agent_svid(self, agent: SpiffeId, method: str, csr: bytes, *, renewal: bool = False) -> AgentSvid:
-        """Sign and record the agent's new SVID. A renewal keeps the replaced one valid for the overlap;
-        an attestation does not (a node that attests again, or a replacement node, cuts off the old
-        SVID at once). Streams opened with a replaced SVID reload and end."""
-        (issued,) = self._issuer.mint_x509_svids([X509SvidRequest(csr, agent, ttl=self._agent_svid_ttl)])
+    def _issue_agent_svid(
+        self, agent: SpiffeId, method: str, csr: bytes, issuance: Issuance, *, renewal: bool = False
+    ) -> AgentSvid:
+        """Sign and record the agent's new SVID (audited as ``issuance``). A renewal keeps the replaced
+        one valid for the overlap; an attestation does not (a node that attests again, or a replacement
+        node, cuts off the old SVID at once). Streams opened with a replaced SVID reload and end."""
+        (issued,) = self._issuer.mint_x509_svids([X509SvidRequest(csr, agent, ttl=self._agent_svid_ttl)], issuance)
         now = self._clock.now()
         with self._database.transaction() as session:
             AgentRepository(session).upsert(

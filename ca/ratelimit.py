@@ -1,6 +1,6 @@
 """Limits of the node API (wire/node.proto), SPIRE-style (``server { ratelimit { … } }``): the most
-X509-SVIDs one ``SignX509Svids`` call may ask for, a signing rate per agent, and an attestation rate
-per source address.
+X509-SVIDs one ``SignX509Svids`` call may ask for, a signing rate per agent (every X509-SVID, agent
+renewal and JWT-SVID takes a token), and an attestation rate per source address.
 
 Rates are token buckets: a bucket holds at most ``burst`` tokens, refills at ``rate`` tokens a second,
 and a call that costs ``n`` passes only when ``n`` tokens are there (it then takes them). A refused call
@@ -116,7 +116,7 @@ class NodeApiLimits:
     """The ``[node_api]`` settings as the edge applies them."""
 
     max_batch_size: int = 1000
-    signing: Rate = Rate(100.0, 2000)  # X509-SVIDs per agent
+    signing: Rate = Rate(100.0, 2000)  # SVIDs (X509- and JWT-) per agent
     attestation: Rate = Rate(1.0, 20)  # Attest calls per source address
 
 
@@ -137,7 +137,7 @@ class NodeApiGuard:
         return self._limits
 
     def admit_signing(self, agent: SpiffeId, count: int) -> None:
-        """Let ``agent`` have ``count`` X509-SVIDs signed now, or raise InvalidArgument (a batch over
+        """Let ``agent`` have ``count`` SVIDs signed now, or raise InvalidArgument (a batch over
         ``node_api.max_batch_size``) or ResourceExhausted (over its signing rate; with the wait)."""
         limit = self._limits.max_batch_size
         if count > limit:
@@ -153,7 +153,7 @@ class NodeApiGuard:
         if wait:
             rate = self._signing.rate
             raise ResourceExhausted(
-                f"agent {agent} is over its X509-SVID signing rate ({rate.per_second:g} per second, bursts of "
+                f"agent {agent} is over its SVID signing rate ({rate.per_second:g} per second, bursts of "
                 f"{rate.burst}; node_api.ratelimit.signing); retry in {wait:.1f} s",
                 retry_after=wait,
             )

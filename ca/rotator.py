@@ -1,6 +1,11 @@
 """The scheduled rotation task: applies what :mod:`ca.rotation` says is due, one change at a time
 (:class:`~ca.authority_changes.AuthorityChanges`), re-signs CRLs when they are due, and keeps going
 through failures with backoff — a CA whose upstream is down keeps serving and says why on ``/ready``.
+
+Each step it takes is audited in the step's own transaction, as ``authority.<step>`` by
+``system:rotator``; a step another replica took first is neither taken nor recorded again. Failed
+attempts are not audited one by one (they are retried every few seconds); they are logged, and
+``/ready`` says why while nothing usable is active.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from ca.audit import OK, ROTATOR
 from ca.authority import AuthorityState
 from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
 from ca.rotation import RotationParams, Step, StepKind, next_check, plan_rotation
-from ca.store.records import AuthorityRecord
+from ca.store.records import AuditEvent, AuthorityRecord
+from ca.store.repositories import AuditLogRepository
 from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.clock import Clock
 from spiffe_core.errors import TrustmeshError
@@ -108,20 +115,26 @@ class Rotator:
                 return
             kind = step.authority_kind
             if step.kind is StepKind.PREPARE:
-                record = self._changes.create(session, kind, AuthorityState.PREPARED, records)
-                log.info("prepared %s authority %s (%s); published in the bundle now", kind, record.id, step.why)
+                target = self._changes.create(session, kind, AuthorityState.PREPARED, records).id
+                log.info("prepared %s authority %s (%s); published in the bundle now", kind, target, step.why)
             elif step.kind is StepKind.RECOVER:
                 self._changes.set_states(session, retire_active(records, kind))
-                record = self._changes.create(session, kind, AuthorityState.ACTIVE)
-                log.warning("activated a new %s authority %s at once (%s)", kind, record.id, step.why)
+                target = self._changes.create(session, kind, AuthorityState.ACTIVE).id
+                log.warning("activated a new %s authority %s at once (%s)", kind, target, step.why)
             elif step.kind is StepKind.ACTIVATE:
                 assert step.authority_id is not None
-                activated = StateChange(step.authority_id, kind, AuthorityState.PREPARED, AuthorityState.ACTIVE)
+                target = step.authority_id
+                activated = StateChange(target, kind, AuthorityState.PREPARED, AuthorityState.ACTIVE)
                 self._changes.set_states(session, [activated, *retire_active(records, kind)])
-                log.info("activated %s authority %s (%s)", kind, step.authority_id, step.why)
+                log.info("activated %s authority %s (%s)", kind, target, step.why)
             else:
                 assert step.authority_id is not None
-                self._changes.prune(session, find(records, step.authority_id))
-                log.info("pruned %s authority %s (%s)", kind, step.authority_id, step.why)
+                target = step.authority_id
+                self._changes.prune(session, find(records, target))
+                log.info("pruned %s authority %s (%s)", kind, target, step.why)
+            detail = {"kind": kind.value, "why": step.why}
+            AuditLogRepository(session).append(
+                AuditEvent(self._clock.now(), ROTATOR, f"authority.{step.kind.value}", target, OK, detail)
+            )
 
         self._changes.run(change)

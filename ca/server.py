@@ -3,8 +3,9 @@ one asyncio TaskGroup, so if one listener dies the whole process stops instead o
 
 The group holds: the admin API (the Unix socket, and HTTPS when ``admin_api.address`` is set), the
 health listener, the node API's gRPC server (its attestation and mTLS listeners), the renewal of the
-CA's own serving SVID, the pruning of expired issued-certificate records, and — on PostgreSQL — the
-LISTEN task that brings other replicas' changes to this replica's Sync streams."""
+CA's own serving SVID, the pruning of expired issued-certificate records, the audit log's upkeep (signed
+checkpoints, refusal summaries), and — on PostgreSQL — the LISTEN task that brings other replicas'
+changes to this replica's Sync streams."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from ca.admin_transport import admin_protocol
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
 from ca.audit import AuditTrail
+from ca.audit_checkpoints import CheckpointTrust
+from ca.audit_log import AuditLog
+from ca.audit_task import AuditKeeper
+from ca.audit_throttle import RefusalThrottle
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
@@ -98,6 +103,8 @@ class CaParts:
     rotator: Rotator
     officer: AuthorityOperations
     authorities: AuthorityManager
+    audit: AuditTrail
+    audit_log: AuditLog
     mappings: IdentityMappings
 
 
@@ -127,10 +134,12 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     )
     authorities.load()
     hub = ChangeHub()
+    per_minute = config.audit.refusals_per_minute
+    audit = AuditTrail(database, RefusalThrottle(per_source=Rate(per_minute / 60, per_minute)))
     changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
     rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
     rotator = Rotator(changes, rotation_params, clock)
-    officer = AuthorityOperations(changes, rotation_params, clock)
+    officer = AuthorityOperations(changes, rotation_params, clock, audit)
     try:
         rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
@@ -144,6 +153,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock=clock,
         metrics=metrics,
         rotation_error=lambda: rotator.last_error,
+        audit=audit,
     )
     entries = RegistrationEntries(
         database,
@@ -162,6 +172,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
         hub=hub,
+        audit=audit,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -184,6 +195,13 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         rotator,
         officer,
         authorities,
+        audit,
+        AuditLog(
+            database,
+            lambda: CheckpointTrust.of(authorities.get_current()),
+            clock,
+            config.audit.checkpoint_interval,
+        ),
         mappings,
     )
 
@@ -336,7 +354,6 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             clock=parts.clock,
         )
     )
-    audit = AuditTrail(database)
     agents = AgentAdmin(database, parts.hub, parts.clock)
 
     def admin_app(authenticator: Authenticator) -> FastAPI:
@@ -349,7 +366,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             agents=agents,
             mappings=parts.mappings,
             authenticator=authenticator,
-            audit=audit,
+            audit=parts.audit,
+            audit_log=parts.audit_log,
             clock=parts.clock,
             admin_entry_role=admin_api.admin_entry_role,
         )
@@ -386,6 +404,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             group.create_task(parts.rotator.run())
             retention = config.datastore.issued_certificate_retention
             group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
+            interval = config.audit.checkpoint_interval
+            group.create_task(AuditKeeper(database, parts.authorities, parts.audit, parts.clock, interval).run())
             if database.dialect == "postgresql":
                 group.create_task(
                     listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly)

@@ -27,6 +27,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.audit import SERVER_IDENTITY, Issuance
 from ca.entries import check_dns_name
 from ca.issuance import IssuedX509Svid, X509SvidRequest
 from ca.reserved_ids import server_id
@@ -45,7 +46,7 @@ BACKOFF_CAP_SECONDS = 60.0
 
 
 class X509Issuer(Protocol):
-    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]: ...
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest], issuance: Issuance) -> list[IssuedX509Svid]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,8 @@ class ServerIdentity:
                 X509SvidRequest(
                     csr.public_bytes(serialization.Encoding.DER), self._spiffe_id, (self._server_name,), self._ttl
                 )
-            ]
+            ],
+            Issuance(SERVER_IDENTITY),
         )
         credentials = ServingCredentials(
             private_key_pem=key.private_bytes(

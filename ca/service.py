@@ -1,8 +1,10 @@
 """The CA's use cases, one method each, behind every edge (admin HTTP API, node gRPC API, CLI).
 
 Each method owns its unit of work: it signs with the current authority snapshot, then records what it
-issued in one transaction, so a failed request leaves nothing behind and a recorded certificate is
-one that was handed out.
+issued, with one audit record per call (:class:`~ca.audit.Issuance` says who asked), in one
+transaction, so a failed request leaves nothing behind and a recorded certificate is one that was
+handed out — and audited. A JWT-SVID is handed out only once its audit record is written. Requests the
+CA refuses are audited too (throttled per caller: :meth:`ca.audit.AuditTrail.record_refusal`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from ca.audit import AuditTrail, Issuance, jwt_issuance_event, refusal_event, x509_issuance_event
 from ca.authority_manager import AuthorityManager
 from ca.issuance import (
     IssuedX509Svid,
@@ -22,11 +25,11 @@ from ca.issuance import (
 )
 from ca.metrics import CaMetrics
 from ca.store.engine import Database
-from ca.store.records import IssuedCertificate
-from ca.store.repositories import IssuedCertificateRepository
+from ca.store.records import Actor, IssuedCertificate
+from ca.store.repositories import AuditLogRepository, IssuedCertificateRepository
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import NoActiveAuthority, TrustmeshError
+from spiffe_core.errors import InvalidArgument, NoActiveAuthority, TrustmeshError
 
 
 class CaService:
@@ -40,6 +43,7 @@ class CaService:
         clock: Clock,
         metrics: CaMetrics,
         rotation_error: Callable[[], str | None] = lambda: None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._database = database
         self._authorities = authorities
@@ -48,45 +52,117 @@ class CaService:
         self._clock = clock
         self._metrics = metrics
         self._rotation_error = rotation_error
+        self._audit = audit or AuditTrail(database)
 
     def get_bundle(self) -> Bundle:
         return self._authorities.get_current().bundle
 
-    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]:
-        """Sign a batch of authorized requests and record every certificate; all or nothing."""
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest], issuance: Issuance) -> list[IssuedX509Svid]:
+        """Sign a batch of authorized requests and record every certificate and one audit record of the
+        batch; all or nothing."""
         started = time.perf_counter()
         now = self._clock.now()
         try:
             issued = sign_x509_svids(requests, self._authorities.get_current(), self._x509_ttl, now)
-            with self._database.transaction() as session:
-                IssuedCertificateRepository(session).add_many(
-                    [
-                        IssuedCertificate(
-                            serial=svid.serial,
-                            spiffe_id=svid.spiffe_id,
-                            authority_id=svid.authority_id,
-                            not_before=svid.not_before,
-                            not_after=svid.not_after,
-                            issued_at=now,
-                        )
-                        for svid in issued
-                    ]
-                )
+            self._record(issued, issuance, now)
         except TrustmeshError as err:
-            self._metrics.issuance_errors.labels("x509", type(err).__name__).inc()
+            self._refused(issuance, requests, err, now)
             raise
         self._metrics.x509_signing_seconds.observe(time.perf_counter() - started)
         self._metrics.x509_svids_issued.inc(len(issued))
         return issued
 
-    def mint_jwt_svid(self, request: JwtSvidRequest) -> tuple[str, datetime]:
+    def mint_x509_svids_each(
+        self, requests: Sequence[X509SvidRequest], issuance: Issuance
+    ) -> list[IssuedX509Svid | InvalidArgument]:
+        """Sign each request on its own: one the CA refuses (a broken CSR, a TTL over the maximum) gets
+        its InvalidArgument in its place, the others are signed. The signed ones are recorded together,
+        with one audit record (its ``invalid`` says how many were refused); when none could be signed,
+        the refusal is audited instead. Other errors (no active authority, datastore down) fail it all."""
+        started = time.perf_counter()
+        now = self._clock.now()
+        current = self._authorities.get_current()
+        outcomes: list[IssuedX509Svid | InvalidArgument] = []
         try:
-            minted = mint_jwt(request, self._authorities.get_current(), self._jwt_ttl, self._clock.now())
+            for request in requests:
+                try:
+                    outcomes += sign_x509_svids([request], current, self._x509_ttl, now)
+                except InvalidArgument as err:
+                    self._metrics.issuance_errors.labels("x509", type(err).__name__).inc()
+                    outcomes.append(err)
+            issued = [outcome for outcome in outcomes if isinstance(outcome, IssuedX509Svid)]
+            invalid = len(outcomes) - len(issued)
+            if issued:
+                detail = {**issuance.detail, "invalid": invalid} if invalid else issuance.detail
+                self._record(issued, Issuance(issuance.actor, issuance.action, issuance.target, detail), now)
+        except TrustmeshError as err:
+            self._refused(issuance, requests, err, now)
+            raise
+        if not issued and outcomes:
+            first = next(outcome for outcome in outcomes if isinstance(outcome, InvalidArgument))
+            self._refused(issuance, requests, first, now, count_metric=False)
+        self._metrics.x509_signing_seconds.observe(time.perf_counter() - started)
+        self._metrics.x509_svids_issued.inc(len(issued))
+        return outcomes
+
+    def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]:
+        """Mint a JWT-SVID for ``actor``; the token is returned only once its audit record is written."""
+        now = self._clock.now()
+        current = self._authorities.get_current()
+        try:
+            token, expires_at = mint_jwt(request, current, self._jwt_ttl, now)
+            key_id = current.active_jwt(now).key_id
+            self._audit.record(
+                jwt_issuance_event(
+                    actor,
+                    str(request.spiffe_id),
+                    audience=request.audience,
+                    key_id=key_id,
+                    expires_at=expires_at,
+                    now=now,
+                )
+            )
         except TrustmeshError as err:
             self._metrics.issuance_errors.labels("jwt", type(err).__name__).inc()
+            self._audit.record_refusal(refusal_event(now, actor, "jwt_svid.issue", str(request.spiffe_id), err))
             raise
         self._metrics.jwt_svids_issued.inc()
-        return minted
+        return token, expires_at
+
+    def _record(self, issued: Sequence[IssuedX509Svid], issuance: Issuance, now: datetime) -> None:
+        """Record the certificates and the batch's audit record in one transaction."""
+        with self._database.transaction() as session:
+            IssuedCertificateRepository(session).add_many(
+                [
+                    IssuedCertificate(
+                        serial=svid.serial,
+                        spiffe_id=svid.spiffe_id,
+                        authority_id=svid.authority_id,
+                        not_before=svid.not_before,
+                        not_after=svid.not_after,
+                        issued_at=now,
+                    )
+                    for svid in issued
+                ]
+            )
+            AuditLogRepository(session).append(x509_issuance_event(issuance, issued, now))
+
+    def _refused(
+        self,
+        issuance: Issuance,
+        requests: Sequence[X509SvidRequest],
+        err: TrustmeshError,
+        now: datetime,
+        *,
+        count_metric: bool = True,
+    ) -> None:
+        if count_metric:
+            self._metrics.issuance_errors.labels("x509", type(err).__name__).inc()
+        ids = sorted({str(request.spiffe_id) for request in requests})
+        target = issuance.target or (ids[0] if len(ids) == 1 else f"{len(requests)} X509-SVIDs")
+        self._audit.record_refusal(
+            refusal_event(now, issuance.actor, issuance.action, target, err, detail=issuance.detail)
+        )
 
     def check_ready(self) -> None:
         """Ready means: the datastore answers and an authority can sign X509- and JWT-SVIDs now. When

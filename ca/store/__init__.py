@@ -19,7 +19,9 @@ from ca.store.engine import Database
 from ca.store.records import (
     Actor,
     Agent,
+    AuditCheckpoint,
     AuditEvent,
+    AuditQuery,
     AuditRecord,
     AuthorityKind,
     AuthorityRecord,
@@ -31,6 +33,7 @@ from ca.store.records import (
 )
 from ca.store.repositories import (
     AgentRepository,
+    AuditCheckpointRepository,
     AuditLogRepository,
     AuthorityRepository,
     IssuedCertificateRepository,
@@ -44,8 +47,11 @@ __all__ = [
     "Actor",
     "Agent",
     "AgentRepository",
+    "AuditCheckpoint",
+    "AuditCheckpointRepository",
     "AuditEvent",
     "AuditLogRepository",
+    "AuditQuery",
     "AuditRecord",
     "AuthorityKind",
     "AuthorityRecord",

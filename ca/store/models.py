@@ -46,8 +46,11 @@ NAMING_CONVENTION = {
 SPIFFE_ID_LENGTH = 2048
 TRUST_DOMAIN_LENGTH = 255
 SHA256_HEX_LENGTH = 64
-# An audit reason is one line a person reads; longer ones are cut when recorded.
+# An audit reason is one line a person reads; longer ones are cut when recorded, as are the other texts.
 AUDIT_REASON_LENGTH = 1024
+AUDIT_METHOD_LENGTH = 32
+AUDIT_ROLE_LENGTH = 64
+AUDIT_ACTION_LENGTH = 128
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -189,22 +192,39 @@ class AgentRow(Base):
 
 class AuditRow(Base):
     """One audited mutation, chained to the row before it by ``prev_hash``. The unique ``prev_hash``
-    makes a fork (two rows claiming the same predecessor) impossible even under concurrent appends."""
+    makes a fork (two rows claiming the same predecessor) impossible even under concurrent appends, and
+    lets ``audit verify`` find the rightful successor of a row at once (to tell reordering from deletion)."""
 
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
-    at: Mapped[datetime]
+    at: Mapped[datetime] = mapped_column(index=True)  # `audit list --since` reads a time range
     actor: Mapped[str] = mapped_column(String(SPIFFE_ID_LENGTH))
-    auth_method: Mapped[str] = mapped_column(String(32), default="")
-    role: Mapped[str] = mapped_column(String(64), default="")
-    action: Mapped[str] = mapped_column(String(128))
+    auth_method: Mapped[str] = mapped_column(String(AUDIT_METHOD_LENGTH), default="")
+    role: Mapped[str] = mapped_column(String(AUDIT_ROLE_LENGTH), default="")
+    action: Mapped[str] = mapped_column(String(AUDIT_ACTION_LENGTH))
     target: Mapped[str] = mapped_column(String(SPIFFE_ID_LENGTH))
     outcome: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(AUDIT_REASON_LENGTH), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
     hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+
+
+class AuditCheckpointRow(Base):
+    """The audit chain's head (``last_id``, ``last_hash``) at ``at``, signed by the X.509 authority
+    ``authority_id`` whose certificate is kept beside it, so cutting records off the end of the log is
+    detectable (:mod:`ca.audit_checkpoints`)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    last_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    last_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+    authority_id: Mapped[str] = mapped_column(String(128))
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TrustBundleStateRow(Base):

@@ -169,11 +169,45 @@ class AuditRecord:
 
 
 class ChainCheck(NamedTuple):
-    """Result of verifying the audit chain: ``first_bad_id`` is the first row that does not follow
-    from the one before it (edited, inserted or deleted around), None when the chain is intact."""
+    """Result of walking the audit chain.
+
+    ``first_bad_id`` is the first record that does not follow from the one before it (None when the
+    chain is intact) and ``problem`` says, in one line, what is wrong there: edited, deleted around,
+    out of order. ``records`` counts the records checked; ``last_id`` and ``last_hash`` are the head of
+    the intact chain (None for an empty log), which a checkpoint must match."""
 
     ok: bool
     first_bad_id: int | None
+    problem: str = ""
+    records: int = 0
+    last_id: int | None = None
+    last_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which audit records to list: every given filter must match. ``action`` matches as a prefix
+    (``authority.`` finds every authority operation); the others exactly; times are inclusive."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheckpoint:
+    """The audit chain's head as signed at ``at`` by the X.509 authority ``authority_id``
+    (:mod:`ca.audit_checkpoints` says what exactly is signed)."""
+
+    id: int
+    at: datetime
+    last_id: int
+    last_hash: str
+    authority_id: str
+    certificate_der: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

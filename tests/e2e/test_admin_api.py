@@ -151,6 +151,8 @@ data_dir = "{root / "data"}"
 http_address = "127.0.0.1:{http_port}"
 node_api_address = "127.0.0.1:{free_port()}"
 attestation_address = "127.0.0.1:{free_port()}"
+[audit]
+refusals_per_minute = 1000  # every refusal of the matrix test is recorded one by one
 [admin_api]
 address = "127.0.0.1:{admin_port}"
 [admin_api.oidc]

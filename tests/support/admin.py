@@ -20,6 +20,5 @@ class LocalAdmin:
 class RecordedAudit:
     events: list[AuditEvent] = field(default_factory=list)
 
-    def record(self, event: AuditEvent) -> AuditEvent:
+    def record_refusal(self, event: AuditEvent) -> None:
         self.events.append(event)
-        return event

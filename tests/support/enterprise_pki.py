@@ -22,16 +22,20 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.authority_changes import AuthorityChanges
-from ca.authority_manager import AuthorityManager
+from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import TtlPolicy
+from ca.keys.memory import MemoryKeyManager
 from ca.metrics import CaMetrics
 from ca.rotation import RotationParams
 from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import Database
 from ca.sync import ChangeHub
+from ca.upstream import SelfSignedUpstream
 from spiffe_core.clock import Clock
+from spiffe_core.keys import KeyType
+from spiffe_core.spiffe_id import TrustDomain
 
 
 def self_signed_root(key: ec.EllipticCurvePrivateKey, name: str, lifetime: timedelta) -> x509.Certificate:
@@ -281,6 +285,22 @@ class CaUseCases:
     officer: AuthorityOperations
     rotator: Rotator
     service: CaService
+
+
+def memory_authorities(
+    database: Database, clock: Clock, ca_ttl: timedelta, refresh_hint: timedelta = timedelta(minutes=5)
+) -> AuthorityManager:
+    """Self-signed EC P-256 authorities of example.org with keys in memory, loaded (first authorities
+    created), as most CA tests want them."""
+    manager = AuthorityManager(
+        database,
+        MemoryKeyManager(),
+        SelfSignedUpstream(),
+        AuthorityParams(TrustDomain("example.org"), KeyType.EC_P256, KeyType.EC_P256, ca_ttl, refresh_hint),
+        clock,
+    )
+    manager.load()
+    return manager
 
 
 def ca_use_cases(database: Database, manager: AuthorityManager, clock: Clock, svid_ttl: timedelta) -> CaUseCases:

@@ -14,6 +14,8 @@ NOW = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
 TRUST_DOMAIN = TrustDomain("example.org")
 # Who the audit log names for changes the tests make directly through the domain services.
 TESTER = Actor("tester", "test")
+# An officer's authority operations, as an authenticated admin caller would make them.
+OFFICER = Actor("spiffe://example.org/admin/officer", "mtls", "security-officer")
 AGENT_ID = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ca.store.repositories.agents import AgentRepository
 from ca.store.repositories.audit import AuditLogRepository
+from ca.store.repositories.audit_checkpoints import AuditCheckpointRepository
 from ca.store.repositories.authorities import AuthorityRepository
 from ca.store.repositories.bundle_state import TrustBundleStateRepository
 from ca.store.repositories.certificates import IssuedCertificateRepository
@@ -14,6 +15,7 @@ from ca.store.repositories.mappings import IdentityMappingRepository
 
 __all__ = [
     "AgentRepository",
+    "AuditCheckpointRepository",
     "AuditLogRepository",
     "AuthorityRepository",
     "IdentityMappingRepository",

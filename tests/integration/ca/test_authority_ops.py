@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca.audit import Issuance
 from ca.authority import AuthorityState
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
@@ -29,6 +30,7 @@ from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
 from tests.support.enterprise_pki import ca_use_cases
+from tests.support.store import OFFICER, TESTER
 
 TD = TrustDomain("example.org")
 CA_TTL = timedelta(minutes=60)
@@ -50,7 +52,7 @@ class Ca:
         key = ec.generate_private_key(ec.SECP256R1())
         csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
         (svid,) = self.service.mint_x509_svids(
-            [X509SvidRequest(csr.public_bytes(serialization.Encoding.DER), spiffe_id)]
+            [X509SvidRequest(csr.public_bytes(serialization.Encoding.DER), spiffe_id)], Issuance(TESTER)
         )
         return svid.serial
 
@@ -111,38 +113,38 @@ def test_prepared_authority_is_published_before_it_signs(ca: Ca) -> None:
 
 
 def test_activate_is_refused_before_the_prepared_authority_was_published_for_a_refresh_hint(ca: Ca) -> None:
-    report = ca.ops.prepare(AuthorityKind.X509)
+    report = ca.ops.prepare(AuthorityKind.X509, OFFICER)
     new_id = report.changes[0].authority_id
     with pytest.raises(FailedPrecondition, match="refresh"):
-        ca.ops.activate(new_id)
+        ca.ops.activate(new_id, OFFICER)
     ca.clock.advance(HINT)
-    ca.ops.activate(new_id)
+    ca.ops.activate(new_id, OFFICER)
     assert ca.active_id() == new_id
 
 
 def test_a_second_prepare_is_refused(ca: Ca) -> None:
-    ca.ops.prepare(AuthorityKind.X509)
+    ca.ops.prepare(AuthorityKind.X509, OFFICER)
     with pytest.raises(FailedPrecondition, match="prepared already"):
-        ca.ops.prepare(AuthorityKind.X509)
+        ca.ops.prepare(AuthorityKind.X509, OFFICER)
 
 
 def test_the_active_authority_cannot_be_revoked_or_tainted(ca: Ca) -> None:
     with pytest.raises(FailedPrecondition, match="active"):
-        ca.ops.revoke(ca.active_id())
+        ca.ops.revoke(ca.active_id(), OFFICER)
     with pytest.raises(FailedPrecondition, match="active"):
-        ca.ops.taint(ca.active_id())
+        ca.ops.taint(ca.active_id(), OFFICER)
 
 
 def test_revoking_an_authority_with_live_svids_needs_a_taint_first(ca: Ca) -> None:
     old = ca.active_id()
     ca.mint()
-    new_id = ca.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+    new_id = ca.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
     ca.clock.advance(HINT)
-    ca.ops.activate(new_id)
+    ca.ops.activate(new_id, OFFICER)
     with pytest.raises(FailedPrecondition, match="Taint it first"):
-        ca.ops.revoke(old)
-    ca.ops.taint(old)
-    ca.ops.revoke(old)
+        ca.ops.revoke(old, OFFICER)
+    ca.ops.taint(old, OFFICER)
+    ca.ops.revoke(old, OFFICER)
     current = ca.authorities.get_current()
     assert old not in {a.id for a in current.x509}
     assert len(current.bundle.x509_authorities) == 1
@@ -152,13 +154,13 @@ def test_dry_runs_change_nothing_and_report_what_the_operation_then_does(ca: Ca)
     old = ca.active_id()
     for _ in range(3):
         ca.mint()
-    new_id = ca.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+    new_id = ca.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
     ca.clock.advance(HINT)
-    ca.ops.activate(new_id)
+    ca.ops.activate(new_id, OFFICER)
     before = ca.db_dump()
-    dry = ca.ops.taint(old, dry_run=True)
+    dry = ca.ops.taint(old, OFFICER, dry_run=True)
     assert ca.db_dump() == before
-    real = ca.ops.taint(old)
+    real = ca.ops.taint(old, OFFICER)
     assert dry.dry_run
     assert not real.dry_run
     assert (dry.svids_affected, dry.changes, dry.bundle_x509) == (real.svids_affected, real.changes, real.bundle_x509)
@@ -168,9 +170,9 @@ def test_dry_runs_change_nothing_and_report_what_the_operation_then_does(ca: Ca)
 def test_emergency_rotation_activates_a_new_authority_and_taints_the_old_one_in_one_step(ca: Ca) -> None:
     old = ca.active_id()
     ca.mint()
-    dry = ca.ops.rotate_now(AuthorityKind.X509, dry_run=True)
+    dry = ca.ops.rotate_now(AuthorityKind.X509, OFFICER, dry_run=True)
     assert ca.active_id() == old
-    report = ca.ops.rotate_now(AuthorityKind.X509)
+    report = ca.ops.rotate_now(AuthorityKind.X509, OFFICER)
     assert ca.active_id() != old
     assert ca.states()[old] is AuthorityState.TAINTED
     assert old in ca.authorities.get_current().tainted_ids()
@@ -197,7 +199,7 @@ def test_the_rotation_task_recovers_from_an_expired_authority(ca: Ca) -> None:
 def test_a_revoked_svid_is_in_its_authoritys_crl_and_pushed_as_revoked(ca: Ca) -> None:
     serial = ca.mint()
     other = ca.mint(SpiffeId.parse("spiffe://example.org/db"))
-    report = ca.ops.revoke_svids(serial=serial, reason=x509.ReasonFlags.key_compromise)
+    report = ca.ops.revoke_svids(OFFICER, serial=serial, reason=x509.ReasonFlags.key_compromise)
     assert report.revoked_serials == (serial,)
     current = ca.authorities.get_current()
     assert serial in current.revoked_serials
@@ -211,20 +213,20 @@ def test_a_revoked_svid_is_in_its_authoritys_crl_and_pushed_as_revoked(ca: Ca) -
 
 def test_revoking_by_spiffe_id_revokes_every_live_svid_of_it(ca: Ca) -> None:
     serials = {ca.mint(), ca.mint()}
-    dry = ca.ops.revoke_svids(spiffe_id=WEB, dry_run=True)
+    dry = ca.ops.revoke_svids(OFFICER, spiffe_id=WEB, dry_run=True)
     assert ca.authorities.get_current().revoked_serials == frozenset()
-    report = ca.ops.revoke_svids(spiffe_id=WEB)
+    report = ca.ops.revoke_svids(OFFICER, spiffe_id=WEB)
     assert set(dry.revoked_serials) == set(report.revoked_serials) == serials
     assert ca.authorities.get_current().revoked_serials == serials
 
 
 def test_a_revoked_jwt_key_leaves_the_bundle_and_its_tokens_no_longer_validate(ca: Ca) -> None:
-    token, _ = ca.service.mint_jwt_svid(JwtSvidRequest(WEB, ("payments",)))
+    token, _ = ca.service.mint_jwt_svid(JwtSvidRequest(WEB, ("payments",)), TESTER)
     old_kid = ca.authorities.get_current().active_jwt().key_id
     validate_jwt_svid(token, audience="payments", bundle_source=ca.authorities.get_current().bundle, now=ca.clock.now())
-    ca.ops.rotate_now(AuthorityKind.JWT)
+    ca.ops.rotate_now(AuthorityKind.JWT, OFFICER)
     assert old_kid in ca.authorities.get_current().tainted_ids()
-    ca.ops.revoke(old_kid)
+    ca.ops.revoke(old_kid, OFFICER)
     bundle = ca.authorities.get_current().bundle
     assert old_kid not in {key.key_id for key in bundle.jwt_authorities}
     with pytest.raises(JwtSvidError):
@@ -232,18 +234,18 @@ def test_a_revoked_jwt_key_leaves_the_bundle_and_its_tokens_no_longer_validate(c
 
 
 def test_an_activation_leaves_the_crls_as_they_were_so_no_validation_context_changes(ca: Ca) -> None:
-    new_id = ca.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+    new_id = ca.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
     before = set(ca.authorities.get_current().crls)
     ca.clock.advance(HINT)
-    ca.ops.activate(new_id)
+    ca.ops.activate(new_id, OFFICER)
     assert set(ca.authorities.get_current().crls) == before
     assert len(before) == 2
 
 
 def test_a_revocation_re_signs_only_the_crl_of_the_authority_that_signed_the_svid(ca: Ca) -> None:
-    new_id = ca.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+    new_id = ca.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
     before = set(ca.authorities.get_current().crls)
-    ca.ops.revoke_svids(serial=ca.mint())
+    ca.ops.revoke_svids(OFFICER, serial=ca.mint())
     after = set(ca.authorities.get_current().crls)
     (kept,) = before & after
     assert x509.load_der_x509_crl(kept).extensions.get_extension_for_class(

@@ -19,7 +19,7 @@ from ca.admin_client import AdminClient
 from ca.cli import main
 from ca.config import load_config
 from ca.server import serve
-from ca.store import Actor, AuditLogRepository, Database
+from ca.store import Actor, AuditLogRepository, AuditQuery, Database
 from spiffe_core.errors import TrustmeshError
 from tests.support.processes import wait_until
 
@@ -294,7 +294,8 @@ def test_a_change_through_the_socket_is_audited_as_break_glass_by_the_callers_ui
     database = Database.open(load_config(running_ca, {}).datastore.url)
     try:
         with database.transaction() as session:
-            events = [r.event for r in AuditLogRepository(session).list(limit=10_000) if r.event.target == entry_id]
+            records = AuditLogRepository(session).list(AuditQuery(action="entry."), limit=1000)
+            events = [r.event for r in records if r.event.target == entry_id]
     finally:
         database.close()
     assert [(e.actor, e.action) for e in events] == [

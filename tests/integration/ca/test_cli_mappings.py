@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ca.config import load_config
 from ca.store import Database
+from ca.store.records import AuditQuery
 from ca.store.repositories import AuditLogRepository
 from tests.integration.ca.test_cli_entries import Cli, cli, config_file, labelled, running_ca
 
@@ -79,8 +80,8 @@ def test_mapping_delete_removes_it_and_changes_are_audited(cli: Cli, running_ca:
     database = Database.open(load_config(running_ca, {}).datastore.url)
     try:
         with database.transaction() as session:
-            records = AuditLogRepository(session).list(limit=10_000)
-            actions = [r.event.action for r in records if r.event.target == "payments"]
+            records = AuditLogRepository(session).list(AuditQuery(action="mapping."), newest_first=True, limit=2)
+            actions = [r.event.action for r in reversed(records) if r.event.target == "payments"]
     finally:
         database.close()
     assert actions[-2:] == ["mapping.add", "mapping.delete"]

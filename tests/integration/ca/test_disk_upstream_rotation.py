@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca.audit import Issuance
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import IssuedX509Svid, X509SvidRequest
@@ -29,6 +30,7 @@ from spiffe_core.keys import KeyType
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
 from tests.support.enterprise_pki import ca_use_cases, write_enterprise_root
+from tests.support.store import OFFICER, TESTER
 
 TD = TrustDomain("example.org")
 CA_TTL = timedelta(hours=6)
@@ -50,14 +52,16 @@ class DiskCa:
     def mint(self) -> IssuedX509Svid:
         key = ec.generate_private_key(ec.SECP256R1())
         csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
-        (svid,) = self.service.mint_x509_svids([X509SvidRequest(csr.public_bytes(serialization.Encoding.DER), WEB)])
+        (svid,) = self.service.mint_x509_svids(
+            [X509SvidRequest(csr.public_bytes(serialization.Encoding.DER), WEB)], Issuance(TESTER)
+        )
         return svid
 
     def rotate(self) -> str:
         """Prepare and activate the next X.509 authority as an officer would; returns its ID."""
-        new_id = self.ops.prepare(AuthorityKind.X509).changes[0].authority_id
+        new_id = self.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
         self.clock.advance(HINT)
-        self.ops.activate(new_id)
+        self.ops.activate(new_id, OFFICER)
         return new_id
 
     def roots(self) -> set[str]:
@@ -119,7 +123,7 @@ def test_the_crl_set_covers_every_ca_on_the_chain_as_openssl_demands(disk_ca: Di
     svid = disk_ca.mint()
     result = disk_ca.openssl_verify(svid)
     assert result.returncode == 0, result.stdout + result.stderr
-    disk_ca.ops.revoke_svids(serial=svid.serial)
+    disk_ca.ops.revoke_svids(OFFICER, serial=svid.serial)
     result = disk_ca.openssl_verify(svid)
     assert result.returncode != 0
     assert "certificate revoked" in result.stdout + result.stderr

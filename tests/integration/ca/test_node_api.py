@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
+from ca.audit import Issuance
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.issuance import TtlPolicy, X509SvidRequest
@@ -326,7 +327,7 @@ async def test_the_node_api_listener_refuses_a_client_without_a_certificate(ca: 
 
 async def test_a_workload_svid_is_not_an_agent(ca: RunningCa) -> None:
     key = generate_private_key(KeyType.EC_P256)
-    (issued,) = ca.service.mint_x509_svids([X509SvidRequest(csr_for(key), WEB)])
+    (issued,) = ca.service.mint_x509_svids([X509SvidRequest(csr_for(key), WEB)], Issuance(TESTER))
     workload = Agent(WEB, key, issued.cert_chain)
     async with channel(ca, ca.node_api_port, workload) as ch:
         error = await refused(node_pb2_grpc.NodeStub(ch).SignX509Svids(node_pb2.SignX509SvidsRequest(), timeout=5))
@@ -679,7 +680,11 @@ async def test_ban_unban_and_evict_are_audited(ca: RunningCa) -> None:
     ca.agents.unban(agent.spiffe_id, TESTER)
     ca.agents.evict(agent.spiffe_id, TESTER)
     with ca.database.transaction() as session:
-        events = [r.event for r in AuditLogRepository(session).list() if r.event.action.startswith("agent.")]
+        events = [
+            r.event
+            for r in AuditLogRepository(session).list()
+            if r.event.action.startswith("agent.") and r.event.actor == TESTER
+        ]
     assert [(e.actor, e.action, e.target) for e in events] == [
         (TESTER, "agent.ban", str(NODE_1)),
         (TESTER, "agent.unban", str(NODE_1)),

@@ -201,7 +201,7 @@ async def test_an_agent_over_its_signing_rate_is_resource_exhausted_and_others_a
         error = await refused(sign(ca, greedy, greedy_ids[:3]))
         assert (error.code(), details(error)) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"agent {NODE_1} is over its X509-SVID signing rate (2 per second, bursts of 4; "
+            f"agent {NODE_1} is over its SVID signing rate (2 per second, bursts of 4; "
             "node_api.ratelimit.signing); retry in 1.5 s",
         )
         assert retry_after_ms(error) == 1500

@@ -119,7 +119,7 @@ async def test_an_authority_change_on_one_replica_reaches_the_other_replicas_bun
     try:
         await asyncio.wait_for(listening.wait(), WAIT)
         with hub_b.subscribe(AGENT) as stream:
-            report = await asyncio.to_thread(ops_a.prepare, AuthorityKind.X509)
+            report = await asyncio.to_thread(ops_a.prepare, AuthorityKind.X509, TESTER)
             await asyncio.wait_for(stream.wait(), WAIT)
             seen_by_stream.append(len(replicas[1].get_current().bundle.x509_authorities))
     finally:

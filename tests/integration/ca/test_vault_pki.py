@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca.audit import Issuance
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.crl import RevokedSerial
 from ca.issuance import IssuedX509Svid, X509SvidRequest
@@ -29,6 +30,7 @@ from spiffe_core.errors import FailedPrecondition, UpstreamUnavailable
 from spiffe_core.keys import KeyType, PrivateKey
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.enterprise_pki import ca_use_cases
+from tests.support.store import OFFICER
 from tests.support.vault_server import FakeVault, token_config
 
 TD = TrustDomain("example.org")
@@ -221,7 +223,7 @@ class VaultCa:
         request = X509SvidRequest(
             csr.public_bytes(serialization.Encoding.DER), SpiffeId.parse("spiffe://example.org/web")
         )
-        (svid,) = self.service.mint_x509_svids([request])
+        (svid,) = self.service.mint_x509_svids([request], Issuance(OFFICER))
         return svid
 
     def openssl_verify(
@@ -272,9 +274,9 @@ def test_a_revoked_trustmesh_ca_is_on_vaults_crl_which_the_ca_publishes_as_the_r
 ) -> None:
     ca = VaultCa(vault, tmp_path)
     old = ca.authorities.get_current().active_x509()
-    ca.ops.rotate_now(AuthorityKind.X509)
+    ca.ops.rotate_now(AuthorityKind.X509, OFFICER)
 
-    ca.ops.revoke(old.id)
+    ca.ops.revoke(old.id, OFFICER)
     verified = ca.openssl_verify(old.certificate)
 
     assert old.certificate.serial_number in vault.issued.revoked
@@ -297,11 +299,11 @@ def test_a_ca_revocation_while_vault_is_sealed_is_published_once_vault_is_back(
 ) -> None:
     ca = VaultCa(vault, tmp_path)
     old = ca.authorities.get_current().active_x509()
-    ca.ops.rotate_now(AuthorityKind.X509)
+    ca.ops.rotate_now(AuthorityKind.X509, OFFICER)
     vault.sealed = True
 
     with pytest.raises(UpstreamUnavailable, match="is sealed; unseal it"):
-        ca.ops.revoke(old.id)  # committed; the root's CRL cannot be had
+        ca.ops.revoke(old.id, OFFICER)  # committed; the root's CRL cannot be had
     published_while_sealed = {a.id for a in ca.authorities.get_current().x509}
     vault.sealed = False
     ca.rotator.tick()

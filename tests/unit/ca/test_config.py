@@ -57,6 +57,7 @@ def test_defaults_are_those_of_the_design(tmp_path: Path, monkeypatch: pytest.Mo
         1,
         20,
     )
+    assert config.audit.checkpoint_interval == timedelta(minutes=1)
 
 
 def test_the_sample_config_is_valid_toml_holding_exactly_the_defaults(tmp_path: Path) -> None:
@@ -287,7 +288,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api, audit",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -300,7 +301,7 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api, audit",
         id="unknown-section",
     ),
     pytest.param(
@@ -326,6 +327,20 @@ INVALID = [
         {},
         "ca.ttl: '99999999999d' is too long a duration; write at most e.g. '3650d'",
         id="overflowing-duration",
+    ),
+    pytest.param(
+        '[audit]\ncheckpoint_interval = "0s"\n',
+        {},
+        "audit.checkpoint_interval: 0s is outside 1s..1d; write e.g. '1m' (records newer than the newest "
+        "checkpoint can be cut off unnoticed, so keep it short)",
+        id="checkpoint-interval-zero",
+    ),
+    pytest.param(
+        '[audit]\ncheckpoint_interval = "2d"\n',
+        {},
+        "audit.checkpoint_interval: 2d is outside 1s..1d; write e.g. '1m' (records newer than the newest "
+        "checkpoint can be cut off unnoticed, so keep it short)",
+        id="checkpoint-interval-too-long",
     ),
     pytest.param(
         '[ca]\nkey_type = "ec-p521"\n',

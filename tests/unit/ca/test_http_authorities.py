@@ -18,7 +18,8 @@ from ca.authority import AuthorityState, authority_id_for
 from ca.authority_ops import AuthorityView, ChangeReport, StateChange
 from ca.crl import RevokedSerial, build_crl
 from ca.http_api import create_admin_app, create_health_app
-from ca.store.records import AuthorityKind, AuthorityRecord
+from ca.rbac import BREAK_GLASS_ROLE
+from ca.store.records import Actor, AuthorityKind, AuthorityRecord
 from ca.upstream import CaSubject, SelfSignedUpstream
 from spiffe_core.errors import FailedPrecondition, NotFound
 from spiffe_core.keys import KeyType, generate_private_key
@@ -97,13 +98,16 @@ REPORT = ChangeReport(
 
 @dataclass
 class FakeAuthorities:
-    """Records each call as (method, args) and answers REPORT, or raises ``error`` when set."""
+    """Records each call as (method, args) and the actor of each change, and answers REPORT, or raises
+    ``error`` when set."""
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    actors: list[Actor] = field(default_factory=list)
     error: Exception | None = None
 
-    def _called(self, name: str, **args: Any) -> ChangeReport:
+    def _called(self, name: str, actor: Actor, **args: Any) -> ChangeReport:
         self.calls.append((name, args))
+        self.actors.append(actor)
         if self.error is not None:
             raise self.error
         return REPORT
@@ -117,30 +121,31 @@ class FakeAuthorities:
             raise self.error
         return AuthorityView(PKI.jwt_record, 0, None)
 
-    def prepare(self, kind: AuthorityKind, *, dry_run: bool = False) -> ChangeReport:
-        return self._called("prepare", kind=kind, dry_run=dry_run)
+    def prepare(self, kind: AuthorityKind, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
+        return self._called("prepare", actor, kind=kind, dry_run=dry_run)
 
-    def activate(self, authority_id: str, *, dry_run: bool = False, force: bool = False) -> ChangeReport:
-        return self._called("activate", authority_id=authority_id, dry_run=dry_run, force=force)
+    def activate(self, authority_id: str, actor: Actor, *, dry_run: bool = False, force: bool = False) -> ChangeReport:
+        return self._called("activate", actor, authority_id=authority_id, dry_run=dry_run, force=force)
 
-    def taint(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport:
-        return self._called("taint", authority_id=authority_id, dry_run=dry_run)
+    def taint(self, authority_id: str, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
+        return self._called("taint", actor, authority_id=authority_id, dry_run=dry_run)
 
-    def revoke(self, authority_id: str, *, dry_run: bool = False) -> ChangeReport:
-        return self._called("revoke", authority_id=authority_id, dry_run=dry_run)
+    def revoke(self, authority_id: str, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
+        return self._called("revoke", actor, authority_id=authority_id, dry_run=dry_run)
 
-    def rotate_now(self, kind: AuthorityKind, *, dry_run: bool = False) -> ChangeReport:
-        return self._called("rotate_now", kind=kind, dry_run=dry_run)
+    def rotate_now(self, kind: AuthorityKind, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
+        return self._called("rotate_now", actor, kind=kind, dry_run=dry_run)
 
     def revoke_svids(
         self,
+        actor: Actor,
         *,
         serial: int | None = None,
         spiffe_id: SpiffeId | None = None,
         reason: x509.ReasonFlags | None = None,
         dry_run: bool = False,
     ) -> ChangeReport:
-        return self._called("revoke_svids", serial=serial, spiffe_id=spiffe_id, reason=reason, dry_run=dry_run)
+        return self._called("revoke_svids", actor, serial=serial, spiffe_id=spiffe_id, reason=reason, dry_run=dry_run)
 
     def get_crl(self, authority_id: str) -> bytes:
         if authority_id != PKI.x509_record.id:
@@ -282,6 +287,24 @@ def test_change_route_calls_its_use_case_with_the_body(
 ) -> None:
     reply = admin.post(path, json=body)
     assert (reply.status_code, fake.calls) == (200, [call])
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/authorities/prepare", {"kind": "x509"}, id="prepare"),
+        pytest.param("/v1/authorities/abc/activate", {}, id="activate"),
+        pytest.param("/v1/authorities/abc/taint", {}, id="taint"),
+        pytest.param("/v1/authorities/abc/revoke", {}, id="revoke"),
+        pytest.param("/v1/authorities/rotate", {"kind": "x509"}, id="rotate"),
+        pytest.param("/v1/revocations", {"serial": "abc"}, id="revoke-svids"),
+    ],
+)
+def test_change_route_passes_the_authenticated_caller_as_the_actor(
+    admin: TestClient, fake: FakeAuthorities, path: str, body: dict[str, Any]
+) -> None:
+    assert admin.post(path, json=body).status_code == 200
+    assert fake.actors == [Actor("unix:uid=0", "unix-socket", BREAK_GLASS_ROLE)]
 
 
 def test_change_reply_is_the_report_with_serials_in_lowercase_hex(admin: TestClient) -> None:

@@ -49,10 +49,7 @@ class RaisingNode:
     def __init__(self, error: Exception) -> None:
         self._error = error
 
-    def check_trust_domain(self, _claimed: str) -> None:
-        return None
-
-    def attest(self, *_args: Any) -> NoReturn:
+    def attest(self, *_args: Any, **_kwargs: Any) -> NoReturn:
         raise self._error
 
 

@@ -127,7 +127,7 @@ def test_an_agent_over_its_signing_rate_is_told_when_to_retry_and_others_are_not
     with pytest.raises(ResourceExhausted) as raised:
         guard.admit_signing(NODE_1, 100)
     assert str(raised.value) == (
-        "agent spiffe://example.org/trustmesh/agent/join_token/node-1 is over its X509-SVID signing rate "
+        "agent spiffe://example.org/trustmesh/agent/join_token/node-1 is over its SVID signing rate "
         "(50 per second, bursts of 200; node_api.ratelimit.signing); retry in 2.0 s"
     )
     assert raised.value.retry_after == pytest.approx(2.0)

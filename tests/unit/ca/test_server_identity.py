@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ca.audit import SERVER_IDENTITY, Issuance
 from ca.issuance import IssuedX509Svid, X509SvidRequest
 from ca.server_identity import ServerIdentity
 from spiffe_core.errors import NoActiveAuthority
@@ -37,9 +38,11 @@ class FakeIssuer:
         self.signer = OLD
         self.failures = 0
         self.calls = 0
+        self.issuances: list[Issuance] = []
 
-    def mint_x509_svids(self, requests: Sequence[X509SvidRequest]) -> list[IssuedX509Svid]:
+    def mint_x509_svids(self, requests: Sequence[X509SvidRequest], issuance: Issuance) -> list[IssuedX509Svid]:
         self.calls += 1
+        self.issuances.append(issuance)
         if self.failures:
             self.failures -= 1
             raise NoActiveAuthority(NO_ACTIVE)
@@ -97,6 +100,10 @@ async def running() -> AsyncIterator[Callable[[Harness], None]]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_the_serving_svid_is_issued_as_the_ca_itself_for_the_audit_log() -> None:
+    assert harness().issuer.issuances == [Issuance(SERVER_IDENTITY)]
 
 
 async def test_waits_for_half_life_while_the_signing_authority_is_active(running: Callable[[Harness], None]) -> None:
