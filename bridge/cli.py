@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bridge.legacy_chain import LegacyTrust, TrustAnchor, load_certificates, load_crls
+from bridge.legacy_chain import ChainLimits, load_certificates, load_legacy_trust, read_pki_file
 from bridge.mapping import LegacyIdentity, check_rule_set, explain, parse_rules_document
 from spiffe_core.errors import InvalidArgument, NotAuthorized, TrustmeshError
 from spiffe_core.spiffe_id import TrustDomain
@@ -26,17 +26,14 @@ PROG = "trustmesh-bridge"
 
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise InvalidArgument(f"cannot read {what} {path} ({err.strerror})") from err
+    return read_pki_file(Path(path), what)
 
 
-def _anchor(text: str) -> TrustAnchor:
+def _anchor(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise InvalidArgument(f"--anchor {text!r}: give NAME=FILE, e.g. corp=/etc/pki/corp-root.pem")
-    return TrustAnchor(name, load_certificates(_read(path, "trust anchor"), path))
+    return name, Path(path)
 
 
 def cmd_map_explain(args: argparse.Namespace) -> int:
@@ -46,8 +43,8 @@ def cmd_map_explain(args: argparse.Namespace) -> int:
     chain = load_certificates(_read(args.cert, "certificate"), args.cert)
     anchor: str | None = None
     if args.anchor:
-        crls = [crl for path in args.crl for crl in load_crls(_read(path, "CRL"), path)]
-        trust = LegacyTrust([_anchor(text) for text in args.anchor], crls)
+        anchors = dict(_anchor(text) for text in args.anchor)
+        trust = load_legacy_trust(anchors, [Path(path) for path in args.crl], ChainLimits())
         try:
             anchor = trust.verify(chain, datetime.now(UTC)).anchor
             print(f"chain: verified to trust anchor {anchor!r}")

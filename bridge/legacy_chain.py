@@ -20,9 +20,10 @@ configured CRL is not revocation-checked (documented in docs/bridge.md).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +37,8 @@ DEFAULT_MAX_RSA_BITS = 4096
 MIN_RSA_BITS = 2048
 # Bytes of certificate material one attempt may present (a certificate is 1-2 KiB).
 MAX_PRESENTED_BYTES = 64 * 1024
+# An anchor or CRL file the operator configures (an enterprise CRL can list many serials).
+MAX_PKI_FILE_BYTES = 16 * 1024 * 1024
 _CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 
@@ -177,6 +180,32 @@ def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) ->
         return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     except (InvalidSignature, TypeError, ValueError):
         return False
+
+
+def read_pki_file(path: Path, what: str) -> bytes:
+    """The bytes of a certificate or CRL file (at most :data:`MAX_PKI_FILE_BYTES`); InvalidArgument
+    naming the file and ``what`` it was for."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_PKI_FILE_BYTES + 1)
+    except OSError as err:
+        raise InvalidArgument(f"cannot read {what} {path} ({err.strerror})") from err
+    if len(data) > MAX_PKI_FILE_BYTES:
+        raise InvalidArgument(f"{what} {path} is larger than {MAX_PKI_FILE_BYTES} bytes")
+    return data
+
+
+def load_legacy_trust(anchors: Mapping[str, Path], crl_files: Sequence[Path], limits: ChainLimits) -> LegacyTrust:
+    """The trust anchors (name -> PEM file) and CRLs read from their files now: the CA calls this on
+    every attempt, so a replaced CRL counts at once. InvalidArgument names a file that cannot be read."""
+    return LegacyTrust(
+        [
+            TrustAnchor(name, load_certificates(read_pki_file(path, "trust anchor"), str(path)))
+            for name, path in anchors.items()
+        ],
+        [crl for path in crl_files for crl in load_crls(read_pki_file(path, "CRL"), str(path))],
+        limits,
+    )
 
 
 def load_certificates(data: bytes, what: str) -> tuple[x509.Certificate, ...]:

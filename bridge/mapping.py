@@ -49,7 +49,8 @@ from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 # Everything a caller can make the CA hold is bounded: rules, and the text of each.
 MAX_RULES = 1000
 MAX_FIELD_LENGTH = 255
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# Rule names and trust anchor names ([bridge.trust_anchors]).
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _DNS_LABEL = re.compile(r"dns_label\[(\d)\]")
@@ -245,7 +246,7 @@ def _uses_dns(template: str) -> bool:
 
 def check_rule(rule: MappingRule, trust_domain: TrustDomain) -> None:
     """Refuse (InvalidArgument, with the reason) a rule that cannot be used as it is."""
-    if not _NAME.fullmatch(rule.name):
+    if not NAME_PATTERN.fullmatch(rule.name):
         raise InvalidArgument(
             f"mapping rule name {rule.name!r} must be 1-64 lowercase letters, digits, '.', '-', '_' "
             "(starting with a letter or digit)"

@@ -17,7 +17,7 @@ by the chain limits before any signature is verified. The domain-separation pref
 made here from meaning anything elsewhere.
 
 Pure but for the nonce source; the CA wires it (``ca.server``), the agent uses the agent half
-(:func:`encode_evidence`, :func:`sign_challenge`, :func:`encode_response`).
+(:func:`load_signing_key`, :func:`encode_evidence`, :func:`sign_challenge`, :func:`encode_response`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,18 @@ MAX_PENDING = 1024
 _REFUSED = "x509pop challenge unknown, used or expired; start the attestation again"
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def load_signing_key(data: bytes, what: str) -> SigningKey:
+    """The agent's enterprise private key from PEM (PKCS#8 or traditional, unencrypted); InvalidArgument
+    naming ``what`` for anything else. The key itself never appears in a message."""
+    try:
+        key = serialization.load_pem_private_key(data, None)
+    except (ValueError, TypeError) as err:
+        raise InvalidArgument(f"{what}: not an unencrypted PEM private key") from err
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise InvalidArgument(f"{what}: a {type(key).__name__}; x509pop signs with EC, RSA or Ed25519 keys")
+    return key
 
 
 def encode_evidence(chain: Sequence[x509.Certificate]) -> bytes:

@@ -22,6 +22,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from bridge.x509pop import X509PopAttestor
 from ca.admin_auth import Authenticator, BreakGlassAuthenticator
 from ca.admin_listener import prepare_https, serve_admin_https
 from ca.admin_transport import admin_protocol
@@ -35,6 +36,7 @@ from ca.audit_throttle import RefusalThrottle
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
+from ca.bridge_attestation import x509pop_attestor
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.files import lock_data_dir
@@ -168,7 +170,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         issuer=service,
         authorities=authorities,
         entries=entries,
-        attestors=NodeAttestors.of(join_tokens),
+        attestors=NodeAttestors.of(join_tokens, *_bridge_attestors(config, mappings)),
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
         hub=hub,
@@ -204,6 +206,13 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         ),
         mappings,
     )
+
+
+def _bridge_attestors(config: CaConfig, mappings: IdentityMappings) -> tuple[X509PopAttestor, ...]:
+    """x509pop when ``[bridge]`` names trust anchors (their files are checked now: ConfigError)."""
+    if not config.bridge.enabled:
+        return ()
+    return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules),)
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:

@@ -205,6 +205,15 @@ class EnterprisePki:
     long_chain_intermediates: int = 4
 
 
+# The hosts of :class:`EnterprisePki` a verifier must refuse, and the reason its message starts with.
+REFUSED_HOSTS = (
+    ("expired", "expired"),
+    ("revoked", "revoked"),
+    ("untrusted", "untrusted CA"),
+    ("long_chain", "chain too long"),
+)
+
+
 def _write_host(directory: Path, name: str, cert: x509.Certificate, key: IssuerKey, *chain: Issuer) -> HostFiles:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     files = HostFiles(

@@ -13,7 +13,7 @@ from bridge.mapping import MappingRule, Match
 from bridge.x509pop import CHALLENGE_TTL, X509PopAttestor, encode_response, sign_challenge
 from spiffe_core.errors import NotAuthorized
 from spiffe_core.spiffe_id import TrustDomain
-from tests.support.enterprise_pki import EnterprisePki, HostFiles
+from tests.support.enterprise_pki import REFUSED_HOSTS, EnterprisePki, HostFiles
 
 TD = TrustDomain.parse("example.org")
 NOW = datetime.now(UTC)
@@ -46,12 +46,7 @@ def test_ec_and_rsa_hosts_get_their_mapped_agent_ids(attestor: X509PopAttestor, 
 
 @pytest.mark.parametrize(
     ("host", "reason"),
-    [
-        ("expired", "expired"),
-        ("revoked", "revoked"),
-        ("untrusted", "untrusted CA"),
-        ("long_chain", "chain too long"),
-    ],
+    REFUSED_HOSTS,
 )
 def test_refused_chains_say_which_check_failed(
     attestor: X509PopAttestor, enterprise_pki: EnterprisePki, host: str, reason: str
