@@ -28,6 +28,7 @@ from ca.keys.memory import MemoryKeyManager
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
+from ca.ratelimit import NodeApiGuard
 from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.signing import digest_for
@@ -91,9 +92,11 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
 
 
 @contextlib.asynccontextmanager
-async def running_node_api(tmp_path: Path, *attestors: NodeAttestor) -> AsyncIterator[RunningCa]:
+async def running_node_api(
+    tmp_path: Path, *attestors: NodeAttestor, guard: NodeApiGuard | None = None
+) -> AsyncIterator[RunningCa]:
     """A CA service on SQLite in ``tmp_path`` serving the node API on free ports, attesting with join
-    tokens and ``attestors``."""
+    tokens and ``attestors``, under ``guard``'s limits (default: the default limits)."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
@@ -129,7 +132,7 @@ async def running_node_api(tmp_path: Path, *attestors: NodeAttestor) -> AsyncIte
     identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
     server, ports = build_node_server(
-        NodeServicer(node, hub, UpdateVersions(), clock),
+        NodeServicer(node, hub, UpdateVersions(), clock, guard),
         identity,
         service.get_bundle,
         attestation_address="127.0.0.1:0",

@@ -6,6 +6,7 @@ audited. The CA's trust comes from a ``[bridge]`` configuration, as ``ca.server`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from bridge.mapping import MappingRule, Match
 from bridge.x509pop import X509POP, SigningKey, encode_response, load_signing_key, sign_challenge
 from ca.bridge_attestation import x509pop_attestor
 from ca.config import BridgeConfig
+from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
 from ca.store import AgentRepository, AuditLogRepository
 from ca.store.records import AuditEvent, AuditQuery
 from spiffe_core.errors import ConfigError
@@ -35,14 +37,19 @@ from tests.integration.ca.test_node_api import (
 from tests.support.enterprise_pki import REFUSED_HOSTS, EnterprisePki, HostFiles
 from wire import node_pb2, node_pb2_grpc
 
+RunningCaContext = AbstractAsyncContextManager[RunningCa]
 RULES = (MappingRule("payments", Match(dns="*.payments.corp.example.com"), "/legacy/payments/{host}"),)
 WEB01 = SpiffeId.parse("spiffe://example.org/trustmesh/agent/x509pop/legacy/payments/web01")
 
 
+def x509pop_ca(tmp_path: Path, enterprise_pki: EnterprisePki, guard: NodeApiGuard | None = None) -> RunningCaContext:
+    bridge = BridgeConfig(trust_anchors={"corp": enterprise_pki.root}, crls=[enterprise_pki.crl])
+    return running_node_api(tmp_path, x509pop_attestor(bridge, TD, lambda: RULES), guard=guard)
+
+
 @pytest.fixture
 async def ca(tmp_path: Path, enterprise_pki: EnterprisePki) -> AsyncIterator[RunningCa]:
-    bridge = BridgeConfig(trust_anchors={"corp": enterprise_pki.root}, crls=[enterprise_pki.crl])
-    async with running_node_api(tmp_path, x509pop_attestor(bridge, TD, lambda: RULES)) as running:
+    async with x509pop_ca(tmp_path, enterprise_pki) as running:
         yield running
 
 
@@ -125,6 +132,24 @@ async def test_a_method_without_a_challenge_step_is_refused_at_attest_challenge(
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details(error) == "attestation method 'join_token' has no challenge step; call Attest directly"
+
+
+async def test_each_step_counts_against_the_attestation_rate_of_its_source_and_a_refusal_is_audited(
+    tmp_path: Path, enterprise_pki: EnterprisePki
+) -> None:
+    guard = NodeApiGuard(NodeApiLimits(attestation=Rate(0.001, 2)))  # one x509pop attestation: two calls
+    async with x509pop_ca(tmp_path, enterprise_pki, guard) as ca:
+        await x509pop_attest(ca, enterprise_pki.web)
+        error = await refused(x509pop_attest(ca, enterprise_pki.web))
+
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details(error).startswith("too many attestations from 127.0.0.1 ")
+        refusal = attestation_records(ca)[-1]
+        assert (refusal.outcome, refusal.detail["method"], refusal.actor.name) == (
+            "denied",
+            X509POP,
+            "attestation:127.0.0.1",
+        )
 
 
 def test_a_trust_anchor_file_that_cannot_be_read_stops_the_ca_at_start_up(tmp_path: Path) -> None:

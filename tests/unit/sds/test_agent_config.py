@@ -283,13 +283,11 @@ def test_join_token_attestation_has_no_x509pop_proof(tmp_path: Path) -> None:
 
 def test_x509pop_attestation_without_its_files_is_refused(tmp_path: Path) -> None:
     assert error_of(tmp_path, 'attestation = "x509pop"\n') == (
-        "invalid agent configuration:\n  config: attestation = \"x509pop\" needs x509pop.cert_file and "
+        'invalid agent configuration:\n  config: attestation = "x509pop" needs x509pop.cert_file and '
         "x509pop.key_file: the host's enterprise certificate and its key"
     )
 
 
 def test_x509pop_attestation_with_a_join_token_is_refused(tmp_path: Path) -> None:
-    text = error_of(
-        tmp_path, 'attestation = "x509pop"\njoin_token = "t"\n[x509pop]\ncert_file = "a"\nkey_file = "b"\n'
-    )
+    text = error_of(tmp_path, 'attestation = "x509pop"\njoin_token = "t"\n[x509pop]\ncert_file = "a"\nkey_file = "b"\n')
     assert text.endswith('attestation = "x509pop" uses no join token; remove join_token / join_token_file')
