@@ -49,9 +49,11 @@ class X509PopProof:
         return encode_evidence(chain)
 
     async def attest(self, client: ChallengeApi, roots: Bundle, csr: bytes) -> AttestResult:
-        """Both steps against the CA verified by ``roots``: present the chain, sign the nonce."""
+        """Both steps against the CA verified by ``roots``: present the chain, sign the nonce. Both
+        files are read first, so a broken one is reported before the CA is called."""
+        key = self._key()
         nonce = await client.challenge(roots, X509POP, self.evidence())
-        answer = encode_response(nonce, sign_challenge(self._key(), nonce))
+        answer = encode_response(nonce, sign_challenge(key, nonce))
         return await client.attest(roots, X509POP, answer, csr)
 
     def _key(self) -> SigningKey:
