@@ -607,8 +607,8 @@ class AuditConfig(_Section):
 
 
 class BridgeConfig(_Section):
-    """x509pop node attestation from enterprise certificates (docs/bridge.md; :mod:`bridge.x509pop`).
-    No trust anchor: the method is not enabled."""
+    """x509pop node attestation from enterprise certificates (docs/configuration.md ``[bridge]``, the
+    agent's side in docs/agent.md; :mod:`bridge.x509pop`). No trust anchor: the method is not enabled."""
 
     # Name -> PEM file of the enterprise root(s); mapping rules match the name (match.trust_anchor).
     trust_anchors: dict[str, Path] = {}
@@ -1042,7 +1042,7 @@ admins = []                             # mTLS admins: replace this line by [[ad
 checkpoint_interval = "1m"              # sign the audit chain's head this often (1s..1d); see docs/audit.md
 refusals_per_minute = 20                # refusals recorded one by one per caller; the rest as one summary
 
-[bridge]                                # x509pop attestation from enterprise certificates (docs/bridge.md)
+[bridge]                                # x509pop attestation from enterprise certificates (docs/agent.md)
 trust_anchors = {}                      # name -> enterprise root PEM, e.g. { corp = "pki/corp-root.pem" }; none: off
 crls = []                               # enterprise CRL files (PEM or DER), re-read on every attestation
 max_chain_length = 4                    # certificates an agent may present, leaf included (1..8)
