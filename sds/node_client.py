@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from cryptography import x509
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RPC_TIMEOUT = 10.0
 # How long unary calls in flight on a replaced channel may take before it is closed under them.
+_Reply = TypeVar("_Reply")
 _RETIRE_GRACE_SECONDS = 5.0
 
 _ERROR_KINDS: Mapping[grpc.StatusCode, type[TrustmeshError]] = {
@@ -346,7 +347,9 @@ class NodeClient:
         verified against ``roots``, and another trust domain's CA is refused as in :meth:`attest`."""
         check_roots_trust_domain(roots, self._trust_domain)
         request = node_pb2.AttestChallengeRequest(method=method, payload=payload, trust_domain=self._trust_domain.name)
-        response: node_pb2.AttestChallengeResponse = await self._attestation_call("AttestChallenge", roots, request)
+        response: node_pb2.AttestChallengeResponse = await self._attestation_call(
+            "AttestChallenge", roots, lambda stub: stub.AttestChallenge(request, timeout=self._timeout)
+        )
         return response.challenge
 
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
@@ -358,7 +361,9 @@ class NodeClient:
         (ConfigError), else by the CA, which checks the trust domain sent along before the payload."""
         check_roots_trust_domain(roots, self._trust_domain)
         request = node_pb2.AttestRequest(method=method, payload=payload, csr=csr, trust_domain=self._trust_domain.name)
-        response: node_pb2.AttestResponse = await self._attestation_call("Attest", roots, request)
+        response: node_pb2.AttestResponse = await self._attestation_call(
+            "Attest", roots, lambda stub: stub.Attest(request, timeout=self._timeout)
+        )
         try:
             spiffe_id = SpiffeId.parse(response.spiffe_id)
         except InvalidArgument as err:
@@ -369,13 +374,16 @@ class NodeClient:
             Bundle.parse_jwks(self._trust_domain, response.bundle),
         )
 
-    async def _attestation_call(self, rpc: str, roots: Bundle, request: Any) -> Any:
-        """One unary call of the attestation listener (server TLS only, the CA verified by ``roots``)."""
+    async def _attestation_call(
+        self, rpc: str, roots: Bundle, call: Callable[[node_pb2_grpc.NodeStub], Awaitable[_Reply]]
+    ) -> _Reply:
+        """One unary call (named ``rpc`` in errors) of the attestation listener: server TLS only, the
+        CA verified by ``roots``."""
         bridge = self._bridge(self._attestation_address, roots, None)
         try:
             async with grpc.aio.insecure_channel(bridge.target, options=self._options) as channel:
                 try:
-                    return await getattr(node_pb2_grpc.NodeStub(channel), rpc)(request, timeout=self._timeout)
+                    return await call(node_pb2_grpc.NodeStub(channel))
                 except grpc.aio.AioRpcError as err:
                     raise rpc_error(err, rpc, self._attestation_address, bridge.last_failure) from err
         finally:
