@@ -10,7 +10,7 @@ rails refuse what would break the trust domain, with the reason and what to do i
 
 * revoke the active authority (activate another first, or ``rotate --now``);
 * revoke one that still signed live SVIDs unless it was tainted first (agents replace them on taint);
-* activate one that has not been in the bundle for a refresh hint (relying parties may not hold it);
+* activate one that has not been in the bundle for two refresh hints (relying parties may not hold it);
 * taint the active authority (agents would re-issue from the very authority they must leave).
 """
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from ca.audit import OK, AuditTrail, listed, refusal_event
 from ca.authority import AuthorityState
 from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
-from ca.rotation import RotationParams, published_enough_at
+from ca.rotation import PUBLISH_HINTS, RotationParams, published_enough_at
 from ca.store.records import Actor, AuditEvent, AuthorityKind, AuthorityRecord, IssuedCertificate, JsonValue
 from ca.store.repositories import (
     AgentRepository,
@@ -138,7 +138,7 @@ class AuthorityOperations:
 
     def activate(self, authority_id: str, actor: Actor, *, dry_run: bool = False, force: bool = False) -> ChangeReport:
         """Make a prepared authority the one that signs; the active one is retired in the same step.
-        Refused until the prepared one has been published for a refresh hint (``force`` skips that)."""
+        Refused until the prepared one has been published for two refresh hints (``force`` skips that)."""
 
         def change(session: Session, records: Sequence[AuthorityRecord]) -> ChangeReport:
             target = find(records, authority_id)
@@ -152,8 +152,9 @@ class AuthorityOperations:
             if not force and now < ready_at:
                 raise FailedPrecondition(
                     f"authority {authority_id} has been in the bundle only since {target.created_at.isoformat()}; "
-                    f"relying parties refresh every {int(self._params.refresh_hint.total_seconds())}s, so activate "
-                    f"it at or after {ready_at.isoformat()} (or use `authority rotate --now` in an emergency)"
+                    f"relying parties refresh every {int(self._params.refresh_hint.total_seconds())}s and must have "
+                    f"had {PUBLISH_HINTS} chances to fetch it, so activate it at or after {ready_at.isoformat()} "
+                    "(or use `authority rotate --now` in an emergency)"
                 )
             changes = [StateChange(target.id, target.kind, AuthorityState.PREPARED, AuthorityState.ACTIVE)]
             changes += retire_active(records, target.kind)

@@ -357,15 +357,17 @@ class RateLimitConfig(_Section):
     signing_burst: int = 2000  # lets one agent re-issue 1,000 SVIDs at once after a taint
     attestation: float = 1.0  # Attest calls per second per source IP address
     attestation_burst: int = 20  # agents behind one address (NAT, a test host) starting together
+    bundle_refresh: float = 1.0  # RefreshFederatedBundle calls per second per agent (unknown JWT keys)
+    bundle_refresh_burst: int = 5
 
-    @field_validator("signing", "attestation")
+    @field_validator("signing", "attestation", "bundle_refresh")
     @classmethod
     def _rate(cls, value: float) -> float:
         if not 0 <= value < float("inf"):
             raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
         return value
 
-    @field_validator("signing_burst", "attestation_burst")
+    @field_validator("signing_burst", "attestation_burst", "bundle_refresh_burst")
     @classmethod
     def _burst(cls, value: int) -> int:
         if value < 1:
@@ -393,6 +395,50 @@ class NodeApiConfig(_Section):
             raise ValueError(
                 f"max_batch_size ({self.max_batch_size}) is larger than ratelimit.signing_burst ({burst}), so a "
                 "full batch could never pass the signing rate; lower max_batch_size or raise signing_burst"
+            )
+        return self
+
+
+class FederationConfig(_Section):
+    """The bundle endpoint this CA serves to federated trust domains, and the limits on fetching theirs
+    (docs/federation.md). Relationships themselves live in the datastore (``trustmesh-ca federation``)."""
+
+    bundle_endpoint_address: str = ""  # "" serves no bundle endpoint
+    bundle_endpoint_profile: Literal["https_spiffe", "https_web"] = "https_spiffe"
+    bundle_endpoint_cert_file: OptionalPath = None  # https_web only: the serving chain (PEM)
+    bundle_endpoint_key_file: OptionalPath = None  # https_web only: its key (PEM)
+    web_ca_file: OptionalPath = None  # roots for https_web partners; None = the system's
+    min_refresh: Duration = timedelta(seconds=30)
+    max_refresh: Duration = timedelta(hours=1)
+    fetch_timeout: Duration = timedelta(seconds=10)
+    max_bundle_bytes: int = 256 * 1024
+    max_bundle_keys: int = 256
+    unknown_key_refresh_interval: Duration = timedelta(seconds=10)
+
+    @field_validator("bundle_endpoint_address")
+    @classmethod
+    def _endpoint_address(cls, value: str) -> str:
+        return _check_address(value, may_be_empty=True)
+
+    @field_validator("max_bundle_bytes", "max_bundle_keys")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value!r} is not a limit; write at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _profile_needs(self) -> FederationConfig:
+        has_files = self.bundle_endpoint_cert_file is not None and self.bundle_endpoint_key_file is not None
+        if self.bundle_endpoint_profile == "https_web" and self.bundle_endpoint_address and not has_files:
+            raise ValueError(
+                "bundle_endpoint_profile https_web needs bundle_endpoint_cert_file and bundle_endpoint_key_file "
+                "(a Web PKI certificate for the endpoint's name); set both or use https_spiffe"
+            )
+        if self.min_refresh > self.max_refresh:
+            raise ValueError(
+                f"min_refresh ({format_duration(self.min_refresh)}) is longer than max_refresh "
+                f"({format_duration(self.max_refresh)}); lower min_refresh or raise max_refresh"
             )
         return self
 
@@ -646,6 +692,7 @@ class CaConfig(_Section):
     bundle: BundleConfig = BundleConfig()
     revocation: RevocationConfig = RevocationConfig()
     node_api: NodeApiConfig = NodeApiConfig()
+    federation: FederationConfig = FederationConfig()
     vault: VaultConfig = VaultConfig()
     admin_api: AdminApiConfig = AdminApiConfig()
     audit: AuditConfig = AuditConfig()
@@ -682,6 +729,9 @@ def ttl_problems(config: CaConfig) -> list[str]:
         "agent_svid.ttl": config.agent_svid.ttl,
         "bundle.refresh_hint": config.bundle.refresh_hint,
         "revocation.crl_ttl": config.revocation.crl_ttl,
+        "federation.min_refresh": config.federation.min_refresh,
+        "federation.fetch_timeout": config.federation.fetch_timeout,
+        "federation.unknown_key_refresh_interval": config.federation.unknown_key_refresh_interval,
     }
     not_positive = [
         f"{key}: must be longer than 0; write e.g. '1h'" for key, v in durations.items() if v <= timedelta(0)
@@ -717,11 +767,11 @@ def ttl_problems(config: CaConfig) -> list[str]:
             f"({d(config.x509_svid.default_ttl)}), so relying parties could learn a new authority after SVIDs "
             "signed by it reach them; lower bundle.refresh_hint or raise x509_svid.default_ttl"
         )
-    if config.bundle.refresh_hint > ca_ttl / 3:
+    if config.bundle.refresh_hint > ca_ttl / 6:
         problems.append(
-            f"bundle.refresh_hint ({d(config.bundle.refresh_hint)}) is longer than ca.ttl/3 ({d(ca_ttl / 3)}): "
-            "the next authority is published at 1/2 of the active one's life and must be in the bundle for a "
-            "refresh hint before it activates at 5/6; lower bundle.refresh_hint or raise ca.ttl"
+            f"bundle.refresh_hint ({d(config.bundle.refresh_hint)}) is longer than ca.ttl/6 ({d(ca_ttl / 6)}): "
+            "the next authority is published at 1/2 of the active one's life and must be in the bundle for two "
+            "refresh hints before it activates at 5/6; lower bundle.refresh_hint or raise ca.ttl"
         )
     return problems
 
@@ -903,10 +953,15 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
     admin_files = _resolved(admin_api, ("tls_cert_file", "tls_key_file"), base_dir)
     oidc = admin_api.oidc
     oidc_files = _resolved(oidc, ("jwks_file",), base_dir)
+    federation = config.federation
+    federation_files = _resolved(
+        federation, ("bundle_endpoint_cert_file", "bundle_endpoint_key_file", "web_ca_file"), base_dir
+    )
     bridge = config.bridge
     anchors = {name: base_dir / file for name, file in bridge.trust_anchors.items()}
     return config.model_copy(
         update={
+            "federation": federation.model_copy(update=federation_files),
             "admin_api": admin_api.model_copy(update={**admin_files, "oidc": oidc.model_copy(update=oidc_files)}),
             "server": server.model_copy(update={"data_dir": data_dir, "admin_socket": admin_socket}),
             "datastore": config.datastore.model_copy(update={"url": url}),
@@ -994,7 +1049,7 @@ max_ttl = "1h"
 ttl = "1h"                              # at most x509_svid.max_ttl
 
 [bundle]
-refresh_hint = "5m"                     # shorter than x509_svid.default_ttl and at most ca.ttl/3
+refresh_hint = "5m"                     # shorter than x509_svid.default_ttl and at most ca.ttl/6
 
 [revocation]
 crl_ttl = "24h"                         # each CRL's validity; re-signed at half of it and on every revocation
@@ -1007,6 +1062,21 @@ signing = 100                           # SVIDs (X509- and JWT-) per second per 
 signing_burst = 2000                    # at once: a taint re-issues all of an agent's SVIDs in one round
 attestation = 1                         # Attest calls per second per source IP address; 0 = no limit
 attestation_burst = 20                  # at once, e.g. agents behind one NAT starting together
+bundle_refresh = 1                      # RefreshFederatedBundle calls per second per agent; 0 = no limit
+bundle_refresh_burst = 5                # at once: workloads meeting a partner's new JWT key together
+
+[federation]
+bundle_endpoint_address = ""            # host:port of the SPIFFE bundle endpoint for partners; "" = none
+bundle_endpoint_profile = "https_spiffe"  # served with the CA's own SVID; or "https_web" with the files below
+# bundle_endpoint_cert_file = "endpoint.pem"   # https_web: a Web PKI certificate chain for the endpoint's name
+# bundle_endpoint_key_file = "endpoint.key"    # https_web: its key
+# web_ca_file = "web-roots.pem"         # roots that https_web partners' endpoints chain to; default: the system's
+min_refresh = "30s"                     # partners' bundles are fetched on their refresh hint, bounded by these
+max_refresh = "1h"
+fetch_timeout = "10s"                   # a whole fetch: connect, TLS, request and response
+max_bundle_bytes = 262144               # larger partner responses are refused
+max_bundle_keys = 256                   # partner bundles with more keys are refused
+unknown_key_refresh_interval = "10s"    # at most one unknown-key refresh per partner this often
 
 [vault]                                 # for kind "vault-pki" / "vault-transit" (docs/vault.md)
 address = ""                            # e.g. "https://vault.example.org:8200"; "" = Vault is not used

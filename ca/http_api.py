@@ -30,6 +30,7 @@ from ca.admin_guard import AdminGuard, AuditRecorder
 from ca.attestation import GeneratedJoinToken
 from ca.audit import Issuance
 from ca.entries import check_operator_svid
+from ca.federation.http import RelationshipOps, add_federation_routes
 from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_audit import AuditOps, add_audit_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
@@ -297,6 +298,7 @@ def create_admin_app(
     join_tokens: JoinTokenOperations,
     authorities: AuthorityOps | None = None,
     agents: AgentOps | None = None,
+    federation: RelationshipOps | None = None,
     mappings: MappingOps | None = None,
     authenticator: Authenticator,
     audit: AuditRecorder,
@@ -366,6 +368,8 @@ def create_admin_app(
         add_crl_routes(app, authorities)
     if agents is not None:
         add_agent_routes(app, agents)
+    if federation is not None:
+        add_federation_routes(app, federation)
     if mappings is not None:
         add_mapping_routes(app, mappings)
     if audit_log is not None:

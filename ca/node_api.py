@@ -13,11 +13,12 @@ changed bundle on the next handshake (``grpc.dynamic_ssl_server_credentials``), 
 
 The servicer is thin: authenticate, apply the node API's limits (:mod:`ca.ratelimit`: batch size,
 signing rate per agent — every X509-SVID, agent renewal and JWT-SVID counts, so no agent can make the
-CA write issuance and audit records faster than that — attestation rate per source address), call one
-:class:`~ca.node_service.NodeService` method in a worker thread, encode. Domain errors become status
-codes through ``spiffe_core.errors.transport_status``; anything else is logged and answered INTERNAL
-with a generic message. A refusal for a rate limit (RESOURCE_EXHAUSTED) also carries its wait as
-trailing metadata, :data:`RETRY_AFTER_KEY` (milliseconds).
+CA write issuance and audit records faster than that — attestation rate per source address, federated
+bundle refreshes per agent), call one :class:`~ca.node_service.NodeService` method in a worker thread
+(or, for ``RefreshFederatedBundle``, :class:`~ca.federation.unknown_keys.UnknownKeyRefresh`), encode.
+Domain errors become status codes through ``spiffe_core.errors.transport_status``; anything else is
+logged and answered INTERNAL with a generic message. A refusal for a rate limit (RESOURCE_EXHAUSTED)
+also carries its wait as trailing metadata, :data:`RETRY_AFTER_KEY` (milliseconds).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.federation.unknown_keys import UnknownKeyRefresh
 from ca.node_service import AuthenticatedAgent, NodeService, SyncState
 from ca.ratelimit import NodeApiGuard
 from ca.server_identity import ServerIdentity
@@ -42,7 +44,8 @@ from ca.store.records import RegistrationEntry
 from ca.sync import ChangeHub, UpdateVersions, watch
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import ConfigError, ResourceExhausted, X509SvidError, transport_status
+from spiffe_core.errors import ConfigError, FailedPrecondition, ResourceExhausted, X509SvidError, transport_status
+from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates
 from wire import node_pb2, node_pb2_grpc
 
@@ -160,6 +163,7 @@ def encode_sync_update(state: SyncState, version: int) -> node_pb2.SyncUpdate:
         tainted_authority_ids=list(state.tainted_authority_ids),
         revoked_serials=sorted(format(serial, "x") for serial in state.revoked_serials),
         crls=list(state.crls),
+        federated_bundles={td.name: _bundle_json(bundle) for td, bundle in state.federated_bundles.items()},
     )
 
 
@@ -173,12 +177,15 @@ class NodeServicer:
         versions: UpdateVersions,
         clock: Clock,
         guard: NodeApiGuard | None = None,
+        *,
+        unknown_keys: UnknownKeyRefresh | None = None,
     ) -> None:
         self._node = node
         self._hub = hub
         self._versions = versions
         self._clock = clock
         self._guard = guard or NodeApiGuard()  # the default limits of ca.ratelimit.NodeApiLimits
+        self._unknown_keys = unknown_keys  # None: this CA fetches no partner bundle on request
 
     async def _agent(self, context: Context) -> AuthenticatedAgent:
         return await asyncio.to_thread(self._node.authenticate, _peer_chain_pem(context), peer_source(context.peer()))
@@ -283,6 +290,18 @@ class NodeServicer:
             self._node.mint_jwt_svid, agent.spiffe_id, request.entry_id, list(request.audience)
         )
         return node_pb2.MintJwtSvidResponse(token=token, expires_at=int(expires_at.timestamp()))
+
+    @_edge
+    async def RefreshFederatedBundle(
+        self, request: node_pb2.RefreshFederatedBundleRequest, context: Context
+    ) -> node_pb2.RefreshFederatedBundleResponse:
+        agent = await self._agent(context)
+        self._guard.admit_bundle_refresh(agent.spiffe_id)
+        trust_domain = TrustDomain.parse(request.trust_domain)
+        if self._unknown_keys is None:
+            raise FailedPrecondition("this CA fetches no federated bundle on request")
+        bundle = await self._unknown_keys.fetch_bundle_with_key(agent.spiffe_id, trust_domain, request.key_id)
+        return node_pb2.RefreshFederatedBundleResponse(bundle=b"" if bundle is None else _bundle_json(bundle))
 
 
 class TlsConfigurations:

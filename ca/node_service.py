@@ -20,8 +20,8 @@ stops working; its open Sync streams end at once (every issuance announces a cha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -31,10 +31,11 @@ from ca.attestation import NodeAttestors
 from ca.audit import AuditTrail, Issuance, listed, refusal_event
 from ca.authority import AuthoritySet
 from ca.entries import RegistrationEntries, authorize, entitled_by_id, is_agent_id
+from ca.federation.relationships import parsed_bundle
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_csr_public_key
 from ca.store.engine import Database
 from ca.store.records import Actor, Agent, RegistrationEntry
-from ca.store.repositories import AgentRepository, RegistrationEntryRepository
+from ca.store.repositories import AgentRepository, FederationRepository, RegistrationEntryRepository
 from ca.sync import Change, ChangeHub, announce
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
@@ -47,7 +48,7 @@ from spiffe_core.errors import (
     X509SvidError,
 )
 from spiffe_core.jwt_svid import check_audience
-from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates, verify_x509_svid
 
 # How long the SVID a renewal replaced still authenticates: the agent moves to a new channel at once
@@ -115,6 +116,8 @@ class SyncState:
     tainted_authority_ids: tuple[str, ...]
     revoked_serials: frozenset[int] = frozenset()
     crls: tuple[bytes, ...] = ()
+    # Only the partners the agent's entries federate with, each its own bundle (never merged).
+    federated_bundles: Mapping[TrustDomain, Bundle] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,9 +281,41 @@ class NodeService:
             if serial is not None:
                 self._current_svid(record, serial, self._clock.now())
             entries = RegistrationEntryRepository(session).list(parent_id=agent)
+            wanted = {td for entry in entries for td in entry.spec.federates_with}
+            partners = FederationRepository(session).list() if wanted else ()
+        federated = {
+            r.trust_domain: bundle for r in partners if r.trust_domain in wanted and (bundle := parsed_bundle(r))
+        }
         return SyncState(
-            authorities.bundle, entries, authorities.tainted_ids(), authorities.revoked_serials, authorities.crls
+            authorities.bundle,
+            entries,
+            authorities.tainted_ids(),
+            authorities.revoked_serials,
+            authorities.crls,
+            federated,
         )
+
+    def get_federated_bundle(self, agent: SpiffeId, trust_domain: TrustDomain) -> Bundle | None:
+        """The bundle of ``trust_domain`` the CA holds (None before a first good fetch), for an agent
+        with an entry that federates with it — the bundle its Sync state carries. Raises NotAuthorized
+        for any other trust domain (audited): an agent learns only about partners its workloads trust."""
+        with self._database.transaction() as session:
+            entries = RegistrationEntryRepository(session).list(parent_id=agent)
+            federates = any(trust_domain in entry.spec.federates_with for entry in entries)
+        if not federates:
+            err = NotAuthorized(
+                f"no registration entry parented to {agent} federates with {trust_domain}; add "
+                f"--federates-with {trust_domain} to the entries that must trust it"
+            )
+            action, caller = "federation.bundle_refresh", agent_actor(agent)
+            self._audit.record_refusal(refusal_event(self._clock.now(), caller, action, trust_domain.name, err))
+            raise err
+        with self._database.transaction() as session:
+            try:
+                relationship = FederationRepository(session).get(trust_domain)
+            except NotFound:
+                return None
+        return parsed_bundle(relationship)
 
     def sign_x509_svids(self, agent: SpiffeId, items: Sequence[tuple[str, bytes]]) -> list[SignedOrRefused]:
         """Sign ``(entry_id, csr)`` items for the entries parented to ``agent``, in order.

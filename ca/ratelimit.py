@@ -1,6 +1,7 @@
 """Limits of the node API (wire/node.proto), SPIRE-style (``server { ratelimit { … } }``): the most
 X509-SVIDs one ``SignX509Svids`` call may ask for, a signing rate per agent (every X509-SVID, agent
-renewal and JWT-SVID takes a token), and an attestation rate per source address.
+renewal and JWT-SVID takes a token), an attestation rate per source address, and a rate of
+``RefreshFederatedBundle`` calls per agent.
 
 Rates are token buckets: a bucket holds at most ``burst`` tokens, refills at ``rate`` tokens a second,
 and a call that costs ``n`` passes only when ``n`` tokens are there (it then takes them). A refused call
@@ -118,6 +119,7 @@ class NodeApiLimits:
     max_batch_size: int = 1000
     signing: Rate = Rate(100.0, 2000)  # SVIDs (X509- and JWT-) per agent
     attestation: Rate = Rate(1.0, 20)  # Attest calls per source address
+    bundle_refresh: Rate = Rate(1.0, 5)  # RefreshFederatedBundle calls per agent
 
 
 class NodeApiGuard:
@@ -130,6 +132,11 @@ class NodeApiGuard:
         )
         self._attestation = (
             None if limits.attestation.unlimited else KeyedRateLimiter[str](limits.attestation, monotonic=monotonic)
+        )
+        self._bundle_refresh = (
+            None
+            if limits.bundle_refresh.unlimited
+            else KeyedRateLimiter[SpiffeId](limits.bundle_refresh, monotonic=monotonic)
         )
 
     @property
@@ -149,24 +156,37 @@ class NodeApiGuard:
             return
         # The configuration keeps max_batch_size within the burst; were it not, a batch larger than the
         # burst would take a full bucket rather than never pass.
-        wait = self._signing.take(agent, min(count, self._signing.rate.burst))
-        if wait:
-            rate = self._signing.rate
-            raise ResourceExhausted(
-                f"agent {agent} is over its SVID signing rate ({rate.per_second:g} per second, bursts of "
-                f"{rate.burst}; node_api.ratelimit.signing); retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+        _take(
+            self._signing,
+            agent,
+            min(count, self._signing.rate.burst),
+            f"agent {agent} is over its SVID signing rate",
+            "signing",
+        )
 
     def admit_attestation(self, source: str) -> None:
         """Let one more attestation from ``source`` (a peer address) through, or raise ResourceExhausted."""
-        if self._attestation is None:
-            return
-        wait = self._attestation.take(source)
-        if wait:
-            rate = self._attestation.rate
-            raise ResourceExhausted(
-                f"too many attestations from {source} ({rate.per_second:g} per second, bursts of {rate.burst}; "
-                f"node_api.ratelimit.attestation); retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+        _take(self._attestation, source, 1, f"too many attestations from {source}", "attestation")
+
+    def admit_bundle_refresh(self, agent: SpiffeId) -> None:
+        """Let ``agent`` ask for one more federated bundle refresh now, or raise ResourceExhausted. Each
+        may make the CA fetch a partner's bundle (that is also limited per partner); this bounds what
+        one agent, whatever its workloads send, can make the CA do."""
+        _take(
+            self._bundle_refresh, agent, 1, f"agent {agent} is over its federated bundle refresh rate", "bundle_refresh"
+        )
+
+
+def _take(limiter: KeyedRateLimiter[Key] | None, key: Key, cost: int, refusal: str, setting: str) -> None:
+    """Take ``cost`` tokens from ``key``'s bucket, or raise ResourceExhausted: ``refusal``, the rate and
+    its ``node_api.ratelimit.<setting>``, and the wait. No limiter: no limit."""
+    if limiter is None:
+        return
+    wait = limiter.take(key, cost)
+    if wait:
+        rate = limiter.rate
+        raise ResourceExhausted(
+            f"{refusal} ({rate.per_second:g} per second, bursts of {rate.burst}; node_api.ratelimit.{setting}); "
+            f"retry in {wait:.1f} s",
+            retry_after=wait,
+        )

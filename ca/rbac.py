@@ -3,8 +3,9 @@
 Three roles split the CA's powers so that no one everyday credential holds them all:
 
 * ``security-officer``: the trust domain's keys — authorities (prepare, rotate, activate, taint,
-  revoke), leaf revocation, banning and evicting agents, and minting arbitrary SVIDs (``x509 mint``,
-  ``jwt mint``: whoever can mint any identity can impersonate any workload).
+  revoke), leaf revocation, banning and evicting agents, federation relationships (create, refresh,
+  delete: a partner's bundle decides whose SVIDs workloads trust), and minting arbitrary SVIDs
+  (``x509 mint``, ``jwt mint``: whoever can mint any identity can impersonate any workload).
 * ``operator``: day-to-day registration — entries, join tokens and legacy identity mapping rules.
 * ``auditor``: reads, and the audit log.
 
@@ -90,6 +91,8 @@ ROUTE_POLICIES: Mapping[tuple[str, str], RoutePolicy] = _policies(
     ("GET", "/v1/crls", "crl.list", ANY_ROLE),
     ("GET", "/v1/agents", "agent.list", ANY_ROLE),
     ("GET", "/v1/agent", "agent.show", ANY_ROLE),
+    ("GET", "/v1/federation/relationships", "federation.list", ANY_ROLE),
+    ("GET", "/v1/federation/relationships/{trust_domain}", "federation.show", ANY_ROLE),
     ("GET", "/v1/mappings", "mapping.list", ANY_ROLE),
     ("GET", "/v1/mappings/{name}", "mapping.show", ANY_ROLE),
     # Registration: operators.
@@ -112,6 +115,9 @@ ROUTE_POLICIES: Mapping[tuple[str, str], RoutePolicy] = _policies(
     ("POST", "/v1/agents/evict", "agent.evict", OFFICER),
     ("POST", "/v1/x509-svids", "x509_svid.mint", OFFICER),
     ("POST", "/v1/jwt-svids", "jwt_svid.mint", OFFICER),
+    ("POST", "/v1/federation/relationships", "federation.create", OFFICER),
+    ("POST", "/v1/federation/relationships/{trust_domain}/refresh", "federation.refresh", OFFICER),
+    ("DELETE", "/v1/federation/relationships/{trust_domain}", "federation.delete", OFFICER),
     # The audit log: auditors and security officers.
     ("GET", "/v1/audit", "audit.list", AUDIT_READERS),
     ("GET", "/v1/audit/verify", "audit.verify", AUDIT_READERS),

@@ -3,8 +3,9 @@
 For each kind (X.509 CA, JWT key) independently:
 
 * **prepare** the next authority at 1/2 of the active one's life; it is published in the bundle at once;
-* **activate** it at 5/6, but never before it has been published for one bundle refresh hint, so every
-  relying party that follows the hint holds the new key before anything it signed reaches them; the
+* **activate** it at 5/6, but never before it has been published for :data:`PUBLISH_HINTS` bundle refresh
+  hints, so every relying party that follows the hint (a federated partner included, which may miss one
+  fetch) holds the new key before anything it signed reaches them; the
   previous active authority is **retired** in the same step and stays in the bundle;
 * **prune** a retired, tainted or revoked authority once everything it signed has expired (and at
   least one refresh hint after it stopped signing) — a revoked X.509 CA not before its own certificate
@@ -29,6 +30,9 @@ from ca.store.records import AuthorityKind, AuthorityRecord
 
 PREPARE_AT = 1 / 2
 ACTIVATE_AT = 5 / 6
+# Refresh hints a prepared authority is published before it may sign: one fetch a partner misses (its
+# endpoint call failed, its clock ran late) must not leave it without the key.
+PUBLISH_HINTS = 2
 
 
 class StepKind(enum.StrEnum):
@@ -69,8 +73,8 @@ def activate_at(active: AuthorityRecord) -> datetime:
 
 
 def published_enough_at(prepared: AuthorityRecord, params: RotationParams) -> datetime:
-    """When a prepared authority has been in the bundle for one refresh hint."""
-    return prepared.created_at + params.refresh_hint
+    """When a prepared authority has been in the bundle for :data:`PUBLISH_HINTS` refresh hints."""
+    return prepared.created_at + params.refresh_hint * PUBLISH_HINTS
 
 
 def stopped_signing_at(record: AuthorityRecord) -> datetime | None:

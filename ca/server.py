@@ -39,6 +39,11 @@ from ca.authority_ops import AuthorityOperations
 from ca.bridge_attestation import x509pop_attestor
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
+from ca.federation.fetch import FetchLimits, web_client_context
+from ca.federation.refresher import FederationMetrics, FederationRefresher, RefreshPolicy
+from ca.federation.relationships import FederationRelationships
+from ca.federation.unknown_keys import UnknownKeyRefresh
 from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
@@ -107,6 +112,8 @@ class CaParts:
     authorities: AuthorityManager
     audit: AuditTrail
     audit_log: AuditLog
+    federation: FederationRelationships
+    refresher: FederationRefresher
     mappings: IdentityMappings
 
 
@@ -184,6 +191,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         identity.rotate()
     except TrustmeshError as err:  # nothing can sign: serve health (not ready, with the reason) and retry
         log.error("cannot sign the node API's serving SVID (%s); the node API starts once it can", err)
+    federation, refresher = _federation(config, database, hub, clock, metrics)
     return CaParts(
         service,
         metrics,
@@ -204,8 +212,33 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
             clock,
             config.audit.checkpoint_interval,
         ),
+        federation,
+        refresher,
         mappings,
     )
+
+
+def _federation(
+    config: CaConfig, database: Database, hub: ChangeHub, clock: Clock, metrics: CaMetrics
+) -> tuple[FederationRelationships, FederationRefresher]:
+    settings = config.federation
+    relationships = FederationRelationships(database, hub, config.trust_domain, clock, settings.max_bundle_keys)
+    web_ca = None if settings.web_ca_file is None else str(settings.web_ca_file)
+    try:
+        web_context = web_client_context(web_ca)
+    except OSError as err:
+        raise ConfigError(f"federation.web_ca_file {web_ca}: cannot read it ({err.strerror}); fix the path") from err
+    refresher = FederationRefresher(
+        database=database,
+        hub=hub,
+        relationships=relationships,
+        limits=FetchLimits(settings.fetch_timeout.total_seconds(), settings.max_bundle_bytes, settings.max_bundle_keys),
+        policy=RefreshPolicy(settings.min_refresh, settings.max_refresh, settings.unknown_key_refresh_interval),
+        web_context=web_context,
+        clock=clock,
+        metrics=FederationMetrics(metrics.registry),
+    )
+    return relationships, refresher
 
 
 def _bridge_attestors(config: CaConfig, mappings: IdentityMappings) -> tuple[X509PopAttestor, ...]:
@@ -298,6 +331,7 @@ def _node_api_limits(config: CaConfig) -> NodeApiLimits:
         max_batch_size=node_api.max_batch_size,
         signing=Rate(ratelimit.signing, ratelimit.signing_burst),
         attestation=Rate(ratelimit.attestation, ratelimit.attestation_burst),
+        bundle_refresh=Rate(ratelimit.bundle_refresh, ratelimit.bundle_refresh_burst),
     )
 
 
@@ -313,7 +347,14 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     """Serve the node API once the CA holds a serving SVID (:func:`_wait_for_serving_svid`)."""
     await _wait_for_serving_svid(parts.identity)
     node_server, ports = build_node_server(
-        NodeServicer(parts.node, parts.hub, UpdateVersions(), parts.clock, NodeApiGuard(_node_api_limits(config))),
+        NodeServicer(
+            parts.node,
+            parts.hub,
+            UpdateVersions(),
+            parts.clock,
+            NodeApiGuard(_node_api_limits(config)),
+            unknown_keys=UnknownKeyRefresh(parts.node, parts.refresher),
+        ),
         parts.identity,
         parts.service.get_bundle,
         attestation_address=config.server.attestation_address,
@@ -321,6 +362,26 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
     )
     log.info("node API listening: attestation port %d, node API port %d", ports.attestation, ports.node_api)
     await run_node_server(node_server)
+
+
+async def _serve_bundle_endpoint(config: CaConfig, parts: CaParts, sock: socket.socket) -> None:
+    """Serve the SPIFFE bundle endpoint; with ``https_spiffe`` once the CA holds a serving SVID."""
+    federation = config.federation
+    if federation.bundle_endpoint_profile == "https_web":
+        assert federation.bundle_endpoint_cert_file is not None  # the config refuses https_web without them
+        assert federation.bundle_endpoint_key_file is not None
+        tls = WebServingContexts(federation.bundle_endpoint_cert_file, federation.bundle_endpoint_key_file)
+        tls()  # an unreadable certificate stops the CA now, not at the first partner's fetch
+        endpoint = BundleEndpoint(parts.service.get_bundle, tls)
+    else:
+        await _wait_for_serving_svid(parts.identity)
+        # A new serving SVID is presented once its authority was published for two refresh hints.
+        tls_contexts = SpiffeServingContexts(
+            parts.identity, parts.service.get_bundle, 2 * config.bundle.refresh_hint, parts.clock
+        )
+        endpoint = BundleEndpoint(parts.service.get_bundle, tls_contexts)
+    log.info("SPIFFE bundle endpoint (%s) listening on %s", federation.bundle_endpoint_profile, sock.getsockname())
+    await endpoint.serve(sock)
 
 
 async def serve(config: CaConfig, *, new_root: bool = False) -> None:
@@ -345,6 +406,10 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         _bind_tcp(getattr(config.server, key), f"server.{key}", keep=False)
     http_socket = (
         _bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
+    )
+    endpoint_address = config.federation.bundle_endpoint_address
+    endpoint_socket = (
+        _bind_tcp(endpoint_address, "federation.bundle_endpoint_address", keep=True) if endpoint_address else None
     )
     admin_api = config.admin_api
     admin_tcp = _bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
@@ -373,6 +438,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             join_tokens=parts.join_tokens,
             authorities=parts.officer,
             agents=agents,
+            federation=parts.federation,
             mappings=parts.mappings,
             authenticator=authenticator,
             audit=parts.audit,
@@ -411,6 +477,9 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
                 group.create_task(serve_admin_https(admin_app(https.authenticator), https, ready))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
+            group.create_task(parts.refresher.run())
+            if endpoint_socket is not None:
+                group.create_task(_serve_bundle_endpoint(config, parts, endpoint_socket))
             retention = config.datastore.issued_certificate_retention
             group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
             interval = config.audit.checkpoint_interval

@@ -23,7 +23,7 @@ from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
 from sds.files import write_private_file, write_public_file
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError
-from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 if TYPE_CHECKING:
     from sds.workload_client import WorkloadApiClient
@@ -59,12 +59,18 @@ def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
         )
     config = _config(args)
     spiffe_id = args.spiffe_id if args.spiffe_id == "default" else str(SpiffeId.parse(args.spiffe_id))
+    # A bare --allow-trust-domain names the agent's own trust domain; with a value, that (federated) one.
+    allowed_trust_domains = tuple(
+        dict.fromkeys(
+            (config.trust_domain if td is None else TrustDomain.parse(td)).name for td in args.allow_trust_domain
+        )
+    )
     inbound = (
         Inbound(
             args.inbound_port,
             tuple(str(SpiffeId.parse(p)) for p in args.allow),
             upstream=args.inbound_upstream,
-            allowed_trust_domain=config.trust_domain.name if args.allow_trust_domain else None,
+            allowed_trust_domains=allowed_trust_domains,
         )
         if args.inbound_port
         else None
@@ -77,6 +83,7 @@ def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
     bootstrap = envoy_bootstrap(
         node_id=args.node_id,
         spiffe_id=spiffe_id,
+        trust_domain=config.trust_domain,
         sds_socket=config.sds_socket,
         admin_port=args.admin_port,
         inbound=inbound,
@@ -191,11 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--node-id", default="envoy")
     envoy.add_argument("--admin-port", type=int, default=9901, help="Envoy admin listener on 127.0.0.1")
     envoy.add_argument("--inbound-port", type=int, help="terminate mTLS here")
-    envoy.add_argument("--allow", action="append", default=[], help="peer SPIFFE ID allowed inbound (repeatable)")
+    envoy.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        help="peer SPIFFE ID allowed inbound, of this or a federated trust domain (repeatable)",
+    )
     envoy.add_argument(
         "--allow-trust-domain",
-        action="store_true",
-        help="allow every SPIFFE ID of the agent's trust domain inbound (instead of, or besides, --allow)",
+        action="append",
+        nargs="?",
+        const=None,
+        default=[],
+        metavar="TRUST_DOMAIN",
+        help="allow every SPIFFE ID of TRUST_DOMAIN inbound — a federated one, or without a value the agent's "
+        "own (instead of, or besides, --allow; repeatable)",
     )
     envoy.add_argument(
         "--inbound-upstream",
@@ -205,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     envoy.add_argument("--outbound-port", type=int, help="plain HTTP on 127.0.0.1 here, forwarded over mTLS")
     envoy.add_argument("--upstream", help="HOST:PORT of the mTLS upstream")
-    envoy.add_argument("--upstream-id", help="SPIFFE ID the upstream must present")
+    envoy.add_argument("--upstream-id", help="SPIFFE ID the upstream must present, of this or a federated trust domain")
     envoy.add_argument(
         "--max-connection-duration",
         default="5m",

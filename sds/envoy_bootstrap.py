@@ -2,10 +2,16 @@
 
 Like Istio's pilot-agent, trustmesh can write the Envoy side of the contract for you: a static
 cluster on the agent's Unix socket (HTTP/2, as gRPC needs), and TLS contexts whose certificate
-(a SPIFFE ID, or ``default``) and validation context (``ROOTCA``, which carries Envoy's SPIFFE
-certificate validator) come over SDS with ``initial_fetch_timeout: 0s`` so listeners wait for their
-first SVID instead of serving without one. Peer authorization is by exact SPIFFE ID on the URI SAN, or —
-only when asked for explicitly — by trust domain (any ID under ``spiffe://<trust domain>/``).
+(a SPIFFE ID, or ``default``) and validation context come over SDS with ``initial_fetch_timeout: 0s``
+so listeners wait for their first SVID instead of serving without one. Peer authorization is by exact
+SPIFFE ID on the URI SAN, or — only when asked for explicitly — by trust domain (any ID under
+``spiffe://<trust domain>/``).
+
+The validation context carries Envoy's SPIFFE certificate validator, which verifies a peer with the
+bundle of the peer's own trust domain only. It is ``ROOTCA`` (the agent's trust domain) when every
+allowed peer is of the agent's trust domain, and ``ALL`` (that one plus each federated trust domain the
+workload's entries name, each with its own bundle) as soon as one allowed peer is of a federated trust
+domain. The SAN matchers, not the bundles, decide which peers are allowed: ``ALL`` adds no peer.
 
 The inbound listener forwards to the application on a local address (plain HTTP), with the caller's
 SPIFFE ID in ``x-forwarded-client-cert`` (``URI=…``; whatever the client sent in that header is
@@ -26,7 +32,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sds.secrets import ALL, ROOTCA
 from spiffe_core.errors import InvalidArgument
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 SDS_CLUSTER = "trustmesh_sds"
 # How long one mTLS connection may live before Envoy closes it (gracefully) and the peer reconnects
@@ -40,14 +48,15 @@ _TYPES = "type.googleapis.com/envoy.extensions"
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """Terminate mTLS on ``port``; accept only peers whose SPIFFE ID is in ``allowed_peers``, or any
-    peer of ``allowed_trust_domain`` when that is given. Forward requests to ``upstream`` (HOST:PORT,
-    plain HTTP: the application) with the peer's SPIFFE ID in ``x-forwarded-client-cert``; without
-    one, answer 200 with the peer's SPIFFE ID in the ``x-peer-spiffe-id`` header (a demo target)."""
+    peer of a trust domain in ``allowed_trust_domains`` (the agent's own, or a federated one). Forward
+    requests to ``upstream`` (HOST:PORT, plain HTTP: the application) with the peer's SPIFFE ID in
+    ``x-forwarded-client-cert``; without one, answer 200 with the peer's SPIFFE ID in the
+    ``x-peer-spiffe-id`` header (a demo target)."""
 
     port: int
     allowed_peers: tuple[str, ...]
     upstream: str | None = None
-    allowed_trust_domain: str | None = None
+    allowed_trust_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +84,27 @@ def _sds_secret(name: str) -> dict[str, Any]:
     }
 
 
-def _common_tls(own_id: str, peer_ids: Sequence[str], peer_trust_domain: str | None = None) -> dict[str, Any]:
+def validation_context_name(
+    trust_domain: TrustDomain, peer_ids: Sequence[str], peer_trust_domains: Sequence[str]
+) -> str:
+    """``ROOTCA`` when every allowed peer is of ``trust_domain`` (the agent's), else ``ALL``: a peer of
+    a federated trust domain is verified with that trust domain's bundle, which only ``ALL`` carries.
+    Raises InvalidArgument for a malformed SPIFFE ID or trust domain."""
+    peers = {SpiffeId.parse(p).trust_domain for p in peer_ids} | {TrustDomain.parse(t) for t in peer_trust_domains}
+    return ROOTCA if peers <= {trust_domain} else ALL
+
+
+def _common_tls(
+    own_id: str, trust_domain: TrustDomain, peer_ids: Sequence[str], peer_trust_domains: Sequence[str] = ()
+) -> dict[str, Any]:
     matchers = [{"san_type": "URI", "matcher": {"exact": p}} for p in peer_ids]
-    if peer_trust_domain is not None:
-        matchers.append({"san_type": "URI", "matcher": {"prefix": f"spiffe://{peer_trust_domain}/"}})
+    matchers += [{"san_type": "URI", "matcher": {"prefix": f"spiffe://{td}/"}} for td in peer_trust_domains]
+    validation = validation_context_name(trust_domain, peer_ids, peer_trust_domains)
     return {
         "tls_certificate_sds_secret_configs": [_sds_secret(own_id)],
         "combined_validation_context": {
             "default_validation_context": {"match_typed_subject_alt_names": matchers},
-            "validation_context_sds_secret_config": _sds_secret("ROOTCA"),
+            "validation_context_sds_secret_config": _sds_secret(validation),
         },
     }
 
@@ -174,21 +195,24 @@ def envoy_bootstrap(
     *,
     node_id: str,
     spiffe_id: str,
+    trust_domain: TrustDomain,
     sds_socket: Path,
     admin_port: int,
     inbound: Inbound | None = None,
     outbound: Outbound | None = None,
     max_connection_duration: timedelta | None = DEFAULT_MAX_CONNECTION_DURATION,
 ) -> dict[str, Any]:
-    """An Envoy v3 bootstrap for one workload identity (``spiffe_id``, or ``default``). Every mTLS
-    connection, inbound and outbound, ends after ``max_connection_duration`` (None or 0: never), so a
-    revoked peer cannot ride on a connection opened before its revocation for longer than that.
+    """An Envoy v3 bootstrap for one workload identity (``spiffe_id``, or ``default``) of the agent's
+    ``trust_domain``. Every mTLS connection, inbound and outbound, ends after
+    ``max_connection_duration`` (None or 0: never), so a revoked peer cannot ride on a connection opened
+    before its revocation for longer than that.
 
     Raises InvalidArgument for a bootstrap without a listener, an inbound listener that allows no
-    peer (neither SPIFFE IDs nor, explicitly, a trust domain), or a malformed HOST:PORT."""
+    peer (neither SPIFFE IDs nor, explicitly, a trust domain), a malformed SPIFFE ID or trust domain,
+    or a malformed HOST:PORT."""
     if inbound is None and outbound is None:
         raise InvalidArgument("an Envoy bootstrap needs an inbound or an outbound listener (or both)")
-    if inbound is not None and not inbound.allowed_peers and inbound.allowed_trust_domain is None:
+    if inbound is not None and not inbound.allowed_peers and not inbound.allowed_trust_domains:
         raise InvalidArgument(
             f"the inbound listener on port {inbound.port} allows no peer; name the SPIFFE IDs allowed in "
             "(--allow), or allow every ID of the trust domain explicitly (--allow-trust-domain)"
@@ -233,7 +257,9 @@ def envoy_bootstrap(
         tls = {
             "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": True,
-            "common_tls_context": _common_tls(spiffe_id, inbound.allowed_peers, inbound.allowed_trust_domain),
+            "common_tls_context": _common_tls(
+                spiffe_id, trust_domain, inbound.allowed_peers, inbound.allowed_trust_domains
+            ),
         }
         manager = _http_manager("inbound", route, max_connection_duration, forwarding)
         listeners.append(_listener("inbound", inbound.port, [manager], tls))
@@ -245,7 +271,7 @@ def envoy_bootstrap(
             "name": _TLS,
             "typed_config": {
                 "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
-                "common_tls_context": _common_tls(spiffe_id, (outbound.upstream_id,)),
+                "common_tls_context": _common_tls(spiffe_id, trust_domain, (outbound.upstream_id,)),
             },
         }
         clusters.append(upstream)

@@ -48,6 +48,7 @@ from sds.planning import (
     same_content,
 )
 from spiffe_core.backoff import LogThrottle, backoff_delay
+from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import (
     JwtSvidError,
@@ -59,7 +60,7 @@ from spiffe_core.errors import (
 )
 from spiffe_core.jwt_svid import check_audience, parse_jwt_svid_insecure
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
-from spiffe_core.spiffe_id import SpiffeId
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import verify_x509_svid
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class NodeApi(Protocol):
     def sync(self) -> AsyncIterator[SyncState]: ...
     async def sign_x509_svids(self, items: Sequence[tuple[str, bytes]]) -> list[SignedX509Svid]: ...
     async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]: ...
+    async def refresh_federated_bundle(self, trust_domain: TrustDomain, key_id: str) -> Bundle | None: ...
 
 
 class OwnIdentity(Protocol):
@@ -139,6 +141,7 @@ class AgentManager:
         self._saved: object = None
         self._wake = asyncio.Event()
         self._jwt: dict[tuple[SpiffeId, tuple[str, ...]], _CachedJwt] = {}
+        self._bundle_refreshes: dict[TrustDomain, asyncio.Future[Bundle | None]] = {}
         self._throttle = LogThrottle()
 
     @property
@@ -382,6 +385,18 @@ class AgentManager:
         cached = _CachedJwt(token, now + (expires_at - now) / 2, _key_id(token), _jwt_size(key, token))
         self._remember_jwt(key, cached, now)
         return token
+
+    async def refresh_federated_bundle(self, trust_domain: TrustDomain, key_id: str) -> Bundle | None:
+        """The CA's bundle of the federated ``trust_domain`` after it tried to get one holding ``key_id``
+        (see :meth:`NodeApi.refresh_federated_bundle`). Callers asking about one trust domain while a
+        call for it is in flight share that call: workloads meeting a partner's new key together make
+        one. Raises what the node client raises."""
+        pending = self._bundle_refreshes.get(trust_domain)
+        if pending is None:
+            pending = asyncio.ensure_future(self._client.refresh_federated_bundle(trust_domain, key_id))
+            self._bundle_refreshes[trust_domain] = pending
+            pending.add_done_callback(lambda _: self._bundle_refreshes.pop(trust_domain, None))
+        return await asyncio.shield(pending)  # a caller that gives up does not cancel the others' call
 
     @property
     def jwt_cache_bytes(self) -> int:

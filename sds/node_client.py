@@ -457,6 +457,18 @@ class NodeClient:
             raise self._error(err, "MintJwtSvid", channel) from err
         return response.token, datetime.fromtimestamp(response.expires_at, UTC)
 
+    async def refresh_federated_bundle(self, trust_domain: TrustDomain, key_id: str) -> Bundle | None:
+        """The CA's bundle of the federated ``trust_domain`` once it tried to get one holding the JWT
+        key ``key_id`` (the CA may fetch the partner for it); None when the CA holds none yet."""
+        request = node_pb2.RefreshFederatedBundleRequest(trust_domain=trust_domain.name, key_id=key_id)
+        channel = self._channel()
+        stub = node_pb2_grpc.NodeStub(channel.channel)
+        try:
+            response = await stub.RefreshFederatedBundle(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise self._error(err, "RefreshFederatedBundle", channel) from err
+        return Bundle.parse_jwks(trust_domain, response.bundle) if response.bundle else None
+
     async def close(self) -> None:
         """Close every channel; calls in flight are cancelled."""
         current, self._current = self._current, None

@@ -119,7 +119,7 @@ async def serve_agent(config: AgentConfig) -> None:
     )
     workload_endpoint.add_servicer(
         lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
-            WorkloadApiService(cache, workload_endpoint.attestor, manager, clock), server
+            WorkloadApiService(cache, workload_endpoint.attestor, manager, clock, bundle_refresher=manager), server
         )
     )
     try:

@@ -18,9 +18,14 @@ matching its selectors entitle it to.
 * FetchJWTSVID returns one JWT-SVID per entitled SPIFFE ID (or the one requested), minted through a
   :class:`JwtSvidMinter` (the agent's manager, which asks the CA). Hints stay unique in a response
   (§5.2.1, §6.2.1): a later SVID repeating a hint is left out and the misconfiguration logged.
-* ValidateJWTSVID checks a token with the bundle of its subject's own trust domain, taken from the
-  snapshot (own bundle or exactly that federated one); any attested caller may ask, since it hands
-  out no credential.
+* ValidateJWTSVID checks a token with the bundle of its subject's own trust domain: the own bundle
+  (for any attested caller, since it hands out no credential) or exactly the federated bundle of that
+  trust domain, if the caller's entries federate with it — a workload not federated with a trust
+  domain cannot validate its JWT-SVIDs, even when another workload on this agent can. When the
+  token names a key that the caller's copy of a federated trust domain's bundle lacks, the agent asks
+  the CA for that partner's bundle at once (:class:`FederatedBundleRefresher`, the node API's
+  ``RefreshFederatedBundle``) and validates once more with the answer, so a partner's brand-new key
+  validates without waiting for the next refresh hint.
 
 Domain errors are turned into status codes by the one table in :mod:`spiffe_core.errors`.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -40,10 +46,11 @@ from google.protobuf import struct_pb2
 
 from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
+from spiffe_core.backoff import LogThrottle
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import InvalidArgument, NotAuthorized, transport_status
-from spiffe_core.jwt_svid import check_audience, validate_jwt_svid
+from spiffe_core.errors import InvalidArgument, NotAuthorized, TrustmeshError, UnknownJwtKey, transport_status
+from spiffe_core.jwt_svid import JwtSvid, check_audience, validate_jwt_svid
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from wire import workload_pb2
@@ -75,17 +82,25 @@ class JwtSvidMinter(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotBundles:
-    """A :class:`~spiffe_core.sources.BundleSource` over one snapshot: the own trust domain's bundle or
-    the federated bundle of exactly the trust domain asked for (never a merge)."""
+class FederatedBundleRefresher(Protocol):
+    """Gets a federated trust domain's bundle from the CA now (the agent's manager, which asks the CA to
+    fetch it when the CA's copy lacks ``key_id`` too)."""
 
-    snapshot: CacheSnapshot
+    async def refresh_federated_bundle(self, trust_domain: TrustDomain, key_id: str) -> Bundle | None:
+        """The CA's bundle of ``trust_domain`` after it tried to get one holding ``key_id`` (None before
+        any); raises TrustmeshError kinds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallerBundles:
+    """A :class:`~spiffe_core.sources.BundleSource` over the bundles one caller may use (the own trust
+    domain's and those its entries federate with): exactly the trust domain asked for, never a merge."""
+
+    bundles: Mapping[TrustDomain, Bundle]
 
     def get_bundle_for_trust_domain(self, trust_domain: TrustDomain) -> Bundle | None:
-        if trust_domain == self.snapshot.trust_domain:
-            return self.snapshot.bundle
-        return self.snapshot.federated_bundles.get(trust_domain)
+        return self.bundles.get(trust_domain)
 
 
 _Builder = Callable[[CacheSnapshot, tuple[WorkloadSvid, ...], Mapping[TrustDomain, Bundle]], Any]
@@ -94,11 +109,21 @@ _Builder = Callable[[CacheSnapshot, tuple[WorkloadSvid, ...], Mapping[TrustDomai
 class WorkloadApiService:
     """Registered with ``workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server``."""
 
-    def __init__(self, cache: WorkloadCache, attestor: CallerAttestor, jwt_minter: JwtSvidMinter, clock: Clock) -> None:
+    def __init__(
+        self,
+        cache: WorkloadCache,
+        attestor: CallerAttestor,
+        jwt_minter: JwtSvidMinter,
+        clock: Clock,
+        *,
+        bundle_refresher: FederatedBundleRefresher | None = None,
+    ) -> None:
         self._cache = cache
         self._attestor = attestor
         self._minter = jwt_minter
         self._clock = clock
+        self._refresher = bundle_refresher  # None: validate with the bundles held, never ask the CA
+        self._throttle = LogThrottle()
 
     async def FetchX509SVID(self, request: Any, context: Context) -> AsyncIterator[Any]:
         selectors = await self._admit(context)
@@ -142,7 +167,7 @@ class WorkloadApiService:
         return workload_pb2.JWTSVIDResponse(svids=minted)
 
     async def ValidateJWTSVID(self, request: Any, context: Context) -> Any:
-        await self._admit(context)
+        selectors = await self._admit(context)
         for field, what in (("audience", "the audience this relying party answers to"), ("svid", "the token")):
             if not getattr(request, field):
                 await _abort(
@@ -150,18 +175,53 @@ class WorkloadApiService:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{field} is required: ValidateJWTSVID needs {what} (SPIFFE_Workload_API.md §6.2.3)",
                 )
+        snapshot = self._cache.get_snapshot()
+        bundles = snapshot.bundles_for(snapshot.svids_for(selectors))
         try:
-            svid = validate_jwt_svid(
-                request.svid,
-                audience=[request.audience],
-                bundle_source=SnapshotBundles(self._cache.get_snapshot()),
-                now=self._clock.now(),
-            )
+            svid = await self._validate(request.svid, request.audience, bundles, snapshot.trust_domain)
         except InvalidArgument as err:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"JWT-SVID is not valid: {err}")
         claims = struct_pb2.Struct()
         claims.update(dict(svid.claims))
         return workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(svid.spiffe_id), claims=claims)
+
+    async def _validate(
+        self, token: str, audience: str, bundles: Mapping[TrustDomain, Bundle], own: TrustDomain
+    ) -> JwtSvid:
+        """Validate with the caller's bundles; when the key is missing from the caller's copy of a
+        federated trust domain's bundle, once more with the CA's fresh copy. Raises JwtSvidError kinds."""
+        try:
+            return validate_jwt_svid(
+                token, audience=[audience], bundle_source=CallerBundles(bundles), now=self._clock.now()
+            )
+        except UnknownJwtKey as err:
+            if self._refresher is None or err.trust_domain == own:
+                raise  # the own trust domain's keys arrive on Sync before they sign
+            unknown = err
+        try:
+            fresh = await self._refresher.refresh_federated_bundle(unknown.trust_domain, unknown.key_id)
+        except TrustmeshError as err:
+            self._log_refresh_failure(unknown.trust_domain, err)
+            raise unknown from err  # refused as it would have been without asking
+        if fresh is None or fresh.find_jwt_authority(unknown.key_id) is None:
+            raise UnknownJwtKey(
+                f"{unknown}; the CA's fresh copy of {unknown.trust_domain}'s bundle lacks it too",
+                unknown.trust_domain,
+                unknown.key_id,
+            ) from unknown
+        retry = CallerBundles({**bundles, unknown.trust_domain: fresh})
+        return validate_jwt_svid(token, audience=[audience], bundle_source=retry, now=self._clock.now())
+
+    def _log_refresh_failure(self, trust_domain: TrustDomain, err: TrustmeshError) -> None:
+        """At most one line per trust domain per 10 s: a workload may send such tokens in a loop."""
+        key = trust_domain.name  # bounded: only trust domains the caller federates with get here
+        if self._throttle.should_log(time.monotonic(), key):
+            logger.warning(
+                "could not get a fresh bundle of %s from the CA for an unknown JWT key: %s%s",
+                trust_domain,
+                err,
+                self._throttle.note(key),
+            )
 
     async def _admit(self, context: Context) -> frozenset[Selector]:
         """The security header first (it guards against SSRF, so nothing else runs without it), then

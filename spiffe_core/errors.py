@@ -7,6 +7,11 @@ Messages name the input, the rule it broke and, where there is one, the fix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spiffe_core.spiffe_id import TrustDomain
+
 
 class TrustmeshError(Exception):
     """Root of every error trustmesh raises on purpose."""
@@ -26,6 +31,17 @@ class X509SvidError(InvalidArgument):
 
 class JwtSvidError(InvalidArgument):
     """A JWT-SVID breaks a rule of JWT-SVID.md or fails validation."""
+
+
+class UnknownJwtKey(JwtSvidError):
+    """A JWT-SVID passed every check that needs no key, but the bundle of its subject's trust domain
+    holds no key ``key_id``: the key is unknown, removed, or the bundle is stale. A relying party may
+    get a fresh bundle of that trust domain and validate once more."""
+
+    def __init__(self, message: str, trust_domain: TrustDomain, key_id: str) -> None:
+        super().__init__(message)
+        self.trust_domain = trust_domain
+        self.key_id = key_id
 
 
 class BundleError(InvalidArgument):

@@ -33,7 +33,7 @@ from typing import Any, Final
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from spiffe_core.errors import InvalidArgument, JwtSvidError, SpiffeIdError
+from spiffe_core.errors import InvalidArgument, JwtSvidError, SpiffeIdError, UnknownJwtKey
 from spiffe_core.keys import PrivateKey, PublicKey, jwt_algorithm_for
 from spiffe_core.sources import BundleSource
 from spiffe_core.spiffe_id import SpiffeId
@@ -198,7 +198,8 @@ def validate_jwt_svid(
     """Validate a JWT-SVID for ``audience`` at ``now`` with the bundle of its subject's trust domain.
 
     ``audience`` names the values this relying party answers to; the token must carry at least one of
-    them. Raises :class:`JwtSvidError` naming the first rule the token breaks, and
+    them. Raises :class:`JwtSvidError` naming the first rule the token breaks —
+    :class:`~spiffe_core.errors.UnknownJwtKey` when that is only that the bundle lacks its key — and
     :class:`InvalidArgument` when the caller passes no audience or a naive ``now``."""
     expected = _expected_audience(audience)
     _require_aware(now, "now")
@@ -216,9 +217,11 @@ def validate_jwt_svid(
         )
     authority = bundle.find_jwt_authority(kid)
     if authority is None:
-        raise JwtSvidError(
+        raise UnknownJwtKey(
             f"JWT-SVID key {kid!r} is not a JWT authority in the bundle of {trust_domain}; "
-            "the key is unknown, removed, or the bundle is stale"
+            "the key is unknown, removed, or the bundle is stale",
+            trust_domain,
+            kid,
         )
     _check_key_fits(alg, authority.public_key, kid, str(trust_domain))
     try:

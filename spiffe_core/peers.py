@@ -44,7 +44,8 @@ def peer_certificate_chain(ssl_object: Any) -> tuple[x509.Certificate, ...]:
     httpcore reports as ``ssl_object``). Python shows the sent chain publicly only from 3.13
     (``get_unverified_chain``); before, the same method exists on the private ``_sslobj``. On the server
     side CPython puts the client's leaf first, as OpenSSL itself does not. Returns ``()`` when the peer
-    sent no certificate; raises X509SvidError when this Python cannot show the chain at all."""
+    sent no certificate; raises X509SvidError when a certificate cannot be read or this Python cannot
+    show the chain at all (then every peer is refused rather than half-checked)."""
     get_chain = getattr(ssl_object, "get_unverified_chain", None) or getattr(
         getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
     )
@@ -52,7 +53,10 @@ def peer_certificate_chain(ssl_object: Any) -> tuple[x509.Certificate, ...]:
         raise X509SvidError("this Python's ssl module does not show the peer's certificate chain")
     # Python 3.11's server side reports a client that sent nothing as [None].
     chain = [cert for cert in get_chain() or () if cert is not None]
-    return tuple(
-        x509.load_der_x509_certificate(cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER))
-        for cert in chain
-    )
+    try:
+        return tuple(
+            x509.load_der_x509_certificate(cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_DER))
+            for cert in chain
+        )
+    except ValueError as err:
+        raise X509SvidError(f"the peer sent an unreadable certificate: {err}") from err

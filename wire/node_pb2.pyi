@@ -156,3 +156,17 @@ class MintJwtSvidResponse(_message.Message):
     token: str
     expires_at: int
     def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class RefreshFederatedBundleRequest(_message.Message):
+    __slots__ = ("trust_domain", "key_id")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    key_id: str
+    def __init__(self, trust_domain: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class RefreshFederatedBundleResponse(_message.Message):
+    __slots__ = ("bundle",)
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    bundle: bytes
+    def __init__(self, bundle: _Optional[bytes] = ...) -> None: ...

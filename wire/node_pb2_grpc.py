@@ -64,6 +64,11 @@ class NodeStub:
                 request_serializer=wire_dot_node__pb2.MintJwtSvidRequest.SerializeToString,
                 response_deserializer=wire_dot_node__pb2.MintJwtSvidResponse.FromString,
                 _registered_method=True)
+        self.RefreshFederatedBundle = channel.unary_unary(
+                '/trustmesh.node.v1.Node/RefreshFederatedBundle',
+                request_serializer=wire_dot_node__pb2.RefreshFederatedBundleRequest.SerializeToString,
+                response_deserializer=wire_dot_node__pb2.RefreshFederatedBundleResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -115,6 +120,17 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefreshFederatedBundle(self, request, context):
+        """A workload met a JWT key ID of a federated trust domain that the agent's copy of its bundle lacks:
+        have the CA fetch that partner's bundle now, rather than at its next refresh hint. Only for a trust
+        domain an entry parented to the calling agent federates with; rate limited per partner and per
+        agent (RESOURCE_EXHAUSTED with a retry hint). Answers the partner's bundle the CA holds afterwards,
+        whether or not it changed (a change is also pushed on Sync, as every change is).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +163,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.MintJwtSvid,
                     request_deserializer=wire_dot_node__pb2.MintJwtSvidRequest.FromString,
                     response_serializer=wire_dot_node__pb2.MintJwtSvidResponse.SerializeToString,
+            ),
+            'RefreshFederatedBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshFederatedBundle,
+                    request_deserializer=wire_dot_node__pb2.RefreshFederatedBundleRequest.FromString,
+                    response_serializer=wire_dot_node__pb2.RefreshFederatedBundleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +332,33 @@ class Node:
             '/trustmesh.node.v1.Node/MintJwtSvid',
             wire_dot_node__pb2.MintJwtSvidRequest.SerializeToString,
             wire_dot_node__pb2.MintJwtSvidResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshFederatedBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustmesh.node.v1.Node/RefreshFederatedBundle',
+            wire_dot_node__pb2.RefreshFederatedBundleRequest.SerializeToString,
+            wire_dot_node__pb2.RefreshFederatedBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

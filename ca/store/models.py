@@ -236,6 +236,24 @@ class TrustBundleStateRow(Base):
     sequence: Mapped[int] = mapped_column(BigInteger)
 
 
+class FederationRelationshipRow(Base):
+    """A federated trust domain: where its bundle is fetched, how the endpoint is authenticated, the
+    last good bundle (the bootstrap bundle until the first fetch) and how fetching goes."""
+
+    __tablename__ = "federation_relationships"
+
+    trust_domain: Mapped[str] = mapped_column(String(TRUST_DOMAIN_LENGTH), primary_key=True)
+    bundle_endpoint_url: Mapped[str] = mapped_column(String(2048))
+    profile: Mapped[str] = mapped_column(String(16))
+    endpoint_spiffe_id: Mapped[str | None] = mapped_column(String(SPIFFE_ID_LENGTH))
+    bundle: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    last_attempt_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    next_refresh_at: Mapped[datetime | None]
+    last_error: Mapped[str] = mapped_column(String(AUDIT_REASON_LENGTH), default="")
+
+
 class IdentityMappingRow(Base):
     """A legacy identity mapping rule (bridge/mapping.py), kept as the rule's dict form."""
 

@@ -211,6 +211,24 @@ class AuditCheckpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class FederationRelationship:
+    """A federated trust domain as stored. ``bundle`` is the partner's last good bundle as JSON (the
+    bootstrap bundle until a fetch succeeds; None when neither exists yet); the times and
+    ``last_error`` say how fetching it goes."""
+
+    trust_domain: TrustDomain
+    bundle_endpoint_url: str
+    profile: str  # "https_web" or "https_spiffe"
+    endpoint_spiffe_id: SpiffeId | None
+    bundle: str | None
+    created_at: datetime
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    next_refresh_at: datetime | None = None
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMapping:
     """A legacy identity mapping rule as the datastore holds it."""
 

@@ -43,7 +43,12 @@ IDP_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 STRANGER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ADMIN_ID = "spiffe://example.org/admins/alice"
 AGENT = "spiffe://example.org/trustmesh/agent/join_token/nobody"
-PATH_VALUES = {"entry_id": "no-such-entry", "authority_id": "no-such-authority", "name": "no-such-mapping"}
+PATH_VALUES = {
+    "entry_id": "no-such-entry",
+    "authority_id": "no-such-authority",
+    "trust_domain": "no-such.test",
+    "name": "no-such-mapping",
+}
 
 
 @dataclass
@@ -266,6 +271,12 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/agents/evict"): {"spiffe_id": AGENT},
     ("POST", "/v1/x509-svids"): {"csr_pem": "", "spiffe_id": "spiffe://example.org/matrix/minted"},
     ("POST", "/v1/jwt-svids"): {"spiffe_id": "spiffe://example.org/matrix/minted", "audience": ["matrix"]},
+    # The CA's own trust domain: refused by the domain (400), so no partner is ever fetched.
+    ("POST", "/v1/federation/relationships"): {
+        "trust_domain": "example.org",
+        "bundle_endpoint_url": "https://127.0.0.1:1/",
+        "profile": "https_web",
+    },
 }
 
 
@@ -281,9 +292,11 @@ def call(client: httpx.Client, method: str, template: str) -> httpx.Response:
 
 
 def state(ca: Ca) -> list[Any]:
-    """What a refused call must not change: entries, authorities (and their live SVIDs), agents, CRLs."""
+    """What a refused call must not change: entries, authorities (and their live SVIDs), agents, CRLs,
+    federation relationships."""
+    paths = ("/v1/entries", "/v1/authorities", "/v1/agents", "/v1/crls", "/v1/federation/relationships")
     with ca.local() as admin:
-        return [admin.get_json(path) for path in ("/v1/entries", "/v1/authorities", "/v1/agents", "/v1/crls")]
+        return [admin.get_json(path) for path in paths]
 
 
 def test_every_route_is_allowed_only_to_the_matrix_roles_and_every_refusal_is_audited(ca: Ca) -> None:

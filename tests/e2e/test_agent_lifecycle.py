@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from sds.envoy_bootstrap import Outbound, envoy_bootstrap
+from spiffe_core.spiffe_id import TrustDomain
 from tests.support.envoy import running_envoy
 from tests.support.mesh import TRUST_DOMAIN, Mesh
 from tests.support.processes import background, command, free_port, run, wait_until
@@ -173,6 +174,7 @@ def test_envoy_bootstrap_inbound_forwards_to_the_application_over_mtls(tmp_path:
             frontend = envoy_bootstrap(
                 node_id="frontend",
                 spiffe_id=FRONTEND,
+                trust_domain=TrustDomain(TRUST_DOMAIN),
                 sds_socket=mesh.sds_socket,
                 admin_port=0,
                 outbound=Outbound(frontend_port, f"127.0.0.1:{backend_port}", BACKEND),

@@ -221,7 +221,7 @@ def reach_prepare(rig: CrashRig) -> Operation:
 def reach_activate(rig: CrashRig) -> Operation:
     old = rig.active_x509()
     new = rig.post("/v1/authorities/prepare", {"kind": "x509"})["changes"][0]["authority_id"]
-    time.sleep(REFRESH_HINT + 0.1)  # published for a refresh hint before it may sign
+    time.sleep(2 * REFRESH_HINT + 0.1)  # published for two refresh hints before it may sign
     return Operation(
         f"/v1/authorities/{new}/activate",
         {"force": False},

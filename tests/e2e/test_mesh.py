@@ -18,6 +18,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap
+from spiffe_core.spiffe_id import TrustDomain
 from tests.support.envoy import running_envoy
 from tests.support.mesh import TRUST_DOMAIN, Mesh
 from tests.support.processes import command, free_port, run, wait_until
@@ -49,6 +50,7 @@ def envoy_pair(mesh: Mesh) -> tuple[dict[str, object], dict[str, object], int, i
     backend = envoy_bootstrap(
         node_id="backend",
         spiffe_id=BACKEND,
+        trust_domain=TrustDomain(TRUST_DOMAIN),
         sds_socket=mesh.sds_socket,
         admin_port=0,
         inbound=Inbound(backend_port, (FRONTEND,)),
@@ -56,6 +58,7 @@ def envoy_pair(mesh: Mesh) -> tuple[dict[str, object], dict[str, object], int, i
     frontend = envoy_bootstrap(
         node_id="frontend",
         spiffe_id=FRONTEND,
+        trust_domain=TrustDomain(TRUST_DOMAIN),
         sds_socket=mesh.sds_socket,
         admin_port=0,
         outbound=Outbound(frontend_port, f"127.0.0.1:{backend_port}", BACKEND),

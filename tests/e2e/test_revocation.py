@@ -15,9 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sds.envoy_bootstrap import Inbound, envoy_bootstrap
+from spiffe_core.spiffe_id import TrustDomain
 from tests.e2e.test_mesh import BACKEND, FRONTEND, envoy_pair, get_through, start_agent, wait_for_mtls
 from tests.support.envoy import running_envoy
-from tests.support.mesh import Mesh
+from tests.support.mesh import TRUST_DOMAIN, Mesh
 from tests.support.processes import free_port, wait_until
 from tests.support.tls_peer import client_context, connects
 from tests.support.traffic import continuous_requests
@@ -88,6 +89,7 @@ def test_an_open_connection_of_a_revoked_peer_ends_within_the_bounded_connection
         backend = envoy_bootstrap(
             node_id="backend",
             spiffe_id=BACKEND,
+            trust_domain=TrustDomain(TRUST_DOMAIN),
             sds_socket=mesh.sds_socket,
             admin_port=0,
             inbound=Inbound(backend_port, (FRONTEND,)),

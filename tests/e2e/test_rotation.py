@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 # ca.ttl 48 s: prepare at 24 s, activate at 40 s, then a new authority every 24 s. SVIDs live 8 s (at
 # most ca.ttl/6) and rotate at about 4 s; the refresh hint is 3 s (shorter than the SVID TTL, at most
-# ca.ttl/3).
+# ca.ttl/6).
 SHORT_TTLS = """
 [ca]
 ttl = "48s"
@@ -135,7 +135,7 @@ def test_officer_rotation_under_live_traffic_fails_no_request_and_revoke_cuts_th
             assert connects(backend_port, old_client)
             with continuous_requests(frontend_port) as traffic:
                 prepared = officer(mesh, "authority", "prepare")["changes"][0]["authority_id"]
-                time.sleep(2.1)  # one refresh hint in the bundle before it may sign
+                time.sleep(4.1)  # two refresh hints in the bundle before it may sign
                 before = backend_envoy.certificate_serials() | frontend_envoy.certificate_serials()
                 started = time.monotonic()  # through the admin API: CLI start-up is not what is measured
                 with admin_api(mesh) as admin:

@@ -120,6 +120,20 @@ def running_envoy(
         yield envoy
 
 
+def one_request_per_upstream_connection(bootstrap: dict[str, Any]) -> None:
+    """Make every request through the bootstrap's ``upstream`` cluster a new TLS handshake with the
+    server Envoy, so certificate and bundle changes are exercised on each request instead of hiding
+    behind a pooled connection."""
+    (cluster,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "upstream")
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"max_requests_per_connection": 1},
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    }
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     text = path.read_text(errors="replace") if path.exists() else ""
     return "\n".join(text.splitlines()[-lines:])

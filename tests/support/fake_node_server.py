@@ -55,6 +55,7 @@ class FakeNodeServicer:
     bundle: Bundle | None = None
     tainted_authority_ids: list[str] = field(default_factory=list)
     revoked_serials: list[str] = field(default_factory=list)
+    federated_bundles: dict[str, Bundle] = field(default_factory=dict)  # by trust domain name, for every agent
     agents: set[SpiffeId] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
     version: int = 0
@@ -87,6 +88,7 @@ class FakeNodeServicer:
             entries=[e for e in self.entries if e.parent_id == str(agent)],
             tainted_authority_ids=self.tainted_authority_ids,
             revoked_serials=self.revoked_serials,
+            federated_bundles={td: bundle.to_json().encode() for td, bundle in self.federated_bundles.items()},
         )
 
     async def _agent(self, context: Context) -> SpiffeId:
@@ -180,6 +182,15 @@ class FakeNodeServicer:
             expires_at=expires_at,
         )
         return node_pb2.MintJwtSvidResponse(token=token, expires_at=int(expires_at.timestamp()))
+
+    async def RefreshFederatedBundle(
+        self, request: node_pb2.RefreshFederatedBundleRequest, context: Context
+    ) -> node_pb2.RefreshFederatedBundleResponse:
+        """Answers the federated bundle it holds (a test changes ``federated_bundles`` to play a fetch)."""
+        self.calls["RefreshFederatedBundle"] += 1
+        await self._agent(context)
+        bundle = self.federated_bundles.get(request.trust_domain)
+        return node_pb2.RefreshFederatedBundleResponse(bundle=b"" if bundle is None else bundle.to_json().encode())
 
 
 def serving_svid(ca: SigningCa, server_name: str = SERVER_NAME, spiffe_id: SpiffeId | None = None) -> X509Svid:

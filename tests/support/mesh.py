@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class Mesh:
     # The agent's sockets go to root/<this>. None: the agent's default, <agent_dir>-public, whose
     # private proxy sockets are too long for a Unix socket under pytest's tmp_path (use a short root).
     socket_dir_name: str | None = "run"
+    trust_domain: str = TRUST_DOMAIN
 
     @property
     def ca_config(self) -> Path:
@@ -54,7 +55,7 @@ class Mesh:
 
     def write_ca_config(self, extra: str = "") -> None:
         self.ca_config.write_text(
-            f'trust_domain = "{TRUST_DOMAIN}"\n{extra}\n[server]\ndata_dir = "{self.root / "ca"}"\n'
+            f'trust_domain = "{self.trust_domain}"\n{extra}\n[server]\ndata_dir = "{self.root / "ca"}"\n'
             f'http_address = "127.0.0.1:{self.http_port}"\nnode_api_address = "127.0.0.1:{self.node_port}"\n'
             f'attestation_address = "127.0.0.1:{self.attestation_port}"\n'
         )
@@ -91,7 +92,7 @@ class Mesh:
         config = path or self.root / "agent.toml"
         sockets = socket_dir or (None if self.socket_dir_name is None else self.socket_dir)
         config.write_text(
-            f'trust_domain = "{TRUST_DOMAIN}"\nserver_address = "127.0.0.1:{self.node_port}"\n'
+            f'trust_domain = "{self.trust_domain}"\nserver_address = "127.0.0.1:{self.node_port}"\n'
             f'attestation_address = "127.0.0.1:{self.attestation_port}"\n'
             f'trust_bundle_path = "{self.root / "bundle.pem"}"\njoin_token = "{token}"\n'
             f'data_dir = "{data_dir or self.agent_dir}"\n' + ("" if sockets is None else f'socket_dir = "{sockets}"\n')
@@ -107,10 +108,19 @@ class Mesh:
             wait_until(lambda: self._alive("agent") and self.sds_socket.exists(), 20, "the agent's SDS socket")
             yield proc
 
-    def create_entry(self, spiffe_id: str, parent_id: str, *selectors: str, x509_ttl: str | None = None) -> str:
+    def create_entry(
+        self,
+        spiffe_id: str,
+        parent_id: str,
+        *selectors: str,
+        x509_ttl: str | None = None,
+        federates_with: Sequence[str] = (),
+    ) -> str:
         args = ["entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent_id, "--json"]
         for selector in selectors:
             args += ["--selector", selector]
+        for trust_domain in federates_with:
+            args += ["--federates-with", trust_domain]
         if x509_ttl:
             args += ["--x509-ttl", x509_ttl]
         return str(json.loads(self.ca(*args))["id"])

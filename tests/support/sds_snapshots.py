@@ -59,8 +59,12 @@ class TestCa:
         *,
         entry_id: str | None = None,
         federates_with: Iterable[str] = (),
+        claiming: str | None = None,
     ) -> WorkloadSvid:
-        spiffe_id = SpiffeId(self.trust_domain, path)
+        """An X509-SVID for ``path`` in this CA's trust domain — or, with ``claiming``, a certificate
+        signed by this CA that carries that SPIFFE ID of another trust domain: what a malicious or
+        compromised partner CA would issue to impersonate a workload of ours."""
+        spiffe_id = SpiffeId(self.trust_domain, path) if claiming is None else SpiffeId.parse(claiming)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         leaf = x509_svid_builder(

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sds.attestor import ProcessAttestor
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.peer_endpoint import AttestedEndpoint
-from sds.workload_api import JwtSvidMinter, WorkloadApiService
+from sds.workload_api import FederatedBundleRefresher, JwtSvidMinter, WorkloadApiService
 from spiffe_core.bundle import Bundle, JwtAuthority
 from spiffe_core.clock import Clock, SystemClock
 from spiffe_core.jwt_svid import mint_jwt_svid
@@ -74,6 +74,22 @@ class FakeJwtMinter:
         return self.key.mint(spiffe_id, audience)
 
 
+@dataclass
+class FakeBundleRefresher:
+    """The agent manager's part of ValidateJWTSVID's retry on an unknown key: answers ``bundle`` (or
+    raises ``error``) instead of asking a CA, and records each call."""
+
+    bundle: Bundle | None = None
+    error: Exception | None = None
+    calls: list[tuple[TrustDomain, str]] = field(default_factory=list)
+
+    async def refresh_federated_bundle(self, trust_domain: TrustDomain, key_id: str) -> Bundle | None:
+        self.calls.append((trust_domain, key_id))
+        if self.error is not None:
+            raise self.error
+        return self.bundle
+
+
 def with_jwt_key(snapshot: CacheSnapshot, key: TestJwtKey) -> CacheSnapshot:
     """The snapshot with ``key`` published in its own bundle."""
     assert snapshot.bundle is not None
@@ -94,10 +110,13 @@ async def serve_workload_api(
     socket: Path,
     clock: Clock | None = None,
     process_attestor: ProcessAttestor | None = None,
+    bundle_refresher: FederatedBundleRefresher | None = None,
 ) -> AsyncIterator[AttestedEndpoint]:
     """The Workload API on ``socket`` through the attesting proxy, until the block ends."""
     endpoint = AttestedEndpoint(socket, process_attestor=process_attestor)
-    service = WorkloadApiService(cache, endpoint.attestor, minter, clock or SystemClock())
+    service = WorkloadApiService(
+        cache, endpoint.attestor, minter, clock or SystemClock(), bundle_refresher=bundle_refresher
+    )
     endpoint.add_servicer(lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(service, server))
     async with endpoint:
         yield endpoint

@@ -10,6 +10,7 @@ from ca.store.repositories.authorities import AuthorityRepository
 from ca.store.repositories.bundle_state import TrustBundleStateRepository
 from ca.store.repositories.certificates import IssuedCertificateRepository
 from ca.store.repositories.entries import RegistrationEntryRepository
+from ca.store.repositories.federation import FederationRepository
 from ca.store.repositories.join_tokens import JoinTokenRepository
 from ca.store.repositories.mappings import IdentityMappingRepository
 
@@ -18,6 +19,7 @@ __all__ = [
     "AuditCheckpointRepository",
     "AuditLogRepository",
     "AuthorityRepository",
+    "FederationRepository",
     "IdentityMappingRepository",
     "IssuedCertificateRepository",
     "JoinTokenRepository",

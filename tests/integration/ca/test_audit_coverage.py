@@ -22,6 +22,7 @@ from ca.authority_ops import AuthorityOperations
 from ca.http_api import create_admin_app
 from ca.issuance import X509SvidRequest
 from ca.rbac import BREAK_GLASS_ROLE
+from ca.rotation import PUBLISH_HINTS
 from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import AgentRepository, AuditLogRepository, AuditQuery, AuditRecord, Database
@@ -93,7 +94,7 @@ def officer_mint(officer: Officer) -> int:
 def test_each_officer_operation_is_one_record_by_the_officer(officer: Officer) -> None:
     old = officer.authorities.get_current().active_x509().id
     new = officer.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
-    officer.clock.advance(HINT)
+    officer.clock.advance(HINT * PUBLISH_HINTS)
     officer.ops.activate(new, OFFICER)
     officer.ops.taint(old, OFFICER)
     officer.ops.revoke(old, OFFICER)

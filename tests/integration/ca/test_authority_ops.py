@@ -18,6 +18,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import JwtSvidRequest, X509SvidRequest
 from ca.keys.memory import MemoryKeyManager
+from ca.rotation import PUBLISH_HINTS
 from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import Database
@@ -112,10 +113,13 @@ def test_prepared_authority_is_published_before_it_signs(ca: Ca) -> None:
     assert ca.active_id() != prepared[0]
 
 
-def test_activate_is_refused_before_the_prepared_authority_was_published_for_a_refresh_hint(ca: Ca) -> None:
+def test_activate_is_refused_before_the_prepared_authority_was_published_for_two_refresh_hints(ca: Ca) -> None:
     report = ca.ops.prepare(AuthorityKind.X509, OFFICER)
     new_id = report.changes[0].authority_id
     with pytest.raises(FailedPrecondition, match="refresh"):
+        ca.ops.activate(new_id, OFFICER)
+    ca.clock.advance(HINT)
+    with pytest.raises(FailedPrecondition, match="2 chances"):
         ca.ops.activate(new_id, OFFICER)
     ca.clock.advance(HINT)
     ca.ops.activate(new_id, OFFICER)
@@ -139,7 +143,7 @@ def test_revoking_an_authority_with_live_svids_needs_a_taint_first(ca: Ca) -> No
     old = ca.active_id()
     ca.mint()
     new_id = ca.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
-    ca.clock.advance(HINT)
+    ca.clock.advance(HINT * PUBLISH_HINTS)
     ca.ops.activate(new_id, OFFICER)
     with pytest.raises(FailedPrecondition, match="Taint it first"):
         ca.ops.revoke(old, OFFICER)
@@ -155,7 +159,7 @@ def test_dry_runs_change_nothing_and_report_what_the_operation_then_does(ca: Ca)
     for _ in range(3):
         ca.mint()
     new_id = ca.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
-    ca.clock.advance(HINT)
+    ca.clock.advance(HINT * PUBLISH_HINTS)
     ca.ops.activate(new_id, OFFICER)
     before = ca.db_dump()
     dry = ca.ops.taint(old, OFFICER, dry_run=True)
@@ -236,7 +240,7 @@ def test_a_revoked_jwt_key_leaves_the_bundle_and_its_tokens_no_longer_validate(c
 def test_an_activation_leaves_the_crls_as_they_were_so_no_validation_context_changes(ca: Ca) -> None:
     new_id = ca.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
     before = set(ca.authorities.get_current().crls)
-    ca.clock.advance(HINT)
+    ca.clock.advance(HINT * PUBLISH_HINTS)
     ca.ops.activate(new_id, OFFICER)
     assert set(ca.authorities.get_current().crls) == before
     assert len(before) == 2

@@ -20,6 +20,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.issuance import IssuedX509Svid, X509SvidRequest
 from ca.keys.memory import MemoryKeyManager
+from ca.rotation import PUBLISH_HINTS
 from ca.rotator import Rotator
 from ca.service import CaService
 from ca.store import Database
@@ -60,7 +61,7 @@ class DiskCa:
     def rotate(self) -> str:
         """Prepare and activate the next X.509 authority as an officer would; returns its ID."""
         new_id = self.ops.prepare(AuthorityKind.X509, OFFICER).changes[0].authority_id
-        self.clock.advance(HINT)
+        self.clock.advance(HINT * PUBLISH_HINTS)
         self.ops.activate(new_id, OFFICER)
         return new_id
 

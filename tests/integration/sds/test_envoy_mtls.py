@@ -28,7 +28,7 @@ from sds.cache import CacheSnapshot, WorkloadCache
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap
 from sds.sds_v3 import SecretDiscoveryService
 from spiffe_core.selectors import Selector
-from tests.support.envoy import Envoy, running_envoy
+from tests.support.envoy import Envoy, one_request_per_upstream_connection, running_envoy
 from tests.support.processes import wait_until
 from tests.support.sds_snapshots import TestCa, snapshot
 
@@ -146,6 +146,7 @@ def start_mesh(
     server_bootstrap = envoy_bootstrap(
         node_id="server",
         spiffe_id=SERVER_ID,
+        trust_domain=server_snapshot.trust_domain,
         sds_socket=server_socket,
         admin_port=0,
         inbound=Inbound(port=0, allowed_peers=(CLIENT_ID, FOREIGN_CLIENT_ID)),
@@ -155,12 +156,13 @@ def start_mesh(
     client_bootstrap = envoy_bootstrap(
         node_id="client",
         spiffe_id="default",
+        trust_domain=client_snapshot.trust_domain,
         sds_socket=client_socket,
         admin_port=0,
         outbound=Outbound(port=0, upstream=f"127.0.0.1:{server.listener_port('inbound')}", upstream_id=SERVER_ID),
     )
     _use_sds_api(client_bootstrap, api_type)
-    _one_request_per_upstream_connection(client_bootstrap)
+    one_request_per_upstream_connection(client_bootstrap)
     client = stack.enter_context(running_envoy(client_bootstrap, workdir, "client"))
     url = f"http://127.0.0.1:{client.listener_port('outbound')}/"
     return Mesh(agents, server_cache, client_cache, server, client, url)
@@ -176,19 +178,6 @@ def _use_sds_api(node: Any, api_type: str) -> None:
     elif isinstance(node, list):
         for value in node:
             _use_sds_api(value, api_type)
-
-
-def _one_request_per_upstream_connection(bootstrap: dict[str, Any]) -> None:
-    """Every request makes a new TLS handshake to the server Envoy, so certificate and bundle
-    changes are exercised on each request instead of hiding behind a pooled connection."""
-    (cluster,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "upstream")
-    cluster["typed_extension_protocol_options"] = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "common_http_protocol_options": {"max_requests_per_connection": 1},
-            "explicit_http_config": {"http_protocol_options": {}},
-        }
-    }
 
 
 def verify_failures(envoy: Envoy) -> int:
@@ -238,6 +227,62 @@ def test_server_refuses_a_client_from_an_unknown_trust_domain(
 
         assert response.status_code == 503
         assert verify_failures(mesh.server) == 1  # refused by the server, not by the client
+
+
+def test_server_accepts_a_client_of_a_trust_domain_it_federates_with(
+    ca: TestCa, foreign_ca: TestCa, agents: Agents, workdir: Path
+) -> None:
+    # Each side's agent holds the other's bundle for the entry that federates with it; each Envoy
+    # then validates with ALL (its own and the federated trust domain, each with its own bundle).
+    with ExitStack() as stack:
+        mesh = start_mesh(
+            stack,
+            agents,
+            workdir,
+            snapshot(
+                ca,
+                [ca.svid("/server", ["unix:uid:0"], federates_with=["other.example"])],
+                federated={"other.example": foreign_ca.bundle()},
+            ),
+            snapshot(
+                foreign_ca,
+                [foreign_ca.svid("/client", ["unix:uid:0"], federates_with=["example.org"])],
+                federated={"example.org": ca.bundle()},
+            ),
+        )
+
+        response = mesh.get()
+
+        assert response.status_code == 200
+        assert response.headers["x-peer-spiffe-id"] == FOREIGN_CLIENT_ID
+
+
+def test_server_refuses_a_federated_trust_domains_certificate_claiming_one_of_its_own_ids(
+    ca: TestCa, foreign_ca: TestCa, agents: Agents, workdir: Path
+) -> None:
+    # other.example's CA signs a certificate for spiffe://example.org/client (an allowed peer): the
+    # server's SPIFFE validator checks it with example.org's bundle only, never other.example's.
+    with ExitStack() as stack:
+        mesh = start_mesh(
+            stack,
+            agents,
+            workdir,
+            snapshot(
+                ca,
+                [ca.svid("/server", ["unix:uid:0"], federates_with=["other.example"])],
+                federated={"other.example": foreign_ca.bundle()},
+            ),
+            snapshot(
+                foreign_ca,
+                [foreign_ca.svid("/client", ["unix:uid:0"], federates_with=["example.org"], claiming=CLIENT_ID)],
+                federated={"example.org": ca.bundle()},
+            ),
+        )
+
+        response = mesh.get()
+
+        assert response.status_code == 503
+        assert verify_failures(mesh.server) == 1
 
 
 def test_server_refuses_a_client_whose_svid_is_revoked(ca: TestCa, agents: Agents, workdir: Path) -> None:

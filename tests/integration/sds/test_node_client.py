@@ -244,3 +244,14 @@ async def test_jwt_svids_are_minted_by_the_ca_and_reused(server: FakeNodeServer,
     svid = validate_jwt_svid(token, audience=["db"], bundle_source=servicer.current_bundle(), now=datetime.now(UTC))
     assert svid.spiffe_id == WEB
     assert svid.expiry - datetime.now(UTC) <= timedelta(minutes=5)
+
+
+async def test_a_federated_bundle_refresh_answers_the_cas_copy_of_that_trust_domain(
+    server: FakeNodeServer, agent: Agent
+) -> None:
+    partner = TrustDomain("partner.example")
+    assert await agent.client.refresh_federated_bundle(partner, "new-key") is None  # the CA holds none yet
+    fetched = SigningCa.create(partner, datetime.now(UTC)).bundle(sequence=4)
+    server.servicer.federated_bundles["partner.example"] = fetched
+    assert await agent.client.refresh_federated_bundle(partner, "new-key") == fetched
+    assert server.servicer.calls["RefreshFederatedBundle"] == 2

@@ -26,6 +26,7 @@ from tests.support.grpc_streams import WAIT, Stream
 from tests.support.sds_snapshots import TestCa, snapshot
 from tests.support.workload_api import (
     SECURITY_HEADER,
+    FakeBundleRefresher,
     FakeJwtMinter,
     TestJwtKey,
     serve_workload_api,
@@ -48,6 +49,7 @@ class Agent:
     minter: FakeJwtMinter
     clock: FakeClock
     stub: Any
+    refresher: FakeBundleRefresher
     version: int = 1
 
     def snapshot(self, svids: Iterable[WorkloadSvid], *, with_bundle: bool = True) -> CacheSnapshot:
@@ -71,9 +73,12 @@ async def agent() -> AsyncIterator[Agent]:
     minter = FakeJwtMinter(jwt_key)
     cache = WorkloadCache(CacheSnapshot(ca.trust_domain))
     clock = FakeClock(datetime.now(UTC))
+    refresher = FakeBundleRefresher()
     with socket_directory() as directory:
         async with (
-            serve_workload_api(cache, minter, directory / "workload.sock", clock) as endpoint,
+            serve_workload_api(
+                cache, minter, directory / "workload.sock", clock, bundle_refresher=refresher
+            ) as endpoint,
             grpc.aio.insecure_channel(f"unix:{endpoint.public_socket}") as channel,
         ):
             state = Agent(
@@ -85,6 +90,7 @@ async def agent() -> AsyncIterator[Agent]:
                 minter,
                 clock,
                 workload_pb2_grpc.SpiffeWorkloadAPIStub(channel),
+                refresher,
             )
             await state.publish([ca.svid("/web", [ME]), ca.svid("/db", [STRANGER])])
             yield state
@@ -397,11 +403,99 @@ async def test_validate_jwt_svid_returns_spiffe_id_and_claims(agent: Agent) -> N
 
 
 async def test_validate_jwt_svid_uses_the_federated_bundle_of_a_foreign_subject(agent: Agent) -> None:
+    await agent.publish([agent.ca.svid("/web", [ME], federates_with=["partner.org"])])
     token = agent.partner_jwt_key.mint(SpiffeId.parse("spiffe://partner.org/payments"), ["api"], agent.clock.now())
     response = await agent.stub.ValidateJWTSVID(
         workload_pb2.ValidateJWTSVIDRequest(audience="api", svid=token), metadata=SECURITY_HEADER
     )
     assert response.spiffe_id == "spiffe://partner.org/payments"
+
+
+async def test_validate_jwt_svid_refuses_a_trust_domain_only_another_workload_federates_with(agent: Agent) -> None:
+    await agent.publish(
+        [agent.ca.svid("/web", [ME]), agent.ca.svid("/batch", [STRANGER], federates_with=["partner.org"])]
+    )
+    assert TrustDomain("partner.org") in agent.cache.get_snapshot().federated_bundles  # the agent holds it
+    token = agent.partner_jwt_key.mint(SpiffeId.parse("spiffe://partner.org/payments"), ["api"], agent.clock.now())
+    error = await rpc_error(
+        agent.stub.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="api", svid=token), metadata=SECURITY_HEADER
+        )
+    )
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "JWT-SVID is not valid: no bundle for trust domain partner.org, the trust domain of "
+        "spiffe://partner.org/payments; a JWT-SVID is validated only with its own trust domain's bundle — "
+        "federate with it first",
+    )
+
+
+async def validate_error(agent: Agent, token: str) -> grpc.aio.AioRpcError:
+    return await rpc_error(
+        agent.stub.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="api", svid=token), metadata=SECURITY_HEADER
+        )
+    )
+
+
+PAYMENTS = SpiffeId.parse("spiffe://partner.org/payments")
+NEW_KEY_UNKNOWN = (
+    "JWT-SVID is not valid: JWT-SVID key 'partner-key-2' is not a JWT authority in the bundle of partner.org; "
+    "the key is unknown, removed, or the bundle is stale"
+)
+
+
+async def test_a_federated_partners_brand_new_key_validates_with_the_cas_fresh_bundle(agent: Agent) -> None:
+    await agent.publish([agent.ca.svid("/web", [ME], federates_with=["partner.org"])])
+    new_key = TestJwtKey.create(agent.partner.trust_domain, "partner-key-2")
+    agent.refresher.bundle = new_key.publish_in(agent.partner_jwt_key.publish_in(agent.partner.bundle(sequence=2)))
+    token = new_key.mint(PAYMENTS, ["api"], agent.clock.now())
+    response = await agent.stub.ValidateJWTSVID(
+        workload_pb2.ValidateJWTSVIDRequest(audience="api", svid=token), metadata=SECURITY_HEADER
+    )
+    assert response.spiffe_id == str(PAYMENTS)
+    assert agent.refresher.calls == [(agent.partner.trust_domain, "partner-key-2")]
+
+
+async def test_a_key_the_cas_fresh_bundle_lacks_too_is_refused_saying_so(agent: Agent) -> None:
+    await agent.publish([agent.ca.svid("/web", [ME], federates_with=["partner.org"])])
+    agent.refresher.bundle = agent.partner_jwt_key.publish_in(agent.partner.bundle(sequence=2))
+    token = TestJwtKey.create(agent.partner.trust_domain, "partner-key-2").mint(PAYMENTS, ["api"], agent.clock.now())
+    error = await validate_error(agent, token)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{NEW_KEY_UNKNOWN}; the CA's fresh copy of partner.org's bundle lacks it too",
+    )
+
+
+async def test_an_unknown_key_is_refused_as_it_is_when_the_ca_cannot_be_asked(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    await agent.publish([agent.ca.svid("/web", [ME], federates_with=["partner.org"])])
+    agent.refresher.error = UpstreamUnavailable("node API RefreshFederatedBundle at 127.0.0.1:8081 is unavailable")
+    token = TestJwtKey.create(agent.partner.trust_domain, "partner-key-2").mint(PAYMENTS, ["api"], agent.clock.now())
+    error = await validate_error(agent, token)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, NEW_KEY_UNKNOWN)
+    assert "could not get a fresh bundle of partner.org from the CA for an unknown JWT key" in caplog.text
+
+
+async def test_no_fresh_bundle_is_asked_for_a_trust_domain_the_caller_does_not_federate_with(agent: Agent) -> None:
+    await agent.publish(
+        [agent.ca.svid("/web", [ME]), agent.ca.svid("/batch", [STRANGER], federates_with=["partner.org"])]
+    )
+    token = TestJwtKey.create(agent.partner.trust_domain, "partner-key-2").mint(PAYMENTS, ["api"], agent.clock.now())
+    assert (
+        (await validate_error(agent, token)).details().startswith("JWT-SVID is not valid: no bundle for trust domain")
+    )
+    assert agent.refresher.calls == []
+
+
+async def test_no_fresh_bundle_is_asked_for_an_unknown_key_of_the_own_trust_domain(agent: Agent) -> None:
+    token = TestJwtKey.create(agent.ca.trust_domain, "unknown-key").mint(
+        SpiffeId.parse("spiffe://example.org/web"), ["api"]
+    )
+    await validate_error(agent, token)
+    assert agent.refresher.calls == []
 
 
 async def test_validate_jwt_svid_rejects_token_for_another_audience(agent: Agent) -> None:

@@ -69,6 +69,7 @@ def build_app(audit: RecordedAudit, domain: Unreachable, agents: Unreachable | N
         join_tokens=domain,
         authorities=domain,
         agents=agents or domain,
+        federation=domain,
         mappings=domain,
         authenticator=Callers(),
         audit=audit,

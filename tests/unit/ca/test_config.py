@@ -288,7 +288,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api, audit, bridge",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation, vault, admin_api, audit, bridge",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -301,7 +301,8 @@ INVALID = [
         "[certificate_authority]\n",
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
-        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, vault, admin_api, audit, bridge",
+        "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation, vault, "
+        "admin_api, audit, bridge",
         id="unknown-section",
     ),
     pytest.param(

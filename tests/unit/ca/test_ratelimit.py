@@ -160,8 +160,26 @@ def test_attestations_are_limited_per_source(clock: Monotonic) -> None:
     guard.admit_attestation("10.0.0.2")
 
 
+def test_federated_bundle_refreshes_are_limited_per_agent(clock: Monotonic) -> None:
+    guard = NodeApiGuard(NodeApiLimits(bundle_refresh=Rate(0.5, 2)), monotonic=clock)
+    guard.admit_bundle_refresh(NODE_1)
+    guard.admit_bundle_refresh(NODE_1)
+    with pytest.raises(ResourceExhausted) as raised:
+        guard.admit_bundle_refresh(NODE_1)
+    assert str(raised.value) == (
+        "agent spiffe://example.org/trustmesh/agent/join_token/node-1 is over its federated bundle refresh rate "
+        "(0.5 per second, bursts of 2; node_api.ratelimit.bundle_refresh); retry in 2.0 s"
+    )
+    guard.admit_bundle_refresh(NODE_2)
+    clock.now += 2.0
+    guard.admit_bundle_refresh(NODE_1)
+
+
 def test_a_rate_of_zero_turns_the_limit_off(clock: Monotonic) -> None:
-    guard = NodeApiGuard(NodeApiLimits(signing=Rate(0, 1), attestation=Rate(0, 1)), monotonic=clock)
+    guard = NodeApiGuard(
+        NodeApiLimits(signing=Rate(0, 1), attestation=Rate(0, 1), bundle_refresh=Rate(0, 1)), monotonic=clock
+    )
     for _ in range(100):
         guard.admit_signing(NODE_1, 1000)
         guard.admit_attestation("10.0.0.1")
+        guard.admit_bundle_refresh(NODE_1)

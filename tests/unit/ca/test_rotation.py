@@ -64,11 +64,11 @@ def test_a_prepared_authority_is_activated_at_five_sixths() -> None:
     assert (step.kind, step.authority_id) == (StepKind.ACTIVATE, "b")
 
 
-def test_activation_waits_until_the_prepared_authority_was_published_for_a_refresh_hint() -> None:
+def test_activation_waits_until_the_prepared_authority_was_published_for_two_refresh_hints() -> None:
     late = T0 + LIFE * 5 / 6 + timedelta(minutes=1)  # prepared late, e.g. the CA was down at half-life
     records = [authority("a", AuthorityState.ACTIVE), authority("b", AuthorityState.PREPARED, start=late)]
-    assert x509_steps(records, late + timedelta(minutes=4)) == []
-    (step,) = x509_steps(records, late + PARAMS.refresh_hint)
+    assert x509_steps(records, late + PARAMS.refresh_hint * 2 - timedelta(seconds=1)) == []
+    (step,) = x509_steps(records, late + PARAMS.refresh_hint * 2)
     assert step.kind is StepKind.ACTIVATE
 
 

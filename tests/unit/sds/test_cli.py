@@ -105,3 +105,36 @@ def test_envoy_bootstrap_allows_the_agents_trust_domain_when_asked(capsys: pytes
     assert tls["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"] == [
         {"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}}
     ]
+
+
+def test_envoy_bootstrap_allows_a_federated_trust_domain_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "envoy-bootstrap", "--inbound-port", "8443", "--allow-trust-domain", "--allow-trust-domain", "b.test"
+    )
+    assert code == 0
+    listener = json.loads(out)["static_resources"]["listeners"][0]
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert tls["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}},
+        {"san_type": "URI", "matcher": {"prefix": "spiffe://b.test/"}},
+    ]
+    assert tls["combined_validation_context"]["validation_context_sds_secret_config"]["name"] == "ALL"
+
+
+def test_envoy_bootstrap_calls_a_federated_upstream_with_every_trust_domains_bundle(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "envoy-bootstrap",
+        "--outbound-port",
+        "10000",
+        "--upstream",
+        "127.0.0.1:8443",
+        "--upstream-id",
+        "spiffe://b.test/api",
+    )
+    assert code == 0
+    (upstream,) = [c for c in json.loads(out)["static_resources"]["clusters"] if c["name"] == "upstream"]
+    tls = upstream["transport_socket"]["typed_config"]["common_tls_context"]
+    assert tls["combined_validation_context"]["validation_context_sds_secret_config"]["name"] == "ALL"

@@ -1,6 +1,7 @@
 """Envoy bootstraps (sds/envoy_bootstrap.py) as configuration: the inbound listener forwards to the
 application or answers itself, peers are allowed by exact SPIFFE ID or — only when asked — by trust
-domain, and a bootstrap without a listener or an inbound listener that allows nobody is refused.
+domain (the own or a federated one, validated then with every trust domain's own bundle: ``ALL``), and
+a bootstrap without a listener or an inbound listener that allows nobody is refused.
 Real Envoy runs them in tests/e2e/test_agent_lifecycle.py and tests/e2e/test_mesh.py."""
 
 from __future__ import annotations
@@ -12,14 +13,35 @@ import pytest
 
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, parse_host_port
 from spiffe_core.errors import InvalidArgument
+from spiffe_core.spiffe_id import TrustDomain
 
 SDS = Path("/run/agent/sds.sock")
 WEB = "spiffe://example.org/web"
 API = "spiffe://example.org/api"
+PARTNER_WEB = "spiffe://partner.example/web"
 
 
 def bootstrap(inbound: Inbound | None = None, outbound: Outbound | None = None) -> dict[str, Any]:
-    return envoy_bootstrap(node_id="n", spiffe_id=API, sds_socket=SDS, admin_port=0, inbound=inbound, outbound=outbound)
+    return envoy_bootstrap(
+        node_id="n",
+        spiffe_id=API,
+        trust_domain=TrustDomain("example.org"),
+        sds_socket=SDS,
+        admin_port=0,
+        inbound=inbound,
+        outbound=outbound,
+    )
+
+
+def validation_context(config: dict[str, Any], listener_or_cluster: str) -> str:
+    """The SDS secret name of the validation context the inbound listener or the upstream cluster uses."""
+    if listener_or_cluster == "inbound":
+        (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "inbound"]
+        tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    else:
+        tls = cluster(config, listener_or_cluster)["transport_socket"]["typed_config"]
+    name: str = tls["common_tls_context"]["combined_validation_context"]["validation_context_sds_secret_config"]["name"]
+    return name
 
 
 def inbound_parts(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -64,8 +86,36 @@ def test_inbound_without_an_upstream_answers_itself() -> None:
 
 
 def test_the_whole_trust_domain_is_allowed_only_by_a_prefix_of_that_trust_domain() -> None:
-    _, _, matchers = inbound_parts(bootstrap(Inbound(8443, (), allowed_trust_domain="example.org")))
+    _, _, matchers = inbound_parts(bootstrap(Inbound(8443, (), allowed_trust_domains=("example.org",))))
     assert matchers == [{"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}}]
+
+
+def test_peers_of_the_own_trust_domain_are_validated_with_its_bundle_alone() -> None:
+    config = bootstrap(Inbound(8443, (WEB,), allowed_trust_domains=("example.org",)), Outbound(10000, "b:1", WEB))
+    assert (validation_context(config, "inbound"), validation_context(config, "upstream")) == ("ROOTCA", "ROOTCA")
+
+
+def test_a_peer_of_a_federated_trust_domain_is_validated_with_every_trust_domains_own_bundle() -> None:
+    config = bootstrap(Inbound(8443, (WEB, PARTNER_WEB)), Outbound(10000, "b:1", PARTNER_WEB))
+    assert (validation_context(config, "inbound"), validation_context(config, "upstream")) == ("ALL", "ALL")
+
+
+def test_a_federated_trust_domain_is_allowed_by_its_own_prefix() -> None:
+    config = bootstrap(Inbound(8443, (WEB,), allowed_trust_domains=("partner.example",)))
+    _, _, matchers = inbound_parts(config)
+    assert matchers == [
+        {"san_type": "URI", "matcher": {"exact": WEB}},
+        {"san_type": "URI", "matcher": {"prefix": "spiffe://partner.example/"}},
+    ]
+    assert validation_context(config, "inbound") == "ALL"
+
+
+def test_a_malformed_allowed_trust_domain_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        bootstrap(Inbound(8443, (), allowed_trust_domains=("Partner.Example",)))
+    assert str(caught.value) == (
+        "trust domain 'Partner.Example' has uppercase letters; trust domains are lowercase — use 'partner.example'"
+    )
 
 
 def test_inbound_that_allows_no_peer_is_refused() -> None:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -69,6 +70,8 @@ class FakeNodeApi:
         self.real_jwts = False
         self.rate_limited = 0  # this many calls are refused for the CA's signing rate first
         self.retry_after = 0.0
+        self.bundle_refreshes: list[tuple[TrustDomain, str]] = []
+        self.refreshed: Bundle | None = None
 
     async def sync(self) -> AsyncIterator[SyncState]:
         script = self.streams.pop(0) if self.streams else []
@@ -114,6 +117,11 @@ class FakeNodeApi:
             )
             return token, expires_at
         return f"jwt-{self.minted}-{entry_id}-{','.join(audience)}", expires_at
+
+    async def refresh_federated_bundle(self, trust_domain: TrustDomain, key_id: str) -> Bundle | None:
+        self.bundle_refreshes.append((trust_domain, key_id))
+        await asyncio.sleep(0.01)  # a call takes a while: concurrent callers overlap here
+        return self.refreshed
 
 
 class RecordingIdentity:
@@ -181,6 +189,29 @@ async def test_a_round_with_nothing_to_do_publishes_nothing(harness: Harness) ->
     await harness.manager.reconcile()
     assert harness.api.batches == [["e-web"]]
     assert harness.snapshot().version == 1
+
+
+async def test_a_new_partner_bundle_alone_is_published_without_signing_anything(harness: Harness) -> None:
+    partner = TrustDomain("partner.example")
+    web = EntryRecord("e-web", WEB, AGENT, UID, federates_with=frozenset({partner}))
+    first, rotated = SigningCa.create(partner, NOW), SigningCa.create(partner, NOW)
+    await harness.receive(replace(state(web), federated_bundles={partner: first.bundle()}))
+    await harness.manager.reconcile()
+    await harness.receive(replace(state(web, version=2), federated_bundles={partner: rotated.bundle()}))
+    await harness.manager.reconcile()
+    assert harness.api.batches == [["e-web"]]
+    assert harness.snapshot().version == 2
+    assert dict(harness.snapshot().federated_bundles) == {partner: rotated.bundle()}
+
+
+async def test_workloads_meeting_a_partners_new_key_together_make_one_call(harness: Harness) -> None:
+    partner = TrustDomain("partner.example")
+    harness.api.refreshed = SigningCa.create(partner, NOW).bundle(sequence=3)
+    answers = await asyncio.gather(*(harness.manager.refresh_federated_bundle(partner, "new-key") for _ in range(5)))
+    assert answers == [harness.api.refreshed] * 5
+    assert harness.api.bundle_refreshes == [(partner, "new-key")]
+    await harness.manager.refresh_federated_bundle(partner, "newer-key")  # the first call is over: a new one
+    assert harness.api.bundle_refreshes == [(partner, "new-key"), (partner, "newer-key")]
 
 
 async def test_rotates_an_svid_at_its_rotation_time(harness: Harness) -> None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import get_default_algorithms
 
 from spiffe_core.bundle import Bundle, JwtAuthority
-from spiffe_core.errors import InvalidArgument, JwtSvidError
+from spiffe_core.errors import InvalidArgument, JwtSvidError, UnknownJwtKey
 from spiffe_core.jwt_svid import (
     MAX_AUDIENCE_BYTES,
     MAX_AUDIENCES,
@@ -731,6 +731,21 @@ def test_rejects_an_unknown_kid(keys: Keys, bundle: Bundle) -> None:
         ),
     ):
         validate(token, bundle)
+
+
+def test_an_unknown_kid_names_the_trust_domain_and_key_a_fresh_bundle_could_hold(keys: Keys) -> None:
+    token = craft(header(kid="brand-new"), claims(sub="spiffe://other.org/web"), keys.p256)
+    source = RecordingSource({OTHER_TD: Bundle(OTHER_TD)})
+    with pytest.raises(UnknownJwtKey) as caught:
+        validate_jwt_svid(token, audience="payments", bundle_source=source, now=NOW)
+    assert (caught.value.trust_domain, caught.value.key_id) == (OTHER_TD, "brand-new")
+
+
+def test_a_token_that_fails_before_its_key_is_looked_up_is_no_unknown_key(keys: Keys, bundle: Bundle) -> None:
+    token = craft(header(kid="brand-new"), claims(aud="billing"), keys.p256)
+    with pytest.raises(JwtSvidError) as caught:
+        validate(token, bundle)
+    assert not isinstance(caught.value, UnknownJwtKey)
 
 
 def test_rejects_a_token_whose_claims_were_altered(keys: Keys, bundle: Bundle) -> None:

@@ -1,10 +1,10 @@
 """Identity mappings: the legacy identity bridge's mapping rules (DESIGN §5, bridge/mapping.py).
 
 Release note: adds the ``identity_mappings`` table (name, the rule as JSON, timestamps). Nothing
-existing changes.
+existing changes. Follows 0005 (federation relationships).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
