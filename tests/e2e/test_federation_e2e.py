@@ -21,6 +21,7 @@ A can verify (docs/federation.md, "Emergency rotation with partners").
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -160,6 +161,14 @@ def start_agent(side: Side, *entries: tuple[str, str, list[str]]) -> Path:
 
 @pytest.fixture(scope="module")
 def federation() -> Iterator[Federation]:
+    with federated() as running:
+        yield running
+
+
+@contextlib.contextmanager
+def federated(b_config: str = "") -> Iterator[Federation]:
+    """A and B federated and serving, requests succeeding both ways; ``b_config`` is added to B's CA
+    configuration (TOML tables other than ``[bundle]`` and ``[federation]``)."""
     root = Path(tempfile.mkdtemp(prefix="tm-fed-", dir="/tmp"))  # short: Unix socket paths
     a = Side(Mesh(root / "a", trust_domain=A), free_port(), free_port(), free_port())
     # B's CA is stopped and started again: its ports must not be ones the traffic's connections may take.
@@ -184,6 +193,7 @@ def federation() -> Iterator[Federation]:
     )
     b.mesh.write_ca_config(
         ca_config(f'bundle_endpoint_profile = "https_spiffe"\nweb_ca_file = "{web.root_file}"\n', b.endpoint_port, "1m")
+        + b_config
     )
     with ExitStack() as stack:
         stack.enter_context(a.mesh.running_ca())
