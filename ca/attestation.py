@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ca.store.engine import Database
 from ca.store.records import Actor, AuditEvent
@@ -52,6 +52,14 @@ class NodeAttestor(Protocol):
     def attest(self, payload: bytes, now: datetime) -> SpiffeId: ...
 
 
+@runtime_checkable
+class ChallengeAttestor(NodeAttestor, Protocol):
+    """A method with a first step (``AttestChallenge``): ``challenge`` checks the node's evidence and
+    returns what the node must answer in ``attest``'s payload (x509pop: a nonce its key signs)."""
+
+    def challenge(self, payload: bytes, now: datetime) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class NodeAttestors:
     """The attestation methods this CA accepts, by name."""
@@ -67,6 +75,13 @@ class NodeAttestors:
         if attestor is None:
             enabled = ", ".join(sorted(self.by_method)) or "none"
             raise InvalidArgument(f"attestation method {method!r} is not enabled on this CA; enabled: {enabled}")
+        return attestor
+
+    def challenger(self, method: str) -> ChallengeAttestor:
+        """The enabled method ``method`` if it has a challenge step; InvalidArgument otherwise."""
+        attestor = self.get(method)
+        if not isinstance(attestor, ChallengeAttestor):
+            raise InvalidArgument(f"attestation method {method!r} has no challenge step; call Attest directly")
         return attestor
 
 

@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from bridge.legacy_chain import DEFAULT_MAX_CHAIN_LENGTH, DEFAULT_MAX_RSA_BITS, MIN_RSA_BITS
+from bridge.mapping import NAME_PATTERN
 from ca.rbac import Role
 from spiffe_core.durations import format_duration, parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
@@ -650,6 +652,32 @@ class AuditConfig(_Section):
         return value
 
 
+class BridgeConfig(_Section):
+    """x509pop node attestation from enterprise certificates (docs/configuration.md ``[bridge]``, the
+    agent's side in docs/agent.md; :mod:`bridge.x509pop`). No trust anchor: the method is not enabled."""
+
+    # Name -> PEM file of the enterprise root(s); mapping rules match the name (match.trust_anchor).
+    trust_anchors: dict[str, Path] = {}
+    crls: list[Path] = []  # enterprise CRL files (PEM or DER), re-read on every attestation
+    max_chain_length: int = Field(default=DEFAULT_MAX_CHAIN_LENGTH, ge=1, le=8)  # certificates presented
+    max_rsa_bits: int = Field(default=DEFAULT_MAX_RSA_BITS, ge=MIN_RSA_BITS, le=8192)
+
+    @field_validator("trust_anchors")
+    @classmethod
+    def _anchor_names(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name in value:
+            if not NAME_PATTERN.fullmatch(name):
+                raise ValueError(
+                    f"trust anchor name {name!r} must be 1-64 of a-z, 0-9, '.', '_', '-' (starting with a letter "
+                    "or digit); mapping rules match it by name"
+                )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.trust_anchors)
+
+
 class CaConfig(_Section):
     """The whole configuration. After :func:`load_config`, every path is absolute and
     ``datastore.url`` and ``ca.key_manager.kek_file`` hold their effective values."""
@@ -668,6 +696,7 @@ class CaConfig(_Section):
     vault: VaultConfig = VaultConfig()
     admin_api: AdminApiConfig = AdminApiConfig()
     audit: AuditConfig = AuditConfig()
+    bridge: BridgeConfig = BridgeConfig()
 
 
 def admin_api_problems(config: CaConfig) -> list[str]:
@@ -928,6 +957,8 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
     federation_files = _resolved(
         federation, ("bundle_endpoint_cert_file", "bundle_endpoint_key_file", "web_ca_file"), base_dir
     )
+    bridge = config.bridge
+    anchors = {name: base_dir / file for name, file in bridge.trust_anchors.items()}
     return config.model_copy(
         update={
             "federation": federation.model_copy(update=federation_files),
@@ -943,6 +974,9 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
                 }
             ),
             "vault": config.vault.model_copy(update=vault_files),
+            "bridge": bridge.model_copy(
+                update={"trust_anchors": anchors, "crls": [base_dir / file for file in bridge.crls]}
+            ),
         }
     )
 
@@ -1077,4 +1111,10 @@ admins = []                             # mTLS admins: replace this line by [[ad
 [audit]
 checkpoint_interval = "1m"              # sign the audit chain's head this often (1s..1d); see docs/audit.md
 refusals_per_minute = 20                # refusals recorded one by one per caller; the rest as one summary
+
+[bridge]                                # x509pop attestation from enterprise certificates (docs/agent.md)
+trust_anchors = {}                      # name -> enterprise root PEM, e.g. { corp = "pki/corp-root.pem" }; none: off
+crls = []                               # enterprise CRL files (PEM or DER), re-read on every attestation
+max_chain_length = 4                    # certificates an agent may present, leaf included (1..8)
+max_rsa_bits = 4096                     # larger RSA keys are refused: bounded work per attempt
 """

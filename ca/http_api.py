@@ -35,6 +35,7 @@ from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_audit import AuditOps, add_audit_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.http_caller import Caller, CallerRoles
+from ca.http_mappings import MappingOps, add_mapping_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
 from ca.rbac import Role
 from ca.store.records import Actor, EntrySpec, RegistrationEntry
@@ -298,6 +299,7 @@ def create_admin_app(
     authorities: AuthorityOps | None = None,
     agents: AgentOps | None = None,
     federation: RelationshipOps | None = None,
+    mappings: MappingOps | None = None,
     authenticator: Authenticator,
     audit: AuditRecorder,
     clock: Clock,
@@ -368,6 +370,8 @@ def create_admin_app(
         add_agent_routes(app, agents)
     if federation is not None:
         add_federation_routes(app, federation)
+    if mappings is not None:
+        add_mapping_routes(app, mappings)
     if audit_log is not None:
         add_audit_routes(app, audit_log)
     return app

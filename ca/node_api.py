@@ -3,8 +3,8 @@
 Two TLS listeners on one ``grpc.aio`` server, because grpcio cannot *request* a client certificate
 without *requiring* one:
 
-* the attestation listener: server TLS only. Only ``Attest`` works there; every other RPC finds no
-  client certificate and is refused UNAUTHENTICATED.
+* the attestation listener: server TLS only. Only ``Attest`` and ``AttestChallenge`` work there; every
+  other RPC finds no client certificate and is refused UNAUTHENTICATED.
 * the node API listener: mTLS, client certificates required and verified against the trust bundle's
   X.509 authorities, then checked again as X509-SVIDs of an known, unbanned agent.
 
@@ -190,16 +190,22 @@ class NodeServicer:
     async def _agent(self, context: Context) -> AuthenticatedAgent:
         return await asyncio.to_thread(self._node.authenticate, _peer_chain_pem(context), peer_source(context.peer()))
 
+    async def _admit_attestation(self, method: str, context: Context) -> str:
+        """The caller's source address, once its attestation rate admits another step (checked before
+        any evidence is looked at or spent); a refusal is audited."""
+        source = peer_source(context.peer())
+        try:
+            self._guard.admit_attestation(source)
+        except ResourceExhausted as err:
+            await asyncio.to_thread(self._node.refuse_attestation, source, method, err)
+            raise
+        return source
+
     @_edge
     async def Attest(  # gRPC method names are CamelCase
         self, request: node_pb2.AttestRequest, context: Context
     ) -> node_pb2.AttestResponse:
-        source = peer_source(context.peer())
-        try:
-            self._guard.admit_attestation(source)  # before the evidence is spent
-        except ResourceExhausted as err:
-            await asyncio.to_thread(self._node.refuse_attestation, source, request.method, err)
-            raise
+        source = await self._admit_attestation(request.method, context)
         svid = await asyncio.to_thread(
             functools.partial(
                 self._node.attest,
@@ -213,6 +219,22 @@ class NodeServicer:
         return node_pb2.AttestResponse(
             spiffe_id=str(svid.spiffe_id), svid_chain=_der_chain(svid.cert_chain), bundle=_bundle_json(svid.bundle)
         )
+
+    @_edge
+    async def AttestChallenge(
+        self, request: node_pb2.AttestChallengeRequest, context: Context
+    ) -> node_pb2.AttestChallengeResponse:
+        source = await self._admit_attestation(request.method, context)
+        challenge = await asyncio.to_thread(
+            functools.partial(
+                self._node.challenge,
+                request.method,
+                request.payload,
+                source=source,
+                trust_domain=request.trust_domain,
+            )
+        )
+        return node_pb2.AttestChallengeResponse(challenge=challenge)
 
     @_edge
     async def RenewAgent(self, request: node_pb2.RenewAgentRequest, context: Context) -> node_pb2.RenewAgentResponse:

@@ -175,6 +175,18 @@ class NodeService:
         issuance = Issuance(attestation_actor(source), "agent.attest", detail={"method": method})
         return self._issue_agent_svid(agent_id, method, csr, issuance)
 
+    def challenge(self, method: str, payload: bytes, *, source: str = "", trust_domain: str = "") -> bytes:
+        """Step 1 of a challenge-response method (x509pop): check the node's evidence and return the
+        challenge its ``Attest`` must answer. The trust domain is checked first, as in :meth:`attest`.
+        Refusals (InvalidArgument, NotAuthorized saying which check failed) are audited as failed
+        attestations; success is audited when the answered ``Attest`` issues the agent's SVID."""
+        try:
+            self._check_trust_domain(trust_domain)
+            return self._attestors.challenger(method).challenge(payload, self._clock.now())
+        except TrustmeshError as err:
+            self.refuse_attestation(source, method, err)
+            raise
+
     def refuse_attestation(self, source: str, method: str, err: TrustmeshError) -> None:
         """Audit an attestation from ``source`` that ``err`` refused (throttled per source): here, or at
         the edge before it got here (over the attestation rate of its address)."""

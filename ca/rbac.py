@@ -6,7 +6,7 @@ Three roles split the CA's powers so that no one everyday credential holds them 
   revoke), leaf revocation, banning and evicting agents, federation relationships (create, refresh,
   delete: a partner's bundle decides whose SVIDs workloads trust), and minting arbitrary SVIDs
   (``x509 mint``, ``jwt mint``: whoever can mint any identity can impersonate any workload).
-* ``operator``: day-to-day registration — entries and join tokens.
+* ``operator``: day-to-day registration — entries, join tokens and legacy identity mapping rules.
 * ``auditor``: reads, and the audit log.
 
 Every route the admin app serves has exactly one :class:`RoutePolicy` here, found by method and route
@@ -93,11 +93,16 @@ ROUTE_POLICIES: Mapping[tuple[str, str], RoutePolicy] = _policies(
     ("GET", "/v1/agent", "agent.show", ANY_ROLE),
     ("GET", "/v1/federation/relationships", "federation.list", ANY_ROLE),
     ("GET", "/v1/federation/relationships/{trust_domain}", "federation.show", ANY_ROLE),
+    ("GET", "/v1/mappings", "mapping.list", ANY_ROLE),
+    ("GET", "/v1/mappings/{name}", "mapping.show", ANY_ROLE),
     # Registration: operators.
     ("POST", "/v1/entries", "entry.create", OPERATOR),
     ("PUT", "/v1/entries/{entry_id}", "entry.update", OPERATOR),
     ("DELETE", "/v1/entries/{entry_id}", "entry.delete", OPERATOR),
     ("POST", "/v1/join-tokens", "join_token.generate", OPERATOR),
+    ("POST", "/v1/mappings", "mapping.add", OPERATOR),
+    ("DELETE", "/v1/mappings/{name}", "mapping.delete", OPERATOR),
+    ("PUT", "/v1/mappings", "mapping.load", OPERATOR),
     # The trust domain's keys and identities: security officers.
     ("POST", "/v1/authorities/prepare", "authority.prepare", OFFICER),
     ("POST", "/v1/authorities/rotate", "authority.rotate", OFFICER),

@@ -22,6 +22,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from bridge.x509pop import X509PopAttestor
 from ca.admin_auth import Authenticator, BreakGlassAuthenticator
 from ca.admin_listener import prepare_https, serve_admin_https
 from ca.admin_transport import admin_protocol
@@ -35,6 +36,7 @@ from ca.audit_throttle import RefusalThrottle
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
+from ca.bridge_attestation import x509pop_attestor
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
@@ -46,6 +48,7 @@ from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
+from ca.mappings import IdentityMappings
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
@@ -111,6 +114,7 @@ class CaParts:
     audit_log: AuditLog
     federation: FederationRelationships
     refresher: FederationRefresher
+    mappings: IdentityMappings
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -167,12 +171,13 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock,
     )
     join_tokens = JoinTokens(database, config.trust_domain, clock)
+    mappings = IdentityMappings(database, config.trust_domain, clock)
     node = NodeService(
         database=database,
         issuer=service,
         authorities=authorities,
         entries=entries,
-        attestors=NodeAttestors.of(join_tokens),
+        attestors=NodeAttestors.of(join_tokens, *_bridge_attestors(config, mappings)),
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
         hub=hub,
@@ -209,6 +214,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         ),
         federation,
         refresher,
+        mappings,
     )
 
 
@@ -233,6 +239,13 @@ def _federation(
         metrics=FederationMetrics(metrics.registry),
     )
     return relationships, refresher
+
+
+def _bridge_attestors(config: CaConfig, mappings: IdentityMappings) -> tuple[X509PopAttestor, ...]:
+    """x509pop when ``[bridge]`` names trust anchors (their files are checked now: ConfigError)."""
+    if not config.bridge.enabled:
+        return ()
+    return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules),)
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -426,6 +439,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             authorities=parts.officer,
             agents=agents,
             federation=parts.federation,
+            mappings=parts.mappings,
             authenticator=authenticator,
             audit=parts.audit,
             audit_log=parts.audit_log,

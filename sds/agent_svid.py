@@ -8,6 +8,10 @@ agent does), check the SVID the CA returned, and save it with the CA's bundle (0
 While the CA cannot be reached (not up yet, restarting), attestation is retried with the renewal's
 backoff and one log line per attempt at most every 10 s; a refused token stops the agent at once.
 
+x509pop (``attestation = "x509pop"``, :mod:`sds.x509pop_proof`): instead of a join token, the agent
+proves it holds its enterprise certificate's key (``AttestChallenge``, then ``Attest``). The proof can be
+repeated, so an agent whose SVID expired attests again without an operator.
+
 Restart: load the saved SVID and bundle and carry on without calling the CA ("loaded saved SVID …"), so
 a restart during a CA outage keeps serving. A saved SVID that has expired is replaced by attesting again
 when a (new) join token is configured; otherwise the agent stops with the fix. A used token is never
@@ -33,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from cryptography import x509
 
@@ -47,6 +51,7 @@ from sds.planning import (
     own_svid_reason,
     received_life_start,
 )
+from sds.x509pop_proof import X509PopProof
 from spiffe_core.backoff import LogThrottle, backoff_delay
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
@@ -64,6 +69,9 @@ from spiffe_core.x509_svid import X509Svid, load_pem_certificates, verify_x509_s
 
 log = logging.getLogger(__name__)
 
+# How this node proves who it is when it attests: a join token, or x509pop's enterprise certificate.
+NodeProof: TypeAlias = str | X509PopProof
+
 JOIN_TOKEN_METHOD = "join_token"  # noqa: S105 - the attestation method's name, not a secret
 _HOW_TO_GET_ONE = "generate one with 'trustmesh-ca token generate' and set join_token (or join_token_file)"
 
@@ -71,6 +79,7 @@ _HOW_TO_GET_ONE = "generate one with 'trustmesh-ca token generate' and set join_
 class NodeAttestationApi(Protocol):
     """What the agent's identity needs from the node API client (:class:`sds.node_client.NodeClient`)."""
 
+    async def challenge(self, roots: Bundle, method: str, payload: bytes) -> bytes: ...
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult: ...
     async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]: ...
     def use_credentials(self, credentials: AgentCredentials) -> None: ...
@@ -115,12 +124,14 @@ class AgentIdentity:
         join_token: Callable[[], str | None],
         bootstrap_bundle: Bundle | None,
         clock: Clock,
+        x509pop: X509PopProof | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._client = client
         self._store = store
         self._params = params
         self._join_token = join_token
+        self._x509pop = x509pop
         self._bootstrap = bootstrap_bundle
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
@@ -159,30 +170,31 @@ class AgentIdentity:
                 return self.get_current()
             log.warning("the saved agent SVID %s expired at %s", saved.svid.spiffe_id, expiry.isoformat())
             return await self._reattest(expiry, saved.bundle)
-        token = await asyncio.to_thread(self._join_token)
-        if token is None:
+        proof: NodeProof | None = self._x509pop or await asyncio.to_thread(self._join_token)
+        if proof is None:
             raise ConfigError(f"the agent has not attested yet and no join token is configured; {_HOW_TO_GET_ONE}")
         if self._bootstrap is None:
             raise ConfigError(
                 "trust_bundle_path is not set; the agent needs the CA's root certificates (PEM) to verify the CA "
                 "on first contact — export them with 'trustmesh-ca bundle show --format pem'"
             )
-        return await self._attest_when_reachable(token, self._bootstrap)
+        return await self._attest_when_reachable(proof, self._bootstrap)
 
     async def _reattest(self, expired_at: datetime, saved_bundle: Bundle) -> AgentCredentials:
-        token = await self._token_after_expiry(expired_at)
-        return await self._attest_when_reachable(token, self._reattestation_roots(saved_bundle))
+        proof = await self._proof_after_expiry(expired_at)
+        return await self._attest_when_reachable(proof, self._reattestation_roots(saved_bundle))
 
-    async def _attest_when_reachable(self, join_token: str, roots: Bundle) -> AgentCredentials:
+    async def _attest_when_reachable(self, proof: NodeProof, roots: Bundle) -> AgentCredentials:
         """:meth:`attest`, retried with backoff (0.5 s doubling to 30 s, jittered) while the CA cannot
         be reached (UpstreamUnavailable: not started yet, restarting, network down), so an agent
         started before its CA waits for it. Each attempt is logged, at most one line per 10 s (the next
         line counts those held back). Anything the CA answers (a refused, used or expired token) is
-        raised at once: join tokens work once, so retrying one would only repeat the refusal."""
+        raised at once: join tokens work once, so retrying one would only repeat the refusal (and an
+        x509pop refusal names a certificate problem an operator must fix)."""
         failures = 0
         while True:
             try:
-                return await self.attest(join_token, roots)
+                return await self.attest(proof, roots)
             except UpstreamUnavailable as err:
                 failures += 1
                 delay = backoff_delay(failures, self._rng, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
@@ -196,8 +208,11 @@ class AgentIdentity:
                     )
                 await asyncio.sleep(delay)
 
-    async def _token_after_expiry(self, expired_at: datetime) -> str:
-        """The join token to attest again with; FailedPrecondition (with the fix) when there is none."""
+    async def _proof_after_expiry(self, expired_at: datetime) -> NodeProof:
+        """What to attest again with: the x509pop proof (it can be repeated), else the join token;
+        FailedPrecondition (with the fix) when there is none."""
+        if self._x509pop is not None:
+            return self._x509pop
         token = await asyncio.to_thread(self._join_token)
         if token is None:
             raise FailedPrecondition(
@@ -214,10 +229,14 @@ class AgentIdentity:
         extra = [c for c in self._bootstrap.x509_authorities if c not in known]
         return saved_bundle.with_changes(x509_authorities=[*saved_bundle.x509_authorities, *extra])
 
-    async def attest(self, join_token: str, roots: Bundle) -> AgentCredentials:
-        """Attest with ``join_token`` against a CA verified by ``roots``; save and use the new identity."""
+    async def attest(self, proof: NodeProof, roots: Bundle) -> AgentCredentials:
+        """Attest with ``proof`` (a join token, or x509pop's two steps) against a CA verified by
+        ``roots``; save and use the new identity."""
         key = await asyncio.to_thread(generate_private_key, self._params.key_type)
-        result = await self._client.attest(roots, JOIN_TOKEN_METHOD, join_token.encode(), make_csr(key))
+        if isinstance(proof, X509PopProof):
+            result = await proof.attest(self._client, roots, make_csr(key))
+        else:
+            result = await self._client.attest(roots, JOIN_TOKEN_METHOD, proof.encode(), make_csr(key))
         if not result.spiffe_id.is_member_of(self._params.trust_domain):
             raise InvalidArgument(
                 f"the CA assigned agent ID {result.spiffe_id}, outside the configured trust domain "
@@ -302,10 +321,10 @@ class AgentIdentity:
             current = self.get_current()
             expiry = current.svid.leaf.not_valid_after_utc
             # Only a missing token stops the agent; what the CA answers (even FAILED_PRECONDITION) is retried.
-            token = await self._token_after_expiry(expiry) if self._clock.now() >= expiry else None
+            proof = await self._proof_after_expiry(expiry) if self._clock.now() >= expiry else None
             try:
-                if token is not None:
-                    await self.attest(token, self._reattestation_roots(current.bundle))
+                if proof is not None:
+                    await self.attest(proof, self._reattestation_roots(current.bundle))
                 else:
                     await self.renew()
             except TrustmeshError as err:

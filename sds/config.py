@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from sds.x509pop_proof import X509PopProof
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
@@ -216,6 +217,14 @@ class LimitsConfig(_Section):
         return self
 
 
+class X509PopConfig(_Section):
+    """The enterprise certificate an ``attestation = "x509pop"`` agent proves possession of."""
+
+    cert_file: Path | None = None  # the host's certificate, PEM (its chain may follow it)
+    key_file: Path | None = None  # its private key, PEM, unencrypted (keep it 0600)
+    chain_file: Path | None = None  # intermediates, PEM, when cert_file holds only the leaf
+
+
 class AgentConfig(_Section):
     trust_domain: TrustDomainField = TrustDomain("example.org")
     server_address: str = "127.0.0.1:8081"
@@ -224,6 +233,8 @@ class AgentConfig(_Section):
     trust_bundle_path: Path | None = None
     join_token: SecretStr | None = None
     join_token_file: Path | None = None
+    attestation: Literal["join_token", "x509pop"] = "join_token"
+    x509pop: X509PopConfig = X509PopConfig()
     data_dir: Path = Path(".trustmesh/agent")
     socket_dir: Path | None = None  # None: "<data_dir>-public", next to data_dir
     workload_api_socket: Path = Path("workload.sock")  # relative to socket_dir
@@ -260,7 +271,22 @@ class AgentConfig(_Section):
     def _one_token_source(self) -> AgentConfig:
         if self.join_token is not None and self.join_token_file is not None:
             raise ValueError("join_token and join_token_file are both set; keep only one of them")
+        if self.attestation == "x509pop":
+            if self.x509pop.cert_file is None or self.x509pop.key_file is None:
+                raise ValueError(
+                    'attestation = "x509pop" needs x509pop.cert_file and x509pop.key_file: the host\'s enterprise '
+                    "certificate and its key"
+                )
+            if self.join_token is not None or self.join_token_file is not None:
+                raise ValueError('attestation = "x509pop" uses no join token; remove join_token / join_token_file')
         return self
+
+    def x509pop_proof(self) -> X509PopProof | None:
+        """The x509pop proof when ``attestation = "x509pop"``; None for join tokens."""
+        section = self.x509pop
+        if self.attestation != "x509pop" or section.cert_file is None or section.key_file is None:
+            return None
+        return X509PopProof(section.cert_file, section.key_file, section.chain_file)
 
     def load_join_token(self) -> str | None:
         """The join token, read from ``join_token_file`` when that is how it is given; None when the
@@ -375,6 +401,13 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
             if config.trust_bundle_path is None
             else _absolute(config.trust_bundle_path, base_dir),
             "join_token_file": None if config.join_token_file is None else _absolute(config.join_token_file, base_dir),
+            "x509pop": config.x509pop.model_copy(
+                update={
+                    name: _absolute(value, base_dir)
+                    for name in ("cert_file", "key_file", "chain_file")
+                    if (value := getattr(config.x509pop, name)) is not None
+                }
+            ),
             "cert_files": tuple(
                 target.model_copy(update={"dir": _absolute(target.dir, base_dir)}) for target in config.cert_files
             ),

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from cryptography import x509
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RPC_TIMEOUT = 10.0
 # How long unary calls in flight on a replaced channel may take before it is closed under them.
+_Reply = TypeVar("_Reply")
 _RETIRE_GRACE_SECONDS = 5.0
 
 _ERROR_KINDS: Mapping[grpc.StatusCode, type[TrustmeshError]] = {
@@ -340,23 +341,29 @@ class NodeClient:
     def _error(self, err: grpc.aio.AioRpcError, rpc: str, channel: _Channel) -> TrustmeshError:
         return rpc_error(err, rpc, self._server_address, channel.bridge.last_failure)
 
+    async def challenge(self, roots: Bundle, method: str, payload: bytes) -> bytes:
+        """Step 1 of a challenge-response method (``method`` "x509pop": ``payload`` is the enterprise
+        certificate chain): the challenge the CA wants answered in :meth:`attest`'s payload. The CA is
+        verified against ``roots``, and another trust domain's CA is refused as in :meth:`attest`."""
+        check_roots_trust_domain(roots, self._trust_domain)
+        request = node_pb2.AttestChallengeRequest(method=method, payload=payload, trust_domain=self._trust_domain.name)
+        response: node_pb2.AttestChallengeResponse = await self._attestation_call(
+            "AttestChallenge", roots, lambda stub: stub.AttestChallenge(request, timeout=self._timeout)
+        )
+        return response.challenge
+
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
-        """Prove the node's identity (``method`` "join_token": ``payload`` is the token) and get the
-        agent's first X509-SVID for the key behind ``csr``. The CA is verified against ``roots``.
+        """Prove the node's identity (``method`` "join_token": ``payload`` is the token; "x509pop": the
+        answer to :meth:`challenge`) and get the agent's first X509-SVID for the key behind ``csr``.
+        The CA is verified against ``roots``.
 
         A CA of another trust domain is refused before the payload leaves: here when ``roots`` name it
         (ConfigError), else by the CA, which checks the trust domain sent along before the payload."""
         check_roots_trust_domain(roots, self._trust_domain)
         request = node_pb2.AttestRequest(method=method, payload=payload, csr=csr, trust_domain=self._trust_domain.name)
-        bridge = self._bridge(self._attestation_address, roots, None)
-        try:
-            async with grpc.aio.insecure_channel(bridge.target, options=self._options) as channel:
-                try:
-                    response = await node_pb2_grpc.NodeStub(channel).Attest(request, timeout=self._timeout)
-                except grpc.aio.AioRpcError as err:
-                    raise rpc_error(err, "Attest", self._attestation_address, bridge.last_failure) from err
-        finally:
-            await bridge.close()
+        response: node_pb2.AttestResponse = await self._attestation_call(
+            "Attest", roots, lambda stub: stub.Attest(request, timeout=self._timeout)
+        )
         try:
             spiffe_id = SpiffeId.parse(response.spiffe_id)
         except InvalidArgument as err:
@@ -366,6 +373,21 @@ class NodeClient:
             _decode_chain(response.svid_chain, "Attest"),
             Bundle.parse_jwks(self._trust_domain, response.bundle),
         )
+
+    async def _attestation_call(
+        self, rpc: str, roots: Bundle, call: Callable[[node_pb2_grpc.NodeStub], Awaitable[_Reply]]
+    ) -> _Reply:
+        """One unary call (named ``rpc`` in errors) of the attestation listener: server TLS only, the
+        CA verified by ``roots``."""
+        bridge = self._bridge(self._attestation_address, roots, None)
+        try:
+            async with grpc.aio.insecure_channel(bridge.target, options=self._options) as channel:
+                try:
+                    return await call(node_pb2_grpc.NodeStub(channel))
+                except grpc.aio.AioRpcError as err:
+                    raise rpc_error(err, rpc, self._attestation_address, bridge.last_failure) from err
+        finally:
+            await bridge.close()
 
     async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]:
         """A new agent X509-SVID chain for the key behind ``csr``, authenticated by the current SVID."""

@@ -80,6 +80,7 @@ async def serve_agent(config: AgentConfig) -> None:
             config.trust_domain, config.key_type, config.rotation.svid_rotation_fraction, config.rotation.jitter
         ),
         join_token=config.load_join_token,
+        x509pop=config.x509pop_proof(),
         bootstrap_bundle=load_bootstrap_bundle(config.trust_bundle_path, config.trust_domain),
         clock=clock,
     )

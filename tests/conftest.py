@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from ca.store import Database
 from ca.store.models import Base
+from tests.support.enterprise_pki import EnterprisePki, generate_enterprise_pki
 from tests.support.postgres import PostgresNotAvailable, PostgresServer
 
 ENGINES = [
@@ -85,3 +86,9 @@ def database(database_engine: str, request: pytest.FixtureRequest, tmp_path: Pat
         yield db
     finally:
         db.close()
+
+
+@pytest.fixture(scope="session")
+def enterprise_pki(tmp_path_factory: pytest.TempPathFactory) -> EnterprisePki:
+    """Example Corp's enterprise PKI (pki-fixtures/README.md), generated once per session."""
+    return generate_enterprise_pki(tmp_path_factory.mktemp("enterprise-pki"))

@@ -28,6 +28,22 @@ class AttestResponse(_message.Message):
     bundle: bytes
     def __init__(self, spiffe_id: _Optional[str] = ..., svid_chain: _Optional[_Iterable[bytes]] = ..., bundle: _Optional[bytes] = ...) -> None: ...
 
+class AttestChallengeRequest(_message.Message):
+    __slots__ = ("method", "payload", "trust_domain")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    payload: bytes
+    trust_domain: str
+    def __init__(self, method: _Optional[str] = ..., payload: _Optional[bytes] = ..., trust_domain: _Optional[str] = ...) -> None: ...
+
+class AttestChallengeResponse(_message.Message):
+    __slots__ = ("challenge",)
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    challenge: bytes
+    def __init__(self, challenge: _Optional[bytes] = ...) -> None: ...
+
 class RenewAgentRequest(_message.Message):
     __slots__ = ("csr",)
     CSR_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class NodeStub:
                 request_serializer=wire_dot_node__pb2.AttestRequest.SerializeToString,
                 response_deserializer=wire_dot_node__pb2.AttestResponse.FromString,
                 _registered_method=True)
+        self.AttestChallenge = channel.unary_unary(
+                '/trustmesh.node.v1.Node/AttestChallenge',
+                request_serializer=wire_dot_node__pb2.AttestChallengeRequest.SerializeToString,
+                response_deserializer=wire_dot_node__pb2.AttestChallengeResponse.FromString,
+                _registered_method=True)
         self.RenewAgent = channel.unary_unary(
                 '/trustmesh.node.v1.Node/RenewAgent',
                 request_serializer=wire_dot_node__pb2.RenewAgentRequest.SerializeToString,
@@ -71,6 +76,15 @@ class NodeServicer:
 
     def Attest(self, request, context):
         """Prove the node's identity (join token, JWT, x509pop) and get the agent's first X509-SVID.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttestChallenge(self, request, context):
+        """Step 1 of a challenge-response method (x509pop): present the evidence (for x509pop the enterprise
+        certificate chain, PEM, leaf first) and get the challenge to answer in Attest's payload. Served on
+        the attestation listener, under the same per-source attestation rate as Attest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +139,11 @@ def add_NodeServicer_to_server(servicer, server):
                     request_deserializer=wire_dot_node__pb2.AttestRequest.FromString,
                     response_serializer=wire_dot_node__pb2.AttestResponse.SerializeToString,
             ),
+            'AttestChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttestChallenge,
+                    request_deserializer=wire_dot_node__pb2.AttestChallengeRequest.FromString,
+                    response_serializer=wire_dot_node__pb2.AttestChallengeResponse.SerializeToString,
+            ),
             'RenewAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewAgent,
                     request_deserializer=wire_dot_node__pb2.RenewAgentRequest.FromString,
@@ -178,6 +197,33 @@ class Node:
             '/trustmesh.node.v1.Node/Attest',
             wire_dot_node__pb2.AttestRequest.SerializeToString,
             wire_dot_node__pb2.AttestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttestChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustmesh.node.v1.Node/AttestChallenge',
+            wire_dot_node__pb2.AttestChallengeRequest.SerializeToString,
+            wire_dot_node__pb2.AttestChallengeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -252,3 +252,14 @@ class FederationRelationshipRow(Base):
     last_success_at: Mapped[datetime | None]
     next_refresh_at: Mapped[datetime | None]
     last_error: Mapped[str] = mapped_column(String(AUDIT_REASON_LENGTH), default="")
+
+
+class IdentityMappingRow(Base):
+    """A legacy identity mapping rule (bridge/mapping.py), kept as the rule's dict form."""
+
+    __tablename__ = "identity_mappings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeAlias
 
 from cryptography import x509
 
+from bridge.mapping import MappingRule
 from ca.authority import AuthorityState
 from spiffe_core.keys import KeyType
 from spiffe_core.selectors import Selector
@@ -225,3 +226,12 @@ class FederationRelationship:
     last_success_at: datetime | None = None
     next_refresh_at: datetime | None = None
     last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMapping:
+    """A legacy identity mapping rule as the datastore holds it."""
+
+    rule: MappingRule
+    created_at: datetime
+    updated_at: datetime

@@ -43,7 +43,12 @@ IDP_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 STRANGER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ADMIN_ID = "spiffe://example.org/admins/alice"
 AGENT = "spiffe://example.org/trustmesh/agent/join_token/nobody"
-PATH_VALUES = {"entry_id": "no-such-entry", "authority_id": "no-such-authority", "trust_domain": "no-such.test"}
+PATH_VALUES = {
+    "entry_id": "no-such-entry",
+    "authority_id": "no-such-authority",
+    "trust_domain": "no-such.test",
+    "name": "no-such-mapping",
+}
 
 
 @dataclass
@@ -253,6 +258,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "selectors": ["unix:uid:1000"],
     },
     ("POST", "/v1/join-tokens"): {"ttl_seconds": 60},
+    ("POST", "/v1/mappings"): {
+        "name": "matrix",
+        "match": {"dns": "*.matrix.corp.example.com"},
+        "spiffe_id": "spiffe://example.org/legacy/{host}",
+    },
     ("POST", "/v1/authorities/prepare"): {"kind": "x509", "dry_run": True},
     ("POST", "/v1/authorities/rotate"): {"kind": "x509", "dry_run": True},
     ("POST", "/v1/revocations"): {"serial": "1", "dry_run": True},

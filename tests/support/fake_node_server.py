@@ -117,6 +117,16 @@ class FakeNodeServicer:
             spiffe_id=str(agent), svid_chain=_der(chain), bundle=self.current_bundle().to_json().encode()
         )
 
+    async def AttestChallenge(
+        self, request: node_pb2.AttestChallengeRequest, context: Context
+    ) -> node_pb2.AttestChallengeResponse:
+        """This fake attests with join tokens only, as a CA without ``[bridge]`` trust anchors."""
+        self.calls["AttestChallenge"] += 1
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"attestation method {request.method!r} is not enabled on this CA; enabled: join_token",
+        )
+
     async def RenewAgent(self, request: node_pb2.RenewAgentRequest, context: Context) -> node_pb2.RenewAgentResponse:
         self.calls["RenewAgent"] += 1
         agent = await self._agent(context)

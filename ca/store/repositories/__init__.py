@@ -12,6 +12,7 @@ from ca.store.repositories.certificates import IssuedCertificateRepository
 from ca.store.repositories.entries import RegistrationEntryRepository
 from ca.store.repositories.federation import FederationRepository
 from ca.store.repositories.join_tokens import JoinTokenRepository
+from ca.store.repositories.mappings import IdentityMappingRepository
 
 __all__ = [
     "AgentRepository",
@@ -19,6 +20,7 @@ __all__ = [
     "AuditLogRepository",
     "AuthorityRepository",
     "FederationRepository",
+    "IdentityMappingRepository",
     "IssuedCertificateRepository",
     "JoinTokenRepository",
     "RegistrationEntryRepository",

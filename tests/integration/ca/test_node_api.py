@@ -4,6 +4,7 @@ with both TLS listeners on 127.0.0.1, and a raw client built from the generated 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.agents import AgentAdmin
-from ca.attestation import JoinTokens, NodeAttestors
+from ca.attestation import JoinTokens, NodeAttestor, NodeAttestors
 from ca.audit import Issuance
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.entries import EntryPolicy, RegistrationEntries
@@ -27,6 +28,7 @@ from ca.keys.memory import MemoryKeyManager
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
+from ca.ratelimit import NodeApiGuard
 from ca.server_identity import ServerIdentity
 from ca.service import CaService
 from ca.signing import digest_for
@@ -85,6 +87,16 @@ class Agent:
 
 @pytest.fixture
 async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
+    async with running_node_api(tmp_path) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_node_api(
+    tmp_path: Path, *attestors: NodeAttestor, guard: NodeApiGuard | None = None
+) -> AsyncIterator[RunningCa]:
+    """A CA service on SQLite in ``tmp_path`` serving the node API on free ports, attesting with join
+    tokens and ``attestors``, under ``guard``'s limits (default: the default limits)."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
@@ -112,7 +124,7 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
         issuer=service,
         authorities=authorities,
         entries=entries,
-        attestors=NodeAttestors.of(join_tokens),
+        attestors=NodeAttestors.of(join_tokens, *attestors),
         agent_svid_ttl=AGENT_TTL,
         clock=clock,
         hub=hub,
@@ -120,7 +132,7 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
     identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
     server, ports = build_node_server(
-        NodeServicer(node, hub, UpdateVersions(), clock),
+        NodeServicer(node, hub, UpdateVersions(), clock, guard),
         identity,
         service.get_bundle,
         attestation_address="127.0.0.1:0",

@@ -70,6 +70,7 @@ def build_app(audit: RecordedAudit, domain: Unreachable, agents: Unreachable | N
         authorities=domain,
         agents=agents or domain,
         federation=domain,
+        mappings=domain,
         authenticator=Callers(),
         audit=audit,
         clock=FakeClock(NOW),

@@ -288,7 +288,7 @@ INVALID = [
         'trust_domian = "example.org"\n',
         {},
         "trust_domian: is not a known key; the keys of the top level are: trust_domain, server, datastore, ca, "
-        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation, vault, admin_api, audit",
+        "x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation, vault, admin_api, audit, bridge",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -302,8 +302,21 @@ INVALID = [
         {},
         "certificate_authority: is not a known key; the keys of the top level are: trust_domain, server, "
         "datastore, ca, x509_svid, jwt_svid, agent_svid, bundle, revocation, node_api, federation, vault, "
-        "admin_api, audit",
+        "admin_api, audit, bridge",
         id="unknown-section",
+    ),
+    pytest.param(
+        '[bridge]\ntrust_anchors = { "Corp Root" = "corp.pem" }\n',
+        {},
+        "bridge.trust_anchors: trust anchor name 'Corp Root' must be 1-64 of a-z, 0-9, '.', '_', '-' (starting with "
+        "a letter or digit); mapping rules match it by name",
+        id="bad-trust-anchor-name",
+    ),
+    pytest.param(
+        "[bridge]\nmax_rsa_bits = 16384\n",
+        {},
+        "bridge.max_rsa_bits: Input should be less than or equal to 8192; see docs/configuration.md",
+        id="rsa-bits-over-the-bound",
     ),
     pytest.param(
         '[ca]\nttl = "7x"\n',

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sds.config import AgentConfig, CertFileTarget, LimitsConfig, RotationConfig, load_agent_config
+from sds.config import AgentConfig, CertFileTarget, LimitsConfig, RotationConfig, X509PopConfig, load_agent_config
+from sds.x509pop_proof import X509PopProof
 from spiffe_core.errors import ConfigError
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -227,7 +228,8 @@ def test_error_for_a_malformed_token_type_does_not_echo_the_value(tmp_path: Path
 
 def test_docs_list_every_key() -> None:
     docs = (Path(__file__).parents[3] / "docs" / "agent.md").read_text()
-    keys = [name for name in AgentConfig.model_fields if name not in ("rotation", "limits")]
+    keys = [name for name in AgentConfig.model_fields if name not in ("rotation", "limits", "x509pop")]
+    keys += [f"x509pop.{name}" for name in X509PopConfig.model_fields]
     keys += [f"rotation.{name}" for name in RotationConfig.model_fields]
     keys += [f"limits.{name}" for name in LimitsConfig.model_fields]
     keys += [f"`{name}`" for name in CertFileTarget.model_fields]
@@ -267,3 +269,25 @@ def test_cert_file_owner_and_group_are_names_or_numbers(tmp_path: Path) -> None:
 def test_rejects_unsafe_or_unknown_cert_file_ownership(tmp_path: Path, extra: str, message: str) -> None:
     text = error_of(tmp_path, f"[[cert_files]]\ndir = 'certs'\nselectors = ['unix:uid:1']\n{extra}")
     assert text == f"invalid agent configuration:\n  {message}"
+
+
+def test_x509pop_attestation_reads_the_enterprise_files_relative_to_the_config(tmp_path: Path) -> None:
+    config = load(tmp_path, 'attestation = "x509pop"\n[x509pop]\ncert_file = "host.pem"\nkey_file = "host.key"\n')
+
+    assert config.x509pop_proof() == X509PopProof(tmp_path / "host.pem", tmp_path / "host.key")
+
+
+def test_join_token_attestation_has_no_x509pop_proof(tmp_path: Path) -> None:
+    assert load(tmp_path, 'join_token = "t"\n').x509pop_proof() is None
+
+
+def test_x509pop_attestation_without_its_files_is_refused(tmp_path: Path) -> None:
+    assert error_of(tmp_path, 'attestation = "x509pop"\n') == (
+        'invalid agent configuration:\n  config: attestation = "x509pop" needs x509pop.cert_file and '
+        "x509pop.key_file: the host's enterprise certificate and its key"
+    )
+
+
+def test_x509pop_attestation_with_a_join_token_is_refused(tmp_path: Path) -> None:
+    text = error_of(tmp_path, 'attestation = "x509pop"\njoin_token = "t"\n[x509pop]\ncert_file = "a"\nkey_file = "b"\n')
+    assert text.endswith('attestation = "x509pop" uses no join token; remove join_token / join_token_file')

@@ -6,6 +6,8 @@ not what was asked for."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import stat
 from collections.abc import Callable
@@ -16,10 +18,12 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from bridge.x509pop import verify_signature
 from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
 from sds.node_client import AgentCredentials, AttestResult, SyncState
 from sds.persistence import AgentStore
 from sds.planning import signer_ids
+from sds.x509pop_proof import X509PopProof
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import (
     ConfigError,
@@ -33,6 +37,7 @@ from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_pki import SigningCa
 from tests.support.clock import FakeClock
+from tests.support.enterprise_pki import EnterprisePki
 
 TD = TrustDomain("example.org")
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -44,12 +49,14 @@ BOOTSTRAP = Bundle(TD, (CA.cert,))
 # The authority the CA rotated to; the bundle publishes both while the old one is tainted.
 NEW_CA = SigningCa.create(TD, NOW - timedelta(days=1), ttl=timedelta(days=3))
 BOTH = Bundle(TD, (CA.cert, NEW_CA.cert), sequence=2)
+NONCE = bytes(range(32))
 
 
 class FakeAttestationApi:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.attested: list[tuple[Bundle, str, bytes]] = []
+        self.challenged: list[tuple[str, bytes]] = []
         self.renewed = 0
         self.credentials: list[AgentCredentials] = []
         self.assign = AGENT
@@ -65,6 +72,10 @@ class FakeAttestationApi:
                 self.assign, other.public_key(), not_before=self.clock.now(), not_after=self.clock.now() + AGENT_TTL
             )
         return self.signer.sign_csr(csr, self.assign, now=self.clock.now(), ttl=AGENT_TTL)
+
+    async def challenge(self, roots: Bundle, method: str, payload: bytes) -> bytes:
+        self.challenged.append((method, payload))
+        return NONCE
 
     async def attest(self, roots: Bundle, method: str, payload: bytes, csr: bytes) -> AttestResult:
         self.attested.append((roots, method, payload))
@@ -88,6 +99,7 @@ def identity(
     api: FakeAttestationApi | None = None,
     token: str | None = TOKEN,
     bootstrap: Bundle | None = BOOTSTRAP,
+    x509pop: X509PopProof | None = None,
 ) -> tuple[AgentIdentity, FakeAttestationApi]:
     api = api or FakeAttestationApi(clock)
     agent = AgentIdentity(
@@ -97,6 +109,7 @@ def identity(
         join_token=lambda: token,
         bootstrap_bundle=bootstrap,
         clock=clock,
+        x509pop=x509pop,
     )
     return agent, api
 
@@ -204,6 +217,50 @@ async def test_an_expired_svid_with_a_new_join_token_attests_again(tmp_path: Pat
     assert [(method, payload) for _, method, payload in api.attested] == [("join_token", b"join-token-2")]
     assert credentials.svid.leaf.not_valid_after_utc > clock.now()
     assert credentials.svid.leaf != old.svid.leaf
+
+
+async def test_an_x509pop_agent_presents_its_chain_and_signs_the_challenge_with_its_key(
+    tmp_path: Path, clock: FakeClock, enterprise_pki: EnterprisePki
+) -> None:
+    host = enterprise_pki.web
+    agent, api = identity(tmp_path, clock, token=None, x509pop=X509PopProof(host.cert, host.key))
+
+    await agent.start()
+
+    assert api.challenged == [("x509pop", host.cert.read_bytes())]
+    ((_, method, answer),) = api.attested
+    assert method == "x509pop"
+    nonce, signature = (base64.b64decode(value) for value in json.loads(answer).values())
+    assert nonce == NONCE
+    verify_signature(x509.load_pem_x509_certificate(host.cert.read_bytes()), nonce, signature)
+
+
+async def test_an_expired_svid_of_an_x509pop_agent_attests_again_without_an_operator(
+    tmp_path: Path, clock: FakeClock, enterprise_pki: EnterprisePki
+) -> None:
+    proof = X509PopProof(enterprise_pki.web.cert, enterprise_pki.web.key)
+    first, _ = identity(tmp_path, clock, token=None, x509pop=proof)
+    await first.start()
+    clock.advance(AGENT_TTL)
+    restarted, api = identity(tmp_path, clock, token=None, x509pop=proof)
+
+    credentials = await restarted.start()
+
+    assert [method for _, method, _ in api.attested] == ["x509pop"]
+    assert credentials.svid.leaf.not_valid_after_utc > clock.now()
+
+
+async def test_an_x509pop_agent_whose_key_file_is_missing_names_the_setting(
+    tmp_path: Path, clock: FakeClock, enterprise_pki: EnterprisePki
+) -> None:
+    missing = tmp_path / "host.key"
+    agent, api = identity(tmp_path, clock, token=None, x509pop=X509PopProof(enterprise_pki.web.cert, missing))
+
+    with pytest.raises(ConfigError) as caught:
+        await agent.start()
+
+    assert str(caught.value) == f"x509pop.key_file: cannot read {missing} (No such file or directory)"
+    assert (api.challenged, api.attested) == ([], [])
 
 
 async def test_first_start_without_a_join_token_names_the_fix(tmp_path: Path, clock: FakeClock) -> None:
