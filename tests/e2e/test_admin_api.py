@@ -450,17 +450,21 @@ def test_a_security_officer_rotates_through_the_cli_with_a_jwt_and_an_operator_c
 
 def test_an_auditor_lists_and_verifies_the_audit_log_through_the_cli_and_an_operator_cannot(ca: Ca) -> None:
     auditor, operator = write_token(ca, "ada", ["auditor"]), write_token(ca, "oscar", ["operator"])
-    code, _, err = ca.remote("audit", "list", token=operator)
+    bundle = ca.root / "bundle-now.pem"  # other tests of this module may have rotated the CA's root
+    bundle.write_text(ca.ok("bundle", "show"))
+    code, _, err = ca.remote("audit", "list", token=operator, bundle=bundle)
     assert (code, err.strip()) == (
         1,
         f"trustmesh-ca: error: oidc:{ISSUER}#oscar may not audit.list: GET /v1/audit needs auditor or "
         "security-officer; it holds operator",
     )
 
-    code, out, err = ca.remote("audit", "list", "--json", "--actor", f"oidc:{ISSUER}#oscar", token=auditor)
+    code, out, err = ca.remote(
+        "audit", "list", "--json", "--actor", f"oidc:{ISSUER}#oscar", token=auditor, bundle=bundle
+    )
     assert code == 0, err
     refusals = [(r["action"], r["outcome"], r["auth_method"]) for r in json.loads(out)]
     assert refusals == [("audit.list", "denied", "oidc")]
-    code, out, err = ca.remote("audit", "verify", token=auditor)
+    code, out, err = ca.remote("audit", "verify", token=auditor, bundle=bundle)
     assert code == 0, err
     assert out.startswith("the audit log verifies: "), out
