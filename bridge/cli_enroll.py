@@ -46,6 +46,7 @@ from bridge.enroll import (
 from bridge.enroll_files import SECRET_MODE, OutputFile, write_output
 from bridge.legacy_chain import load_certificates, read_pki_file
 from bridge.x509pop import agent_id
+from spiffe_core.durations import parse_duration
 from spiffe_core.errors import FailedPrecondition, InvalidArgument, TrustmeshError, UpstreamUnavailable
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import check_dns_name, load_pem_certificates
@@ -146,13 +147,21 @@ def _certificate(args: argparse.Namespace) -> HostCertificate | None:
     )
 
 
-def _enrollment(args: argparse.Namespace) -> Enrollment:
+def _dns_name(option: str, value: str) -> str:
     try:
-        host = check_dns_name(args.host)
+        return check_dns_name(value)
     except InvalidArgument as err:
-        raise InvalidArgument(f"--host: {err}") from None
+        raise InvalidArgument(f"{option}: {err}") from None
+
+
+def _enrollment(args: argparse.Namespace) -> Enrollment:
+    host = _dns_name("--host", args.host)
     if host.startswith("*"):
         raise InvalidArgument(f"--host {args.host!r}: name one host, not a wildcard")
+    try:
+        parse_duration(args.token_ttl)  # refused before the CA is asked for anything
+    except InvalidArgument as err:
+        raise InvalidArgument(f"--token-ttl: {err}") from None
     paths = InstallPaths(
         install_path("--config-dir", args.config_dir),
         install_path("--state-dir", args.state_dir),
@@ -164,7 +173,7 @@ def _enrollment(args: argparse.Namespace) -> Enrollment:
         trust_domain=TrustDomain.parse(args.trust_domain),
         server_address=ca_address("--server-address", args.server_address),
         attestation_address=ca_address("--attestation-address", args.attestation_address),
-        server_name=check_dns_name(args.server_name),
+        server_name=_dns_name("--server-name", args.server_name),
         method=Method(args.method),
         paths=paths,
         user=service_user(args.user),

@@ -5,8 +5,9 @@ on the host. From it come the agent's configuration (the TOML ``trustmesh-agent`
 hardened systemd unit. Both are plain text, rendered here without I/O, so they can be checked
 without a CA.
 
-Secrets never sit in a file the agent's user owns: the join token and the enterprise key stay root's
-(0600) where config management put them, and the unit hands the agent a copy through systemd
+Secrets never sit in a file the agent's user owns: the join token (installed by config management)
+and the enterprise key (already on the host) stay root's 0600 files, and the unit hands the agent a
+copy through systemd
 credentials (``LoadCredential=``), readable only by the service under ``$CREDENTIALS_DIRECTORY``. The
 agent configuration names the files where they are on the host, so the agent also starts without
 systemd (by hand as root, or in a test); the unit points the agent at the credential copies with the
