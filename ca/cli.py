@@ -499,6 +499,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-if __name__ == "__main__":  # `python -m ca.cli`: how trustmesh-bridge enroll runs the CA CLI
-    sys.exit(main())
