@@ -12,7 +12,8 @@ learn about it at once.
 An entry with ``admin: true`` makes its workload an admin of the CA over mTLS (``admin_api.admin_entry_role``,
 docs/admin-api.md). You cannot grant what you do not hold: creating, changing or deleting such an entry
 needs a caller who holds that role too (the admin API's edge says whether it does, ``may_manage_admin``);
-a refusal is audited.
+a refusal is audited through the server's shared :class:`~ca.audit.AuditTrail`, so a caller who is refused
+again and again is throttled into a summary like every other refusal (``[audit] refusals_per_minute``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ca.audit import AuditTrail
+from ca.audit import AuditTrail, refusal_event
 from ca.store.engine import Database
 from ca.store.records import Actor, AuditEvent, EntrySpec, RegistrationEntry
 from ca.store.repositories import AuditLogRepository, RegistrationEntryRepository
@@ -180,11 +181,20 @@ def entitled_by_id(entries: Iterable[RegistrationEntry]) -> dict[str, Registrati
 class RegistrationEntries:
     """The registration entry use cases; each call is one unit of work."""
 
-    def __init__(self, database: Database, hub: ChangeHub, policy: EntryPolicy, clock: Clock) -> None:
+    def __init__(
+        self,
+        database: Database,
+        hub: ChangeHub,
+        policy: EntryPolicy,
+        clock: Clock,
+        *,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self._database = database
         self._hub = hub
         self._policy = policy
         self._clock = clock
+        self._audit = audit or AuditTrail(database)
 
     @property
     def policy(self) -> EntryPolicy:
@@ -265,13 +275,13 @@ class RegistrationEntries:
         return any(entry.spec.admin for entry in self.list(spiffe_id=spiffe_id))
 
     def _refuse_admin_change(self, actor: Actor, action: str, target: str) -> NotAuthorized:
-        """Audit the refusal in a unit of work of its own (the change's own rolled back) and return it."""
+        """Audit the refusal (throttled per caller) in a unit of work of its own (the change's own rolled
+        back) and return it."""
         err = NotAuthorized(
             f"{target} is an admin entry (admin: true); only a caller holding the role admin entries confer "
             "(admin_api.admin_entry_role) may create, change or delete one: you cannot grant what you do not hold"
         )
-        event = AuditEvent(self._clock.now(), actor, action, target, "denied", reason=str(err))
-        AuditTrail(self._database).record(event)
+        self._audit.record_refusal(refusal_event(self._clock.now(), actor, action, target, err))
         return err
 
     def get(self, entry_id: str) -> RegistrationEntry:

@@ -169,6 +169,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         hub,
         EntryPolicy(config.trust_domain, config.x509_svid.max_ttl, config.jwt_svid.max_ttl),
         clock,
+        audit=audit,
     )
     join_tokens = JoinTokens(database, config.trust_domain, clock)
     mappings = IdentityMappings(database, config.trust_domain, clock)

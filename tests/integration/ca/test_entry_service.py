@@ -10,7 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ca.attestation import JoinTokens
+from ca.audit import AuditTrail
+from ca.audit_throttle import RefusalThrottle
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.ratelimit import Rate
 from ca.store import Actor, AgentRepository, AuditLogRepository, Database, EntrySpec
 from ca.sync import Change, ChangeHub, Subscription
 from spiffe_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotAuthorized, NotFound
@@ -337,6 +340,27 @@ def test_an_admin_entry_cannot_be_changed_or_deleted_by_a_caller_without_the_rol
 
     assert entries.get(created.id) == created
     assert [action for action, _, _ in denied(database)] == ["entry.update", "entry.delete"]
+
+
+def test_a_burst_of_refused_admin_entry_changes_is_throttled_into_a_suppressed_summary(
+    database: Database, hub: ChangeHub, clock: FakeClock
+) -> None:
+    trail = AuditTrail(database, RefusalThrottle(Rate(1 / 60, 2), Rate(100, 100)))
+    entries = RegistrationEntries(
+        database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock, audit=trail
+    )
+
+    for _ in range(5):
+        with pytest.raises(NotAuthorized):
+            entries.create(ADMIN_SPEC, TESTER, may_manage_admin=False)
+    assert trail.flush_suppressed(clock.now()) == 1
+
+    assert denied(database) == [("entry.create", str(ADMIN_SPEC.spiffe_id), "denied")] * 2 + [
+        ("audit.suppressed", TESTER.name, "denied")
+    ]
+    with database.transaction() as session:
+        summary = AuditLogRepository(session).list()[-1].event
+    assert (summary.detail["count"], summary.detail["actions"]) == (3, {"entry.create": 3})
 
 
 def test_has_admin_entry_answers_for_the_spiffe_id_of_an_admin_entry_only(entries: RegistrationEntries) -> None:
