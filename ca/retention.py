@@ -25,17 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from ca.store.engine import Database
 from ca.store.repositories import IssuedCertificateRepository
-from spiffe_core.backoff import LogThrottle, backoff_delay
+from spiffe_core.backoff import Backoff, retry_forever
 from spiffe_core.clock import Clock
 from spiffe_core.durations import format_duration
-from spiffe_core.errors import TrustmeshError
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +70,7 @@ class IssuedCertificateRetention:
         self._clock = clock
         self._batch_size = batch_size
         self._max_batches = max_batches
-        self._rng = random.Random()  # noqa: S311 - jitter, not secrets
-        self._throttle = LogThrottle()
+        self._backoff = Backoff(log, _RETRY_BASE_SECONDS, _RETRY_CAP_SECONDS)
 
     def prune_once(self) -> PruneResult:
         """One run: delete, one transaction per batch, the records of certificates whose notAfter is
@@ -93,28 +89,15 @@ class IssuedCertificateRetention:
     async def run(self) -> None:
         """Prune now and then every :data:`PRUNE_INTERVAL` until cancelled, logging one line per run.
         A failing datastore is retried with backoff and never stops the CA."""
-        failures = 0
-        while True:
-            try:
-                result = await asyncio.to_thread(self.prune_once)
-            except Exception as err:  # a datastore outage must not take the CA's TaskGroup down
-                failures += 1
-                delay = backoff_delay(failures, self._rng, _RETRY_BASE_SECONDS, _RETRY_CAP_SECONDS)
-                if self._throttle.should_log(time.monotonic()):
-                    log.warning(
-                        "pruning expired issued-certificate records failed: %s; retrying in %.1fs%s",
-                        err,
-                        delay,
-                        self._throttle.note(),
-                        exc_info=not isinstance(err, TrustmeshError),
-                    )
-            else:
-                failures = 0
-                log.info(
-                    "pruned %d issued-certificate records that expired over %s ago%s",
-                    result.deleted,
-                    format_duration(self._retention),
-                    "; more left for the next run" if result.more else "",
-                )
-                delay = (BACKLOG_INTERVAL if result.more else PRUNE_INTERVAL).total_seconds()
-            await asyncio.sleep(delay)
+        await retry_forever(self._attempt, self._backoff, "pruning expired issued-certificate records")
+
+    async def _attempt(self) -> float:
+        """One logged run; returns the seconds until the next (sooner while a backlog is left)."""
+        result = await asyncio.to_thread(self.prune_once)
+        log.info(
+            "pruned %d issued-certificate records that expired over %s ago%s",
+            result.deleted,
+            format_duration(self._retention),
+            "; more left for the next run" if result.more else "",
+        )
+        return (BACKLOG_INTERVAL if result.more else PRUNE_INTERVAL).total_seconds()
