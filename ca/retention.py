@@ -14,6 +14,11 @@ Why deleting only long-expired records is safe:
   (see :func:`ca.rotation.prune_at`, which then still waits a refresh hint after it stopped signing).
 * Revoking a serial whose record is gone answers NotFound: that SVID had expired long ago.
 
+Each run also deletes the records of used x509pop nonces that have expired
+(:mod:`ca.store.repositories.x509pop_nonces`): an expired nonce is refused as expired, so its record no
+longer guards anything. There is one per x509pop attestation since about the last run, so one
+statement does.
+
 Runs in the CA's TaskGroup (:func:`ca.server.serve`): every :data:`PRUNE_INTERVAL`, in transactions of
 at most :data:`BATCH_SIZE` rows and at most :data:`MAX_BATCHES_PER_RUN` of them, so one run never holds
 locks or the datastore for long; a backlog is worked off by the next runs, which come sooner
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ca.store.engine import Database
-from ca.store.repositories import IssuedCertificateRepository
+from ca.store.repositories import IssuedCertificateRepository, UsedNonceRepository
 from spiffe_core.backoff import Backoff, retry_forever
 from spiffe_core.clock import Clock
 from spiffe_core.durations import format_duration
@@ -49,6 +54,8 @@ class PruneResult:
     deleted: int
     # True when the run stopped at MAX_BATCHES_PER_RUN with more left to delete.
     more: bool
+    # Records of expired x509pop nonces deleted.
+    nonces: int = 0
 
 
 class IssuedCertificateRetention:
@@ -74,17 +81,21 @@ class IssuedCertificateRetention:
 
     def prune_once(self) -> PruneResult:
         """One run: delete, one transaction per batch, the records of certificates whose notAfter is
-        older than now minus the retention; stop after ``max_batches`` full batches. Blocking; raises
-        what the datastore raises (a batch already committed stays deleted)."""
-        cutoff = self._clock.now() - self._retention
+        older than now minus the retention; stop after ``max_batches`` full batches. Before that, delete
+        the records of expired x509pop nonces. Blocking; raises what the datastore raises (a batch
+        already committed stays deleted)."""
+        now = self._clock.now()
+        with self._database.transaction() as session:
+            nonces = UsedNonceRepository(session).delete_expired(now)
+        cutoff = now - self._retention
         deleted = 0
         for _ in range(self._max_batches):
             with self._database.transaction() as session:
                 count = IssuedCertificateRepository(session).delete_expired(cutoff, self._batch_size)
             deleted += count
             if count < self._batch_size:
-                return PruneResult(deleted, more=False)
-        return PruneResult(deleted, more=True)
+                return PruneResult(deleted, more=False, nonces=nonces)
+        return PruneResult(deleted, more=True, nonces=nonces)
 
     async def run(self) -> None:
         """Prune now and then every :data:`PRUNE_INTERVAL` until cancelled, logging one line per run.
@@ -95,9 +106,10 @@ class IssuedCertificateRetention:
         """One logged run; returns the seconds until the next (sooner while a backlog is left)."""
         result = await asyncio.to_thread(self.prune_once)
         log.info(
-            "pruned %d issued-certificate records that expired over %s ago%s",
+            "pruned %d issued-certificate records that expired over %s ago%s%s",
             result.deleted,
             format_duration(self._retention),
+            f" and {result.nonces} expired x509pop nonces" if result.nonces else "",
             "; more left for the next run" if result.more else "",
         )
         return (BACKLOG_INTERVAL if result.more else PRUNE_INTERVAL).total_seconds()
