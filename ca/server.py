@@ -36,7 +36,7 @@ from ca.audit_throttle import RefusalThrottle
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
-from ca.bridge_attestation import x509pop_attestor
+from ca.bridge_attestation import DatastoreChallenges, x509pop_attestor
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
@@ -169,6 +169,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         hub,
         EntryPolicy(config.trust_domain, config.x509_svid.max_ttl, config.jwt_svid.max_ttl),
         clock,
+        audit=audit,
     )
     join_tokens = JoinTokens(database, config.trust_domain, clock)
     mappings = IdentityMappings(database, config.trust_domain, clock)
@@ -177,7 +178,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         issuer=service,
         authorities=authorities,
         entries=entries,
-        attestors=NodeAttestors.of(join_tokens, *_bridge_attestors(config, mappings)),
+        attestors=NodeAttestors.of(join_tokens, *_bridge_attestors(config, mappings, database, clock)),
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
         hub=hub,
@@ -241,11 +242,15 @@ def _federation(
     return relationships, refresher
 
 
-def _bridge_attestors(config: CaConfig, mappings: IdentityMappings) -> tuple[X509PopAttestor, ...]:
-    """x509pop when ``[bridge]`` names trust anchors (their files are checked now: ConfigError)."""
+def _bridge_attestors(
+    config: CaConfig, mappings: IdentityMappings, database: Database, clock: Clock
+) -> tuple[X509PopAttestor, ...]:
+    """x509pop when ``[bridge]`` names trust anchors (their files are checked now: ConfigError), its
+    challenges shared by every replica through the datastore."""
     if not config.bridge.enabled:
         return ()
-    return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules),)
+    ledger = DatastoreChallenges(database, clock)
+    return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules, ledger),)
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:

@@ -93,10 +93,11 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
 
 @contextlib.asynccontextmanager
 async def running_node_api(
-    tmp_path: Path, *attestors: NodeAttestor, guard: NodeApiGuard | None = None
+    tmp_path: Path, *attestors: Callable[[Database, FakeClock], NodeAttestor], guard: NodeApiGuard | None = None
 ) -> AsyncIterator[RunningCa]:
     """A CA service on SQLite in ``tmp_path`` serving the node API on free ports, attesting with join
-    tokens and ``attestors``, under ``guard``'s limits (default: the default limits)."""
+    tokens and ``attestors`` (each built over the CA's datastore and clock), under ``guard``'s limits
+    (default: the default limits)."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
@@ -124,7 +125,7 @@ async def running_node_api(
         issuer=service,
         authorities=authorities,
         entries=entries,
-        attestors=NodeAttestors.of(join_tokens, *attestors),
+        attestors=NodeAttestors.of(join_tokens, *(attestor(database, clock) for attestor in attestors)),
         agent_svid_ttl=AGENT_TTL,
         clock=clock,
         hub=hub,
