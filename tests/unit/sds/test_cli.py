@@ -67,7 +67,9 @@ def test_envoy_bootstrap_without_a_listener_says_what_to_give(capsys: pytest.Cap
     assert err == (
         "trustmesh-agent: error: envoy-bootstrap needs a listener: --inbound-port PORT --allow SPIFFE_ID "
         "--inbound-upstream HOST:PORT to terminate mTLS in front of your application, and/or --outbound-port "
-        "PORT --upstream HOST:PORT --upstream-id SPIFFE_ID to call an mTLS service\n"
+        "PORT --upstream HOST:PORT --upstream-id SPIFFE_ID to call an mTLS service, and/or --legacy-port PORT "
+        "--legacy-upstream HOST:PORT --legacy-roots NAME to call a legacy TLS server, and/or --legacy-inbound-port "
+        "PORT to serve legacy clients\n"
     )
 
 
