@@ -81,7 +81,9 @@ def test_a_rewritten_file_with_the_same_roots_is_no_change(roots_file: Path, ent
     both = enterprise_pki.root.read_bytes() + enterprise_pki.untrusted_root.read_bytes()
     roots_file.write_bytes(both)
     files = loaded(roots_file)
-    replace(roots_file, b"# reordered\n" + enterprise_pki.untrusted_root.read_bytes() + enterprise_pki.root.read_bytes())
+    replace(
+        roots_file, b"# reordered\n" + enterprise_pki.untrusted_root.read_bytes() + enterprise_pki.root.read_bytes()
+    )
 
     assert files.refresh() is False
 
