@@ -630,6 +630,15 @@ class AdminApiConfig(_Section):
         return self
 
 
+def _within(value: timedelta, low: timedelta, high: timedelta, advice: str) -> timedelta:
+    """``value`` if it lies in ``low..high``; else the ValueError a validator raises, with ``advice``."""
+    if not low <= value <= high:
+        raise ValueError(
+            f"{format_duration(value)} is outside {format_duration(low)}..{format_duration(high)}; {advice}"
+        )
+    return value
+
+
 class AuditConfig(_Section):
     """The audit log's signed checkpoints (docs/audit.md)."""
 
@@ -644,13 +653,12 @@ class AuditConfig(_Section):
     @field_validator("checkpoint_interval")
     @classmethod
     def _interval(cls, value: timedelta) -> timedelta:
-        if not MIN_CHECKPOINT_INTERVAL <= value <= MAX_CHECKPOINT_INTERVAL:
-            raise ValueError(
-                f"{format_duration(value)} is outside {format_duration(MIN_CHECKPOINT_INTERVAL)}.."
-                f"{format_duration(MAX_CHECKPOINT_INTERVAL)}; write e.g. '1m' (records newer than the newest "
-                "checkpoint can be cut off unnoticed, so keep it short)"
-            )
-        return value
+        return _within(
+            value,
+            MIN_CHECKPOINT_INTERVAL,
+            MAX_CHECKPOINT_INTERVAL,
+            "write e.g. '1m' (records newer than the newest checkpoint can be cut off unnoticed, so keep it short)",
+        )
 
 
 # How often the CA looks at its [bridge] legacy_roots files for a change (bounds).
@@ -689,12 +697,7 @@ class BridgeConfig(_Section):
     @field_validator("legacy_roots_check_interval")
     @classmethod
     def _check_interval(cls, value: timedelta) -> timedelta:
-        if not MIN_LEGACY_ROOTS_CHECK_INTERVAL <= value <= MAX_LEGACY_ROOTS_CHECK_INTERVAL:
-            raise ValueError(
-                f"{format_duration(value)} is outside {format_duration(MIN_LEGACY_ROOTS_CHECK_INTERVAL)}.."
-                f"{format_duration(MAX_LEGACY_ROOTS_CHECK_INTERVAL)}; write e.g. '5s'"
-            )
-        return value
+        return _within(value, MIN_LEGACY_ROOTS_CHECK_INTERVAL, MAX_LEGACY_ROOTS_CHECK_INTERVAL, "write e.g. '5s'")
 
     @field_validator("trust_anchors")
     @classmethod

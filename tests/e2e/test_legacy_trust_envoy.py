@@ -25,6 +25,7 @@ from sds.envoy_bootstrap import LegacyInbound, LegacyOutbound, envoy_bootstrap
 from spiffe_core.spiffe_id import TrustDomain
 from tests.support.enterprise_pki import EnterprisePki
 from tests.support.envoy import Envoy, running_envoy
+from tests.support.files import replace_file
 from tests.support.legacy_tls import legacy_get, legacy_https_server
 from tests.support.mesh import TRUST_DOMAIN, Mesh
 from tests.support.processes import command, free_port, run, wait_until
@@ -88,12 +89,6 @@ def get_through(port: int) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
-def replace(path: Path, data: bytes) -> None:
-    scratch = path.with_suffix(".new")
-    scratch.write_bytes(data)
-    os.replace(scratch, path)
-
-
 def test_envoy_reaches_a_legacy_server_verified_by_enterprise_roots_and_dns_name(setup: Setup) -> None:
     reply = get_through(setup.trusted_port)
 
@@ -113,11 +108,11 @@ def test_a_replaced_roots_file_reaches_the_running_envoy(setup: Setup, enterpris
         return get_through(setup.untrusted_port).status_code == 200
 
     original = setup.roots_file.read_bytes()
-    replace(setup.roots_file, original + enterprise_pki.untrusted_root.read_bytes())
+    replace_file(setup.roots_file, original + enterprise_pki.untrusted_root.read_bytes())
     try:
         wait_until(untrusted_server_answers, PUSH_TIMEOUT, "Envoy to trust the root added to the CA's file")
     finally:
-        replace(setup.roots_file, original)
+        replace_file(setup.roots_file, original)
         wait_until(lambda: not untrusted_server_answers(), PUSH_TIMEOUT, "Envoy to drop the root again")
 
 

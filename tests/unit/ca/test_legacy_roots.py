@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,9 @@ from ca.sync import ChangeHub
 from spiffe_core.errors import ConfigError
 from spiffe_core.spiffe_id import SpiffeId
 from tests.support.enterprise_pki import EnterprisePki
+from tests.support.files import replace_file
 
 AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
-
-
-def replace(path: Path, data: bytes) -> None:
-    scratch = path.with_suffix(".new")
-    scratch.write_bytes(data)
-    os.replace(scratch, path)
 
 
 @pytest.fixture
@@ -71,7 +65,7 @@ def test_refresh_without_a_change_changes_nothing(roots_file: Path) -> None:
 
 def test_refresh_reads_a_replaced_file(roots_file: Path, enterprise_pki: EnterprisePki) -> None:
     files = loaded(roots_file)
-    replace(roots_file, enterprise_pki.untrusted_root.read_bytes())
+    replace_file(roots_file, enterprise_pki.untrusted_root.read_bytes())
 
     assert files.refresh() is True
     assert files.get_roots() == {"corp": legacy_roots_pem(enterprise_pki.untrusted_root.read_bytes(), "root")}
@@ -81,7 +75,7 @@ def test_a_rewritten_file_with_the_same_roots_is_no_change(roots_file: Path, ent
     both = enterprise_pki.root.read_bytes() + enterprise_pki.untrusted_root.read_bytes()
     roots_file.write_bytes(both)
     files = loaded(roots_file)
-    replace(
+    replace_file(
         roots_file, b"# reordered\n" + enterprise_pki.untrusted_root.read_bytes() + enterprise_pki.root.read_bytes()
     )
 
@@ -93,7 +87,7 @@ def test_a_broken_file_keeps_the_roots_read_before_and_is_logged_once(
 ) -> None:
     files = loaded(roots_file)
     before = files.get_roots()
-    replace(roots_file, enterprise_pki.web.cert.read_bytes())
+    replace_file(roots_file, enterprise_pki.web.cert.read_bytes())
 
     with caplog.at_level(logging.ERROR, logger="ca.legacy_roots"):
         assert (files.refresh(), files.refresh()) == (False, False)
@@ -128,7 +122,7 @@ async def test_run_wakes_every_sync_stream_when_the_roots_change(
     with hub.subscribe(AGENT) as stream:
         watching = asyncio.create_task(files.run())
         try:
-            replace(roots_file, enterprise_pki.untrusted_root.read_bytes())
+            replace_file(roots_file, enterprise_pki.untrusted_root.read_bytes())
             await asyncio.wait_for(stream.wait(), 2.0)
         finally:
             watching.cancel()
