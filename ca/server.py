@@ -48,6 +48,7 @@ from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
+from ca.legacy_roots import LegacyRootFiles
 from ca.mappings import IdentityMappings
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
@@ -115,6 +116,7 @@ class CaParts:
     federation: FederationRelationships
     refresher: FederationRefresher
     mappings: IdentityMappings
+    legacy_roots: LegacyRootFiles
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -173,6 +175,9 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     )
     join_tokens = JoinTokens(database, config.trust_domain, clock)
     mappings = IdentityMappings(database, config.trust_domain, clock)
+    bridge = config.bridge
+    legacy_roots = LegacyRootFiles(bridge.legacy_roots, hub, bridge.legacy_roots_check_interval.total_seconds())
+    legacy_roots.load()
     node = NodeService(
         database=database,
         issuer=service,
@@ -183,6 +188,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock=clock,
         hub=hub,
         audit=audit,
+        legacy_roots=legacy_roots.get_roots,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -216,6 +222,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         federation,
         refresher,
         mappings,
+        legacy_roots,
     )
 
 
@@ -483,6 +490,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
             group.create_task(parts.refresher.run())
+            if config.bridge.legacy_roots:
+                group.create_task(parts.legacy_roots.run())
             if endpoint_socket is not None:
                 group.create_task(_serve_bundle_endpoint(config, parts, endpoint_socket))
             retention = config.datastore.issued_certificate_retention
