@@ -261,6 +261,17 @@ def _extensions(cert: x509.Certificate) -> x509.Extensions:
         raise X509SvidError(f"certificate {cert.serial_number:x} has a malformed extension: {err}") from err
 
 
+# The extension types the leaf rules look at.
+_RULED_TYPES = (x509.SubjectAlternativeName, x509.BasicConstraints, x509.KeyUsage, x509.ExtendedKeyUsage)
+
+
+@functools.lru_cache(maxsize=4096)
+def _uri_spiffe_id(uri: str) -> SpiffeId:
+    """``SpiffeId.parse`` of a URI SAN, remembered: the same few identities are checked again and
+    again (a refusal raises and is not remembered)."""
+    return SpiffeId.parse(uri)
+
+
 def validate_x509_svid_leaf(cert: x509.Certificate) -> SpiffeId:
     """Check a leaf against X509-SVID.md §2 and §4; return its SPIFFE ID or raise X509SvidError."""
     is_ec = cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.EC_PUBLIC_KEY  # no key object needed
@@ -282,18 +293,21 @@ def check_leaf_extensions(extensions: Iterable[x509.Extension[x509.ExtensionType
             raise X509SvidError(f"an X509-SVID has the extension {extension.oid.dotted_string} twice")
         seen.add(extension.oid)
         value = extension.value
-        if isinstance(value, x509.SubjectAlternativeName):
-            uris = value.get_values_for_type(x509.UniformResourceIdentifier)
-        elif isinstance(value, x509.BasicConstraints):
-            constraints = value
-        elif isinstance(value, x509.KeyUsage):
-            usage = value
-        elif isinstance(value, x509.ExtendedKeyUsage):
-            eku = value
+        kind = type(value)  # compared by identity: isinstance on these ABCs costs more than the rest
+        if kind not in _RULED_TYPES:  # a subclass still counts as what it extends
+            kind = next((ruled for ruled in _RULED_TYPES if isinstance(value, ruled)), kind)
+        if kind is x509.SubjectAlternativeName:
+            uris = value.get_values_for_type(x509.UniformResourceIdentifier)  # type: ignore[attr-defined]
+        elif kind is x509.BasicConstraints:
+            constraints = value  # type: ignore[assignment]
+        elif kind is x509.KeyUsage:
+            usage = value  # type: ignore[assignment]
+        elif kind is x509.ExtendedKeyUsage:
+            eku = value  # type: ignore[assignment]
     if len(uris) != 1:
         raise X509SvidError(f"an X509-SVID must have exactly one URI SAN, this one has {len(uris)} (X509-SVID §2)")
     try:
-        spiffe_id = SpiffeId.parse(uris[0])
+        spiffe_id = _uri_spiffe_id(uris[0])
     except SpiffeIdError as err:
         raise X509SvidError(f"the URI SAN of the X509-SVID is not a SPIFFE ID: {err}") from err
     if spiffe_id.is_trust_domain_id:
