@@ -58,6 +58,7 @@ from sds.node_client import AgentCredentials, NodeClient, make_csr
 from spiffe_core.bundle import Bundle
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import X509Svid, load_pem_certificates, verify_x509_svid
+from tests.support.postgres import PostgresServer  # the tests' throwaway server (scripts/ensure-postgres)
 
 TRUST_DOMAIN = TrustDomain("bench.example")
 REPO = Path(__file__).resolve().parents[1]  # the CA measured is this checkout's (PYTHONPATH for the child)
@@ -147,7 +148,7 @@ Sender = Callable[[int, Sequence[int]], Awaitable[list[bytes]]]
 
 async def run_phase(
     phase: Phase,
-    pid: int,
+    pids: Sequence[int],
     send: Sender,
     pool: Sequence[PooledCsr],
     total: int,
@@ -172,11 +173,11 @@ async def run_phase(
             if len(samples) < SAMPLES_PER_PHASE:
                 samples.append((leaves[0], indices[0]))
 
-    cpu_before, own_before = cpu_seconds(pid), own_cpu_seconds()
+    cpu_before, own_before = sum(cpu_seconds(pid) for pid in pids), own_cpu_seconds()
     started = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in range(phase.connections)))
     phase.seconds = time.perf_counter() - started
-    phase.server_cpu = cpu_seconds(pid) - cpu_before
+    phase.server_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     phase.client_cpu = own_cpu_seconds() - own_before
     for leaf, index in samples:
         verify(leaf, pool[index % len(pool)], index)
@@ -185,21 +186,23 @@ async def run_phase(
 
 
 class TrustmeshCa:
-    """A ``trustmesh-ca run`` child process in ``root``, with ``entries`` entries for one attested agent."""
+    """A ``trustmesh-ca run`` child process with its data in ``root/name``; ``extra`` is more of its
+    configuration (TOML sections)."""
 
-    def __init__(self, root: Path, taskset: list[str]) -> None:
+    def __init__(self, root: Path, taskset: list[str], name: str = "ca", extra: str = "") -> None:
         self.root = root
+        self.name = name
         self.http_port, self.node_port, self.attestation_port = free_port(), free_port(), free_port()
-        self.config = root / "ca.toml"
+        self.config = root / f"{name}.toml"
         self.config.write_text(
             f'trust_domain = "{TRUST_DOMAIN.name}"\n'
             "[node_api.ratelimit]\nsigning = 0\n"  # measure signing, not the per-agent limit
-            f'[server]\ndata_dir = "{root / "ca"}"\nserver_name = "{SERVER_NAME}"\n'
+            f'[server]\ndata_dir = "{root / name}"\nserver_name = "{SERVER_NAME}"\n'
             f'http_address = "127.0.0.1:{self.http_port}"\nnode_api_address = "127.0.0.1:{self.node_port}"\n'
-            f'attestation_address = "127.0.0.1:{self.attestation_port}"\n'
+            f'attestation_address = "127.0.0.1:{self.attestation_port}"\n{extra}'
         )
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.log = (root / "ca.log").open("wb")
+        self.log = (root / f"{name}.log").open("wb")
         self.process = subprocess.Popen(
             [*taskset, str(BIN_DIR / "trustmesh-ca"), "--config", str(self.config), "run"],
             stdout=self.log,
@@ -209,7 +212,7 @@ class TrustmeshCa:
 
     def admin(self) -> httpx.Client:
         """The admin API on the CA's local socket (what ``trustmesh-ca`` commands call)."""
-        transport = httpx.HTTPTransport(uds=str(self.root / "ca" / "admin.sock"))
+        transport = httpx.HTTPTransport(uds=str(self.root / self.name / "admin.sock"))
         return httpx.Client(transport=transport, base_url="http://trustmesh-ca", timeout=30)
 
     def wait_ready(self) -> None:
@@ -238,7 +241,7 @@ class TrustmeshCa:
         return str(token["token"]), entries, Bundle(TRUST_DOMAIN, x509_authorities=load_pem_certificates(pem.content))
 
     def tail(self) -> str:
-        return (self.root / "ca.log").read_text(errors="replace")[-2000:]
+        return (self.root / f"{self.name}.log").read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -271,31 +274,37 @@ class AttestedAgent:
         self.bundle = bundle
 
     @classmethod
-    async def attest(cls, ca: TrustmeshCa, entry_count: int, connections: int) -> AttestedAgent:
+    async def attest(cls, ca: TrustmeshCa, entry_count: int, connections: int, *more: TrustmeshCa) -> AttestedAgent:
+        """Attested at ``ca``, with ``connections`` clients to ``ca`` and as many to each of ``more``
+        (other replicas of it), in that order."""
         token, entries, roots = ca.enrol(entry_count)
 
-        def client() -> NodeClient:
+        def client(server: TrustmeshCa) -> NodeClient:
             return NodeClient(
                 trust_domain=TRUST_DOMAIN,
-                server_address=f"127.0.0.1:{ca.node_port}",
-                attestation_address=f"127.0.0.1:{ca.attestation_port}",
+                server_address=f"127.0.0.1:{server.node_port}",
+                attestation_address=f"127.0.0.1:{server.attestation_port}",
                 server_name=SERVER_NAME,
                 rpc_timeout=CALL_TIMEOUT,
             )
 
         key = ec.generate_private_key(ec.SECP256R1())
-        first = client()
+        first = client(ca)
         attested = await first.attest(roots, "join_token", token.encode(), make_csr(key))
         credentials = AgentCredentials(X509Svid(attested.spiffe_id, attested.cert_chain, key), attested.bundle)
-        clients = [first, *(client() for _ in range(connections - 1))]
+        clients = [first, *(client(ca) for _ in range(connections - 1))]
+        clients += [client(server) for server in more for _ in range(connections)]
         for each in clients:
             each.use_credentials(credentials)
         return cls(clients, entries, attested.bundle)
 
-    def sender(self, pool: Sequence[PooledCsr]) -> Sender:
+    def sender(self, pool: Sequence[PooledCsr], clients: Sequence[int] | None = None) -> Sender:
+        """Connection ``n`` of a phase is client ``clients[n]`` (default: client ``n``)."""
+        chosen = list(range(len(self.clients))) if clients is None else list(clients)
+
         async def send(connection: int, indices: Sequence[int]) -> list[bytes]:
             items = [(self.entries[i % len(self.entries)][0], pool[i % len(pool)].der) for i in indices]
-            signed = await self.clients[connection].sign_x509_svids(items)
+            signed = await self.clients[chosen[connection]].sign_x509_svids(items)
             refused = [s.error for s in signed if s.error]
             if refused:
                 raise RuntimeError(f"the CA refused {len(refused)} of {len(items)}: {refused[0]}")
@@ -481,7 +490,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], boo
                 ours.append(
                     await run_phase(
                         Phase("trustmesh", batch, connections),
-                        ca.process.pid,
+                        [ca.process.pid],
                         send,
                         pool,
                         args.svids,
@@ -499,7 +508,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], boo
                         theirs.append(
                             await run_phase(
                                 Phase("cfssl", 1, connections),
-                                cfssl.process.pid,
+                                [cfssl.process.pid],
                                 cfssl_send,
                                 pool,
                                 args.svids,
@@ -517,6 +526,86 @@ async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], boo
             if cfssl is not None:
                 cfssl.stop()
     return ours, theirs, pinned
+
+
+async def bench_replicas(args: argparse.Namespace) -> list[Phase]:
+    """The same SignX509Svids load on one CA replica, then spread over ``args.replicas`` replicas of
+    one PostgreSQL database (the HA design: one set of authorities, a shared key directory and KEK),
+    replica ``i`` pinned to core ``i`` when taskset is there; this process and PostgreSQL float."""
+    pool = make_pool(args.pool)
+    phases: list[Phase] = []
+    cores = len(os.sched_getaffinity(0))
+    server = await asyncio.to_thread(PostgresServer.start)
+    replicas: list[TrustmeshCa] = []
+    agent: AttestedAgent | None = None
+    try:
+        url = server.url(server.create_database())
+        with tempfile.TemporaryDirectory(prefix="tm-replicas-") as tmp:
+            root = Path(tmp)
+            shared = (
+                f'[datastore]\nurl = "{url}"\n[ca.key_manager]\nkek_file = "{root / "kek"}"\n'
+                f'directory = "{root / "keys"}"\n'
+            )
+            try:
+                for n in range(args.replicas):  # one after the other: the first creates the authorities
+                    pin = ["taskset", "-c", str(n % cores)] if shutil.which("taskset") and cores > 1 else []
+                    replicas.append(TrustmeshCa(root, pin, f"ca{n}", shared))
+                    await asyncio.to_thread(replicas[-1].wait_ready)
+                per_replica = max(1, args.replica_connections // args.replicas)
+                agent = await AttestedAgent.attest(replicas[0], args.entries, args.replica_connections, *replicas[1:])
+                pids = [r.process.pid for r in replicas]
+                one = list(range(args.replica_connections))  # every connection to the first replica
+                spread = [
+                    args.replica_connections + (r - 1) * args.replica_connections + c if r else c
+                    for c in range(per_replica)
+                    for r in range(args.replicas)
+                ]
+                for clients in (one, spread):
+                    send = agent.sender(pool, clients)
+                    for connection in range(len(clients)):
+                        await send(connection, [0])  # warm every connection and replica
+                    for batch in (int(b) for b in args.batches.split(",")):
+                        label = "1 replica" if clients is one else f"{args.replicas} replicas"
+                        phases.append(
+                            await run_phase(
+                                Phase(label, batch, len(clients)),
+                                pids,
+                                send,
+                                pool,
+                                args.svids,
+                                args.seconds,
+                                agent.verifier(),
+                            )
+                        )
+            finally:
+                if agent is not None:
+                    await agent.close()
+                for replica in replicas:
+                    replica.stop()
+    finally:
+        await asyncio.to_thread(server.stop)
+    return phases
+
+
+def report_replicas(phases: list[Phase], args: argparse.Namespace) -> None:
+    load = os.getloadavg()
+    print(
+        f"node API on PostgreSQL: 1 vs {args.replicas} CA replicas, {args.replica_connections} connections; "
+        f"{os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; replica i on core i, "
+        "the bench client and PostgreSQL on the same machine, not pinned"
+    )
+    print(f"{'servers':<11} {'batch':>5} {'conns':>5} {'SVIDs':>6} {'SVIDs/s':>9} {'CPU ms/1000':>12}  verified")
+    for phase in phases:
+        print(
+            f"{phase.server:<11} {phase.batch:>5} {phase.connections:>5} {phase.svids:>6} {phase.rate:>9.0f} "
+            f"{phase.cpu_ms_per_1000:>12.0f}  {phase.verified}"
+        )
+    single = {p.batch: p for p in phases if p.server == "1 replica"}
+    for phase in phases:
+        if phase.server != "1 replica":
+            ratio = phase.rate / single[phase.batch].rate
+            print(f"batch {phase.batch}: {args.replicas} replicas / 1 replica SVIDs/s {ratio:.2f}x")
+    print("goal: two workers on two cores >= 1.6x one worker")
 
 
 def report(ours: list[Phase], theirs: list[Phase], pinned: bool, args: argparse.Namespace) -> None:
@@ -559,9 +648,16 @@ def main() -> None:
     parser.add_argument("--batches", default="1,10,100", help="SVIDs per SignX509Svids call")
     parser.add_argument("--channels", default="1,4", help="connections, one call in flight on each")
     parser.add_argument("--no-cfssl", action="store_true", help="measure trustmesh only")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="N > 1: compare 1 and N CA replicas on one PostgreSQL instead"
+    )
+    parser.add_argument("--replica-connections", type=int, default=4, help="connections in the replica comparison")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.replicas > 1:
+        report_replicas(asyncio.run(bench_replicas(args)), args)
+        return
     ours, theirs, pinned = asyncio.run(bench(args))
     report(ours, theirs, pinned, args)
 
