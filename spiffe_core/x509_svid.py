@@ -178,30 +178,6 @@ def x509_svid_template(
     return X509SvidTemplate(builder, extensions, ec_key)
 
 
-def x509_svid_builder(
-    *,
-    spiffe_id: SpiffeId,
-    public_key: PublicKey,
-    issuer: x509.Certificate,
-    not_before: datetime,
-    not_after: datetime,
-    serial: int | None = None,
-    dns_names: Sequence[str] = (),
-    subject_cn: str | None = None,
-) -> x509.CertificateBuilder:
-    """:func:`x509_svid_template`'s builder alone (tests and tools that sign leaves of their own)."""
-    return x509_svid_template(
-        spiffe_id=spiffe_id,
-        public_key=public_key,
-        issuer=issuer,
-        not_before=not_before,
-        not_after=not_after,
-        serial=serial,
-        dns_names=dns_names,
-        subject_cn=subject_cn,
-    ).builder
-
-
 def _naive_utc(moment: datetime) -> datetime:
     """cryptography's builder constructor takes naive UTC times (its fluent setters convert for you)."""
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

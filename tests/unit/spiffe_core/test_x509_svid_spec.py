@@ -25,7 +25,6 @@ from spiffe_core.x509_svid import (
     validate_signing_cert,
     validate_x509_svid_leaf,
     verify_x509_svid,
-    x509_svid_builder,
     x509_svid_template,
 )
 
@@ -69,13 +68,13 @@ def root() -> Ca:
 
 def leaf_builder(ca: Ca, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None) -> Builder:
     key = key or ec.generate_private_key(ec.SECP256R1())
-    return x509_svid_builder(
+    return x509_svid_template(
         spiffe_id=WEB,
         public_key=key.public_key(),
         issuer=ca.cert,
         not_before=NOW - timedelta(minutes=1),
         not_after=NOW + timedelta(hours=1),
-    )
+    ).builder
 
 
 def raw_leaf(
@@ -308,20 +307,20 @@ def test_leaf_template_carries_both_ekus_ski_and_the_issuers_ski_as_aki(root: Ca
 
 def test_leaf_template_caps_not_after_at_the_issuers_not_after(root: Ca) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = x509_svid_builder(
+    cert = x509_svid_template(
         spiffe_id=WEB,
         public_key=key.public_key(),
         issuer=root.cert,
         not_before=NOW,
         not_after=NOW + timedelta(days=365),
-    ).sign(root.key, hashes.SHA256())
+    ).builder.sign(root.key, hashes.SHA256())
     assert cert.not_valid_after_utc == root.cert.not_valid_after_utc
 
 
 def test_leaf_template_refuses_an_invalid_dns_name(root: Ca) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(X509SvidError, match="is not a valid hostname"):
-        x509_svid_builder(
+        x509_svid_template(
             spiffe_id=WEB,
             public_key=key.public_key(),
             issuer=root.cert,
@@ -474,13 +473,13 @@ def test_parse_pem_refuses_a_key_that_does_not_match_the_leaf(root: Ca) -> None:
 
 def test_openssl_accepts_a_root_intermediate_leaf_chain_built_by_the_templates(root: Ca, tmp_path: Path) -> None:
     intermediate = make_ca(issuer=root, name="intermediate")
-    leaf = x509_svid_builder(
+    leaf = x509_svid_template(
         spiffe_id=WEB,
         public_key=ec.generate_private_key(ec.SECP256R1()).public_key(),
         issuer=intermediate.cert,
         not_before=datetime.now(UTC) - timedelta(minutes=1),
         not_after=datetime.now(UTC) + timedelta(hours=1),
-    )
+    ).builder
     result = subprocess.run(
         [
             "openssl",
