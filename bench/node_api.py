@@ -20,6 +20,11 @@ holds the key of the CSR it answers, and (trustmesh) it is an X509-SVID of the e
 
     scripts/bench-deps    # once: cfssl
     python bench/node_api.py [--svids 2000] [--seconds 20] [--pool 1000] [--batches 1,10,100] [--channels 1,4]
+    python bench/node_api.py --replicas 2 [--replica-connections 4]
+
+``--replicas N`` compares instead the same load on one CA replica and spread over N replicas of one
+PostgreSQL database (a throwaway server from tests/support/postgres.py; ``scripts/ensure-postgres``),
+sharing one key directory and KEK, replica i pinned to core i (docs/architecture.md: why replicas).
 
 Printed: SVIDs/s, server CPU ms per 1,000 SVIDs and the client's CPU share per phase, then per
 (batch, connections) the ratios to cfssl at the same number of connections — the figures that travel
