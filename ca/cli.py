@@ -187,6 +187,7 @@ def _entry_lines(entry: Mapping[str, Any]) -> list[str]:
         ("Federates with", listed(entry["federates_with"])),
         ("Admin", "yes" if entry["admin"] else "no"),
         ("Hint", entry["hint"] or "-"),
+        ("Owner", entry.get("owner") or "-"),
     )
     return [f"{label:<15}: {value}" for label, value in rows]
 
@@ -213,7 +214,9 @@ def _entry_body(args: argparse.Namespace, current: Mapping[str, Any] | None = No
                 "federates_with",
                 "admin",
                 "hint",
+                "owner",
             )
+            if key in current
         }
         if current is not None
         else {"dns_names": [], "federates_with": [], "admin": False, "hint": ""}
@@ -228,6 +231,7 @@ def _entry_body(args: argparse.Namespace, current: Mapping[str, Any] | None = No
         "federates_with": args.federates_with,
         "admin": args.admin,
         "hint": args.hint,
+        "owner": args.owner,
     }
     body.update({key: value for key, value in given.items() if value is not None})
     return body
@@ -319,6 +323,11 @@ def _add_entry_fields(parser: argparse.ArgumentParser, *, creating: bool) -> Non
         parser.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
         "--hint", help="free text that tells apart SVIDs of one workload" + ("" if creating else " ('' clears it)")
+    )
+    parser.add_argument(
+        "--owner",
+        help="who to call about this workload: a team, an address or a pager alias"
+        + ("" if creating else " ('' clears it)"),
     )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
 

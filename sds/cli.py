@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from sds.config import CONFIG_PATH_ENV, AgentConfig, load_agent_config
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
 from sds.files import write_private_file, write_public_file
+from sds.version import package_version
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -160,14 +160,6 @@ def cmd_fetch_jwt(args: argparse.Namespace) -> int:
     for spiffe_id, token in svids:
         print(f"{spiffe_id} {token}" if args.with_id else token)
     return 0
-
-
-def package_version() -> str:
-    """The installed trustmesh distribution's version (``--version``)."""
-    try:
-        return importlib.metadata.version("trustmesh")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (trustmesh is not installed; run scripts/bootstrap)"
 
 
 def name_subcommands(parser: argparse.ArgumentParser) -> None:

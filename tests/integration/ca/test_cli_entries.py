@@ -135,6 +135,8 @@ def test_entry_create_prints_the_stored_entry(cli: Cli) -> None:
         "--admin",
         "--hint",
         "blue",
+        "--owner",
+        "payments-oncall@example.org",
     )
     fields = labelled(out)
     del fields["Entry ID"]
@@ -149,6 +151,7 @@ def test_entry_create_prints_the_stored_entry(cli: Cli) -> None:
         "Federates with": "partner.example",
         "Admin": "yes",
         "Hint": "blue",
+        "Owner": "payments-oncall@example.org",
     }
 
 
@@ -164,6 +167,7 @@ def test_entry_create_json_is_the_admin_api_document(cli: Cli) -> None:
         "federates_with": [],
         "admin": False,
         "hint": "",
+        "owner": "",
         "revision": 1,
     }
 
@@ -213,6 +217,13 @@ def test_entry_update_clears_dns_names_and_hint(cli: Cli) -> None:
     assert cli.json("entry", "show", str(entry["id"])) == cleared
 
 
+def test_entry_update_sets_and_clears_the_owner(cli: Cli) -> None:
+    entry = create(cli, "spiffe://example.org/owner/web", "--owner", "team-a")
+    changed = cli.json("entry", "update", str(entry["id"]), "--owner", "team-b@example.org")
+    cleared = cli.json("entry", "update", str(entry["id"]), "--owner", "")
+    assert (entry["owner"], changed["owner"], cleared["owner"]) == ("team-a", "team-b@example.org", "")
+
+
 def test_entry_update_refuses_clear_dns_with_dns(cli: Cli) -> None:
     entry = create(cli, "spiffe://example.org/clear-both/web")
     code, _, err = cli("entry", "update", str(entry["id"]), "--clear-dns", "--dns", "a.example.org")
@@ -251,6 +262,11 @@ def test_entry_delete_removes_the_entry(cli: Cli) -> None:
             ("--spiffe-id", "https://example.org/web", "--parent-id", AGENT),
             "'https://example.org/web' does not start with 'spiffe://'",
             id="not-a-spiffe-id",
+        ),
+        pytest.param(
+            ("--spiffe-id", "spiffe://example.org/refused/web", "--parent-id", AGENT, "--owner", "a\nb"),
+            "owner has a line break or another control character; write one line",
+            id="multi-line-owner",
         ),
     ],
 )
