@@ -28,6 +28,7 @@ from ca.cli_agents import add_agent_commands
 from ca.cli_audit import add_audit_commands
 from ca.cli_authorities import add_authority_commands
 from ca.cli_federation import add_federation_commands
+from ca.cli_inventory import add_inventory_commands
 from ca.cli_mappings import add_mapping_commands
 from ca.config import CLIENT_ENV, CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
@@ -465,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_federation_commands(commands, _client)
     add_mapping_commands(commands, _client)
     add_audit_commands(commands, _client, _config)
+    add_inventory_commands(commands, _client)
     name_subcommands(parser)
     return parser
 
