@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import logging
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.admin_client import AdminClient, RemoteTarget, read_token_file
 from ca.cli_agents import add_agent_commands
+from ca.cli_analyze import add_analyze_command
 from ca.cli_audit import add_audit_commands
 from ca.cli_authorities import add_authority_commands
 from ca.cli_federation import add_federation_commands
@@ -43,9 +45,9 @@ PROG = "trustmesh-ca"
 CONFIG_ENV = "TRUSTMESH_CONFIG"
 
 
-def _config(args: argparse.Namespace) -> CaConfig:
+def _config(args: argparse.Namespace, *, ttl_checks: bool = True) -> CaConfig:
     path = args.config or os.environ.get(CONFIG_ENV)
-    return load_config(Path(path) if path else None, os.environ)
+    return load_config(Path(path) if path else None, os.environ, ttl_checks=ttl_checks)
 
 
 def _remote_option(args: argparse.Namespace, name: str) -> str | None:
@@ -467,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mapping_commands(commands, _client)
     add_audit_commands(commands, _client, _config)
     add_inventory_commands(commands, _client)
+    add_analyze_command(commands, _client, functools.partial(_config, ttl_checks=False))
     name_subcommands(parser)
     return parser
 
