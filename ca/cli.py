@@ -63,7 +63,7 @@ def _read_file(path: str, what: str) -> bytes:
         raise InvalidArgument(f"cannot read the {what} {path}: {err.strerror}") from err
 
 
-def _remote_target(args: argparse.Namespace, server: str) -> RemoteTarget:
+def _remote_target(args: argparse.Namespace, server: str, *, ttl_checks: bool = True) -> RemoteTarget:
     """How to reach and trust the CA at ``server`` and who to be there, from the flags and environment."""
     token_file, cert, key = (_remote_option(args, name) for name in ("token_file", "cert", "key"))
     bundle, server_name = _remote_option(args, "bundle"), _remote_option(args, "server_name")
@@ -72,7 +72,7 @@ def _remote_target(args: argparse.Namespace, server: str) -> RemoteTarget:
     trust_domain = TrustDomain.parse(args.trust_domain) if args.trust_domain else None
     expected = None
     if server_name is None:
-        expected = server_id(trust_domain or _config(args).trust_domain)
+        expected = server_id(trust_domain or _config(args, ttl_checks=ttl_checks).trust_domain)
     return RemoteTarget(
         url=server,
         bundle_pem=None if bundle is None else _read_file(bundle, "bundle"),
@@ -84,20 +84,21 @@ def _remote_target(args: argparse.Namespace, server: str) -> RemoteTarget:
     )
 
 
-def _client(args: argparse.Namespace) -> AdminClient:
-    """The admin API of the CA the command talks to: ``--server`` (HTTPS), else the local socket."""
+def _client(args: argparse.Namespace, *, ttl_checks: bool = True) -> AdminClient:
+    """The admin API of the CA the command talks to: ``--server`` (HTTPS), else the local socket.
+    ``ttl_checks=False`` finds it in a configuration whose TTL arithmetic is off (for ``analyze``)."""
     server = _remote_option(args, "server")
     if server is not None:
         if args.socket:
             raise InvalidArgument("--socket and --server name two CAs; give one")
-        return AdminClient.remote(_remote_target(args, server))
+        return AdminClient.remote(_remote_target(args, server, ttl_checks=ttl_checks))
     given = [f"--{name.replace('_', '-')}" for name in ("token_file", "cert", "key", "bundle") if getattr(args, name)]
     if given:
         raise InvalidArgument(
             f"{', '.join(given)} given without --server; these options are for a remote CA over HTTPS "
             "(without --server the CLI uses the local admin socket)"
         )
-    socket_path = Path(args.socket) if args.socket else _config(args).server.admin_socket
+    socket_path = Path(args.socket) if args.socket else _config(args, ttl_checks=ttl_checks).server.admin_socket
     return AdminClient.local(socket_path)
 
 
@@ -469,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_mapping_commands(commands, _client)
     add_audit_commands(commands, _client, _config)
     add_inventory_commands(commands, _client)
-    add_analyze_command(commands, _client, functools.partial(_config, ttl_checks=False))
+    add_analyze_command(
+        commands, functools.partial(_client, ttl_checks=False), functools.partial(_config, ttl_checks=False)
+    )
     name_subcommands(parser)
     return parser
 

@@ -51,7 +51,7 @@ def finding_lines(findings: Sequence[Finding]) -> list[str]:
         lines.append(f"  fix: {finding.fix}")
     counts = Counter(finding.severity for finding in findings)
     errors, warnings, info = (counts[severity] for severity in Severity)
-    lines.append(f"analyze: {errors} errors, {warnings} warnings, {info} info")
+    lines.append(f"analyze: errors {errors}, warnings {warnings}, info {info}")
     return lines
 
 
