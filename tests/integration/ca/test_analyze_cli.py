@@ -9,7 +9,6 @@ in a fixture config/state and is silent on a healthy one"): the real CLI, as a p
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import json
 import socketserver
@@ -24,10 +23,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from bridge.mapping import MappingRule, Match
-from ca.admin_client import AdminClient
 from ca.authority import AuthorityState
 from ca.config import load_config
-from ca.server import serve
 from ca.store import (
     AgentRepository,
     AuthorityRepository,
@@ -40,10 +37,10 @@ from ca.store import (
 from ca.store.records import FederationRelationship
 from ca.store.repositories import FederationRepository, IdentityMappingRepository
 from spiffe_core.bundle import Bundle
-from spiffe_core.errors import TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.analysis import DAY, HOUR, ca, crl_of, entry, jwt_record, x509_record
-from tests.support.processes import command, run, wait_until
+from tests.support.ca_thread import serving
+from tests.support.processes import command, run
 
 MINUTE = timedelta(minutes=1)
 GONE = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/gone")
@@ -193,30 +190,8 @@ def test_analyze_finds_every_seeded_problem_and_exits_1(seeded: Path) -> None:
 def running_healthy_ca() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="tm-an-", dir="/tmp") as tmp:
         config_file = write_config(Path(tmp))
-        config = load_config(config_file, {})
-        loop = asyncio.new_event_loop()
-        main_task = loop.create_task(serve(config))
-        thread = threading.Thread(
-            target=loop.run_until_complete, args=(asyncio.gather(main_task, return_exceptions=True),), daemon=True
-        )
-        thread.start()
-
-        def ready() -> bool:
-            assert not main_task.done(), f"serve() ended early: {main_task.exception() if main_task.done() else ''}"
-            try:
-                with AdminClient.local(config.server.admin_socket, timeout=1) as client:
-                    client.request("GET", "/ready")
-            except TrustmeshError:
-                return False
-            return True
-
-        try:
-            wait_until(ready, 30, "the CA's admin socket to answer /ready")
+        with serving(load_config(config_file, {})):
             yield config_file
-        finally:
-            loop.call_soon_threadsafe(main_task.cancel)
-            thread.join(15)
-            loop.close()
 
 
 def test_analyze_is_silent_beyond_info_on_a_healthy_running_ca_and_exits_0(running_healthy_ca: Path) -> None:

@@ -4,29 +4,22 @@ admin socket exactly as the installed command does."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ca.admin_client import AdminClient
 from ca.cli import main
 from ca.config import load_config
-from ca.server import serve
 from ca.store import Actor, AuditLogRepository, AuditQuery, Database
-from spiffe_core.errors import TrustmeshError
-from tests.support.processes import wait_until
+from tests.support.ca_thread import serving
 
 AGENT = "spiffe://example.org/trustmesh/agent/join_token/node-1"
 OTHER_AGENT = "spiffe://example.org/trustmesh/agent/join_token/node-2"
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 
 
 @dataclass
@@ -71,31 +64,9 @@ attestation_address = "127.0.0.1:0"
 
 @pytest.fixture(scope="module")
 def running_ca(config_file: Path) -> Iterator[Path]:
-    """One CA for the module (each test uses its own SPIFFE IDs); stopped by cancelling ``serve``."""
-    config = load_config(config_file, {})
-    loop = asyncio.new_event_loop()
-    main_task = loop.create_task(serve(config))
-    thread = threading.Thread(
-        target=loop.run_until_complete, args=(asyncio.gather(main_task, return_exceptions=True),), daemon=True
-    )
-    thread.start()
-
-    def ready() -> bool:
-        assert not main_task.done(), f"serve() ended early: {main_task.exception() if main_task.done() else ''}"
-        try:
-            with AdminClient.local(config.server.admin_socket, timeout=1) as client:
-                client.request("GET", "/ready")
-        except TrustmeshError:
-            return False
-        return True
-
-    try:
-        wait_until(ready, STARTUP_TIMEOUT, "the CA's admin socket to answer /ready")
+    """One CA for the module (each test uses its own SPIFFE IDs)."""
+    with serving(load_config(config_file, {})):
         yield config_file
-    finally:
-        loop.call_soon_threadsafe(main_task.cancel)
-        thread.join(STOP_TIMEOUT)
-        loop.close()
 
 
 @pytest.fixture
