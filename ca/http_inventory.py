@@ -60,7 +60,7 @@ class _PageQuery(BaseModel):
     cursor: str | None = Field(default=None, description="next_cursor of the page before")
 
 
-class SvidQuery(_PageQuery):
+class SvidListQuery(_PageQuery):
     """The query parameters of ``GET /v1/inventory/svids``."""
 
     spiffe_id: str | None = None
@@ -81,7 +81,7 @@ class SvidQuery(_PageQuery):
         )
 
 
-class JoinTokenQuery(_PageQuery):
+class JoinTokenListQuery(_PageQuery):
     """The query parameters of ``GET /v1/inventory/join-tokens``."""
 
     unused: bool = Field(default=False, description="only tokens that are unused and unexpired")
@@ -189,12 +189,12 @@ def add_inventory_routes(app: FastAPI, ops: InventoryOps, clock: Clock) -> None:
     """The four ``GET /v1/inventory/…`` routes."""
 
     @app.get("/v1/inventory/svids")
-    def list_svids(query: Annotated[SvidQuery, Query()]) -> SvidPageReply:
+    def list_svids(query: Annotated[SvidListQuery, Query()]) -> SvidPageReply:
         page = ops.svids(query.filter(), limit=query.limit, cursor=query.cursor)
         return SvidPageReply(svids=[svid_reply(i) for i in page.items], total=page.total, next_cursor=page.next_cursor)
 
     @app.get("/v1/inventory/join-tokens")
-    def list_join_tokens(query: Annotated[JoinTokenQuery, Query()]) -> JoinTokenPageReply:
+    def list_join_tokens(query: Annotated[JoinTokenListQuery, Query()]) -> JoinTokenPageReply:
         page = ops.join_tokens(
             unused=query.unused,
             expiring_within=_window(query.expiring_within_seconds),
