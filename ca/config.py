@@ -833,10 +833,13 @@ def check_ttl_arithmetic(config: CaConfig) -> None:
         raise ConfigError(_report("invalid configuration", problems))
 
 
-def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
+def load_config(path: Path | None, environ: Mapping[str, str], *, ttl_checks: bool = True) -> CaConfig:
     """Read the TOML file (only defaults when ``path`` is None), apply ``TRUSTMESH_`` overrides from
     ``environ``, validate everything, check the TTL arithmetic, and resolve relative paths against the
-    file's directory (the working directory without a file). Raises one ConfigError listing every problem."""
+    file's directory (the working directory without a file). Raises one ConfigError listing every problem.
+
+    ``ttl_checks=False`` leaves the TTL arithmetic to the caller (``trustmesh-ca analyze`` reports each
+    problem as a finding, next to what it finds in the datastore)."""
     document: dict[str, Any] = {}
     base_dir = Path.cwd()
     header = "invalid configuration"
@@ -865,7 +868,7 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
         config = CaConfig.model_validate(document)
     except ValidationError as err:
         raise ConfigError(_report(header, [_describe(problem, origins) for problem in err.errors()])) from None
-    problems = ttl_problems(config) + vault_problems(config) + admin_api_problems(config)
+    problems = (ttl_problems(config) if ttl_checks else []) + vault_problems(config) + admin_api_problems(config)
     if problems:
         raise ConfigError(_report(header, problems))
     return _resolve_paths(config, base_dir)

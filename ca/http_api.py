@@ -35,6 +35,7 @@ from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_audit import AuditOps, add_audit_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.http_caller import Caller, CallerRoles
+from ca.http_inventory import InventoryOps, add_inventory_routes
 from ca.http_mappings import MappingOps, add_mapping_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
 from ca.rbac import Role
@@ -130,6 +131,7 @@ class EntryBody(_Body):
     federates_with: list[str] = Field(default_factory=list, description="trust domain names")
     admin: bool = False
     hint: str = ""
+    owner: str = Field(default="", description="who to call about this workload: a team, an address, a pager alias")
 
 
 class EntryUpdateBody(EntryBody):
@@ -147,6 +149,7 @@ class EntryReply(BaseModel):
     federates_with: list[str]
     admin: bool
     hint: str
+    owner: str
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -181,6 +184,7 @@ def _entry_spec(body: EntryBody) -> EntrySpec:
         federates_with=frozenset(TrustDomain.parse(td) for td in body.federates_with),
         admin=body.admin,
         hint=body.hint,
+        owner=body.owner,
     )
 
 
@@ -201,6 +205,7 @@ def _entry_reply(entry: RegistrationEntry) -> EntryReply:
         federates_with=sorted(td.name for td in spec.federates_with),
         admin=spec.admin,
         hint=spec.hint,
+        owner=spec.owner,
         revision=entry.revision,
         created_at=entry.created_at,
         updated_at=entry.updated_at,
@@ -300,6 +305,7 @@ def create_admin_app(
     agents: AgentOps | None = None,
     federation: RelationshipOps | None = None,
     mappings: MappingOps | None = None,
+    inventory: InventoryOps | None = None,
     authenticator: Authenticator,
     audit: AuditRecorder,
     clock: Clock,
@@ -374,4 +380,6 @@ def create_admin_app(
         add_mapping_routes(app, mappings)
     if audit_log is not None:
         add_audit_routes(app, audit_log)
+    if inventory is not None:
+        add_inventory_routes(app, inventory, clock)
     return app

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ _INTERNAL = "internal error; see the CA's log"
 STOP_GRACE_SECONDS = 2.0
 # Trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds until the call would pass.
 RETRY_AFTER_KEY = "retry-after-ms"
+# The agent names itself first in gRPC's user-agent header (sds.node_client): trustmesh-agent/<version>.
+_AGENT_USER_AGENT = re.compile(r"(?:^|\s)trustmesh-agent/([0-9A-Za-z.+_-]{1,64})(?:\s|$)")
 
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -125,6 +128,17 @@ def peer_source(peer: str) -> str:
     return peer
 
 
+def reported_version(metadata: Any) -> str:
+    """The version an agent reports in its user-agent header (``trustmesh-agent/0.4.0 grpc-python/…``),
+    or "" when it reports none: an older agent, or a caller that is not our agent. Only a short token of
+    safe characters is taken, so a caller cannot put arbitrary text into the inventory."""
+    for key, value in metadata or ():
+        if key == "user-agent" and isinstance(value, str):
+            found = _AGENT_USER_AGENT.search(value)
+            return "" if found is None else found[1]
+    return ""
+
+
 def _der_chain(chain: tuple[x509.Certificate, ...]) -> list[bytes]:
     return [cert.public_bytes(serialization.Encoding.DER) for cert in chain]
 
@@ -189,7 +203,12 @@ class NodeServicer:
         self._unknown_keys = unknown_keys  # None: this CA fetches no partner bundle on request
 
     async def _agent(self, context: Context) -> AuthenticatedAgent:
-        return await asyncio.to_thread(self._node.authenticate, _peer_chain_pem(context), peer_source(context.peer()))
+        return await asyncio.to_thread(
+            self._node.authenticate,
+            _peer_chain_pem(context),
+            peer_source(context.peer()),
+            reported_version(context.invocation_metadata()),
+        )
 
     async def _admit_attestation(self, method: str, context: Context) -> str:
         """The caller's source address, once its attestation rate admits another step (checked before
@@ -215,6 +234,7 @@ class NodeServicer:
                 request.csr,
                 source=source,
                 trust_domain=request.trust_domain,
+                version=reported_version(context.invocation_metadata()),
             )
         )
         return node_pb2.AttestResponse(
@@ -241,7 +261,8 @@ class NodeServicer:
     async def RenewAgent(self, request: node_pb2.RenewAgentRequest, context: Context) -> node_pb2.RenewAgentResponse:
         agent = await self._agent(context)
         self._guard.admit_signing(agent.spiffe_id, 1)
-        svid = await asyncio.to_thread(self._node.renew, agent.spiffe_id, request.csr)
+        version = reported_version(context.invocation_metadata())
+        svid = await asyncio.to_thread(self._node.renew, agent.spiffe_id, request.csr, version)
         return node_pb2.RenewAgentResponse(svid_chain=_der_chain(svid.cert_chain))
 
     @_edge

@@ -58,6 +58,8 @@ RENEWAL_OVERLAP = timedelta(seconds=30)
 NODE_API = "node-api"
 # Caller-chosen text (an attestation method, an entry ID) is cut to this many characters in a record.
 SHOWN_LENGTH = 128
+# An agent's calls update when it was last seen (the inventory's "last seen") at most this often.
+CONTACT_INTERVAL = timedelta(minutes=1)
 
 
 def agent_actor(agent: SpiffeId) -> Actor:
@@ -159,12 +161,15 @@ class NodeService:
         self._audit = audit or AuditTrail(database)
         self._legacy_roots = legacy_roots  # ca.legacy_roots.LegacyRootFiles.get_roots; none by default
 
-    def attest(self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "") -> AgentSvid:
+    def attest(
+        self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "", version: str = ""
+    ) -> AgentSvid:
         """Check the node's evidence with the named attestor and sign its first agent X509-SVID.
 
         ``source`` is the address the node called from (the audit log's actor), ``trust_domain`` the one
-        the agent says it is configured for. The trust domain and the CSR are checked before the evidence
-        is spent, so a misconfigured agent or a malformed CSR does not burn a join token. Raises
+        the agent says it is configured for, ``version`` the one it reports (the inventory shows it). The
+        trust domain and the CSR are checked before the evidence is spent, so a misconfigured agent or a
+        malformed CSR does not burn a join token. Raises
         InvalidArgument (unknown method, bad CSR, another trust domain) and NotAuthorized (evidence
         refused, banned); either is audited."""
         now = self._clock.now()
@@ -176,8 +181,8 @@ class NodeService:
         except TrustmeshError as err:
             self.refuse_attestation(source, method, err)
             raise
-        issuance = Issuance(attestation_actor(source), "agent.attest", detail={"method": method})
-        return self._issue_agent_svid(agent_id, method, csr, issuance)
+        issuance = Issuance(attestation_actor(source), "agent.attest", detail={"method": method}, agent=agent_id)
+        return self._issue_agent_svid(agent_id, method, csr, issuance, version=version)
 
     def challenge(self, method: str, payload: bytes, *, source: str = "", trust_domain: str = "") -> bytes:
         """Step 1 of a challenge-response method (x509pop): check the node's evidence and return the
@@ -201,12 +206,12 @@ class NodeService:
             )
         )
 
-    def renew(self, agent: SpiffeId, csr: bytes) -> AgentSvid:
+    def renew(self, agent: SpiffeId, csr: bytes, version: str = "") -> AgentSvid:
         """A fresh agent X509-SVID for the same ID and a new key; refused (NotAuthorized) once banned."""
         with self._database.transaction() as session:
             method = self._active_agent(AgentRepository(session), agent).attestation_type
-        issuance = Issuance(agent_actor(agent), "agent.renew")
-        return self._issue_agent_svid(agent, method, csr, issuance, renewal=True)
+        issuance = Issuance(agent_actor(agent), "agent.renew", agent=agent)
+        return self._issue_agent_svid(agent, method, csr, issuance, renewal=True, version=version)
 
     def _check_trust_domain(self, claimed: str) -> None:
         """Refuse (InvalidArgument) an agent that says it is configured for another trust domain, before
@@ -220,8 +225,10 @@ class NodeService:
                 f"set trust_domain = {served.name!r} in the agent's configuration (the join token was not used)"
             )
 
-    def authenticate(self, peer_chain_pem: bytes | None, source: str = "") -> AuthenticatedAgent:
-        """The agent behind a TLS client certificate chain (PEM, leaf first), calling from ``source``.
+    def authenticate(self, peer_chain_pem: bytes | None, source: str = "", version: str = "") -> AuthenticatedAgent:
+        """The agent behind a TLS client certificate chain (PEM, leaf first), calling from ``source`` and
+        reporting ``version``; the call is noted as the agent's last contact (at most once a
+        :data:`CONTACT_INTERVAL`).
 
         NotAuthenticated when there is no certificate or it is not a valid X509-SVID of this trust
         domain now (expired, wrong signer); NotAuthorized when it is valid but not a known, unbanned
@@ -243,7 +250,9 @@ class NodeService:
                     f"({bundle.trust_domain.id}/trustmesh/agent/...)"
                 )
             with self._database.transaction() as session:
-                self._current_svid(self._active_agent(AgentRepository(session), spiffe_id), serial, now)
+                agents = AgentRepository(session)
+                self._current_svid(self._active_agent(agents, spiffe_id), serial, now)
+                agents.record_contact(spiffe_id, now, version, CONTACT_INTERVAL)
         except NotAuthorized as err:
             event = refusal_event(
                 now,
@@ -360,7 +369,7 @@ class NodeService:
                 self._audit.record_refusal(event)
             return outcomes
         signed = self._issuer.mint_x509_svids_each(
-            [request for _, request in authorized], Issuance(actor, "x509_svid.issue", detail=detail)
+            [request for _, request in authorized], Issuance(actor, "x509_svid.issue", detail=detail, agent=agent)
         )
         for (index, _), result in zip(authorized, signed, strict=True):
             entry_id = outcomes[index].entry_id
@@ -388,7 +397,7 @@ class NodeService:
         return self._issuer.mint_jwt_svid(request, agent_actor(agent))
 
     def _issue_agent_svid(
-        self, agent: SpiffeId, method: str, csr: bytes, issuance: Issuance, *, renewal: bool = False
+        self, agent: SpiffeId, method: str, csr: bytes, issuance: Issuance, *, renewal: bool = False, version: str = ""
     ) -> AgentSvid:
         """Sign and record the agent's new SVID (audited as ``issuance``). A renewal keeps the replaced
         one valid for the overlap; an attestation does not (a node that attests again, or a replacement
@@ -403,6 +412,7 @@ class NodeService:
                 issued.not_after,
                 now,
                 previous_valid_until=now + self._renewal_overlap if renewal else None,
+                version=version,
             )
             if self._hub is not None:
                 announce(session, self._hub, Change.for_agents(agent))

@@ -95,6 +95,10 @@ ROUTE_POLICIES: Mapping[tuple[str, str], RoutePolicy] = _policies(
     ("GET", "/v1/federation/relationships/{trust_domain}", "federation.show", ANY_ROLE),
     ("GET", "/v1/mappings", "mapping.list", ANY_ROLE),
     ("GET", "/v1/mappings/{name}", "mapping.show", ANY_ROLE),
+    ("GET", "/v1/inventory/svids", "inventory.svids", ANY_ROLE),
+    ("GET", "/v1/inventory/join-tokens", "inventory.join_tokens", ANY_ROLE),
+    ("GET", "/v1/inventory/authority-timeline", "inventory.authority_timeline", ANY_ROLE),
+    ("GET", "/v1/inventory/summary", "inventory.summary", ANY_ROLE),
     # Registration: operators.
     ("POST", "/v1/entries", "entry.create", OPERATOR),
     ("PUT", "/v1/entries/{entry_id}", "entry.update", OPERATOR),

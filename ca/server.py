@@ -46,6 +46,7 @@ from ca.federation.relationships import FederationRelationships
 from ca.federation.unknown_keys import UnknownKeyRefresh
 from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
+from ca.inventory import Inventory
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
 from ca.legacy_roots import LegacyRootFiles
@@ -441,6 +442,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         )
     )
     agents = AgentAdmin(database, parts.hub, parts.clock)
+    inventory = Inventory(database, parts.clock)
 
     def admin_app(authenticator: Authenticator) -> FastAPI:
         return create_admin_app(
@@ -452,6 +454,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             agents=agents,
             federation=parts.federation,
             mappings=parts.mappings,
+            inventory=inventory,
             authenticator=authenticator,
             audit=parts.audit,
             audit_log=parts.audit_log,

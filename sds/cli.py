@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from sds.envoy_bootstrap import (
     render,
 )
 from sds.files import write_private_file, write_public_file
+from sds.version import package_version
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import FailedPrecondition, InvalidArgument, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -211,14 +211,6 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
     write_public_file(Path(args.out), data)
     print(f"{bundle.trust_domain}: {len(bundle.x509_authorities)} X.509 authorities -> {args.out}")
     return 0
-
-
-def package_version() -> str:
-    """The installed trustmesh distribution's version (``--version``)."""
-    try:
-        return importlib.metadata.version("trustmesh")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (trustmesh is not installed; run scripts/bootstrap)"
 
 
 def name_subcommands(parser: argparse.ArgumentParser) -> None:

@@ -900,3 +900,9 @@ def test_the_remote_cli_variables_are_not_configuration_overrides(tmp_path: Path
     environ = {"TRUSTMESH_SERVER": "https://ca.example.org:8443", "TRUSTMESH_TOKEN_FILE": "/run/token"}
 
     assert load_config(None, environ).admin_api.address == ""
+
+
+def test_loading_without_ttl_checks_leaves_the_arithmetic_to_the_caller(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[x509_svid]\nmax_ttl = "48h"\n')
+    assert "cannot cover x509_svid.max_ttl (2d)" in load_error(path)
+    assert load_config(path, {}, ttl_checks=False).x509_svid.max_ttl == timedelta(hours=48)
