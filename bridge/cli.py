@@ -1,12 +1,15 @@
 """``trustmesh-bridge``: the legacy identity bridge's tools for operators (DESIGN §5, docs/bridge.md).
 
+``exchange`` trades a host's enterprise certificate for an X509-SVID (:mod:`bridge.cli_exchange`).
+
 ``map explain CERT --rules FILE --trust-domain TD`` says which mapping rule a certificate matches and
 the SPIFFE ID it gets, or, per rule, why none does. It runs offline against a GitOps rules file (the
 one ``trustmesh-ca mapping load`` applies), so a rule change can be checked before it is loaded. With
 ``--anchor NAME=FILE`` (and ``--crl FILE``) the chain in CERT is verified as the CA verifies it, so
 rules that name a trust anchor can match.
 
-Exit status: 0 when the certificate maps to an ID, 1 when it does not or on error.
+Exit status: 0 when the certificate maps to an ID (or the exchange wrote the SVID), 1 when it does
+not or on error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bridge.cli_exchange import add_exchange_command
 from bridge.legacy_chain import ChainLimits, load_certificates, load_legacy_trust, read_pki_file
 from bridge.mapping import LegacyIdentity, check_rule_set, explain, parse_rules_document
 from spiffe_core.errors import InvalidArgument, NotAuthorized, TrustmeshError
@@ -57,7 +61,7 @@ def cmd_map_explain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="trustmesh legacy identity bridge")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{map}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{map,exchange}")
     mapping = commands.add_parser("map", help="identity mapping rules").add_subparsers(
         dest="sub", required=True, metavar="{explain}"
     )
@@ -68,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--anchor", action="append", default=[], help="NAME=FILE: verify the chain to it")
     explain_cmd.add_argument("--crl", action="append", default=[], help="enterprise CRL file (with --anchor)")
     explain_cmd.set_defaults(func=cmd_map_explain)
+    add_exchange_command(commands)
     return parser
 
 

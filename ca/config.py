@@ -120,6 +120,13 @@ def _check_address(value: str, *, may_be_empty: bool) -> str:
     return value
 
 
+def _check_fixed_port(value: str, who: str) -> str:
+    """Refuse port 0 (any free port) for a listener ``who`` must dial."""
+    if value and int(value.rpartition(":")[2]) == 0:
+        raise ValueError(f"{value!r} has port 0; {who} must know where to dial, give a fixed port")
+    return value
+
+
 def _check_env_name(value: str, example: str) -> str:
     if value and not _ENV_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not an environment variable name; write e.g. '{example}'")
@@ -152,6 +159,18 @@ def _check_vault_address(value: str) -> str:
             "plain http is accepted only for a Vault on this host (127.0.0.1, ::1 or localhost)"
         )
     return value.rstrip("/")
+
+
+def _check_rate(value: float) -> float:
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
+    return value
+
+
+def _check_burst(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{value!r} is not a burst; write at least 1")
+    return value
 
 
 class _Section(BaseModel):
@@ -363,16 +382,12 @@ class RateLimitConfig(_Section):
     @field_validator("signing", "attestation", "bundle_refresh")
     @classmethod
     def _rate(cls, value: float) -> float:
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
-        return value
+        return _check_rate(value)
 
     @field_validator("signing_burst", "attestation_burst", "bundle_refresh_burst")
     @classmethod
     def _burst(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"{value!r} is not a burst; write at least 1")
-        return value
+        return _check_burst(value)
 
 
 class NodeApiConfig(_Section):
@@ -611,10 +626,7 @@ class AdminApiConfig(_Section):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        _check_address(value, may_be_empty=True)
-        if value and int(value.rpartition(":")[2]) == 0:
-            raise ValueError(f"{value!r} has port 0; the CLI must know where to dial, give a fixed port")
-        return value
+        return _check_fixed_port(_check_address(value, may_be_empty=True), "the CLI")
 
     @model_validator(mode="after")
     def _consistent(self) -> AdminApiConfig:
@@ -654,13 +666,43 @@ class AuditConfig(_Section):
 
 class BridgeConfig(_Section):
     """x509pop node attestation from enterprise certificates (docs/configuration.md ``[bridge]``, the
-    agent's side in docs/agent.md; :mod:`bridge.x509pop`). No trust anchor: the method is not enabled."""
+    agent's side in docs/agent.md; :mod:`bridge.x509pop`) and the agentless exchange
+    (:mod:`bridge.exchange`). No trust anchor: neither is enabled."""
 
     # Name -> PEM file of the enterprise root(s); mapping rules match the name (match.trust_anchor).
     trust_anchors: dict[str, Path] = {}
     crls: list[Path] = []  # enterprise CRL files (PEM or DER), re-read on every attestation
     max_chain_length: int = Field(default=DEFAULT_MAX_CHAIN_LENGTH, ge=1, le=8)  # certificates presented
     max_rsa_bits: int = Field(default=DEFAULT_MAX_RSA_BITS, ge=MIN_RSA_BITS, le=8192)
+    # The agentless exchange's HTTPS listener (docs/bridge.md "Agentless exchange"); "" = not served.
+    exchange_address: str = ""
+    exchange_rate: float = 1.0  # exchanges per second per source address; 0 = no limit
+    exchange_burst: int = 10  # hosts behind one address (NAT, a config-management run) exchanging together
+
+    @field_validator("exchange_address")
+    @classmethod
+    def _exchange_address(cls, value: str) -> str:
+        return _check_fixed_port(_check_address(value, may_be_empty=True), "hosts")
+
+    @field_validator("exchange_rate")
+    @classmethod
+    def _exchange_rate(cls, value: float) -> float:
+        return _check_rate(value)
+
+    @field_validator("exchange_burst")
+    @classmethod
+    def _exchange_burst(cls, value: int) -> int:
+        return _check_burst(value)
+
+    @model_validator(mode="after")
+    def _exchange_needs_anchors(self) -> BridgeConfig:
+        if self.exchange_address and not self.trust_anchors:
+            raise ValueError(
+                f"exchange_address {self.exchange_address!r} is set but no trust_anchors are, so no enterprise "
+                'certificate could be exchanged; add trust_anchors (e.g. { corp = "pki/corp-root.pem" }) or set '
+                "exchange_address = ''"
+            )
+        return self
 
     @field_validator("trust_anchors")
     @classmethod
@@ -1112,9 +1154,12 @@ admins = []                             # mTLS admins: replace this line by [[ad
 checkpoint_interval = "1m"              # sign the audit chain's head this often (1s..1d); see docs/audit.md
 refusals_per_minute = 20                # refusals recorded one by one per caller; the rest as one summary
 
-[bridge]                                # x509pop attestation from enterprise certificates (docs/agent.md)
+[bridge]                                # enterprise certificates: x509pop attestation, the agentless exchange
 trust_anchors = {}                      # name -> enterprise root PEM, e.g. { corp = "pki/corp-root.pem" }; none: off
 crls = []                               # enterprise CRL files (PEM or DER), re-read on every attestation
 max_chain_length = 4                    # certificates an agent may present, leaf included (1..8)
 max_rsa_bits = 4096                     # larger RSA keys are refused: bounded work per attempt
+exchange_address = ""                   # agentless exchange listener, e.g. "0.0.0.0:8444"; "": off (docs/bridge.md)
+exchange_rate = 1.0                     # exchanges per second per source address; 0: no limit
+exchange_burst = 10                     # hosts behind one address exchanging at once
 """
