@@ -6,7 +6,8 @@ ID, keeping the DNS SANs and CN its mapping rule says.
 the per-source rate first, then the request's checks (:class:`bridge.exchange.ExchangeVerifier`, the
 ``[bridge]`` trust anchors and CRLs read per request as x509pop reads them), then issuance through
 :meth:`ca.service.CaService.mint_x509_svids`, which checks the CSR's self-signature, takes only its
-public key, and records the certificate and its audit record in one transaction.
+public key, and records the certificate and its audit record in one transaction. It never issues an
+SVID for an admin identity: mapping rules are an operator's to manage, admin roles are not.
 
 Audit: an issuance is ``x509_svid.exchange`` by ``x509:<issuer DN>#<serial>`` (the enterprise
 certificate, verified), whose target is the mapped SPIFFE ID. A refusal is recorded by
@@ -35,8 +36,8 @@ from ca.reserved_ids import server_id
 from ca.store.records import Actor, JsonValue
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import TrustmeshError
-from spiffe_core.spiffe_id import TrustDomain
+from spiffe_core.errors import NotAuthorized, TrustmeshError
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 EXCHANGE = "x509_svid.exchange"
 _TARGET = "X509-SVID exchange"
@@ -64,8 +65,8 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 class LegacyExchange:
-    """Enterprise certificate in, X509-SVID out (module docstring). Thread-safe: the listener calls it
-    from worker threads."""
+    """Enterprise certificate in, X509-SVID out (module docstring); ``is_admin`` says which SPIFFE IDs
+    are admin identities, which it refuses. Thread-safe: the listener calls it from worker threads."""
 
     def __init__(
         self,
@@ -75,9 +76,11 @@ class LegacyExchange:
         audit: AuditTrail,
         clock: Clock,
         rate: Rate,
+        is_admin: Callable[[SpiffeId], bool],
         monotonic: Monotonic = time.monotonic,
     ) -> None:
         self._verifier = verifier
+        self._is_admin = is_admin
         self._issuer = issuer
         self._audit = audit
         self._clock = clock
@@ -95,6 +98,7 @@ class LegacyExchange:
                 take_or_refuse(self._limiter, source, 1, f"too many exchanges from {source}", "bridge.exchange_rate")
             request = ExchangeRequest.decode(body)
             exchanged = self._verifier.verify(request, now)
+            self._refuse_admin(exchanged.mapped.spiffe_id)
         except TrustmeshError as err:
             detail: dict[str, JsonValue] = {} if request is None else {"sha256": fingerprint(request.chain[0])}
             event = refusal_event(now, exchange_actor(source), EXCHANGE, _TARGET, err, detail=detail)
@@ -130,6 +134,15 @@ class LegacyExchange:
             self._issuer.get_bundle().x509_authorities,
         )
 
+    def _refuse_admin(self, spiffe_id: SpiffeId) -> None:
+        """Mapping rules are managed by operators; an SVID for an admin identity would let a rule grant
+        roles its author may not hold, so the exchange never issues one."""
+        if self._is_admin(spiffe_id):
+            raise NotAuthorized(
+                f"no SVID for {spiffe_id}: it is an admin identity ([[admin_api.admins]] or an entry with admin = "
+                "true), which the exchange never issues; map this host to another SPIFFE ID"
+            )
+
 
 def legacy_exchange(
     config: BridgeConfig,
@@ -139,8 +152,10 @@ def legacy_exchange(
     issuer: X509Issuer,
     audit: AuditTrail,
     clock: Clock,
+    is_admin: Callable[[SpiffeId], bool],
 ) -> LegacyExchange:
-    """The exchange for ``config``, whose trust anchor and CRL files are checked now (ConfigError)."""
+    """The exchange for ``config``, whose trust anchor and CRL files are checked now (ConfigError);
+    ``is_admin`` says which SPIFFE IDs are admin identities (refused)."""
     trust = ConfiguredTrust(config, "the agentless exchange")
     trust.check()
     return LegacyExchange(
@@ -149,4 +164,5 @@ def legacy_exchange(
         audit=audit,
         clock=clock,
         rate=Rate(config.exchange_rate, config.exchange_burst),
+        is_admin=is_admin,
     )

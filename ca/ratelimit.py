@@ -13,9 +13,11 @@ addresses cannot grow the CA's memory: when the map is full, buckets that have r
 first (forgetting them loses nothing: a new bucket starts full), then the least recently used one.
 
 Pure and single-threaded: time comes from an injected monotonic clock (seconds), so tests move time by
-hand and never sleep. The node API calls it from its event loop only, so no lock is needed.
+hand and never sleep. The node API calls it from its event loop only, so no lock is needed; the
+agentless exchange (:mod:`ca.bridge_exchange`), called from worker threads, holds its own lock.
 
-Called by :mod:`ca.node_api` (the edge), configured by ``[node_api]`` (docs/configuration.md).
+Called by :mod:`ca.node_api` (the edge), configured by ``[node_api]`` (docs/configuration.md); the
+exchange's rate by ``[bridge] exchange_rate``.
 """
 
 from __future__ import annotations

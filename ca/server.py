@@ -68,6 +68,7 @@ from ca.upstream.disk import WatchedDiskUpstream
 from ca.vault import VaultClient
 from spiffe_core.clock import Clock, SystemClock
 from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
+from spiffe_core.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         federation,
         refresher,
         mappings,
-        _exchange(config, mappings, service, audit, clock),
+        _exchange(config, mappings=mappings, entries=entries, service=service, audit=audit, clock=clock),
     )
 
 
@@ -254,13 +255,27 @@ def _bridge_attestors(config: CaConfig, mappings: IdentityMappings) -> tuple[X50
 
 
 def _exchange(
-    config: CaConfig, mappings: IdentityMappings, service: CaService, audit: AuditTrail, clock: Clock
+    config: CaConfig,
+    *,
+    mappings: IdentityMappings,
+    entries: RegistrationEntries,
+    service: CaService,
+    audit: AuditTrail,
+    clock: Clock,
 ) -> LegacyExchange | None:
-    """The agentless exchange when ``bridge.exchange_address`` is set (its files are checked now)."""
+    """The agentless exchange when ``bridge.exchange_address`` is set (its files are checked now). It
+    refuses admin identities: the configured mTLS admins and entries with ``admin = true``."""
     if not config.bridge.exchange_address:
         return None
+    admins = {SpiffeId.parse(admin.spiffe_id) for admin in config.admin_api.admins}
     return legacy_exchange(
-        config.bridge, config.trust_domain, rules=mappings.rules, issuer=service, audit=audit, clock=clock
+        config.bridge,
+        config.trust_domain,
+        rules=mappings.rules,
+        issuer=service,
+        audit=audit,
+        clock=clock,
+        is_admin=lambda spiffe_id: spiffe_id in admins or entries.has_admin_entry(spiffe_id),
     )
 
 

@@ -47,6 +47,7 @@ class Rig:
     authorities: AuthorityManager
     exchange: LegacyExchange
     now: datetime
+    admins: set[SpiffeId]  # the admin identities the exchange must refuse
 
 
 @pytest.fixture
@@ -54,6 +55,7 @@ def rig(tmp_path: Path, enterprise_pki: EnterprisePki) -> Iterator[Rig]:
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    admins: set[SpiffeId] = set()
     authorities = memory_authorities(database, clock, timedelta(hours=6))
     trust = LegacyTrust(
         [TrustAnchor("corp", load_certificates(enterprise_pki.root.read_bytes(), "root"))],
@@ -65,10 +67,11 @@ def rig(tmp_path: Path, enterprise_pki: EnterprisePki) -> Iterator[Rig]:
         audit=AuditTrail(database),
         clock=clock,
         rate=Rate(1.0, 3),
+        is_admin=admins.__contains__,
         monotonic=lambda: 0.0,  # no time passes: the bucket never refills
     )
     try:
-        yield Rig(database, authorities, exchange, clock.now())
+        yield Rig(database, authorities, exchange, clock.now(), admins)
     finally:
         database.close()
 
@@ -111,6 +114,15 @@ def test_a_rule_that_keeps_no_names_gives_an_svid_without_dns_sans_or_cn(
 
     assert dns_names(leaf) == []
     assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []
+
+
+def test_a_rule_mapping_to_an_admin_identity_gets_no_svid(rig: Rig, enterprise_pki: EnterprisePki) -> None:
+    rig.admins.add(SpiffeId.parse("spiffe://example.org/legacy/data/db01"))
+
+    with pytest.raises(NotAuthorized, match=r"^no SVID for spiffe://example\.org/legacy/data/db01: it is an admin"):
+        rig.exchange.exchange(body(enterprise_pki.db, rig.now), SOURCE)
+
+    assert [r.event.outcome for r in records(rig.database)] == ["denied"]
 
 
 def test_names_in_the_csr_are_ignored_only_its_key_is_used(rig: Rig, enterprise_pki: EnterprisePki) -> None:
