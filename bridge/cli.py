@@ -8,8 +8,12 @@ one ``trustmesh-ca mapping load`` applies), so a rule change can be checked befo
 ``--anchor NAME=FILE`` (and ``--crl FILE``) the chain in CERT is verified as the CA verifies it, so
 rules that name a trust anchor can match.
 
-Exit status: 0 when the certificate maps to an ID (or the exchange wrote the SVID), 1 when it does
-not or on error.
+``enroll --host NAME --method x509pop|join-token --out DIR …`` writes what config management installs
+on a brownfield host: the agent's configuration, its trust bundle, a one-time join token and a
+hardened systemd unit (bridge/cli_enroll.py, docs/vm-onboarding.md).
+
+Exit status: 0 when the certificate maps to an ID (``map explain``), the files are written
+(``enroll``) or the exchange wrote the SVID (``exchange``), 1 when it does not or on error.
 """
 
 from __future__ import annotations
@@ -17,51 +21,30 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bridge.cert_explain import explain_certificate
+from bridge.cli_enroll import add_enroll_command
 from bridge.cli_exchange import add_exchange_command
-from bridge.legacy_chain import ChainLimits, load_certificates, load_legacy_trust, read_pki_file
-from bridge.mapping import LegacyIdentity, check_rule_set, explain, parse_rules_document
-from spiffe_core.errors import InvalidArgument, NotAuthorized, TrustmeshError
+from bridge.legacy_chain import load_certificates, read_pki_file
+from spiffe_core.errors import TrustmeshError
 from spiffe_core.spiffe_id import TrustDomain
 
 PROG = "trustmesh-bridge"
 
 
-def _read(path: str, what: str) -> bytes:
-    return read_pki_file(Path(path), what)
-
-
-def _anchor(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise InvalidArgument(f"--anchor {text!r}: give NAME=FILE, e.g. corp=/etc/pki/corp-root.pem")
-    return name, Path(path)
-
-
 def cmd_map_explain(args: argparse.Namespace) -> int:
-    trust_domain = TrustDomain.parse(args.trust_domain)
-    rules = parse_rules_document(_read(args.rules, "rules file").decode(), args.rules)
-    check_rule_set(rules, trust_domain)
-    chain = load_certificates(_read(args.cert, "certificate"), args.cert)
-    anchor: str | None = None
-    if args.anchor:
-        anchors = dict(_anchor(text) for text in args.anchor)
-        trust = load_legacy_trust(anchors, [Path(path) for path in args.crl], ChainLimits())
-        try:
-            anchor = trust.verify(chain, datetime.now(UTC)).anchor
-            print(f"chain: verified to trust anchor {anchor!r}")
-        except NotAuthorized as err:
-            print(f"chain: refused — {err}")
-    explanation = explain(LegacyIdentity.from_certificate(chain[0], anchor), rules, trust_domain)
-    print("\n".join(explanation.lines()))
-    return 0 if explanation.mapped is not None else 1
+    chain = load_certificates(read_pki_file(Path(args.cert), "certificate"), args.cert)
+    report = explain_certificate(
+        chain, Path(args.rules), TrustDomain.parse(args.trust_domain), args.anchor, [Path(p) for p in args.crl]
+    )
+    print("\n".join(report.lines()))
+    return 0 if report.explanation.mapped is not None else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="trustmesh legacy identity bridge")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{map,exchange}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{map,enroll,exchange}")
     mapping = commands.add_parser("map", help="identity mapping rules").add_subparsers(
         dest="sub", required=True, metavar="{explain}"
     )
@@ -72,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--anchor", action="append", default=[], help="NAME=FILE: verify the chain to it")
     explain_cmd.add_argument("--crl", action="append", default=[], help="enterprise CRL file (with --anchor)")
     explain_cmd.set_defaults(func=cmd_map_explain)
+    add_enroll_command(commands)
     add_exchange_command(commands)
     return parser
 

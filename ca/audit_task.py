@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from datetime import timedelta
 from typing import Protocol
 
@@ -25,9 +24,9 @@ from ca.authority import AuthoritySet
 from ca.store.engine import Database
 from ca.store.records import AuditCheckpoint, ChainCheck
 from ca.store.repositories import AuditCheckpointRepository, AuditLogRepository
-from spiffe_core.backoff import LogThrottle, backoff_delay
+from spiffe_core.backoff import Backoff, retry_forever
 from spiffe_core.clock import Clock
-from spiffe_core.errors import FailedPrecondition, TrustmeshError
+from spiffe_core.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,8 @@ class AuditKeeper:
         self._trail = trail
         self._clock = clock
         self._interval = interval
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-        self._throttle = LogThrottle()
+        seconds = interval.total_seconds()
+        self._backoff = Backoff(log, min(_RETRY_BASE_SECONDS, seconds), seconds, rng=rng)
 
     def tick(self) -> AuditCheckpoint | None:
         """Flush the refusal summaries, then checkpoint the head if it moved; returns the new checkpoint.
@@ -117,23 +116,9 @@ class AuditKeeper:
         """Tick every interval until cancelled; failures are retried with backoff (capped at the
         interval) and logged at most every 10 s."""
         interval = self._interval.total_seconds()
-        delay = interval
-        failures = 0
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await asyncio.to_thread(self.tick)
-            except Exception as err:  # a datastore outage must not take the CA's TaskGroup down
-                failures += 1
-                delay = backoff_delay(failures, self._rng, min(_RETRY_BASE_SECONDS, interval), interval)
-                if self._throttle.should_log(time.monotonic()):
-                    log.warning(
-                        "audit upkeep failed: %s; retrying in %.1fs%s",
-                        err,
-                        delay,
-                        self._throttle.note(),
-                        exc_info=not isinstance(err, TrustmeshError),
-                    )
-            else:
-                failures = 0
-                delay = interval
+
+        async def attempt() -> float:
+            await asyncio.to_thread(self.tick)
+            return interval
+
+        await retry_forever(attempt, self._backoff, "audit upkeep", first_delay=interval)

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from bridge.legacy_chain import DEFAULT_MAX_CHAIN_LENGTH, DEFAULT_MAX_RSA_BITS, MIN_RSA_BITS
+from bridge.legacy_roots import MAX_LEGACY_ROOT_SETS, check_legacy_roots_name
 from bridge.mapping import NAME_PATTERN
 from ca.rbac import Role
 from spiffe_core.durations import format_duration, parse_duration
@@ -641,6 +642,15 @@ class AdminApiConfig(_Section):
         return self
 
 
+def _within(value: timedelta, low: timedelta, high: timedelta, advice: str) -> timedelta:
+    """``value`` if it lies in ``low..high``; else the ValueError a validator raises, with ``advice``."""
+    if not low <= value <= high:
+        raise ValueError(
+            f"{format_duration(value)} is outside {format_duration(low)}..{format_duration(high)}; {advice}"
+        )
+    return value
+
+
 class AuditConfig(_Section):
     """The audit log's signed checkpoints (docs/audit.md)."""
 
@@ -655,19 +665,26 @@ class AuditConfig(_Section):
     @field_validator("checkpoint_interval")
     @classmethod
     def _interval(cls, value: timedelta) -> timedelta:
-        if not MIN_CHECKPOINT_INTERVAL <= value <= MAX_CHECKPOINT_INTERVAL:
-            raise ValueError(
-                f"{format_duration(value)} is outside {format_duration(MIN_CHECKPOINT_INTERVAL)}.."
-                f"{format_duration(MAX_CHECKPOINT_INTERVAL)}; write e.g. '1m' (records newer than the newest "
-                "checkpoint can be cut off unnoticed, so keep it short)"
-            )
-        return value
+        return _within(
+            value,
+            MIN_CHECKPOINT_INTERVAL,
+            MAX_CHECKPOINT_INTERVAL,
+            "write e.g. '1m' (records newer than the newest checkpoint can be cut off unnoticed, so keep it short)",
+        )
+
+
+# How often the CA looks at its [bridge] legacy_roots files for a change (bounds).
+MIN_LEGACY_ROOTS_CHECK_INTERVAL = timedelta(seconds=1)
+MAX_LEGACY_ROOTS_CHECK_INTERVAL = timedelta(hours=1)
 
 
 class BridgeConfig(_Section):
     """x509pop node attestation from enterprise certificates (docs/configuration.md ``[bridge]``, the
     agent's side in docs/agent.md; :mod:`bridge.x509pop`) and the agentless exchange
-    (:mod:`bridge.exchange`). No trust anchor: neither is enabled."""
+    (:mod:`bridge.exchange`). No trust anchor: neither is enabled.
+
+    ``legacy_roots`` are a separate list on purpose (docs/bridge.md "Legacy trust"): trust anchors decide
+    which hosts may become agents, legacy roots which servers mesh proxies accept."""
 
     # Name -> PEM file of the enterprise root(s); mapping rules match the name (match.trust_anchor).
     trust_anchors: dict[str, Path] = {}
@@ -678,6 +695,9 @@ class BridgeConfig(_Section):
     exchange_address: str = ""
     exchange_rate: float = 1.0  # exchanges per second per source address; 0 = no limit
     exchange_burst: int = 10  # hosts behind one address (NAT, a config-management run) exchanging together
+    # Name -> PEM file of enterprise root(s) served to every agent's Envoys as SDS "legacy/<name>".
+    legacy_roots: dict[str, Path] = {}
+    legacy_roots_check_interval: Duration = timedelta(seconds=5)  # a changed file reaches the agents this soon
 
     @field_validator("exchange_address")
     @classmethod
@@ -703,6 +723,23 @@ class BridgeConfig(_Section):
                 "exchange_address = ''"
             )
         return self
+
+    @field_validator("legacy_roots")
+    @classmethod
+    def _legacy_root_names(cls, value: dict[str, Path]) -> dict[str, Path]:
+        if len(value) > MAX_LEGACY_ROOT_SETS:
+            raise ValueError(f"{len(value)} names; at most {MAX_LEGACY_ROOT_SETS} sets of legacy roots are served")
+        for name in value:
+            try:
+                check_legacy_roots_name(name)
+            except InvalidArgument as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("legacy_roots_check_interval")
+    @classmethod
+    def _check_interval(cls, value: timedelta) -> timedelta:
+        return _within(value, MIN_LEGACY_ROOTS_CHECK_INTERVAL, MAX_LEGACY_ROOTS_CHECK_INTERVAL, "write e.g. '5s'")
 
     @field_validator("trust_anchors")
     @classmethod
@@ -1017,7 +1054,11 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
             ),
             "vault": config.vault.model_copy(update=vault_files),
             "bridge": bridge.model_copy(
-                update={"trust_anchors": anchors, "crls": [base_dir / file for file in bridge.crls]}
+                update={
+                    "trust_anchors": anchors,
+                    "crls": [base_dir / file for file in bridge.crls],
+                    "legacy_roots": {name: base_dir / file for name, file in bridge.legacy_roots.items()},
+                }
             ),
         }
     )
@@ -1154,7 +1195,7 @@ admins = []                             # mTLS admins: replace this line by [[ad
 checkpoint_interval = "1m"              # sign the audit chain's head this often (1s..1d); see docs/audit.md
 refusals_per_minute = 20                # refusals recorded one by one per caller; the rest as one summary
 
-[bridge]                                # enterprise certificates: x509pop attestation, the agentless exchange
+[bridge]                                # the legacy identity bridge (docs/bridge.md)
 trust_anchors = {}                      # name -> enterprise root PEM, e.g. { corp = "pki/corp-root.pem" }; none: off
 crls = []                               # enterprise CRL files (PEM or DER), re-read on every attestation
 max_chain_length = 4                    # certificates an agent may present, leaf included (1..8)
@@ -1162,4 +1203,6 @@ max_rsa_bits = 4096                     # larger RSA keys are refused: bounded w
 exchange_address = ""                   # agentless exchange listener, e.g. "0.0.0.0:8444"; "": off (docs/bridge.md)
 exchange_rate = 1.0                     # exchanges per second per source address; 0: no limit
 exchange_burst = 10                     # hosts behind one address exchanging at once
+legacy_roots = {}                       # name -> root PEM Envoys verify legacy servers with (SDS legacy/<name>)
+legacy_roots_check_interval = "5s"      # how often the CA looks for a changed legacy_roots file
 """

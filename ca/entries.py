@@ -12,17 +12,22 @@ learn about it at once.
 An entry with ``admin: true`` makes its workload an admin of the CA over mTLS (``admin_api.admin_entry_role``,
 docs/admin-api.md). You cannot grant what you do not hold: creating, changing or deleting such an entry
 needs a caller who holds that role too (the admin API's edge says whether it does, ``may_manage_admin``);
-a refusal is audited.
+a refusal is audited through the server's shared :class:`~ca.audit.AuditTrail`, so a caller who is refused
+again and again is throttled into a summary like every other refusal (``[audit] refusals_per_minute``).
+Which SPIFFE IDs hold an admin entry is cached (:mod:`ca.admin_entry_ids`): at once up to date after a
+change made here, at most a second old after one made by another replica.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ca.audit import AuditTrail
+from ca.admin_entry_ids import AdminEntryIds
+from ca.audit import AuditTrail, refusal_event
 from ca.store.engine import Database
 from ca.store.records import Actor, AuditEvent, EntrySpec, RegistrationEntry
 from ca.store.repositories import AuditLogRepository, RegistrationEntryRepository
@@ -178,13 +183,25 @@ def entitled_by_id(entries: Iterable[RegistrationEntry]) -> dict[str, Registrati
 
 
 class RegistrationEntries:
-    """The registration entry use cases; each call is one unit of work."""
+    """The registration entry use cases; each call is one unit of work. ``monotonic`` paces the cache
+    of admin entries' SPIFFE IDs (:mod:`ca.admin_entry_ids`)."""
 
-    def __init__(self, database: Database, hub: ChangeHub, policy: EntryPolicy, clock: Clock) -> None:
+    def __init__(
+        self,
+        database: Database,
+        hub: ChangeHub,
+        policy: EntryPolicy,
+        clock: Clock,
+        *,
+        audit: AuditTrail | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._database = database
         self._hub = hub
         self._policy = policy
         self._clock = clock
+        self._audit = audit or AuditTrail(database)
+        self._admin_ids = AdminEntryIds(self._load_admin_ids, monotonic=monotonic)
 
     @property
     def policy(self) -> EntryPolicy:
@@ -203,6 +220,7 @@ class RegistrationEntries:
                 AuditEvent(now, actor, "entry.create", entry.id, "ok", _audit_detail(spec))
             )
             announce(session, self._hub, Change.for_agents(spec.parent_id))
+        self._admin_ids.invalidate()
         return entry
 
     def update(
@@ -239,6 +257,7 @@ class RegistrationEntries:
                 announce(session, self._hub, Change.for_agents(old_parent, spec.parent_id))
         except _AdminEntryRefused:
             raise self._refuse_admin_change(actor, "entry.update", entry_id) from None
+        self._admin_ids.invalidate()
         return entry
 
     def delete(self, entry_id: str, actor: Actor, *, may_manage_admin: bool = True) -> RegistrationEntry:
@@ -258,20 +277,26 @@ class RegistrationEntries:
                 announce(session, self._hub, Change.for_agents(entry.spec.parent_id))
         except _AdminEntryRefused:
             raise self._refuse_admin_change(actor, "entry.delete", entry_id) from None
+        self._admin_ids.invalidate()
         return entry
 
     def has_admin_entry(self, spiffe_id: SpiffeId) -> bool:
-        """Whether an entry with ``admin: true`` names ``spiffe_id`` (an mTLS admin, docs/admin-api.md)."""
-        return any(entry.spec.admin for entry in self.list(spiffe_id=spiffe_id))
+        """Whether an entry with ``admin: true`` names ``spiffe_id`` (an mTLS admin, docs/admin-api.md);
+        answered from the cache of :mod:`ca.admin_entry_ids` (the module docstring gives the bound)."""
+        return spiffe_id in self._admin_ids
+
+    def _load_admin_ids(self) -> frozenset[SpiffeId]:
+        with self._database.transaction() as session:
+            return RegistrationEntryRepository(session).admin_spiffe_ids()
 
     def _refuse_admin_change(self, actor: Actor, action: str, target: str) -> NotAuthorized:
-        """Audit the refusal in a unit of work of its own (the change's own rolled back) and return it."""
+        """Audit the refusal (throttled per caller) in a unit of work of its own (the change's own rolled
+        back) and return it."""
         err = NotAuthorized(
             f"{target} is an admin entry (admin: true); only a caller holding the role admin entries confer "
             "(admin_api.admin_entry_role) may create, change or delete one: you cannot grant what you do not hold"
         )
-        event = AuditEvent(self._clock.now(), actor, action, target, "denied", reason=str(err))
-        AuditTrail(self._database).record(event)
+        self._audit.record_refusal(refusal_event(self._clock.now(), actor, action, target, err))
         return err
 
     def get(self, entry_id: str) -> RegistrationEntry:

@@ -164,6 +164,7 @@ def encode_sync_update(state: SyncState, version: int) -> node_pb2.SyncUpdate:
         revoked_serials=sorted(format(serial, "x") for serial in state.revoked_serials),
         crls=list(state.crls),
         federated_bundles={td.name: _bundle_json(bundle) for td, bundle in state.federated_bundles.items()},
+        legacy_roots=dict(state.legacy_roots),
     )
 
 

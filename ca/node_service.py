@@ -20,7 +20,7 @@ stops working; its open Sync streams end at once (every issuance announces a cha
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -118,6 +118,8 @@ class SyncState:
     crls: tuple[bytes, ...] = ()
     # Only the partners the agent's entries federate with, each its own bundle (never merged).
     federated_bundles: Mapping[TrustDomain, Bundle] = field(default_factory=dict)
+    # [bridge] legacy_roots: name -> PEM of enterprise roots, the same for every agent.
+    legacy_roots: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,7 @@ class NodeService:
         hub: ChangeHub | None = None,
         renewal_overlap: timedelta = RENEWAL_OVERLAP,
         audit: AuditTrail | None = None,
+        legacy_roots: Callable[[], Mapping[str, bytes]] = dict,
     ) -> None:
         self._database = database
         self._issuer = issuer
@@ -154,6 +157,7 @@ class NodeService:
         self._hub = hub
         self._renewal_overlap = renewal_overlap
         self._audit = audit or AuditTrail(database)
+        self._legacy_roots = legacy_roots  # ca.legacy_roots.LegacyRootFiles.get_roots; none by default
 
     def attest(self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "") -> AgentSvid:
         """Check the node's evidence with the named attestor and sign its first agent X509-SVID.
@@ -272,7 +276,8 @@ class NodeService:
         return spiffe_id, tuple(chain)
 
     def get_sync_state(self, agent: SpiffeId, serial: int | None = None) -> SyncState:
-        """The bundle, the entries parented directly to ``agent`` and the tainted authorities.
+        """The bundle, the entries parented directly to ``agent``, the tainted authorities, revocations,
+        the bundles of the partners its entries federate with, and the legacy roots.
         Raises NotAuthorized once the agent is banned or evicted, or (given the ``serial`` of the SVID
         the stream was opened with) once that SVID was replaced, which ends its stream."""
         authorities = self._authorities.get_current()
@@ -293,6 +298,7 @@ class NodeService:
             authorities.revoked_serials,
             authorities.crls,
             federated,
+            self._legacy_roots(),
         )
 
     def get_federated_bundle(self, agent: SpiffeId, trust_domain: TrustDomain) -> Bundle | None:

@@ -14,6 +14,11 @@ Why deleting only long-expired records is safe:
   (see :func:`ca.rotation.prune_at`, which then still waits a refresh hint after it stopped signing).
 * Revoking a serial whose record is gone answers NotFound: that SVID had expired long ago.
 
+Each run also deletes the records of used x509pop nonces that have expired
+(:mod:`ca.store.repositories.x509pop_nonces`): an expired nonce is refused as expired, so its record no
+longer guards anything. There is one per x509pop attestation since about the last run, so one
+statement does.
+
 Runs in the CA's TaskGroup (:func:`ca.server.serve`): every :data:`PRUNE_INTERVAL`, in transactions of
 at most :data:`BATCH_SIZE` rows and at most :data:`MAX_BATCHES_PER_RUN` of them, so one run never holds
 locks or the datastore for long; a backlog is worked off by the next runs, which come sooner
@@ -25,17 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from ca.store.engine import Database
-from ca.store.repositories import IssuedCertificateRepository
-from spiffe_core.backoff import LogThrottle, backoff_delay
+from ca.store.repositories import IssuedCertificateRepository, UsedNonceRepository
+from spiffe_core.backoff import Backoff, retry_forever
 from spiffe_core.clock import Clock
 from spiffe_core.durations import format_duration
-from spiffe_core.errors import TrustmeshError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class PruneResult:
     deleted: int
     # True when the run stopped at MAX_BATCHES_PER_RUN with more left to delete.
     more: bool
+    # Records of expired x509pop nonces deleted.
+    nonces: int = 0
 
 
 class IssuedCertificateRetention:
@@ -73,48 +77,39 @@ class IssuedCertificateRetention:
         self._clock = clock
         self._batch_size = batch_size
         self._max_batches = max_batches
-        self._rng = random.Random()  # noqa: S311 - jitter, not secrets
-        self._throttle = LogThrottle()
+        self._backoff = Backoff(log, _RETRY_BASE_SECONDS, _RETRY_CAP_SECONDS)
 
     def prune_once(self) -> PruneResult:
         """One run: delete, one transaction per batch, the records of certificates whose notAfter is
-        older than now minus the retention; stop after ``max_batches`` full batches. Blocking; raises
-        what the datastore raises (a batch already committed stays deleted)."""
-        cutoff = self._clock.now() - self._retention
+        older than now minus the retention; stop after ``max_batches`` full batches. Before that, delete
+        the records of expired x509pop nonces. Blocking; raises what the datastore raises (a batch
+        already committed stays deleted)."""
+        now = self._clock.now()
+        with self._database.transaction() as session:
+            nonces = UsedNonceRepository(session).delete_expired(now)
+        cutoff = now - self._retention
         deleted = 0
         for _ in range(self._max_batches):
             with self._database.transaction() as session:
                 count = IssuedCertificateRepository(session).delete_expired(cutoff, self._batch_size)
             deleted += count
             if count < self._batch_size:
-                return PruneResult(deleted, more=False)
-        return PruneResult(deleted, more=True)
+                return PruneResult(deleted, more=False, nonces=nonces)
+        return PruneResult(deleted, more=True, nonces=nonces)
 
     async def run(self) -> None:
         """Prune now and then every :data:`PRUNE_INTERVAL` until cancelled, logging one line per run.
         A failing datastore is retried with backoff and never stops the CA."""
-        failures = 0
-        while True:
-            try:
-                result = await asyncio.to_thread(self.prune_once)
-            except Exception as err:  # a datastore outage must not take the CA's TaskGroup down
-                failures += 1
-                delay = backoff_delay(failures, self._rng, _RETRY_BASE_SECONDS, _RETRY_CAP_SECONDS)
-                if self._throttle.should_log(time.monotonic()):
-                    log.warning(
-                        "pruning expired issued-certificate records failed: %s; retrying in %.1fs%s",
-                        err,
-                        delay,
-                        self._throttle.note(),
-                        exc_info=not isinstance(err, TrustmeshError),
-                    )
-            else:
-                failures = 0
-                log.info(
-                    "pruned %d issued-certificate records that expired over %s ago%s",
-                    result.deleted,
-                    format_duration(self._retention),
-                    "; more left for the next run" if result.more else "",
-                )
-                delay = (BACKLOG_INTERVAL if result.more else PRUNE_INTERVAL).total_seconds()
-            await asyncio.sleep(delay)
+        await retry_forever(self._attempt, self._backoff, "pruning expired issued-certificate records")
+
+    async def _attempt(self) -> float:
+        """One logged run; returns the seconds until the next (sooner while a backlog is left)."""
+        result = await asyncio.to_thread(self.prune_once)
+        log.info(
+            "pruned %d issued-certificate records that expired over %s ago%s%s",
+            result.deleted,
+            format_duration(self._retention),
+            f" and {result.nonces} expired x509pop nonces" if result.nonces else "",
+            "; more left for the next run" if result.more else "",
+        )
+        return (BACKLOG_INTERVAL if result.more else PRUNE_INTERVAL).total_seconds()

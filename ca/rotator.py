@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -25,7 +24,7 @@ from ca.authority_changes import AuthorityChanges, StateChange, find, retire_act
 from ca.rotation import RotationParams, Step, StepKind, next_check, plan_rotation
 from ca.store.records import AuditEvent, AuthorityRecord
 from ca.store.repositories import AuditLogRepository
-from spiffe_core.backoff import LogThrottle, backoff_delay
+from spiffe_core.backoff import Backoff, retry_forever
 from spiffe_core.clock import Clock
 from spiffe_core.errors import TrustmeshError
 
@@ -44,9 +43,8 @@ class Rotator:
         self._changes = changes
         self._params = params
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._backoff = Backoff(log, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS, rng=rng)
         self._last_error: str | None = None
-        self._throttle = LogThrottle(interval=10.0)
 
     @property
     def last_error(self) -> str | None:
@@ -75,29 +73,21 @@ class Rotator:
         """Keep authorities rotating until cancelled. Failures (upstream or datastore down) are retried
         with exponential backoff capped at a minute, logged at most every 10 s, and reported by /ready
         (through :attr:`last_error`) while nothing usable is active."""
-        failures = 0
-        while True:
-            try:
-                next_at = await asyncio.to_thread(self.tick)
-            except Exception as err:
-                failures += 1
-                self._last_error = str(err) if isinstance(err, TrustmeshError) else f"internal error: {err!r}"
-                delay = backoff_delay(failures, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
-                if self._throttle.should_log(time.monotonic()):
-                    log.warning(
-                        "authority rotation failed: %s; retrying in %.1fs%s",
-                        err,
-                        delay,
-                        self._throttle.note(),
-                        exc_info=not isinstance(err, TrustmeshError),  # a bug: keep its trace
-                    )
-            else:
-                failures = 0
-                self._last_error = None
-                delay = MAX_CHECK_INTERVAL.total_seconds()
-                if next_at is not None:
-                    delay = min(delay, max((next_at - self._clock.now()).total_seconds(), 0.0) + 0.05)
-            await asyncio.sleep(delay)
+        await retry_forever(self._attempt, self._backoff, "authority rotation")
+
+    async def _attempt(self) -> float:
+        """One :meth:`tick`, remembering why it failed (for /ready); returns the seconds until the next:
+        the next rotation point or CRL refresh, and at most :data:`MAX_CHECK_INTERVAL`."""
+        try:
+            next_at = await asyncio.to_thread(self.tick)
+        except Exception as err:
+            self._last_error = str(err) if isinstance(err, TrustmeshError) else f"internal error: {err!r}"
+            raise
+        self._last_error = None
+        delay = MAX_CHECK_INTERVAL.total_seconds()
+        if next_at is not None:
+            delay = min(delay, max((next_at - self._clock.now()).total_seconds(), 0.0) + 0.05)
+        return delay
 
     def reload_quietly(self) -> None:
         """Re-read the snapshot after another replica's change; a datastore hiccup is logged, not raised

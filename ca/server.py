@@ -37,7 +37,7 @@ from ca.audit_throttle import RefusalThrottle
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
-from ca.bridge_attestation import x509pop_attestor
+from ca.bridge_attestation import DatastoreChallenges, x509pop_attestor
 from ca.bridge_exchange import LegacyExchange, legacy_exchange
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
@@ -51,6 +51,7 @@ from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
+from ca.legacy_roots import LegacyRootFiles
 from ca.mappings import IdentityMappings
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
@@ -120,6 +121,7 @@ class CaParts:
     refresher: FederationRefresher
     mappings: IdentityMappings
     exchange: LegacyExchange | None
+    legacy_roots: LegacyRootFiles
 
 
 def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
@@ -174,19 +176,24 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         hub,
         EntryPolicy(config.trust_domain, config.x509_svid.max_ttl, config.jwt_svid.max_ttl),
         clock,
+        audit=audit,
     )
     join_tokens = JoinTokens(database, config.trust_domain, clock)
     mappings = IdentityMappings(database, config.trust_domain, clock)
+    bridge = config.bridge
+    legacy_roots = LegacyRootFiles(bridge.legacy_roots, hub, bridge.legacy_roots_check_interval.total_seconds())
+    legacy_roots.load()
     node = NodeService(
         database=database,
         issuer=service,
         authorities=authorities,
         entries=entries,
-        attestors=NodeAttestors.of(join_tokens, *_bridge_attestors(config, mappings)),
+        attestors=NodeAttestors.of(join_tokens, *_bridge_attestors(config, mappings, database, clock)),
         agent_svid_ttl=config.agent_svid.ttl,
         clock=clock,
         hub=hub,
         audit=audit,
+        legacy_roots=legacy_roots.get_roots,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -221,6 +228,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         refresher,
         mappings,
         _exchange(config, mappings=mappings, entries=entries, service=service, audit=audit, clock=clock),
+        legacy_roots,
     )
 
 
@@ -247,11 +255,15 @@ def _federation(
     return relationships, refresher
 
 
-def _bridge_attestors(config: CaConfig, mappings: IdentityMappings) -> tuple[X509PopAttestor, ...]:
-    """x509pop when ``[bridge]`` names trust anchors (their files are checked now: ConfigError)."""
+def _bridge_attestors(
+    config: CaConfig, mappings: IdentityMappings, database: Database, clock: Clock
+) -> tuple[X509PopAttestor, ...]:
+    """x509pop when ``[bridge]`` names trust anchors (their files are checked now: ConfigError), its
+    challenges shared by every replica through the datastore."""
     if not config.bridge.enabled:
         return ()
-    return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules),)
+    ledger = DatastoreChallenges(database, clock)
+    return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules, ledger),)
 
 
 def _exchange(
@@ -513,6 +525,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
             group.create_task(parts.refresher.run())
+            if config.bridge.legacy_roots:
+                group.create_task(parts.legacy_roots.run())
             if endpoint_socket is not None:
                 group.create_task(_serve_bundle_endpoint(config, parts, endpoint_socket))
             retention = config.datastore.issued_certificate_retention

@@ -1,7 +1,7 @@
 """What the agent holds for its workloads, and how the edges (SDS, Workload API, cert files) read it.
 
 The agent's manager owns a :class:`WorkloadCache`. Each change (a rotated SVID, a new bundle, a new
-federated bundle, an entry added or removed, a revoked SVID dropped) makes a new immutable
+federated bundle, new legacy roots, an entry added or removed, a revoked SVID dropped) makes a new immutable
 :class:`CacheSnapshot` whose reference is swapped in, then wakes every subscriber. A subscriber sees
 the newest snapshot only ("newest wins"): a slow Envoy never holds up the cache or other streams.
 """
@@ -43,6 +43,8 @@ class CacheSnapshot:
     svids: tuple[WorkloadSvid, ...] = ()
     # DER-encoded CRLs of the own trust domain's authorities, delivered with validation contexts.
     crls: tuple[bytes, ...] = ()
+    # Enterprise roots proxies verify legacy TLS servers with: name -> PEM (SDS ``legacy/<name>``).
+    legacy_roots: Mapping[str, bytes] = field(default_factory=dict)
     version: int = 0
 
     def svids_for(self, selectors: frozenset[Selector]) -> tuple[WorkloadSvid, ...]:

@@ -19,10 +19,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sds.config import CONFIG_PATH_ENV, AgentConfig, load_agent_config
-from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
+from sds.envoy_bootstrap import (
+    Inbound,
+    LegacyInbound,
+    LegacyOutbound,
+    Outbound,
+    envoy_bootstrap,
+    render,
+)
 from sds.files import write_private_file, write_public_file
 from spiffe_core.durations import parse_duration
-from spiffe_core.errors import InvalidArgument, TrustmeshError
+from spiffe_core.errors import FailedPrecondition, InvalidArgument, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 if TYPE_CHECKING:
@@ -46,13 +53,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 _NO_LISTENER = (
     "envoy-bootstrap needs a listener: --inbound-port PORT --allow SPIFFE_ID --inbound-upstream HOST:PORT "
     "to terminate mTLS in front of your application, and/or --outbound-port PORT --upstream HOST:PORT "
-    "--upstream-id SPIFFE_ID to call an mTLS service"
+    "--upstream-id SPIFFE_ID to call an mTLS service, and/or --legacy-port PORT --legacy-upstream HOST:PORT "
+    "--legacy-roots NAME to call a legacy TLS server, and/or --legacy-inbound-port PORT to serve legacy clients"
 )
 
 
+def _legacy_outbound(args: argparse.Namespace) -> tuple[LegacyOutbound, ...]:
+    """The --legacy-* outbound listener, if asked for."""
+    given = [args.legacy_upstream, args.legacy_roots, args.legacy_server_name]
+    if not args.legacy_port:
+        if any(given):
+            raise InvalidArgument("--legacy-upstream, --legacy-roots and --legacy-server-name need --legacy-port")
+        return ()
+    if not args.legacy_upstream or not args.legacy_roots:
+        raise InvalidArgument(
+            "--legacy-port needs --legacy-upstream HOST:PORT and --legacy-roots NAME (a [bridge] legacy_roots name "
+            "on the CA)"
+        )
+    return (LegacyOutbound(args.legacy_port, args.legacy_upstream, args.legacy_roots, args.legacy_server_name or ""),)
+
+
 def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
-    if not args.inbound_port and not args.outbound_port:
+    if not (args.inbound_port or args.outbound_port or args.legacy_port or args.legacy_inbound_port):
         raise InvalidArgument(_NO_LISTENER)
+    if args.legacy_inbound_upstream and not args.legacy_inbound_port:
+        raise InvalidArgument(
+            "--legacy-inbound-upstream configures the legacy inbound listener; give --legacy-inbound-port"
+        )
     if not args.inbound_port and (args.allow or args.allow_trust_domain or args.inbound_upstream):
         raise InvalidArgument(
             "--allow, --allow-trust-domain and --inbound-upstream configure the inbound listener; give --inbound-port"
@@ -89,6 +116,10 @@ def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
         inbound=inbound,
         outbound=outbound,
         max_connection_duration=parse_duration(args.max_connection_duration),
+        legacy_outbound=_legacy_outbound(args),
+        legacy_inbound=(
+            LegacyInbound(args.legacy_inbound_port, args.legacy_inbound_upstream) if args.legacy_inbound_port else None
+        ),
     )
     sys.stdout.write(render(bootstrap) + "\n")
     return 0
@@ -162,6 +193,26 @@ def cmd_fetch_jwt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle_show(args: argparse.Namespace) -> int:
+    """The trust bundle this agent holds, from its data directory: for legacy clients (PEM, e.g. into the
+    system trust store) on a host whose workloads need no Workload API. Needs no CA and no entry."""
+    from sds.persistence import AgentStore  # noqa: PLC0415 - grpc (via the node client) only after quiet_grpc_core
+
+    config = _config(args)
+    bundle = AgentStore(config.data_dir, config.trust_domain).load_bundle()
+    if bundle is None:
+        raise FailedPrecondition(
+            f"the agent has no trust bundle in {config.data_dir} yet; run it (trustmesh-agent run) until it attests"
+        )
+    data = bundle.x509_authorities_pem() if args.format == "pem" else (bundle.to_json() + "\n").encode()
+    if args.out is None:
+        sys.stdout.write(data.decode())
+        return 0
+    write_public_file(Path(args.out), data)
+    print(f"{bundle.trust_domain}: {len(bundle.x509_authorities)} X.509 authorities -> {args.out}")
+    return 0
+
+
 def package_version() -> str:
     """The installed trustmesh distribution's version (``--version``)."""
     try:
@@ -224,11 +275,51 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--upstream", help="HOST:PORT of the mTLS upstream")
     envoy.add_argument("--upstream-id", help="SPIFFE ID the upstream must present, of this or a federated trust domain")
     envoy.add_argument(
+        "--legacy-port", type=int, help="plain HTTP on 127.0.0.1 here, forwarded over TLS to a legacy server"
+    )
+    envoy.add_argument("--legacy-upstream", metavar="HOST:PORT", help="the legacy TLS server")
+    envoy.add_argument(
+        "--legacy-roots",
+        metavar="NAME",
+        help="verify the legacy server's certificate with these enterprise roots (the CA's [bridge] legacy_roots "
+        "name; SDS secret legacy/NAME)",
+    )
+    envoy.add_argument(
+        "--legacy-server-name",
+        metavar="DNS_NAME",
+        help="the DNS name the legacy server's certificate must carry, also sent as SNI (default: the host of "
+        "--legacy-upstream)",
+    )
+    envoy.add_argument(
+        "--legacy-inbound-port",
+        type=int,
+        help="TLS with this workload's SVID for legacy clients (no client certificate asked for); they trust the "
+        "mesh bundle as PEM (trustmesh-agent bundle show)",
+    )
+    envoy.add_argument(
+        "--legacy-inbound-upstream",
+        metavar="HOST:PORT",
+        help="your application (plain HTTP) behind the legacy inbound listener (default: Envoy answers 200 itself)",
+    )
+    envoy.add_argument(
         "--max-connection-duration",
         default="5m",
         help="close each mTLS connection after this long, so revocations reach open connections (0: never)",
     )
     envoy.set_defaults(func=cmd_envoy_bootstrap)
+
+    bundle = commands.add_parser("bundle", help="the trust bundle this agent holds").add_subparsers(
+        dest="sub", required=True
+    )
+    show = bundle.add_parser(
+        "show",
+        help="print (or write, 0644) the trust domain's bundle, read from the agent's data directory",
+        description="For legacy clients that trust the mesh through a PEM file. Run it as the agent's user; "
+        "run it again when the bundle changes (e.g. from a timer), as authorities rotate.",
+    )
+    show.add_argument("--format", choices=("pem", "spiffe"), default="pem")
+    show.add_argument("--out", help="write the file atomically instead of printing it")
+    show.set_defaults(func=cmd_bundle_show)
 
     api = commands.add_parser("api", help="call the agent's Workload API as this process")
     api.add_argument("--socket", help="Workload API socket (default: workload_api_socket from the config)")

@@ -19,6 +19,17 @@ dropped first). Without an application address Envoy answers by itself (a demo a
 Connections have a bounded lifetime (``max_connection_duration``, 5 minutes by default), because Envoy
 checks revocation only when a connection is made.
 
+Two listeners meet the legacy world (DESIGN §5 "Legacy trust", docs/bridge.md):
+
+* a legacy outbound (:class:`LegacyOutbound`): plain HTTP on 127.0.0.1, forwarded over TLS to a server
+  that holds an enterprise certificate, not an SVID. Envoy verifies it as old clients do: its chain to
+  the enterprise roots the agent serves as ``legacy/<name>``, and its DNS name (exact DNS SAN match,
+  also sent as SNI). Envoy presents its SVID if the server asks for a client certificate;
+* a legacy inbound (:class:`LegacyInbound`): TLS with the workload's SVID for clients that have no SVID
+  and trust the mesh bundle exported as PEM, verifying the SVID by a DNS name its registration entry
+  carries. No client certificate is asked for: the application authenticates these callers as it did
+  before the mesh.
+
 The output is plain JSON (a valid Envoy YAML document); ``trustmesh-agent envoy-bootstrap`` prints it.
 """
 
@@ -32,9 +43,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sds.secrets import ALL, ROOTCA
+from bridge.legacy_roots import check_legacy_roots_name
+from sds.secrets import ALL, LEGACY_PREFIX, ROOTCA
 from spiffe_core.errors import InvalidArgument
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from spiffe_core.x509_svid import check_dns_name
 
 SDS_CLUSTER = "trustmesh_sds"
 # How long one mTLS connection may live before Envoy closes it (gracefully) and the peer reconnects
@@ -67,6 +80,28 @@ class Outbound:
     port: int
     upstream: str
     upstream_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyOutbound:
+    """Plain HTTP on 127.0.0.1:``port``, forwarded over TLS to the legacy server ``upstream`` (HOST:PORT),
+    whose certificate must chain to the enterprise roots the agent serves as ``legacy/<roots>`` and
+    carry the DNS SAN ``server_name`` (sent as SNI too; empty: the host of ``upstream``, when that is a
+    DNS name)."""
+
+    port: int
+    upstream: str
+    roots: str
+    server_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyInbound:
+    """TLS with the workload's SVID on ``port`` for clients without an SVID (they trust the mesh bundle
+    as PEM); no client certificate. Forwards to ``upstream`` (HOST:PORT, plain HTTP), or answers 200."""
+
+    port: int
+    upstream: str | None = None
 
 
 def _sds_secret(name: str) -> dict[str, Any]:
@@ -163,14 +198,18 @@ def parse_host_port(text: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _plain_cluster(name: str, address: str, what: str, protocol_options: dict[str, Any]) -> dict[str, Any]:
     """A cluster of one endpoint; an IP address is used as it is, a host name is resolved by Envoy."""
     host, port = parse_host_port(address, what)
-    try:
-        ipaddress.ip_address(host)
-        kind = "STATIC"
-    except ValueError:
-        kind = "STRICT_DNS"
+    kind = "STATIC" if _is_ip_address(host) else "STRICT_DNS"
     return {
         "name": name,
         "type": kind,
@@ -201,6 +240,8 @@ def envoy_bootstrap(
     inbound: Inbound | None = None,
     outbound: Outbound | None = None,
     max_connection_duration: timedelta | None = DEFAULT_MAX_CONNECTION_DURATION,
+    legacy_outbound: Sequence[LegacyOutbound] = (),
+    legacy_inbound: LegacyInbound | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap for one workload identity (``spiffe_id``, or ``default``) of the agent's
     ``trust_domain``. Every mTLS connection, inbound and outbound, ends after
@@ -209,9 +250,14 @@ def envoy_bootstrap(
 
     Raises InvalidArgument for a bootstrap without a listener, an inbound listener that allows no
     peer (neither SPIFFE IDs nor, explicitly, a trust domain), a malformed SPIFFE ID or trust domain,
-    or a malformed HOST:PORT."""
-    if inbound is None and outbound is None:
-        raise InvalidArgument("an Envoy bootstrap needs an inbound or an outbound listener (or both)")
+    a malformed HOST:PORT, legacy roots name or DNS name, or two listeners on one port."""
+    if inbound is None and outbound is None and not legacy_outbound and legacy_inbound is None:
+        raise InvalidArgument(
+            "an Envoy bootstrap needs a listener: inbound, outbound, legacy outbound or legacy inbound"
+        )
+    ports = [x.port for x in (inbound, outbound, legacy_inbound, *legacy_outbound) if x is not None]
+    if len(set(ports)) != len(ports):
+        raise InvalidArgument(f"listener ports {sorted(ports)} repeat a port; give each listener its own")
     if inbound is not None and not inbound.allowed_peers and not inbound.allowed_trust_domains:
         raise InvalidArgument(
             f"the inbound listener on port {inbound.port} allows no peer; name the SPIFFE IDs allowed in "
@@ -239,13 +285,7 @@ def envoy_bootstrap(
         route: dict[str, Any]
         forwarding: dict[str, Any] = {}
         if inbound.upstream is None:
-            route = {
-                "match": {"prefix": "/"},
-                "direct_response": {"status": 200, "body": {"inline_string": f"hello from {spiffe_id}\n"}},
-                "response_headers_to_add": [
-                    {"header": {"key": "x-peer-spiffe-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"}}
-                ],
-            }
+            route = _hello_route(spiffe_id)
         else:
             route = {"match": {"prefix": "/"}, "route": {"cluster": "inbound_upstream"}}
             # The application learns who called from XFCC; a client cannot forge it (SANITIZE_SET).
@@ -275,11 +315,86 @@ def envoy_bootstrap(
             },
         }
         clusters.append(upstream)
+    for legacy in legacy_outbound:
+        listeners.append(_legacy_outbound_listener(legacy))
+        clusters.append(_legacy_cluster(legacy, spiffe_id, max_connection_duration))
+    if legacy_inbound is not None:
+        route = _hello_route(spiffe_id)
+        if legacy_inbound.upstream is not None:
+            route = {"match": {"prefix": "/"}, "route": {"cluster": "legacy_inbound_upstream"}}
+            clusters.append(
+                _plain_cluster("legacy_inbound_upstream", legacy_inbound.upstream, "legacy inbound upstream", {})
+            )
+        tls = {
+            "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": False,
+            "common_tls_context": {"tls_certificate_sds_secret_configs": [_sds_secret(spiffe_id)]},
+        }
+        manager = _http_manager("legacy_inbound", route, max_connection_duration)
+        listeners.append(_listener("legacy_inbound", legacy_inbound.port, [manager], tls))
     return {
         "node": {"id": node_id, "cluster": node_id},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+
+
+def _hello_route(spiffe_id: str) -> dict[str, Any]:
+    """Envoy answers 200 itself, with the caller's SPIFFE ID (if any) in ``x-peer-spiffe-id``."""
+    return {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": f"hello from {spiffe_id}\n"}},
+        "response_headers_to_add": [{"header": {"key": "x-peer-spiffe-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"}}],
+    }
+
+
+def _legacy_outbound_listener(legacy: LegacyOutbound) -> dict[str, Any]:
+    name = f"legacy_{legacy.port}"
+    route = {"match": {"prefix": "/"}, "route": {"cluster": name}}
+    return _listener(name, legacy.port, [_http_manager(name, route)], None)
+
+
+def _legacy_cluster(
+    legacy: LegacyOutbound, spiffe_id: str, max_connection_duration: timedelta | None
+) -> dict[str, Any]:
+    """TLS to a legacy server, verified like an old client would: the chain to the enterprise roots
+    (``legacy/<roots>`` over SDS) and the DNS name, exactly (a wildcard certificate matches as in TLS)."""
+    host, _ = parse_host_port(legacy.upstream, "legacy upstream")
+    if not legacy.server_name and _is_ip_address(host):
+        raise InvalidArgument(
+            f"legacy outbound on port {legacy.port}: upstream {legacy.upstream} is an IP address; name the DNS name "
+            "its certificate carries (--legacy-server-name)"
+        )
+    try:
+        check_legacy_roots_name(legacy.roots)
+        server_name = check_dns_name(legacy.server_name or host)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"legacy outbound on port {legacy.port}: {err}") from err
+    if server_name.startswith("*."):
+        raise InvalidArgument(
+            f"legacy outbound on port {legacy.port}: server name {server_name!r} is a wildcard; name the one host "
+            "Envoy calls (its certificate may still be a wildcard one)"
+        )
+    cluster = _plain_cluster(
+        f"legacy_{legacy.port}", legacy.upstream, "legacy upstream", _lifetime(max_connection_duration)
+    )
+    cluster["transport_socket"] = {
+        "name": _TLS,
+        "typed_config": {
+            "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": server_name,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [_sds_secret(spiffe_id)],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": server_name}}]
+                    },
+                    "validation_context_sds_secret_config": _sds_secret(LEGACY_PREFIX + legacy.roots),
+                },
+            },
+        },
+    }
+    return cluster
 
 
 def render(bootstrap: dict[str, Any]) -> str:

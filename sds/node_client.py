@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bridge.legacy_roots import check_legacy_roots
 from sds.ca_channel import CaNotTrusted, CaTlsBridge
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import (
@@ -101,6 +102,8 @@ class SyncState:
     tainted_authority_ids: frozenset[str] = frozenset()
     revoked_serials: frozenset[int] = frozenset()
     crls: tuple[bytes, ...] = ()
+    # Enterprise roots for proxies, name -> canonical PEM (served over SDS as legacy/<name>).
+    legacy_roots: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,7 @@ def decode_sync_update(trust_domain: TrustDomain, message: node_pb2.SyncUpdate) 
         tainted_authority_ids=frozenset(message.tainted_authority_ids),
         revoked_serials=frozenset(_serial(s) for s in message.revoked_serials),
         crls=tuple(message.crls),
+        legacy_roots=check_legacy_roots(message.legacy_roots),
     )
 
 

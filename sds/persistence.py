@@ -5,7 +5,7 @@ Two files in ``data_dir``, each written atomically and 0600 because each holds p
 * ``agent.json`` — the agent's own X509-SVID (chain and key) and the trust bundle it verifies the CA
   with. One file, so the key and the certificate can never be from different generations.
 * ``workloads.json`` — the last state the CA sent (bundle, federated bundles, entries, revocations,
-  CRLs) and the workload X509-SVIDs held for it, with their keys and rotation times.
+  CRLs, legacy roots) and the workload X509-SVIDs held for it, with their keys and rotation times.
 
 Loading is strict about the agent's identity (a corrupt or foreign ``agent.json`` stops the agent
 with the fix) and lenient about the workload cache (a corrupt ``workloads.json`` is ignored: the CA
@@ -15,13 +15,16 @@ sends everything again on the next Sync).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bridge.legacy_roots import check_legacy_roots
 from sds.files import make_private_directory, write_private_file
 from sds.node_client import EntryRecord, SyncState
 from sds.planning import HeldSvid
@@ -116,6 +119,7 @@ def _state_doc(state: SyncState) -> dict[str, Any]:
         "tainted_authority_ids": sorted(state.tainted_authority_ids),
         "revoked_serials": sorted(f"{serial:x}" for serial in state.revoked_serials),
         "crls": [base64.b64encode(crl).decode() for crl in state.crls],
+        "legacy_roots": {name: pem.decode() for name, pem in state.legacy_roots.items()},
     }
 
 
@@ -131,6 +135,8 @@ def _state(trust_domain: TrustDomain, doc: dict[str, Any]) -> SyncState:
         tainted_authority_ids=frozenset(str(i) for i in doc["tainted_authority_ids"]),
         revoked_serials=frozenset(int(s, 16) for s in doc["revoked_serials"]),
         crls=tuple(base64.b64decode(crl, validate=True) for crl in doc["crls"]),
+        # Absent from files written before legacy roots existed: the next Sync brings them.
+        legacy_roots=check_legacy_roots({name: pem.encode() for name, pem in doc.get("legacy_roots", {}).items()}),
     )
 
 
@@ -183,19 +189,34 @@ class AgentStore:
     def load_agent(self) -> PersistedAgent | None:
         """The saved agent SVID and bundle, or None before the first attestation. Raises
         FailedPrecondition for a file that is unreadable or of another trust domain, with the fix."""
-        try:
-            doc = self._read(self.agent_path)
+        with self._agent_file() as doc:
             if doc is None:
                 return None
             svid = X509Svid.parse_pem(doc["chain_pem"].encode(), doc["key_pem"].encode())
-            bundle = Bundle.parse_jwks(self._trust_domain, doc["bundle"])
+            return PersistedAgent(svid, Bundle.parse_jwks(self._trust_domain, doc["bundle"]))
+
+    def load_bundle(self) -> Bundle | None:
+        """The trust bundle the agent holds now (saved with its SVID, and again on every change the CA
+        pushes), or None before the first attestation; raises as :meth:`load_agent`. The key is not read."""
+        with self._agent_file() as doc:
+            return None if doc is None else Bundle.parse_jwks(self._trust_domain, doc["bundle"])
+
+    @contextlib.contextmanager
+    def _agent_file(self) -> Iterator[dict[str, Any] | None]:
+        """``agent.json`` as a document (None when missing); anything that goes wrong reading it inside
+        the block becomes FailedPrecondition with the fix."""
+        try:
+            yield self._read(self.agent_path)
         except FailedPrecondition:
             raise
+        except PermissionError as err:
+            raise FailedPrecondition(
+                f"{self.agent_path}: permission denied; run this as the agent's user (or root)"
+            ) from err
         except (OSError, ValueError, KeyError, TypeError, InvalidArgument) as err:
             raise FailedPrecondition(
                 f"{self.agent_path} is unreadable ({err}); delete it and restart the agent with a new join token"
             ) from err
-        return PersistedAgent(svid, bundle)
 
     def save_workloads(self, state: SyncState, svids: tuple[HeldSvid, ...]) -> None:
         self._write(

@@ -167,7 +167,8 @@ def servable(held: HeldSvid, entry: EntryRecord, state: SyncState, now: datetime
 
 def build_snapshot(state: SyncState, held: Mapping[str, HeldSvid], now: datetime, version: int) -> CacheSnapshot:
     """The snapshot for ``state``: one SVID per entry that has a servable one, in the CA's entry order
-    (so the first is the "default" SVID), the own bundle, the federated bundles and the CRLs."""
+    (so the first is the "default" SVID), the own bundle, the federated bundles, the CRLs and the
+    legacy roots."""
     svids: list[WorkloadSvid] = []
     seen: set[str] = set()
     for entry in state.entries:
@@ -192,6 +193,7 @@ def build_snapshot(state: SyncState, held: Mapping[str, HeldSvid], now: datetime
         federated_bundles=dict(state.federated_bundles),
         svids=tuple(svids),
         crls=state.crls,
+        legacy_roots=dict(state.legacy_roots),
         version=version,
     )
 
@@ -203,5 +205,6 @@ def same_content(a: CacheSnapshot, b: CacheSnapshot) -> bool:
         and a.bundle == b.bundle
         and dict(a.federated_bundles) == dict(b.federated_bundles)
         and a.crls == b.crls
+        and dict(a.legacy_roots) == dict(b.legacy_roots)
         and a.svids == b.svids
     )

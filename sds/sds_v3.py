@@ -58,8 +58,8 @@ logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # Names a stream may subscribe to (the agent's limits.sds_max_resource_names). Envoy asks for one or a
-# few per stream ('default', 'ROOTCA', a SPIFFE ID); the bound keeps a stream's work per request and
-# per snapshot small.
+# few per stream ('default', 'ROOTCA', a SPIFFE ID, 'legacy/<name>'); the bound keeps a stream's work per
+# request and per snapshot small. Unknown names cost nothing beyond their place in this bound.
 MAX_RESOURCE_NAMES = 1024
 # The longest name: SPIFFE IDs are at most 2048 bytes (SPIFFE-ID.md §2.3), the other names are shorter.
 MAX_RESOURCE_NAME_BYTES = 2048
@@ -103,7 +103,7 @@ class SecretDiscoveryService:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "FetchSecrets needs resource_names; SDS has no wildcard — name the secrets "
-                "('default', 'ROOTCA', 'ALL', a SPIFFE ID or 'spiffe://<trust domain>')",
+                "('default', 'ROOTCA', 'ALL', a SPIFFE ID, 'spiffe://<trust domain>' or 'legacy/<name>')",
             )
         snapshot = self._cache.get_snapshot()
         resources = build_secrets(snapshot, selectors, names)
@@ -355,7 +355,7 @@ def _names_problem(names: Collection[str], max_names: int, what: str = "the requ
             return (
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"resource name #{index} of {what} ({name[:32]!r}…) is {size} bytes long; SDS names are "
-                f"'default', 'ROOTCA', 'ALL' or SPIFFE IDs, at most {MAX_RESOURCE_NAME_BYTES} bytes "
+                f"'default', 'ROOTCA', 'ALL', 'legacy/<name>' or SPIFFE IDs, at most {MAX_RESOURCE_NAME_BYTES} bytes "
                 "(SPIFFE-ID.md §2.3)",
             )
     return None

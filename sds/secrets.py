@@ -14,6 +14,12 @@ a SPIFFE ID (``spiffe://example.org/web``)
 ``spiffe://<trust domain>``
     A validation context for that one trust domain, if it is the own one or one the caller's
     SVIDs federate with.
+``legacy/<name>``
+    A validation context for legacy (non-SPIFFE) TLS servers: the enterprise roots the CA serves
+    under ``<name>`` (``[bridge] legacy_roots``), as ``trusted_ca`` for Envoy's default certificate
+    validator. The proxy's own config names the server (``match_typed_subject_alt_names``: its DNS
+    name). Like ``ROOTCA`` it is given to every caller the agent attests: the roots are public
+    certificates, and they add trust only where a proxy's config asks for them by name.
 
 Validation contexts use Envoy's SPIFFE certificate validator (``envoy.tls.cert_validator.spiffe``,
 ``tls_spiffe_validator_config.proto``), which keeps one trust bundle per trust domain and picks the
@@ -48,6 +54,7 @@ from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 DEFAULT: Final = "default"
 ROOTCA: Final = "ROOTCA"
 ALL: Final = "ALL"
+LEGACY_PREFIX: Final = "legacy/"
 SECRET_TYPE_URL: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105 (a type name)
 SPIFFE_VALIDATOR: Final = "envoy.tls.cert_validator.spiffe"
 
@@ -92,6 +99,8 @@ def build_secrets(
             if bundles is None:
                 bundles = snapshot.bundles_for(svids)
             secret = _named_validation_context(snapshot, svids, bundles, name)
+        elif name.startswith(LEGACY_PREFIX):
+            secret = _legacy_validation_context(name, snapshot.legacy_roots.get(name.removeprefix(LEGACY_PREFIX)))
         else:
             secret = None
         if secret is not None:
@@ -117,6 +126,19 @@ def _named_validation_context(
             return None if svid is None else _tls_certificate(name, svid)
         chosen = [spiffe_id.trust_domain]
     return _validation_context(name, [(td, bundles[td]) for td in chosen if td in bundles], own, snapshot.crls)
+
+
+def _legacy_validation_context(name: str, roots_pem: bytes | None) -> Any | None:
+    """Envoy's default validator over the enterprise roots: chain to one of them; which server (DNS
+    name) is the proxy's config's business. None for a name the CA serves no roots under."""
+    if roots_pem is None:
+        return None
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=roots_pem)
+        ),
+    )
 
 
 def _tls_certificate(name: str, svid: WorkloadSvid) -> Any:

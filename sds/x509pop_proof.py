@@ -1,6 +1,7 @@
 """The agent half of x509pop node attestation (issue 10; :mod:`bridge.x509pop`): a brownfield host
 proves it holds the key of its enterprise certificate. ``AttestChallenge`` sends the certificate and
-its chain; the CA answers a nonce, which the key signs for ``Attest``.
+its chain; the CA answers a nonce, which the key signs for ``Attest``, sent with the same chain again
+(the CA keeps nothing between the two steps, so they may reach different CA replicas).
 
 The files are read at each attestation, not at start-up, so a certificate renewed by the enterprise's
 own tooling is used the next time the agent attests. Unlike a join token the proof can be repeated, so
@@ -50,11 +51,13 @@ class X509PopProof:
         return encode_evidence(chain)
 
     async def attest(self, client: ChallengeApi, roots: Bundle, csr: bytes) -> AttestResult:
-        """Both steps against the CA verified by ``roots``: present the chain, sign the nonce. Both
-        files are read first, so a broken one is reported before the CA is called."""
+        """Both steps against the CA verified by ``roots``: present the chain, sign the nonce and send
+        it with the same chain. Both files are read first, so a broken one is reported before the CA is
+        called."""
         key = self._key()
-        nonce = await client.challenge(roots, X509POP, self.evidence())
-        answer = encode_response(nonce, sign_challenge(key, nonce))
+        evidence = self.evidence()
+        nonce = await client.challenge(roots, X509POP, evidence)
+        answer = encode_response(nonce, sign_challenge(key, nonce), evidence)
         return await client.attest(roots, X509POP, answer, csr)
 
     def _key(self) -> SigningKey:

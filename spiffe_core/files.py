@@ -28,12 +28,13 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable; some file systems cannot fsync a directory, which is harmless."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; some file systems cannot fsync a directory, which is harmless.
+    Also used by writers of several files at once (``bridge.enroll_files``)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with contextlib.suppress(OSError):
             os.fsync(fd)

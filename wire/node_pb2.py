@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fwire/node.proto\x12\x11trustmesh.node.v1\"S\n\rAttestRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0b\n\x03\x63sr\x18\x03 \x01(\x0c\x12\x14\n\x0ctrust_domain\x18\x04 \x01(\t\"G\n\x0e\x41ttestResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x03(\x0c\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\"O\n\x16\x41ttestChallengeRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\",\n\x17\x41ttestChallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"(\n\x12RenewAgentResponse\x12\x12\n\nsvid_chain\x18\x01 \x03(\x0c\"\r\n\x0bSyncRequest\"\xef\x01\n\x11RegistrationEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tselectors\x18\x04 \x03(\t\x12\x11\n\tdns_names\x18\x05 \x03(\t\x12\x1d\n\x15x509_svid_ttl_seconds\x18\x06 \x01(\x03\x12\x1c\n\x14jwt_svid_ttl_seconds\x18\x07 \x01(\x03\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\r\n\x05\x61\x64min\x18\t \x01(\x08\x12\x0c\n\x04hint\x18\n \x01(\t\x12\x10\n\x08revision\x18\x0b \x01(\x03\"\xb3\x02\n\nSyncUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\x12N\n\x11\x66\x65\x64\x65rated_bundles\x18\x03 \x03(\x0b\x32\x33.trustmesh.node.v1.SyncUpdate.FederatedBundlesEntry\x12\x35\n\x07\x65ntries\x18\x04 \x03(\x0b\x32$.trustmesh.node.v1.RegistrationEntry\x12\x1d\n\x15tainted_authority_ids\x18\x05 \x03(\t\x12\x17\n\x0frevoked_serials\x18\x06 \x03(\t\x12\x0c\n\x04\x63rls\x18\x07 \x03(\x0c\x1a\x37\n\x15\x46\x65\x64\x65ratedBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"0\n\x0fX509SvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"L\n\x14SignX509SvidsRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".trustmesh.node.v1.X509SvidRequest\"E\n\x0eSignedX509Svid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x15SignX509SvidsResponse\x12\x30\n\x05svids\x18\x01 \x03(\x0b\x32!.trustmesh.node.v1.SignedX509Svid\"8\n\x12MintJwtSvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"8\n\x13MintJwtSvidResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"E\n\x1dRefreshFederatedBundleRequest\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"0\n\x1eRefreshFederatedBundleResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x32\xa4\x05\n\x04Node\x12M\n\x06\x41ttest\x12 .trustmesh.node.v1.AttestRequest\x1a!.trustmesh.node.v1.AttestResponse\x12h\n\x0f\x41ttestChallenge\x12).trustmesh.node.v1.AttestChallengeRequest\x1a*.trustmesh.node.v1.AttestChallengeResponse\x12Y\n\nRenewAgent\x12$.trustmesh.node.v1.RenewAgentRequest\x1a%.trustmesh.node.v1.RenewAgentResponse\x12G\n\x04Sync\x12\x1e.trustmesh.node.v1.SyncRequest\x1a\x1d.trustmesh.node.v1.SyncUpdate0\x01\x12\x62\n\rSignX509Svids\x12\'.trustmesh.node.v1.SignX509SvidsRequest\x1a(.trustmesh.node.v1.SignX509SvidsResponse\x12\\\n\x0bMintJwtSvid\x12%.trustmesh.node.v1.MintJwtSvidRequest\x1a&.trustmesh.node.v1.MintJwtSvidResponse\x12}\n\x16RefreshFederatedBundle\x12\x30.trustmesh.node.v1.RefreshFederatedBundleRequest\x1a\x31.trustmesh.node.v1.RefreshFederatedBundleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fwire/node.proto\x12\x11trustmesh.node.v1\"S\n\rAttestRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0b\n\x03\x63sr\x18\x03 \x01(\x0c\x12\x14\n\x0ctrust_domain\x18\x04 \x01(\t\"G\n\x0e\x41ttestResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x03(\x0c\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\"O\n\x16\x41ttestChallengeRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\",\n\x17\x41ttestChallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"(\n\x12RenewAgentResponse\x12\x12\n\nsvid_chain\x18\x01 \x03(\x0c\"\r\n\x0bSyncRequest\"\xef\x01\n\x11RegistrationEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tselectors\x18\x04 \x03(\t\x12\x11\n\tdns_names\x18\x05 \x03(\t\x12\x1d\n\x15x509_svid_ttl_seconds\x18\x06 \x01(\x03\x12\x1c\n\x14jwt_svid_ttl_seconds\x18\x07 \x01(\x03\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\r\n\x05\x61\x64min\x18\t \x01(\x08\x12\x0c\n\x04hint\x18\n \x01(\t\x12\x10\n\x08revision\x18\x0b \x01(\x03\"\xad\x03\n\nSyncUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\x12N\n\x11\x66\x65\x64\x65rated_bundles\x18\x03 \x03(\x0b\x32\x33.trustmesh.node.v1.SyncUpdate.FederatedBundlesEntry\x12\x35\n\x07\x65ntries\x18\x04 \x03(\x0b\x32$.trustmesh.node.v1.RegistrationEntry\x12\x1d\n\x15tainted_authority_ids\x18\x05 \x03(\t\x12\x17\n\x0frevoked_serials\x18\x06 \x03(\t\x12\x0c\n\x04\x63rls\x18\x07 \x03(\x0c\x12\x44\n\x0clegacy_roots\x18\x08 \x03(\x0b\x32..trustmesh.node.v1.SyncUpdate.LegacyRootsEntry\x1a\x37\n\x15\x46\x65\x64\x65ratedBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x32\n\x10LegacyRootsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"0\n\x0fX509SvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"L\n\x14SignX509SvidsRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".trustmesh.node.v1.X509SvidRequest\"E\n\x0eSignedX509Svid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x15SignX509SvidsResponse\x12\x30\n\x05svids\x18\x01 \x03(\x0b\x32!.trustmesh.node.v1.SignedX509Svid\"8\n\x12MintJwtSvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"8\n\x13MintJwtSvidResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"E\n\x1dRefreshFederatedBundleRequest\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"0\n\x1eRefreshFederatedBundleResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x32\xa4\x05\n\x04Node\x12M\n\x06\x41ttest\x12 .trustmesh.node.v1.AttestRequest\x1a!.trustmesh.node.v1.AttestResponse\x12h\n\x0f\x41ttestChallenge\x12).trustmesh.node.v1.AttestChallengeRequest\x1a*.trustmesh.node.v1.AttestChallengeResponse\x12Y\n\nRenewAgent\x12$.trustmesh.node.v1.RenewAgentRequest\x1a%.trustmesh.node.v1.RenewAgentResponse\x12G\n\x04Sync\x12\x1e.trustmesh.node.v1.SyncRequest\x1a\x1d.trustmesh.node.v1.SyncUpdate0\x01\x12\x62\n\rSignX509Svids\x12\'.trustmesh.node.v1.SignX509SvidsRequest\x1a(.trustmesh.node.v1.SignX509SvidsResponse\x12\\\n\x0bMintJwtSvid\x12%.trustmesh.node.v1.MintJwtSvidRequest\x1a&.trustmesh.node.v1.MintJwtSvidResponse\x12}\n\x16RefreshFederatedBundle\x12\x30.trustmesh.node.v1.RefreshFederatedBundleRequest\x1a\x31.trustmesh.node.v1.RefreshFederatedBundleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SYNCUPDATE_FEDERATEDBUNDLESENTRY']._loaded_options = None
   _globals['_SYNCUPDATE_FEDERATEDBUNDLESENTRY']._serialized_options = b'8\001'
+  _globals['_SYNCUPDATE_LEGACYROOTSENTRY']._loaded_options = None
+  _globals['_SYNCUPDATE_LEGACYROOTSENTRY']._serialized_options = b'8\001'
   _globals['_ATTESTREQUEST']._serialized_start=38
   _globals['_ATTESTREQUEST']._serialized_end=121
   _globals['_ATTESTRESPONSE']._serialized_start=123
@@ -50,25 +52,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRATIONENTRY']._serialized_start=415
   _globals['_REGISTRATIONENTRY']._serialized_end=654
   _globals['_SYNCUPDATE']._serialized_start=657
-  _globals['_SYNCUPDATE']._serialized_end=964
-  _globals['_SYNCUPDATE_FEDERATEDBUNDLESENTRY']._serialized_start=909
-  _globals['_SYNCUPDATE_FEDERATEDBUNDLESENTRY']._serialized_end=964
-  _globals['_X509SVIDREQUEST']._serialized_start=966
-  _globals['_X509SVIDREQUEST']._serialized_end=1014
-  _globals['_SIGNX509SVIDSREQUEST']._serialized_start=1016
-  _globals['_SIGNX509SVIDSREQUEST']._serialized_end=1092
-  _globals['_SIGNEDX509SVID']._serialized_start=1094
-  _globals['_SIGNEDX509SVID']._serialized_end=1163
-  _globals['_SIGNX509SVIDSRESPONSE']._serialized_start=1165
-  _globals['_SIGNX509SVIDSRESPONSE']._serialized_end=1238
-  _globals['_MINTJWTSVIDREQUEST']._serialized_start=1240
-  _globals['_MINTJWTSVIDREQUEST']._serialized_end=1296
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=1298
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=1354
-  _globals['_REFRESHFEDERATEDBUNDLEREQUEST']._serialized_start=1356
-  _globals['_REFRESHFEDERATEDBUNDLEREQUEST']._serialized_end=1425
-  _globals['_REFRESHFEDERATEDBUNDLERESPONSE']._serialized_start=1427
-  _globals['_REFRESHFEDERATEDBUNDLERESPONSE']._serialized_end=1475
-  _globals['_NODE']._serialized_start=1478
-  _globals['_NODE']._serialized_end=2154
+  _globals['_SYNCUPDATE']._serialized_end=1086
+  _globals['_SYNCUPDATE_FEDERATEDBUNDLESENTRY']._serialized_start=979
+  _globals['_SYNCUPDATE_FEDERATEDBUNDLESENTRY']._serialized_end=1034
+  _globals['_SYNCUPDATE_LEGACYROOTSENTRY']._serialized_start=1036
+  _globals['_SYNCUPDATE_LEGACYROOTSENTRY']._serialized_end=1086
+  _globals['_X509SVIDREQUEST']._serialized_start=1088
+  _globals['_X509SVIDREQUEST']._serialized_end=1136
+  _globals['_SIGNX509SVIDSREQUEST']._serialized_start=1138
+  _globals['_SIGNX509SVIDSREQUEST']._serialized_end=1214
+  _globals['_SIGNEDX509SVID']._serialized_start=1216
+  _globals['_SIGNEDX509SVID']._serialized_end=1285
+  _globals['_SIGNX509SVIDSRESPONSE']._serialized_start=1287
+  _globals['_SIGNX509SVIDSRESPONSE']._serialized_end=1360
+  _globals['_MINTJWTSVIDREQUEST']._serialized_start=1362
+  _globals['_MINTJWTSVIDREQUEST']._serialized_end=1418
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=1420
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=1476
+  _globals['_REFRESHFEDERATEDBUNDLEREQUEST']._serialized_start=1478
+  _globals['_REFRESHFEDERATEDBUNDLEREQUEST']._serialized_end=1547
+  _globals['_REFRESHFEDERATEDBUNDLERESPONSE']._serialized_start=1549
+  _globals['_REFRESHFEDERATEDBUNDLERESPONSE']._serialized_end=1597
+  _globals['_NODE']._serialized_start=1600
+  _globals['_NODE']._serialized_end=2276
 # @@protoc_insertion_point(module_scope)

@@ -87,8 +87,15 @@ class RegistrationEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., dns_names: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., federates_with: _Optional[_Iterable[str]] = ..., admin: _Optional[bool] = ..., hint: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class SyncUpdate(_message.Message):
-    __slots__ = ("version", "bundle", "federated_bundles", "entries", "tainted_authority_ids", "revoked_serials", "crls")
+    __slots__ = ("version", "bundle", "federated_bundles", "entries", "tainted_authority_ids", "revoked_serials", "crls", "legacy_roots")
     class FederatedBundlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class LegacyRootsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +109,7 @@ class SyncUpdate(_message.Message):
     TAINTED_AUTHORITY_IDS_FIELD_NUMBER: _ClassVar[int]
     REVOKED_SERIALS_FIELD_NUMBER: _ClassVar[int]
     CRLS_FIELD_NUMBER: _ClassVar[int]
+    LEGACY_ROOTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     bundle: bytes
     federated_bundles: _containers.ScalarMap[str, bytes]
@@ -109,7 +117,8 @@ class SyncUpdate(_message.Message):
     tainted_authority_ids: _containers.RepeatedScalarFieldContainer[str]
     revoked_serials: _containers.RepeatedScalarFieldContainer[str]
     crls: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, version: _Optional[int] = ..., bundle: _Optional[bytes] = ..., federated_bundles: _Optional[_Mapping[str, bytes]] = ..., entries: _Optional[_Iterable[_Union[RegistrationEntry, _Mapping]]] = ..., tainted_authority_ids: _Optional[_Iterable[str]] = ..., revoked_serials: _Optional[_Iterable[str]] = ..., crls: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    legacy_roots: _containers.ScalarMap[str, bytes]
+    def __init__(self, version: _Optional[int] = ..., bundle: _Optional[bytes] = ..., federated_bundles: _Optional[_Mapping[str, bytes]] = ..., entries: _Optional[_Iterable[_Union[RegistrationEntry, _Mapping]]] = ..., tainted_authority_ids: _Optional[_Iterable[str]] = ..., revoked_serials: _Optional[_Iterable[str]] = ..., crls: _Optional[_Iterable[bytes]] = ..., legacy_roots: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class X509SvidRequest(_message.Message):
     __slots__ = ("entry_id", "csr")

@@ -33,7 +33,7 @@ from ca.store.engine import Database
 from ca.store.records import FederationRelationship
 from ca.store.repositories import FederationRepository
 from ca.sync import Change, ChangeHub, announce
-from spiffe_core.backoff import LogThrottle, backoff_delay
+from spiffe_core.backoff import Backoff
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import NotFound, TrustmeshError
@@ -132,7 +132,6 @@ class FederationRefresher:
         self._clock = clock
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-        self._throttle = LogThrottle()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rescan = asyncio.Event()
         self._wake: dict[TrustDomain, asyncio.Event] = {}
@@ -205,7 +204,10 @@ class FederationRefresher:
             self._loop = None
 
     async def _partner(self, trust_domain: TrustDomain) -> None:
-        failures = 0
+        # A failed fetch is retried after 1 s doubling, never slower than the partner's period (the cap
+        # of each failure, :meth:`_fetch`), which is at most max_refresh.
+        longest = self._policy.max_refresh.total_seconds()
+        backoff = Backoff(log, min(BACKOFF_BASE_SECONDS, longest), longest, rng=self._rng)
         wake = self._wake[trust_domain]
         while True:
             try:
@@ -231,13 +233,12 @@ class FederationRefresher:
                 relationship = await asyncio.to_thread(self._relationships.get, trust_domain)
             except NotFound:
                 return
-            ok = await self._fetch(relationship, failures)
-            failures = 0 if ok else failures + 1
+            ok = await self._fetch(relationship, backoff)
             for waiter in self._waiters.pop(trust_domain, []):
                 if not waiter.done():
                     waiter.set_result(ok)
 
-    async def _fetch(self, relationship: FederationRelationship, failures: int) -> bool:
+    async def _fetch(self, relationship: FederationRelationship, backoff: Backoff) -> bool:
         td = relationship.trust_domain
         current = parsed_bundle(relationship)
         endpoint = PartnerEndpoint(
@@ -263,24 +264,19 @@ class FederationRefresher:
             stored = await asyncio.to_thread(
                 functools.partial(self._record, td, now, next_at, bundle=bundle.to_json(), error="", changed=changed)
             )
+            backoff.succeeded()
             if changed:
                 log.info("federated bundle of %s updated to sequence %d", td, bundle.sequence)
         else:
             self._metrics.failures.labels(td.name).inc()
-            cap = self._policy.period(current).total_seconds()
-            delay = backoff_delay(failures + 1, self._rng, min(BACKOFF_BASE_SECONDS, cap), cap)
+            delay = backoff.failed(
+                f"bundle of {td} refused or unavailable ({error}); keeping the last good one",
+                cap=self._policy.period(current).total_seconds(),
+            )
             next_at = now + timedelta(seconds=delay)
             stored = await asyncio.to_thread(
                 functools.partial(self._record, td, now, next_at, bundle=None, error=error, changed=False)
             )
-            if self._throttle.should_log(time.monotonic(), td.name):
-                log.warning(
-                    "bundle of %s refused or unavailable (%s); keeping the last good one, retrying in %.1f s%s",
-                    td,
-                    error,
-                    delay,
-                    self._throttle.note(td.name),
-                )
         if stored is not None:
             self._metrics.show(stored)
         return error is None

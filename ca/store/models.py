@@ -263,3 +263,24 @@ class IdentityMappingRow(Base):
     rule: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class SharedSecretRow(Base):
+    """A random secret every CA replica shares, by name (the x509pop challenge key): created once, by
+    whichever replica needs it first (insert-if-absent), and never changed."""
+
+    __tablename__ = "shared_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class UsedX509PopNonceRow(Base):
+    """An x509pop nonce whose proof succeeded, known by its SHA-256 (hex), kept until the nonce expires:
+    the primary key makes it single-use across replicas."""
+
+    __tablename__ = "x509pop_used_nonces"
+
+    digest: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

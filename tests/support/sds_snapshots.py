@@ -108,6 +108,7 @@ def snapshot(
     federated: Mapping[str, Bundle] | None = None,
     crls: Iterable[bytes] = (),
     with_bundle: bool = True,
+    legacy_roots: Mapping[str, bytes] | None = None,
 ) -> CacheSnapshot:
     return CacheSnapshot(
         trust_domain=ca.trust_domain,
@@ -115,5 +116,6 @@ def snapshot(
         federated_bundles={TrustDomain(td): b for td, b in (federated or {}).items()},
         svids=tuple(svids),
         crls=tuple(crls),
+        legacy_roots=dict(legacy_roots or {}),
         version=version,
     )

@@ -13,6 +13,8 @@ from ca.store.repositories.entries import RegistrationEntryRepository
 from ca.store.repositories.federation import FederationRepository
 from ca.store.repositories.join_tokens import JoinTokenRepository
 from ca.store.repositories.mappings import IdentityMappingRepository
+from ca.store.repositories.shared_secrets import SharedSecretRepository
+from ca.store.repositories.x509pop_nonces import UsedNonceRepository
 
 __all__ = [
     "AgentRepository",
@@ -24,5 +26,7 @@ __all__ = [
     "IssuedCertificateRepository",
     "JoinTokenRepository",
     "RegistrationEntryRepository",
+    "SharedSecretRepository",
     "TrustBundleStateRepository",
+    "UsedNonceRepository",
 ]

@@ -145,3 +145,8 @@ class RegistrationEntryRepository:
         if spiffe_id is not None:
             query = query.where(RegistrationEntryRow.spiffe_id == str(spiffe_id))
         return tuple(_record(row) for row in self._session.scalars(query))
+
+    def admin_spiffe_ids(self) -> frozenset[SpiffeId]:
+        """The SPIFFE IDs of entries with ``admin: true`` (what mTLS admins are checked against)."""
+        query = select(RegistrationEntryRow.spiffe_id).where(RegistrationEntryRow.admin.is_(True)).distinct()
+        return frozenset(SpiffeId.parse(spiffe_id) for spiffe_id in self._session.scalars(query))

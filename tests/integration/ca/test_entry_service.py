@@ -8,9 +8,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session
 
+from ca.admin_entry_ids import TTL_SECONDS
 from ca.attestation import JoinTokens
+from ca.audit import AuditTrail
+from ca.audit_throttle import RefusalThrottle
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.ratelimit import Rate
 from ca.store import Actor, AgentRepository, AuditLogRepository, Database, EntrySpec
 from ca.sync import Change, ChangeHub, Subscription
 from spiffe_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotAuthorized, NotFound
@@ -339,9 +345,76 @@ def test_an_admin_entry_cannot_be_changed_or_deleted_by_a_caller_without_the_rol
     assert [action for action, _, _ in denied(database)] == ["entry.update", "entry.delete"]
 
 
+def test_a_burst_of_refused_admin_entry_changes_is_throttled_into_a_suppressed_summary(
+    database: Database, hub: ChangeHub, clock: FakeClock
+) -> None:
+    trail = AuditTrail(database, RefusalThrottle(Rate(1 / 60, 2), Rate(100, 100)))
+    entries = RegistrationEntries(
+        database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock, audit=trail
+    )
+
+    for _ in range(5):
+        with pytest.raises(NotAuthorized):
+            entries.create(ADMIN_SPEC, TESTER, may_manage_admin=False)
+    assert trail.flush_suppressed(clock.now()) == 1
+
+    assert denied(database) == [("entry.create", str(ADMIN_SPEC.spiffe_id), "denied")] * 2 + [
+        ("audit.suppressed", TESTER.name, "denied")
+    ]
+    with database.transaction() as session:
+        summary = AuditLogRepository(session).list()[-1].event
+    assert (summary.detail["count"], summary.detail["actions"]) == (3, {"entry.create": 3})
+
+
 def test_has_admin_entry_answers_for_the_spiffe_id_of_an_admin_entry_only(entries: RegistrationEntries) -> None:
     entries.create(ADMIN_SPEC, TESTER)
     entries.create(SPEC, TESTER)
 
     assert entries.has_admin_entry(ADMIN_SPEC.spiffe_id)
     assert not entries.has_admin_entry(SPEC.spiffe_id)
+
+
+def test_admin_questions_within_the_cache_ttl_cost_one_datastore_query(
+    database: Database, hub: ChangeHub, clock: FakeClock
+) -> None:
+    policy = EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1))
+    entries = RegistrationEntries(database, hub, policy, clock, monotonic=lambda: 100.0)
+    entries.create(ADMIN_SPEC, TESTER)
+    queries: list[object] = []
+
+    def count(state: ORMExecuteState) -> None:
+        queries.append(state.statement)
+
+    event.listen(Session, "do_orm_execute", count)
+    try:
+        answers = [entries.has_admin_entry(spiffe_id) for spiffe_id in (ADMIN_SPEC.spiffe_id, SPEC.spiffe_id) * 5]
+    finally:
+        event.remove(Session, "do_orm_execute", count)
+
+    assert answers == [True, False] * 5
+    assert len(queries) == 1
+
+
+def test_removing_an_entrys_admin_flag_takes_effect_at_once_on_this_replica(entries: RegistrationEntries) -> None:
+    created = entries.create(ADMIN_SPEC, TESTER)
+    assert entries.has_admin_entry(ADMIN_SPEC.spiffe_id)
+
+    entries.update(created.id, replace(ADMIN_SPEC, admin=False), TESTER)
+
+    assert not entries.has_admin_entry(ADMIN_SPEC.spiffe_id)
+
+
+def test_removing_an_entrys_admin_flag_on_another_replica_takes_effect_within_the_cache_ttl(
+    database: Database, hub: ChangeHub, clock: FakeClock
+) -> None:
+    policy = EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1))
+    monotonic = [100.0]
+    here = RegistrationEntries(database, hub, policy, clock, monotonic=lambda: monotonic[0])
+    there = RegistrationEntries(database, ChangeHub(), policy, clock)
+    created = there.create(ADMIN_SPEC, TESTER)
+    assert here.has_admin_entry(ADMIN_SPEC.spiffe_id)
+
+    there.delete(created.id, TESTER)
+    monotonic[0] += TTL_SECONDS
+
+    assert not here.has_admin_entry(ADMIN_SPEC.spiffe_id)

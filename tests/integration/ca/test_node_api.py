@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.issuance import TtlPolicy, X509SvidRequest
 from ca.keys.memory import MemoryKeyManager
+from ca.legacy_roots import LegacyRootFiles
 from ca.metrics import CaMetrics
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
@@ -56,6 +57,7 @@ WEB = SpiffeId.parse("spiffe://example.org/web")
 # Every wait in these tests is bounded; a push must arrive well within DESIGN §1's 2 s.
 PUSH_DEADLINE = 2.0
 RPC_TIMEOUT = 10.0
+LEGACY_ROOTS_CHECK_INTERVAL = 0.05
 
 
 @dataclass
@@ -93,10 +95,15 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
 
 @contextlib.asynccontextmanager
 async def running_node_api(
-    tmp_path: Path, *attestors: NodeAttestor, guard: NodeApiGuard | None = None
+    tmp_path: Path,
+    *attestors: Callable[[Database, FakeClock], NodeAttestor],
+    guard: NodeApiGuard | None = None,
+    legacy_roots: Mapping[str, Path] | None = None,
 ) -> AsyncIterator[RunningCa]:
     """A CA service on SQLite in ``tmp_path`` serving the node API on free ports, attesting with join
-    tokens and ``attestors``, under ``guard``'s limits (default: the default limits)."""
+    tokens and ``attestors`` (each built over the CA's datastore and clock), under ``guard``'s limits
+    (default: the default limits), with the ``[bridge] legacy_roots`` files ``legacy_roots`` (none by
+    default) checked every 50 ms."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
@@ -119,15 +126,18 @@ async def running_node_api(
     hub = ChangeHub()
     entries = RegistrationEntries(database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock)
     join_tokens = JoinTokens(database, TD, clock)
+    root_files = LegacyRootFiles(legacy_roots or {}, hub, LEGACY_ROOTS_CHECK_INTERVAL)
+    root_files.load()
     node = NodeService(
         database=database,
         issuer=service,
         authorities=authorities,
         entries=entries,
-        attestors=NodeAttestors.of(join_tokens, *attestors),
+        attestors=NodeAttestors.of(join_tokens, *(attestor(database, clock) for attestor in attestors)),
         agent_svid_ttl=AGENT_TTL,
         clock=clock,
         hub=hub,
+        legacy_roots=root_files.get_roots,
     )
     identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
@@ -139,6 +149,7 @@ async def running_node_api(
         node_api_address="127.0.0.1:0",
     )
     serving = asyncio.create_task(run_node_server(server))
+    watching = asyncio.create_task(root_files.run())
     try:
         yield RunningCa(
             database,
@@ -153,7 +164,8 @@ async def running_node_api(
         )
     finally:
         serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
+        watching.cancel()
+        await asyncio.gather(serving, watching, return_exceptions=True)
         database.close()
 
 

@@ -1,7 +1,8 @@
 """x509pop over the real node API (wire/node.proto ``AttestChallenge`` then ``Attest``): a brownfield
 host proves possession of its enterprise certificate's key and gets its mapped agent ID; an expired,
 revoked, untrusted-CA or over-long chain is refused with a message that says which; every outcome is
-audited. The CA's trust comes from a ``[bridge]`` configuration, as ``ca.server`` wires it."""
+audited; an answer works once. The CA's trust comes from a ``[bridge]`` configuration and its challenges
+from the datastore, as ``ca.server`` wires them."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from cryptography import x509
 
 from bridge.mapping import MappingRule, Match
 from bridge.possession import SigningKey, load_signing_key
-from bridge.x509pop import X509POP, encode_response, sign_challenge
-from ca.bridge_attestation import x509pop_attestor
+from bridge.x509pop import USED, X509POP, encode_response, sign_challenge
+from ca.attestation import NodeAttestor
+from ca.bridge_attestation import DatastoreChallenges, x509pop_attestor
 from ca.config import BridgeConfig
 from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
-from ca.store import AgentRepository, AuditLogRepository
+from ca.store import AgentRepository, AuditLogRepository, Database
 from ca.store.records import AuditEvent, AuditQuery
+from spiffe_core.clock import Clock
 from spiffe_core.errors import ConfigError
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId
@@ -36,6 +39,7 @@ from tests.integration.ca.test_node_api import (
     running_node_api,
 )
 from tests.support.enterprise_pki import REFUSED_HOSTS, EnterprisePki, HostFiles
+from tests.support.x509pop import MemoryChallengeLedger
 from wire import node_pb2, node_pb2_grpc
 
 RunningCaContext = AbstractAsyncContextManager[RunningCa]
@@ -45,7 +49,11 @@ WEB01 = SpiffeId.parse("spiffe://example.org/trustmesh/agent/x509pop/legacy/paym
 
 def x509pop_ca(tmp_path: Path, enterprise_pki: EnterprisePki, guard: NodeApiGuard | None = None) -> RunningCaContext:
     bridge = BridgeConfig(trust_anchors={"corp": enterprise_pki.root}, crls=[enterprise_pki.crl])
-    return running_node_api(tmp_path, x509pop_attestor(bridge, TD, lambda: RULES), guard=guard)
+
+    def attestor(database: Database, clock: Clock) -> NodeAttestor:
+        return x509pop_attestor(bridge, TD, lambda: RULES, DatastoreChallenges(database, clock))
+
+    return running_node_api(tmp_path, attestor, guard=guard)
 
 
 @pytest.fixture
@@ -69,10 +77,14 @@ async def x509pop_attest(ca: RunningCa, host: HostFiles, key: SigningKey | None 
     async with channel(ca, ca.attestation_port) as ch:
         stub = node_pb2_grpc.NodeStub(ch)
         nonce = await challenge(stub, host)
-        answer = encode_response(nonce, sign_challenge(key or host_key(host), nonce))
-        csr = csr_for(generate_private_key(KeyType.EC_P256))
-        request = node_pb2.AttestRequest(method=X509POP, payload=answer, csr=csr, trust_domain=TD.name)
-        response: node_pb2.AttestResponse = await stub.Attest(request, timeout=RPC_TIMEOUT)
+        answer = encode_response(nonce, sign_challenge(key or host_key(host), nonce), host.chain.read_bytes())
+        return await attest_with(stub, answer)
+
+
+async def attest_with(stub: node_pb2_grpc.NodeStub, answer: bytes) -> node_pb2.AttestResponse:
+    csr = csr_for(generate_private_key(KeyType.EC_P256))
+    request = node_pb2.AttestRequest(method=X509POP, payload=answer, csr=csr, trust_domain=TD.name)
+    response: node_pb2.AttestResponse = await stub.Attest(request, timeout=RPC_TIMEOUT)
     return response
 
 
@@ -117,6 +129,21 @@ async def test_an_answer_signed_by_another_key_is_refused(ca: RunningCa, enterpr
     assert "proof of possession failed" in details(error)
 
 
+async def test_an_answer_replayed_to_the_node_api_is_refused_as_used(
+    ca: RunningCa, enterprise_pki: EnterprisePki
+) -> None:
+    web = enterprise_pki.web
+    async with channel(ca, ca.attestation_port) as ch:
+        stub = node_pb2_grpc.NodeStub(ch)
+        nonce = await challenge(stub, web)
+        answer = encode_response(nonce, sign_challenge(host_key(web), nonce), web.chain.read_bytes())
+        await attest_with(stub, answer)
+        error = await refused(attest_with(stub, answer))
+
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert details(error) == USED
+
+
 async def test_a_host_no_mapping_rule_matches_is_refused_naming_that(
     ca: RunningCa, enterprise_pki: EnterprisePki
 ) -> None:
@@ -158,7 +185,7 @@ def test_a_trust_anchor_file_that_cannot_be_read_stops_the_ca_at_start_up(tmp_pa
     bridge = BridgeConfig(trust_anchors={"corp": missing})
 
     with pytest.raises(ConfigError) as raised:
-        x509pop_attestor(bridge, TD, lambda: RULES)
+        x509pop_attestor(bridge, TD, lambda: RULES, MemoryChallengeLedger())
 
     assert str(raised.value) == (
         f"bridge: cannot read trust anchor {missing} (No such file or directory); "

@@ -1,6 +1,6 @@
 """The SDS v3 server over a real gRPC Unix socket, driven by a raw xDS client (DESIGN §4, xds_protocol.rst):
-nonces, ACK/NACK, stale requests, added and not-yet-available names, push on change only, Fetch,
-Delta subscribe/unsubscribe/removed, and attestation failures."""
+nonces, ACK/NACK, stale requests, added and not-yet-available names, push on change only (legacy roots
+included), Fetch, Delta subscribe/unsubscribe/removed, and attestation failures."""
 
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ class Agent:
     web: WorkloadSvid
     version: int = 1
 
-    async def publish(self, svids: list[WorkloadSvid]) -> CacheSnapshot:
+    async def publish(self, svids: list[WorkloadSvid], legacy_roots: dict[str, bytes] | None = None) -> CacheSnapshot:
         self.version += 1
-        snap = snapshot(self.ca, svids, version=self.version)
+        snap = snapshot(self.ca, svids, version=self.version, legacy_roots=legacy_roots)
         await self.cache.publish(snap)
         return snap
 
@@ -283,6 +283,38 @@ async def test_stream_sends_nothing_for_a_change_to_secrets_it_did_not_ask_for(a
     await stream.expect_silence()
 
 
+def roots_pem(name: str) -> bytes:
+    return TestCa.create(name).cert.public_bytes(Encoding.PEM)
+
+
+async def test_stream_pushes_legacy_roots_when_they_arrive_and_when_they_change(agent: Agent, stream: Stream) -> None:
+    await stream.send(request(["legacy/corp"]))
+    first = await stream.next()
+    assert list(first.resources) == []  # the CA has sent no roots yet: remembered
+    await stream.send(request(["legacy/corp"], nonce=first.nonce, version=first.version_info))
+
+    corp = roots_pem("corp.example")
+    await agent.publish([agent.web], legacy_roots={"corp": corp})
+    arrived = await stream.next()
+    assert secrets_of(arrived)["legacy/corp"].validation_context.trusted_ca.inline_bytes == corp
+    await stream.send(request(["legacy/corp"], nonce=arrived.nonce, version=arrived.version_info))
+
+    replaced = roots_pem("corp2.example")
+    await agent.publish([agent.web], legacy_roots={"corp": replaced})
+    assert secrets_of(await stream.next())["legacy/corp"].validation_context.trusted_ca.inline_bytes == replaced
+
+
+async def test_stream_asking_for_roots_the_ca_does_not_serve_gets_nothing_ever(agent: Agent, stream: Stream) -> None:
+    await stream.send(request(["legacy/partner"]))
+    first = await stream.next()
+    assert list(first.resources) == []
+    await stream.send(request(["legacy/partner"], nonce=first.nonce, version=first.version_info))
+
+    await agent.publish([agent.web], legacy_roots={"corp": roots_pem("corp.example")})
+
+    await stream.expect_silence()
+
+
 async def test_stream_rejects_another_resource_type(stream: Stream) -> None:
     await stream.send(
         discovery_pb2.DiscoveryRequest(
@@ -407,7 +439,7 @@ async def test_fetch_without_names_is_invalid(agent: Agent) -> None:
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.value.details() == (
         "FetchSecrets needs resource_names; SDS has no wildcard — name the secrets "
-        "('default', 'ROOTCA', 'ALL', a SPIFFE ID or 'spiffe://<trust domain>')"
+        "('default', 'ROOTCA', 'ALL', a SPIFFE ID, 'spiffe://<trust domain>' or 'legacy/<name>')"
     )
 
 
@@ -482,6 +514,21 @@ async def test_delta_pushes_a_remembered_name_once_a_snapshot_has_it(agent: Agen
     await agent.publish([agent.web, agent.ca.svid("/api")])
 
     assert [r.name for r in (await delta.next()).resources] == [API_ID]
+
+
+async def test_delta_sends_changed_legacy_roots_alone(agent: Agent, delta: Stream) -> None:
+    await agent.publish([agent.web], legacy_roots={"corp": roots_pem("corp.example")})
+    await delta.send(delta_request(subscribe=[DEFAULT, "legacy/corp"]))
+    first = await delta.next()
+    assert sorted(r.name for r in first.resources) == [DEFAULT, "legacy/corp"]
+    await delta.send(delta_request(nonce=first.nonce))
+
+    replaced = roots_pem("corp2.example")
+    await agent.publish([agent.web], legacy_roots={"corp": replaced})
+
+    pushed = await delta.next()
+    assert [r.name for r in pushed.resources] == ["legacy/corp"]
+    assert secrets_of(pushed)["legacy/corp"].validation_context.trusted_ca.inline_bytes == replaced
 
 
 async def test_delta_honors_initial_resource_versions(agent: Agent) -> None:
@@ -586,7 +633,8 @@ async def test_stream_with_a_name_longer_than_a_spiffe_id_ends_invalid_argument(
     assert (error.code(), error.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         f"resource name #1 of the request ('spiffe://example.org/xxxxxxxxxxx'…) is {len(long_name)} bytes long; "
-        "SDS names are 'default', 'ROOTCA', 'ALL' or SPIFFE IDs, at most 2048 bytes (SPIFFE-ID.md §2.3)",
+        "SDS names are 'default', 'ROOTCA', 'ALL', 'legacy/<name>' or SPIFFE IDs, at most 2048 bytes "
+        "(SPIFFE-ID.md §2.3)",
     )
 
 

@@ -1,6 +1,6 @@
 """Retention of issued-certificate records (ca/retention.py, ``IssuedCertificateRepository.delete_expired``)
 on SQLite and PostgreSQL: only records expired longer than the retention go, in bounded batches, and
-nothing a CRL or authority pruning still needs."""
+nothing a CRL or authority pruning still needs. The same runs prune the records of expired x509pop nonces."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cryptography import x509
 from ca.authority import AuthorityState
 from ca.retention import IssuedCertificateRetention, PruneResult
 from ca.store import AuthorityRepository, Database, IssuedCertificate, IssuedCertificateRepository
+from ca.store.repositories import UsedNonceRepository
 from spiffe_core.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.store import NOW, authority
@@ -125,3 +126,17 @@ async def test_the_periodic_task_logs_one_line_per_run_with_the_count(
         "pruned 1 issued-certificate records that expired over 1d ago",
         "pruned 0 issued-certificate records that expired over 1d ago",
     ]
+
+
+def test_a_run_prunes_the_records_of_expired_x509pop_nonces_only(authorities: Database) -> None:
+    expired, live = "ab" * 32, "cd" * 32
+    with authorities.transaction() as session:
+        UsedNonceRepository(session).spend(expired, NOW - timedelta(seconds=1))
+        UsedNonceRepository(session).spend(live, NOW + timedelta(seconds=30))
+    retention = IssuedCertificateRetention(authorities, RETENTION, FakeClock(NOW))
+
+    assert retention.prune_once() == PruneResult(deleted=0, more=False, nonces=1)
+
+    with authorities.transaction() as session:
+        assert UsedNonceRepository(session).spend(live, NOW + timedelta(seconds=30)) is False  # still recorded
+        assert UsedNonceRepository(session).spend(expired, NOW - timedelta(seconds=1)) is True  # was pruned

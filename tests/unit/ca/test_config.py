@@ -183,6 +183,17 @@ def test_the_variable_named_by_vault_token_env_is_not_an_unknown_override(tmp_pa
     assert config.vault.token_env == "TRUSTMESH_VAULT_TOKEN"
 
 
+def test_legacy_roots_files_count_from_the_config_files_directory(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, '[bridge]\nlegacy_roots = { corp = "pki/corp-roots.pem" }\nlegacy_roots_check_interval = "30s"\n'
+    )
+
+    config = load_config(path, {})
+
+    assert config.bridge.legacy_roots == {"corp": tmp_path / "pki/corp-roots.pem"}
+    assert config.bridge.legacy_roots_check_interval == timedelta(seconds=30)
+
+
 def test_vault_custody_is_configured_with_relative_credential_files(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,
@@ -311,6 +322,25 @@ INVALID = [
         "bridge.trust_anchors: trust anchor name 'Corp Root' must be 1-64 of a-z, 0-9, '.', '_', '-' (starting with "
         "a letter or digit); mapping rules match it by name",
         id="bad-trust-anchor-name",
+    ),
+    pytest.param(
+        '[bridge]\nlegacy_roots = { "Corp" = "corp.pem" }\n',
+        {},
+        "bridge.legacy_roots: legacy roots name 'Corp' must be 1-64 of a-z, 0-9, '.', '_', '-' (starting with a "
+        "letter or digit); Envoy asks for it as the SDS secret legacy/<name>",
+        id="bad-legacy-roots-name",
+    ),
+    pytest.param(
+        "[bridge]\nlegacy_roots = { " + ", ".join(f'r{i} = "r{i}.pem"' for i in range(17)) + " }\n",
+        {},
+        "bridge.legacy_roots: 17 names; at most 16 sets of legacy roots are served",
+        id="too-many-legacy-roots",
+    ),
+    pytest.param(
+        '[bridge]\nlegacy_roots_check_interval = "0s"\n',
+        {},
+        "bridge.legacy_roots_check_interval: 0s is outside 1s..1h; write e.g. '5s'",
+        id="legacy-roots-check-interval-out-of-bounds",
     ),
     pytest.param(
         "[bridge]\nmax_rsa_bits = 16384\n",

@@ -3,6 +3,7 @@ corrupt files are treated."""
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from sds.files import write_private_file, write_public_file
 from sds.node_client import EntryRecord, SyncState
@@ -56,6 +58,7 @@ def full_state() -> SyncState:
         tainted_authority_ids=frozenset({"ab12"}),
         revoked_serials=frozenset({0x1F2E}),
         crls=(b"\x30\x82der-crl",),
+        legacy_roots={"corp": PEER_CA.cert.public_bytes(serialization.Encoding.PEM)},
     )
 
 
@@ -90,10 +93,34 @@ def test_workload_state_and_svids_round_trip(tmp_path: Path) -> None:
     assert mode(store.workloads_path) == 0o600
 
 
+def test_a_state_saved_before_legacy_roots_existed_loads_without_them(tmp_path: Path) -> None:
+    store = AgentStore(tmp_path, TD)
+    store.save_workloads(full_state(), (held_web(),))
+    document = json.loads(store.workloads_path.read_text())
+    del document["state"]["legacy_roots"]
+    store.workloads_path.write_text(json.dumps(document))
+
+    loaded = store.load_workloads()
+
+    assert loaded is not None
+    assert dict(loaded.state.legacy_roots) == {}
+
+
+def test_the_bundle_is_read_from_the_agent_file_without_its_key(tmp_path: Path) -> None:
+    store = AgentStore(tmp_path, TD)
+    store.save_agent(CA.issue(AGENT, not_before=NOW, not_after=NOW + timedelta(hours=1)), CA.bundle(sequence=7))
+    document = json.loads(store.agent_path.read_text())
+    document["key_pem"] = "not read"
+    store.agent_path.write_text(json.dumps(document))
+
+    assert store.load_bundle() == CA.bundle(sequence=7)
+
+
 def test_nothing_saved_loads_as_none(tmp_path: Path) -> None:
     store = AgentStore(tmp_path, TD)
     assert store.load_agent() is None
     assert store.load_workloads() is None
+    assert store.load_bundle() is None
 
 
 def test_agent_file_of_another_trust_domain_stops_the_agent_with_the_fix(tmp_path: Path) -> None:

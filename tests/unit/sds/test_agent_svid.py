@@ -219,7 +219,7 @@ async def test_an_expired_svid_with_a_new_join_token_attests_again(tmp_path: Pat
     assert credentials.svid.leaf != old.svid.leaf
 
 
-async def test_an_x509pop_agent_presents_its_chain_and_signs_the_challenge_with_its_key(
+async def test_an_x509pop_agent_presents_its_chain_and_signs_the_challenge_with_its_key_sending_the_chain_again(
     tmp_path: Path, clock: FakeClock, enterprise_pki: EnterprisePki
 ) -> None:
     host = enterprise_pki.web
@@ -230,8 +230,10 @@ async def test_an_x509pop_agent_presents_its_chain_and_signs_the_challenge_with_
     assert api.challenged == [("x509pop", host.cert.read_bytes())]
     ((_, method, answer),) = api.attested
     assert method == "x509pop"
-    nonce, signature = (base64.b64decode(value) for value in json.loads(answer).values())
+    fields = {name: base64.b64decode(value) for name, value in json.loads(answer).items()}
+    nonce, signature = fields["nonce"], fields["signature"]
     assert nonce == NONCE
+    assert fields["chain"] == host.cert.read_bytes()
     verify_signature(x509.load_pem_x509_certificate(host.cert.read_bytes()), nonce, signature)
 
 

@@ -1,15 +1,28 @@
-"""``trustmesh-agent`` as a command line (sds/cli.py): the version, usage errors named for users, and
-``envoy-bootstrap`` refusing what would make a useless or too open Envoy."""
+"""``trustmesh-agent`` as a command line (sds/cli.py): the version, usage errors named for users,
+``envoy-bootstrap`` refusing what would make a useless or too open Envoy, and ``bundle show`` exporting
+the mesh bundle for legacy clients."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import json
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from sds.cli import build_parser, main
+from sds.persistence import AgentStore
+from spiffe_core.bundle import Bundle
+from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.agent_pki import SigningCa
+
+TD = TrustDomain("example.org")
+NOW = datetime.now(UTC)
+CA = SigningCa.create(TD, NOW)
+AGENT = SpiffeId.parse("spiffe://example.org/trustmesh/agent/join_token/node-1")
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +80,9 @@ def test_envoy_bootstrap_without_a_listener_says_what_to_give(capsys: pytest.Cap
     assert err == (
         "trustmesh-agent: error: envoy-bootstrap needs a listener: --inbound-port PORT --allow SPIFFE_ID "
         "--inbound-upstream HOST:PORT to terminate mTLS in front of your application, and/or --outbound-port "
-        "PORT --upstream HOST:PORT --upstream-id SPIFFE_ID to call an mTLS service\n"
+        "PORT --upstream HOST:PORT --upstream-id SPIFFE_ID to call an mTLS service, and/or --legacy-port PORT "
+        "--legacy-upstream HOST:PORT --legacy-roots NAME to call a legacy TLS server, and/or --legacy-inbound-port "
+        "PORT to serve legacy clients\n"
     )
 
 
@@ -138,3 +153,106 @@ def test_envoy_bootstrap_calls_a_federated_upstream_with_every_trust_domains_bun
     (upstream,) = [c for c in json.loads(out)["static_resources"]["clusters"] if c["name"] == "upstream"]
     tls = upstream["transport_socket"]["typed_config"]["common_tls_context"]
     assert tls["combined_validation_context"]["validation_context_sds_secret_config"]["name"] == "ALL"
+
+
+def test_envoy_bootstrap_calls_a_legacy_server_through_its_enterprise_roots(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "envoy-bootstrap",
+        "--legacy-port",
+        "10001",
+        "--legacy-upstream",
+        "10.0.0.5:443",
+        "--legacy-roots",
+        "corp",
+        "--legacy-server-name",
+        "web01.corp.example.com",
+    )
+    assert code == 0
+    (legacy,) = [c for c in json.loads(out)["static_resources"]["clusters"] if c["name"] == "legacy_10001"]
+    tls = legacy["transport_socket"]["typed_config"]
+    assert tls["sni"] == "web01.corp.example.com"
+    assert tls["common_tls_context"]["combined_validation_context"]["validation_context_sds_secret_config"]["name"] == (
+        "legacy/corp"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ("--legacy-port", "10001", "--legacy-upstream", "web01.corp.example.com:443"),
+            "--legacy-port needs --legacy-upstream HOST:PORT and --legacy-roots NAME",
+            id="no-roots",
+        ),
+        pytest.param(
+            ("--inbound-port", "8443", "--allow-trust-domain", "--legacy-roots", "corp"),
+            "--legacy-upstream, --legacy-roots and --legacy-server-name need --legacy-port",
+            id="legacy-options-without-a-port",
+        ),
+        pytest.param(
+            ("--inbound-port", "8443", "--allow-trust-domain", "--legacy-inbound-upstream", "127.0.0.1:8080"),
+            "--legacy-inbound-upstream configures the legacy inbound listener; give --legacy-inbound-port",
+            id="legacy-inbound-upstream-without-a-port",
+        ),
+    ],
+)
+def test_envoy_bootstrap_refuses_incomplete_legacy_options(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, "envoy-bootstrap", *argv)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"trustmesh-agent: error: {message}")
+
+
+@pytest.fixture
+def agent_config(tmp_path: Path) -> Path:
+    """An agent config whose data directory holds an attested agent's file (as ``trustmesh-agent run`` saves it)."""
+    data_dir = tmp_path / "agent"
+    AgentStore(data_dir, TD).save_agent(
+        CA.issue(AGENT, not_before=NOW, not_after=NOW + timedelta(hours=1)), CA.bundle()
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text(f'trust_domain = "example.org"\ndata_dir = "{data_dir}"\n')
+    return config
+
+
+def test_bundle_show_prints_the_bundle_the_agent_holds_as_pem(
+    capsys: pytest.CaptureFixture[str], agent_config: Path
+) -> None:
+    code, out, _ = run(capsys, "--config", str(agent_config), "bundle", "show")
+
+    assert (code, out) == (0, CA.bundle().x509_authorities_pem().decode())
+
+
+def test_bundle_show_writes_a_public_file_for_legacy_clients(
+    capsys: pytest.CaptureFixture[str], agent_config: Path, tmp_path: Path
+) -> None:
+    out_file = tmp_path / "trust" / "mesh.pem"
+    code, out, _ = run(capsys, "--config", str(agent_config), "bundle", "show", "--out", str(out_file))
+
+    assert (code, out) == (0, f"example.org: 1 X.509 authorities -> {out_file}\n")
+    assert out_file.read_bytes() == CA.bundle().x509_authorities_pem()
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o644
+
+
+def test_bundle_show_in_spiffe_format_prints_the_jwks(capsys: pytest.CaptureFixture[str], agent_config: Path) -> None:
+    code, out, _ = run(capsys, "--config", str(agent_config), "bundle", "show", "--format", "spiffe")
+
+    assert code == 0
+    assert Bundle.parse_jwks(TD, out) == CA.bundle()
+
+
+def test_bundle_show_before_the_agent_attested_says_to_run_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'trust_domain = "example.org"\ndata_dir = "{tmp_path / "agent"}"\n')
+
+    code, out, err = run(capsys, "--config", str(config), "bundle", "show")
+
+    assert (code, out) == (1, "")
+    assert err == (
+        f"trustmesh-agent: error: the agent has no trust bundle in {tmp_path / 'agent'} yet; run it "
+        "(trustmesh-agent run) until it attests\n"
+    )

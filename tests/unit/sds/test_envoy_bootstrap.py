@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, parse_host_port
+from sds.envoy_bootstrap import Inbound, LegacyInbound, LegacyOutbound, Outbound, envoy_bootstrap, parse_host_port
 from spiffe_core.errors import InvalidArgument
 from spiffe_core.spiffe_id import TrustDomain
 
@@ -21,7 +21,13 @@ API = "spiffe://example.org/api"
 PARTNER_WEB = "spiffe://partner.example/web"
 
 
-def bootstrap(inbound: Inbound | None = None, outbound: Outbound | None = None) -> dict[str, Any]:
+def bootstrap(
+    inbound: Inbound | None = None,
+    outbound: Outbound | None = None,
+    *,
+    legacy_outbound: tuple[LegacyOutbound, ...] = (),
+    legacy_inbound: LegacyInbound | None = None,
+) -> dict[str, Any]:
     return envoy_bootstrap(
         node_id="n",
         spiffe_id=API,
@@ -30,6 +36,8 @@ def bootstrap(inbound: Inbound | None = None, outbound: Outbound | None = None) 
         admin_port=0,
         inbound=inbound,
         outbound=outbound,
+        legacy_outbound=legacy_outbound,
+        legacy_inbound=legacy_inbound,
     )
 
 
@@ -128,8 +136,102 @@ def test_inbound_that_allows_no_peer_is_refused() -> None:
 
 
 def test_a_bootstrap_without_a_listener_is_refused() -> None:
-    with pytest.raises(InvalidArgument, match="needs an inbound or an outbound listener"):
+    with pytest.raises(InvalidArgument, match="needs a listener: inbound, outbound, legacy outbound or legacy inbound"):
         bootstrap()
+
+
+def test_two_listeners_on_one_port_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"listener ports \[8443, 8443\] repeat a port"):
+        bootstrap(Inbound(8443, (WEB,)), legacy_inbound=LegacyInbound(8443))
+
+
+def legacy_tls(config: dict[str, Any], name: str) -> dict[str, Any]:
+    tls: dict[str, Any] = cluster(config, name)["transport_socket"]["typed_config"]
+    return tls
+
+
+def test_legacy_outbound_verifies_the_server_by_enterprise_roots_and_dns_name() -> None:
+    config = bootstrap(legacy_outbound=(LegacyOutbound(10001, "10.0.0.5:443", "corp", "web01.corp.example.com"),))
+
+    tls = legacy_tls(config, "legacy_10001")
+    validation = tls["common_tls_context"]["combined_validation_context"]
+    assert tls["@type"].endswith("UpstreamTlsContext")
+    assert tls["sni"] == "web01.corp.example.com"
+    assert validation["validation_context_sds_secret_config"]["name"] == "legacy/corp"
+    assert validation["default_validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "web01.corp.example.com"}}
+    ]
+    assert tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"] == API  # if the server asks
+    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "legacy_10001"]
+    assert "transport_socket" not in listener["filter_chains"][0]  # plain HTTP from the application on this host
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 10001}
+
+
+def test_legacy_outbound_names_the_server_by_its_upstream_host_unless_told() -> None:
+    config = bootstrap(legacy_outbound=(LegacyOutbound(10001, "db01.data.corp.example.com:5432", "corp"),))
+
+    assert legacy_tls(config, "legacy_10001")["sni"] == "db01.data.corp.example.com"
+    assert cluster(config, "legacy_10001")["type"] == "STRICT_DNS"
+
+
+def test_several_legacy_servers_get_a_listener_and_cluster_each() -> None:
+    config = bootstrap(
+        legacy_outbound=(
+            LegacyOutbound(10001, "web01.corp.example.com:443", "corp"),
+            LegacyOutbound(10002, "db01.data.corp.example.com:443", "data"),
+        )
+    )
+
+    names = {x["name"] for x in config["static_resources"]["listeners"]}
+    assert names == {"legacy_10001", "legacy_10002"}
+    assert legacy_tls(config, "legacy_10002")["sni"] == "db01.data.corp.example.com"
+
+
+@pytest.mark.parametrize(
+    ("legacy", "message"),
+    [
+        pytest.param(
+            LegacyOutbound(10001, "10.0.0.5:443", "corp"),
+            "legacy outbound on port 10001: upstream 10.0.0.5:443 is an IP address; name the DNS name its certificate "
+            "carries (--legacy-server-name)",
+            id="ip-without-server-name",
+        ),
+        pytest.param(
+            LegacyOutbound(10001, "web01.corp.example.com:443", "Corp"),
+            "legacy outbound on port 10001: legacy roots name 'Corp' must be 1-64",
+            id="bad-roots-name",
+        ),
+        pytest.param(
+            LegacyOutbound(10001, "10.0.0.5:443", "corp", "web 01"),
+            "legacy outbound on port 10001: DNS name 'web 01' is not a valid hostname",
+            id="bad-server-name",
+        ),
+        pytest.param(
+            LegacyOutbound(10001, "10.0.0.5:443", "corp", "*.corp.example.com"),
+            "legacy outbound on port 10001: server name '*.corp.example.com' is a wildcard",
+            id="wildcard-server-name",
+        ),
+    ],
+)
+def test_a_legacy_outbound_that_names_no_verifiable_server_is_refused(legacy: LegacyOutbound, message: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        bootstrap(legacy_outbound=(legacy,))
+
+    assert str(refused.value).startswith(message)
+
+
+def test_legacy_inbound_serves_the_svid_and_asks_for_no_client_certificate() -> None:
+    config = bootstrap(legacy_inbound=LegacyInbound(8444, upstream="127.0.0.1:8080"))
+
+    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "legacy_inbound"]
+    chain = listener["filter_chains"][0]
+    tls = chain["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is False
+    assert list(tls["common_tls_context"]) == ["tls_certificate_sds_secret_configs"]  # no validation context
+    assert tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"] == API
+    route = chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]
+    assert route == {"match": {"prefix": "/"}, "route": {"cluster": "legacy_inbound_upstream"}}
+    assert "transport_socket" not in cluster(config, "legacy_inbound_upstream")
 
 
 def test_outbound_keeps_mtls_to_the_upstream_and_a_bounded_connection_lifetime() -> None:

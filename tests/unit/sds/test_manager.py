@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.manager import JWT_CACHE_BYTES, SIGN_BATCH_SIZE, AgentManager, ManagerParams
@@ -202,6 +203,20 @@ async def test_a_new_partner_bundle_alone_is_published_without_signing_anything(
     assert harness.api.batches == [["e-web"]]
     assert harness.snapshot().version == 2
     assert dict(harness.snapshot().federated_bundles) == {partner: rotated.bundle()}
+
+
+async def test_new_legacy_roots_alone_are_published_without_signing_anything(harness: Harness) -> None:
+    web = entry("e-web", WEB)
+    corp, replaced = (
+        SigningCa.create(TrustDomain(n), NOW).cert.public_bytes(Encoding.PEM) for n in ("a.corp", "b.corp")
+    )
+    await harness.receive(replace(state(web), legacy_roots={"corp": corp}))
+    await harness.manager.reconcile()
+    await harness.receive(replace(state(web, version=2), legacy_roots={"corp": replaced}))
+    await harness.manager.reconcile()
+    assert harness.api.batches == [["e-web"]]
+    assert harness.snapshot().version == 2
+    assert dict(harness.snapshot().legacy_roots) == {"corp": replaced}
 
 
 async def test_workloads_meeting_a_partners_new_key_together_make_one_call(harness: Harness) -> None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from sds.planning import (
     own_svid_reason,
     plan_signing,
     received_life_start,
+    same_content,
 )
 from spiffe_core.bundle import Bundle
 from spiffe_core.selectors import Selector
@@ -232,6 +234,16 @@ def test_snapshot_maps_entries_to_workload_svids_in_entry_order() -> None:
     assert snapshot.bundle == CA.bundle()
     assert dict(snapshot.federated_bundles) == {PEER: peer_bundle}
     assert snapshot.crls == (b"crl",)
+
+
+def test_snapshot_carries_the_legacy_roots_and_a_change_of_them_is_new_content() -> None:
+    roots = {"corp": SigningCa.create(TrustDomain("corp.example"), NOW).cert.public_bytes(serialization.Encoding.PEM)}
+    before = build_snapshot(state(entry()), {}, NOW, version=1)
+    after = build_snapshot(state(entry(), legacy_roots=roots), {}, NOW, version=2)
+
+    assert dict(after.legacy_roots) == roots
+    assert not same_content(before, after)
+    assert same_content(after, build_snapshot(state(entry(), legacy_roots=dict(roots)), {}, NOW, version=3))
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from sds.node_client import EntryRecord, NodeClient, check_roots_trust_domain, decode_sync_update, rpc_error
 from spiffe_core.errors import (
@@ -32,6 +33,7 @@ PEER = TrustDomain("peer.example")
 NOW = datetime.now(UTC)
 CA = SigningCa.create(TD, NOW)
 PEER_CA = SigningCa.create(PEER, NOW)
+LEAF = CA.issue(SpiffeId.parse("spiffe://example.org/web"), not_before=NOW, not_after=NOW + timedelta(hours=1)).leaf
 ADDRESS = "10.0.0.1:8081"
 
 
@@ -149,9 +151,31 @@ def test_decodes_a_full_update() -> None:
     )
 
 
+def test_decodes_legacy_roots_as_canonical_pem() -> None:
+    root = CA.cert.public_bytes(serialization.Encoding.PEM)
+
+    state = decode_sync_update(TD, update(legacy_roots={"corp": b"# corp\n" + root + root}))
+
+    assert dict(state.legacy_roots) == {"corp": root}
+
+
 @pytest.mark.parametrize(
     ("fields", "kind", "message"),
     [
+        pytest.param(
+            {"legacy_roots": {"Corp": CA.cert.public_bytes(serialization.Encoding.PEM)}},
+            InvalidArgument,
+            "legacy roots name 'Corp' must be 1-64 of a-z, 0-9, '.', '_', '-' (starting with a letter or digit); "
+            "Envoy asks for it as the SDS secret legacy/<name>",
+            id="bad-legacy-roots-name",
+        ),
+        pytest.param(
+            {"legacy_roots": {"corp": LEAF.public_bytes(serialization.Encoding.PEM)}},
+            InvalidArgument,
+            f"legacy roots 'corp': {LEAF.subject.rfc4514_string() or '(empty subject)'} is not a CA certificate; give "
+            "the root (or issuing CA) certificate that signed the servers' certificates",
+            id="legacy-roots-of-a-leaf",
+        ),
         pytest.param(
             {"revoked_serials": ["xyz"]}, InvalidArgument, "revoked serial 'xyz' is not hexadecimal", id="bad-serial"
         ),

@@ -1,5 +1,5 @@
 """SDS resource names → Envoy secrets (DESIGN §4): entitlement, one SPIFFE validator entry per trust
-domain, CRLs in the own trust domain's bundle, unknown names absent."""
+domain, CRLs in the own trust domain's bundle, enterprise roots as ``legacy/<name>``, unknown names absent."""
 
 from __future__ import annotations
 
@@ -168,6 +168,39 @@ def test_validation_context_sets_no_crl_field_the_spiffe_validator_would_ignore(
 )
 def test_unknown_names_are_absent(ca: TestCa, name: str) -> None:
     assert build_secrets(snapshot(ca, [ca.svid("/web")]), CALLER, [name]) == {}
+
+
+def test_legacy_name_gives_those_enterprise_roots_as_trusted_ca_for_the_default_validator(ca: TestCa) -> None:
+    roots = _pem(TestCa.create("corp.example").cert)
+    result = build_secrets(snapshot(ca, legacy_roots={"corp": roots}), CALLER, ["legacy/corp"])
+
+    context = result["legacy/corp"].secret.validation_context
+    assert result["legacy/corp"].secret.name == "legacy/corp"
+    assert context.trusted_ca.inline_bytes == roots
+    assert not context.HasField("custom_validator_config")  # no SPIFFE validator: these servers have no SVID
+
+
+def test_legacy_roots_are_given_to_a_caller_entitled_to_no_svid(ca: TestCa) -> None:
+    roots = _pem(TestCa.create("corp.example").cert)
+    snap = snapshot(ca, [ca.svid("/web", ["unix:uid:0"])], legacy_roots={"corp": roots})
+
+    assert list(build_secrets(snap, CALLER, ["legacy/corp"])) == ["legacy/corp"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("legacy/partner", id="unknown-set"),
+        pytest.param("legacy/", id="no-name"),
+        pytest.param("legacy/Corp", id="wrong-case"),
+        pytest.param("legacy/corp/x", id="path"),
+        pytest.param("corp", id="bare-name"),
+    ],
+)
+def test_legacy_names_the_ca_serves_no_roots_under_are_absent(ca: TestCa, name: str) -> None:
+    snap = snapshot(ca, legacy_roots={"corp": _pem(TestCa.create("corp.example").cert)})
+
+    assert build_secrets(snap, CALLER, [name]) == {}
 
 
 def test_rootca_is_absent_before_the_first_bundle_arrives(ca: TestCa) -> None:
