@@ -121,6 +121,13 @@ def _check_address(value: str, *, may_be_empty: bool) -> str:
     return value
 
 
+def _check_fixed_port(value: str, who: str) -> str:
+    """Refuse port 0 (any free port) for a listener ``who`` must dial."""
+    if value and int(value.rpartition(":")[2]) == 0:
+        raise ValueError(f"{value!r} has port 0; {who} must know where to dial, give a fixed port")
+    return value
+
+
 def _check_env_name(value: str, example: str) -> str:
     if value and not _ENV_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not an environment variable name; write e.g. '{example}'")
@@ -153,6 +160,18 @@ def _check_vault_address(value: str) -> str:
             "plain http is accepted only for a Vault on this host (127.0.0.1, ::1 or localhost)"
         )
     return value.rstrip("/")
+
+
+def _check_rate(value: float) -> float:
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
+    return value
+
+
+def _check_burst(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{value!r} is not a burst; write at least 1")
+    return value
 
 
 class _Section(BaseModel):
@@ -364,16 +383,12 @@ class RateLimitConfig(_Section):
     @field_validator("signing", "attestation", "bundle_refresh")
     @classmethod
     def _rate(cls, value: float) -> float:
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
-        return value
+        return _check_rate(value)
 
     @field_validator("signing_burst", "attestation_burst", "bundle_refresh_burst")
     @classmethod
     def _burst(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"{value!r} is not a burst; write at least 1")
-        return value
+        return _check_burst(value)
 
 
 class NodeApiConfig(_Section):
@@ -612,10 +627,7 @@ class AdminApiConfig(_Section):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        _check_address(value, may_be_empty=True)
-        if value and int(value.rpartition(":")[2]) == 0:
-            raise ValueError(f"{value!r} has port 0; the CLI must know where to dial, give a fixed port")
-        return value
+        return _check_fixed_port(_check_address(value, may_be_empty=True), "the CLI")
 
     @model_validator(mode="after")
     def _consistent(self) -> AdminApiConfig:
@@ -668,7 +680,8 @@ MAX_LEGACY_ROOTS_CHECK_INTERVAL = timedelta(hours=1)
 
 class BridgeConfig(_Section):
     """x509pop node attestation from enterprise certificates (docs/configuration.md ``[bridge]``, the
-    agent's side in docs/agent.md; :mod:`bridge.x509pop`). No trust anchor: the method is not enabled.
+    agent's side in docs/agent.md; :mod:`bridge.x509pop`) and the agentless exchange
+    (:mod:`bridge.exchange`). No trust anchor: neither is enabled.
 
     ``legacy_roots`` are a separate list on purpose (docs/bridge.md "Legacy trust"): trust anchors decide
     which hosts may become agents, legacy roots which servers mesh proxies accept."""
@@ -678,9 +691,38 @@ class BridgeConfig(_Section):
     crls: list[Path] = []  # enterprise CRL files (PEM or DER), re-read on every attestation
     max_chain_length: int = Field(default=DEFAULT_MAX_CHAIN_LENGTH, ge=1, le=8)  # certificates presented
     max_rsa_bits: int = Field(default=DEFAULT_MAX_RSA_BITS, ge=MIN_RSA_BITS, le=8192)
+    # The agentless exchange's HTTPS listener (docs/bridge.md "Agentless exchange"); "" = not served.
+    exchange_address: str = ""
+    exchange_rate: float = 1.0  # exchanges per second per source address; 0 = no limit
+    exchange_burst: int = 10  # hosts behind one address (NAT, a config-management run) exchanging together
     # Name -> PEM file of enterprise root(s) served to every agent's Envoys as SDS "legacy/<name>".
     legacy_roots: dict[str, Path] = {}
     legacy_roots_check_interval: Duration = timedelta(seconds=5)  # a changed file reaches the agents this soon
+
+    @field_validator("exchange_address")
+    @classmethod
+    def _exchange_address(cls, value: str) -> str:
+        return _check_fixed_port(_check_address(value, may_be_empty=True), "hosts")
+
+    @field_validator("exchange_rate")
+    @classmethod
+    def _exchange_rate(cls, value: float) -> float:
+        return _check_rate(value)
+
+    @field_validator("exchange_burst")
+    @classmethod
+    def _exchange_burst(cls, value: int) -> int:
+        return _check_burst(value)
+
+    @model_validator(mode="after")
+    def _exchange_needs_anchors(self) -> BridgeConfig:
+        if self.exchange_address and not self.trust_anchors:
+            raise ValueError(
+                f"exchange_address {self.exchange_address!r} is set but no trust_anchors are, so no enterprise "
+                'certificate could be exchanged; add trust_anchors (e.g. { corp = "pki/corp-root.pem" }) or set '
+                "exchange_address = ''"
+            )
+        return self
 
     @field_validator("legacy_roots")
     @classmethod
@@ -1161,6 +1203,9 @@ trust_anchors = {}                      # name -> enterprise root PEM, e.g. { co
 crls = []                               # enterprise CRL files (PEM or DER), re-read on every attestation
 max_chain_length = 4                    # certificates an agent may present, leaf included (1..8)
 max_rsa_bits = 4096                     # larger RSA keys are refused: bounded work per attempt
+exchange_address = ""                   # agentless exchange listener, e.g. "0.0.0.0:8444"; "": off (docs/bridge.md)
+exchange_rate = 1.0                     # exchanges per second per source address; 0: no limit
+exchange_burst = 10                     # hosts behind one address exchanging at once
 legacy_roots = {}                       # name -> root PEM Envoys verify legacy servers with (SDS legacy/<name>)
 legacy_roots_check_interval = "5s"      # how often the CA looks for a changed legacy_roots file
 """

@@ -216,7 +216,9 @@ def _ttl(seconds: int | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
 
 
-def _error_reply(err: Exception) -> JSONResponse:
+def error_reply(err: Exception) -> JSONResponse:
+    """A domain error as the HTTP APIs answer it: ``{"error": message}`` with its status; anything else
+    is logged and answered 500 without its detail."""
     status = transport_status(err)
     if status is None:
         log.exception("internal error while serving a request", exc_info=err)
@@ -324,7 +326,7 @@ def create_admin_app(
     )
     app.add_middleware(AdminGuard, routes=app.router.routes, authenticator=authenticator, audit=audit, clock=clock)
     _add_health_routes(app, ops, registry)
-    app.add_exception_handler(TrustmeshError, lambda _req, err: _error_reply(err))
+    app.add_exception_handler(TrustmeshError, lambda _req, err: error_reply(err))
 
     @app.exception_handler(HTTPException)
     def http_error(_req: Request, err: HTTPException) -> JSONResponse:  # 404, 405, 413 in the API's own shape

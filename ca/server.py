@@ -2,10 +2,11 @@
 one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving.
 
 The group holds: the admin API (the Unix socket, and HTTPS when ``admin_api.address`` is set), the
-health listener, the node API's gRPC server (its attestation and mTLS listeners), the renewal of the
-CA's own serving SVID, the pruning of expired issued-certificate records, the audit log's upkeep (signed
-checkpoints, refusal summaries), and — on PostgreSQL — the LISTEN task that brings other replicas'
-changes to this replica's Sync streams."""
+health listener, the agentless exchange (when ``bridge.exchange_address`` is set), the node API's gRPC
+server (its attestation and mTLS listeners), the renewal of the CA's own serving SVID, the pruning of
+expired issued-certificate records, the audit log's upkeep (signed checkpoints, refusal summaries),
+and — on PostgreSQL — the LISTEN task that brings other replicas' changes to this replica's Sync
+streams."""
 
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.bridge_attestation import DatastoreChallenges, x509pop_attestor
+from ca.bridge_exchange import LegacyExchange, legacy_exchange
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.exchange_listener import serve_exchange
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
 from ca.federation.fetch import FetchLimits, web_client_context
 from ca.federation.refresher import FederationMetrics, FederationRefresher, RefreshPolicy
@@ -67,6 +70,7 @@ from ca.upstream.disk import WatchedDiskUpstream
 from ca.vault import VaultClient
 from spiffe_core.clock import Clock, SystemClock
 from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
+from spiffe_core.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,7 @@ class CaParts:
     federation: FederationRelationships
     refresher: FederationRefresher
     mappings: IdentityMappings
+    exchange: LegacyExchange | None
     legacy_roots: LegacyRootFiles
 
 
@@ -223,6 +228,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         federation,
         refresher,
         mappings,
+        _exchange(config, mappings=mappings, entries=entries, service=service, audit=audit, clock=clock),
         legacy_roots,
     )
 
@@ -259,6 +265,31 @@ def _bridge_attestors(
         return ()
     ledger = DatastoreChallenges(database, clock)
     return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules, ledger),)
+
+
+def _exchange(
+    config: CaConfig,
+    *,
+    mappings: IdentityMappings,
+    entries: RegistrationEntries,
+    service: CaService,
+    audit: AuditTrail,
+    clock: Clock,
+) -> LegacyExchange | None:
+    """The agentless exchange when ``bridge.exchange_address`` is set (its files are checked now). It
+    refuses admin identities: the configured mTLS admins and entries with ``admin = true``."""
+    if not config.bridge.exchange_address:
+        return None
+    admins = {SpiffeId.parse(admin.spiffe_id) for admin in config.admin_api.admins}
+    return legacy_exchange(
+        config.bridge,
+        config.trust_domain,
+        rules=mappings.rules,
+        issuer=service,
+        audit=audit,
+        clock=clock,
+        is_admin=lambda spiffe_id: spiffe_id in admins or entries.has_admin_entry(spiffe_id),
+    )
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -426,6 +457,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     )
     admin_api = config.admin_api
     admin_tcp = _bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
+    exchange_address = config.bridge.exchange_address
+    exchange_socket = _bind_tcp(exchange_address, "bridge.exchange_address", keep=True) if exchange_address else None
     parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
     https = (
@@ -482,14 +515,16 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         admin_api.address or "(disabled)",
         config.server.http_address or "(disabled)",
     )
+    ready = functools.partial(_wait_for_serving_svid, parts.identity)
     try:
         async with asyncio.TaskGroup() as group:
             for server, sockets in servers:
                 group.create_task(server.serve(sockets=sockets))
             group.create_task(_serve_node_api(config, parts))
             if https is not None:
-                ready = functools.partial(_wait_for_serving_svid, parts.identity)
                 group.create_task(serve_admin_https(admin_app(https.authenticator), https, ready))
+            if exchange_socket is not None and parts.exchange is not None:
+                group.create_task(serve_exchange(parts.exchange, exchange_socket, parts.identity.get_current, ready))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
             group.create_task(parts.refresher.run())

@@ -110,14 +110,21 @@ def x509_svid_builder(
 ) -> x509.CertificateBuilder:
     """The X509-SVID leaf template, ready to be signed by ``issuer``'s key.
 
-    ``not_after`` is capped by the issuer's own notAfter (an SVID never outlives its signer)."""
+    ``not_after`` is capped by the issuer's own notAfter (an SVID never outlives its signer). The
+    subject is ``O=SPIFFE`` and, when there is one, a CN: ``subject_cn``, else the first DNS name (the
+    spec leaves the subject free; old clients that still read the CN find a name they know)."""
     if spiffe_id.is_trust_domain_id:
         raise X509SvidError(f"{spiffe_id} has no path; a workload's X509-SVID needs one (X509-SVID §2)")
     names = [check_dns_name(n) for n in dns_names]
     common_name = subject_cn or (names[0] if names else None)
-    subject = (
-        x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, common_name)]) if common_name else _SVID_SUBJECT
-    )
+    try:
+        subject = (
+            x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+            if common_name
+            else _SVID_SUBJECT
+        )
+    except ValueError as err:  # a CN taken from another certificate may be longer than X.520 allows
+        raise X509SvidError(f"subject CN {common_name!r} cannot be used: {err}") from err
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     sans += [x509.DNSName(n) for n in names]
     # The constructor with a ready extension list skips the per-call copies and checks of the fluent
