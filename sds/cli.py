@@ -11,7 +11,7 @@ import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
 from sds.files import write_private_file, write_public_file
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError
+from spiffe_core.logs import quiet_grpc_core
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 if TYPE_CHECKING:
@@ -249,14 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     jwt_cmd.set_defaults(func=cmd_fetch_jwt)
     name_subcommands(parser)
     return parser
-
-
-def quiet_grpc_core(environ: MutableMapping[str, str]) -> None:
-    """Keep gRPC's C core from printing its own log lines (handshake failures, bind errors) on stderr:
-    every failure the user should see is reported once, in our words. Must run before grpc is imported;
-    a GRPC_VERBOSITY or GRPC_TRACE the user set is kept, for debugging."""
-    environ.setdefault("GRPC_VERBOSITY", "NONE")
-    environ.setdefault("GRPC_TRACE", "")
 
 
 def _os_problem(err: OSError) -> str:

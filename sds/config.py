@@ -38,6 +38,7 @@ from sds.x509pop_proof import X509PopProof
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
+from spiffe_core.logs import LogFormat, LogLevel
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import check_dns_name
@@ -243,7 +244,8 @@ class AgentConfig(_Section):
     rotation: RotationConfig = RotationConfig()
     limits: LimitsConfig = LimitsConfig()
     cert_files: tuple[CertFileTarget, ...] = ()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
 
     @field_validator("server_address", "attestation_address")
     @classmethod

@@ -31,6 +31,7 @@ from sds.sds_v3 import SecretDiscoveryService
 from sds.workload_api import MAX_REQUEST_BYTES, WorkloadApiService
 from spiffe_core.clock import SystemClock
 from spiffe_core.errors import TrustmeshError
+from spiffe_core.logs import configure_logging
 from wire import workload_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshEr
 def run_agent(config: AgentConfig) -> None:
     """Run until interrupted. A domain error that stops the agent (a refused join token, an expired
     agent SVID with no token) surfaces as itself, so the CLI prints one line, not a task-group trace."""
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(serve_agent(config))
     except BaseExceptionGroup as group:
