@@ -69,6 +69,8 @@ class RunningCa:
     attestation_port: int
     node_api_port: int
     agents: AgentAdmin
+    metrics: CaMetrics
+    hub: ChangeHub
 
     def bundle(self) -> Bundle:
         return self.service.get_bundle()
@@ -93,10 +95,14 @@ async def ca(tmp_path: Path) -> AsyncIterator[RunningCa]:
 
 @contextlib.asynccontextmanager
 async def running_node_api(
-    tmp_path: Path, *attestors: NodeAttestor, guard: NodeApiGuard | None = None
+    tmp_path: Path,
+    *attestors: NodeAttestor,
+    guard: NodeApiGuard | None = None,
+    attestation_address: str = "127.0.0.1:0",
 ) -> AsyncIterator[RunningCa]:
-    """A CA service on SQLite in ``tmp_path`` serving the node API on free ports, attesting with join
-    tokens and ``attestors``, under ``guard``'s limits (default: the default limits)."""
+    """A CA service on SQLite in ``tmp_path`` serving the node API on free ports (the attestation
+    listener on ``attestation_address``), attesting with join tokens and ``attestors``, under
+    ``guard``'s limits (default: the default limits)."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
@@ -108,13 +114,14 @@ async def running_node_api(
         clock,
     )
     authorities.load()
+    metrics = CaMetrics()
     service = CaService(
         database=database,
         authorities=authorities,
         x509_ttl=TtlPolicy(timedelta(hours=1), timedelta(hours=24)),
         jwt_ttl=TtlPolicy(timedelta(minutes=5), timedelta(hours=1)),
         clock=clock,
-        metrics=CaMetrics(),
+        metrics=metrics,
     )
     hub = ChangeHub()
     entries = RegistrationEntries(database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock)
@@ -128,14 +135,15 @@ async def running_node_api(
         agent_svid_ttl=AGENT_TTL,
         clock=clock,
         hub=hub,
+        metrics=metrics,
     )
     identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
     server, ports = build_node_server(
-        NodeServicer(node, hub, UpdateVersions(), clock, guard),
+        NodeServicer(node, hub, UpdateVersions(), clock, guard, metrics=metrics),
         identity,
         service.get_bundle,
-        attestation_address="127.0.0.1:0",
+        attestation_address=attestation_address,
         node_api_address="127.0.0.1:0",
     )
     serving = asyncio.create_task(run_node_server(server))
@@ -150,6 +158,8 @@ async def running_node_api(
             ports.attestation,
             ports.node_api,
             AgentAdmin(database, hub, clock),
+            metrics,
+            hub,
         )
     finally:
         serving.cancel()
