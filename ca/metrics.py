@@ -169,9 +169,7 @@ class StreamCollector(Collector):
         self._agents = agents
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(
-            "trustmesh_sync_streams", "Sync streams open on this CA process", value=self._streams()
-        )
+        yield GaugeMetricFamily("trustmesh_sync_streams", "Sync streams open on this CA process", value=self._streams())
         yield GaugeMetricFamily(
             "trustmesh_connected_agents",
             "Distinct agents holding a Sync stream to this CA process",

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -22,7 +23,7 @@ from sds.config import CONFIG_PATH_ENV, AgentConfig, load_agent_config
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap, render
 from sds.files import write_private_file, write_public_file
 from spiffe_core.durations import parse_duration
-from spiffe_core.errors import InvalidArgument, TrustmeshError
+from spiffe_core.errors import FailedPrecondition, InvalidArgument, TrustmeshError, UpstreamUnavailable
 from spiffe_core.logs import quiet_grpc_core
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
@@ -35,6 +36,38 @@ PROG = "trustmesh-agent"
 def _config(args: argparse.Namespace) -> AgentConfig:
     path = args.config or os.environ.get(CONFIG_PATH_ENV)
     return load_agent_config(Path(path) if path else None, os.environ)
+
+
+HEALTHCHECK_TIMEOUT_SECONDS = 5.0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Ask the running agent's health listener (``[health] address``) whether it is ready (``--live``:
+    whether it answers at all). Exit 0 printing ``ready``; 1 with the agent's one-line reason."""
+    health = _config(args).health
+    if not health.address:
+        raise FailedPrecondition(
+            "health.address is not set, so the agent serves no health endpoint; set "
+            '[health] address = "127.0.0.1:8089" (or "unix:health.sock") in the config and restart the agent'
+        )
+    path = "/live" if args.live else "/ready"
+    socket_path = health.unix_path
+    transport = None if socket_path is None else httpx.HTTPTransport(uds=str(socket_path))
+    base = "http://agent" if socket_path is not None else f"http://{health.address}"
+    try:
+        with httpx.Client(transport=transport, timeout=HEALTHCHECK_TIMEOUT_SECONDS, trust_env=False) as client:
+            reply = client.get(base + path)
+    except httpx.HTTPError as err:
+        raise UpstreamUnavailable(
+            f"cannot reach the agent's health endpoint at {health.address} ({err or type(err).__name__}); "
+            "is 'trustmesh-agent run' running with this config?"
+        ) from err
+    answer = reply.text.strip().splitlines()[0] if reply.text.strip() else f"HTTP {reply.status_code}"
+    if reply.status_code == 200:
+        print(answer)
+        return 0
+    print(f"{PROG}: {answer}", file=sys.stderr)
+    return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -189,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="attest, then serve SDS and the Workload API").set_defaults(func=cmd_run)
+    check = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the running agent is ready, else 1 with the reason (a Docker/systemd health check)",
+        description="Asks the running agent's [health] listener. Ready: it holds its X509-SVID and its trust "
+        "bundle, and reached the CA within health.ca_contact_window (docs/observability.md).",
+    )
+    check.add_argument("--live", action="store_true", help="only check that the agent answers (liveness)")
+    check.set_defaults(func=cmd_healthcheck)
 
     envoy = commands.add_parser(
         "envoy-bootstrap",

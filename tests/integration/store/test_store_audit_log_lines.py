@@ -53,9 +53,7 @@ def test_a_committed_record_is_logged_once_with_its_fields(
     assert fields["detail"] == {"method": "join_token"}
 
 
-def test_a_refusal_is_logged_as_a_warning_with_its_reason(
-    database: Database, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_refusal_is_logged_as_a_warning_with_its_reason(database: Database, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trustmesh.audit")
     with database.transaction() as session:
         AuditLogRepository(session).append(_refused())
@@ -78,9 +76,7 @@ def test_a_rolled_back_record_is_not_logged(database: Database, caplog: pytest.L
     assert _audit_lines(caplog) == []
 
 
-def test_each_record_of_a_unit_of_work_gets_its_own_line(
-    database: Database, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_each_record_of_a_unit_of_work_gets_its_own_line(database: Database, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trustmesh.audit")
     with database.transaction() as session:
         repository = AuditLogRepository(session)
