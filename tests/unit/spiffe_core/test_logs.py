@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spiffe_core.logs import CHATTY_LOGGERS, JsonFormatter, configure_logging, quiet_grpc_core
+from spiffe_core.logs import CHATTY_LOGGERS, JsonFormatter, LogFormat, LogLevel, configure_logging, quiet_grpc_core
 
 
 def _record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -61,12 +61,18 @@ def root_logger() -> Iterator[logging.Logger]:
         logging.getLogger(name).setLevel(level)
 
 
-def test_configure_json_writes_one_object_per_record(root_logger: logging.Logger) -> None:
-    configure_logging("info", "json")
-    stream = io.StringIO()
-    handler = root_logger.handlers[0]
+def configured(root: logging.Logger, level: LogLevel, log_format: LogFormat) -> io.StringIO:
+    """``configure_logging``, with the stderr handler it installs writing to a buffer instead."""
+    configure_logging(level, log_format)
+    (handler,) = root.handlers
     assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
     handler.setStream(stream)
+    return stream
+
+
+def test_configure_json_writes_one_object_per_record(root_logger: logging.Logger) -> None:
+    stream = configured(root_logger, "info", "json")
     logging.getLogger("sds.manager").info("signing %d X509-SVIDs", 3)
     logging.getLogger("sds.manager").debug("not at info")
     lines = stream.getvalue().splitlines()
@@ -74,11 +80,7 @@ def test_configure_json_writes_one_object_per_record(root_logger: logging.Logger
 
 
 def test_configure_text_keeps_the_classic_line(root_logger: logging.Logger) -> None:
-    configure_logging("warning", "text")
-    stream = io.StringIO()
-    handler = root_logger.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
+    stream = configured(root_logger, "warning", "text")
     logging.getLogger("ca.sync").warning("lost the datastore")
     assert stream.getvalue().rstrip().endswith("WARNING ca.sync: lost the datastore")
 
