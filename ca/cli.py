@@ -14,10 +14,9 @@ import contextlib
 import functools
 import importlib.metadata
 import json
-import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from ca.signing import digest_for
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError
 from spiffe_core.keys import KeyType, generate_private_key
+from spiffe_core.logs import configure_logging, quiet_grpc_core
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 PROG = "trustmesh-ca"
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ca.server import serve  # noqa: PLC0415 - the server's imports (uvicorn, grpc) only for `run`
 
     config = _config(args)
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.server.log_level, config.server.log_format)
     asyncio.run(serve(config, new_root=args.new_trust_domain_root))
     return 0
 
@@ -475,14 +475,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     name_subcommands(parser)
     return parser
-
-
-def quiet_grpc_core(environ: MutableMapping[str, str]) -> None:
-    """Keep gRPC's C core from printing its own log lines (handshake failures, bind errors) on stderr:
-    every failure the user should see is reported once, in our words. Must run before grpc is imported;
-    a GRPC_VERBOSITY or GRPC_TRACE the user set is kept, for debugging."""
-    environ.setdefault("GRPC_VERBOSITY", "NONE")
-    environ.setdefault("GRPC_TRACE", "")
 
 
 def _os_problem(err: OSError) -> str:

@@ -36,6 +36,7 @@ from ca.rbac import Role
 from spiffe_core.durations import format_duration, parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
+from spiffe_core.logs import LogFormat, LogLevel
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import check_dns_name
 
@@ -187,7 +188,8 @@ class ServerConfig(_Section):
     node_api_address: str = "127.0.0.1:8081"
     attestation_address: str = "127.0.0.1:8082"
     server_name: str = "trustmesh-ca"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
 
     @field_validator("http_address")
     @classmethod
@@ -1092,6 +1094,7 @@ node_api_address = "127.0.0.1:8081"     # agents' node API (mTLS)
 attestation_address = "127.0.0.1:8082"  # agents' first contact (server-authenticated TLS)
 server_name = "trustmesh-ca"            # DNS SAN of the CA's serving certificate; agents dial this name
 log_level = "info"                      # debug, info, warning or error
+log_format = "text"                     # or "json": one JSON object per line (docs/observability.md)
 
 [datastore]
 url = ""                                # "" = sqlite:///<data_dir>/datastore.sqlite3; or postgresql+psycopg://...

@@ -27,6 +27,7 @@ import asyncio
 import functools
 import logging
 import re
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.federation.unknown_keys import UnknownKeyRefresh
+from ca.metrics import CaMetrics, reason_label
 from ca.node_service import AuthenticatedAgent, NodeService, SyncState
 from ca.ratelimit import NodeApiGuard
 from ca.server_identity import ServerIdentity
@@ -45,7 +47,14 @@ from ca.store.records import RegistrationEntry
 from ca.sync import ChangeHub, UpdateVersions, watch
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import ConfigError, FailedPrecondition, ResourceExhausted, X509SvidError, transport_status
+from spiffe_core.errors import (
+    ConfigError,
+    FailedPrecondition,
+    ResourceExhausted,
+    TrustmeshError,
+    X509SvidError,
+    transport_status,
+)
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates
 from wire import node_pb2, node_pb2_grpc
@@ -194,12 +203,14 @@ class NodeServicer:
         guard: NodeApiGuard | None = None,
         *,
         unknown_keys: UnknownKeyRefresh | None = None,
+        metrics: CaMetrics | None = None,
     ) -> None:
         self._node = node
         self._hub = hub
         self._versions = versions
         self._clock = clock
         self._guard = guard or NodeApiGuard()  # the default limits of ca.ratelimit.NodeApiLimits
+        self._metrics = metrics or CaMetrics()
         self._unknown_keys = unknown_keys  # None: this CA fetches no partner bundle on request
 
     async def _agent(self, context: Context) -> AuthenticatedAgent:
@@ -209,6 +220,15 @@ class NodeServicer:
             peer_source(context.peer()),
             reported_version(context.invocation_metadata()),
         )
+
+    def _admit_signing(self, agent: AuthenticatedAgent, count: int, kind: str) -> None:
+        """Pass ``count`` SVIDs of ``kind`` through the agent's signing rate; a refusal counts as that
+        many issuance errors (a client over its rate is an issuance problem the operator should see)."""
+        try:
+            self._guard.admit_signing(agent.spiffe_id, count)
+        except TrustmeshError as err:
+            self._metrics.issuance_errors.labels(kind, reason_label(err)).inc(count)
+            raise
 
     async def _admit_attestation(self, method: str, context: Context) -> str:
         """The caller's source address, once its attestation rate admits another step (checked before
@@ -260,7 +280,7 @@ class NodeServicer:
     @_edge
     async def RenewAgent(self, request: node_pb2.RenewAgentRequest, context: Context) -> node_pb2.RenewAgentResponse:
         agent = await self._agent(context)
-        self._guard.admit_signing(agent.spiffe_id, 1)
+        self._admit_signing(agent, 1, "x509")
         version = reported_version(context.invocation_metadata())
         svid = await asyncio.to_thread(self._node.renew, agent.spiffe_id, request.csr, version)
         return node_pb2.RenewAgentResponse(svid_chain=_der_chain(svid.cert_chain))
@@ -276,8 +296,10 @@ class NodeServicer:
             load = functools.partial(self._node.get_sync_state, agent.spiffe_id, agent.serial)
             try:
                 async with asyncio.timeout(remaining):
-                    async for state in watch(subscription, load):
-                        await context.write(encode_sync_update(state, self._versions.next()))
+                    async for delivery in watch(subscription, load):
+                        await context.write(encode_sync_update(delivery.state, self._versions.next()))
+                        if delivery.changed_at is not None:
+                            self._metrics.sync_push_seconds.observe(time.monotonic() - delivery.changed_at)
             except TimeoutError:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -290,7 +312,7 @@ class NodeServicer:
         self, request: node_pb2.SignX509SvidsRequest, context: Context
     ) -> node_pb2.SignX509SvidsResponse:
         agent = await self._agent(context)
-        self._guard.admit_signing(agent.spiffe_id, len(request.requests))
+        self._admit_signing(agent, len(request.requests), "x509")
         items = [(item.entry_id, item.csr) for item in request.requests]
         outcomes = await asyncio.to_thread(self._node.sign_x509_svids, agent.spiffe_id, items)
         return node_pb2.SignX509SvidsResponse(
@@ -307,7 +329,7 @@ class NodeServicer:
     @_edge
     async def MintJwtSvid(self, request: node_pb2.MintJwtSvidRequest, context: Context) -> node_pb2.MintJwtSvidResponse:
         agent = await self._agent(context)
-        self._guard.admit_signing(agent.spiffe_id, 1)
+        self._admit_signing(agent, 1, "jwt")
         token, expires_at = await asyncio.to_thread(
             self._node.mint_jwt_svid, agent.spiffe_id, request.entry_id, list(request.audience)
         )

@@ -33,6 +33,7 @@ from ca.authority import AuthoritySet
 from ca.entries import RegistrationEntries, authorize, entitled_by_id, is_agent_id
 from ca.federation.relationships import parsed_bundle
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_csr_public_key
+from ca.metrics import CaMetrics, method_label, reason_label
 from ca.store.engine import Database
 from ca.store.records import Actor, Agent, RegistrationEntry
 from ca.store.repositories import AgentRepository, FederationRepository, RegistrationEntryRepository
@@ -148,6 +149,7 @@ class NodeService:
         renewal_overlap: timedelta = RENEWAL_OVERLAP,
         audit: AuditTrail | None = None,
         legacy_roots: Callable[[], Mapping[str, bytes]] = dict,
+        metrics: CaMetrics | None = None,
     ) -> None:
         self._database = database
         self._issuer = issuer
@@ -160,6 +162,7 @@ class NodeService:
         self._renewal_overlap = renewal_overlap
         self._audit = audit or AuditTrail(database)
         self._legacy_roots = legacy_roots  # ca.legacy_roots.LegacyRootFiles.get_roots; none by default
+        self._metrics = metrics or CaMetrics()
 
     def attest(
         self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "", version: str = ""
@@ -182,7 +185,13 @@ class NodeService:
             self.refuse_attestation(source, method, err)
             raise
         issuance = Issuance(attestation_actor(source), "agent.attest", detail={"method": method}, agent=agent_id)
-        return self._issue_agent_svid(agent_id, method, csr, issuance, version=version)
+        try:
+            svid = self._issue_agent_svid(agent_id, method, csr, issuance, version=version)
+        except TrustmeshError as err:  # audited as a refused issuance by the issuer
+            self._metrics.attestation_failures.labels(self._method_label(method), reason_label(err)).inc()
+            raise
+        self._metrics.attestations.labels(self._method_label(method)).inc()
+        return svid
 
     def challenge(self, method: str, payload: bytes, *, source: str = "", trust_domain: str = "") -> bytes:
         """Step 1 of a challenge-response method (x509pop): check the node's evidence and return the
@@ -199,12 +208,16 @@ class NodeService:
     def refuse_attestation(self, source: str, method: str, err: TrustmeshError) -> None:
         """Audit an attestation from ``source`` that ``err`` refused (throttled per source): here, or at
         the edge before it got here (over the attestation rate of its address)."""
+        self._metrics.attestation_failures.labels(self._method_label(method), reason_label(err)).inc()
         shown = _shown(method)
         self._audit.record_refusal(
             refusal_event(
                 self._clock.now(), attestation_actor(source), "agent.attest", shown, err, detail={"method": shown}
             )
         )
+
+    def _method_label(self, method: str) -> str:
+        return method_label(method, self._attestors.by_method.keys())
 
     def renew(self, agent: SpiffeId, csr: bytes, version: str = "") -> AgentSvid:
         """A fresh agent X509-SVID for the same ID and a new key; refused (NotAuthorized) once banned."""
@@ -354,6 +367,8 @@ class NodeService:
             spec = entry.spec
             authorized.append((len(outcomes), X509SvidRequest(csr, spec.spiffe_id, spec.dns_names, spec.x509_ttl)))
             outcomes.append(SignedOrRefused(entry_id))
+        if not_parented:
+            self._metrics.issuance_errors.labels("x509", reason_label(not_parented[0])).inc(len(not_parented))
         refused_ids = [_shown(o.entry_id) for o in outcomes if o.error]
         detail = {"refused": len(refused_ids), **listed("refused_entries", refused_ids)} if refused_ids else {}
         if not authorized:
@@ -388,6 +403,7 @@ class NodeService:
             audience = check_audience(audience)
             entry = self._entries.get_for_agent(agent, entry_id)
         except (InvalidArgument, NotAuthorized) as err:
+            self._metrics.issuance_errors.labels("jwt", reason_label(err)).inc()
             target = f"entry {_shown(entry_id)}"
             self._audit.record_refusal(
                 refusal_event(self._clock.now(), agent_actor(agent), "jwt_svid.issue", target, err)

@@ -54,7 +54,7 @@ from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
 from ca.legacy_roots import LegacyRootFiles
 from ca.mappings import IdentityMappings
-from ca.metrics import CaMetrics
+from ca.metrics import AuthorityCollector, CaMetrics, StreamCollector
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
 from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
@@ -155,13 +155,15 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     audit = AuditTrail(database, RefusalThrottle(per_source=Rate(per_minute / 60, per_minute)))
     changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
     rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
-    rotator = Rotator(changes, rotation_params, clock)
+    metrics = CaMetrics()
+    metrics.add_collector(AuthorityCollector(authorities.get_current))
+    metrics.add_collector(StreamCollector(hub.subscriber_count, hub.agent_count))
+    rotator = Rotator(changes, rotation_params, clock, metrics=metrics.rotation)
     officer = AuthorityOperations(changes, rotation_params, clock, audit)
     try:
         rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
         log.warning("authority rotation failed at start-up (%s); the CA serves and retries", err)
-    metrics = CaMetrics()
     service = CaService(
         database=database,
         authorities=authorities,
@@ -195,6 +197,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         hub=hub,
         audit=audit,
         legacy_roots=legacy_roots.get_roots,
+        metrics=metrics,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -398,6 +401,7 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
             parts.clock,
             NodeApiGuard(_node_api_limits(config)),
             unknown_keys=UnknownKeyRefresh(parts.node, parts.refresher),
+            metrics=parts.metrics,
         ),
         parts.identity,
         parts.service.get_bundle,

@@ -71,6 +71,8 @@ class RunningCa:
     attestation_port: int
     node_api_port: int
     agents: AgentAdmin
+    metrics: CaMetrics
+    hub: ChangeHub
 
     def bundle(self) -> Bundle:
         return self.service.get_bundle()
@@ -99,11 +101,12 @@ async def running_node_api(
     *attestors: Callable[[Database, FakeClock], NodeAttestor],
     guard: NodeApiGuard | None = None,
     legacy_roots: Mapping[str, Path] | None = None,
+    attestation_address: str = "127.0.0.1:0",
 ) -> AsyncIterator[RunningCa]:
-    """A CA service on SQLite in ``tmp_path`` serving the node API on free ports, attesting with join
-    tokens and ``attestors`` (each built over the CA's datastore and clock), under ``guard``'s limits
-    (default: the default limits), with the ``[bridge] legacy_roots`` files ``legacy_roots`` (none by
-    default) checked every 50 ms."""
+    """A CA service on SQLite in ``tmp_path`` serving the node API on free ports (the attestation
+    listener on ``attestation_address``), attesting with join tokens and ``attestors`` (each built over
+    the CA's datastore and clock), under ``guard``'s limits (default: the default limits), with the
+    ``[bridge] legacy_roots`` files ``legacy_roots`` (none by default) checked every 50 ms."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
@@ -115,13 +118,14 @@ async def running_node_api(
         clock,
     )
     authorities.load()
+    metrics = CaMetrics()
     service = CaService(
         database=database,
         authorities=authorities,
         x509_ttl=TtlPolicy(timedelta(hours=1), timedelta(hours=24)),
         jwt_ttl=TtlPolicy(timedelta(minutes=5), timedelta(hours=1)),
         clock=clock,
-        metrics=CaMetrics(),
+        metrics=metrics,
     )
     hub = ChangeHub()
     entries = RegistrationEntries(database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock)
@@ -138,14 +142,15 @@ async def running_node_api(
         clock=clock,
         hub=hub,
         legacy_roots=root_files.get_roots,
+        metrics=metrics,
     )
     identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
     server, ports = build_node_server(
-        NodeServicer(node, hub, UpdateVersions(), clock, guard),
+        NodeServicer(node, hub, UpdateVersions(), clock, guard, metrics=metrics),
         identity,
         service.get_bundle,
-        attestation_address="127.0.0.1:0",
+        attestation_address=attestation_address,
         node_api_address="127.0.0.1:0",
     )
     serving = asyncio.create_task(run_node_server(server))
@@ -161,6 +166,8 @@ async def running_node_api(
             ports.attestation,
             ports.node_api,
             AgentAdmin(database, hub, clock),
+            metrics,
+            hub,
         )
     finally:
         serving.cancel()
