@@ -29,6 +29,9 @@ from ca.admin_auth import Authenticator
 from ca.admin_guard import AdminGuard, AuditRecorder
 from ca.attestation import GeneratedJoinToken
 from ca.audit import Issuance
+from ca.console.app import add_console_routes, error_page
+from ca.console.pages import ConsoleOps
+from ca.console.session import is_console_path
 from ca.entries import check_operator_svid
 from ca.federation.http import RelationshipOps, add_federation_routes
 from ca.http_agents import AgentOps, add_agent_routes
@@ -316,7 +319,8 @@ def create_admin_app(
 ) -> FastAPI:
     """The admin API the CLI talks to, for one listener: ``authenticator`` says who calls on it (the
     Unix socket's break-glass caller, or remote callers over HTTPS), ``audit`` records refusals, and
-    ``audit_log`` (when given) serves the audit log's routes."""
+    ``audit_log`` (when given) serves the audit log's routes. Given every domain object it shows, the
+    web console (:mod:`ca.console`) is served too, under ``/console/``."""
     app = FastAPIOffline(
         title="trustmesh CA admin API",
         version="1",
@@ -326,7 +330,9 @@ def create_admin_app(
     )
     app.add_middleware(AdminGuard, routes=app.router.routes, authenticator=authenticator, audit=audit, clock=clock)
     _add_health_routes(app, ops, registry)
-    app.add_exception_handler(TrustmeshError, lambda _req, err: error_reply(err))
+    app.add_exception_handler(
+        TrustmeshError, lambda req, err: error_page(err) if is_console_path(req.url.path) else error_reply(err)
+    )
 
     @app.exception_handler(HTTPException)
     def http_error(_req: Request, err: HTTPException) -> JSONResponse:  # 404, 405, 413 in the API's own shape
@@ -384,4 +390,13 @@ def create_admin_app(
         add_audit_routes(app, audit_log)
     if inventory is not None:
         add_inventory_routes(app, inventory, clock)
+    if (
+        authorities is not None
+        and inventory is not None
+        and agents is not None
+        and federation is not None
+        and audit_log is not None
+    ):
+        console = ConsoleOps(authorities, inventory, agents, federation, audit_log)
+        add_console_routes(app, console, authenticator=authenticator, audit=audit, clock=clock)
     return app
