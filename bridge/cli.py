@@ -1,5 +1,7 @@
 """``trustmesh-bridge``: the legacy identity bridge's tools for operators (DESIGN §5, docs/bridge.md).
 
+``exchange`` trades a host's enterprise certificate for an X509-SVID (:mod:`bridge.cli_exchange`).
+
 ``map explain CERT --rules FILE --trust-domain TD`` says which mapping rule a certificate matches and
 the SPIFFE ID it gets, or, per rule, why none does. It runs offline against a GitOps rules file (the
 one ``trustmesh-ca mapping load`` applies), so a rule change can be checked before it is loaded. With
@@ -10,8 +12,8 @@ rules that name a trust anchor can match.
 on a brownfield host: the agent's configuration, its trust bundle, a one-time join token and a
 hardened systemd unit (bridge/cli_enroll.py, docs/vm-onboarding.md).
 
-Exit status: 0 when the certificate maps to an ID (``map explain``) or the files are written
-(``enroll``), 1 when it does not or on error.
+Exit status: 0 when the certificate maps to an ID (``map explain``), the files are written
+(``enroll``) or the exchange wrote the SVID (``exchange``), 1 when it does not or on error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from bridge.cert_explain import explain_certificate
 from bridge.cli_enroll import add_enroll_command
+from bridge.cli_exchange import add_exchange_command
 from bridge.legacy_chain import load_certificates, read_pki_file
 from spiffe_core.errors import TrustmeshError
 from spiffe_core.spiffe_id import TrustDomain
@@ -41,7 +44,7 @@ def cmd_map_explain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="trustmesh legacy identity bridge")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{map,enroll}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{map,enroll,exchange}")
     mapping = commands.add_parser("map", help="identity mapping rules").add_subparsers(
         dest="sub", required=True, metavar="{explain}"
     )
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--crl", action="append", default=[], help="enterprise CRL file (with --anchor)")
     explain_cmd.set_defaults(func=cmd_map_explain)
     add_enroll_command(commands)
+    add_exchange_command(commands)
     return parser
 
 

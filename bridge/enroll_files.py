@@ -10,7 +10,6 @@ the way of a rename). A failure before that leaves the output directory as it wa
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spiffe_core.errors import InvalidArgument
+from spiffe_core.files import fsync_directory
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -29,15 +29,6 @@ class OutputFile:
     name: str  # a plain file name inside the output directory
     data: bytes = field(repr=False)
     mode: int = PUBLIC_MODE
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with contextlib.suppress(OSError):  # some file systems cannot fsync a directory; harmless
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _stage(staging: Path, item: OutputFile) -> None:
@@ -70,12 +61,12 @@ def write_output(out_dir: Path, files: Sequence[OutputFile], stale: Sequence[str
     try:
         for item in files:
             _stage(staging, item)
-        _fsync_directory(staging)
+        fsync_directory(staging)
         for item in files:
             os.replace(staging / item.name, out_dir / item.name)
         for name in stale:
             (out_dir / name).unlink(missing_ok=True)
-        _fsync_directory(out_dir)
+        fsync_directory(out_dir)
     except OSError as err:
         raise InvalidArgument(f"cannot write to --out {out_dir}: {err.strerror}; choose a writable directory") from err
     finally:

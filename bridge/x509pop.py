@@ -22,8 +22,8 @@ signature is verified. The domain-separation prefix keeps a signature made here 
 elsewhere.
 
 Pure but for the random bytes; the CA wires it with its ledger (``ca.bridge_attestation``), the agent
-uses the agent half (:func:`load_signing_key`, :func:`encode_evidence`, :func:`sign_challenge`,
-:func:`encode_response`).
+uses the agent half (:func:`bridge.possession.load_signing_key`, :func:`encode_evidence`,
+:func:`sign_challenge`, :func:`encode_response`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives import serialization
 
+from bridge import possession
 from bridge.legacy_chain import MAX_PRESENTED_BYTES, LegacyTrust
 from bridge.mapping import LegacyIdentity, MappingRule, map_identity
+from bridge.possession import SigningKey
 from bridge.x509pop_challenge import RANDOM_BYTES, leaf_fingerprint, open_nonce, seal, used_digest
 from spiffe_core.errors import InvalidArgument, NotAuthorized
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -59,56 +59,20 @@ OTHER_CHAIN = (
     "(start the attestation again)"
 )
 
-SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-
-
-def load_signing_key(data: bytes, what: str) -> SigningKey:
-    """The agent's enterprise private key from PEM (PKCS#8 or traditional, unencrypted); InvalidArgument
-    naming ``what`` for anything else. The key itself never appears in a message."""
-    try:
-        key = serialization.load_pem_private_key(data, None)
-    except (ValueError, TypeError) as err:
-        raise InvalidArgument(f"{what}: not an unencrypted PEM private key") from err
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-        raise InvalidArgument(f"{what}: a {type(key).__name__}; x509pop signs with EC, RSA or Ed25519 keys")
-    return key
-
 
 def encode_evidence(chain: Sequence[x509.Certificate]) -> bytes:
     """Step 1's payload: the chain, leaf first, as PEM."""
     return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in chain)
 
 
-def _message(nonce: bytes) -> bytes:
-    return CONTEXT + nonce
-
-
 def sign_challenge(key: SigningKey, nonce: bytes) -> bytes:
     """The agent's proof: the certificate's key signs the domain-separated nonce."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(_message(nonce), ec.ECDSA(hashes.SHA256()))
-    if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(_message(nonce), padding.PKCS1v15(), hashes.SHA256())
-    return key.sign(_message(nonce))
+    return possession.sign(key, CONTEXT + nonce)
 
 
 def verify_signature(cert: x509.Certificate, nonce: bytes, signature: bytes) -> None:
     """NotAuthorized unless ``signature`` is the key of ``cert`` signing ``nonce``."""
-    key = cert.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, _message(nonce), ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, _message(nonce), padding.PKCS1v15(), hashes.SHA256())
-        elif isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, _message(nonce))
-        else:
-            raise NotAuthorized("proof of possession failed: unsupported key type")
-    except InvalidSignature as err:
-        raise NotAuthorized(
-            "proof of possession failed: the signature does not verify with the certificate's key; "
-            "the agent's key file must be the key of its certificate"
-        ) from err
+    possession.verify(cert, CONTEXT + nonce, signature, "the agent's key file must be the key of its certificate")
 
 
 def encode_response(nonce: bytes, signature: bytes, evidence: bytes) -> bytes:

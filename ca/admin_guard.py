@@ -31,6 +31,8 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ca.admin_auth import Authenticator, Presented, Principal
+from ca.console.render import SECURITY_HEADERS, refusal_page
+from ca.console.session import is_console_path, session_token
 from ca.rbac import BREAK_GLASS_ROLE, RoutePolicy, policy_for
 from ca.store.records import Actor, AuditEvent, JsonValue
 from spiffe_core.clock import Clock
@@ -64,7 +66,8 @@ def _header(scope: Scope, name: bytes) -> list[bytes]:
 
 
 def presented_credentials(scope: Scope) -> Presented:
-    """Read the credentials a request carries: its ``Authorization: Bearer`` header, the TLS client
+    """Read the credentials a request carries: its ``Authorization: Bearer`` header (on a console page
+    without one, the token in the console's session cookie, :mod:`ca.console.session`), the TLS client
     chain (ASGI TLS extension, PEM) and the Unix peer's uid. Raises NotAuthenticated for an
     Authorization header that is not exactly one bearer token."""
     extensions = scope.get("extensions") or {}
@@ -72,7 +75,7 @@ def presented_credentials(scope: Scope) -> Presented:
     creds = extensions.get(PEER_CREDENTIALS_EXTENSION)
     source = "unix" if creds is not None else (str(client[0]) if client else "unknown")
     authorization = _header(scope, b"authorization")
-    token: str | None = None
+    token: str | None = None if authorization else session_token(scope)
     if authorization:
         scheme, _, value = authorization[0].decode("latin-1").partition(" ")
         if len(authorization) > 1 or scheme.lower() != "bearer" or not value.strip():
@@ -96,8 +99,12 @@ class _Refusal:
     reason: str
     invalid_token: bool = False
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        headers = [(b"content-type", b"application/json")]
+    def headers(self, console: bool) -> list[tuple[bytes, bytes]]:
+        if console:
+            headers = [(b"content-type", b"text/html; charset=utf-8")]
+            headers += [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+        else:
+            headers = [(b"content-type", b"application/json")]
         if self.status == 401:
             challenge = 'Bearer realm="trustmesh"' + (', error="invalid_token"' if self.invalid_token else "")
             headers.append((b"www-authenticate", challenge.encode()))
@@ -134,6 +141,7 @@ class AdminGuard:
             await self._app(scope, receive, send)
             return
         target = _clip(f"{method} {template if template is not None else scope.get('path', '')}")
+        console = is_console_path(str(scope.get("path", "")))
         presented: Presented | None = None
         try:
             presented = presented_credentials(scope)
@@ -148,14 +156,28 @@ class AdminGuard:
             source = presented.source if presented is not None else _source(scope)
             actor = Actor(f"unauthenticated:{source}", _method_tried(presented))
             await self._refuse(
-                refusal, actor=actor, policy=policy, target=target, params=params, source=source, send=send
+                refusal,
+                actor=actor,
+                policy=policy,
+                target=target,
+                params=params,
+                source=source,
+                send=send,
+                console=console,
             )
             return
         role = self._authorize(principal, policy, template)
         if isinstance(role, _Refusal):
             actor = Actor(principal.name, principal.method)
             await self._refuse(
-                role, actor=actor, policy=policy, target=target, params=params, source=presented.source, send=send
+                role,
+                actor=actor,
+                policy=policy,
+                target=target,
+                params=params,
+                source=presented.source,
+                send=send,
+                console=console,
             )
             return
         state = scope.setdefault("state", {})
@@ -194,14 +216,18 @@ class AdminGuard:
         params: Mapping[str, Any],
         source: str,
         send: Send,
+        console: bool,
     ) -> None:
         action = policy.action if policy is not None else "admin_api.request"
         detail: dict[str, JsonValue] = {"source": source, "status": refusal.status}
         detail.update({f"path.{k}": _clip(str(v)) for k, v in params.items()})
         event = AuditEvent(self._clock.now(), actor, action, target, "denied", detail, refusal.reason)
         await asyncio.to_thread(self._audit.record_refusal, event)  # throttled per caller; never raises
-        body = json.dumps({"error": refusal.reason}).encode()
-        await send({"type": "http.response.start", "status": refusal.status, "headers": refusal.headers()})
+        # A console page is refused with a page (saying why and where to log in); the API with JSON.
+        body = (
+            refusal_page(refusal.status, refusal.reason) if console else json.dumps({"error": refusal.reason}).encode()
+        )
+        await send({"type": "http.response.start", "status": refusal.status, "headers": refusal.headers(console)})
         await send({"type": "http.response.body", "body": body})
 
 

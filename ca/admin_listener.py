@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ca.admin_auth import Authenticator, RemoteAuthenticator
 from ca.admin_mtls import MtlsAdmins, PublishedTrust
@@ -105,17 +106,30 @@ def admin_certificate(config: AdminApiConfig, serving: Callable[[], ServingCrede
 
 
 async def serve_admin_https(app: FastAPI, listener: HttpsListener, ready: Callable[[], Awaitable[None]]) -> None:
-    """Serve ``app`` on the listener once ``ready`` returns (the serving SVID exists), keeping its TLS
-    context current while it serves."""
-    tls = listener.tls
+    """Serve ``app`` on the listener once ``ready`` returns (the serving SVID exists)."""
+    await serve_https(app, listener.sock, listener.tls, ready, name="admin API", protocol=admin_protocol())
+
+
+async def serve_https(
+    app: FastAPI,
+    sock: socket.socket,
+    tls: AdminTlsContext,
+    ready: Callable[[], Awaitable[None]],
+    *,
+    name: str,
+    protocol: type[H11Protocol],
+) -> None:
+    """Serve ``app`` over HTTPS on ``sock`` once ``ready`` returns, keeping its TLS context current while
+    it serves, within this module's bounds; ``protocol`` (:func:`ca.admin_transport.admin_protocol`)
+    caps the connections per source. The admin API and the agentless exchange are served this way."""
     await ready()
     tls.refresh()
-    host, port = listener.sock.getsockname()[:2]
-    log.info("admin API listening over HTTPS on %s:%d", host, port)
+    host, port = sock.getsockname()[:2]
+    log.info("%s listening over HTTPS on %s:%d", name, host, port)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            http=admin_protocol(),
+            http=protocol,
             ssl_context_factory=lambda _config, _default: tls.context,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             limit_concurrency=MAX_CONCURRENCY,
@@ -127,7 +141,7 @@ async def serve_admin_https(app: FastAPI, listener: HttpsListener, ready: Callab
     )
     refresher = asyncio.create_task(tls.run())
     try:
-        await server.serve(sockets=[listener.sock])
+        await server.serve(sockets=[sock])
     finally:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

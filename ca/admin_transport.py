@@ -85,8 +85,11 @@ class _WithExtensions:
         await self._app(scope, receive, send)
 
 
-def admin_protocol(max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE) -> type[H11Protocol]:
-    """An h11 protocol class for one admin listener (its own per-source connection counts)."""
+def admin_protocol(
+    max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE, name: str = "admin API"
+) -> type[H11Protocol]:
+    """An h11 protocol class for one listener (its own per-source connection counts); ``name`` is the
+    listener's in the log (the exchange listener uses it too)."""
     open_by_source: dict[str, int] = {}
 
     class AdminProtocol(H11Protocol):
@@ -99,7 +102,8 @@ def admin_protocol(max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE)
                 if open_by_source.get(source, 0) >= max_connections_per_source:
                     if _throttle.should_log(time.monotonic()):
                         log.warning(
-                            "refused an admin API connection from %s: it holds %d open already%s",
+                            "refused a %s connection from %s: it holds %d open already%s",
+                            name,
                             source,
                             max_connections_per_source,
                             _throttle.note(),
@@ -187,12 +191,13 @@ class FileCertificate:
 
 
 class AdminTlsContext:
-    """The HTTPS listener's server context (module docstring). :meth:`refresh` once before serving."""
+    """The HTTPS listener's server context (module docstring). :meth:`refresh` once before serving.
+    Without a ``bundle`` no client certificate is asked for (the agentless exchange's listener)."""
 
-    def __init__(self, certificate: CertificateSource, bundle: Callable[[], Bundle]) -> None:
+    def __init__(self, certificate: CertificateSource, bundle: Callable[[], Bundle] | None) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.verify_mode = ssl.CERT_OPTIONAL
+        context.verify_mode = ssl.CERT_NONE if bundle is None else ssl.CERT_OPTIONAL
         context.set_alpn_protocols(["http/1.1"])
         self.context = context
         self._certificate = certificate
@@ -206,7 +211,7 @@ class AdminTlsContext:
         if version != self._loaded:
             self._certificate.load_into(self.context)
             self._loaded = version
-        for root in self._bundle().x509_authorities:
+        for root in () if self._bundle is None else self._bundle().x509_authorities:
             der = root.public_bytes(serialization.Encoding.DER)
             if der not in self._roots:
                 self.context.load_verify_locations(cadata=der)

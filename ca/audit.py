@@ -23,6 +23,7 @@ from ca.store.engine import Database
 from ca.store.records import Actor, AuditEvent, AuditRecord, JsonValue
 from ca.store.repositories import AuditLogRepository
 from spiffe_core.errors import FailedPrecondition, NotAuthenticated, NotAuthorized, ResourceExhausted, TrustmeshError
+from spiffe_core.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,14 @@ class Issuance:
     """Who asks for SVIDs, and what the audit record of the issuance is called.
 
     ``target`` defaults to the SPIFFE ID issued (for a batch of several: how many); ``detail`` is added
-    to what the record says about the SVIDs themselves."""
+    to what the record says about the SVIDs themselves. ``agent`` is the agent the SVIDs are issued
+    through (the inventory lists SVIDs by agent); None for SVIDs an officer mints."""
 
     actor: Actor
     action: str = "x509_svid.issue"
     target: str | None = None
     detail: Mapping[str, JsonValue] = field(default_factory=dict)
+    agent: SpiffeId | None = None
 
 
 def x509_issuance_event(issuance: Issuance, issued: Sequence[IssuedX509Svid], now: datetime) -> AuditEvent:

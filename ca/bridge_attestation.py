@@ -1,7 +1,8 @@
 """x509pop node attestation as the CA runs it (issue 10; :mod:`bridge.x509pop`): the ``[bridge]``
 configuration's trust anchors and CRLs, read from their files on every attempt (so a replaced CRL
 counts at once), the mapping rules from the datastore, also read per attempt, and the challenge
-ledger every replica shares (:class:`DatastoreChallenges`).
+ledger every replica shares (:class:`DatastoreChallenges`). The agentless exchange
+(:mod:`ca.bridge_exchange`) reads the trust and the rules the same way.
 
 The files are read once at start-up too, so a CA with a missing or broken anchor file refuses to
 start (ConfigError naming the key) rather than refusing every agent later. A file that breaks while
@@ -48,10 +49,12 @@ CHALLENGE_KEY = "x509pop-challenge-key"
 
 
 class ConfiguredTrust:
-    """The ``[bridge]`` trust anchors and CRLs, loaded afresh for every attempt."""
+    """The ``[bridge]`` trust anchors and CRLs, loaded afresh for every attempt; ``what`` names the use
+    (x509pop attestation, the agentless exchange) in refusals."""
 
-    def __init__(self, config: BridgeConfig) -> None:
+    def __init__(self, config: BridgeConfig, what: str = "x509pop attestation") -> None:
         self._config = config
+        self._what = what
         self._limits = ChainLimits(config.max_chain_length, config.max_rsa_bits)
 
     def _load(self) -> LegacyTrust:
@@ -68,9 +71,9 @@ class ConfiguredTrust:
         try:
             return self._load()
         except InvalidArgument as err:
-            log.error("x509pop attestation refused: %s; fix bridge.trust_anchors / bridge.crls", err)
+            log.error("%s refused: %s; fix bridge.trust_anchors / bridge.crls", self._what, err)
             raise FailedPrecondition(
-                "x509pop attestation is unavailable: the CA cannot read its enterprise trust anchors or CRLs; "
+                f"{self._what} is unavailable: the CA cannot read its enterprise trust anchors or CRLs; "
                 "its operator must check the [bridge] files (the CA's log says which)"
             ) from err
 

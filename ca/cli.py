@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
-import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.admin_client import AdminClient, RemoteTarget, read_token_file
 from ca.cli_agents import add_agent_commands
+from ca.cli_analyze import add_analyze_command
 from ca.cli_audit import add_audit_commands
 from ca.cli_authorities import add_authority_commands
 from ca.cli_federation import add_federation_commands
+from ca.cli_inventory import add_inventory_commands
 from ca.cli_mappings import add_mapping_commands
 from ca.config import CLIENT_ENV, CaConfig, default_config_toml, load_config
 from ca.files import write_private_file, write_public_file
@@ -36,15 +38,16 @@ from ca.signing import digest_for
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import InvalidArgument, TrustmeshError
 from spiffe_core.keys import KeyType, generate_private_key
+from spiffe_core.logs import configure_logging, quiet_grpc_core
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 PROG = "trustmesh-ca"
 CONFIG_ENV = "TRUSTMESH_CONFIG"
 
 
-def _config(args: argparse.Namespace) -> CaConfig:
+def _config(args: argparse.Namespace, *, ttl_checks: bool = True) -> CaConfig:
     path = args.config or os.environ.get(CONFIG_ENV)
-    return load_config(Path(path) if path else None, os.environ)
+    return load_config(Path(path) if path else None, os.environ, ttl_checks=ttl_checks)
 
 
 def _remote_option(args: argparse.Namespace, name: str) -> str | None:
@@ -60,7 +63,7 @@ def _read_file(path: str, what: str) -> bytes:
         raise InvalidArgument(f"cannot read the {what} {path}: {err.strerror}") from err
 
 
-def _remote_target(args: argparse.Namespace, server: str) -> RemoteTarget:
+def _remote_target(args: argparse.Namespace, server: str, *, ttl_checks: bool = True) -> RemoteTarget:
     """How to reach and trust the CA at ``server`` and who to be there, from the flags and environment."""
     token_file, cert, key = (_remote_option(args, name) for name in ("token_file", "cert", "key"))
     bundle, server_name = _remote_option(args, "bundle"), _remote_option(args, "server_name")
@@ -69,7 +72,7 @@ def _remote_target(args: argparse.Namespace, server: str) -> RemoteTarget:
     trust_domain = TrustDomain.parse(args.trust_domain) if args.trust_domain else None
     expected = None
     if server_name is None:
-        expected = server_id(trust_domain or _config(args).trust_domain)
+        expected = server_id(trust_domain or _config(args, ttl_checks=ttl_checks).trust_domain)
     return RemoteTarget(
         url=server,
         bundle_pem=None if bundle is None else _read_file(bundle, "bundle"),
@@ -81,20 +84,21 @@ def _remote_target(args: argparse.Namespace, server: str) -> RemoteTarget:
     )
 
 
-def _client(args: argparse.Namespace) -> AdminClient:
-    """The admin API of the CA the command talks to: ``--server`` (HTTPS), else the local socket."""
+def _client(args: argparse.Namespace, *, ttl_checks: bool = True) -> AdminClient:
+    """The admin API of the CA the command talks to: ``--server`` (HTTPS), else the local socket.
+    ``ttl_checks=False`` finds it in a configuration whose TTL arithmetic is off (for ``analyze``)."""
     server = _remote_option(args, "server")
     if server is not None:
         if args.socket:
             raise InvalidArgument("--socket and --server name two CAs; give one")
-        return AdminClient.remote(_remote_target(args, server))
+        return AdminClient.remote(_remote_target(args, server, ttl_checks=ttl_checks))
     given = [f"--{name.replace('_', '-')}" for name in ("token_file", "cert", "key", "bundle") if getattr(args, name)]
     if given:
         raise InvalidArgument(
             f"{', '.join(given)} given without --server; these options are for a remote CA over HTTPS "
             "(without --server the CLI uses the local admin socket)"
         )
-    socket_path = Path(args.socket) if args.socket else _config(args).server.admin_socket
+    socket_path = Path(args.socket) if args.socket else _config(args, ttl_checks=ttl_checks).server.admin_socket
     return AdminClient.local(socket_path)
 
 
@@ -102,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ca.server import serve  # noqa: PLC0415 - the server's imports (uvicorn, grpc) only for `run`
 
     config = _config(args)
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.server.log_level, config.server.log_format)
     asyncio.run(serve(config, new_root=args.new_trust_domain_root))
     return 0
 
@@ -187,6 +191,7 @@ def _entry_lines(entry: Mapping[str, Any]) -> list[str]:
         ("Federates with", listed(entry["federates_with"])),
         ("Admin", "yes" if entry["admin"] else "no"),
         ("Hint", entry["hint"] or "-"),
+        ("Owner", entry.get("owner") or "-"),
     )
     return [f"{label:<15}: {value}" for label, value in rows]
 
@@ -213,7 +218,9 @@ def _entry_body(args: argparse.Namespace, current: Mapping[str, Any] | None = No
                 "federates_with",
                 "admin",
                 "hint",
+                "owner",
             )
+            if key in current
         }
         if current is not None
         else {"dns_names": [], "federates_with": [], "admin": False, "hint": ""}
@@ -228,6 +235,7 @@ def _entry_body(args: argparse.Namespace, current: Mapping[str, Any] | None = No
         "federates_with": args.federates_with,
         "admin": args.admin,
         "hint": args.hint,
+        "owner": args.owner,
     }
     body.update({key: value for key, value in given.items() if value is not None})
     return body
@@ -319,6 +327,11 @@ def _add_entry_fields(parser: argparse.ArgumentParser, *, creating: bool) -> Non
         parser.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
         "--hint", help="free text that tells apart SVIDs of one workload" + ("" if creating else " ('' clears it)")
+    )
+    parser.add_argument(
+        "--owner",
+        help="who to call about this workload: a team, an address or a pager alias"
+        + ("" if creating else " ('' clears it)"),
     )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -456,16 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_federation_commands(commands, _client)
     add_mapping_commands(commands, _client)
     add_audit_commands(commands, _client, _config)
+    add_inventory_commands(commands, _client)
+    add_analyze_command(
+        commands, functools.partial(_client, ttl_checks=False), functools.partial(_config, ttl_checks=False)
+    )
     name_subcommands(parser)
     return parser
-
-
-def quiet_grpc_core(environ: MutableMapping[str, str]) -> None:
-    """Keep gRPC's C core from printing its own log lines (handshake failures, bind errors) on stderr:
-    every failure the user should see is reported once, in our words. Must run before grpc is imported;
-    a GRPC_VERBOSITY or GRPC_TRACE the user set is kept, for debugging."""
-    environ.setdefault("GRPC_VERBOSITY", "NONE")
-    environ.setdefault("GRPC_TRACE", "")
 
 
 def _os_problem(err: OSError) -> str:

@@ -19,10 +19,17 @@ ClientFactory = Callable[[argparse.Namespace], AdminApi]
 
 
 def agent_table(agents: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The rows of ``agent list``: SPIFFE ID, METHOD, SERIAL, SVID EXPIRES, BANNED, aligned."""
-    rows = [("SPIFFE ID", "METHOD", "SERIAL", "SVID EXPIRES", "BANNED")]
+    """The rows of ``agent list``: SPIFFE ID, METHOD, VERSION, LAST SEEN, SVID EXPIRES, BANNED, aligned."""
+    rows = [("SPIFFE ID", "METHOD", "VERSION", "LAST SEEN", "SVID EXPIRES", "BANNED")]
     rows += [
-        (a["spiffe_id"], a["attestation_type"], a["serial"], a["expires_at"], "yes" if a["banned"] else "no")
+        (
+            a["spiffe_id"],
+            a["attestation_type"],
+            a.get("version") or "-",
+            a.get("last_seen_at") or "-",
+            a["expires_at"],
+            "yes" if a["banned"] else "no",
+        )
         for a in agents
     ]
     return aligned(rows)
@@ -35,6 +42,8 @@ def agent_lines(agent: Mapping[str, Any]) -> list[str]:
         ("SVID serial", agent["serial"]),
         ("SVID expires", agent["expires_at"]),
         ("Banned", "yes" if agent["banned"] else "no"),
+        ("Version", agent.get("version") or "-"),
+        ("Last seen", agent.get("last_seen_at") or "-"),
         ("First attested", agent["created_at"]),
         ("Updated", agent["updated_at"]),
     )

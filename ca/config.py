@@ -36,6 +36,7 @@ from ca.rbac import Role
 from spiffe_core.durations import format_duration, parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
+from spiffe_core.logs import LogFormat, LogLevel
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import check_dns_name
 
@@ -121,6 +122,13 @@ def _check_address(value: str, *, may_be_empty: bool) -> str:
     return value
 
 
+def _check_fixed_port(value: str, who: str) -> str:
+    """Refuse port 0 (any free port) for a listener ``who`` must dial."""
+    if value and int(value.rpartition(":")[2]) == 0:
+        raise ValueError(f"{value!r} has port 0; {who} must know where to dial, give a fixed port")
+    return value
+
+
 def _check_env_name(value: str, example: str) -> str:
     if value and not _ENV_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not an environment variable name; write e.g. '{example}'")
@@ -155,6 +163,18 @@ def _check_vault_address(value: str) -> str:
     return value.rstrip("/")
 
 
+def _check_rate(value: float) -> float:
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
+    return value
+
+
+def _check_burst(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{value!r} is not a burst; write at least 1")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -168,7 +188,8 @@ class ServerConfig(_Section):
     node_api_address: str = "127.0.0.1:8081"
     attestation_address: str = "127.0.0.1:8082"
     server_name: str = "trustmesh-ca"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
 
     @field_validator("http_address")
     @classmethod
@@ -367,16 +388,12 @@ class RateLimitConfig(_Section):
     @field_validator("signing", "attestation", "bundle_refresh")
     @classmethod
     def _rate(cls, value: float) -> float:
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{value!r} is not a rate; write calls per second, e.g. 100, or 0 for no limit")
-        return value
+        return _check_rate(value)
 
     @field_validator("signing_burst", "attestation_burst", "bundle_refresh_burst")
     @classmethod
     def _burst(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"{value!r} is not a burst; write at least 1")
-        return value
+        return _check_burst(value)
 
 
 class NodeApiConfig(_Section):
@@ -615,10 +632,7 @@ class AdminApiConfig(_Section):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        _check_address(value, may_be_empty=True)
-        if value and int(value.rpartition(":")[2]) == 0:
-            raise ValueError(f"{value!r} has port 0; the CLI must know where to dial, give a fixed port")
-        return value
+        return _check_fixed_port(_check_address(value, may_be_empty=True), "the CLI")
 
     @model_validator(mode="after")
     def _consistent(self) -> AdminApiConfig:
@@ -671,7 +685,8 @@ MAX_LEGACY_ROOTS_CHECK_INTERVAL = timedelta(hours=1)
 
 class BridgeConfig(_Section):
     """x509pop node attestation from enterprise certificates (docs/configuration.md ``[bridge]``, the
-    agent's side in docs/agent.md; :mod:`bridge.x509pop`). No trust anchor: the method is not enabled.
+    agent's side in docs/agent.md; :mod:`bridge.x509pop`) and the agentless exchange
+    (:mod:`bridge.exchange`). No trust anchor: neither is enabled.
 
     ``legacy_roots`` are a separate list on purpose (docs/bridge.md "Legacy trust"): trust anchors decide
     which hosts may become agents, legacy roots which servers mesh proxies accept."""
@@ -681,9 +696,38 @@ class BridgeConfig(_Section):
     crls: list[Path] = []  # enterprise CRL files (PEM or DER), re-read on every attestation
     max_chain_length: int = Field(default=DEFAULT_MAX_CHAIN_LENGTH, ge=1, le=8)  # certificates presented
     max_rsa_bits: int = Field(default=DEFAULT_MAX_RSA_BITS, ge=MIN_RSA_BITS, le=8192)
+    # The agentless exchange's HTTPS listener (docs/bridge.md "Agentless exchange"); "" = not served.
+    exchange_address: str = ""
+    exchange_rate: float = 1.0  # exchanges per second per source address; 0 = no limit
+    exchange_burst: int = 10  # hosts behind one address (NAT, a config-management run) exchanging together
     # Name -> PEM file of enterprise root(s) served to every agent's Envoys as SDS "legacy/<name>".
     legacy_roots: dict[str, Path] = {}
     legacy_roots_check_interval: Duration = timedelta(seconds=5)  # a changed file reaches the agents this soon
+
+    @field_validator("exchange_address")
+    @classmethod
+    def _exchange_address(cls, value: str) -> str:
+        return _check_fixed_port(_check_address(value, may_be_empty=True), "hosts")
+
+    @field_validator("exchange_rate")
+    @classmethod
+    def _exchange_rate(cls, value: float) -> float:
+        return _check_rate(value)
+
+    @field_validator("exchange_burst")
+    @classmethod
+    def _exchange_burst(cls, value: int) -> int:
+        return _check_burst(value)
+
+    @model_validator(mode="after")
+    def _exchange_needs_anchors(self) -> BridgeConfig:
+        if self.exchange_address and not self.trust_anchors:
+            raise ValueError(
+                f"exchange_address {self.exchange_address!r} is set but no trust_anchors are, so no enterprise "
+                'certificate could be exchanged; add trust_anchors (e.g. { corp = "pki/corp-root.pem" }) or set '
+                "exchange_address = ''"
+            )
+        return self
 
     @field_validator("legacy_roots")
     @classmethod
@@ -836,10 +880,13 @@ def check_ttl_arithmetic(config: CaConfig) -> None:
         raise ConfigError(_report("invalid configuration", problems))
 
 
-def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
+def load_config(path: Path | None, environ: Mapping[str, str], *, ttl_checks: bool = True) -> CaConfig:
     """Read the TOML file (only defaults when ``path`` is None), apply ``TRUSTMESH_`` overrides from
     ``environ``, validate everything, check the TTL arithmetic, and resolve relative paths against the
-    file's directory (the working directory without a file). Raises one ConfigError listing every problem."""
+    file's directory (the working directory without a file). Raises one ConfigError listing every problem.
+
+    ``ttl_checks=False`` leaves the TTL arithmetic to the caller (``trustmesh-ca analyze`` reports each
+    problem as a finding, next to what it finds in the datastore)."""
     document: dict[str, Any] = {}
     base_dir = Path.cwd()
     header = "invalid configuration"
@@ -868,7 +915,7 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> CaConfig:
         config = CaConfig.model_validate(document)
     except ValidationError as err:
         raise ConfigError(_report(header, [_describe(problem, origins) for problem in err.errors()])) from None
-    problems = ttl_problems(config) + vault_problems(config) + admin_api_problems(config)
+    problems = (ttl_problems(config) if ttl_checks else []) + vault_problems(config) + admin_api_problems(config)
     if problems:
         raise ConfigError(_report(header, problems))
     return _resolve_paths(config, base_dir)
@@ -1053,6 +1100,7 @@ node_api_address = "127.0.0.1:8081"     # agents' node API (mTLS)
 attestation_address = "127.0.0.1:8082"  # agents' first contact (server-authenticated TLS)
 server_name = "trustmesh-ca"            # DNS SAN of the CA's serving certificate; agents dial this name
 log_level = "info"                      # debug, info, warning or error
+log_format = "text"                     # or "json": one JSON object per line (docs/observability.md)
 
 [datastore]
 url = ""                                # "" = sqlite:///<data_dir>/datastore.sqlite3; or postgresql+psycopg://...
@@ -1165,6 +1213,9 @@ trust_anchors = {}                      # name -> enterprise root PEM, e.g. { co
 crls = []                               # enterprise CRL files (PEM or DER), re-read on every attestation
 max_chain_length = 4                    # certificates an agent may present, leaf included (1..8)
 max_rsa_bits = 4096                     # larger RSA keys are refused: bounded work per attempt
+exchange_address = ""                   # agentless exchange listener, e.g. "0.0.0.0:8444"; "": off (docs/bridge.md)
+exchange_rate = 1.0                     # exchanges per second per source address; 0: no limit
+exchange_burst = 10                     # hosts behind one address exchanging at once
 legacy_roots = {}                       # name -> root PEM Envoys verify legacy servers with (SDS legacy/<name>)
 legacy_roots_check_interval = "5s"      # how often the CA looks for a changed legacy_roots file
 """

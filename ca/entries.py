@@ -43,6 +43,7 @@ from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 RESERVED_PATH = "/trustmesh"
 AGENT_PATH = "/trustmesh/agent"
 MAX_HINT_LENGTH = 1024
+MAX_OWNER_LENGTH = 256
 MAX_DNS_NAME_LENGTH = 253
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -117,7 +118,8 @@ def check_entry_spec(spec: EntrySpec, policy: EntryPolicy) -> None:
     The SPIFFE ID is a workload's ID in this trust domain, outside the reserved ``/trustmesh`` path;
     the parent is an agent ID or another workload's ID of this trust domain; at least one selector;
     valid DNS names; TTLs positive and within the configured maxima; federated trust domains other
-    than our own; a hint of at most 1024 characters."""
+    than our own; a hint of at most 1024 characters; an owner of at most 256 printable characters on
+    one line."""
     td = policy.trust_domain
     if not spec.spiffe_id.is_member_of(td):
         raise InvalidArgument(f"SPIFFE ID {spec.spiffe_id} is not in trust domain {td}; this CA issues only {td} IDs")
@@ -160,6 +162,15 @@ def check_entry_spec(spec: EntrySpec, policy: EntryPolicy) -> None:
         )
     if len(spec.hint) > MAX_HINT_LENGTH:
         raise InvalidArgument(f"hint is {len(spec.hint)} characters; at most {MAX_HINT_LENGTH} allowed")
+    if len(spec.owner) > MAX_OWNER_LENGTH:
+        raise InvalidArgument(
+            f"owner is {len(spec.owner)} characters; at most {MAX_OWNER_LENGTH} allowed (a team, an address or "
+            "a pager alias)"
+        )
+    if not spec.owner.isprintable():
+        raise InvalidArgument(
+            "owner has a line break or another control character; write one line, e.g. 'payments-oncall@example.org'"
+        )
 
 
 def not_parented(entry_id: str, agent_id: SpiffeId) -> NotAuthorized:

@@ -12,36 +12,21 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from spiffe_core.errors import ConfigError, FailedPrecondition
+from spiffe_core.files import write_atomically
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_private_file(path: Path, data: bytes) -> None:
-    _write_atomically(path, data, 0o600)
+    write_atomically(path, data, 0o600)
 
 
 def write_public_file(path: Path, data: bytes) -> None:
-    _write_atomically(path, data, 0o644)
+    write_atomically(path, data, 0o644)
 
 
 def read_private_file(path: Path, *, what: str, chmod: str, modes: tuple[int, ...] | None = None) -> bytes:

@@ -46,6 +46,8 @@ class AgentReply(BaseModel):
     updated_at: datetime
     previous_serial: str | None = Field(description="the SVID a renewal replaced, accepted until previous_valid_until")
     previous_valid_until: datetime | None
+    last_seen_at: datetime | None = Field(description="its last node API call, noted at most once a minute")
+    version: str = Field(description="the trustmesh version it reports; '' when it reports none")
 
 
 class AgentListReply(BaseModel):
@@ -63,6 +65,8 @@ def agent_reply(agent: Agent) -> AgentReply:
         updated_at=agent.updated_at,
         previous_serial=None if agent.previous_serial is None else format(agent.previous_serial, "x"),
         previous_valid_until=agent.previous_serial_until,
+        last_seen_at=agent.last_seen_at,
+        version=agent.version,
     )
 
 

@@ -29,12 +29,16 @@ from ca.admin_auth import Authenticator
 from ca.admin_guard import AdminGuard, AuditRecorder
 from ca.attestation import GeneratedJoinToken
 from ca.audit import Issuance
+from ca.console.app import add_console_routes, error_page
+from ca.console.pages import ConsoleOps
+from ca.console.session import is_console_path
 from ca.entries import check_operator_svid
 from ca.federation.http import RelationshipOps, add_federation_routes
 from ca.http_agents import AgentOps, add_agent_routes
 from ca.http_audit import AuditOps, add_audit_routes
 from ca.http_authorities import AuthorityOps, add_authority_routes, add_crl_routes
 from ca.http_caller import Caller, CallerRoles
+from ca.http_inventory import InventoryOps, add_inventory_routes
 from ca.http_mappings import MappingOps, add_mapping_routes
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest
 from ca.rbac import Role
@@ -130,6 +134,7 @@ class EntryBody(_Body):
     federates_with: list[str] = Field(default_factory=list, description="trust domain names")
     admin: bool = False
     hint: str = ""
+    owner: str = Field(default="", description="who to call about this workload: a team, an address, a pager alias")
 
 
 class EntryUpdateBody(EntryBody):
@@ -147,6 +152,7 @@ class EntryReply(BaseModel):
     federates_with: list[str]
     admin: bool
     hint: str
+    owner: str
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -181,6 +187,7 @@ def _entry_spec(body: EntryBody) -> EntrySpec:
         federates_with=frozenset(TrustDomain.parse(td) for td in body.federates_with),
         admin=body.admin,
         hint=body.hint,
+        owner=body.owner,
     )
 
 
@@ -201,6 +208,7 @@ def _entry_reply(entry: RegistrationEntry) -> EntryReply:
         federates_with=sorted(td.name for td in spec.federates_with),
         admin=spec.admin,
         hint=spec.hint,
+        owner=spec.owner,
         revision=entry.revision,
         created_at=entry.created_at,
         updated_at=entry.updated_at,
@@ -211,7 +219,9 @@ def _ttl(seconds: int | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
 
 
-def _error_reply(err: Exception) -> JSONResponse:
+def error_reply(err: Exception) -> JSONResponse:
+    """A domain error as the HTTP APIs answer it: ``{"error": message}`` with its status; anything else
+    is logged and answered 500 without its detail."""
     status = transport_status(err)
     if status is None:
         log.exception("internal error while serving a request", exc_info=err)
@@ -300,6 +310,7 @@ def create_admin_app(
     agents: AgentOps | None = None,
     federation: RelationshipOps | None = None,
     mappings: MappingOps | None = None,
+    inventory: InventoryOps | None = None,
     authenticator: Authenticator,
     audit: AuditRecorder,
     clock: Clock,
@@ -308,7 +319,8 @@ def create_admin_app(
 ) -> FastAPI:
     """The admin API the CLI talks to, for one listener: ``authenticator`` says who calls on it (the
     Unix socket's break-glass caller, or remote callers over HTTPS), ``audit`` records refusals, and
-    ``audit_log`` (when given) serves the audit log's routes."""
+    ``audit_log`` (when given) serves the audit log's routes. Given every domain object it shows, the
+    web console (:mod:`ca.console`) is served too, under ``/console/``."""
     app = FastAPIOffline(
         title="trustmesh CA admin API",
         version="1",
@@ -318,7 +330,9 @@ def create_admin_app(
     )
     app.add_middleware(AdminGuard, routes=app.router.routes, authenticator=authenticator, audit=audit, clock=clock)
     _add_health_routes(app, ops, registry)
-    app.add_exception_handler(TrustmeshError, lambda _req, err: _error_reply(err))
+    app.add_exception_handler(
+        TrustmeshError, lambda req, err: error_page(err) if is_console_path(req.url.path) else error_reply(err)
+    )
 
     @app.exception_handler(HTTPException)
     def http_error(_req: Request, err: HTTPException) -> JSONResponse:  # 404, 405, 413 in the API's own shape
@@ -374,4 +388,15 @@ def create_admin_app(
         add_mapping_routes(app, mappings)
     if audit_log is not None:
         add_audit_routes(app, audit_log)
+    if inventory is not None:
+        add_inventory_routes(app, inventory, clock)
+    if (
+        authorities is not None
+        and inventory is not None
+        and agents is not None
+        and federation is not None
+        and audit_log is not None
+    ):
+        console = ConsoleOps(authorities, inventory, agents, federation, audit_log)
+        add_console_routes(app, console, authenticator=authenticator, audit=audit, clock=clock)
     return app

@@ -1,6 +1,6 @@
 """X509-SVID and JWT-SVID issuance: authorized requests in, signed SVIDs that follow the SPIFFE rules out.
 
-The SPIFFE ID, DNS names and TTL come from the *authorized request* (a registration entry, an admin
+The SPIFFE ID, DNS names, subject CN and TTL come from the *authorized request* (a registration entry, an admin
 call), never from the CSR: the CSR only proves possession of the key it carries. Every certificate is
 built from the X509-SVID template, signed by the active authority, and validated against the
 X509-SVID rules before it leaves this module (as SPIRE does), so a template bug cannot ship a bad SVID.
@@ -55,12 +55,15 @@ class TtlPolicy:
 
 @dataclass(frozen=True, slots=True)
 class X509SvidRequest:
-    """One authorized X509-SVID request: the CSR (DER or PEM) and what the caller is entitled to."""
+    """One authorized X509-SVID request: the CSR (DER or PEM) and what the caller is entitled to.
+    ``subject_cn`` None: the subject's CN is the first DNS name, if any (the template's default); the
+    agentless exchange sets the CN its mapping rule keeps."""
 
     csr: bytes
     spiffe_id: SpiffeId
     dns_names: tuple[str, ...] = ()
     ttl: timedelta | None = None
+    subject_cn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ def _sign_one(
         not_after=now + ttl,
         serial=serial,
         dns_names=request.dns_names,
+        subject_cn=request.subject_cn,
     )
     template.validate()  # the X509-SVID rules, on the objects the leaf is built from, before signing
     leaf = sign(template.builder, authority.private_key)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.federation.unknown_keys import UnknownKeyRefresh
+from ca.metrics import CaMetrics, reason_label
 from ca.node_service import AuthenticatedAgent, NodeService, SyncState
 from ca.ratelimit import NodeApiGuard
 from ca.server_identity import ServerIdentity
@@ -44,7 +47,14 @@ from ca.store.records import RegistrationEntry
 from ca.sync import ChangeHub, UpdateVersions, watch
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
-from spiffe_core.errors import ConfigError, FailedPrecondition, ResourceExhausted, X509SvidError, transport_status
+from spiffe_core.errors import (
+    ConfigError,
+    FailedPrecondition,
+    ResourceExhausted,
+    TrustmeshError,
+    X509SvidError,
+    transport_status,
+)
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates
 from wire import node_pb2, node_pb2_grpc
@@ -56,6 +66,8 @@ _INTERNAL = "internal error; see the CA's log"
 STOP_GRACE_SECONDS = 2.0
 # Trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds until the call would pass.
 RETRY_AFTER_KEY = "retry-after-ms"
+# The agent names itself first in gRPC's user-agent header (sds.node_client): trustmesh-agent/<version>.
+_AGENT_USER_AGENT = re.compile(r"(?:^|\s)trustmesh-agent/([0-9A-Za-z.+_-]{1,64})(?:\s|$)")
 
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -130,6 +142,17 @@ def peer_source(peer: str) -> str:
     return peer
 
 
+def reported_version(metadata: Any) -> str:
+    """The version an agent reports in its user-agent header (``trustmesh-agent/0.4.0 grpc-python/…``),
+    or "" when it reports none: an older agent, or a caller that is not our agent. Only a short token of
+    safe characters is taken, so a caller cannot put arbitrary text into the inventory."""
+    for key, value in metadata or ():
+        if key == "user-agent" and isinstance(value, str):
+            found = _AGENT_USER_AGENT.search(value)
+            return "" if found is None else found[1]
+    return ""
+
+
 def _der_chain(chain: tuple[x509.Certificate, ...]) -> list[bytes]:
     return [cert.public_bytes(serialization.Encoding.DER) for cert in chain]
 
@@ -185,22 +208,35 @@ class NodeServicer:
         guard: NodeApiGuard | None = None,
         *,
         unknown_keys: UnknownKeyRefresh | None = None,
+        metrics: CaMetrics | None = None,
     ) -> None:
         self._node = node
         self._hub = hub
         self._versions = versions
         self._clock = clock
         self._guard = guard or NodeApiGuard()  # the default limits of ca.ratelimit.NodeApiLimits
+        self._metrics = metrics or CaMetrics()
         self._unknown_keys = unknown_keys  # None: this CA fetches no partner bundle on request
 
     async def _agent(self, context: Context) -> AuthenticatedAgent:
-        """The calling agent: at once when the node service holds all it needs to accept it, else from
-        a worker thread (chain verification, datastore reads, audited refusals)."""
+        """The calling agent: at once when the node service holds all it needs to accept it (and its
+        contact was recorded lately), else from a worker thread (chain verification, datastore reads and
+        writes, audited refusals)."""
         chain = _peer_chain_pem(context)
-        held = self._node.authenticate_held(chain)
+        version = reported_version(context.invocation_metadata())
+        held = self._node.authenticate_held(chain, version)
         if held is not None:
             return held
-        return await asyncio.to_thread(self._node.authenticate, chain, peer_source(context.peer()))
+        return await asyncio.to_thread(self._node.authenticate, chain, peer_source(context.peer()), version)
+
+    def _admit_signing(self, agent: AuthenticatedAgent, count: int, kind: str) -> None:
+        """Pass ``count`` SVIDs of ``kind`` through the agent's signing rate; a refusal counts as that
+        many issuance errors (a client over its rate is an issuance problem the operator should see)."""
+        try:
+            self._guard.admit_signing(agent.spiffe_id, count)
+        except TrustmeshError as err:
+            self._metrics.issuance_errors.labels(kind, reason_label(err)).inc(count)
+            raise
 
     async def _admit_attestation(self, method: str, context: Context) -> str:
         """The caller's source address, once its attestation rate admits another step (checked before
@@ -226,6 +262,7 @@ class NodeServicer:
                 request.csr,
                 source=source,
                 trust_domain=request.trust_domain,
+                version=reported_version(context.invocation_metadata()),
             )
         )
         return node_pb2.AttestResponse(
@@ -251,8 +288,9 @@ class NodeServicer:
     @_edge
     async def RenewAgent(self, request: node_pb2.RenewAgentRequest, context: Context) -> node_pb2.RenewAgentResponse:
         agent = await self._agent(context)
-        self._guard.admit_signing(agent.spiffe_id, 1)
-        svid = await asyncio.to_thread(self._node.renew, agent.spiffe_id, request.csr)
+        self._admit_signing(agent, 1, "x509")
+        version = reported_version(context.invocation_metadata())
+        svid = await asyncio.to_thread(self._node.renew, agent.spiffe_id, request.csr, version)
         return node_pb2.RenewAgentResponse(svid_chain=_der_chain(svid.cert_chain))
 
     @_edge
@@ -266,8 +304,10 @@ class NodeServicer:
             load = functools.partial(self._node.get_sync_state, agent.spiffe_id, agent.serial)
             try:
                 async with asyncio.timeout(remaining):
-                    async for state in watch(subscription, load):
-                        await context.write(encode_sync_update(state, self._versions.next()))
+                    async for delivery in watch(subscription, load):
+                        await context.write(encode_sync_update(delivery.state, self._versions.next()))
+                        if delivery.changed_at is not None:
+                            self._metrics.sync_push_seconds.observe(time.monotonic() - delivery.changed_at)
             except TimeoutError:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -280,7 +320,7 @@ class NodeServicer:
         self, request: node_pb2.SignX509SvidsRequest, context: Context
     ) -> node_pb2.SignX509SvidsResponse:
         agent = await self._agent(context)
-        self._guard.admit_signing(agent.spiffe_id, len(request.requests))
+        self._admit_signing(agent, len(request.requests), "x509")
         items = [(item.entry_id, item.csr) for item in request.requests]
         outcomes = await asyncio.to_thread(self._node.sign_x509_svids, agent.spiffe_id, items)
         return node_pb2.SignX509SvidsResponse(
@@ -297,7 +337,7 @@ class NodeServicer:
     @_edge
     async def MintJwtSvid(self, request: node_pb2.MintJwtSvidRequest, context: Context) -> node_pb2.MintJwtSvidResponse:
         agent = await self._agent(context)
-        self._guard.admit_signing(agent.spiffe_id, 1)
+        self._admit_signing(agent, 1, "jwt")
         token, expires_at = await asyncio.to_thread(
             self._node.mint_jwt_svid, agent.spiffe_id, request.entry_id, list(request.audience)
         )

@@ -5,6 +5,10 @@ no datastore read before it signs (issue 12, "per-call cost").
   verified as, for the bundle it was verified against. Reused only with that same bundle object and only
   while every certificate of the verified path is within its validity at the call's time, which is when
   verifying again would give the same answer; a new bundle forgets them all.
+* :class:`ContactNotes`: per agent, when its contact (the inventory's "last seen" and reported version)
+  was last recorded by this process, so a call writes it only once the interval has passed or the
+  version changed, and otherwise touches no datastore. The notes are this process's: with several CA
+  replicas an agent's "last seen" may lag its last call by up to twice the interval.
 * :class:`AgentStateCache`: per agent, state read from the datastore (its record: serial, previous
   serial and overlap, ban; the registration entries parented to it). Fed by the same change feed that
   drives Sync (:class:`~ca.sync.ChangeHub`): every change that concerns an agent drops what is held for
@@ -29,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from ca.sync import Change
@@ -42,6 +46,8 @@ TTL_SECONDS = 1.0
 MAX_CHAINS = 4096
 # Agent records remembered (a few hundred bytes each).
 MAX_AGENTS = 10_000
+# Agents whose last recorded contact is remembered (a few dozen bytes each).
+MAX_CONTACTS = 10_000
 # Registration entries remembered, over all agents (about a KiB each).
 MAX_ENTRIES = 50_000
 
@@ -138,6 +144,51 @@ class VerifiedChains:
     def __len__(self) -> int:
         with self._lock:
             return len(self._chains)
+
+
+class ContactNotes:
+    """When each agent's contact was last recorded, and with which version (see the module docstring).
+    Forgetting an agent (beyond :data:`MAX_CONTACTS`) only costs it one more write."""
+
+    def __init__(self, every: timedelta, max_agents: int = MAX_CONTACTS) -> None:
+        self._every = every
+        self._lock = threading.Lock()
+        self._noted: _Lru[SpiffeId, tuple[datetime, str]] = _Lru(max_agents, lambda _note: 1)
+
+    def due(self, agent: SpiffeId, now: datetime, version: str) -> bool:
+        """Whether a call at ``now`` reporting ``version`` ("": none) must record the contact."""
+        with self._lock:
+            return self._due(agent, now, version)
+
+    def claim(self, agent: SpiffeId, now: datetime, version: str) -> bool:
+        """:meth:`due`, and if so noted as recorded at ``now``: of concurrent calls, one writes."""
+        with self._lock:
+            if not self._due(agent, now, version):
+                return False
+            self._note(agent, now, version)
+            return True
+
+    def noted(self, agent: SpiffeId, now: datetime, version: str) -> None:
+        """Note a contact recorded at ``now`` by other means (an attestation or renewal writes it too)."""
+        with self._lock:
+            self._note(agent, now, version)
+
+    def _note(self, agent: SpiffeId, now: datetime, version: str) -> None:
+        found = self._noted.get(agent)
+        kept = version or ("" if found is None else found[0][1])  # "" leaves the stored version
+        self._noted.put(agent, (now, kept), 0.0)
+
+    def forget(self, agent: SpiffeId) -> None:
+        """Drop the note (its write failed), so the next call records the contact again."""
+        with self._lock:
+            self._noted.discard(agent)
+
+    def _due(self, agent: SpiffeId, now: datetime, version: str) -> bool:
+        found = self._noted.get(agent)
+        if found is None:
+            return True
+        at, noted_version = found[0]
+        return now - at >= self._every or (bool(version) and version != noted_version)
 
 
 class AgentStateCache(Generic[Value]):

@@ -20,8 +20,9 @@ stops working; its open Sync streams end at once (every issuance announces a cha
 Per call, a known agent costs no chain verification and no datastore read before signing: verified
 chains, agents' records and the entries parented to each agent are kept between calls
 (:mod:`ca.node_cache`), dropped by the same change feed that drives Sync the moment a change commits,
-and the serial check is evaluated on every call. The only transaction of a SignX509Svids call is the
-one that records what it signed and its audit record.
+and the serial check is evaluated on every call. The agent's last contact (and reported version) is
+written at most once a :data:`CONTACT_INTERVAL` per agent, decided in memory, so the only transaction of
+most SignX509Svids calls is the one that records what it signed and its audit record.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ from ca.authority import AuthoritySet
 from ca.entries import RegistrationEntries, authorize, entitled_by_id, is_agent_id
 from ca.federation.relationships import parsed_bundle
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_csr_public_key
-from ca.node_cache import MAX_AGENTS, MAX_ENTRIES, AgentStateCache, VerifiedChains, VerifiedPeer
+from ca.metrics import CaMetrics, method_label, reason_label
+from ca.node_cache import (
+    MAX_AGENTS,
+    MAX_ENTRIES,
+    AgentStateCache,
+    ContactNotes,
+    VerifiedChains,
+    VerifiedPeer,
+)
 from ca.store.engine import Database
 from ca.store.records import Actor, Agent, RegistrationEntry
 from ca.store.repositories import AgentRepository, FederationRepository, RegistrationEntryRepository
@@ -66,6 +75,8 @@ RENEWAL_OVERLAP = timedelta(seconds=30)
 NODE_API = "node-api"
 # Caller-chosen text (an attestation method, an entry ID) is cut to this many characters in a record.
 SHOWN_LENGTH = 128
+# An agent's calls update when it was last seen (the inventory's "last seen") at most this often.
+CONTACT_INTERVAL = timedelta(minutes=1)
 
 
 def agent_actor(agent: SpiffeId) -> Actor:
@@ -161,6 +172,7 @@ class NodeService:
         renewal_overlap: timedelta = RENEWAL_OVERLAP,
         audit: AuditTrail | None = None,
         legacy_roots: Callable[[], Mapping[str, bytes]] = dict,
+        metrics: CaMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._database = database
@@ -174,8 +186,10 @@ class NodeService:
         self._renewal_overlap = renewal_overlap
         self._audit = audit or AuditTrail(database)
         self._legacy_roots = legacy_roots  # ca.legacy_roots.LegacyRootFiles.get_roots; none by default
+        self._metrics = metrics or CaMetrics()
         # Per-call state kept between calls (ca.node_cache); only with a change feed to keep it exact.
         self._chains = VerifiedChains()
+        self._contacts = ContactNotes(CONTACT_INTERVAL)
         self._records: AgentStateCache[Agent | None] | None = None
         self._entitled: AgentStateCache[Mapping[str, RegistrationEntry]] | None = None
         if hub is not None:
@@ -186,12 +200,15 @@ class NodeService:
             hub.add_listener(self._records.invalidate)
             hub.add_listener(self._entitled.invalidate)
 
-    def attest(self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "") -> AgentSvid:
+    def attest(
+        self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "", version: str = ""
+    ) -> AgentSvid:
         """Check the node's evidence with the named attestor and sign its first agent X509-SVID.
 
         ``source`` is the address the node called from (the audit log's actor), ``trust_domain`` the one
-        the agent says it is configured for. The trust domain and the CSR are checked before the evidence
-        is spent, so a misconfigured agent or a malformed CSR does not burn a join token. Raises
+        the agent says it is configured for, ``version`` the one it reports (the inventory shows it). The
+        trust domain and the CSR are checked before the evidence is spent, so a misconfigured agent or a
+        malformed CSR does not burn a join token. Raises
         InvalidArgument (unknown method, bad CSR, another trust domain) and NotAuthorized (evidence
         refused, banned); either is audited."""
         now = self._clock.now()
@@ -203,8 +220,14 @@ class NodeService:
         except TrustmeshError as err:
             self.refuse_attestation(source, method, err)
             raise
-        issuance = Issuance(attestation_actor(source), "agent.attest", detail={"method": method})
-        return self._issue_agent_svid(agent_id, method, csr, issuance)
+        issuance = Issuance(attestation_actor(source), "agent.attest", detail={"method": method}, agent=agent_id)
+        try:
+            svid = self._issue_agent_svid(agent_id, method, csr, issuance, version=version)
+        except TrustmeshError as err:  # audited as a refused issuance by the issuer
+            self._metrics.attestation_failures.labels(self._method_label(method), reason_label(err)).inc()
+            raise
+        self._metrics.attestations.labels(self._method_label(method)).inc()
+        return svid
 
     def challenge(self, method: str, payload: bytes, *, source: str = "", trust_domain: str = "") -> bytes:
         """Step 1 of a challenge-response method (x509pop): check the node's evidence and return the
@@ -221,6 +244,7 @@ class NodeService:
     def refuse_attestation(self, source: str, method: str, err: TrustmeshError) -> None:
         """Audit an attestation from ``source`` that ``err`` refused (throttled per source): here, or at
         the edge before it got here (over the attestation rate of its address)."""
+        self._metrics.attestation_failures.labels(self._method_label(method), reason_label(err)).inc()
         shown = _shown(method)
         self._audit.record_refusal(
             refusal_event(
@@ -228,11 +252,14 @@ class NodeService:
             )
         )
 
-    def renew(self, agent: SpiffeId, csr: bytes) -> AgentSvid:
+    def _method_label(self, method: str) -> str:
+        return method_label(method, self._attestors.by_method.keys())
+
+    def renew(self, agent: SpiffeId, csr: bytes, version: str = "") -> AgentSvid:
         """A fresh agent X509-SVID for the same ID and a new key; refused (NotAuthorized) once banned."""
         method = self._active_agent(agent, self._load_record(agent)).attestation_type
-        issuance = Issuance(agent_actor(agent), "agent.renew")
-        return self._issue_agent_svid(agent, method, csr, issuance, renewal=True)
+        issuance = Issuance(agent_actor(agent), "agent.renew", agent=agent)
+        return self._issue_agent_svid(agent, method, csr, issuance, renewal=True, version=version)
 
     def _check_trust_domain(self, claimed: str) -> None:
         """Refuse (InvalidArgument) an agent that says it is configured for another trust domain, before
@@ -246,8 +273,10 @@ class NodeService:
                 f"set trust_domain = {served.name!r} in the agent's configuration (the join token was not used)"
             )
 
-    def authenticate(self, peer_chain_pem: bytes | None, source: str = "") -> AuthenticatedAgent:
-        """The agent behind a TLS client certificate chain (PEM, leaf first), calling from ``source``.
+    def authenticate(self, peer_chain_pem: bytes | None, source: str = "", version: str = "") -> AuthenticatedAgent:
+        """The agent behind a TLS client certificate chain (PEM, leaf first), calling from ``source`` and
+        reporting ``version``; the call is noted as the agent's last contact (at most once a
+        :data:`CONTACT_INTERVAL`).
 
         NotAuthenticated when there is no certificate or it is not a valid X509-SVID of this trust
         domain now (expired, wrong signer); NotAuthorized when it is valid but not a known, unbanned
@@ -282,13 +311,16 @@ class NodeService:
             )
             self._audit.record_refusal(event)
             raise
+        self._note_contact(peer.spiffe_id, now, version)
         return AuthenticatedAgent(peer.spiffe_id, peer.not_after, peer.serial)
 
-    def authenticate_held(self, peer_chain_pem: bytes | None) -> AuthenticatedAgent | None:
+    def authenticate_held(self, peer_chain_pem: bytes | None, version: str = "") -> AuthenticatedAgent | None:
         """What :meth:`authenticate` answers, when everything it needs is in memory (a chain verified
-        against the current bundle, the agent's fresh record) and it accepts the caller; None otherwise
-        (call :meth:`authenticate`, which reads, verifies and audits refusals). Never blocks: the node
-        API asks here on its event loop before it hands a call to a worker thread."""
+        against the current bundle, the agent's fresh record) and it accepts the caller, and the agent's
+        contact needs no recording yet (noted less than :data:`CONTACT_INTERVAL` ago, with this
+        ``version``); None otherwise (call :meth:`authenticate`, which reads, verifies, records the
+        contact and audits refusals). Never blocks: the node API asks here on its event loop before it
+        hands a call to a worker thread."""
         if not peer_chain_pem or self._records is None:
             return None
         now = self._clock.now()
@@ -300,7 +332,22 @@ class NodeService:
         record = None if held is None else held.value
         if record is None or record.banned or not record.accepts_serial(peer.serial, now):
             return None
+        if self._contacts.due(peer.spiffe_id, now, version):
+            return None
         return AuthenticatedAgent(peer.spiffe_id, peer.not_after, peer.serial)
+
+    def _note_contact(self, agent: SpiffeId, now: datetime, version: str) -> None:
+        """Record the agent's call as its last contact (and ``version``), once a :data:`CONTACT_INTERVAL`
+        or when the version changes: the notes in memory decide, so most calls write nothing. A failed
+        write forgets the note, so the next call tries again."""
+        if not self._contacts.claim(agent, now, version):
+            return
+        try:
+            with self._database.transaction() as session:
+                AgentRepository(session).record_contact(agent, now, version, CONTACT_INTERVAL)
+        except BaseException:
+            self._contacts.forget(agent)
+            raise
 
     def _verified_peer(self, peer_chain_pem: bytes | None, bundle: Bundle, now: datetime) -> VerifiedPeer:
         if not peer_chain_pem:
@@ -416,6 +463,8 @@ class NodeService:
             spec = entry.spec
             authorized.append((len(outcomes), X509SvidRequest(csr, spec.spiffe_id, spec.dns_names, spec.x509_ttl)))
             outcomes.append(SignedOrRefused(entry_id))
+        if not_parented:
+            self._metrics.issuance_errors.labels("x509", reason_label(not_parented[0])).inc(len(not_parented))
         refused_ids = [_shown(o.entry_id) for o in outcomes if o.error]
         detail = {"refused": len(refused_ids), **listed("refused_entries", refused_ids)} if refused_ids else {}
         if not authorized:
@@ -431,7 +480,7 @@ class NodeService:
                 self._audit.record_refusal(event)
             return outcomes
         signed = self._issuer.mint_x509_svids_each(
-            [request for _, request in authorized], Issuance(actor, "x509_svid.issue", detail=detail)
+            [request for _, request in authorized], Issuance(actor, "x509_svid.issue", detail=detail, agent=agent)
         )
         for (index, _), result in zip(authorized, signed, strict=True):
             entry_id = outcomes[index].entry_id
@@ -450,6 +499,7 @@ class NodeService:
             audience = check_audience(audience)
             entry = authorize(entry_id, self._entitlements(agent), agent)
         except (InvalidArgument, NotAuthorized) as err:
+            self._metrics.issuance_errors.labels("jwt", reason_label(err)).inc()
             target = f"entry {_shown(entry_id)}"
             self._audit.record_refusal(
                 refusal_event(self._clock.now(), agent_actor(agent), "jwt_svid.issue", target, err)
@@ -459,7 +509,7 @@ class NodeService:
         return self._issuer.mint_jwt_svid(request, agent_actor(agent))
 
     def _issue_agent_svid(
-        self, agent: SpiffeId, method: str, csr: bytes, issuance: Issuance, *, renewal: bool = False
+        self, agent: SpiffeId, method: str, csr: bytes, issuance: Issuance, *, renewal: bool = False, version: str = ""
     ) -> AgentSvid:
         """Sign and record the agent's new SVID (audited as ``issuance``). A renewal keeps the replaced
         one valid for the overlap; an attestation does not (a node that attests again, or a replacement
@@ -474,9 +524,11 @@ class NodeService:
                 issued.not_after,
                 now,
                 previous_valid_until=now + self._renewal_overlap if renewal else None,
+                version=version,
             )
             if self._hub is not None:
                 announce(session, self._hub, Change.for_agents(agent))
+        self._contacts.noted(agent, now, version)  # the upsert recorded the contact
         return AgentSvid(agent, issued.cert_chain, self._authorities.get_current().bundle)
 
     @staticmethod

@@ -13,9 +13,11 @@ addresses cannot grow the CA's memory: when the map is full, buckets that have r
 first (forgetting them loses nothing: a new bucket starts full), then the least recently used one.
 
 Pure and single-threaded: time comes from an injected monotonic clock (seconds), so tests move time by
-hand and never sleep. The node API calls it from its event loop only, so no lock is needed.
+hand and never sleep. The node API calls it from its event loop only, so no lock is needed; the
+agentless exchange (:mod:`ca.bridge_exchange`), called from worker threads, holds its own lock.
 
-Called by :mod:`ca.node_api` (the edge), configured by ``[node_api]`` (docs/configuration.md).
+Called by :mod:`ca.node_api` (the edge), configured by ``[node_api]`` (docs/configuration.md); the
+exchange's rate by ``[bridge] exchange_rate``.
 """
 
 from __future__ import annotations
@@ -156,37 +158,42 @@ class NodeApiGuard:
             return
         # The configuration keeps max_batch_size within the burst; were it not, a batch larger than the
         # burst would take a full bucket rather than never pass.
-        _take(
+        take_or_refuse(
             self._signing,
             agent,
             min(count, self._signing.rate.burst),
             f"agent {agent} is over its SVID signing rate",
-            "signing",
+            "node_api.ratelimit.signing",
         )
 
     def admit_attestation(self, source: str) -> None:
         """Let one more attestation from ``source`` (a peer address) through, or raise ResourceExhausted."""
-        _take(self._attestation, source, 1, f"too many attestations from {source}", "attestation")
+        take_or_refuse(
+            self._attestation, source, 1, f"too many attestations from {source}", "node_api.ratelimit.attestation"
+        )
 
     def admit_bundle_refresh(self, agent: SpiffeId) -> None:
         """Let ``agent`` ask for one more federated bundle refresh now, or raise ResourceExhausted. Each
         may make the CA fetch a partner's bundle (that is also limited per partner); this bounds what
         one agent, whatever its workloads send, can make the CA do."""
-        _take(
-            self._bundle_refresh, agent, 1, f"agent {agent} is over its federated bundle refresh rate", "bundle_refresh"
+        take_or_refuse(
+            self._bundle_refresh,
+            agent,
+            1,
+            f"agent {agent} is over its federated bundle refresh rate",
+            "node_api.ratelimit.bundle_refresh",
         )
 
 
-def _take(limiter: KeyedRateLimiter[Key] | None, key: Key, cost: int, refusal: str, setting: str) -> None:
+def take_or_refuse(limiter: KeyedRateLimiter[Key] | None, key: Key, cost: int, refusal: str, setting: str) -> None:
     """Take ``cost`` tokens from ``key``'s bucket, or raise ResourceExhausted: ``refusal``, the rate and
-    its ``node_api.ratelimit.<setting>``, and the wait. No limiter: no limit."""
+    the ``setting`` that configures it, and the wait. No limiter: no limit."""
     if limiter is None:
         return
     wait = limiter.take(key, cost)
     if wait:
         rate = limiter.rate
         raise ResourceExhausted(
-            f"{refusal} ({rate.per_second:g} per second, bursts of {rate.burst}; node_api.ratelimit.{setting}); "
-            f"retry in {wait:.1f} s",
+            f"{refusal} ({rate.per_second:g} per second, bursts of {rate.burst}; {setting}); retry in {wait:.1f} s",
             retry_after=wait,
         )

@@ -15,7 +15,8 @@ a refusal therefore looks the same whether or not the object named in the path e
 not listed cannot be reached remotely (the guard refuses it as unclassified) and fails the matrix test,
 so a new route must be classified here before it ships. The Unix socket's break-glass caller passes
 every policy. ``/docs``, the OpenAPI document and its assets, liveness, readiness and the CRLs are
-public: they hold nothing that is not published anyway.
+public: they hold nothing that is not published anyway; so are the web console's login, logout and
+stylesheet (:mod:`ca.console`), whose pages and actions are classified like the API routes they show.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ ROUTE_POLICIES: Mapping[tuple[str, str], RoutePolicy] = _policies(
     ("GET", "/v1/federation/relationships/{trust_domain}", "federation.show", ANY_ROLE),
     ("GET", "/v1/mappings", "mapping.list", ANY_ROLE),
     ("GET", "/v1/mappings/{name}", "mapping.show", ANY_ROLE),
+    ("GET", "/v1/inventory/svids", "inventory.svids", ANY_ROLE),
+    ("GET", "/v1/inventory/join-tokens", "inventory.join_tokens", ANY_ROLE),
+    ("GET", "/v1/inventory/authority-timeline", "inventory.authority_timeline", ANY_ROLE),
+    ("GET", "/v1/inventory/summary", "inventory.summary", ANY_ROLE),
     # Registration: operators.
     ("POST", "/v1/entries", "entry.create", OPERATOR),
     ("PUT", "/v1/entries/{entry_id}", "entry.update", OPERATOR),
@@ -122,6 +127,26 @@ ROUTE_POLICIES: Mapping[tuple[str, str], RoutePolicy] = _policies(
     ("GET", "/v1/audit", "audit.list", AUDIT_READERS),
     ("GET", "/v1/audit/verify", "audit.verify", AUDIT_READERS),
     ("GET", "/v1/audit/export", "audit.export", AUDIT_READERS),
+    # The web console (docs/console.md). Its stylesheet, login and logout are public: the login verifies
+    # the pasted token itself, and logout only clears the cookie (with the session's CSRF token).
+    ("GET", "/console", "console.root", PUBLIC),
+    ("GET", "/console/static/console.css", "console.stylesheet", PUBLIC),
+    ("GET", "/console/login", "console.login_page", PUBLIC),
+    ("POST", "/console/login", "console.login", PUBLIC),
+    ("POST", "/console/logout", "console.logout", PUBLIC),
+    ("GET", "/console/", "console.overview", ANY_ROLE),
+    ("GET", "/console/authorities", "console.authorities", ANY_ROLE),
+    ("GET", "/console/svids", "console.svids", ANY_ROLE),
+    ("GET", "/console/agents", "console.agents", ANY_ROLE),
+    ("GET", "/console/federation", "console.federation", ANY_ROLE),
+    ("GET", "/console/audit", "console.audit", AUDIT_READERS),
+    # The console's officer actions are the API's, under the same action names.
+    ("POST", "/console/authorities/prepare", "authority.prepare", OFFICER),
+    ("POST", "/console/authorities/rotate", "authority.rotate", OFFICER),
+    ("POST", "/console/authorities/{authority_id}/activate", "authority.activate", OFFICER),
+    ("POST", "/console/authorities/{authority_id}/taint", "authority.taint", OFFICER),
+    ("POST", "/console/authorities/{authority_id}/revoke", "authority.revoke", OFFICER),
+    ("POST", "/console/svids/revoke", "svid.revoke", OFFICER),
 )
 
 

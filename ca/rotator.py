@@ -5,7 +5,8 @@ through failures with backoff — a CA whose upstream is down keeps serving and 
 Each step it takes is audited in the step's own transaction, as ``authority.<step>`` by
 ``system:rotator``; a step another replica took first is neither taken nor recorded again. Failed
 attempts are not audited one by one (they are retried every few seconds); they are logged, and
-``/ready`` says why while nothing usable is active.
+``/ready`` says why while nothing usable is active. Steps taken, failed checks and the last good check
+are on ``/metrics`` (:class:`~ca.metrics.RotationMetrics`), which the shipped alerts watch.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session
 
 from ca.audit import OK, ROTATOR
 from ca.authority import AuthorityState
 from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
+from ca.metrics import RotationMetrics
 from ca.rotation import RotationParams, Step, StepKind, next_check, plan_rotation
 from ca.store.records import AuditEvent, AuthorityRecord
 from ca.store.repositories import AuditLogRepository
@@ -38,12 +41,18 @@ RETRY_CAP_SECONDS = 60.0
 
 class Rotator:
     def __init__(
-        self, changes: AuthorityChanges, params: RotationParams, clock: Clock, rng: random.Random | None = None
+        self,
+        changes: AuthorityChanges,
+        params: RotationParams,
+        clock: Clock,
+        rng: random.Random | None = None,
+        metrics: RotationMetrics | None = None,
     ) -> None:
         self._changes = changes
         self._params = params
         self._clock = clock
         self._backoff = Backoff(log, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS, rng=rng)
+        self._metrics = metrics or RotationMetrics(CollectorRegistry())
         self._last_error: str | None = None
 
     @property
@@ -53,7 +62,17 @@ class Rotator:
 
     def tick(self) -> datetime | None:
         """Apply every rotation step due now (each in its own transaction); re-sign the CRLs when due.
-        Returns when to look again."""
+        Returns when to look again. Counted on ``/metrics``: each step taken, each failed check (raised
+        on to the caller), the time of the last good one."""
+        try:
+            next_at = self._check()
+        except Exception:
+            self._metrics.failures.inc()
+            raise
+        self._metrics.last_success.set(self._clock.now().timestamp())
+        return next_at
+
+    def _check(self) -> datetime | None:
         authorities = self._changes.authorities
         records, signed_until = self._changes.rotation_view()
         for step in plan_rotation(records, signed_until, self._clock.now(), self._params):
@@ -98,11 +117,11 @@ class Rotator:
             log.warning("could not reload authorities after another replica's change: %s", err)
 
     def _apply(self, step: Step) -> None:
-        def change(session: Session, records: Sequence[AuthorityRecord]) -> None:
+        def change(session: Session, records: Sequence[AuthorityRecord]) -> bool:
             # Planned again under the lock: another replica may have done it already.
             current, signed_until = self._changes.rotation_view(session)
             if step not in plan_rotation(current, signed_until, self._clock.now(), self._params):
-                return
+                return False
             kind = step.authority_kind
             if step.kind is StepKind.PREPARE:
                 target = self._changes.create(session, kind, AuthorityState.PREPARED, records).id
@@ -126,5 +145,7 @@ class Rotator:
             AuditLogRepository(session).append(
                 AuditEvent(self._clock.now(), ROTATOR, f"authority.{step.kind.value}", target, OK, detail)
             )
+            return True
 
-        self._changes.run(change)
+        if self._changes.run(change):
+            self._metrics.steps.labels(step.kind.value, step.authority_kind.value).inc()

@@ -2,10 +2,11 @@
 one asyncio TaskGroup, so if one listener dies the whole process stops instead of half-serving.
 
 The group holds: the admin API (the Unix socket, and HTTPS when ``admin_api.address`` is set), the
-health listener, the node API's gRPC server (its attestation and mTLS listeners), the renewal of the
-CA's own serving SVID, the pruning of expired issued-certificate records, the audit log's upkeep (signed
-checkpoints, refusal summaries), and — on PostgreSQL — the LISTEN task that brings other replicas'
-changes to this replica's Sync streams."""
+health listener, the agentless exchange (when ``bridge.exchange_address`` is set), the node API's gRPC
+server (its attestation and mTLS listeners), the renewal of the CA's own serving SVID, the pruning of
+expired issued-certificate records, the audit log's upkeep (signed checkpoints, refusal summaries),
+and — on PostgreSQL — the LISTEN task that brings other replicas' changes to this replica's Sync
+streams."""
 
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.authority_ops import AuthorityOperations
 from ca.bridge_attestation import DatastoreChallenges, x509pop_attestor
+from ca.bridge_exchange import LegacyExchange, legacy_exchange
 from ca.config import CaConfig
 from ca.entries import EntryPolicy, RegistrationEntries
+from ca.exchange_listener import serve_exchange
 from ca.federation.endpoint import BundleEndpoint, SpiffeServingContexts, WebServingContexts
 from ca.federation.fetch import FetchLimits, web_client_context
 from ca.federation.refresher import FederationMetrics, FederationRefresher, RefreshPolicy
@@ -46,11 +49,12 @@ from ca.federation.relationships import FederationRelationships
 from ca.federation.unknown_keys import UnknownKeyRefresh
 from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
+from ca.inventory import Inventory
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
 from ca.legacy_roots import LegacyRootFiles
 from ca.mappings import IdentityMappings
-from ca.metrics import CaMetrics
+from ca.metrics import AuthorityCollector, CaMetrics, StreamCollector
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
 from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
@@ -66,6 +70,7 @@ from ca.upstream.disk import WatchedDiskUpstream
 from ca.vault import VaultClient
 from spiffe_core.clock import Clock, SystemClock
 from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
+from spiffe_core.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +121,7 @@ class CaParts:
     federation: FederationRelationships
     refresher: FederationRefresher
     mappings: IdentityMappings
+    exchange: LegacyExchange | None
     legacy_roots: LegacyRootFiles
 
 
@@ -149,13 +155,15 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     audit = AuditTrail(database, RefusalThrottle(per_source=Rate(per_minute / 60, per_minute)))
     changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)
     rotation_params = RotationParams(config.bundle.refresh_hint, config.jwt_svid.max_ttl)
-    rotator = Rotator(changes, rotation_params, clock)
+    metrics = CaMetrics()
+    metrics.add_collector(AuthorityCollector(authorities.get_current))
+    metrics.add_collector(StreamCollector(hub.subscriber_count, hub.agent_count))
+    rotator = Rotator(changes, rotation_params, clock, metrics=metrics.rotation)
     officer = AuthorityOperations(changes, rotation_params, clock, audit)
     try:
         rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
         log.warning("authority rotation failed at start-up (%s); the CA serves and retries", err)
-    metrics = CaMetrics()
     service = CaService(
         database=database,
         authorities=authorities,
@@ -189,6 +197,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         hub=hub,
         audit=audit,
         legacy_roots=legacy_roots.get_roots,
+        metrics=metrics,
     )
     identity = ServerIdentity(
         service, config.trust_domain, config.server.server_name, clock, lambda: _active_id(authorities)
@@ -222,6 +231,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         federation,
         refresher,
         mappings,
+        _exchange(config, mappings=mappings, entries=entries, service=service, audit=audit, clock=clock),
         legacy_roots,
     )
 
@@ -258,6 +268,31 @@ def _bridge_attestors(
         return ()
     ledger = DatastoreChallenges(database, clock)
     return (x509pop_attestor(config.bridge, config.trust_domain, mappings.rules, ledger),)
+
+
+def _exchange(
+    config: CaConfig,
+    *,
+    mappings: IdentityMappings,
+    entries: RegistrationEntries,
+    service: CaService,
+    audit: AuditTrail,
+    clock: Clock,
+) -> LegacyExchange | None:
+    """The agentless exchange when ``bridge.exchange_address`` is set (its files are checked now). It
+    refuses admin identities: the configured mTLS admins and entries with ``admin = true``."""
+    if not config.bridge.exchange_address:
+        return None
+    admins = {SpiffeId.parse(admin.spiffe_id) for admin in config.admin_api.admins}
+    return legacy_exchange(
+        config.bridge,
+        config.trust_domain,
+        rules=mappings.rules,
+        issuer=service,
+        audit=audit,
+        clock=clock,
+        is_admin=lambda spiffe_id: spiffe_id in admins or entries.has_admin_entry(spiffe_id),
+    )
 
 
 def _bind_admin_socket(path: Path) -> socket.socket:
@@ -366,6 +401,7 @@ async def _serve_node_api(config: CaConfig, parts: CaParts) -> None:
             parts.clock,
             NodeApiGuard(_node_api_limits(config)),
             unknown_keys=UnknownKeyRefresh(parts.node, parts.refresher),
+            metrics=parts.metrics,
         ),
         parts.identity,
         parts.service.get_bundle,
@@ -425,6 +461,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     )
     admin_api = config.admin_api
     admin_tcp = _bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
+    exchange_address = config.bridge.exchange_address
+    exchange_socket = _bind_tcp(exchange_address, "bridge.exchange_address", keep=True) if exchange_address else None
     parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
     https = (
@@ -441,6 +479,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         )
     )
     agents = AgentAdmin(database, parts.hub, parts.clock)
+    inventory = Inventory(database, parts.clock)
 
     def admin_app(authenticator: Authenticator) -> FastAPI:
         return create_admin_app(
@@ -452,6 +491,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             agents=agents,
             federation=parts.federation,
             mappings=parts.mappings,
+            inventory=inventory,
             authenticator=authenticator,
             audit=parts.audit,
             audit_log=parts.audit_log,
@@ -479,14 +519,16 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
         admin_api.address or "(disabled)",
         config.server.http_address or "(disabled)",
     )
+    ready = functools.partial(_wait_for_serving_svid, parts.identity)
     try:
         async with asyncio.TaskGroup() as group:
             for server, sockets in servers:
                 group.create_task(server.serve(sockets=sockets))
             group.create_task(_serve_node_api(config, parts))
             if https is not None:
-                ready = functools.partial(_wait_for_serving_svid, parts.identity)
                 group.create_task(serve_admin_https(admin_app(https.authenticator), https, ready))
+            if exchange_socket is not None and parts.exchange is not None:
+                group.create_task(serve_exchange(parts.exchange, exchange_socket, parts.identity.get_current, ready))
             group.create_task(parts.identity.run())
             group.create_task(parts.rotator.run())
             group.create_task(parts.refresher.run())

@@ -9,6 +9,7 @@ CA refuses are audited too (throttled per caller: :meth:`ca.audit.AuditTrail.rec
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -94,7 +95,7 @@ class CaService:
             invalid = len(outcomes) - len(issued)
             if issued:
                 detail = {**issuance.detail, "invalid": invalid} if invalid else issuance.detail
-                self._record(issued, Issuance(issuance.actor, issuance.action, issuance.target, detail), now)
+                self._record(issued, dataclasses.replace(issuance, detail=detail), now)
         except TrustmeshError as err:
             self._refused(issuance, requests, err, now)
             raise
@@ -141,6 +142,7 @@ class CaService:
                         not_before=svid.not_before,
                         not_after=svid.not_after,
                         issued_at=now,
+                        agent_id=issuance.agent,
                     )
                     for svid in issued
                 ]

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import psycopg
 from sqlalchemy import event, func, select
@@ -94,21 +94,33 @@ class Change:
 
 class Subscription:
     """One Sync stream's doorbell: rung by every change that concerns its agent, and remembered until
-    the stream waits again, so a change that lands while the stream is busy sending is not lost."""
+    the stream waits again, so a change that lands while the stream is busy sending is not lost. It
+    also remembers when the first ring since the last wait came (``time.monotonic()``), so the stream
+    can tell how long a change took to reach its agent."""
 
     def __init__(self, agent_id: SpiffeId, loop: asyncio.AbstractEventLoop) -> None:
         self.agent_id = agent_id
         self._loop = loop
         self._rung = asyncio.Event()
+        self._rung_at: float | None = None
 
     def ring(self) -> None:
         """Thread-safe: schedules the wake-up on the stream's own event loop."""
         with contextlib.suppress(RuntimeError):  # the loop closed: the stream is gone anyway
-            self._loop.call_soon_threadsafe(self._rung.set)
+            self._loop.call_soon_threadsafe(self._set, time.monotonic())
 
-    async def wait(self) -> None:
+    def _set(self, at: float) -> None:
+        if self._rung_at is None:
+            self._rung_at = at
+        self._rung.set()
+
+    async def wait(self) -> float:
+        """Wait for a ring; returns when the first ring since the last wait came (monotonic seconds)."""
         await self._rung.wait()
         self._rung.clear()
+        rung_at, self._rung_at = self._rung_at, None
+        assert rung_at is not None  # _set stamps it before setting the event
+        return rung_at
 
 
 class ChangeHub:
@@ -155,6 +167,11 @@ class ChangeHub:
         with self._lock:
             return len(self._subscriptions)
 
+    def agent_count(self) -> int:
+        """Distinct agents with at least one stream subscribed (an agent may briefly hold two)."""
+        with self._lock:
+            return len({s.agent_id for s in self._subscriptions})
+
 
 def announce(session: Session, hub: ChangeHub, change: Change) -> None:
     """Announce ``change`` as part of the unit of work ``session`` belongs to: local streams wake after
@@ -170,18 +187,27 @@ def notify_replicas(session: Session, hub: ChangeHub, change: Change) -> None:
         session.execute(select(func.pg_notify(CHANNEL, change.to_payload(hub.origin))))
 
 
-async def watch(subscription: Subscription, load: Callable[[], State]) -> AsyncIterator[State]:
+@dataclass(frozen=True, slots=True)
+class Delivery(Generic[State]):
+    """A state to send, and when the change that led to it rang (None for the stream's first state)."""
+
+    state: State
+    changed_at: float | None
+
+
+async def watch(subscription: Subscription, load: Callable[[], State]) -> AsyncIterator[Delivery[State]]:
     """Yield the subscriber's state now, then again after every change that altered it.
 
     ``load`` is blocking (it reads the datastore) and runs in a worker thread. The subscription must
     be taken before the first load, so a change between that load and the first wait still rings."""
     last: State | None = None
+    changed_at: float | None = None
     while True:
         state = await asyncio.to_thread(load)
         if state != last:
             last = state
-            yield state
-        await subscription.wait()
+            yield Delivery(state, changed_at)
+        changed_at = await subscription.wait()
 
 
 class UpdateVersions:

@@ -9,8 +9,9 @@ the newest snapshot only ("newest wins"): a slow Envoy never holds up the cache 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 
@@ -46,6 +47,9 @@ class CacheSnapshot:
     # Enterprise roots proxies verify legacy TLS servers with: name -> PEM (SDS ``legacy/<name>``).
     legacy_roots: Mapping[str, bytes] = field(default_factory=dict)
     version: int = 0
+    # When the cache published it (time.monotonic()), stamped by WorkloadCache.publish: the streams
+    # that send it measure the push latency from here. 0.0 for a snapshot never published.
+    published_at: float = field(default=0.0, compare=False)
 
     def svids_for(self, selectors: frozenset[Selector]) -> tuple[WorkloadSvid, ...]:
         """The SVIDs a caller with these selectors is entitled to, in entry order (the first is 'default')."""
@@ -75,9 +79,10 @@ class WorkloadCache:
         return self._snapshot
 
     async def publish(self, snapshot: CacheSnapshot) -> None:
-        """Swap in a new snapshot (its version must grow) and wake every subscriber."""
+        """Swap in a new snapshot (its version must grow), stamped with the time it was published, and
+        wake every subscriber."""
         async with self._changed:
-            self._snapshot = snapshot
+            self._snapshot = replace(snapshot, published_at=time.monotonic())
             self._changed.notify_all()
 
     async def subscribe(self) -> AsyncGenerator[CacheSnapshot, None]:

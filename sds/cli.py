@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -28,8 +28,10 @@ from sds.envoy_bootstrap import (
     render,
 )
 from sds.files import write_private_file, write_public_file
+from sds.version import package_version
 from spiffe_core.durations import parse_duration
-from spiffe_core.errors import FailedPrecondition, InvalidArgument, TrustmeshError
+from spiffe_core.errors import FailedPrecondition, InvalidArgument, TrustmeshError, UpstreamUnavailable
+from spiffe_core.logs import quiet_grpc_core
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 if TYPE_CHECKING:
@@ -41,6 +43,38 @@ PROG = "trustmesh-agent"
 def _config(args: argparse.Namespace) -> AgentConfig:
     path = args.config or os.environ.get(CONFIG_PATH_ENV)
     return load_agent_config(Path(path) if path else None, os.environ)
+
+
+HEALTHCHECK_TIMEOUT_SECONDS = 5.0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Ask the running agent's health listener (``[health] address``) whether it is ready (``--live``:
+    whether it answers at all). Exit 0 printing ``ready``; 1 with the agent's one-line reason."""
+    health = _config(args).health
+    if not health.address:
+        raise FailedPrecondition(
+            "health.address is not set, so the agent serves no health endpoint; set "
+            '[health] address = "127.0.0.1:8089" (or "unix:health.sock") in the config and restart the agent'
+        )
+    path = "/live" if args.live else "/ready"
+    socket_path = health.unix_path
+    transport = None if socket_path is None else httpx.HTTPTransport(uds=str(socket_path))
+    base = "http://agent" if socket_path is not None else f"http://{health.address}"
+    try:
+        with httpx.Client(transport=transport, timeout=HEALTHCHECK_TIMEOUT_SECONDS, trust_env=False) as client:
+            reply = client.get(base + path)
+    except httpx.HTTPError as err:
+        raise UpstreamUnavailable(
+            f"cannot reach the agent's health endpoint at {health.address} ({err or type(err).__name__}); "
+            "is 'trustmesh-agent run' running with this config?"
+        ) from err
+    answer = reply.text.strip().splitlines()[0] if reply.text.strip() else f"HTTP {reply.status_code}"
+    if reply.status_code == 200:
+        print(answer)
+        return 0
+    print(f"{PROG}: {answer}", file=sys.stderr)
+    return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -213,14 +247,6 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def package_version() -> str:
-    """The installed trustmesh distribution's version (``--version``)."""
-    try:
-        return importlib.metadata.version("trustmesh")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (trustmesh is not installed; run scripts/bootstrap)"
-
-
 def name_subcommands(parser: argparse.ArgumentParser) -> None:
     """Name every subcommand group by its choices, as the usage line does, so a missing subcommand is
     reported as "the following arguments are required: {x509,bundles,jwt}" rather than by the
@@ -239,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="attest, then serve SDS and the Workload API").set_defaults(func=cmd_run)
+    check = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the running agent is ready, else 1 with the reason (a Docker/systemd health check)",
+        description="Asks the running agent's [health] listener. Ready: it holds its X509-SVID and its trust "
+        "bundle, and reached the CA within health.ca_contact_window (docs/observability.md).",
+    )
+    check.add_argument("--live", action="store_true", help="only check that the agent answers (liveness)")
+    check.set_defaults(func=cmd_healthcheck)
 
     envoy = commands.add_parser(
         "envoy-bootstrap",
@@ -340,14 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     jwt_cmd.set_defaults(func=cmd_fetch_jwt)
     name_subcommands(parser)
     return parser
-
-
-def quiet_grpc_core(environ: MutableMapping[str, str]) -> None:
-    """Keep gRPC's C core from printing its own log lines (handshake failures, bind errors) on stderr:
-    every failure the user should see is reported once, in our words. Must run before grpc is imported;
-    a GRPC_VERBOSITY or GRPC_TRACE the user set is kept, for debugging."""
-    environ.setdefault("GRPC_VERBOSITY", "NONE")
-    environ.setdefault("GRPC_TRACE", "")
 
 
 def _os_problem(err: OSError) -> str:

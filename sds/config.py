@@ -13,6 +13,7 @@ drops next to the agent.
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -38,6 +39,7 @@ from sds.x509pop_proof import X509PopProof
 from spiffe_core.durations import parse_duration
 from spiffe_core.errors import ConfigError, InvalidArgument
 from spiffe_core.keys import KeyType
+from spiffe_core.logs import LogFormat, LogLevel
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import check_dns_name
@@ -217,6 +219,84 @@ class LimitsConfig(_Section):
         return self
 
 
+UNIX_PREFIX = "unix:"
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an IP literal, brackets allowed, or a name) is this machine's loopback."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HealthConfig(_Section):
+    """The agent's health listener: ``/live``, ``/ready`` and ``/metrics`` (docs/observability.md).
+
+    ``address`` is ``host:port`` on the loopback interface, or ``unix:PATH`` (a 0600 socket; a relative
+    path counts from ``data_dir``); empty turns the listener off. Other hosts are refused unless
+    ``allow_non_loopback``: nothing there is authenticated, and ``/metrics`` names every SPIFFE ID the
+    agent holds. ``/ready`` needs the CA reached within ``ca_contact_window``; ``/metrics`` shows the
+    expiry of at most ``max_svid_series`` workload SVIDs (the soonest to expire)."""
+
+    address: str = ""
+    allow_non_loopback: bool = False
+    ca_contact_window: Duration = timedelta(minutes=5)
+    max_svid_series: int = 1000
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not value or value.startswith(UNIX_PREFIX):
+            if value == UNIX_PREFIX:
+                raise ValueError("'unix:' names no path; write e.g. 'unix:health.sock'")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (port 1-65535) or unix:PATH; write e.g. '127.0.0.1:8089'")
+        return value
+
+    @field_validator("ca_contact_window")
+    @classmethod
+    def _window(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive; write e.g. '5m'")
+        return value
+
+    @field_validator("max_svid_series")
+    @classmethod
+    def _series(cls, value: int) -> int:
+        if not 1 <= value <= 100_000:
+            raise ValueError(f"{value} is not between 1 and 100000; remove it to get the default")
+        return value
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> HealthConfig:
+        host = self.tcp_host
+        if host is not None and not self.allow_non_loopback and not is_loopback_host(host):
+            raise ValueError(
+                f"address {self.address!r} is not a loopback address; /metrics names every SPIFFE ID this agent "
+                "holds and nothing there is authenticated — use 127.0.0.1 or unix:PATH, or set "
+                "allow_non_loopback = true behind a firewall you trust"
+            )
+        return self
+
+    @property
+    def tcp_host(self) -> str | None:
+        """The TCP host of ``address``, None for a Unix socket or when the listener is off."""
+        if not self.address or self.address.startswith(UNIX_PREFIX):
+            return None
+        return self.address.rpartition(":")[0]
+
+    @property
+    def unix_path(self) -> Path | None:
+        """The socket path of a ``unix:`` address (resolved against ``data_dir`` at load), else None."""
+        return Path(self.address.removeprefix(UNIX_PREFIX)) if self.address.startswith(UNIX_PREFIX) else None
+
+
 class X509PopConfig(_Section):
     """The enterprise certificate an ``attestation = "x509pop"`` agent proves possession of."""
 
@@ -242,8 +322,10 @@ class AgentConfig(_Section):
     key_type: KeyTypeField = KeyType.EC_P256
     rotation: RotationConfig = RotationConfig()
     limits: LimitsConfig = LimitsConfig()
+    health: HealthConfig = HealthConfig()
     cert_files: tuple[CertFileTarget, ...] = ()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
 
     @field_validator("server_address", "attestation_address")
     @classmethod
@@ -411,8 +493,22 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
             "cert_files": tuple(
                 target.model_copy(update={"dir": _absolute(target.dir, base_dir)}) for target in config.cert_files
             ),
+            "health": _resolved_health(config.health, data_dir),
         }
     )
+
+
+def _resolved_health(health: HealthConfig, data_dir: Path) -> HealthConfig:
+    path = health.unix_path
+    if path is None:
+        return health
+    resolved = _absolute(path, data_dir)
+    if len(os.fsencode(resolved)) > _MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(
+            f"health.address: {resolved} is longer than {_MAX_SOCKET_PATH_BYTES} bytes, the limit of a Unix "
+            "socket path; give a shorter or absolute path"
+        )
+    return health.model_copy(update={"address": f"{UNIX_PREFIX}{resolved}"})
 
 
 def load_agent_config(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:

@@ -99,6 +99,19 @@ class OwnIdentity(Protocol):
     async def follow_sync_state(self, state: SyncState) -> None: ...
 
 
+@dataclass
+class SyncStatus:
+    """How the Sync stream to the CA is doing, for ``/ready`` and ``/metrics`` (:mod:`sds.health`):
+    whether a stream is delivering now, when the CA was last heard from (a state, or a stream that was
+    delivering until just now), and how many streams failed or were reopened since the agent started."""
+
+    connected: bool = False
+    last_contact_at: datetime | None = None
+    last_error: str = ""
+    errors: int = 0
+    reconnects: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class ManagerParams:
     key_type: KeyType = KeyType.EC_P256
@@ -143,6 +156,7 @@ class AgentManager:
         self._jwt: dict[tuple[SpiffeId, tuple[str, ...]], _CachedJwt] = {}
         self._bundle_refreshes: dict[TrustDomain, asyncio.Future[Bundle | None]] = {}
         self._throttle = LogThrottle()
+        self.sync_status = SyncStatus()
 
     @property
     def held(self) -> dict[str, HeldSvid]:
@@ -190,28 +204,47 @@ class AgentManager:
 
     async def _hold_sync(self) -> None:
         failures = 0
+        status = self.sync_status
+        opened = 0
         while True:
             received = False
+            if opened:
+                status.reconnects += 1
+            opened += 1
             try:
                 last_version = -1
                 async for state in self._client.sync():
                     received = True
                     failures = 0
+                    status.connected, status.last_contact_at, status.last_error = True, self._clock.now(), ""
                     if state.version <= last_version:
                         continue  # a replay within this stream; a new stream always starts afresh
                     last_version = state.version
                     await self.receive(state)
             except TrustmeshError as err:
+                self._lost_stream(str(err))
                 failures += 1
                 delay = self._backoff(failures)
                 self._warn("sync", "sync stream with the CA failed (%s); reconnecting in %.1f s", err, delay)
                 await asyncio.sleep(delay)
             else:
+                self._lost_stream("" if received else "the CA closed the sync stream without a state")
                 if not received:  # closed before it said anything: do not spin
                     failures += 1
                     delay = self._backoff(failures)
                     self._warn("sync", "the CA closed the sync stream without a state; reconnecting in %.1f s", delay)
                     await asyncio.sleep(delay)
+
+    def _lost_stream(self, error: str) -> None:
+        """The stream ended: a stream that was delivering counts as contact until now; ``error`` (empty for
+        a clean end, the client swapping credentials) counts as a failed stream."""
+        status = self.sync_status
+        if status.connected:
+            status.last_contact_at = self._clock.now()
+        status.connected = False
+        if error:
+            status.errors += 1
+            status.last_error = error
 
     async def _keep_svids(self) -> None:
         failures = 0

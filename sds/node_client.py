@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bridge.legacy_roots import check_legacy_roots
 from sds.ca_channel import CaNotTrusted, CaTlsBridge
+from sds.version import user_agent
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import (
     AlreadyExists,
@@ -285,6 +286,8 @@ class NodeClient:
         self._server_name = server_name
         self._options = [
             ("grpc.default_authority", server_name),
+            # Names the agent and its version to the CA (its inventory shows them per agent).
+            ("grpc.primary_user_agent", user_agent()),
             # The manager backs off between attempts itself; the channel's own reconnect backoff (1 s
             # doubling to 120 s by default) would stack on it and leave the agent away from a CA that
             # is back for minutes.

@@ -42,6 +42,7 @@ from typing import Any
 import grpc
 
 from sds.attestor import ProcessAttestor
+from sds.unix_sockets import refuse_live_socket, remove_stale_socket
 from spiffe_core.backoff import LogThrottle
 from spiffe_core.errors import ConfigError, NotAuthorized
 from spiffe_core.peers import PeerCredentials, read_peer_credentials
@@ -201,7 +202,7 @@ class AttestedEndpoint:
         socket path is too long or a file that is not ours stands where a socket must go."""
         self._check_paths()
         self._public.parent.mkdir(parents=True, exist_ok=True)
-        self._refuse_live_public_socket()
+        refuse_live_socket(self._public)
         self._make_private_dir()
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", self._max_receive)]
@@ -212,7 +213,7 @@ class AttestedEndpoint:
         await server.start()
         self._server = server
         try:
-            self._remove_stale_public_socket()
+            remove_stale_socket(self._public, "the Workload API socket")
             self._proxy = await asyncio.start_unix_server(self._accept, path=str(self._public), backlog=_BACKLOG)
             os.chmod(self._public, self._mode)
         except BaseException:
@@ -262,33 +263,6 @@ class AttestedEndpoint:
         self._private_dir.mkdir(mode=0o700)
         self._owns_private_dir = True
         os.chmod(self._private_dir, 0o700)  # mkdir's mode is filtered by the umask
-
-    def _refuse_live_public_socket(self) -> None:
-        """Another process serving this socket (an agent with another data_dir) keeps it and its private
-        sockets: ConfigError instead of replacing them under it."""
-        if not self._public.is_socket():
-            return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self._public))
-            except OSError:
-                return  # nobody listens: left by an agent that did not stop cleanly
-        raise ConfigError(
-            f"{self._public} is in use by another process (an agent with another data_dir?); stop it or "
-            "configure another socket path"
-        )
-
-    def _remove_stale_public_socket(self) -> None:
-        try:
-            info = self._public.lstat()
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(info.st_mode):
-            raise ConfigError(
-                f"{self._public} exists and is not a socket; refusing to replace it with the Workload "
-                "API socket — remove it or configure another path"
-            )
-        self._public.unlink()
 
     def connections_of(self, uid: int) -> int:
         """Connections open now from ``uid``."""

@@ -51,6 +51,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache
+from sds.metrics import SDS, AgentMetrics
 from sds.secrets import SECRET_TYPE_URL, SdsResource, SharedSecrets, build_secrets
 from spiffe_core.errors import NotAuthorized, transport_status
 from spiffe_core.selectors import Selector
@@ -80,12 +81,18 @@ class SecretDiscoveryService:
     """Registered with ``sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server`` on a grpc.aio server."""
 
     def __init__(
-        self, cache: WorkloadCache, attestor: CallerAttestor, *, max_resource_names: int = MAX_RESOURCE_NAMES
+        self,
+        cache: WorkloadCache,
+        attestor: CallerAttestor,
+        *,
+        max_resource_names: int = MAX_RESOURCE_NAMES,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._cache = cache
         self._attestor = attestor
         self._max_names = max_resource_names
         self._secrets = SharedSecrets()  # streams asking the same of one snapshot share one build
+        self._metrics = metrics or AgentMetrics()
 
     async def StreamSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         selectors = await self._attest(context)
@@ -130,18 +137,22 @@ class SecretDiscoveryService:
     async def _serve(
         self, stream: _StreamState, selectors: frozenset[Selector], requests: AsyncIterator[Any], context: Context
     ) -> AsyncGenerator[Any, None]:
-        """Feed a stream's requests and the cache's snapshots to its protocol state; yield its responses."""
-        async with aclosing(_events(requests, self._cache)) as events:
-            async for event in events:
-                if isinstance(event, CacheSnapshot):
-                    response = stream.on_snapshot(event)
-                else:
-                    await _check_type_url(event.type_url, context)
-                    await _refuse(context, stream.names_problem(event))
-                    response = stream.on_request(event, self._cache.get_snapshot())
-                if response is not None:
-                    await self._recheck(selectors, context)
-                    yield response
+        """Feed a stream's requests and the cache's snapshots to its protocol state; yield its responses.
+        A response to a new snapshot (not to a request) is a push: its latency is measured."""
+        with self._metrics.stream(SDS):
+            async with aclosing(_events(requests, self._cache)) as events:
+                async for event in events:
+                    if isinstance(event, CacheSnapshot):
+                        response = stream.on_snapshot(event)
+                    else:
+                        await _check_type_url(event.type_url, context)
+                        await _refuse(context, stream.names_problem(event))
+                        response = stream.on_request(event, self._cache.get_snapshot())
+                    if response is not None:
+                        await self._recheck(selectors, context)
+                        if isinstance(event, CacheSnapshot):
+                            self._metrics.pushed(SDS, event)
+                        yield response
 
     async def _recheck(self, admitted: frozenset[Selector], context: Context) -> None:
         """Attest again right before a response leaves: a caller whose process executed another binary

@@ -4,7 +4,9 @@ Order matters for availability: SVIDs saved before a restart are republished fir
 (Envoy SDS, SPIFFE Workload API) are served from that cache at once, so a restart during a CA outage
 keeps proxies and applications working. Then the agent's own identity is started (attesting with the
 join token on first run, or loading the saved agent SVID), and the manager holds the push stream to the
-CA. Everything runs in one TaskGroup: if one part fails, the agent stops instead of half-serving.
+CA. With ``[health] address`` set, ``/live``, ``/ready`` and ``/metrics`` are served from the start
+(:mod:`sds.health_server`), so an agent still attesting answers "not ready" with the reason. Everything
+runs in one TaskGroup: if one part fails, the agent stops instead of half-serving.
 SIGTERM (and SIGINT) stop it the same way, logged: every stream is closed and both sockets and their
 private directories are removed.
 """
@@ -23,7 +25,10 @@ from sds.cache import CacheSnapshot, WorkloadCache
 from sds.certfiles import CertFileWriter
 from sds.config import AgentConfig
 from sds.files import lock_data_dir, make_public_directory
+from sds.health import AgentHealth
+from sds.health_server import bind_health_socket, health_app, serve_health
 from sds.manager import AgentManager, ManagerParams
+from sds.metrics import AgentMetrics, AgentStateCollector
 from sds.node_client import NodeClient
 from sds.peer_endpoint import AttestedEndpoint
 from sds.persistence import AgentStore
@@ -31,6 +36,7 @@ from sds.sds_v3 import SecretDiscoveryService
 from sds.workload_api import MAX_REQUEST_BYTES, WorkloadApiService
 from spiffe_core.clock import SystemClock
 from spiffe_core.errors import TrustmeshError
+from spiffe_core.logs import configure_logging
 from wire import workload_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,7 @@ async def serve_agent(config: AgentConfig) -> None:
     raise_open_file_limit(4 * 2 * config.limits.max_connections + 256)
     clock = SystemClock()
     lock = lock_data_dir(config.data_dir)  # before anything in it is touched: a second agent stops here
+    health_socket = bind_health_socket(config.health)  # an address in use stops the agent now
     store = AgentStore(config.data_dir, config.trust_domain)
     client = NodeClient(
         trust_domain=config.trust_domain,
@@ -96,6 +103,15 @@ async def serve_agent(config: AgentConfig) -> None:
         ),
         clock=clock,
     )
+    metrics = AgentMetrics()
+    health = AgentHealth(
+        identity=identity,
+        cache=cache,
+        sync=manager.sync_status,
+        clock=clock,
+        ca_contact_window=config.health.ca_contact_window,
+    )
+    metrics.registry.register(AgentStateCollector(health, config.health.max_svid_series))
     await manager.load_saved()
     for socket_dir in dict.fromkeys((config.sds_socket.parent, config.workload_api_socket.parent)):
         make_public_directory(socket_dir)
@@ -107,7 +123,9 @@ async def serve_agent(config: AgentConfig) -> None:
     )
     sds_endpoint.add_servicer(
         lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-            SecretDiscoveryService(cache, sds_endpoint.attestor, max_resource_names=limits.sds_max_resource_names),
+            SecretDiscoveryService(
+                cache, sds_endpoint.attestor, max_resource_names=limits.sds_max_resource_names, metrics=metrics
+            ),
             server,
         )
     )
@@ -119,12 +137,17 @@ async def serve_agent(config: AgentConfig) -> None:
     )
     workload_endpoint.add_servicer(
         lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
-            WorkloadApiService(cache, workload_endpoint.attestor, manager, clock, bundle_refresher=manager), server
+            WorkloadApiService(
+                cache, workload_endpoint.attestor, manager, clock, bundle_refresher=manager, metrics=metrics
+            ),
+            server,
         )
     )
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(_stop_on_signal(), name="signals")
+            if health_socket is not None:
+                tasks.create_task(serve_health(health_socket, health_app(health, metrics.registry)), name="health")
             tasks.create_task(sds_endpoint.serve(), name="sds")
             tasks.create_task(workload_endpoint.serve(), name="workload-api")
             await identity.start()
@@ -181,7 +204,7 @@ def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshEr
 def run_agent(config: AgentConfig) -> None:
     """Run until interrupted. A domain error that stops the agent (a refused join token, an expired
     agent SVID with no token) surfaces as itself, so the CLI prints one line, not a task-group trace."""
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(serve_agent(config))
     except BaseExceptionGroup as group:

@@ -46,6 +46,7 @@ from google.protobuf import struct_pb2
 
 from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
+from sds.metrics import WORKLOAD_API, AgentMetrics
 from spiffe_core.backoff import LogThrottle
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
@@ -117,6 +118,7 @@ class WorkloadApiService:
         clock: Clock,
         *,
         bundle_refresher: FederatedBundleRefresher | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._cache = cache
         self._attestor = attestor
@@ -124,6 +126,7 @@ class WorkloadApiService:
         self._clock = clock
         self._refresher = bundle_refresher  # None: validate with the bundles held, never ask the CA
         self._throttle = LogThrottle()
+        self._metrics = metrics or AgentMetrics()
 
     async def FetchX509SVID(self, request: Any, context: Context) -> AsyncIterator[Any]:
         selectors = await self._admit(context)
@@ -258,28 +261,32 @@ class WorkloadApiService:
             await _abort_for(err, f"minting a JWT-SVID for {spiffe_id}", context)
 
     async def _stream(self, selectors: frozenset[Selector], build: _Builder, context: Context) -> AsyncIterator[Any]:
-        """One response per snapshot that changes what this caller receives; the first at once."""
+        """One response per snapshot that changes what this caller receives; the first at once, the
+        others are pushes (their latency is measured)."""
         last: bytes | None = None
-        async with aclosing(self._cache.subscribe()) as snapshots:
-            async for snapshot in snapshots:
-                svids = snapshot.svids_for(selectors)
-                if not svids:
-                    await _abort(context, grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
-                bundles = snapshot.bundles_for(svids)
-                own = bundles.get(snapshot.trust_domain)
-                if own is None or not own.x509_authorities:
-                    await _abort(
-                        context,
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"the agent holds no bundle for its trust domain {snapshot.trust_domain} yet; retry "
-                        "with backoff (it arrives with the agent's first update from the CA)",
-                    )
-                response = build(snapshot, svids, bundles)
-                encoded = response.SerializeToString(deterministic=True)
-                if encoded != last:
-                    last = encoded
-                    await self._recheck(selectors, context)
-                    yield response
+        with self._metrics.stream(WORKLOAD_API):
+            async with aclosing(self._cache.subscribe()) as snapshots:
+                async for snapshot in snapshots:
+                    svids = snapshot.svids_for(selectors)
+                    if not svids:
+                        await _abort(context, grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
+                    bundles = snapshot.bundles_for(svids)
+                    own = bundles.get(snapshot.trust_domain)
+                    if own is None or not own.x509_authorities:
+                        await _abort(
+                            context,
+                            grpc.StatusCode.UNAVAILABLE,
+                            f"the agent holds no bundle for its trust domain {snapshot.trust_domain} yet; retry "
+                            "with backoff (it arrives with the agent's first update from the CA)",
+                        )
+                    response = build(snapshot, svids, bundles)
+                    encoded = response.SerializeToString(deterministic=True)
+                    if encoded != last:
+                        await self._recheck(selectors, context)
+                        if last is not None:
+                            self._metrics.pushed(WORKLOAD_API, snapshot)
+                        last = encoded
+                        yield response
 
 
 def _x509_svid_response(

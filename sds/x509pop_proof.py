@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bridge.legacy_chain import load_certificates, read_pki_file
-from bridge.x509pop import X509POP, SigningKey, encode_evidence, encode_response, load_signing_key, sign_challenge
+from bridge.possession import SigningKey, load_signing_key
+from bridge.x509pop import X509POP, encode_evidence, encode_response, sign_challenge
 from sds.node_client import AttestResult
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import ConfigError, InvalidArgument

@@ -108,6 +108,14 @@ def _issuer(issuer: x509.Certificate) -> _Issuer:
     )
 
 
+def _subject(common_name: str) -> x509.Name:
+    """``O=SPIFFE`` with this CN, or a clear refusal when X.520 does not allow it."""
+    try:
+        return x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    except ValueError as err:  # a CN taken from another certificate may be longer than X.520 allows
+        raise X509SvidError(f"subject CN {common_name!r} cannot be used: {err}") from err
+
+
 @functools.lru_cache(maxsize=4096)
 def _names(spiffe_id: SpiffeId, dns_names: tuple[str, ...]) -> tuple[x509.Name, x509.Extension[x509.ExtensionType]]:
     """The subject and SAN extension of a leaf for this identity: an agent's workloads get SVIDs for the
@@ -115,7 +123,7 @@ def _names(spiffe_id: SpiffeId, dns_names: tuple[str, ...]) -> tuple[x509.Name, 
     if spiffe_id.is_trust_domain_id:
         raise X509SvidError(f"{spiffe_id} has no path; a workload's X509-SVID needs one (X509-SVID §2)")
     names = [check_dns_name(n) for n in dns_names]
-    subject = x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, names[0])]) if names else _SVID_SUBJECT
+    subject = _subject(names[0]) if names else _SVID_SUBJECT
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     sans += [x509.DNSName(n) for n in names]
     return subject, x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False, x509.SubjectAlternativeName(sans))
@@ -148,11 +156,13 @@ def x509_svid_template(
 ) -> X509SvidTemplate:
     """The X509-SVID leaf template, ready to be signed by ``issuer``'s key.
 
-    ``not_after`` is capped by the issuer's own notAfter (an SVID never outlives its signer)."""
+    ``not_after`` is capped by the issuer's own notAfter (an SVID never outlives its signer). The
+    subject is ``O=SPIFFE`` and, when there is one, a CN: ``subject_cn``, else the first DNS name (the
+    spec leaves the subject free; old clients that still read the CN find a name they know)."""
     signer = _issuer(issuer)
     subject, san = _names(spiffe_id, tuple(dns_names))
     if subject_cn:
-        subject = x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
+        subject = _subject(subject_cn)
     ec_key = isinstance(public_key, ec.EllipticCurvePublicKey)
     extensions = (
         _LEAF_BASIC_CONSTRAINTS,

@@ -90,12 +90,22 @@ class FederationMetrics:
         self.failures = Counter(
             "trustmesh_federation_fetch_failures", "Fetches refused or failed", label, registry=registry
         )
+        self.bundle_expiry = Gauge(
+            "trustmesh_federation_bundle_expiry_timestamp_seconds",
+            "When the last X.509 authority of the partner's bundle in force expires (after that none of "
+            "its X509-SVIDs verify here), unix seconds",
+            label,
+            registry=registry,
+        )
 
     def show(self, relationship: FederationRelationship) -> None:
         td = relationship.trust_domain.name
         bundle = parsed_bundle(relationship)
         if bundle is not None:
             self.sequence.labels(td).set(bundle.sequence)
+            if bundle.x509_authorities:
+                last = max(cert.not_valid_after_utc for cert in bundle.x509_authorities)
+                self.bundle_expiry.labels(td).set(last.timestamp())
         if relationship.last_success_at is not None:
             self.last_success.labels(td).set(relationship.last_success_at.timestamp())
         if relationship.next_refresh_at is not None:
@@ -104,7 +114,14 @@ class FederationMetrics:
             self.healthy.labels(td).set(0 if relationship.last_error else 1)
 
     def forget(self, trust_domain: TrustDomain) -> None:
-        for metric in (self.last_success, self.sequence, self.next_refresh, self.healthy, self.failures):
+        for metric in (
+            self.last_success,
+            self.sequence,
+            self.next_refresh,
+            self.healthy,
+            self.failures,
+            self.bundle_expiry,
+        ):
             with contextlib.suppress(KeyError):
                 metric.remove(trust_domain.name)
 

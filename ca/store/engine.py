@@ -148,6 +148,12 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    return config
+
+
 def _on_sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -219,8 +225,7 @@ class Database:
         Safe to call from several processes or threads at once: they queue on a lock and all but the
         first find nothing to do. Raises :class:`ConfigError` when the database was migrated by a newer
         trustmesh (its revision is unknown here)."""
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+        config = _alembic_config()
         scripts = ScriptDirectory.from_config(config)
         try:
             with self._engine.begin() as connection:
@@ -247,6 +252,14 @@ class Database:
             raise UpstreamUnavailable(
                 f"the {self.dialect} datastore did not answer while migrating its schema; retry shortly"
             ) from err
+
+    def schema_is_current(self) -> bool:
+        """Whether the schema is at the newest revision this code ships, read without changing anything
+        (a read-only tool must not migrate a datastore behind the CA's back). Raises what connecting
+        raises."""
+        heads = set(ScriptDirectory.from_config(_alembic_config()).get_heads())
+        with self._engine.connect() as connection:
+            return set(MigrationContext.configure(connection).get_current_heads()) == heads
 
     def close(self) -> None:
         """Close every pooled connection (at shutdown, and in tests before dropping a database)."""

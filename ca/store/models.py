@@ -51,6 +51,10 @@ AUDIT_REASON_LENGTH = 1024
 AUDIT_METHOD_LENGTH = 32
 AUDIT_ROLE_LENGTH = 64
 AUDIT_ACTION_LENGTH = 128
+# Who to call about an entry: a team, an address or a pager alias, one line.
+OWNER_LENGTH = 256
+# What an agent reports as its version (trustmesh's package version).
+AGENT_VERSION_LENGTH = 64
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -118,7 +122,7 @@ class AuthorityRow(Base):
 
 
 class IssuedCertificateRow(Base):
-    """One X509-SVID the CA signed: what leaf revocation and CRLs are built from."""
+    """One X509-SVID the CA signed: what leaf revocation, CRLs and the inventory are built from."""
 
     __tablename__ = "issued_certificates"
     __table_args__ = (Index(None, "authority_id", "revoked_at"),)
@@ -129,10 +133,12 @@ class IssuedCertificateRow(Base):
     # Removing an authority (after everything it signed expired) prunes its issuance records with it.
     authority_id: Mapped[str] = mapped_column(String(128), ForeignKey("authorities.id", ondelete="CASCADE"))
     not_before: Mapped[datetime]
-    not_after: Mapped[datetime]
+    not_after: Mapped[datetime] = mapped_column(index=True)  # the inventory lists SVIDs by expiry
     issued_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    # The agent the SVID was issued through (its own SVID included); NULL when an officer minted it.
+    agent_id: Mapped[str | None] = mapped_column(String(SPIFFE_ID_LENGTH), index=True)
 
 
 class RegistrationEntryRow(Base):
@@ -154,6 +160,7 @@ class RegistrationEntryRow(Base):
     federates_with: Mapped[list[str]] = mapped_column(JSON)
     admin: Mapped[bool] = mapped_column(Boolean)
     hint: Mapped[str] = mapped_column(String(1024))
+    owner: Mapped[str] = mapped_column(String(OWNER_LENGTH), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     revision: Mapped[int]
@@ -188,6 +195,9 @@ class AgentRow(Base):
     previous_serial_until: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The agent's last node API call (recorded at most once a minute) and the version it reported.
+    last_seen_at: Mapped[datetime | None]
+    version: Mapped[str] = mapped_column(String(AGENT_VERSION_LENGTH), default="")
 
 
 class AuditRow(Base):

@@ -55,7 +55,8 @@ class AuthorityRecord:
 
 @dataclass(frozen=True, slots=True)
 class IssuedCertificate:
-    """An X509-SVID the CA signed, by serial number."""
+    """An X509-SVID the CA signed, by serial number. ``agent_id`` is the agent it was issued through
+    (a workload's agent, or the agent itself for its own SVID); None when an officer minted it."""
 
     serial: int
     spiffe_id: SpiffeId
@@ -65,6 +66,21 @@ class IssuedCertificate:
     issued_at: datetime
     revoked_at: datetime | None = None
     revocation_reason: x509.ReasonFlags | None = None
+    agent_id: SpiffeId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateQuery:
+    """Which issued X509-SVIDs to list: every given filter must match. ``expires_before`` and
+    ``unexpired_at`` bound notAfter (exclusive and inclusive respectively: ``unexpired_at`` keeps what is
+    still valid at that time); ``revoked`` True keeps only revoked ones, False only unrevoked ones."""
+
+    spiffe_id: SpiffeId | None = None
+    agent_id: SpiffeId | None = None
+    authority_id: str | None = None
+    expires_before: datetime | None = None
+    unexpired_at: datetime | None = None
+    revoked: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,7 @@ class EntrySpec:
     federates_with: frozenset[TrustDomain] = frozenset()
     admin: bool = False
     hint: str = ""
+    owner: str = ""  # who to call about this workload: a team, an address, a pager alias
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +120,25 @@ class JoinToken:
     used_at: datetime | None = None
     agent_spiffe_id: SpiffeId | None = None
 
+    @property
+    def token_id(self) -> str:
+        """What people call the token by: the first 16 hex digits of its SHA-256. It names the token
+        without revealing it (the hash of a random token leads nowhere near its text)."""
+        return self.token_hash[:TOKEN_ID_LENGTH]
+
+
+# Hex digits of a join token's SHA-256 that name it in listings.
+TOKEN_ID_LENGTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTokenQuery:
+    """Which join tokens to list: ``unused_at`` keeps tokens unused and unexpired at that time;
+    ``expires_before`` those expiring before it."""
+
+    unused_at: datetime | None = None
+    expires_before: datetime | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Agent:
@@ -118,6 +154,10 @@ class Agent:
     # The SVID the last renewal replaced and until when it still authenticates (None after attestation).
     previous_serial: int | None = None
     previous_serial_until: datetime | None = None
+    # The agent's last node API call (recorded at most once a minute; None before this was recorded)
+    # and the version it reported ("" when it reported none).
+    last_seen_at: datetime | None = None
+    version: str = ""
 
     def accepts_serial(self, serial: int, now: datetime) -> bool:
         """True for the current SVID's serial, and for the previous one until its overlap ends."""

@@ -78,7 +78,7 @@ class Mesh:
         argv = [command("trustmesh-ca"), "--config", str(self.ca_config), "run"]
         with background(argv, self.root / log_name) as proc:
             self.processes["ca"] = proc
-            wait_until(lambda: self._alive("ca") and self.ca_ready(), 20, "the CA to become ready")
+            wait_until(lambda: self._alive("ca") and self.ca_ready(), 60, "the CA to become ready")
             yield proc
 
     def join_token(self, node_name: str = "e2e") -> tuple[str, str]:

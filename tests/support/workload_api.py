@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sds.attestor import ProcessAttestor
 from sds.cache import CacheSnapshot, WorkloadCache
+from sds.metrics import AgentMetrics
 from sds.peer_endpoint import AttestedEndpoint
 from sds.workload_api import FederatedBundleRefresher, JwtSvidMinter, WorkloadApiService
 from spiffe_core.bundle import Bundle, JwtAuthority
@@ -111,11 +112,12 @@ async def serve_workload_api(
     clock: Clock | None = None,
     process_attestor: ProcessAttestor | None = None,
     bundle_refresher: FederatedBundleRefresher | None = None,
+    metrics: AgentMetrics | None = None,
 ) -> AsyncIterator[AttestedEndpoint]:
     """The Workload API on ``socket`` through the attesting proxy, until the block ends."""
     endpoint = AttestedEndpoint(socket, process_attestor=process_attestor)
     service = WorkloadApiService(
-        cache, endpoint.attestor, minter, clock or SystemClock(), bundle_refresher=bundle_refresher
+        cache, endpoint.attestor, minter, clock or SystemClock(), bundle_refresher=bundle_refresher, metrics=metrics
     )
     endpoint.add_servicer(lambda server: workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(service, server))
     async with endpoint:

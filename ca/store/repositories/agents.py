@@ -4,13 +4,17 @@ they hold, and whether an operator banned them.
 Re-attestation of a banned agent is refused in the same statement that would record it, so a ban
 cannot be raced by an attestation already in flight. A renewal keeps the serial it replaced for a
 short overlap (``previous_serial`` until ``previous_serial_until``); an attestation forgets it.
+
+When an agent was last seen and which version it reports (issue 11's inventory) are written on
+attestation and renewal, and otherwise at most once per ``every`` by :meth:`AgentRepository.record_contact`,
+so an agent's calls cost the datastore a write a minute, not one per call.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from ca.store.models import AgentRow
@@ -31,6 +35,8 @@ def _record(row: AgentRow) -> Agent:
         updated_at=row.updated_at,
         previous_serial=None if row.previous_serial is None else serial_from_text(row.previous_serial),
         previous_serial_until=row.previous_serial_until,
+        last_seen_at=row.last_seen_at,
+        version=row.version,
     )
 
 
@@ -49,10 +55,12 @@ class AgentRepository:
         now: datetime,
         *,
         previous_valid_until: datetime | None = None,
+        version: str = "",
     ) -> Agent:
-        """Record a (re-)attested or renewed agent and the SVID it now holds; a known agent keeps its
-        creation time. ``previous_valid_until`` (a renewal) keeps the serial being replaced valid until
-        then; without it (an attestation) only the new serial is valid.
+        """Record a (re-)attested or renewed agent and the SVID it now holds, seen at ``now``; a known
+        agent keeps its creation time, and its version unless ``version`` names one. ``previous_valid_until``
+        (a renewal) keeps the serial being replaced valid until then; without it (an attestation) only
+        the new serial is valid.
 
         Raises :class:`NotAuthorized` when the agent is banned."""
         values: dict[str, object] = {
@@ -60,9 +68,12 @@ class AgentRepository:
             "serial": serial_to_text(serial),
             "expires_at": expires_at,
             "updated_at": now,
+            "last_seen_at": now,
         }
+        if version:
+            values["version"] = version
         statement = upsert(self._session, AgentRow).values(
-            spiffe_id=str(spiffe_id), banned=False, created_at=now, **values
+            spiffe_id=str(spiffe_id), banned=False, created_at=now, **{"version": version, **values}
         )
         replaced: dict[str, object] = (
             {"previous_serial": None, "previous_serial_until": None}
@@ -72,13 +83,13 @@ class AgentRepository:
         )
         statement = statement.on_conflict_do_update(
             index_elements=[AgentRow.spiffe_id], set_={**values, **replaced}, where=AgentRow.banned.is_(False)
-        ).returning(AgentRow.created_at, AgentRow.previous_serial, AgentRow.previous_serial_until)
+        ).returning(AgentRow.created_at, AgentRow.previous_serial, AgentRow.previous_serial_until, AgentRow.version)
         row = self._session.execute(statement).one_or_none()
         if row is None:
             raise NotAuthorized(
                 f"agent {spiffe_id} is banned; an operator must lift the ban before it can attest again"
             )
-        created_at, previous_serial, previous_until = row
+        created_at, previous_serial, previous_until, stored_version = row
         return Agent(
             spiffe_id=spiffe_id,
             attestation_type=attestation_type,
@@ -89,7 +100,28 @@ class AgentRepository:
             updated_at=now,
             previous_serial=None if previous_serial is None else serial_from_text(previous_serial),
             previous_serial_until=previous_until,
+            last_seen_at=now,
+            version=stored_version,
         )
+
+    def record_contact(self, spiffe_id: SpiffeId, now: datetime, version: str, every: timedelta) -> bool:
+        """Note that the agent called at ``now`` (and reports ``version``; "" leaves the stored one), unless
+        that was noted less than ``every`` ago with the same version. Returns whether a row changed; an
+        unknown agent changes nothing (authentication refuses it anyway)."""
+        row = AgentRow
+        values: dict[str, object] = {"last_seen_at": now}
+        stale = or_(row.last_seen_at.is_(None), row.last_seen_at <= now - every)
+        if version:
+            values["version"] = version
+            stale = or_(stale, row.version != version)
+        changed = self._session.execute(
+            update(row)
+            .where(row.spiffe_id == str(spiffe_id), stale)
+            .values(values)
+            .returning(row.spiffe_id)
+            .execution_options(synchronize_session="fetch")
+        ).scalar_one_or_none()
+        return changed is not None
 
     def get(self, spiffe_id: SpiffeId) -> Agent:
         # populate_existing: an upsert bypasses the session's identity map, so never trust a cached row.

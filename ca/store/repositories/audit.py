@@ -8,17 +8,26 @@ replicas, so the chain never forks.
 
 IDs grow with every append but may have gaps on PostgreSQL (a rolled-back transaction consumes its
 sequence number); only the hash links say whether a record is missing.
+
+Every record is also written to the process log once its transaction commits (issue 11 "Logs"): one
+line per attestation, issuance batch, rotation step, revocation, refusal and every other audited
+action, on the logger :data:`AUDIT_LOGGER` (INFO for ``ok``, WARNING otherwise), with the record's
+fields as structured ``fields`` for the JSON log format. A rolled-back change (a dry run, a failure)
+logs nothing, so the log never claims what the datastore does not hold. Records hold no secrets (see
+:mod:`ca.audit`), so neither do these lines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC
 
 from sqlalchemy import Select, insert, select
+from sqlalchemy.event import listen as event_listen
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -60,6 +69,39 @@ def chain_hash(prev_hash: str, event: AuditEvent) -> str:
     fields.update((key, value) for key, value in optional.items() if value)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+AUDIT_LOGGER = logging.getLogger("trustmesh.audit")
+
+
+def audit_line(record: AuditRecord) -> str:
+    """The log line of a record: ``audit #<id>: <action> <outcome> by <actor> on <target>``, then the
+    reason (for a refusal or failure) and the detail as compact JSON."""
+    audited = record.event
+    line = f"audit #{record.id}: {audited.action} {audited.outcome} by {audited.actor.name} on {audited.target}"
+    if audited.reason:
+        line += f": {audited.reason}"
+    if audited.detail:
+        line += " " + json.dumps(dict(audited.detail), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return line
+
+
+def log_record(record: AuditRecord) -> None:
+    """Write ``record`` to :data:`AUDIT_LOGGER` (see the module docstring)."""
+    audited = record.event
+    fields = {
+        "audit_id": record.id,
+        "action": audited.action,
+        "outcome": audited.outcome,
+        "actor": audited.actor.name,
+        "auth_method": audited.actor.method,
+        "role": audited.actor.role,
+        "target": audited.target,
+        "reason": audited.reason,
+        "detail": dict(audited.detail),
+    }
+    level = logging.INFO if audited.outcome == "ok" else logging.WARNING
+    AUDIT_LOGGER.log(level, "%s", audit_line(record), extra={"fields": fields})
 
 
 def _cut(text: str, length: int) -> str:
@@ -162,7 +204,9 @@ class AuditLogRepository:
                 "records were moved; nothing audited can be done until it is restored. Run `trustmesh-ca audit "
                 "verify` to see where"
             ) from err
-        return AuditRecord(id=row_id, event=event, prev_hash=prev_hash, hash=hash_)
+        record = AuditRecord(id=row_id, event=event, prev_hash=prev_hash, hash=hash_)
+        event_listen(self._session, "after_commit", lambda _session: log_record(record), once=True)
+        return record
 
     def list(
         self,

@@ -1,7 +1,9 @@
-"""Records of issued X509-SVIDs, the basis of leaf revocation and CRLs (DESIGN §3 "Leaf revocation").
+"""Records of issued X509-SVIDs, the basis of leaf revocation, CRLs (DESIGN §3 "Leaf revocation") and the
+inventory (issue 11).
 
 Issuance is the CA's hot path, so a batch of signed SVIDs is recorded with one SQLAlchemy Core
-``executemany`` (the driver's own), not through the ORM.
+``executemany`` (the driver's own), not through the ORM. The inventory reads pages in (notAfter, serial)
+order with a keyset cursor, so a page costs the same however deep into the list it is.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from sqlalchemy import ColumnElement, Connection, Dialect, Table, and_, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Dialect, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca.store._integrity import Violation, violation_of
 from ca.store.models import Base, IssuedCertificateRow
-from ca.store.records import IssuedCertificate
+from ca.store.records import CertificateQuery, IssuedCertificate
 from ca.store.repositories._sql import serial_from_text, serial_to_text
 from spiffe_core.errors import AlreadyExists, FailedPrecondition, NotFound
 from spiffe_core.spiffe_id import SpiffeId
@@ -87,7 +89,27 @@ def _record(row: IssuedCertificateRow) -> IssuedCertificate:
         issued_at=row.issued_at,
         revoked_at=row.revoked_at,
         revocation_reason=None if row.revocation_reason is None else x509.ReasonFlags(row.revocation_reason),
+        agent_id=None if row.agent_id is None else SpiffeId.parse(row.agent_id),
     )
+
+
+def _matching(query: CertificateQuery) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of ``query``: every given filter must match."""
+    row = IssuedCertificateRow
+    clauses: list[ColumnElement[bool]] = []
+    if query.spiffe_id is not None:
+        clauses.append(row.spiffe_id == str(query.spiffe_id))
+    if query.agent_id is not None:
+        clauses.append(row.agent_id == str(query.agent_id))
+    if query.authority_id is not None:
+        clauses.append(row.authority_id == query.authority_id)
+    if query.expires_before is not None:
+        clauses.append(row.not_after < query.expires_before)
+    if query.unexpired_at is not None:
+        clauses.append(row.not_after > query.unexpired_at)
+    if query.revoked is not None:
+        clauses.append(row.revoked_at.is_not(None) if query.revoked else row.revoked_at.is_(None))
+    return clauses
 
 
 class IssuedCertificateRepository:
@@ -114,6 +136,7 @@ class IssuedCertificateRepository:
                 "issued_at": c.issued_at,
                 "revoked_at": c.revoked_at,
                 "revocation_reason": None if c.revocation_reason is None else c.revocation_reason.value,
+                "agent_id": None if c.agent_id is None else str(c.agent_id),
             }
             for c in certificates
         ]
@@ -139,6 +162,24 @@ class IssuedCertificateRepository:
         if row is None:
             raise NotFound(f"no issued certificate has serial number {serial_to_text(serial)}")
         return _record(row)
+
+    def page(
+        self, query: CertificateQuery, limit: int, after: tuple[datetime, int] | None = None
+    ) -> tuple[IssuedCertificate, ...]:
+        """Up to ``limit`` certificates matching ``query``, soonest notAfter first (ties by serial), starting
+        after the certificate whose (notAfter, serial) is ``after``: the keyset cursor of the page before."""
+        row = IssuedCertificateRow
+        statement = select(row).where(*_matching(query))
+        if after is not None:
+            expiry, serial = after[0], serial_to_text(after[1])
+            statement = statement.where(or_(row.not_after > expiry, and_(row.not_after == expiry, row.serial > serial)))
+        statement = statement.order_by(row.not_after, row.serial).limit(limit)
+        return tuple(_record(found) for found in self._session.scalars(statement))
+
+    def count(self, query: CertificateQuery) -> int:
+        """How many certificates match ``query``."""
+        statement = select(func.count()).select_from(IssuedCertificateRow).where(*_matching(query))
+        return self._session.scalars(statement).one()
 
     def list_by_spiffe_id(self, spiffe_id: SpiffeId) -> tuple[IssuedCertificate, ...]:
         """Every recorded SVID of ``spiffe_id``, oldest first (to revoke an identity's SVIDs)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +44,7 @@ def _columns(spec: EntrySpec) -> dict[str, Any]:
         "federates_with": sorted(td.name for td in spec.federates_with),
         "admin": spec.admin,
         "hint": spec.hint,
+        "owner": spec.owner,
     }
 
 
@@ -57,6 +59,7 @@ def _record(row: RegistrationEntryRow) -> RegistrationEntry:
         federates_with=frozenset(TrustDomain(name) for name in row.federates_with),
         admin=row.admin,
         hint=row.hint,
+        owner=row.owner,
     )
     return RegistrationEntry(
         id=row.id, spec=spec, created_at=row.created_at, updated_at=row.updated_at, revision=row.revision
@@ -150,3 +153,14 @@ class RegistrationEntryRepository:
         """The SPIFFE IDs of entries with ``admin: true`` (what mTLS admins are checked against)."""
         query = select(RegistrationEntryRow.spiffe_id).where(RegistrationEntryRow.admin.is_(True)).distinct()
         return frozenset(SpiffeId.parse(spiffe_id) for spiffe_id in self._session.scalars(query))
+
+    def list_for_spiffe_ids(self, spiffe_ids: Collection[SpiffeId]) -> tuple[RegistrationEntry, ...]:
+        """The entries naming any of ``spiffe_ids``, oldest first, in one query."""
+        if not spiffe_ids:
+            return ()
+        query = (
+            select(RegistrationEntryRow)
+            .where(RegistrationEntryRow.spiffe_id.in_(sorted(str(i) for i in spiffe_ids)))
+            .order_by(RegistrationEntryRow.created_at, RegistrationEntryRow.id)
+        )
+        return tuple(_record(row) for row in self._session.scalars(query))

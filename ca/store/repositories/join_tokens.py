@@ -11,12 +11,12 @@ import hashlib
 import re
 from datetime import datetime
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ca.store.models import JoinTokenRow
-from ca.store.records import JoinToken
+from ca.store.models import SHA256_HEX_LENGTH, JoinTokenRow
+from ca.store.records import TOKEN_ID_LENGTH, JoinToken, JoinTokenQuery
 from spiffe_core.errors import AlreadyExists, InvalidArgument, NotAuthorized
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -34,6 +34,25 @@ def _checked(token_hash: str) -> str:
             "join token hash is not 64 lowercase hex digits; pass hash_join_token(token), never the token"
         )
     return token_hash
+
+
+def _record(row: JoinTokenRow) -> JoinToken:
+    return JoinToken(
+        token_hash=row.token_hash,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        used_at=row.used_at,
+        agent_spiffe_id=None if row.agent_spiffe_id is None else SpiffeId.parse(row.agent_spiffe_id),
+    )
+
+
+def _matching(query: JoinTokenQuery) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if query.unused_at is not None:
+        clauses += [JoinTokenRow.used_at.is_(None), JoinTokenRow.expires_at > query.unused_at]
+    if query.expires_before is not None:
+        clauses.append(JoinTokenRow.expires_at < query.expires_before)
+    return clauses
 
 
 class JoinTokenRepository:
@@ -91,6 +110,28 @@ class JoinTokenRepository:
             used_at=now,
             agent_spiffe_id=None if used.agent_spiffe_id is None else SpiffeId.parse(used.agent_spiffe_id),
         )
+
+    def page(
+        self, query: JoinTokenQuery, limit: int, after: tuple[datetime, str] | None = None
+    ) -> tuple[JoinToken, ...]:
+        """Up to ``limit`` tokens matching ``query``, soonest expiry first, after the token whose (expiry,
+        :attr:`~ca.store.records.JoinToken.token_id`) is ``after`` (the cursor of the page before)."""
+        row = JoinTokenRow
+        statement = select(row).where(*_matching(query))
+        if after is not None:
+            expiry, token_id = after
+            # The largest hash with that ID: every token sharing it was on the page before.
+            last_hash = token_id[:TOKEN_ID_LENGTH].ljust(SHA256_HEX_LENGTH, "f")
+            statement = statement.where(
+                or_(row.expires_at > expiry, and_(row.expires_at == expiry, row.token_hash > last_hash))
+            )
+        statement = statement.order_by(row.expires_at, row.token_hash).limit(limit)
+        return tuple(_record(found) for found in self._session.scalars(statement))
+
+    def count(self, query: JoinTokenQuery) -> int:
+        """How many tokens match ``query``."""
+        statement = select(func.count()).select_from(JoinTokenRow).where(*_matching(query))
+        return self._session.scalars(statement).one()
 
     def purge_expired(self, now: datetime) -> int:
         """Delete tokens expired at ``now`` (used or not); return how many went."""

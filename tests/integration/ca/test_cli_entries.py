@@ -4,29 +4,22 @@ admin socket exactly as the installed command does."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ca.admin_client import AdminClient
 from ca.cli import main
 from ca.config import load_config
-from ca.server import serve
 from ca.store import Actor, AuditLogRepository, AuditQuery, Database
-from spiffe_core.errors import TrustmeshError
-from tests.support.processes import wait_until
+from tests.support.ca_thread import serving
 
 AGENT = "spiffe://example.org/trustmesh/agent/join_token/node-1"
 OTHER_AGENT = "spiffe://example.org/trustmesh/agent/join_token/node-2"
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 
 
 @dataclass
@@ -71,31 +64,9 @@ attestation_address = "127.0.0.1:0"
 
 @pytest.fixture(scope="module")
 def running_ca(config_file: Path) -> Iterator[Path]:
-    """One CA for the module (each test uses its own SPIFFE IDs); stopped by cancelling ``serve``."""
-    config = load_config(config_file, {})
-    loop = asyncio.new_event_loop()
-    main_task = loop.create_task(serve(config))
-    thread = threading.Thread(
-        target=loop.run_until_complete, args=(asyncio.gather(main_task, return_exceptions=True),), daemon=True
-    )
-    thread.start()
-
-    def ready() -> bool:
-        assert not main_task.done(), f"serve() ended early: {main_task.exception() if main_task.done() else ''}"
-        try:
-            with AdminClient.local(config.server.admin_socket, timeout=1) as client:
-                client.request("GET", "/ready")
-        except TrustmeshError:
-            return False
-        return True
-
-    try:
-        wait_until(ready, STARTUP_TIMEOUT, "the CA's admin socket to answer /ready")
+    """One CA for the module (each test uses its own SPIFFE IDs)."""
+    with serving(load_config(config_file, {})):
         yield config_file
-    finally:
-        loop.call_soon_threadsafe(main_task.cancel)
-        thread.join(STOP_TIMEOUT)
-        loop.close()
 
 
 @pytest.fixture
@@ -135,6 +106,8 @@ def test_entry_create_prints_the_stored_entry(cli: Cli) -> None:
         "--admin",
         "--hint",
         "blue",
+        "--owner",
+        "payments-oncall@example.org",
     )
     fields = labelled(out)
     del fields["Entry ID"]
@@ -149,6 +122,7 @@ def test_entry_create_prints_the_stored_entry(cli: Cli) -> None:
         "Federates with": "partner.example",
         "Admin": "yes",
         "Hint": "blue",
+        "Owner": "payments-oncall@example.org",
     }
 
 
@@ -164,6 +138,7 @@ def test_entry_create_json_is_the_admin_api_document(cli: Cli) -> None:
         "federates_with": [],
         "admin": False,
         "hint": "",
+        "owner": "",
         "revision": 1,
     }
 
@@ -213,6 +188,13 @@ def test_entry_update_clears_dns_names_and_hint(cli: Cli) -> None:
     assert cli.json("entry", "show", str(entry["id"])) == cleared
 
 
+def test_entry_update_sets_and_clears_the_owner(cli: Cli) -> None:
+    entry = create(cli, "spiffe://example.org/owner/web", "--owner", "team-a")
+    changed = cli.json("entry", "update", str(entry["id"]), "--owner", "team-b@example.org")
+    cleared = cli.json("entry", "update", str(entry["id"]), "--owner", "")
+    assert (entry["owner"], changed["owner"], cleared["owner"]) == ("team-a", "team-b@example.org", "")
+
+
 def test_entry_update_refuses_clear_dns_with_dns(cli: Cli) -> None:
     entry = create(cli, "spiffe://example.org/clear-both/web")
     code, _, err = cli("entry", "update", str(entry["id"]), "--clear-dns", "--dns", "a.example.org")
@@ -251,6 +233,11 @@ def test_entry_delete_removes_the_entry(cli: Cli) -> None:
             ("--spiffe-id", "https://example.org/web", "--parent-id", AGENT),
             "'https://example.org/web' does not start with 'spiffe://'",
             id="not-a-spiffe-id",
+        ),
+        pytest.param(
+            ("--spiffe-id", "spiffe://example.org/refused/web", "--parent-id", AGENT, "--owner", "a\nb"),
+            "owner has a line break or another control character; write one line",
+            id="multi-line-owner",
         ),
     ],
 )

@@ -143,6 +143,11 @@ async def test_an_https_spiffe_partner_is_fetched_and_its_status_reported(
         == partner.service.get_bundle().sequence
     )
     assert metrics("trustmesh_federation_last_fetch_ok", {"trust_domain": "b.test"}) == 1
+    partner_cas = partner.service.get_bundle().x509_authorities
+    assert (
+        metrics("trustmesh_federation_bundle_expiry_timestamp_seconds", {"trust_domain": "b.test"})
+        == max(ca.not_valid_after_utc for ca in partner_cas).timestamp()
+    )
 
 
 async def test_a_partner_down_at_creation_blocks_nothing_and_is_caught_up_when_it_comes(

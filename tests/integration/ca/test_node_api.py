@@ -71,6 +71,8 @@ class RunningCa:
     attestation_port: int
     node_api_port: int
     agents: AgentAdmin
+    metrics: CaMetrics
+    hub: ChangeHub
 
     def bundle(self) -> Bundle:
         return self.service.get_bundle()
@@ -99,11 +101,12 @@ async def running_node_api(
     *attestors: Callable[[Database, FakeClock], NodeAttestor],
     guard: NodeApiGuard | None = None,
     legacy_roots: Mapping[str, Path] | None = None,
+    attestation_address: str = "127.0.0.1:0",
 ) -> AsyncIterator[RunningCa]:
-    """A CA service on SQLite in ``tmp_path`` serving the node API on free ports, attesting with join
-    tokens and ``attestors`` (each built over the CA's datastore and clock), under ``guard``'s limits
-    (default: the default limits), with the ``[bridge] legacy_roots`` files ``legacy_roots`` (none by
-    default) checked every 50 ms."""
+    """A CA service on SQLite in ``tmp_path`` serving the node API on free ports (the attestation
+    listener on ``attestation_address``), attesting with join tokens and ``attestors`` (each built over
+    the CA's datastore and clock), under ``guard``'s limits (default: the default limits), with the
+    ``[bridge] legacy_roots`` files ``legacy_roots`` (none by default) checked every 50 ms."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
@@ -115,13 +118,14 @@ async def running_node_api(
         clock,
     )
     authorities.load()
+    metrics = CaMetrics()
     service = CaService(
         database=database,
         authorities=authorities,
         x509_ttl=TtlPolicy(timedelta(hours=1), timedelta(hours=24)),
         jwt_ttl=TtlPolicy(timedelta(minutes=5), timedelta(hours=1)),
         clock=clock,
-        metrics=CaMetrics(),
+        metrics=metrics,
     )
     hub = ChangeHub()
     entries = RegistrationEntries(database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock)
@@ -138,14 +142,15 @@ async def running_node_api(
         clock=clock,
         hub=hub,
         legacy_roots=root_files.get_roots,
+        metrics=metrics,
     )
     identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
     identity.rotate()
     server, ports = build_node_server(
-        NodeServicer(node, hub, UpdateVersions(), clock, guard),
+        NodeServicer(node, hub, UpdateVersions(), clock, guard, metrics=metrics),
         identity,
         service.get_bundle,
-        attestation_address="127.0.0.1:0",
+        attestation_address=attestation_address,
         node_api_address="127.0.0.1:0",
     )
     serving = asyncio.create_task(run_node_server(server))
@@ -161,6 +166,8 @@ async def running_node_api(
             ports.attestation,
             ports.node_api,
             AgentAdmin(database, hub, clock),
+            metrics,
+            hub,
         )
     finally:
         serving.cancel()
@@ -831,3 +838,20 @@ async def test_a_trust_domain_mismatch_is_refused_and_leaves_the_join_token_unsp
         "set trust_domain = 'example.org' in the agent's configuration (the join token was not used)",
     )
     assert (await attest(ca, token)).spiffe_id == str(NODE_1)
+
+
+def last_seen(ca: RunningCa, agent: Agent) -> datetime | None:
+    with ca.database.transaction() as session:
+        return AgentRepository(session).get(agent.spiffe_id).last_seen_at
+
+
+async def test_calls_answered_from_the_cache_record_the_agents_contact_once_an_interval(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    attested_at = last_seen(ca, agent)
+    ca.clock.advance(timedelta(seconds=30))
+    for _ in range(2):  # the second call is answered from the cache
+        await sign_nothing(ca, agent)
+    assert last_seen(ca, agent) == attested_at
+    ca.clock.advance(timedelta(seconds=31))
+    await sign_nothing(ca, agent)
+    assert last_seen(ca, agent) == ca.clock.now()

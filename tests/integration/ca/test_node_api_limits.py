@@ -4,37 +4,21 @@ a hand-moved monotonic clock for the token buckets."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 
-from ca.agents import AgentAdmin
-from ca.attestation import JoinTokens, NodeAttestors
-from ca.authority_manager import AuthorityManager, AuthorityParams
-from ca.entries import EntryPolicy, RegistrationEntries
-from ca.issuance import TtlPolicy
-from ca.keys.memory import MemoryKeyManager
-from ca.metrics import CaMetrics
-from ca.node_api import NodeServicer, build_node_server, run_node_server
-from ca.node_service import NodeService
 from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
-from ca.server_identity import ServerIdentity
-from ca.service import CaService
-from ca.store import Database, IssuedCertificateRepository
-from ca.sync import ChangeHub, UpdateVersions
-from ca.upstream import SelfSignedUpstream
+from ca.store import IssuedCertificateRepository
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId
 from tests.integration.ca.test_node_api import (
-    AGENT_TTL,
     NODE_1,
     SERVER_NAME,
-    TD,
     Agent,
     RunningCa,
     attested_agent,
@@ -42,8 +26,8 @@ from tests.integration.ca.test_node_api import (
     csr_for,
     details,
     refused,
+    running_node_api,
 )
-from tests.support.clock import FakeClock
 from tests.support.store import TESTER
 from wire import node_pb2, node_pb2_grpc
 
@@ -72,64 +56,9 @@ def monotonic() -> Monotonic:
 def start_ca(tmp_path: Path, monotonic: Monotonic) -> StartCa:
     @asynccontextmanager
     async def start(limits: NodeApiLimits, attestation_address: str = "127.0.0.1:0") -> AsyncIterator[RunningCa]:
-        database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
-        database.migrate()
-        clock = FakeClock(datetime.now(UTC))
-        authorities = AuthorityManager(
-            database,
-            MemoryKeyManager(),
-            SelfSignedUpstream(),
-            AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(days=7), timedelta(minutes=5)),
-            clock,
-        )
-        authorities.load()
-        service = CaService(
-            database=database,
-            authorities=authorities,
-            x509_ttl=TtlPolicy(timedelta(hours=1), timedelta(hours=24)),
-            jwt_ttl=TtlPolicy(timedelta(minutes=5), timedelta(hours=1)),
-            clock=clock,
-            metrics=CaMetrics(),
-        )
-        hub = ChangeHub()
-        entries = RegistrationEntries(database, hub, EntryPolicy(TD, timedelta(hours=24), timedelta(hours=1)), clock)
-        join_tokens = JoinTokens(database, TD, clock)
-        node = NodeService(
-            database=database,
-            issuer=service,
-            authorities=authorities,
-            entries=entries,
-            attestors=NodeAttestors.of(join_tokens),
-            agent_svid_ttl=AGENT_TTL,
-            clock=clock,
-            hub=hub,
-        )
-        identity = ServerIdentity(service, TD, SERVER_NAME, clock, lambda: authorities.get_current().active_x509().id)
-        identity.rotate()
-        server, ports = build_node_server(
-            NodeServicer(node, hub, UpdateVersions(), clock, NodeApiGuard(limits, monotonic=monotonic)),
-            identity,
-            service.get_bundle,
-            attestation_address=attestation_address,
-            node_api_address="127.0.0.1:0",
-        )
-        serving = asyncio.create_task(run_node_server(server))
-        try:
-            yield RunningCa(
-                database,
-                service,
-                entries,
-                join_tokens,
-                clock,
-                identity,
-                ports.attestation,
-                ports.node_api,
-                AgentAdmin(database, hub, clock),
-            )
-        finally:
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-            database.close()
+        guard = NodeApiGuard(limits, monotonic=monotonic)
+        async with running_node_api(tmp_path, guard=guard, attestation_address=attestation_address) as ca:
+            yield ca
 
     return start
 

@@ -15,7 +15,8 @@ import pytest
 from cryptography import x509
 
 from bridge.mapping import MappingRule, Match
-from bridge.x509pop import USED, X509POP, SigningKey, encode_response, load_signing_key, sign_challenge
+from bridge.possession import SigningKey, load_signing_key
+from bridge.x509pop import USED, X509POP, encode_response, sign_challenge
 from ca.attestation import NodeAttestor
 from ca.bridge_attestation import DatastoreChallenges, x509pop_attestor
 from ca.config import BridgeConfig

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 import pytest
 
 from bridge.mapping import MappingRule, Match
-from bridge.x509pop import USED, X509PopAttestor, encode_response, load_signing_key, sign_challenge
+from bridge.possession import load_signing_key
+from bridge.x509pop import USED, X509PopAttestor, encode_response, sign_challenge
 from ca.bridge_attestation import DatastoreChallenges, x509pop_attestor
 from ca.config import BridgeConfig
 from ca.store import Database

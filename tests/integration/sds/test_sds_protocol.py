@@ -20,6 +20,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from google.rpc import status_pb2
 
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
+from sds.metrics import AgentMetrics
 from sds.sds_v3 import MAX_RESOURCE_NAME_BYTES, MAX_RESOURCE_NAMES, SecretDiscoveryService
 from sds.secrets import DEFAULT, ROOTCA, SECRET_TYPE_URL
 from spiffe_core.errors import NotAuthorized
@@ -52,6 +53,7 @@ class Agent:
     attestor: FakeAttestor
     stub: Any
     web: WorkloadSvid
+    metrics: AgentMetrics
     version: int = 1
 
     async def publish(self, svids: list[WorkloadSvid], legacy_roots: dict[str, bytes] | None = None) -> CacheSnapshot:
@@ -74,14 +76,17 @@ async def agent(socket_dir: Path) -> AsyncIterator[Agent]:
     web = ca.svid("/web")
     cache = WorkloadCache(snapshot(ca, [web], version=1))
     attestor = FakeAttestor()
+    metrics = AgentMetrics()
     server = grpc.aio.server()
-    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SecretDiscoveryService(cache, attestor), server)
+    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
+        SecretDiscoveryService(cache, attestor, metrics=metrics), server
+    )
     address = f"unix:{socket_dir / 'sds.sock'}"
     server.add_insecure_port(address)
     await server.start()
     channel = grpc.aio.insecure_channel(address)
     try:
-        yield Agent(ca, cache, attestor, sds_pb2_grpc.SecretDiscoveryServiceStub(channel), web)
+        yield Agent(ca, cache, attestor, sds_pb2_grpc.SecretDiscoveryServiceStub(channel), web, metrics)
     finally:
         await channel.close()
         await server.stop(grace=None)
@@ -203,6 +208,23 @@ async def test_stream_gives_each_response_a_fresh_nonce_and_version(agent: Agent
     assert second.nonce != first.nonce
     assert second.version_info.startswith("2-")
     assert second.version_info != first.version_info
+
+
+async def test_a_push_is_timed_from_publish_to_send_and_an_answer_is_not(agent: Agent, stream: Stream) -> None:
+    def pushes() -> float | None:
+        return agent.metrics.registry.get_sample_value("trustmesh_agent_push_seconds_count", {"api": "sds"})
+
+    await stream.send(request([DEFAULT]))
+    await stream.next()
+    assert pushes() is None, "the answer to a request is no push"
+    assert agent.metrics.registry.get_sample_value("trustmesh_agent_streams", {"api": "sds"}) == 1
+
+    await agent.publish([agent.ca.svid("/web")])
+    await stream.next()
+    assert pushes() == 1
+    seconds = agent.metrics.registry.get_sample_value("trustmesh_agent_push_seconds_sum", {"api": "sds"})
+    assert seconds is not None
+    assert 0 <= seconds < WAIT
 
 
 async def test_stream_does_not_resend_rejected_content_after_nack(agent: Agent, stream: Stream) -> None:

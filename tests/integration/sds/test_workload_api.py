@@ -17,12 +17,14 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_private_key
 
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
+from sds.metrics import AgentMetrics
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import JwtSvidError, UpstreamUnavailable
 from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
 from tests.support.grpc_streams import WAIT, Stream
+from tests.support.processes import wait_until
 from tests.support.sds_snapshots import TestCa, snapshot
 from tests.support.workload_api import (
     SECURITY_HEADER,
@@ -50,6 +52,7 @@ class Agent:
     clock: FakeClock
     stub: Any
     refresher: FakeBundleRefresher
+    metrics: AgentMetrics
     version: int = 1
 
     def snapshot(self, svids: Iterable[WorkloadSvid], *, with_bundle: bool = True) -> CacheSnapshot:
@@ -74,10 +77,11 @@ async def agent() -> AsyncIterator[Agent]:
     cache = WorkloadCache(CacheSnapshot(ca.trust_domain))
     clock = FakeClock(datetime.now(UTC))
     refresher = FakeBundleRefresher()
+    metrics = AgentMetrics()
     with socket_directory() as directory:
         async with (
             serve_workload_api(
-                cache, minter, directory / "workload.sock", clock, bundle_refresher=refresher
+                cache, minter, directory / "workload.sock", clock, bundle_refresher=refresher, metrics=metrics
             ) as endpoint,
             grpc.aio.insecure_channel(f"unix:{endpoint.public_socket}") as channel,
         ):
@@ -91,6 +95,7 @@ async def agent() -> AsyncIterator[Agent]:
                 clock,
                 workload_pb2_grpc.SpiffeWorkloadAPIStub(channel),
                 refresher,
+                metrics,
             )
             await state.publish([ca.svid("/web", [ME]), ca.svid("/db", [STRANGER])])
             yield state
@@ -229,6 +234,21 @@ async def test_fetch_x509_svid_pushes_rotated_svid(agent: Agent) -> None:
     response = await stream.next()
     await stream.close()
     assert response.svids[0].x509_svid == der(rotated.cert_chain)
+
+
+async def test_a_push_on_a_fetch_stream_is_timed_and_the_stream_counted_while_open(agent: Agent) -> None:
+    def sample(name: str) -> float | None:
+        return agent.metrics.registry.get_sample_value(name, {"api": "workload_api"})
+
+    stream = open_stream(agent, "FetchX509SVID", workload_pb2.X509SVIDRequest())
+    await stream.next()
+    assert sample("trustmesh_agent_streams") == 1
+    assert sample("trustmesh_agent_push_seconds_count") is None, "the first answer is no push"
+    await agent.publish([agent.ca.svid("/web", [ME]), agent.ca.svid("/db", [STRANGER])])
+    await stream.next()
+    assert sample("trustmesh_agent_push_seconds_count") == 1
+    await stream.close()
+    await asyncio.to_thread(wait_until, lambda: sample("trustmesh_agent_streams") == 0, WAIT, "the stream to close")
 
 
 async def test_fetch_x509_svid_stays_silent_when_the_change_is_not_the_callers(agent: Agent) -> None:

@@ -24,7 +24,7 @@ def test_records_a_newly_attested_agent(database: Database) -> None:
     recorded = _attest(database, 0x1234)
     with database.transaction() as session:
         stored = AgentRepository(session).get(AGENT_ID)
-    assert stored == recorded == Agent(AGENT_ID, "join_token", 0x1234, SVID_EXPIRY, False, NOW, NOW)
+    assert stored == recorded == Agent(AGENT_ID, "join_token", 0x1234, SVID_EXPIRY, False, NOW, NOW, last_seen_at=NOW)
 
 
 def test_reattestation_updates_the_svid_and_keeps_the_creation_time(database: Database) -> None:

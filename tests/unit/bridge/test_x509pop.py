@@ -12,15 +12,14 @@ import pytest
 
 from bridge.legacy_chain import LegacyTrust, TrustAnchor, load_certificates, load_crls
 from bridge.mapping import MappingRule, Match
+from bridge.possession import SigningKey, load_signing_key
 from bridge.x509pop import (
     CHALLENGE_TTL,
     EXPIRED,
     OTHER_CHAIN,
     USED,
-    SigningKey,
     X509PopAttestor,
     encode_response,
-    load_signing_key,
     sign_challenge,
 )
 from bridge.x509pop_challenge import FORGED, RANDOM_BYTES

@@ -71,6 +71,7 @@ def build_app(audit: RecordedAudit, domain: Unreachable, agents: Unreachable | N
         agents=agents or domain,
         federation=domain,
         mappings=domain,
+        inventory=domain,
         authenticator=Callers(),
         audit=audit,
         clock=FakeClock(NOW),

@@ -351,6 +351,25 @@ INVALID = [
         id="rsa-bits-over-the-bound",
     ),
     pytest.param(
+        '[bridge]\nexchange_address = "127.0.0.1:8444"\n',
+        {},
+        "bridge: exchange_address '127.0.0.1:8444' is set but no trust_anchors are, so no enterprise certificate "
+        "could be exchanged; add trust_anchors (e.g. { corp = \"pki/corp-root.pem\" }) or set exchange_address = ''",
+        id="exchange-without-trust-anchors",
+    ),
+    pytest.param(
+        '[bridge]\nexchange_address = "0.0.0.0:0"\n',
+        {},
+        "bridge.exchange_address: '0.0.0.0:0' has port 0; hosts must know where to dial, give a fixed port",
+        id="exchange-on-port-0",
+    ),
+    pytest.param(
+        "[bridge]\nexchange_rate = -1\n",
+        {},
+        "bridge.exchange_rate: -1.0 is not a rate; write calls per second, e.g. 100, or 0 for no limit",
+        id="negative-exchange-rate",
+    ),
+    pytest.param(
         '[ca]\nttl = "7x"\n',
         {},
         "ca.ttl: '7x' is not a duration; write e.g. '7d', '12h', '30m', '90s' or seconds",
@@ -908,3 +927,9 @@ def test_the_remote_cli_variables_are_not_configuration_overrides(tmp_path: Path
     environ = {"TRUSTMESH_SERVER": "https://ca.example.org:8443", "TRUSTMESH_TOKEN_FILE": "/run/token"}
 
     assert load_config(None, environ).admin_api.address == ""
+
+
+def test_loading_without_ttl_checks_leaves_the_arithmetic_to_the_caller(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[x509_svid]\nmax_ttl = "48h"\n')
+    assert "cannot cover x509_svid.max_ttl (2d)" in load_error(path)
+    assert load_config(path, {}, ttl_checks=False).x509_svid.max_ttl == timedelta(hours=48)

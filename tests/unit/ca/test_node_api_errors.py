@@ -33,10 +33,13 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """Just what the edge uses: the peer's address and auth context (no certificate), and abort."""
+    """Just what the edge uses: the peer's address, metadata and auth context (no certificate), and abort."""
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:5000"
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("user-agent", "trustmesh-agent/0.0.1 grpc-python/1.0"),)
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}

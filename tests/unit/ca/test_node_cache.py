@@ -1,13 +1,14 @@
 """ca/node_cache.py: per-agent state is read once and answered from memory until a change concerns the
 agent (or the read is a TTL old), a read a change overtook is never kept, memory stays within its
-bounds; a verified chain is reused only with the same bundle and inside its path's validity."""
+bounds; a verified chain is reused only with the same bundle and inside its path's validity; an agent's contact is
+due once an interval or on a new version."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from ca.node_cache import TTL_SECONDS, AgentStateCache, VerifiedChains, VerifiedPeer
+from ca.node_cache import TTL_SECONDS, AgentStateCache, ContactNotes, VerifiedChains, VerifiedPeer
 from ca.sync import Change, ChangeHub
 from spiffe_core.bundle import Bundle
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -154,3 +155,36 @@ def test_chains_are_bounded_least_recently_used_first() -> None:
     for name in (b"a", b"b", b"c"):
         chains.put(name, current, peer())
     assert [chains.get(name, current, NOW) is not None for name in (b"a", b"b", b"c")] == [False, True, True]
+
+
+MINUTE = timedelta(minutes=1)
+
+
+def test_a_contact_is_due_first_then_not_again_within_the_interval() -> None:
+    notes = ContactNotes(MINUTE)
+    assert notes.claim(NODE_1, NOW, "0.4.0")
+    assert not notes.claim(NODE_1, NOW + timedelta(seconds=59), "0.4.0")
+    assert notes.claim(NODE_1, NOW + MINUTE, "0.4.0")
+
+
+def test_a_changed_version_is_due_at_once_and_no_version_keeps_the_noted_one() -> None:
+    notes = ContactNotes(MINUTE)
+    notes.noted(NODE_1, NOW, "0.4.0")
+    assert not notes.due(NODE_1, NOW + timedelta(seconds=1), "")
+    assert notes.due(NODE_1, NOW + timedelta(seconds=1), "0.5.0")
+    notes.noted(NODE_1, NOW + timedelta(seconds=2), "")
+    assert not notes.due(NODE_1, NOW + timedelta(seconds=3), "0.4.0")
+
+
+def test_a_forgotten_contact_is_due_again() -> None:
+    notes = ContactNotes(MINUTE)
+    notes.noted(NODE_1, NOW, "")
+    notes.forget(NODE_1)
+    assert notes.due(NODE_1, NOW, "")
+
+
+def test_contacts_are_bounded_least_recently_used_first() -> None:
+    notes = ContactNotes(MINUTE, max_agents=1)
+    notes.noted(NODE_1, NOW, "")
+    notes.noted(NODE_2, NOW, "")
+    assert (notes.due(NODE_1, NOW, ""), notes.due(NODE_2, NOW, "")) == (True, False)

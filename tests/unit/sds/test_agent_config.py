@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from sds.config import AgentConfig, CertFileTarget, LimitsConfig, RotationConfig, X509PopConfig, load_agent_config
+from sds.config import (
+    AgentConfig,
+    CertFileTarget,
+    HealthConfig,
+    LimitsConfig,
+    RotationConfig,
+    X509PopConfig,
+    load_agent_config,
+)
 from sds.x509pop_proof import X509PopProof
 from spiffe_core.errors import ConfigError
 from spiffe_core.selectors import Selector
@@ -228,7 +236,8 @@ def test_error_for_a_malformed_token_type_does_not_echo_the_value(tmp_path: Path
 
 def test_docs_list_every_key() -> None:
     docs = (Path(__file__).parents[3] / "docs" / "agent.md").read_text()
-    keys = [name for name in AgentConfig.model_fields if name not in ("rotation", "limits", "x509pop")]
+    keys = [name for name in AgentConfig.model_fields if name not in ("rotation", "limits", "x509pop", "health")]
+    keys += [f"health.{name}" for name in HealthConfig.model_fields]
     keys += [f"x509pop.{name}" for name in X509PopConfig.model_fields]
     keys += [f"rotation.{name}" for name in RotationConfig.model_fields]
     keys += [f"limits.{name}" for name in LimitsConfig.model_fields]
@@ -291,3 +300,70 @@ def test_x509pop_attestation_without_its_files_is_refused(tmp_path: Path) -> Non
 def test_x509pop_attestation_with_a_join_token_is_refused(tmp_path: Path) -> None:
     text = error_of(tmp_path, 'attestation = "x509pop"\njoin_token = "t"\n[x509pop]\ncert_file = "a"\nkey_file = "b"\n')
     assert text.endswith('attestation = "x509pop" uses no join token; remove join_token / join_token_file')
+
+
+# --- [health] ---------------------------------------------------------------------------------------
+
+
+def test_the_health_listener_is_off_by_default(tmp_path: Path) -> None:
+    health = load(tmp_path, "").health
+    assert (health.address, health.tcp_host, health.unix_path) == ("", None, None)
+    assert (health.ca_contact_window, health.max_svid_series) == (timedelta(minutes=5), 1000)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:8089", "127.0.0.53:8089", "[::1]:8089", "localhost:8089"])
+def test_a_loopback_tcp_address_is_taken(tmp_path: Path, address: str) -> None:
+    assert load(tmp_path, f'[health]\naddress = "{address}"').health.address == address
+
+
+def test_a_relative_unix_socket_counts_from_the_data_dir(tmp_path: Path) -> None:
+    config = load(tmp_path, 'data_dir = "agent"\n[health]\naddress = "unix:health.sock"')
+    assert config.health.unix_path == tmp_path / "agent" / "health.sock"
+    assert config.health.address == f"unix:{tmp_path / 'agent' / 'health.sock'}"
+
+
+def test_a_non_loopback_address_is_refused_unless_explicitly_allowed(tmp_path: Path) -> None:
+    assert error_of(tmp_path, '[health]\naddress = "0.0.0.0:8089"') == (
+        "invalid agent configuration:\n  health: address '0.0.0.0:8089' is not a loopback address; "
+        "/metrics names every SPIFFE ID this agent holds and nothing there is authenticated — use 127.0.0.1 or "
+        "unix:PATH, or set allow_non_loopback = true behind a firewall you trust"
+    )
+    allowed = load(tmp_path, '[health]\naddress = "0.0.0.0:8089"\nallow_non_loopback = true')
+    assert allowed.health.tcp_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        pytest.param(
+            'address = "8089"',
+            "health.address: '8089' is not host:port (port 1-65535) or unix:PATH; write e.g. '127.0.0.1:8089'",
+            id="no-host",
+        ),
+        pytest.param(
+            'address = "127.0.0.1:0"',
+            "health.address: '127.0.0.1:0' is not host:port (port 1-65535) or unix:PATH; write e.g. '127.0.0.1:8089'",
+            id="port-0",
+        ),
+        pytest.param(
+            'address = "unix:"',
+            "health.address: 'unix:' names no path; write e.g. 'unix:health.sock'",
+            id="unix-no-path",
+        ),
+        pytest.param(
+            'ca_contact_window = "0s"', "health.ca_contact_window: must be positive; write e.g. '5m'", id="window"
+        ),
+        pytest.param(
+            "max_svid_series = 0",
+            "health.max_svid_series: 0 is not between 1 and 100000; remove it to get the default",
+            id="series",
+        ),
+    ],
+)
+def test_bad_health_settings_name_the_key_and_the_fix(tmp_path: Path, value: str, problem: str) -> None:
+    assert problem in error_of(tmp_path, f"[health]\n{value}")
+
+
+def test_the_health_address_can_come_from_the_environment(tmp_path: Path) -> None:
+    config = load(tmp_path, "", {"TRUSTMESH_AGENT_HEALTH__ADDRESS": "127.0.0.1:9100"})
+    assert config.health.address == "127.0.0.1:9100"

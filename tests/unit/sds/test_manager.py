@@ -387,6 +387,21 @@ async def test_run_reconnects_after_a_failed_stream_and_publishes(harness: Harne
     assert harness.api.streams == []
 
 
+async def test_the_sync_status_counts_failed_streams_and_reconnects_and_marks_contact(harness: Harness) -> None:
+    harness.api.ids["e-web"] = WEB
+    harness.api.streams = [UpstreamUnavailable("down"), UpstreamUnavailable("still down"), [state(entry("e-web", WEB))]]
+    status = harness.manager.sync_status
+    assert (status.connected, status.last_contact_at) == (False, None)
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(harness.manager.run())
+        async for snapshot in harness.cache.subscribe():
+            if snapshot.svids:
+                break
+        assert (status.connected, status.last_contact_at, status.last_error) == (True, NOW, "")
+        running.cancel()
+    assert (status.errors, status.reconnects) == (2, 2)
+
+
 # --- taint: every affected SVID in one round ---------------------------------------------------------
 
 
