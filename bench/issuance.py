@@ -3,7 +3,7 @@
 Each X509-SVID costs at least one ECDSA verify (the CSR's self-signature) and one ECDSA sign (the
 certificate). The ceiling is therefore 1 / (1/sign_rate + 1/verify_rate) certificates per second on
 one core. The issuance path measured is the server's own: ``CaService.mint_x509_svids_each`` with CSR
-checks, template building, signing, re-validation and recording every certificate and one audit
+checks, template building, signing, the X509-SVID rule check and recording every certificate and one audit
 record per batch in SQLite (WAL), in batches as the node API sends them.
 
     python bench/issuance.py [--count 4000] [--batch 100] [--database-url URL]

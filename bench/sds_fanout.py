@@ -43,7 +43,7 @@ from sds.sds_v3 import SecretDiscoveryService
 from spiffe_core.bundle import Bundle
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import signing_cert_builder, x509_svid_builder
+from spiffe_core.x509_svid import signing_cert_builder, x509_svid_template
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TD = TrustDomain("bench.example")
@@ -76,13 +76,13 @@ async def serve_agent(socket_path: Path) -> None:
     ca_cert, ca_key = _ca("bench CA 1")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    leaf = x509_svid_builder(
+    leaf = x509_svid_template(
         spiffe_id=SpiffeId.parse("spiffe://bench.example/envoy"),
         public_key=key.public_key(),
         issuer=ca_cert,
         not_before=now - timedelta(minutes=1),
         not_after=now + timedelta(hours=1),
-    ).sign(ca_key, hashes.SHA256())
+    ).builder.sign(ca_key, hashes.SHA256())
     svid = WorkloadSvid(
         entry_id="envoy",
         spiffe_id=SpiffeId.parse("spiffe://bench.example/envoy"),

@@ -291,6 +291,7 @@ class KeyManagerConfig(_Section):
     kind: Literal["disk", "memory", "vault-transit"] = "disk"
     kek_file: OptionalPath = None  # default <data_dir>/kek unless kek_env is set
     kek_env: str = ""
+    directory: OptionalPath = None  # disk: where the key files live; default <data_dir>/keys
     create_kek_if_missing: bool = True
     transit_mount: str = "transit"  # vault-transit: where Vault's transit secrets engine is mounted
     key_prefix: str = "trustmesh-"  # vault-transit: transit key name = key_prefix + the CA's key ID
@@ -323,6 +324,8 @@ class KeyManagerConfig(_Section):
             raise ValueError(
                 "kind 'vault-transit' keeps keys in Vault and uses no key-encryption key; remove kek_file and kek_env"
             )
+        if self.kind != "disk" and self.directory is not None:
+            raise ValueError(f"directory is where the disk key manager keeps keys; remove it for kind {self.kind!r}")
         return self
 
 
@@ -1052,7 +1055,10 @@ def _resolve_paths(config: CaConfig, base_dir: Path) -> CaConfig:
             "ca": config.ca.model_copy(
                 update={
                     "key_manager": key_manager.model_copy(
-                        update={"kek_file": None if kek_file is None else base_dir / kek_file}
+                        update={
+                            "kek_file": None if kek_file is None else base_dir / kek_file,
+                            "directory": None if key_manager.directory is None else base_dir / key_manager.directory,
+                        }
                     ),
                     "upstream": upstream.model_copy(update=files),
                 }
@@ -1121,6 +1127,7 @@ kind = "disk"                           # encrypted PKCS#8 files in <data_dir>/k
                                         # restart); or "vault-transit": non-exportable keys in Vault ([vault])
 # kek_file = "<data_dir>/kek"           # the key-encryption key (0600), the default unless kek_env is set
 # kek_env = "TRUSTMESH_KEK"             # or: take the key-encryption key from this environment variable
+# directory = "<data_dir>/keys"         # disk: the key files; replicas sharing one database share it too
 create_kek_if_missing = true            # create kek_file with 32 random bytes on first run
 transit_mount = "transit"               # vault-transit: keys live (and sign) in Vault's transit engine
 key_prefix = "trustmesh-"               # vault-transit: transit key names are this + the CA's key ID

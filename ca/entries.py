@@ -33,7 +33,7 @@ from ca.store.records import Actor, AuditEvent, EntrySpec, RegistrationEntry
 from ca.store.repositories import AuditLogRepository, RegistrationEntryRepository
 from ca.sync import Change, ChangeHub, announce
 from spiffe_core.clock import Clock
-from spiffe_core.errors import InvalidArgument, NotAuthorized, NotFound
+from spiffe_core.errors import InvalidArgument, NotAuthorized
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
@@ -319,15 +319,6 @@ class RegistrationEntries:
     ) -> tuple[RegistrationEntry, ...]:
         with self._database.transaction() as session:
             return RegistrationEntryRepository(session).list(parent_id=parent_id, spiffe_id=spiffe_id)
-
-    def get_for_agent(self, agent_id: SpiffeId, entry_id: str) -> RegistrationEntry:
-        """The entry, if it is parented to ``agent_id``; NotAuthorized (same message) if it is not or
-        does not exist."""
-        try:
-            entry = self.get(entry_id)
-        except NotFound as err:
-            raise not_parented(entry_id, agent_id) from err
-        return authorize(entry_id, {entry.id: entry}, agent_id)
 
 
 class _AdminEntryRefused(Exception):

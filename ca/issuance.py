@@ -1,9 +1,12 @@
-"""X509-SVID and JWT-SVID issuance: authorized requests in, signed and re-validated SVIDs out.
+"""X509-SVID and JWT-SVID issuance: authorized requests in, signed SVIDs that follow the SPIFFE rules out.
 
 The SPIFFE ID, DNS names, subject CN and TTL come from the *authorized request* (a registration entry, an admin
 call), never from the CSR: the CSR only proves possession of the key it carries. Every certificate is
 built from the X509-SVID template, signed by the active authority, and validated against the
 X509-SVID rules before it leaves this module (as SPIRE does), so a template bug cannot ship a bad SVID.
+The rules are checked on the very extension objects the certificate is built from, before it is signed
+(:class:`~spiffe_core.x509_svid.X509SvidTemplate`), which is as strict as parsing the signed leaf
+again and spares a parse per certificate on the hot path.
 
 Batch signing takes N requests in one call: all are checked before any is signed, so one bad CSR in a
 batch fails the batch with an error naming it and nothing is recorded.
@@ -24,7 +27,7 @@ from spiffe_core.errors import InvalidArgument
 from spiffe_core.jwt_svid import check_audience, mint_jwt_svid
 from spiffe_core.keys import PublicKey, key_type_of
 from spiffe_core.spiffe_id import SpiffeId
-from spiffe_core.x509_svid import new_serial, validate_x509_svid_leaf, x509_svid_builder
+from spiffe_core.x509_svid import new_serial, x509_svid_template
 
 # Clock skew between the CA and relying parties: new SVIDs are valid from slightly in the past.
 BACKDATE = timedelta(seconds=10)
@@ -129,7 +132,7 @@ def _sign_one(
     authority: X509Authority, request: X509SvidRequest, public_key: PublicKey, ttl: timedelta, now: datetime
 ) -> IssuedX509Svid:
     serial = new_serial()
-    builder = x509_svid_builder(
+    template = x509_svid_template(
         spiffe_id=request.spiffe_id,
         public_key=public_key,
         issuer=authority.certificate,
@@ -139,8 +142,8 @@ def _sign_one(
         dns_names=request.dns_names,
         subject_cn=request.subject_cn,
     )
-    leaf = sign(builder, authority.private_key)
-    validate_x509_svid_leaf(leaf)
+    template.validate()  # the X509-SVID rules, on the objects the leaf is built from, before signing
+    leaf = sign(template.builder, authority.private_key)
     return IssuedX509Svid(request.spiffe_id, (leaf, *authority.intermediates), authority.id, serial)
 
 

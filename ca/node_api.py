@@ -114,8 +114,13 @@ def _peer_chain_pem(context: Context) -> bytes | None:
         return None
     leaf: bytes = leaves[0]
     chain = b"".join(auth.get("x509_pem_cert_chain", ()))
-    if not chain:
-        return leaf
+    return _leaf_first(leaf, chain) if chain else leaf
+
+
+@functools.lru_cache(maxsize=1024)
+def _leaf_first(leaf: bytes, chain: bytes) -> bytes:
+    """``leaf`` then the certificates of ``chain`` other than it (PEM). A pure function of what the
+    handshake presented, so an agent's every call on its connection reuses one answer."""
     try:
         leaf_der = x509.load_pem_x509_certificate(leaf).public_bytes(serialization.Encoding.DER)
         others = [c for c in load_pem_certificates(chain) if c.public_bytes(serialization.Encoding.DER) != leaf_der]
@@ -214,12 +219,15 @@ class NodeServicer:
         self._unknown_keys = unknown_keys  # None: this CA fetches no partner bundle on request
 
     async def _agent(self, context: Context) -> AuthenticatedAgent:
-        return await asyncio.to_thread(
-            self._node.authenticate,
-            _peer_chain_pem(context),
-            peer_source(context.peer()),
-            reported_version(context.invocation_metadata()),
-        )
+        """The calling agent: at once when the node service holds all it needs to accept it (and its
+        contact was recorded lately), else from a worker thread (chain verification, datastore reads and
+        writes, audited refusals)."""
+        chain = _peer_chain_pem(context)
+        version = reported_version(context.invocation_metadata())
+        held = self._node.authenticate_held(chain, version)
+        if held is not None:
+            return held
+        return await asyncio.to_thread(self._node.authenticate, chain, peer_source(context.peer()), version)
 
     def _admit_signing(self, agent: AuthenticatedAgent, count: int, kind: str) -> None:
         """Pass ``count`` SVIDs of ``kind`` through the agent's signing rate; a refusal counts as that

@@ -16,10 +16,18 @@ An agent's X509-SVID authenticates only while it is the one the CA last issued t
 for :data:`RENEWAL_OVERLAP` after a renewal, the one it replaced, so calls in flight on the agent's
 old channel finish. An SVID replaced by renewal or re-attestation, or of an evicted or banned agent,
 stops working; its open Sync streams end at once (every issuance announces a change for the agent).
+
+Per call, a known agent costs no chain verification and no datastore read before signing: verified
+chains, agents' records and the entries parented to each agent are kept between calls
+(:mod:`ca.node_cache`), dropped by the same change feed that drives Sync the moment a change commits,
+and the serial check is evaluated on every call. The agent's last contact (and reported version) is
+written at most once a :data:`CONTACT_INTERVAL` per agent, decided in memory, so the only transaction of
+most SignX509Svids calls is the one that records what it signed and its audit record.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +42,14 @@ from ca.entries import RegistrationEntries, authorize, entitled_by_id, is_agent_
 from ca.federation.relationships import parsed_bundle
 from ca.issuance import IssuedX509Svid, JwtSvidRequest, X509SvidRequest, load_csr_public_key
 from ca.metrics import CaMetrics, method_label, reason_label
+from ca.node_cache import (
+    MAX_AGENTS,
+    MAX_ENTRIES,
+    AgentStateCache,
+    ContactNotes,
+    VerifiedChains,
+    VerifiedPeer,
+)
 from ca.store.engine import Database
 from ca.store.records import Actor, Agent, RegistrationEntry
 from ca.store.repositories import AgentRepository, FederationRepository, RegistrationEntryRepository
@@ -71,6 +87,13 @@ def agent_actor(agent: SpiffeId) -> Actor:
 def attestation_actor(source: str) -> Actor:
     """The audit log's actor for a node that is not attested yet: the address it called from."""
     return Actor(f"attestation:{source or 'unknown'}", "attestation")
+
+
+def _found(agents: AgentRepository, agent: SpiffeId) -> Agent | None:
+    try:
+        return agents.get(agent)
+    except NotFound:
+        return None
 
 
 def _shown(text: str) -> str:
@@ -150,6 +173,7 @@ class NodeService:
         audit: AuditTrail | None = None,
         legacy_roots: Callable[[], Mapping[str, bytes]] = dict,
         metrics: CaMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._database = database
         self._issuer = issuer
@@ -163,6 +187,18 @@ class NodeService:
         self._audit = audit or AuditTrail(database)
         self._legacy_roots = legacy_roots  # ca.legacy_roots.LegacyRootFiles.get_roots; none by default
         self._metrics = metrics or CaMetrics()
+        # Per-call state kept between calls (ca.node_cache); only with a change feed to keep it exact.
+        self._chains = VerifiedChains()
+        self._contacts = ContactNotes(CONTACT_INTERVAL)
+        self._records: AgentStateCache[Agent | None] | None = None
+        self._entitled: AgentStateCache[Mapping[str, RegistrationEntry]] | None = None
+        if hub is not None:
+            self._records = AgentStateCache(self._load_record, max_weight=MAX_AGENTS, monotonic=monotonic)
+            self._entitled = AgentStateCache(
+                self._load_entitled, max_weight=MAX_ENTRIES, weight=lambda e: max(1, len(e)), monotonic=monotonic
+            )
+            hub.add_listener(self._records.invalidate)
+            hub.add_listener(self._entitled.invalidate)
 
     def attest(
         self, method: str, payload: bytes, csr: bytes, *, source: str = "", trust_domain: str = "", version: str = ""
@@ -221,8 +257,7 @@ class NodeService:
 
     def renew(self, agent: SpiffeId, csr: bytes, version: str = "") -> AgentSvid:
         """A fresh agent X509-SVID for the same ID and a new key; refused (NotAuthorized) once banned."""
-        with self._database.transaction() as session:
-            method = self._active_agent(AgentRepository(session), agent).attestation_type
+        method = self._active_agent(agent, self._load_record(agent)).attestation_type
         issuance = Issuance(agent_actor(agent), "agent.renew", agent=agent)
         return self._issue_agent_svid(agent, method, csr, issuance, renewal=True, version=version)
 
@@ -246,56 +281,117 @@ class NodeService:
         NotAuthenticated when there is no certificate or it is not a valid X509-SVID of this trust
         domain now (expired, wrong signer); NotAuthorized when it is valid but not a known, unbanned
         agent (a workload's SVID, a forgotten or banned agent) or no longer the agent's SVID (replaced by a
-        renewal more than :data:`RENEWAL_OVERLAP` ago, or by a re-attestation). Refusals are audited."""
+        renewal more than :data:`RENEWAL_OVERLAP` ago, or by a re-attestation). Refusals are audited.
+
+        A chain verified before against the same bundle, and the agent's record, come from
+        :mod:`ca.node_cache` when they can; the serial check runs on every call."""
         now = self._clock.now()
+        bundle = self._authorities.get_current().bundle
         try:
-            spiffe_id, chain = self._verified_svid(peer_chain_pem, now)
+            peer = self._verified_peer(peer_chain_pem, bundle, now)
         except NotAuthenticated as err:
             caller = Actor(f"node-api:{source or 'unknown'}", "unauthenticated")
             self._audit.record_refusal(refusal_event(now, caller, "agent.authenticate", "node API", err))
             raise
-        bundle = self._authorities.get_current().bundle
-        serial = chain[0].serial_number
         try:
-            if not is_agent_id(spiffe_id, bundle.trust_domain):
+            if not is_agent_id(peer.spiffe_id, bundle.trust_domain):
                 raise NotAuthorized(
-                    f"{spiffe_id} is not an agent ID; the node API serves only agents "
+                    f"{peer.spiffe_id} is not an agent ID; the node API serves only agents "
                     f"({bundle.trust_domain.id}/trustmesh/agent/...)"
                 )
-            with self._database.transaction() as session:
-                agents = AgentRepository(session)
-                self._current_svid(self._active_agent(agents, spiffe_id), serial, now)
-                agents.record_contact(spiffe_id, now, version, CONTACT_INTERVAL)
+            self._current_svid(self._active_agent(peer.spiffe_id, self._record(peer.spiffe_id)), peer.serial, now)
         except NotAuthorized as err:
             event = refusal_event(
                 now,
-                agent_actor(spiffe_id),
+                agent_actor(peer.spiffe_id),
                 "agent.authenticate",
-                str(spiffe_id),
+                str(peer.spiffe_id),
                 err,
-                detail={"serial": format(serial, "x")},
+                detail={"serial": format(peer.serial, "x")},
             )
             self._audit.record_refusal(event)
             raise
-        return AuthenticatedAgent(spiffe_id, chain[0].not_valid_after_utc, serial)
+        self._note_contact(peer.spiffe_id, now, version)
+        return AuthenticatedAgent(peer.spiffe_id, peer.not_after, peer.serial)
 
-    def _verified_svid(
-        self, peer_chain_pem: bytes | None, now: datetime
-    ) -> tuple[SpiffeId, tuple[x509.Certificate, ...]]:
+    def authenticate_held(self, peer_chain_pem: bytes | None, version: str = "") -> AuthenticatedAgent | None:
+        """What :meth:`authenticate` answers, when everything it needs is in memory (a chain verified
+        against the current bundle, the agent's fresh record) and it accepts the caller, and the agent's
+        contact needs no recording yet (noted less than :data:`CONTACT_INTERVAL` ago, with this
+        ``version``); None otherwise (call :meth:`authenticate`, which reads, verifies, records the
+        contact and audits refusals). Never blocks: the node API asks here on its event loop before it
+        hands a call to a worker thread."""
+        if not peer_chain_pem or self._records is None:
+            return None
+        now = self._clock.now()
+        bundle = self._authorities.get_current().bundle
+        peer = self._chains.get(peer_chain_pem, bundle, now)
+        if peer is None or not is_agent_id(peer.spiffe_id, bundle.trust_domain):
+            return None
+        held = self._records.held(peer.spiffe_id)
+        record = None if held is None else held.value
+        if record is None or record.banned or not record.accepts_serial(peer.serial, now):
+            return None
+        if self._contacts.due(peer.spiffe_id, now, version):
+            return None
+        return AuthenticatedAgent(peer.spiffe_id, peer.not_after, peer.serial)
+
+    def _note_contact(self, agent: SpiffeId, now: datetime, version: str) -> None:
+        """Record the agent's call as its last contact (and ``version``), once a :data:`CONTACT_INTERVAL`
+        or when the version changes: the notes in memory decide, so most calls write nothing. A failed
+        write forgets the note, so the next call tries again."""
+        if not self._contacts.claim(agent, now, version):
+            return
+        try:
+            with self._database.transaction() as session:
+                AgentRepository(session).record_contact(agent, now, version, CONTACT_INTERVAL)
+        except BaseException:
+            self._contacts.forget(agent)
+            raise
+
+    def _verified_peer(self, peer_chain_pem: bytes | None, bundle: Bundle, now: datetime) -> VerifiedPeer:
         if not peer_chain_pem:
             raise NotAuthenticated(
                 "no client certificate; call the node API over mTLS with the agent's X509-SVID "
                 "(get one with Attest on the attestation listener)"
             )
-        bundle = self._authorities.get_current().bundle
+        known = self._chains.get(peer_chain_pem, bundle, now)
+        if known is not None:
+            return known
         try:
             chain = load_pem_certificates(peer_chain_pem)
-            spiffe_id, _ = verify_x509_svid(chain, bundle, now)
+            spiffe_id, path = verify_x509_svid(chain, bundle, now)
         except X509SvidError as err:
             raise NotAuthenticated(
                 f"client certificate is not a valid X509-SVID of {bundle.trust_domain}: {err}"
             ) from err
-        return spiffe_id, tuple(chain)
+        peer = VerifiedPeer(
+            spiffe_id,
+            chain[0].serial_number,
+            chain[0].not_valid_after_utc,
+            max(cert.not_valid_before_utc for cert in path),
+            min(cert.not_valid_after_utc for cert in path),
+        )
+        self._chains.put(peer_chain_pem, bundle, peer)
+        return peer
+
+    def _record(self, agent: SpiffeId) -> Agent | None:
+        """The agent's record (None: unknown), from the cache when there is a change feed."""
+        return self._load_record(agent) if self._records is None else self._records.get(agent)
+
+    def _load_record(self, agent: SpiffeId) -> Agent | None:
+        with self._database.transaction() as session:
+            try:
+                return AgentRepository(session).get(agent)
+            except NotFound:
+                return None
+
+    def _entitlements(self, agent: SpiffeId) -> Mapping[str, RegistrationEntry]:
+        """The entries parented to ``agent``, by ID, from the cache when there is a change feed."""
+        return self._load_entitled(agent) if self._entitled is None else self._entitled.get(agent)
+
+    def _load_entitled(self, agent: SpiffeId) -> Mapping[str, RegistrationEntry]:
+        return entitled_by_id(self._entries.list(parent_id=agent))
 
     def get_sync_state(self, agent: SpiffeId, serial: int | None = None) -> SyncState:
         """The bundle, the entries parented directly to ``agent``, the tainted authorities, revocations,
@@ -304,7 +400,7 @@ class NodeService:
         the stream was opened with) once that SVID was replaced, which ends its stream."""
         authorities = self._authorities.get_current()
         with self._database.transaction() as session:
-            record = self._active_agent(AgentRepository(session), agent)
+            record = self._active_agent(agent, _found(AgentRepository(session), agent))
             if serial is not None:
                 self._current_svid(record, serial, self._clock.now())
             entries = RegistrationEntryRepository(session).list(parent_id=agent)
@@ -353,7 +449,7 @@ class NodeService:
         others are signed and recorded together, with one audit record for the batch that also names
         the refused entries. A batch of which nothing could be signed is audited as refused."""
         actor = agent_actor(agent)
-        entitled = entitled_by_id(self._entries.list(parent_id=agent))
+        entitled = self._entitlements(agent)
         outcomes: list[SignedOrRefused] = []
         authorized: list[tuple[int, X509SvidRequest]] = []
         not_parented: list[NotAuthorized] = []
@@ -401,7 +497,7 @@ class NodeService:
         both are audited."""
         try:
             audience = check_audience(audience)
-            entry = self._entries.get_for_agent(agent, entry_id)
+            entry = authorize(entry_id, self._entitlements(agent), agent)
         except (InvalidArgument, NotAuthorized) as err:
             self._metrics.issuance_errors.labels("jwt", reason_label(err)).inc()
             target = f"entry {_shown(entry_id)}"
@@ -432,14 +528,13 @@ class NodeService:
             )
             if self._hub is not None:
                 announce(session, self._hub, Change.for_agents(agent))
+        self._contacts.noted(agent, now, version)  # the upsert recorded the contact
         return AgentSvid(agent, issued.cert_chain, self._authorities.get_current().bundle)
 
     @staticmethod
-    def _active_agent(agents: AgentRepository, agent: SpiffeId) -> Agent:
-        try:
-            record = agents.get(agent)
-        except NotFound as err:
-            raise NotAuthorized(f"agent {agent} is not known to this CA; attest the node again") from err
+    def _active_agent(agent: SpiffeId, record: Agent | None) -> Agent:
+        if record is None:
+            raise NotAuthorized(f"agent {agent} is not known to this CA; attest the node again")
         if record.banned:
             raise NotAuthorized(f"agent {agent} is banned; an operator must lift the ban")
         return record

@@ -130,6 +130,15 @@ class ChangeHub:
         self.origin = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
+        self._listeners: list[Callable[[Change], None]] = []
+
+    def add_listener(self, listener: Callable[[Change], None]) -> None:
+        """Call ``listener`` with every change, synchronously in :meth:`notify` (so in the thread that
+        committed a local change, before that change's caller is answered) and before any stream wakes:
+        for caches of agent state (:mod:`ca.node_cache`), which must not answer from what a committed
+        change replaced. A listener must be quick and must not raise."""
+        with self._lock:
+            self._listeners.append(listener)
 
     @contextlib.contextmanager
     def subscribe(self, agent_id: SpiffeId) -> Iterator[Subscription]:
@@ -144,9 +153,13 @@ class ChangeHub:
                 self._subscriptions.discard(subscription)
 
     def notify(self, change: Change) -> None:
-        """Wake every stream the change concerns. Safe from any thread; never blocks on a stream."""
+        """Tell the listeners, then wake every stream the change concerns. Safe from any thread; never
+        blocks on a stream."""
         with self._lock:
+            listeners = list(self._listeners)
             woken = [s for s in self._subscriptions if change.concerns(s.agent_id)]
+        for listener in listeners:
+            listener(change)
         for subscription in woken:
             subscription.ring()
 

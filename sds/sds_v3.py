@@ -4,7 +4,9 @@ Implements ``envoy/service/secret/v3/sds.proto`` following the xDS transport pro
 (``api-docs/xds_protocol.rst``). The servicer is a thin edge: it attests the caller when a stream
 opens through a :class:`CallerAttestor` (and again before every response, ending the stream with
 PERMISSION_DENIED when the caller's selectors changed or its process is gone), asks
-:func:`sds.secrets.build_secrets` what the caller may have, and keeps per-stream protocol state.
+:func:`sds.secrets.build_secrets` what the caller may have (once per snapshot for every distinct
+subscription, shared by the streams that ask the same: :class:`sds.secrets.SharedSecrets`), and keeps
+per-stream protocol state.
 
 State of the world (StreamSecrets):
   * every response carries a fresh nonce and a ``version_info`` made of the snapshot version and a
@@ -40,7 +42,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import aclosing
 from typing import Any, NoReturn, Protocol
 
@@ -50,13 +52,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.metrics import SDS, AgentMetrics
-from sds.secrets import SECRET_TYPE_URL, SdsResource, build_secrets
+from sds.secrets import SECRET_TYPE_URL, SdsResource, SharedSecrets, build_secrets
 from spiffe_core.errors import NotAuthorized, transport_status
 from spiffe_core.selectors import Selector
 
 logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# What a stream asks for its resources: build_secrets, or a SharedSecrets' build.
+Build = Callable[[CacheSnapshot, frozenset[Selector], Iterable[str]], Mapping[str, SdsResource]]
 
 # Names a stream may subscribe to (the agent's limits.sds_max_resource_names). Envoy asks for one or a
 # few per stream ('default', 'ROOTCA', a SPIFFE ID, 'legacy/<name>'); the bound keeps a stream's work per
@@ -87,17 +91,18 @@ class SecretDiscoveryService:
         self._cache = cache
         self._attestor = attestor
         self._max_names = max_resource_names
+        self._secrets = SharedSecrets()  # streams asking the same of one snapshot share one build
         self._metrics = metrics or AgentMetrics()
 
     async def StreamSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         selectors = await self._attest(context)
-        stream = _SotwStream(selectors, context.peer(), self._max_names)
+        stream = _SotwStream(selectors, context.peer(), self._max_names, self._secrets.build)
         async for response in self._serve(stream, selectors, request_iterator, context):
             yield response
 
     async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         selectors = await self._attest(context)
-        stream = _DeltaStream(selectors, context.peer(), self._max_names)
+        stream = _DeltaStream(selectors, context.peer(), self._max_names, self._secrets.build)
         async for response in self._serve(stream, selectors, request_iterator, context):
             yield response
 
@@ -180,7 +185,14 @@ class _StreamState(Protocol):
 class _SotwStream:
     """Protocol state of one StreamSecrets stream (pure: requests and snapshots in, responses out)."""
 
-    def __init__(self, selectors: frozenset[Selector], peer: str, max_names: int = MAX_RESOURCE_NAMES) -> None:
+    def __init__(
+        self,
+        selectors: frozenset[Selector],
+        peer: str,
+        max_names: int = MAX_RESOURCE_NAMES,
+        build: Build = build_secrets,
+    ) -> None:
+        self._build = build
         self._selectors = selectors
         self._peer = peer
         self._max_names = max_names
@@ -213,7 +225,7 @@ class _SotwStream:
         self._names = names
         if not first and not added:
             return None
-        resources = build_secrets(snapshot, self._selectors, names)
+        resources = self._build(snapshot, self._selectors, names)
         if self._rejected and _versions(resources) == self._sent:
             return None  # the added names are not available yet; answering would repeat rejected content
         return self._respond(snapshot, resources)
@@ -221,7 +233,7 @@ class _SotwStream:
     def on_snapshot(self, snapshot: CacheSnapshot) -> Any | None:
         if self._nonce is None:
             return None  # nothing asked yet; the first request is answered from the newest snapshot
-        resources = build_secrets(snapshot, self._selectors, self._names)
+        resources = self._build(snapshot, self._selectors, self._names)
         if _versions(resources) == {n: v for n, v in self._sent.items() if n in self._names}:
             return None
         return self._respond(snapshot, resources)
@@ -241,7 +253,14 @@ class _SotwStream:
 class _DeltaStream:
     """Protocol state of one DeltaSecrets stream (pure: requests and snapshots in, responses out)."""
 
-    def __init__(self, selectors: frozenset[Selector], peer: str, max_names: int = MAX_RESOURCE_NAMES) -> None:
+    def __init__(
+        self,
+        selectors: frozenset[Selector],
+        peer: str,
+        max_names: int = MAX_RESOURCE_NAMES,
+        build: Build = build_secrets,
+    ) -> None:
+        self._build = build
         self._selectors = selectors
         self._peer = peer
         self._max_names = max_names
@@ -289,7 +308,7 @@ class _DeltaStream:
         return self._diff(snapshot) if self._started else None
 
     def _diff(self, snapshot: CacheSnapshot) -> Any | None:
-        resources = build_secrets(snapshot, self._selectors, self._subscribed)
+        resources = self._build(snapshot, self._selectors, self._subscribed)
         changed = [r for n, r in resources.items() if self._client_versions.get(n) != r.version]
         removed = [n for n in self._client_versions if n not in resources]
         if not changed and not removed:

@@ -108,6 +108,36 @@ def build_secrets(
     return result
 
 
+# Distinct (selectors, names) subscriptions whose secrets one snapshot keeps for sharing.
+MAX_SHARED_SUBSCRIPTIONS = 1024
+
+
+class SharedSecrets:
+    """:func:`build_secrets`, done once per snapshot for every distinct (selectors, names) and handed
+    to every stream that asks the same: when a change reaches 1,000 streams of one workload, its
+    certificate and key are encoded once, not 1,000 times. Only the newest snapshot's results are held
+    (at most :data:`MAX_SHARED_SUBSCRIPTIONS` of them; beyond, results are built and not kept). The
+    results are shared: callers must not change them. One event loop uses it: no lock."""
+
+    def __init__(self, max_subscriptions: int = MAX_SHARED_SUBSCRIPTIONS) -> None:
+        self._max = max_subscriptions
+        self._snapshot: CacheSnapshot | None = None
+        self._built: dict[tuple[frozenset[Selector], tuple[str, ...]], dict[str, SdsResource]] = {}
+
+    def build(
+        self, snapshot: CacheSnapshot, selectors: frozenset[Selector], names: Iterable[str]
+    ) -> Mapping[str, SdsResource]:
+        if snapshot is not self._snapshot:
+            self._snapshot, self._built = snapshot, {}
+        key = (selectors, tuple(names))
+        built = self._built.get(key)
+        if built is None:
+            built = build_secrets(snapshot, selectors, key[1])
+            if len(self._built) < self._max:
+                self._built[key] = built
+        return built
+
+
 def _named_validation_context(
     snapshot: CacheSnapshot, svids: tuple[WorkloadSvid, ...], bundles: Mapping[TrustDomain, Bundle], name: str
 ) -> Any | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -84,9 +84,18 @@ _SPIFFE_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE")
 _SVID_SUBJECT = x509.Name([_SPIFFE_ORG])
 
 
+@dataclass(frozen=True, slots=True)
+class _Issuer:
+    """What every leaf of one signing certificate takes from it, read once: its subject, its notAfter
+    and the AKI (its SKI)."""
+
+    subject: x509.Name
+    not_after: datetime
+    aki: x509.Extension[x509.AuthorityKeyIdentifier]
+
+
 @functools.lru_cache(maxsize=32)
-def _authority_key_identifier(issuer: x509.Certificate) -> x509.Extension[x509.AuthorityKeyIdentifier]:
-    """The AKI for leaves of ``issuer`` (its SKI), parsed once per signing certificate."""
+def _issuer(issuer: x509.Certificate) -> _Issuer:
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
@@ -94,10 +103,47 @@ def _authority_key_identifier(issuer: x509.Certificate) -> x509.Extension[x509.A
             f"signing certificate {issuer.subject.rfc4514_string()!r} has no subject key identifier"
         ) from None
     aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    return x509.Extension(ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False, aki)
+    return _Issuer(
+        issuer.subject, issuer.not_valid_after_utc, x509.Extension(ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False, aki)
+    )
 
 
-def x509_svid_builder(
+def _subject(common_name: str) -> x509.Name:
+    """``O=SPIFFE`` with this CN, or a clear refusal when X.520 does not allow it."""
+    try:
+        return x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    except ValueError as err:  # a CN taken from another certificate may be longer than X.520 allows
+        raise X509SvidError(f"subject CN {common_name!r} cannot be used: {err}") from err
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(spiffe_id: SpiffeId, dns_names: tuple[str, ...]) -> tuple[x509.Name, x509.Extension[x509.ExtensionType]]:
+    """The subject and SAN extension of a leaf for this identity: an agent's workloads get SVIDs for the
+    same few identities again and again, so these are built (and the DNS names checked) once each."""
+    if spiffe_id.is_trust_domain_id:
+        raise X509SvidError(f"{spiffe_id} has no path; a workload's X509-SVID needs one (X509-SVID §2)")
+    names = [check_dns_name(n) for n in dns_names]
+    subject = _subject(names[0]) if names else _SVID_SUBJECT
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
+    sans += [x509.DNSName(n) for n in names]
+    return subject, x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False, x509.SubjectAlternativeName(sans))
+
+
+@dataclass(frozen=True, slots=True)
+class X509SvidTemplate:
+    """A leaf ready to be signed, and the very extension objects it was built from, so the X509-SVID
+    rules can be checked on them (:meth:`validate`) without signing first and parsing the result."""
+
+    builder: x509.CertificateBuilder
+    extensions: tuple[x509.Extension[x509.ExtensionType], ...]
+    ec_key: bool
+
+    def validate(self) -> SpiffeId:
+        """The rules :func:`validate_x509_svid_leaf` applies to a certificate, applied to this template."""
+        return check_leaf_extensions(self.extensions, ec_key=self.ec_key)
+
+
+def x509_svid_template(
     *,
     spiffe_id: SpiffeId,
     public_key: PublicKey,
@@ -107,46 +153,39 @@ def x509_svid_builder(
     serial: int | None = None,
     dns_names: Sequence[str] = (),
     subject_cn: str | None = None,
-) -> x509.CertificateBuilder:
+) -> X509SvidTemplate:
     """The X509-SVID leaf template, ready to be signed by ``issuer``'s key.
 
     ``not_after`` is capped by the issuer's own notAfter (an SVID never outlives its signer). The
     subject is ``O=SPIFFE`` and, when there is one, a CN: ``subject_cn``, else the first DNS name (the
     spec leaves the subject free; old clients that still read the CN find a name they know)."""
-    if spiffe_id.is_trust_domain_id:
-        raise X509SvidError(f"{spiffe_id} has no path; a workload's X509-SVID needs one (X509-SVID §2)")
-    names = [check_dns_name(n) for n in dns_names]
-    common_name = subject_cn or (names[0] if names else None)
-    try:
-        subject = (
-            x509.Name([_SPIFFE_ORG, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-            if common_name
-            else _SVID_SUBJECT
-        )
-    except ValueError as err:  # a CN taken from another certificate may be longer than X.520 allows
-        raise X509SvidError(f"subject CN {common_name!r} cannot be used: {err}") from err
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
-    sans += [x509.DNSName(n) for n in names]
+    signer = _issuer(issuer)
+    subject, san = _names(spiffe_id, tuple(dns_names))
+    if subject_cn:
+        subject = _subject(subject_cn)
+    ec_key = isinstance(public_key, ec.EllipticCurvePublicKey)
+    extensions = (
+        _LEAF_BASIC_CONSTRAINTS,
+        _LEAF_KEY_USAGE[ec_key],
+        _LEAF_EKU,
+        san,
+        x509.Extension(
+            ExtensionOID.SUBJECT_KEY_IDENTIFIER, False, x509.SubjectKeyIdentifier.from_public_key(public_key)
+        ),
+        signer.aki,
+    )
     # The constructor with a ready extension list skips the per-call copies and checks of the fluent
-    # builder API (a third of the template cost); the extensions are the same ones, validated below.
-    return x509.CertificateBuilder(
-        issuer_name=issuer.subject,
+    # builder API (a third of the template cost); the extensions are checked by validate() instead.
+    builder = x509.CertificateBuilder(
+        issuer_name=signer.subject,
         subject_name=subject,
         public_key=public_key,
         serial_number=serial if serial is not None else new_serial(),
         not_valid_before=_naive_utc(not_before),
-        not_valid_after=_naive_utc(min(not_after, issuer.not_valid_after_utc)),
-        extensions=[
-            _LEAF_BASIC_CONSTRAINTS,
-            _LEAF_KEY_USAGE[isinstance(public_key, ec.EllipticCurvePublicKey)],
-            _LEAF_EKU,
-            x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False, x509.SubjectAlternativeName(sans)),
-            x509.Extension(
-                ExtensionOID.SUBJECT_KEY_IDENTIFIER, False, x509.SubjectKeyIdentifier.from_public_key(public_key)
-            ),
-            _authority_key_identifier(issuer),
-        ],
+        not_valid_after=_naive_utc(min(not_after, signer.not_after)),
+        extensions=list(extensions),
     )
+    return X509SvidTemplate(builder, extensions, ec_key)
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -204,30 +243,57 @@ def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
 def _extensions(cert: x509.Certificate) -> x509.Extensions:
     try:
         return cert.extensions
-    except ValueError as err:
+    except (ValueError, x509.DuplicateExtension) as err:
         raise X509SvidError(f"certificate {cert.serial_number:x} has a malformed extension: {err}") from err
+
+
+# The extension types the leaf rules look at.
+_RULED_TYPES = (x509.SubjectAlternativeName, x509.BasicConstraints, x509.KeyUsage, x509.ExtendedKeyUsage)
+
+
+@functools.lru_cache(maxsize=4096)
+def _uri_spiffe_id(uri: str) -> SpiffeId:
+    """``SpiffeId.parse`` of a URI SAN, remembered: the same few identities are checked again and
+    again (a refusal raises and is not remembered)."""
+    return SpiffeId.parse(uri)
 
 
 def validate_x509_svid_leaf(cert: x509.Certificate) -> SpiffeId:
     """Check a leaf against X509-SVID.md §2 and §4; return its SPIFFE ID or raise X509SvidError."""
+    is_ec = cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.EC_PUBLIC_KEY  # no key object needed
+    return check_leaf_extensions(_extensions(cert), ec_key=is_ec)
+
+
+def check_leaf_extensions(extensions: Iterable[x509.Extension[x509.ExtensionType]], *, ec_key: bool) -> SpiffeId:
+    """The leaf rules of X509-SVID.md §2 and §4 (and RFC 8813's) over a leaf's extensions and the kind
+    of its key: a parsed certificate's, or the objects a template is built from. Returns the SPIFFE ID
+    of the URI SAN or raises X509SvidError. An extension present twice is refused, as parsing a
+    certificate that has one twice fails."""
     uris: list[str] = []
     constraints: x509.BasicConstraints | None = None
     usage: x509.KeyUsage | None = None
     eku: x509.ExtendedKeyUsage | None = None
-    for extension in _extensions(cert):  # one pass: this runs on every certificate we issue
+    seen: set[x509.ObjectIdentifier] = set()
+    for extension in extensions:  # one pass: this runs on every certificate we issue
+        if extension.oid in seen:
+            raise X509SvidError(f"an X509-SVID has the extension {extension.oid.dotted_string} twice")
+        seen.add(extension.oid)
         value = extension.value
-        if isinstance(value, x509.SubjectAlternativeName):
-            uris = value.get_values_for_type(x509.UniformResourceIdentifier)
-        elif isinstance(value, x509.BasicConstraints):
-            constraints = value
-        elif isinstance(value, x509.KeyUsage):
-            usage = value
-        elif isinstance(value, x509.ExtendedKeyUsage):
-            eku = value
+        kind = type(value)  # compared by identity: isinstance on these ABCs costs more than the rest
+        if kind not in _RULED_TYPES:  # a subclass still counts as what it extends
+            kind = next((ruled for ruled in _RULED_TYPES if isinstance(value, ruled)), kind)
+        if kind is x509.SubjectAlternativeName:
+            uris = value.get_values_for_type(x509.UniformResourceIdentifier)  # type: ignore[attr-defined]
+        elif kind is x509.BasicConstraints:
+            constraints = value  # type: ignore[assignment]
+        elif kind is x509.KeyUsage:
+            usage = value  # type: ignore[assignment]
+        elif kind is x509.ExtendedKeyUsage:
+            eku = value  # type: ignore[assignment]
     if len(uris) != 1:
         raise X509SvidError(f"an X509-SVID must have exactly one URI SAN, this one has {len(uris)} (X509-SVID §2)")
     try:
-        spiffe_id = SpiffeId.parse(uris[0])
+        spiffe_id = _uri_spiffe_id(uris[0])
     except SpiffeIdError as err:
         raise X509SvidError(f"the URI SAN of the X509-SVID is not a SPIFFE ID: {err}") from err
     if spiffe_id.is_trust_domain_id:
@@ -242,10 +308,9 @@ def validate_x509_svid_leaf(cert: x509.Certificate) -> SpiffeId:
         raise X509SvidError(f"leaf {spiffe_id} has keyUsage keyCertSign; leaves must not (X509-SVID §4.3)")
     if usage.crl_sign:
         raise X509SvidError(f"leaf {spiffe_id} has keyUsage cRLSign; leaves must not (X509-SVID §4.3)")
-    is_ec = cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.EC_PUBLIC_KEY  # no key object needed
-    if is_ec and usage.key_encipherment:
+    if ec_key and usage.key_encipherment:
         raise X509SvidError(f"leaf {spiffe_id} has an EC key with keyUsage keyEncipherment, which RFC 8813 forbids")
-    if not is_ec and usage.key_agreement:
+    if not ec_key and usage.key_agreement:
         raise X509SvidError(f"leaf {spiffe_id} has an RSA key with keyUsage keyAgreement, which RSA cannot do")
     if eku is None:
         return spiffe_id

@@ -40,9 +40,10 @@ def open_key_manager(
 ) -> KeyManager:
     """The key manager ``config`` names. For ``disk`` this reads the key-encryption key (creating its
     file on first run when ``create_kek_if_missing`` is set, never beside existing keys) and keys live in
-    ``<data_dir>/keys``; ``vault-transit`` reads the Vault credentials ``vault`` names (from ``environ``
-    for ``token_env``). Blocking; raises ConfigError for a missing, unsafe or too short key-encryption
-    key or Vault credential."""
+    ``config.directory`` (default ``<data_dir>/keys``; CA replicas on one database share one);
+    ``vault-transit`` reads the Vault credentials ``vault`` names (from ``environ`` for ``token_env``).
+    Blocking; raises ConfigError for a missing, unsafe or too short key-encryption key or Vault
+    credential."""
     if config.kind == "memory":
         return MemoryKeyManager()
     if config.kind == "vault-transit":
@@ -50,7 +51,7 @@ def open_key_manager(
             raise ConfigError("ca.key_manager.kind 'vault-transit' needs the [vault] section; set vault.address")
         client = VaultClient(vault, "vault-transit key manager", "ca.key_manager.transit_mount", environ)
         return VaultTransitKeyManager(client, config.transit_mount, config.key_prefix)
-    directory = data_dir / KEYS_SUBDIRECTORY
+    directory = config.directory or data_dir / KEYS_SUBDIRECTORY
     kek = load_kek(
         config.kek_file,
         config.kek_env or None,

@@ -51,7 +51,7 @@ from spiffe_core.bundle import Bundle
 from spiffe_core.errors import X509SvidError
 from spiffe_core.jwt_svid import parse_jwt_svid_insecure
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import verify_x509_svid, x509_svid_builder
+from spiffe_core.x509_svid import verify_x509_svid, x509_svid_template
 from tests.support.envoy import Envoy, one_request_per_upstream_connection, running_envoy
 from tests.support.mesh import Mesh
 from tests.support.processes import command, free_port, restartable_port, run
@@ -286,13 +286,13 @@ def forge_with_bs_authority(b: Side, spiffe_id: str, out: Path) -> Path:
     issuer = x509.load_pem_x509_certificate(active["certificate_pem"].encode())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    leaf = x509_svid_builder(
+    leaf = x509_svid_template(
         spiffe_id=SpiffeId.parse(spiffe_id),
         public_key=leaf_key.public_key(),
         issuer=issuer,
         not_before=now - timedelta(minutes=1),
         not_after=now + timedelta(hours=1),
-    ).sign(authority_key, hashes.SHA256())
+    ).builder.sign(authority_key, hashes.SHA256())
     out.mkdir()
     (out / "svid.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     (out / "svid_key.pem").write_bytes(

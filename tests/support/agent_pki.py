@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from spiffe_core.bundle import Bundle, JwtAuthority
 from spiffe_core.keys import KeyType, PublicKey, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import X509Svid, signing_cert_builder, x509_svid_builder
+from spiffe_core.x509_svid import X509Svid, signing_cert_builder, x509_svid_template
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +66,14 @@ class SigningCa:
         not_after: datetime,
         dns_names: Sequence[str] = (),
     ) -> tuple[x509.Certificate, ...]:
-        leaf = x509_svid_builder(
+        leaf = x509_svid_template(
             spiffe_id=spiffe_id,
             public_key=public_key,
             issuer=self.cert,
             not_before=not_before,
             not_after=not_after,
             dns_names=dns_names,
-        ).sign(self.key, hashes.SHA256())
+        ).builder.sign(self.key, hashes.SHA256())
         return (leaf,)
 
     def sign_csr(

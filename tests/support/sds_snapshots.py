@@ -21,7 +21,7 @@ from sds.cache import CacheSnapshot, WorkloadSvid
 from spiffe_core.bundle import Bundle
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import signing_cert_builder, x509_svid_builder
+from spiffe_core.x509_svid import signing_cert_builder, x509_svid_template
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +67,13 @@ class TestCa:
         spiffe_id = SpiffeId(self.trust_domain, path) if claiming is None else SpiffeId.parse(claiming)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
-        leaf = x509_svid_builder(
+        leaf = x509_svid_template(
             spiffe_id=spiffe_id,
             public_key=key.public_key(),
             issuer=self.cert,
             not_before=now - timedelta(minutes=1),
             not_after=now + timedelta(hours=1),
-        ).sign(self.key, hashes.SHA256())
+        ).builder.sign(self.key, hashes.SHA256())
         return WorkloadSvid(
             entry_id=entry_id or path,
             spiffe_id=spiffe_id,

@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, insert, select
 from sqlalchemy.event import listen as event_listen
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,6 +40,7 @@ from ca.store.models import (
     AUDIT_ROLE_LENGTH,
     SPIFFE_ID_LENGTH,
     AuditRow,
+    Base,
 )
 from ca.store.records import Actor, AuditEvent, AuditQuery, AuditRecord, ChainCheck
 from spiffe_core.errors import FailedPrecondition, InvalidArgument
@@ -154,6 +155,11 @@ def _filtered(statement: Select[AuditRow], query: AuditQuery) -> Select[AuditRow
     return statement
 
 
+_AUDIT = Base.metadata.tables[AuditRow.__tablename__]
+_LAST_HASH = select(_AUDIT.c.hash).order_by(_AUDIT.c.id.desc()).limit(1)
+_APPEND = insert(_AUDIT).returning(_AUDIT.c.id)
+
+
 class AuditLogRepository:
     """The audit log, within the caller's unit of work (so an audited change and its audit row commit
     or roll back together)."""
@@ -163,25 +169,32 @@ class AuditLogRepository:
 
     def append(self, event: AuditEvent) -> AuditRecord:
         lock_for_writers(self._session, "audit-log")
-        last = self._session.scalars(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1)).first()
+        # Core statements on the unit of work's connection (every audited call appends once: the ORM's
+        # bookkeeping of a row object would cost more than the write). Core does not flush the unit of
+        # work first, so what it holds goes in before, as an ORM query would have flushed it.
+        self._session.flush()
+        connection = self._session.connection()
+        last = connection.execute(_LAST_HASH).scalar()
         prev_hash = GENESIS_HASH if last is None else last
         event = _fitted(event)
-        row = AuditRow(
-            at=event.at,
-            actor=event.actor.name,
-            auth_method=event.actor.method,
-            role=event.actor.role,
-            action=event.action,
-            target=event.target,
-            outcome=event.outcome,
-            reason=event.reason,
-            detail=dict(event.detail),
-            prev_hash=prev_hash,
-            hash=chain_hash(prev_hash, event),
-        )
-        self._session.add(row)
+        hash_ = chain_hash(prev_hash, event)
         try:
-            self._session.flush()
+            row_id = connection.execute(
+                _APPEND,
+                {
+                    "at": event.at,
+                    "actor": event.actor.name,
+                    "auth_method": event.actor.method,
+                    "role": event.actor.role,
+                    "action": event.action,
+                    "target": event.target,
+                    "outcome": event.outcome,
+                    "reason": event.reason,
+                    "detail": dict(event.detail),
+                    "prev_hash": prev_hash,
+                    "hash": hash_,
+                },
+            ).scalar_one()
         except IntegrityError as err:
             if violation_of(err) is not Violation.UNIQUE:
                 raise
@@ -191,7 +204,7 @@ class AuditLogRepository:
                 "records were moved; nothing audited can be done until it is restored. Run `trustmesh-ca audit "
                 "verify` to see where"
             ) from err
-        record = AuditRecord(id=row.id, event=event, prev_hash=row.prev_hash, hash=row.hash)
+        record = AuditRecord(id=row_id, event=event, prev_hash=prev_hash, hash=hash_)
         event_listen(self._session, "after_commit", lambda _session: log_record(record), once=True)
         return record
 

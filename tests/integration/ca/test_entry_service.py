@@ -143,14 +143,6 @@ def test_an_unchanged_spec_with_a_stale_revision_is_still_refused(entries: Regis
         entries.update(created.id, replace(SPEC, hint="first"), TESTER, expected_revision=1)
 
 
-def test_get_for_agent_refuses_another_agents_entry_and_unknown_ones_alike(entries: RegistrationEntries) -> None:
-    theirs = entries.create(replace(SPEC, parent_id=OTHER_AGENT), TESTER)
-    for entry_id in (theirs.id, "no-such-entry"):
-        with pytest.raises(NotAuthorized) as caught:
-            entries.get_for_agent(AGENT, entry_id)
-        assert str(caught.value) == f"entry {entry_id} is not parented to {AGENT}"
-
-
 async def test_creating_an_entry_rings_its_parent_agent_only(entries: RegistrationEntries, hub: ChangeHub) -> None:
     with hub.subscribe(AGENT) as mine, hub.subscribe(OTHER_AGENT) as theirs:
         await asyncio.to_thread(entries.create, SPEC, TESTER)

@@ -697,6 +697,90 @@ async def test_an_evicted_agents_svid_is_refused_and_its_stream_ends(ca: Running
     )
 
 
+async def _cut_off(ca: RunningCa, agent: Agent, how: str) -> None:
+    if how == "ban":
+        await asyncio.to_thread(ca.agents.ban, agent.spiffe_id, TESTER)
+    elif how == "evict":
+        await asyncio.to_thread(ca.agents.evict, agent.spiffe_id, TESTER)
+    else:  # the node attests again: its old SVID is replaced at once
+        token = ca.join_tokens.generate(timedelta(hours=1), TESTER, node_name="node-1", replace=True).token
+        await attest(ca, token)
+
+
+@pytest.mark.parametrize("how", ["ban", "evict", "reattest"])
+async def test_an_agent_answered_from_the_cache_is_refused_on_its_first_call_after_being_cut_off(
+    ca: RunningCa, how: str
+) -> None:
+    agent = await attested_agent(ca)
+    for _ in range(2):  # the second call is answered from the cache (ca.node_cache)
+        assert list((await sign_nothing(ca, agent)).svids) == []
+    await _cut_off(ca, agent, how)
+    error = await refused(sign_nothing(ca, agent))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_renewal_overlap_ends_exactly_for_an_svid_answered_from_the_cache(ca: RunningCa) -> None:
+    old = await attested_agent(ca)
+    await renewed(ca, old)
+    ca.clock.advance(timedelta(seconds=29))
+    for _ in range(2):
+        assert list((await sign_nothing(ca, old)).svids) == []
+    ca.clock.advance(timedelta(seconds=2))
+    error = await refused(sign_nothing(ca, old))
+    assert (error.code(), details(error)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        SUPERSEDED.format(serial=old.chain[0].serial_number),
+    )
+
+
+async def sign_for(ca: RunningCa, agent: Agent, entry_id: str) -> node_pb2.SignedX509Svid:
+    request = node_pb2.SignX509SvidsRequest(
+        requests=[node_pb2.X509SvidRequest(entry_id=entry_id, csr=csr_for(generate_private_key(KeyType.EC_P256)))]
+    )
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response = await node_pb2_grpc.NodeStub(ch).SignX509Svids(request, timeout=RPC_TIMEOUT)
+    (item,) = response.svids
+    return item
+
+
+async def test_an_entry_is_signable_on_the_first_call_after_it_is_created_and_refused_after_it_is_deleted(
+    ca: RunningCa,
+) -> None:
+    agent = await attested_agent(ca)
+    assert (await sign_for(ca, agent, "not-yet")).error == f"entry not-yet is not parented to {NODE_1}"
+    created = await asyncio.to_thread(ca.entry, WEB, NODE_1)
+    assert (await sign_for(ca, agent, created.id)).error == ""
+    await asyncio.to_thread(ca.entries.delete, created.id, TESTER)
+    assert (await sign_for(ca, agent, created.id)).error == f"entry {created.id} is not parented to {NODE_1}"
+
+
+async def test_an_entry_moved_to_another_agent_is_refused_on_the_first_call_after_the_move(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    created = ca.entry(WEB, NODE_1)
+    assert (await sign_for(ca, agent, created.id)).error == ""
+    moved = EntrySpec(WEB, NODE_2, frozenset({Selector("unix", "uid:1000")}))
+    await asyncio.to_thread(ca.entries.update, created.id, moved, TESTER)
+    assert (await sign_for(ca, agent, created.id)).error == f"entry {created.id} is not parented to {NODE_1}"
+
+
+async def test_mint_jwt_svid_refuses_an_unknown_entry_as_it_refuses_another_agents(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    theirs = ca.entry(WEB, NODE_2)
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        errors = [
+            await refused(
+                node_pb2_grpc.NodeStub(ch).MintJwtSvid(
+                    node_pb2.MintJwtSvidRequest(entry_id=entry_id, audience=["payments"]), timeout=RPC_TIMEOUT
+                )
+            )
+            for entry_id in (theirs.id, "no-such-entry")
+        ]
+    assert [(e.code(), details(e)) for e in errors] == [
+        (grpc.StatusCode.PERMISSION_DENIED, f"entry {entry_id} is not parented to {NODE_1}")
+        for entry_id in (theirs.id, "no-such-entry")
+    ]
+
+
 async def test_eviction_forces_reattestation_under_the_same_node_name(ca: RunningCa) -> None:
     old = await attested_agent(ca)
     ca.agents.evict(old.spiffe_id, TESTER)
@@ -754,3 +838,20 @@ async def test_a_trust_domain_mismatch_is_refused_and_leaves_the_join_token_unsp
         "set trust_domain = 'example.org' in the agent's configuration (the join token was not used)",
     )
     assert (await attest(ca, token)).spiffe_id == str(NODE_1)
+
+
+def last_seen(ca: RunningCa, agent: Agent) -> datetime | None:
+    with ca.database.transaction() as session:
+        return AgentRepository(session).get(agent.spiffe_id).last_seen_at
+
+
+async def test_calls_answered_from_the_cache_record_the_agents_contact_once_an_interval(ca: RunningCa) -> None:
+    agent = await attested_agent(ca)
+    attested_at = last_seen(ca, agent)
+    ca.clock.advance(timedelta(seconds=30))
+    for _ in range(2):  # the second call is answered from the cache
+        await sign_nothing(ca, agent)
+    assert last_seen(ca, agent) == attested_at
+    ca.clock.advance(timedelta(seconds=31))
+    await sign_nothing(ca, agent)
+    assert last_seen(ca, agent) == ca.clock.now()

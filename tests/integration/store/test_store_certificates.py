@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from ca.authority import AuthorityState
 from ca.store import AuthorityRepository, Database, IssuedCertificate, IssuedCertificateRepository
@@ -45,6 +46,36 @@ def signed(database: Database) -> Database:
 def test_round_trips_a_159_bit_serial(signed: Database) -> None:
     with signed.transaction() as session:
         assert IssuedCertificateRepository(session).get(MAX_SERIAL) == _certificate(MAX_SERIAL, hours=2)
+
+
+def test_stores_each_value_exactly_as_a_core_insert_of_the_same_record_does(signed: Database) -> None:
+    whole_second = NOW.replace(microsecond=0)  # where text formats differ most (".000000" or nothing)
+    revoked = replace(
+        _certificate(40),
+        not_before=whole_second,
+        revoked_at=whole_second,
+        revocation_reason=x509.ReasonFlags.key_compromise,
+    )
+    with signed.transaction() as session:
+        IssuedCertificateRepository(session).add_many([revoked])
+        session.execute(
+            insert(IssuedCertificateRow).values(
+                serial="29",  # 41 in hex
+                spiffe_id=str(revoked.spiffe_id),
+                authority_id=revoked.authority_id,
+                not_before=revoked.not_before,
+                not_after=revoked.not_after,
+                issued_at=revoked.issued_at,
+                revoked_at=revoked.revoked_at,
+                revocation_reason=x509.ReasonFlags.key_compromise.value,
+            )
+        )
+        stored = session.connection().exec_driver_sql(  # as the database holds them: no type conversion back
+            "SELECT spiffe_id, authority_id, not_before, not_after, issued_at, revoked_at, revocation_reason "
+            "FROM issued_certificates WHERE serial IN ('28', '29') ORDER BY serial"
+        )
+        ours, core = stored.all()
+    assert tuple(ours) == tuple(core)
 
 
 def test_lists_the_svids_of_one_spiffe_id_oldest_first(signed: Database) -> None:

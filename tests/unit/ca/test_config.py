@@ -253,6 +253,7 @@ cert_file = "upstream/ca.pem"
 key_file = "upstream/ca.key"
 [ca.key_manager]
 kek_file = "secrets/kek"
+directory = "shared/keys"
 """,
     )
 
@@ -263,6 +264,7 @@ kek_file = "secrets/kek"
     assert config.server.admin_socket == etc / "state/admin.sock"
     assert config.datastore.url == f"sqlite:///{etc / 'state/datastore.sqlite3'}"
     assert config.ca.key_manager.kek_file == etc / "secrets/kek"
+    assert config.ca.key_manager.directory == etc / "shared/keys"
     assert (config.ca.upstream.cert_file, config.ca.upstream.key_file) == (
         etc / "upstream/ca.pem",
         etc / "upstream/ca.key",
@@ -554,6 +556,12 @@ INVALID = [
         "ca.key_manager: kind 'vault-transit' keeps keys in Vault and uses no key-encryption key; remove kek_file "
         "and kek_env",
         id="vault-transit-with-a-kek",
+    ),
+    pytest.param(
+        '[ca.key_manager]\nkind = "memory"\ndirectory = "/srv/keys"\n',
+        {},
+        "ca.key_manager: directory is where the disk key manager keeps keys; remove it for kind 'memory'",
+        id="key-directory-without-disk-keys",
     ),
     pytest.param(
         '[ca.key_manager]\nkey_prefix = "trustmesh/"\n',

@@ -20,7 +20,7 @@ from ca.upstream import CaSubject, DiskUpstream, SelfSignedUpstream
 from spiffe_core.errors import InvalidArgument
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
-from spiffe_core.x509_svid import x509_svid_builder
+from spiffe_core.x509_svid import x509_svid_template
 
 TD = TrustDomain("example.org")
 WEB = SpiffeId.parse("spiffe://example.org/web")
@@ -88,13 +88,13 @@ def ca_without_crl_sign() -> Ca:
 
 
 def leaf_of(ca: Ca) -> x509.Certificate:
-    builder = x509_svid_builder(
+    builder = x509_svid_template(
         spiffe_id=WEB,
         public_key=generate_private_key(KeyType.EC_P256).public_key(),
         issuer=ca.cert,
         not_before=NOW - timedelta(minutes=10),
         not_after=NOW + timedelta(hours=1),
-    )
+    ).builder
     return sign(builder, ca.key)
 
 

@@ -9,12 +9,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ca import issuance
 from ca.authority import AuthoritySet, AuthorityState, JwtKey, X509Authority, authority_id_for, build_bundle
 from ca.issuance import BACKDATE, JwtSvidRequest, TtlPolicy, X509SvidRequest, mint_jwt, sign_x509_svids
 from ca.upstream import CaSubject, SelfSignedUpstream
-from spiffe_core.errors import InvalidArgument, NoActiveAuthority
+from spiffe_core import x509_svid
+from spiffe_core.errors import InvalidArgument, NoActiveAuthority, X509SvidError
 from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -121,6 +123,18 @@ def test_one_bad_request_fails_the_whole_batch_naming_it(active: AuthoritySet) -
     batch = [X509SvidRequest(csr(), WEB), X509SvidRequest(b"garbage", WEB)]
     with pytest.raises(InvalidArgument, match=r"CSR #1 is not a PKCS#10"):
         sign_x509_svids(batch, active, POLICY, NOW)
+
+
+def test_a_template_that_breaks_an_x509_svid_rule_signs_nothing(
+    active: AuthoritySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_only = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    monkeypatch.setattr(x509_svid, "_LEAF_EKU", x509.Extension(server_only.oid, False, server_only))
+    signed: list[object] = []
+    monkeypatch.setattr(issuance, "sign", lambda *args: signed.append(args))
+    with pytest.raises(X509SvidError, match="without clientAuth"):
+        sign_x509_svids([X509SvidRequest(csr(), WEB)], active, POLICY, NOW)
+    assert signed == []
 
 
 def test_id_of_another_trust_domain_is_refused(active: AuthoritySet) -> None:

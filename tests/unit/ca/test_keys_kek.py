@@ -163,6 +163,16 @@ def test_open_key_manager_disk_creates_the_kek_and_keeps_keys_across_restarts(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kek", "keys"]
 
 
+def test_open_key_manager_disk_in_a_directory_of_its_own_is_shared_by_two_managers(tmp_path: Path) -> None:
+    config = KeyManagerConfig(kind="disk", kek_file=tmp_path / "kek", directory=tmp_path / "shared")
+
+    key = open_key_manager(config, tmp_path / "replica-1").generate("x509-1", KeyType.EC_P256)
+    other = open_key_manager(config, tmp_path / "replica-2")
+
+    assert other.get("x509-1").private_numbers() == key.private_numbers()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kek", "shared"]
+
+
 def test_open_key_manager_disk_without_kek_creation_refuses_a_missing_kek(tmp_path: Path) -> None:
     config = KeyManagerConfig(kind="disk", kek_file=tmp_path / "kek", create_kek_if_missing=False)
 

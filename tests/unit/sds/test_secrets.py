@@ -10,7 +10,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_spiffe_validator_config_pb2
 
-from sds.secrets import ALL, DEFAULT, ROOTCA, SECRET_TYPE_URL, SPIFFE_VALIDATOR, SdsResource, build_secrets
+from sds.secrets import (
+    ALL,
+    DEFAULT,
+    ROOTCA,
+    SECRET_TYPE_URL,
+    SPIFFE_VALIDATOR,
+    SdsResource,
+    SharedSecrets,
+    build_secrets,
+)
 from spiffe_core.selectors import Selector
 from tests.support.sds_snapshots import TestCa, snapshot
 
@@ -239,3 +248,35 @@ def test_repr_shows_no_key_material(ca: TestCa) -> None:
     resource = build_secrets(snapshot(ca, [web]), CALLER, [DEFAULT])[DEFAULT]
 
     assert repr(resource) == f"SdsResource(name='default', version='{resource.version}')"
+
+
+# --- shared between streams -------------------------------------------------------------------------
+
+
+def test_streams_asking_the_same_of_one_snapshot_share_one_build(ca: TestCa) -> None:
+    shared, snap = SharedSecrets(), snapshot(ca, [ca.svid("/web")])
+    first = shared.build(snap, CALLER, [DEFAULT, ROOTCA])
+    assert shared.build(snap, CALLER, (DEFAULT, ROOTCA)) is first
+    assert first == build_secrets(snap, CALLER, [DEFAULT, ROOTCA])
+
+
+def test_other_selectors_or_names_are_built_for_themselves(ca: TestCa) -> None:
+    shared, snap = SharedSecrets(), snapshot(ca, [ca.svid("/web"), ca.svid("/db", ["unix:uid:0"])])
+    root = frozenset({Selector("unix", "uid:0")})
+    mine, theirs = shared.build(snap, CALLER, [DEFAULT]), shared.build(snap, root, [DEFAULT])
+    assert mine[DEFAULT].version != theirs[DEFAULT].version
+    assert list(shared.build(snap, CALLER, [ROOTCA])) == [ROOTCA]
+
+
+def test_a_new_snapshot_is_built_again(ca: TestCa) -> None:
+    shared, web = SharedSecrets(), ca.svid("/web")
+    before = shared.build(snapshot(ca, [web], version=1), CALLER, [DEFAULT])
+    after = shared.build(snapshot(ca, [web, ca.svid("/api")], version=2), CALLER, [DEFAULT])
+    assert after is not before
+
+
+def test_subscriptions_beyond_the_bound_are_built_but_not_kept(ca: TestCa) -> None:
+    shared, snap = SharedSecrets(max_subscriptions=1), snapshot(ca, [ca.svid("/web")])
+    kept = shared.build(snap, CALLER, [DEFAULT])
+    assert shared.build(snap, CALLER, [ROOTCA]) is not shared.build(snap, CALLER, [ROOTCA])
+    assert shared.build(snap, CALLER, [DEFAULT]) is kept

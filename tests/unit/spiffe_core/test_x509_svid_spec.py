@@ -13,18 +13,19 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, PublicKeyAlgorithmOID
 
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import X509SvidError
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import (
     X509Svid,
+    check_leaf_extensions,
     signing_cert_builder,
     validate_signing_cert,
     validate_x509_svid_leaf,
     verify_x509_svid,
-    x509_svid_builder,
+    x509_svid_template,
 )
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -67,13 +68,13 @@ def root() -> Ca:
 
 def leaf_builder(ca: Ca, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None) -> Builder:
     key = key or ec.generate_private_key(ec.SECP256R1())
-    return x509_svid_builder(
+    return x509_svid_template(
         spiffe_id=WEB,
         public_key=key.public_key(),
         issuer=ca.cert,
         not_before=NOW - timedelta(minutes=1),
         not_after=NOW + timedelta(hours=1),
-    )
+    ).builder
 
 
 def raw_leaf(
@@ -135,62 +136,61 @@ def test_a_leaf_without_extended_key_usage_is_accepted(root: Ca) -> None:
     assert validate_x509_svid_leaf(cert) == WEB
 
 
-@pytest.mark.parametrize(
-    ("uris", "extensions", "message"),
-    [
-        pytest.param([], [NOT_CA, GOOD_USAGE], "exactly one URI SAN, this one has 0", id="no-uri-san"),
-        pytest.param(
-            [str(WEB), "spiffe://example.org/db"],
-            [NOT_CA, GOOD_USAGE],
-            "exactly one URI SAN, this one has 2",
-            id="two-uri-sans",
-        ),
-        pytest.param(
-            ["https://example.org/web"],
-            [NOT_CA, GOOD_USAGE],
-            "URI SAN of the X509-SVID is not a SPIFFE ID",
-            id="not-spiffe",
-        ),
-        pytest.param(["spiffe://example.org"], [NOT_CA, GOOD_USAGE], "has no path", id="trust-domain-id"),
-        pytest.param(
-            [str(WEB)], [(x509.BasicConstraints(ca=True, path_length=None), True), GOOD_USAGE], "cA=true", id="ca-true"
-        ),
-        pytest.param([str(WEB)], [NOT_CA], "has no keyUsage extension", id="no-key-usage"),
-        pytest.param(
-            [str(WEB)],
-            [NOT_CA, (usage(key_agreement=True), True)],
-            "lacks keyUsage digitalSignature",
-            id="no-digital-signature",
-        ),
-        pytest.param(
-            [str(WEB)],
-            [NOT_CA, (usage(digital_signature=True, key_cert_sign=True), True)],
-            "keyCertSign",
-            id="key-cert-sign",
-        ),
-        pytest.param(
-            [str(WEB)], [NOT_CA, (usage(digital_signature=True, crl_sign=True), True)], "cRLSign", id="crl-sign"
-        ),
-        pytest.param(
-            [str(WEB)],
-            [NOT_CA, (usage(digital_signature=True, key_encipherment=True), True)],
-            "EC key with keyUsage keyEncipherment",
-            id="ec-key-encipherment",
-        ),
-        pytest.param(
-            [str(WEB)],
-            [NOT_CA, GOOD_USAGE, (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
-            "without serverAuth",
-            id="eku-without-server-auth",
-        ),
-        pytest.param(
-            [str(WEB)],
-            [NOT_CA, GOOD_USAGE, (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)],
-            "without clientAuth",
-            id="eku-without-client-auth",
-        ),
-    ],
-)
+# One case per leaf rule: (URI SANs, other extensions, what the refusal says).
+LEAF_RULE_BREAKS = [
+    pytest.param([], [NOT_CA, GOOD_USAGE], "exactly one URI SAN, this one has 0", id="no-uri-san"),
+    pytest.param(
+        [str(WEB), "spiffe://example.org/db"],
+        [NOT_CA, GOOD_USAGE],
+        "exactly one URI SAN, this one has 2",
+        id="two-uri-sans",
+    ),
+    pytest.param(
+        ["https://example.org/web"],
+        [NOT_CA, GOOD_USAGE],
+        "URI SAN of the X509-SVID is not a SPIFFE ID",
+        id="not-spiffe",
+    ),
+    pytest.param(["spiffe://example.org"], [NOT_CA, GOOD_USAGE], "has no path", id="trust-domain-id"),
+    pytest.param(
+        [str(WEB)], [(x509.BasicConstraints(ca=True, path_length=None), True), GOOD_USAGE], "cA=true", id="ca-true"
+    ),
+    pytest.param([str(WEB)], [NOT_CA], "has no keyUsage extension", id="no-key-usage"),
+    pytest.param(
+        [str(WEB)],
+        [NOT_CA, (usage(key_agreement=True), True)],
+        "lacks keyUsage digitalSignature",
+        id="no-digital-signature",
+    ),
+    pytest.param(
+        [str(WEB)],
+        [NOT_CA, (usage(digital_signature=True, key_cert_sign=True), True)],
+        "keyCertSign",
+        id="key-cert-sign",
+    ),
+    pytest.param([str(WEB)], [NOT_CA, (usage(digital_signature=True, crl_sign=True), True)], "cRLSign", id="crl-sign"),
+    pytest.param(
+        [str(WEB)],
+        [NOT_CA, (usage(digital_signature=True, key_encipherment=True), True)],
+        "EC key with keyUsage keyEncipherment",
+        id="ec-key-encipherment",
+    ),
+    pytest.param(
+        [str(WEB)],
+        [NOT_CA, GOOD_USAGE, (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
+        "without serverAuth",
+        id="eku-without-server-auth",
+    ),
+    pytest.param(
+        [str(WEB)],
+        [NOT_CA, GOOD_USAGE, (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)],
+        "without clientAuth",
+        id="eku-without-client-auth",
+    ),
+]
+
+
+@pytest.mark.parametrize(("uris", "extensions", "message"), LEAF_RULE_BREAKS)
 def test_a_leaf_breaking_one_rule_is_refused(
     root: Ca, uris: list[str], extensions: list[tuple[x509.ExtensionType, bool]], message: str
 ) -> None:
@@ -207,6 +207,73 @@ def test_an_rsa_leaf_with_key_agreement_is_refused(root: Ca) -> None:
     )
     with pytest.raises(X509SvidError, match="RSA key with keyUsage keyAgreement"):
         validate_x509_svid_leaf(cert)
+
+
+def test_a_certificate_with_an_extension_twice_is_refused(root: Ca) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    twice = x509.Extension(ExtensionOID.BASIC_CONSTRAINTS, True, x509.BasicConstraints(ca=False, path_length=None))
+    cert = x509.CertificateBuilder(
+        issuer_name=root.cert.subject,
+        subject_name=x509.Name([]),
+        public_key=key.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=(NOW - timedelta(minutes=1)).replace(tzinfo=None),
+        not_valid_after=(NOW + timedelta(hours=1)).replace(tzinfo=None),
+        extensions=[twice, twice],
+    ).sign(root.key, hashes.SHA256())
+    with pytest.raises(X509SvidError, match="malformed extension"):
+        validate_x509_svid_leaf(cert)
+
+
+# --- the same rules on a template's objects (what issuance checks before signing) -------------------
+
+
+def _as_objects(
+    uris: list[str], extensions: list[tuple[x509.ExtensionType, bool]]
+) -> list[x509.Extension[x509.ExtensionType]]:
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris])
+    objects = [x509.Extension(san.oid, False, san)] if uris else []
+    return objects + [x509.Extension(value.oid, critical, value) for value, critical in extensions]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("uris", "extensions", "message"), LEAF_RULE_BREAKS)
+def test_extension_objects_breaking_one_rule_are_refused(
+    uris: list[str], extensions: list[tuple[x509.ExtensionType, bool]], message: str
+) -> None:
+    with pytest.raises(X509SvidError, match=message):
+        check_leaf_extensions(_as_objects(uris, extensions), ec_key=True)
+
+
+def test_extension_objects_with_key_agreement_for_an_rsa_key_are_refused() -> None:
+    objects = _as_objects([str(WEB)], [NOT_CA, (usage(digital_signature=True, key_agreement=True), True)])
+    with pytest.raises(X509SvidError, match="RSA key with keyUsage keyAgreement"):
+        check_leaf_extensions(objects, ec_key=False)
+
+
+def test_extension_objects_with_an_extension_twice_are_refused() -> None:
+    with pytest.raises(X509SvidError, match="twice"):
+        check_leaf_extensions(_as_objects([str(WEB)], [NOT_CA, GOOD_USAGE, NOT_CA]), ec_key=True)
+
+
+@pytest.mark.parametrize("rsa_key", [False, True], ids=["ec", "rsa"])
+def test_a_template_holds_exactly_the_extensions_its_signed_leaf_carries(root: Ca, rsa_key: bool) -> None:
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if rsa_key
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    template = x509_svid_template(
+        spiffe_id=WEB,
+        public_key=key.public_key(),
+        issuer=root.cert,
+        not_before=NOW - timedelta(minutes=1),
+        not_after=NOW + timedelta(hours=1),
+        dns_names=["web.example.org"],
+    )
+    leaf = template.builder.sign(root.key, hashes.SHA256())
+    assert list(leaf.extensions) == list(template.extensions)
+    assert template.ec_key is (leaf.public_key_algorithm_oid == PublicKeyAlgorithmOID.EC_PUBLIC_KEY)
+    assert template.validate() == validate_x509_svid_leaf(leaf) == WEB
 
 
 # --- templates ----------------------------------------------------------------------------------------
@@ -240,20 +307,20 @@ def test_leaf_template_carries_both_ekus_ski_and_the_issuers_ski_as_aki(root: Ca
 
 def test_leaf_template_caps_not_after_at_the_issuers_not_after(root: Ca) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = x509_svid_builder(
+    cert = x509_svid_template(
         spiffe_id=WEB,
         public_key=key.public_key(),
         issuer=root.cert,
         not_before=NOW,
         not_after=NOW + timedelta(days=365),
-    ).sign(root.key, hashes.SHA256())
+    ).builder.sign(root.key, hashes.SHA256())
     assert cert.not_valid_after_utc == root.cert.not_valid_after_utc
 
 
 def test_leaf_template_refuses_an_invalid_dns_name(root: Ca) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(X509SvidError, match="is not a valid hostname"):
-        x509_svid_builder(
+        x509_svid_template(
             spiffe_id=WEB,
             public_key=key.public_key(),
             issuer=root.cert,
@@ -406,13 +473,13 @@ def test_parse_pem_refuses_a_key_that_does_not_match_the_leaf(root: Ca) -> None:
 
 def test_openssl_accepts_a_root_intermediate_leaf_chain_built_by_the_templates(root: Ca, tmp_path: Path) -> None:
     intermediate = make_ca(issuer=root, name="intermediate")
-    leaf = x509_svid_builder(
+    leaf = x509_svid_template(
         spiffe_id=WEB,
         public_key=ec.generate_private_key(ec.SECP256R1()).public_key(),
         issuer=intermediate.cert,
         not_before=datetime.now(UTC) - timedelta(minutes=1),
         not_after=datetime.now(UTC) + timedelta(hours=1),
-    )
+    ).builder
     result = subprocess.run(
         [
             "openssl",

@@ -1,0 +1,24 @@
+"""bench/node_api.py runs end to end with tiny counts: a real CA, an attested client, every phase
+signed and sampled leaves verified (the figures themselves are not a test; docs/performance.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import run
+
+pytestmark = pytest.mark.e2e
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "node_api.py"
+
+
+def test_node_api_bench_signs_and_verifies_every_phase_with_tiny_counts() -> None:
+    tiny = ["--svids", "3", "--pool", "3", "--entries", "2", "--batches", "1,2", "--channels", "1,2", "--seconds", "10"]
+    result = run([sys.executable, str(BENCH), *tiny, "--no-cfssl"], timeout=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    phases = [line.split() for line in result.stdout.splitlines() if line.startswith("trustmesh ")]
+    assert [(p[1], p[2], p[3]) for p in phases] == [("1", "1", "3"), ("1", "2", "3"), ("2", "1", "3"), ("2", "2", "3")]
+    assert all(int(p[-1]) >= 1 for p in phases)  # leaves verified against the bundle, the entry and the CSR key
