@@ -131,13 +131,19 @@ async def test_an_https_spiffe_partner_is_fetched_and_its_status_reported(
     refreshing: CaParts, partner: CaParts, spiffe_partner: Served
 ) -> None:
     refreshing.federation.create(spiffe_spec(partner, spiffe_partner.port), OPERATOR)
-    status = await until(refreshing, lambda r: r.last_success_at is not None, "a first fetch")
+    metrics = refreshing.metrics.registry.get_sample_value
+    # The refresher commits the status, then sets its gauges: wait for both.
+    status = await until(
+        refreshing,
+        lambda r: r.last_success_at is not None
+        and metrics("trustmesh_federation_last_fetch_ok", {"trust_domain": "b.test"}) is not None,
+        "a first fetch and its metrics",
+    )
     assert status.last_error == ""
     assert status.next_refresh_at is not None
     assert status.last_success_at is not None
     assert status.next_refresh_at > status.last_success_at
     assert refreshing.federation.bundles() == {B: partner.service.get_bundle()}
-    metrics = refreshing.metrics.registry.get_sample_value
     assert (
         metrics("trustmesh_federation_bundle_sequence", {"trust_domain": "b.test"})
         == partner.service.get_bundle().sequence
