@@ -12,12 +12,14 @@ from tests.support.processes import run
 
 pytestmark = pytest.mark.e2e
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "node_api.py"
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "node_api.py"
 
 
 def test_node_api_bench_signs_and_verifies_every_phase_with_tiny_counts() -> None:
     tiny = ["--svids", "3", "--pool", "3", "--entries", "2", "--batches", "1,2", "--channels", "1,2", "--seconds", "10"]
-    result = run([sys.executable, str(BENCH), *tiny, "--no-cfssl"], timeout=90)
+    # Run as docs/performance.md says: PYTHONPATH is the checkout (the bench imports it and tests.support).
+    result = run([sys.executable, str(BENCH), *tiny, "--no-cfssl"], env={"PYTHONPATH": str(ROOT)}, timeout=90)
     assert result.returncode == 0, result.stderr[-3000:]
     phases = [line.split() for line in result.stdout.splitlines() if line.startswith("trustmesh ")]
     assert [(p[1], p[2], p[3]) for p in phases] == [("1", "1", "3"), ("1", "2", "3"), ("2", "1", "3"), ("2", "2", "3")]

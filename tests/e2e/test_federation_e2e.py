@@ -387,9 +387,9 @@ def test_b_rotates_its_ca_in_an_emergency_under_traffic_from_a_and_no_request_fa
     old = active_x509(b)
     serving = b.envoy.certificate_serials()
     with continuous_requests(a.outbound_port) as traffic:
-        prepared_at = time.monotonic()
         with b.admin() as admin:
             report = admin.post("/v1/authorities/prepare", json={"kind": "x509"}).raise_for_status().json()
+        prepared_at = time.monotonic()  # after the reply: B committed the preparation before it answered
         prepared = report["changes"][0]["authority_id"]
         published = b.bundle_sequence()
         # B publishes the new authority before it signs; A fetches it on B's refresh hint and its
