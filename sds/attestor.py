@@ -90,16 +90,50 @@ class ProcessAttestor:
     def __init__(self, digests: ExecutableDigests | None = None, proc: Path = Path("/proc")) -> None:
         self._digests = digests or ExecutableDigests()
         self._proc = proc
+        # Reads asked for but not begun yet, by the credentials they are about (see attest_process).
+        self._waiting: dict[PeerCredentials, asyncio.Future[frozenset[Selector]]] = {}
 
     async def attest_process(self, creds: PeerCredentials, pidfd: int | None = None) -> frozenset[Selector]:
-        """The selectors of the process ``creds`` describe.
+        """The selectors of the process ``creds`` describe, read after this call began.
+
+        Callers asking about the same credentials before the read begins share it: a snapshot pushed to
+        1,000 streams of one Envoy costs one read of ``/proc``, not 1,000. Sharing never hands out
+        stale facts, because a read joins only callers that were already waiting when it started, the
+        same guarantee each caller would get from a read of its own.
 
         ``pidfd`` refers to that exact process; when given, the caller is refused if the process
-        exited while it was being attested (its pid may already name another process). The caller
-        keeps ownership of ``pidfd``. Raises :class:`NotAuthorized` when the process is gone."""
-        return await asyncio.to_thread(self._attest, creds, pidfd)
+        exited by the time the read finished (its pid may then name another process). It is checked
+        for each caller, after the shared read, so one caller's live process never vouches for
+        another's. The caller keeps ``pidfd`` open until this returns. Raises :class:`NotAuthorized`
+        when the process is gone."""
+        waiting = self._waiting.get(creds)
+        if waiting is None:
+            loop = asyncio.get_running_loop()
+            waiting = self._waiting[creds] = loop.create_future()
+            # Begins once every callback already queued has run: the other streams woken by the same
+            # change reach this point in that pass and join.
+            loop.call_soon(self._begin_read, creds, waiting)
+        selectors = await asyncio.shield(waiting)
+        if pidfd is not None and _has_exited(pidfd):
+            raise _exited(creds.pid)
+        return selectors
 
-    def _attest(self, creds: PeerCredentials, pidfd: int | None) -> frozenset[Selector]:
+    def _begin_read(self, creds: PeerCredentials, result: asyncio.Future[frozenset[Selector]]) -> None:
+        del self._waiting[creds]  # callers from now on wait for a read that begins after them
+
+        def settle(read: asyncio.Future[frozenset[Selector]]) -> None:
+            if result.cancelled():
+                return
+            error = read.exception()
+            if error is None:
+                result.set_result(read.result())
+            else:
+                result.set_exception(error)
+                result.exception()  # retrieved: every waiter may have gone (their connections closed)
+
+        asyncio.ensure_future(asyncio.to_thread(self._read, creds)).add_done_callback(settle)
+
+    def _read(self, creds: PeerCredentials) -> frozenset[Selector]:
         selectors = {Selector(UNIX, f"uid:{creds.uid}"), Selector(UNIX, f"gid:{creds.gid}")}
         user = _user_name(creds.uid)
         if user is not None:
@@ -108,8 +142,6 @@ class ProcessAttestor:
         if group is not None:
             selectors.add(Selector(UNIX, f"group:{group}"))
         selectors.update(self._executable_selectors(creds.pid))
-        if pidfd is not None and _has_exited(pidfd):
-            raise _exited(creds.pid)
         return frozenset(selectors)
 
     def _executable_selectors(self, pid: int) -> set[Selector]:

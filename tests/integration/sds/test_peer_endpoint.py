@@ -117,6 +117,24 @@ async def test_forgets_a_connection_when_the_client_disconnects(served: Served) 
     assert [p.name for p in private.iterdir()] == ["grpc.sock"]
 
 
+async def test_callers_that_hang_up_at_once_leave_nothing_behind(served: Served) -> None:
+    # Each caller is gone before, while or just after the proxy connects its upstream socket.
+    private = served.directory / ".workload.sock.d"
+    loop = asyncio.get_running_loop()
+    for hang_up_after in range(50):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, str(served.directory / "workload.sock"))
+        for _ in range(hang_up_after % 5):
+            await asyncio.sleep(0)
+        sock.close()
+    await wait_until(lambda: served.endpoint.attestor.connections == 0, "forgetting every connection")
+    await wait_until(lambda: [p.name for p in private.iterdir()] == ["grpc.sock"], "removing every bound socket")
+    assert served.endpoint.connections_of(os.getuid()) == 0
+    response = await fetch_svids(f"unix:{served.directory / 'workload.sock'}")
+    assert [s.spiffe_id for s in response.svids] == ["spiffe://example.org/web"]
+
+
 async def test_copies_responses_larger_than_its_buffers_intact(served: Served) -> None:
     svids = [served.ca.svid(f"/svc-{n}", [ME]) for n in range(300)]
     await served.cache.publish(snapshot(served.ca, svids, version=2))

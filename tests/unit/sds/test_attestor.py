@@ -10,8 +10,10 @@ import os
 import pwd
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from io import BufferedReader
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,82 @@ def test_digest_cache_drops_least_recently_used_entry(tmp_path: Path) -> None:
     assert digests.files_hashed == 3
     digest_of(digests, files[1])
     assert digests.files_hashed == 4
+
+
+class GatedDigests(ExecutableDigests):
+    """Counts reads of an executable, and holds each one until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.reading = threading.Event()
+        self.gate = threading.Event()
+
+    def digest(self, path: str, file: BufferedReader) -> str:
+        self.reads += 1
+        self.reading.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().digest(path, file)
+
+
+@pytest.fixture
+def fake_proc(tmp_path: Path) -> Path:
+    """A /proc whose ``<our pid>/exe`` names ``app-a``; ``app-b`` is the binary a caller may execute next."""
+    (tmp_path / "app-a").write_bytes(b"\x7fELF first binary")
+    (tmp_path / "app-b").write_bytes(b"\x7fELF second binary")
+    (tmp_path / "proc" / str(os.getpid())).mkdir(parents=True)
+    (tmp_path / "proc" / str(os.getpid()) / "exe").symlink_to(tmp_path / "app-a")
+    return tmp_path / "proc"
+
+
+def path_selectors(selectors: frozenset[Selector]) -> set[str]:
+    return {s.value for s in selectors if s.value.startswith("path:")}
+
+
+async def test_callers_asking_about_the_same_process_together_share_one_read(fake_proc: Path) -> None:
+    digests = GatedDigests()
+    digests.gate.set()
+    attestor = ProcessAttestor(digests, proc=fake_proc)
+    results = await asyncio.gather(*(attestor.attest_process(own_credentials()) for _ in range(50)))
+    assert (len(set(results)), digests.reads) == (1, 1)
+
+
+async def test_a_caller_never_gets_a_read_that_began_before_it_asked(fake_proc: Path) -> None:
+    digests = GatedDigests()
+    attestor = ProcessAttestor(digests, proc=fake_proc)
+    earlier = asyncio.create_task(attestor.attest_process(own_credentials()))
+    assert await asyncio.to_thread(digests.reading.wait, 10)
+    exe = fake_proc / str(os.getpid()) / "exe"
+    exe.unlink()
+    exe.symlink_to(fake_proc.parent / "app-b")  # the caller executes another binary mid-read
+    later = asyncio.create_task(attestor.attest_process(own_credentials()))
+    await asyncio.sleep(0)
+    digests.gate.set()
+    assert (path_selectors(await earlier), path_selectors(await later), digests.reads) == (
+        {f"path:{fake_proc.parent / 'app-a'}"},
+        {f"path:{fake_proc.parent / 'app-b'}"},
+        2,
+    )
+
+
+async def test_a_shared_read_checks_each_callers_own_pidfd(child: subprocess.Popen[bytes]) -> None:
+    # Two connections name the same pid: the first one's process exited (its pid now names ours).
+    # They share the read of /proc, but only the caller whose own process is alive gets its facts.
+    gone = os.pidfd_open(child.pid)
+    alive = os.pidfd_open(os.getpid())
+    child.kill()
+    child.wait(timeout=10)
+    try:
+        attestor = ProcessAttestor()
+        refused, accepted = await asyncio.gather(
+            attestor.attest_process(own_credentials(), gone),
+            attestor.attest_process(own_credentials(), alive),
+            return_exceptions=True,
+        )
+    finally:
+        os.close(gone)
+        os.close(alive)
+    assert isinstance(refused, NotAuthorized)
+    assert str(refused) == exited_message(os.getpid())
+    assert isinstance(accepted, frozenset)
+    assert Selector("unix", f"uid:{os.getuid()}") in accepted
