@@ -73,10 +73,11 @@ class WorkloadCache:
 
     def __init__(self, initial: CacheSnapshot) -> None:
         self._snapshot = initial
-        # Set (then replaced) by each publish. An Event, not a Condition: every subscriber wakes in the
-        # same loop iteration instead of taking a lock in turn, so 1,000 streams do not queue behind
-        # one another, and their callers' attestations can share one read (sds.attestor).
-        self._changed = asyncio.Event()
+        # Resolved with the next snapshot by publish, then replaced; made when someone first waits. One
+        # future shared by every waiter, not a lock taken in turn: all subscribers wake in the same loop
+        # iteration, so 1,000 streams neither queue behind one another nor each need a task to wait,
+        # and their callers' attestations can share one read (sds.attestor).
+        self._next: asyncio.Future[CacheSnapshot] | None = None
 
     def get_snapshot(self) -> CacheSnapshot:
         return self._snapshot
@@ -85,15 +86,26 @@ class WorkloadCache:
         """Swap in a new snapshot (its version must grow), stamped with the time it was published, and
         wake every subscriber."""
         self._snapshot = replace(snapshot, published_at=time.monotonic())
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        waiting, self._next = self._next, None
+        if waiting is not None:
+            waiting.set_result(self._snapshot)
+
+    def next_change(self, seen: int) -> asyncio.Future[CacheSnapshot]:
+        """The first snapshot whose version is not ``seen``: a done future when the current one is
+        already newer, otherwise the future shared by everyone waiting for the next publish, which
+        callers must not cancel (wrap it in :func:`asyncio.shield` to wait cancellably)."""
+        if self._snapshot.version != seen:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(self._snapshot)
+            return done
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        return self._next
 
     async def subscribe(self) -> AsyncGenerator[CacheSnapshot, None]:
         """Yield the current snapshot at once, then each newer one; intermediate ones may be skipped."""
         seen = -1
         while True:
-            while self._snapshot.version == seen:
-                await self._changed.wait()
-            snapshot = self._snapshot
+            snapshot = await asyncio.shield(self.next_change(seen))
             seen = snapshot.version
             yield snapshot

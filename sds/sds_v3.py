@@ -331,10 +331,10 @@ async def _events(requests: AsyncIterator[Any], cache: WorkloadCache) -> AsyncGe
     """Requests and cache snapshots of one stream, as they come; ends when the client half-closes.
 
     Both sources are read concurrently, so a push never waits for the client to speak. Snapshots come
-    from ``cache.subscribe()`` (newest wins): a slow stream skips intermediate ones."""
-    subscription = cache.subscribe()
+    from ``cache.next_change`` (newest wins: a slow stream skips intermediate ones); its future is
+    shared by every stream of the agent, so it is waited on, never cancelled."""
     next_request: asyncio.Future[Any] = asyncio.ensure_future(anext(requests))
-    next_snapshot: asyncio.Future[CacheSnapshot] = asyncio.ensure_future(anext(subscription))
+    next_snapshot = cache.next_change(seen=-1)
     try:
         while True:
             done, _ = await asyncio.wait((next_request, next_snapshot), return_when=asyncio.FIRST_COMPLETED)
@@ -346,13 +346,12 @@ async def _events(requests: AsyncIterator[Any], cache: WorkloadCache) -> AsyncGe
                 yield request
                 next_request = asyncio.ensure_future(anext(requests))
             if next_snapshot in done:
-                yield next_snapshot.result()
-                next_snapshot = asyncio.ensure_future(anext(subscription))
+                snapshot = next_snapshot.result()
+                yield snapshot
+                next_snapshot = cache.next_change(seen=snapshot.version)
     finally:
-        for pending in (next_request, next_snapshot):
-            pending.cancel()
-        await asyncio.gather(next_request, next_snapshot, return_exceptions=True)
-        await subscription.aclose()
+        next_request.cancel()
+        await asyncio.gather(next_request, return_exceptions=True)
 
 
 async def _check_type_url(type_url: str, context: Context) -> None:
