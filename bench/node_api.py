@@ -86,6 +86,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its live children (a PostgreSQL postmaster and its backends)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -134,6 +140,7 @@ class Phase:
     seconds: float = 0.0
     server_cpu: float = 0.0
     client_cpu: float = 0.0
+    database_cpu: float = 0.0
     verified: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -559,6 +566,7 @@ async def bench_replicas(args: argparse.Namespace) -> list[Phase]:
                 per_replica = max(1, args.replica_connections // args.replicas)
                 agent = await AttestedAgent.attest(replicas[0], args.entries, args.replica_connections, *replicas[1:])
                 pids = [r.process.pid for r in replicas]
+                postmaster = int((server.directory / "data" / "postmaster.pid").read_text().split()[0])
                 one = list(range(args.replica_connections))  # every connection to the first replica
                 spread = [
                     args.replica_connections + (r - 1) * args.replica_connections + c if r else c
@@ -571,17 +579,18 @@ async def bench_replicas(args: argparse.Namespace) -> list[Phase]:
                         await send(connection, [0])  # warm every connection and replica
                     for batch in (int(b) for b in args.batches.split(",")):
                         label = "1 replica" if clients is one else f"{args.replicas} replicas"
-                        phases.append(
-                            await run_phase(
-                                Phase(label, batch, len(clients)),
-                                pids,
-                                send,
-                                pool,
-                                args.svids,
-                                args.seconds,
-                                agent.verifier(),
-                            )
+                        database_before = process_tree_cpu_seconds(postmaster)
+                        phase = await run_phase(
+                            Phase(label, batch, len(clients)),
+                            pids,
+                            send,
+                            pool,
+                            args.svids,
+                            args.seconds,
+                            agent.verifier(),
                         )
+                        phase.database_cpu = process_tree_cpu_seconds(postmaster) - database_before
+                        phases.append(phase)
             finally:
                 if agent is not None:
                     await agent.close()
@@ -599,11 +608,17 @@ def report_replicas(phases: list[Phase], args: argparse.Namespace) -> None:
         f"{os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; replica i on core i, "
         "the bench client and PostgreSQL on the same machine, not pinned"
     )
-    print(f"{'servers':<11} {'batch':>5} {'conns':>5} {'SVIDs':>6} {'SVIDs/s':>9} {'CPU ms/1000':>12}  verified")
+    print(
+        f"{'servers':<11} {'batch':>5} {'conns':>5} {'SVIDs':>6} {'SVIDs/s':>9} {'CPU ms/1000':>12} "
+        f"{'client ms/1000':>14} {'PostgreSQL ms/1000':>18}  verified"
+    )
     for phase in phases:
+        client, database = (
+            c / phase.svids * 1e6 if phase.svids else float("nan") for c in (phase.client_cpu, phase.database_cpu)
+        )
         print(
             f"{phase.server:<11} {phase.batch:>5} {phase.connections:>5} {phase.svids:>6} {phase.rate:>9.0f} "
-            f"{phase.cpu_ms_per_1000:>12.0f}  {phase.verified}"
+            f"{phase.cpu_ms_per_1000:>12.0f} {client:>14.0f} {database:>18.0f}  {phase.verified}"
         )
     single = {p.batch: p for p in phases if p.server == "1 replica"}
     for phase in phases:
