@@ -14,10 +14,10 @@ Why deleting only long-expired records is safe:
   (see :func:`ca.rotation.prune_at`, which then still waits a refresh hint after it stopped signing).
 * Revoking a serial whose record is gone answers NotFound: that SVID had expired long ago.
 
-Each run also deletes the records of used x509pop nonces that have expired
-(:mod:`ca.store.repositories.x509pop_nonces`): an expired nonce is refused as expired, so its record no
-longer guards anything. There is one per x509pop attestation since about the last run, so one
-statement does.
+Each run also deletes the records of used x509pop nonces and accepted exchange statements that have
+expired (:mod:`ca.store.repositories.x509pop_nonces`): an expired one is refused as expired, so its
+record no longer guards anything. There is one per x509pop attestation or exchange since about the
+last run, so one statement does.
 
 Runs in the CA's TaskGroup (:func:`ca.server.serve`): every :data:`PRUNE_INTERVAL`, in transactions of
 at most :data:`BATCH_SIZE` rows and at most :data:`MAX_BATCHES_PER_RUN` of them, so one run never holds
@@ -54,7 +54,7 @@ class PruneResult:
     deleted: int
     # True when the run stopped at MAX_BATCHES_PER_RUN with more left to delete.
     more: bool
-    # Records of expired x509pop nonces deleted.
+    # Records of expired x509pop nonces and exchange statements deleted.
     nonces: int = 0
 
 
@@ -82,8 +82,8 @@ class IssuedCertificateRetention:
     def prune_once(self) -> PruneResult:
         """One run: delete, one transaction per batch, the records of certificates whose notAfter is
         older than now minus the retention; stop after ``max_batches`` full batches. Before that, delete
-        the records of expired x509pop nonces. Blocking; raises what the datastore raises (a batch
-        already committed stays deleted)."""
+        the records of expired x509pop nonces and exchange statements. Blocking; raises what the
+        datastore raises (a batch already committed stays deleted)."""
         now = self._clock.now()
         with self._database.transaction() as session:
             nonces = UsedNonceRepository(session).delete_expired(now)
@@ -109,7 +109,7 @@ class IssuedCertificateRetention:
             "pruned %d issued-certificate records that expired over %s ago%s%s",
             result.deleted,
             format_duration(self._retention),
-            f" and {result.nonces} expired x509pop nonces" if result.nonces else "",
+            f" and {result.nonces} expired x509pop nonces or exchange statements" if result.nonces else "",
             "; more left for the next run" if result.more else "",
         )
         return (BACKLOG_INTERVAL if result.more else PRUNE_INTERVAL).total_seconds()

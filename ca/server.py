@@ -231,7 +231,9 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         federation,
         refresher,
         mappings,
-        _exchange(config, mappings=mappings, entries=entries, service=service, audit=audit, clock=clock),
+        _exchange(
+            config, mappings=mappings, entries=entries, service=service, audit=audit, database=database, clock=clock
+        ),
         legacy_roots,
     )
 
@@ -277,10 +279,12 @@ def _exchange(
     entries: RegistrationEntries,
     service: CaService,
     audit: AuditTrail,
+    database: Database,
     clock: Clock,
 ) -> LegacyExchange | None:
     """The agentless exchange when ``bridge.exchange_address`` is set (its files are checked now). It
-    refuses admin identities: the configured mTLS admins and entries with ``admin = true``."""
+    refuses admin identities: the configured mTLS admins and entries with ``admin = true``. Statements
+    it accepted are spent in the datastore beside x509pop's nonces, so no replica accepts one twice."""
     if not config.bridge.exchange_address:
         return None
     admins = {SpiffeId.parse(admin.spiffe_id) for admin in config.admin_api.admins}
@@ -292,6 +296,7 @@ def _exchange(
         audit=audit,
         clock=clock,
         is_admin=lambda spiffe_id: spiffe_id in admins or entries.has_admin_entry(spiffe_id),
+        spend=DatastoreChallenges(database, clock).spend,
     )
 
 
