@@ -159,7 +159,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     metrics.add_collector(AuthorityCollector(authorities.get_current))
     metrics.add_collector(StreamCollector(hub.subscriber_count, hub.agent_count))
     rotator = Rotator(changes, rotation_params, clock, metrics=metrics.rotation)
-    officer = AuthorityOperations(changes, rotation_params, clock, audit)
+    officer = AuthorityOperations(changes, rotation_params, clock, audit, metrics=metrics.rotation)
     try:
         rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
