@@ -238,9 +238,7 @@ class AuthorityOperations:
             return _with_change(report, StateChange(record.id, kind, None, AuthorityState.ACTIVE))
 
         return self._counted(
-            self._audited(
-                change, actor, "authority.rotate", f"{kind} authority", dry_run, request={"kind": kind.value}
-            )
+            self._audited(change, actor, "authority.rotate", f"{kind} authority", dry_run, request={"kind": kind.value})
         )
 
     def revoke_svids(
