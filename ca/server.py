@@ -47,7 +47,6 @@ from ca.federation.fetch import FetchLimits, web_client_context
 from ca.federation.refresher import FederationMetrics, FederationRefresher, RefreshPolicy
 from ca.federation.relationships import FederationRelationships
 from ca.federation.unknown_keys import UnknownKeyRefresh
-from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.inventory import Inventory
 from ca.issuance import TtlPolicy
@@ -69,6 +68,7 @@ from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority, VaultP
 from ca.upstream.disk import WatchedDiskUpstream
 from ca.vault import VaultClient
 from spiffe_core.clock import Clock, SystemClock
+from spiffe_core.data_dir import lock_data_dir
 from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -441,7 +441,7 @@ async def serve(config: CaConfig, *, new_root: bool = False) -> None:
     """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
     address before touching anything in it, so a second CA on the same data directory or ports stops
     with one error (FailedPrecondition or ConfigError) and leaves the first one's files alone."""
-    lock = lock_data_dir(config.server.data_dir)
+    lock = lock_data_dir(config.server.data_dir, key="server.data_dir", program="CA")
     try:
         await _serve_locked(config, new_root)
     except BaseExceptionGroup as group:  # one line for the CLI instead of a task-group traceback
