@@ -16,7 +16,10 @@ The CA (:class:`ExchangeVerifier`, wired by ``ca.bridge_exchange``) checks, chea
 (within :data:`MAX_CLOCK_SKEW` of its own), then the chain exactly as x509pop does
 (:meth:`bridge.legacy_chain.LegacyTrust.verify`: chain length, key size, validity, anchor, CRL), the
 mapping rules (:func:`bridge.mapping.map_identity`) and last the signature
-(:func:`bridge.possession.verify`). The refusals are x509pop's, word for word. The SPIFFE ID, DNS
+(:func:`bridge.possession.verify`). The refusals are x509pop's, word for word. A statement that passed
+is then spent: its SHA-256 goes into a ledger every replica shares (the CA's datastore), kept until the
+statement would be refused as too old anyway, and a statement found there already is refused
+(:data:`USED`). The SPIFFE ID, DNS
 SANs and CN of the SVID come from the verified certificate and the rule only; the CSR contributes its
 public key (its self-signature is checked when the SVID is signed), never a name.
 
@@ -24,8 +27,8 @@ Why a signed statement rather than TLS client authentication: enterprise certifi
 often issued for TLS servers only (extendedKeyUsage serverAuth), and OpenSSL refuses those as client
 certificates; a TLS stack would also refuse an untrusted or expired chain inside the handshake, before
 the bounded checks above run, with no reason the host's operator can read and nothing in the audit log.
-The statement binds what the signature is for: replayed, it can only obtain another SVID for the same
-CSR key, which only the host holds, and only from the CA it names, within the clock window.
+The statement binds what the signature is for: the CA it names, the CSR key, which only the host holds,
+and the time. It is accepted once, by any replica of that CA; a copy replayed to it is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -58,6 +61,12 @@ MAX_REQUEST_BYTES = MAX_PRESENTED_BYTES + MAX_CSR_BYTES + 4 * 1024
 # A reply: the SVID chain and the bundle (a few certificates each).
 MAX_REPLY_BYTES = 256 * 1024
 _PEM = serialization.Encoding.PEM
+USED = (
+    "this exchange statement was accepted already (a replay, or a retry of an exchange that went through); "
+    "run trustmesh-bridge exchange again: it signs a new one"
+)
+# Spends a statement's SHA-256 (hex) until the given time: True the first time, False ever after.
+StatementLedger = Callable[[str, datetime], bool]
 
 
 def statement(server: SpiffeId, issued_at: int, csr: x509.CertificateSigningRequest) -> bytes:
@@ -144,7 +153,8 @@ class Exchanged:
 class ExchangeVerifier:
     """The CA's checks of an exchange request (module docstring). ``trust`` and ``rules`` are read per
     request, so a replaced CRL file or a new mapping rule counts at once; ``server`` is the CA's own
-    SPIFFE ID, which the statement must name."""
+    SPIFFE ID, which the statement must name; ``spend`` records each statement that passed (shared by
+    every replica, so that none accepts it twice)."""
 
     def __init__(
         self,
@@ -152,15 +162,18 @@ class ExchangeVerifier:
         server: SpiffeId,
         trust: Callable[[], LegacyTrust],
         rules: Callable[[], Sequence[MappingRule]],
+        spend: StatementLedger,
     ) -> None:
         self._trust_domain = trust_domain
         self._server = server
         self._trust = trust
         self._rules = rules
+        self._spend = spend
 
     def verify(self, request: ExchangeRequest, now: datetime) -> Exchanged:
         """NotAuthorized saying which check failed (a clock too far off, expired, revoked, untrusted CA,
-        chain too long, key too large, no mapping rule, a signature by another key)."""
+        chain too long, key too large, no mapping rule, a signature by another key, a statement accepted
+        already)."""
         skew = abs(request.issued_at - int(now.timestamp()))
         if skew > MAX_CLOCK_SKEW.total_seconds():
             raise NotAuthorized(
@@ -170,12 +183,18 @@ class ExchangeVerifier:
         verified = self._trust().verify(request.chain, now)
         identity = LegacyIdentity.from_certificate(verified.leaf, verified.anchor)
         mapped = map_identity(identity, self._rules(), self._trust_domain)
+        signed = statement(self._server, request.issued_at, request.csr)
         possession.verify(
             verified.leaf,
-            statement(self._server, request.issued_at, request.csr),
+            signed,
             request.signature,
             "the key given to trustmesh-bridge exchange (--key) must be the key of its certificate (--cert)",
         )
+        # Kept until the statement is refused as too old anyway; the signature is not what is kept (an
+        # ECDSA signature has a second valid form), the statement it proves is.
+        too_old = datetime.fromtimestamp(request.issued_at, UTC) + MAX_CLOCK_SKEW + timedelta(seconds=1)
+        if not self._spend(hashlib.sha256(signed).hexdigest(), too_old):
+            raise NotAuthorized(USED)
         return Exchanged(verified, mapped)
 
 

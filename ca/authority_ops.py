@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from ca.audit import OK, AuditTrail, listed, refusal_event
 from ca.authority import AuthorityState
 from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
+from ca.metrics import OFFICER, RotationMetrics
 from ca.rotation import PUBLISH_HINTS, RotationParams, published_enough_at
 from ca.store.records import Actor, AuditEvent, AuthorityKind, AuthorityRecord, IssuedCertificate, JsonValue
 from ca.store.repositories import (
@@ -73,13 +74,19 @@ Change = Callable[[Session, Sequence[AuthorityRecord]], ChangeReport]
 
 class AuthorityOperations:
     def __init__(
-        self, changes: AuthorityChanges, params: RotationParams, clock: Clock, audit: AuditTrail | None = None
+        self,
+        changes: AuthorityChanges,
+        params: RotationParams,
+        clock: Clock,
+        audit: AuditTrail | None = None,
+        metrics: RotationMetrics | None = None,
     ) -> None:
         self._changes = changes
         self._authorities = changes.authorities
         self._params = params
         self._clock = clock
         self._audit = audit or AuditTrail(changes.database)
+        self._metrics = metrics
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -132,8 +139,10 @@ class AuthorityOperations:
                 [StateChange(record.id, kind, None, AuthorityState.PREPARED)],
             )
 
-        return self._audited(
-            change, actor, "authority.prepare", f"{kind} authority", dry_run, request={"kind": kind.value}
+        return self._counted(
+            self._audited(
+                change, actor, "authority.prepare", f"{kind} authority", dry_run, request={"kind": kind.value}
+            )
         )
 
     def activate(self, authority_id: str, actor: Actor, *, dry_run: bool = False, force: bool = False) -> ChangeReport:
@@ -160,7 +169,9 @@ class AuthorityOperations:
             changes += retire_active(records, target.kind)
             return self._apply("activate", dry_run, session, records, changes)
 
-        return self._audited(change, actor, "authority.activate", authority_id, dry_run, request={"force": force})
+        return self._counted(
+            self._audited(change, actor, "authority.activate", authority_id, dry_run, request={"force": force})
+        )
 
     def taint(self, authority_id: str, actor: Actor, *, dry_run: bool = False) -> ChangeReport:
         """Mark an authority as suspect: agents replace everything chained to it at once; it stays in
@@ -226,8 +237,8 @@ class AuthorityOperations:
             report = self._apply("rotate", False, session, [*records, record], changes)
             return _with_change(report, StateChange(record.id, kind, None, AuthorityState.ACTIVE))
 
-        return self._audited(
-            change, actor, "authority.rotate", f"{kind} authority", dry_run, request={"kind": kind.value}
+        return self._counted(
+            self._audited(change, actor, "authority.rotate", f"{kind} authority", dry_run, request={"kind": kind.value})
         )
 
     def revoke_svids(
@@ -271,6 +282,14 @@ class AuthorityOperations:
         return self._audited(change, actor, "x509_svid.revoke", target, dry_run, request=request)
 
     # -- plumbing ------------------------------------------------------------------------------------
+
+    def _counted(self, report: ChangeReport) -> ChangeReport:
+        """``report`` of an officer's rotation step, counted on ``/metrics`` beside the scheduled steps
+        (``trigger="officer"``) once it was applied; a dry run changed nothing and is not counted."""
+        if self._metrics is not None and not report.dry_run:
+            for kind in sorted({change.kind.value for change in report.changes}):
+                self._metrics.steps.labels(report.action, kind, OFFICER).inc()
+        return report
 
     def _audited(
         self,

@@ -99,6 +99,8 @@ class DatastoreChallenges:
             return self._key
 
     def spend(self, digest: str, expires_at: datetime) -> bool:
+        """Record a used nonce, or an accepted exchange statement (:data:`bridge.exchange.StatementLedger`):
+        both are single-use proofs known by their SHA-256, so they share one table."""
         with self._database.transaction() as session:
             return UsedNonceRepository(session).spend(digest, expires_at)
 

@@ -4,7 +4,8 @@ ID, keeping the DNS SANs and CN its mapping rule says.
 
 :class:`LegacyExchange` is the use case behind the exchange listener (:mod:`ca.exchange_listener`):
 the per-source rate first, then the request's checks (:class:`bridge.exchange.ExchangeVerifier`, the
-``[bridge]`` trust anchors and CRLs read per request as x509pop reads them), then issuance through
+``[bridge]`` trust anchors and CRLs read per request as x509pop reads them; a statement accepted once,
+by any replica, is refused after), then issuance through
 :meth:`ca.service.CaService.mint_x509_svids`, which checks the CSR's self-signature, takes only its
 public key, and records the certificate and its audit record in one transaction. It never issues an
 SVID for an admin identity: mapping rules are an operator's to manage, admin roles are not.
@@ -25,7 +26,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from bridge.exchange import ExchangeReply, ExchangeRequest, ExchangeVerifier
+from bridge.exchange import ExchangeReply, ExchangeRequest, ExchangeVerifier, StatementLedger
 from bridge.mapping import MappingRule
 from ca.audit import AuditTrail, Issuance, refusal_event
 from ca.bridge_attestation import ConfiguredTrust
@@ -153,13 +154,15 @@ def legacy_exchange(
     audit: AuditTrail,
     clock: Clock,
     is_admin: Callable[[SpiffeId], bool],
+    spend: StatementLedger,
 ) -> LegacyExchange:
     """The exchange for ``config``, whose trust anchor and CRL files are checked now (ConfigError);
-    ``is_admin`` says which SPIFFE IDs are admin identities (refused)."""
+    ``is_admin`` says which SPIFFE IDs are admin identities (refused); ``spend`` records the statements
+    accepted, in the datastore every replica shares."""
     trust = ConfiguredTrust(config, "the agentless exchange")
     trust.check()
     return LegacyExchange(
-        verifier=ExchangeVerifier(trust_domain, server_id(trust_domain), trust, rules),
+        verifier=ExchangeVerifier(trust_domain, server_id(trust_domain), trust, rules, spend),
         issuer=issuer,
         audit=audit,
         clock=clock,

@@ -40,9 +40,15 @@ def reason_label(err: BaseException) -> str:
     return type(err).__name__
 
 
+# Who took a rotation step: the rotation task on its schedule, or an officer through the admin API.
+SCHEDULE = "schedule"
+OFFICER = "officer"
+
+
 @dataclass
 class RotationMetrics:
-    """The scheduled rotation's outcomes (:class:`ca.rotator.Rotator`)."""
+    """The rotation's outcomes: the steps the rotation task (:class:`ca.rotator.Rotator`) and officers
+    (:class:`ca.authority_ops.AuthorityOperations`) took, and the task's failures and last success."""
 
     registry: CollectorRegistry
     steps: Counter = field(init=False)
@@ -52,8 +58,9 @@ class RotationMetrics:
     def __post_init__(self) -> None:
         self.steps = Counter(
             "trustmesh_rotation_steps",
-            "Scheduled rotation steps taken (prepare, activate, recover, prune)",
-            ["step", "kind"],
+            "Rotation steps taken: by the schedule (prepare, activate, recover, prune) or an officer (prepare, "
+            "activate, rotate)",
+            ["step", "kind", "trigger"],
             registry=self.registry,
         )
         self.failures = Counter(

@@ -14,10 +14,16 @@ Why deleting only long-expired records is safe:
   (see :func:`ca.rotation.prune_at`, which then still waits a refresh hint after it stopped signing).
 * Revoking a serial whose record is gone answers NotFound: that SVID had expired long ago.
 
-Each run also deletes the records of used x509pop nonces that have expired
-(:mod:`ca.store.repositories.x509pop_nonces`): an expired nonce is refused as expired, so its record no
-longer guards anything. There is one per x509pop attestation since about the last run, so one
-statement does.
+Each run also deletes the records of used x509pop nonces and accepted exchange statements that have
+expired (:mod:`ca.store.repositories.x509pop_nonces`): an expired one is refused as expired, so its
+record no longer guards anything. There is one per x509pop attestation or exchange since about the
+last run, so one statement does.
+
+And it deletes join tokens (used or not) that expired more than the same retention ago
+(:meth:`~ca.store.repositories.JoinTokenRepository.purge_expired`): an expired token is refused, and
+the inventory shows it for one retention after it expired (who made it, which agent used it), as it
+shows an expired SVID's record; after that its row guards nothing. Tokens are made by operators, a
+few per agent, so one statement does here too.
 
 Runs in the CA's TaskGroup (:func:`ca.server.serve`): every :data:`PRUNE_INTERVAL`, in transactions of
 at most :data:`BATCH_SIZE` rows and at most :data:`MAX_BATCHES_PER_RUN` of them, so one run never holds
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ca.store.engine import Database
-from ca.store.repositories import IssuedCertificateRepository, UsedNonceRepository
+from ca.store.repositories import IssuedCertificateRepository, JoinTokenRepository, UsedNonceRepository
 from spiffe_core.backoff import Backoff, retry_forever
 from spiffe_core.clock import Clock
 from spiffe_core.durations import format_duration
@@ -54,8 +60,10 @@ class PruneResult:
     deleted: int
     # True when the run stopped at MAX_BATCHES_PER_RUN with more left to delete.
     more: bool
-    # Records of expired x509pop nonces deleted.
+    # Records of expired x509pop nonces and exchange statements deleted.
     nonces: int = 0
+    # Join tokens that expired more than the retention ago, deleted.
+    join_tokens: int = 0
 
 
 class IssuedCertificateRetention:
@@ -82,20 +90,22 @@ class IssuedCertificateRetention:
     def prune_once(self) -> PruneResult:
         """One run: delete, one transaction per batch, the records of certificates whose notAfter is
         older than now minus the retention; stop after ``max_batches`` full batches. Before that, delete
-        the records of expired x509pop nonces. Blocking; raises what the datastore raises (a batch
-        already committed stays deleted)."""
+        the records of expired x509pop nonces and exchange statements, and the join tokens that expired
+        before that cutoff. Blocking; raises what the datastore raises (a batch already committed stays
+        deleted)."""
         now = self._clock.now()
+        cutoff = now - self._retention
         with self._database.transaction() as session:
             nonces = UsedNonceRepository(session).delete_expired(now)
-        cutoff = now - self._retention
+            tokens = JoinTokenRepository(session).purge_expired(cutoff)
         deleted = 0
         for _ in range(self._max_batches):
             with self._database.transaction() as session:
                 count = IssuedCertificateRepository(session).delete_expired(cutoff, self._batch_size)
             deleted += count
             if count < self._batch_size:
-                return PruneResult(deleted, more=False, nonces=nonces)
-        return PruneResult(deleted, more=True, nonces=nonces)
+                return PruneResult(deleted, more=False, nonces=nonces, join_tokens=tokens)
+        return PruneResult(deleted, more=True, nonces=nonces, join_tokens=tokens)
 
     async def run(self) -> None:
         """Prune now and then every :data:`PRUNE_INTERVAL` until cancelled, logging one line per run.
@@ -106,10 +116,11 @@ class IssuedCertificateRetention:
         """One logged run; returns the seconds until the next (sooner while a backlog is left)."""
         result = await asyncio.to_thread(self.prune_once)
         log.info(
-            "pruned %d issued-certificate records that expired over %s ago%s%s",
+            "pruned %d issued-certificate records that expired over %s ago%s%s%s",
             result.deleted,
             format_duration(self._retention),
-            f" and {result.nonces} expired x509pop nonces" if result.nonces else "",
+            f" and {result.nonces} expired x509pop nonces or exchange statements" if result.nonces else "",
+            f" and {result.join_tokens} join tokens that expired as long ago" if result.join_tokens else "",
             "; more left for the next run" if result.more else "",
         )
         return (BACKLOG_INTERVAL if result.more else PRUNE_INTERVAL).total_seconds()

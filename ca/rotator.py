@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from ca.audit import OK, ROTATOR
 from ca.authority import AuthorityState
 from ca.authority_changes import AuthorityChanges, StateChange, find, retire_active
-from ca.metrics import RotationMetrics
+from ca.metrics import SCHEDULE, RotationMetrics
 from ca.rotation import RotationParams, Step, StepKind, next_check, plan_rotation
 from ca.store.records import AuditEvent, AuthorityRecord
 from ca.store.repositories import AuditLogRepository
@@ -148,4 +148,4 @@ class Rotator:
             return True
 
         if self._changes.run(change):
-            self._metrics.steps.labels(step.kind.value, step.authority_kind.value).inc()
+            self._metrics.steps.labels(step.kind.value, step.authority_kind.value, SCHEDULE).inc()

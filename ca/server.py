@@ -47,7 +47,6 @@ from ca.federation.fetch import FetchLimits, web_client_context
 from ca.federation.refresher import FederationMetrics, FederationRefresher, RefreshPolicy
 from ca.federation.relationships import FederationRelationships
 from ca.federation.unknown_keys import UnknownKeyRefresh
-from ca.files import lock_data_dir
 from ca.http_api import create_admin_app, create_health_app
 from ca.inventory import Inventory
 from ca.issuance import TtlPolicy
@@ -69,6 +68,7 @@ from ca.upstream import CaSubject, SelfSignedUpstream, UpstreamAuthority, VaultP
 from ca.upstream.disk import WatchedDiskUpstream
 from ca.vault import VaultClient
 from spiffe_core.clock import Clock, SystemClock
+from spiffe_core.data_dir import lock_data_dir
 from spiffe_core.errors import ConfigError, NoActiveAuthority, TrustmeshError
 from spiffe_core.spiffe_id import SpiffeId
 
@@ -159,7 +159,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     metrics.add_collector(AuthorityCollector(authorities.get_current))
     metrics.add_collector(StreamCollector(hub.subscriber_count, hub.agent_count))
     rotator = Rotator(changes, rotation_params, clock, metrics=metrics.rotation)
-    officer = AuthorityOperations(changes, rotation_params, clock, audit)
+    officer = AuthorityOperations(changes, rotation_params, clock, audit, metrics=metrics.rotation)
     try:
         rotator.tick()  # a CA that was down across a rotation point catches up before serving
     except TrustmeshError as err:
@@ -231,7 +231,9 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         federation,
         refresher,
         mappings,
-        _exchange(config, mappings=mappings, entries=entries, service=service, audit=audit, clock=clock),
+        _exchange(
+            config, mappings=mappings, entries=entries, service=service, audit=audit, database=database, clock=clock
+        ),
         legacy_roots,
     )
 
@@ -277,10 +279,12 @@ def _exchange(
     entries: RegistrationEntries,
     service: CaService,
     audit: AuditTrail,
+    database: Database,
     clock: Clock,
 ) -> LegacyExchange | None:
     """The agentless exchange when ``bridge.exchange_address`` is set (its files are checked now). It
-    refuses admin identities: the configured mTLS admins and entries with ``admin = true``."""
+    refuses admin identities: the configured mTLS admins and entries with ``admin = true``. Statements
+    it accepted are spent in the datastore beside x509pop's nonces, so no replica accepts one twice."""
     if not config.bridge.exchange_address:
         return None
     admins = {SpiffeId.parse(admin.spiffe_id) for admin in config.admin_api.admins}
@@ -292,6 +296,7 @@ def _exchange(
         audit=audit,
         clock=clock,
         is_admin=lambda spiffe_id: spiffe_id in admins or entries.has_admin_entry(spiffe_id),
+        spend=DatastoreChallenges(database, clock).spend,
     )
 
 
@@ -436,7 +441,7 @@ async def serve(config: CaConfig, *, new_root: bool = False) -> None:
     """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
     address before touching anything in it, so a second CA on the same data directory or ports stops
     with one error (FailedPrecondition or ConfigError) and leaves the first one's files alone."""
-    lock = lock_data_dir(config.server.data_dir)
+    lock = lock_data_dir(config.server.data_dir, key="server.data_dir", program="CA")
     try:
         await _serve_locked(config, new_root)
     except BaseExceptionGroup as group:  # one line for the CLI instead of a task-group traceback

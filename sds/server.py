@@ -24,7 +24,7 @@ from sds.agent_svid import AgentIdentity, AgentSvidParams, load_bootstrap_bundle
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.certfiles import CertFileWriter
 from sds.config import AgentConfig
-from sds.files import lock_data_dir, make_public_directory
+from sds.files import make_public_directory
 from sds.health import AgentHealth
 from sds.health_server import bind_health_socket, health_app, serve_health
 from sds.manager import AgentManager, ManagerParams
@@ -35,6 +35,7 @@ from sds.persistence import AgentStore
 from sds.sds_v3 import SecretDiscoveryService
 from sds.workload_api import MAX_REQUEST_BYTES, WorkloadApiService
 from spiffe_core.clock import SystemClock
+from spiffe_core.data_dir import lock_data_dir
 from spiffe_core.errors import TrustmeshError
 from spiffe_core.logs import configure_logging
 from wire import workload_pb2_grpc
@@ -70,7 +71,8 @@ def raise_open_file_limit(needed: int) -> int:
 async def serve_agent(config: AgentConfig) -> None:
     raise_open_file_limit(4 * 2 * config.limits.max_connections + 256)
     clock = SystemClock()
-    lock = lock_data_dir(config.data_dir)  # before anything in it is touched: a second agent stops here
+    # Before anything in it is touched: a second agent stops here.
+    lock = lock_data_dir(config.data_dir, key="data_dir", program="agent")
     health_socket = bind_health_socket(config.health)  # an address in use stops the agent now
     store = AgentStore(config.data_dir, config.trust_domain)
     client = NodeClient(

@@ -287,8 +287,9 @@ class SharedSecretRow(Base):
 
 
 class UsedX509PopNonceRow(Base):
-    """An x509pop nonce whose proof succeeded, known by its SHA-256 (hex), kept until the nonce expires:
-    the primary key makes it single-use across replicas."""
+    """An x509pop nonce whose proof succeeded, or an agentless exchange statement that was accepted,
+    known by its SHA-256 (hex), kept until it would be refused as expired anyway: the primary key makes
+    it single-use across replicas."""
 
     __tablename__ = "x509pop_used_nonces"
 

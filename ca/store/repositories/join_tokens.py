@@ -134,7 +134,8 @@ class JoinTokenRepository:
         return self._session.scalars(statement).one()
 
     def purge_expired(self, now: datetime) -> int:
-        """Delete tokens expired at ``now`` (used or not); return how many went."""
+        """Delete tokens expired at ``now`` (used or not); return how many went. The retention job
+        (:mod:`ca.retention`) calls it with ``now`` one retention in the past."""
         purged = self._session.execute(
             delete(JoinTokenRow)
             .where(JoinTokenRow.expires_at <= now)

@@ -1,6 +1,7 @@
-"""x509pop nonces whose proof succeeded (:mod:`bridge.x509pop`), so that none is answered twice on any
-replica. A nonce is known only by its SHA-256 and kept until it expires (it is refused as expired after
-that anyway); :meth:`UsedNonceRepository.delete_expired` is run by the retention task.
+"""x509pop nonces whose proof succeeded (:mod:`bridge.x509pop`), and agentless exchange statements that
+were accepted (:mod:`bridge.exchange`), so that none is used twice on any replica. Each is known only by
+its SHA-256 and kept until it expires (it is refused as expired after that anyway);
+:meth:`UsedNonceRepository.delete_expired` is run by the retention task.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from bridge.mapping import KeepDns, MappingRule, Match
 from bridge.possession import load_signing_key
 from ca.audit import AuditTrail
 from ca.authority_manager import AuthorityManager
+from ca.bridge_attestation import DatastoreChallenges
 from ca.bridge_exchange import EXCHANGE, LegacyExchange
 from ca.exchange_listener import create_exchange_app
 from ca.ratelimit import Rate
@@ -62,7 +63,7 @@ def rig(tmp_path: Path, enterprise_pki: EnterprisePki) -> Iterator[Rig]:
         load_crls(enterprise_pki.crl.read_bytes(), "crl"),
     )
     exchange = LegacyExchange(
-        verifier=ExchangeVerifier(TD, CA, lambda: trust, lambda: RULES),
+        verifier=ExchangeVerifier(TD, CA, lambda: trust, lambda: RULES, DatastoreChallenges(database, clock).spend),
         issuer=ca_use_cases(database, authorities, clock, timedelta(minutes=30)).service,
         audit=AuditTrail(database),
         clock=clock,

@@ -141,6 +141,18 @@ async def test_an_agent_over_its_signing_rate_is_resource_exhausted_and_others_a
         assert [s.error for s in (await sign(ca, greedy, greedy_ids[:3])).svids] == [""] * 3
 
 
+async def test_a_signing_rate_refusal_counts_each_svid_asked_as_an_issuance_error(start_ca: StartCa) -> None:
+    async with start_ca(NodeApiLimits(max_batch_size=4, signing=Rate(SLOW, 4))) as ca:
+        agent = await attested_agent(ca, "node-1")
+        ids = entries_of(ca, agent, 4)
+        await sign(ca, agent, ids)  # the whole burst
+
+        await refused(sign(ca, agent, ids[:3]))
+
+        labels = {"kind": "x509", "reason": "ResourceExhausted"}
+        assert ca.metrics.registry.get_sample_value("trustmesh_issuance_errors_total", labels) == 3
+
+
 # --- Attest: rate per source address ----------------------------------------------------------------------
 
 

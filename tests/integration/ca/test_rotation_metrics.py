@@ -1,6 +1,6 @@
-"""What the scheduled rotation shows on ``/metrics`` (ca.rotator, ca.metrics.RotationMetrics): each step
-taken, each failed check, and when the last check succeeded — what the shipped "rotation failing"
-alert watches. A real datastore and a hand-moved clock."""
+"""What rotation shows on ``/metrics`` (ca.rotator, ca.authority_ops, ca.metrics.RotationMetrics): each
+step taken, by the schedule or by an officer, each failed check, and when the last check succeeded —
+what the shipped "rotation failing" alert watches. A real datastore and a hand-moved clock."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from ca.authority_changes import AuthorityChanges
 from ca.authority_manager import AuthorityManager, AuthorityParams
+from ca.authority_ops import AuthorityOperations
 from ca.keys.memory import MemoryKeyManager
 from ca.metrics import RotationMetrics
 from ca.rotation import RotationParams
 from ca.rotator import Rotator
 from ca.store import Database
+from ca.store.records import Actor, AuthorityKind
 from ca.sync import ChangeHub
 from ca.upstream import SelfSignedUpstream
 from spiffe_core.errors import UpstreamUnavailable
@@ -38,14 +40,20 @@ class FailingKeys(MemoryKeyManager):
         return super().generate(key_id, key_type)
 
 
-def rotator(database: Database, keys: MemoryKeyManager, clock: FakeClock) -> tuple[Rotator, CollectorRegistry]:
+ROTATION = RotationParams(HINT, timedelta(minutes=10))
+
+
+def authority_changes(database: Database, keys: MemoryKeyManager, clock: FakeClock) -> AuthorityChanges:
     params = AuthorityParams(TrustDomain("example.org"), KeyType.EC_P256, KeyType.EC_P256, CA_TTL, HINT)
     manager = AuthorityManager(database, keys, SelfSignedUpstream(), params, clock)
     manager.load()
-    changes = AuthorityChanges(database=database, authorities=manager, hub=ChangeHub(), clock=clock)
+    return AuthorityChanges(database=database, authorities=manager, hub=ChangeHub(), clock=clock)
+
+
+def rotator(database: Database, keys: MemoryKeyManager, clock: FakeClock) -> tuple[Rotator, CollectorRegistry]:
     registry = CollectorRegistry()
     metrics = RotationMetrics(registry)
-    return Rotator(changes, RotationParams(HINT, timedelta(minutes=10)), clock, metrics=metrics), registry
+    return Rotator(authority_changes(database, keys, clock), ROTATION, clock, metrics=metrics), registry
 
 
 def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -56,11 +64,17 @@ def test_a_step_taken_is_counted_and_the_check_marked_good(database: Database) -
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     rotating, registry = rotator(database, MemoryKeyManager(), clock)
     rotating.tick()
-    assert value(registry, "trustmesh_rotation_steps_total", {"step": "prepare", "kind": "x509"}) is None
+    assert (
+        value(registry, "trustmesh_rotation_steps_total", {"step": "prepare", "kind": "x509", "trigger": "schedule"})
+        is None
+    )
     assert value(registry, "trustmesh_rotation_last_success_timestamp_seconds") == clock.now().timestamp()
     clock.advance(CA_TTL / 2)
     rotating.tick()
-    assert value(registry, "trustmesh_rotation_steps_total", {"step": "prepare", "kind": "x509"}) == 1
+    assert (
+        value(registry, "trustmesh_rotation_steps_total", {"step": "prepare", "kind": "x509", "trigger": "schedule"})
+        == 1
+    )
     assert value(registry, "trustmesh_rotation_last_success_timestamp_seconds") == clock.now().timestamp()
     assert value(registry, "trustmesh_rotation_failures_total") == 0
 
@@ -78,3 +92,26 @@ def test_a_failed_check_is_counted_and_leaves_the_last_success_where_it_was(data
             rotating.tick()
     assert value(registry, "trustmesh_rotation_failures_total") == 2
     assert value(registry, "trustmesh_rotation_last_success_timestamp_seconds") == good
+
+
+def test_an_officers_rotation_steps_are_counted_as_the_officers_and_dry_runs_are_not(database: Database) -> None:
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    registry = CollectorRegistry()
+    changes = authority_changes(database, MemoryKeyManager(), clock)
+    officer = AuthorityOperations(changes, ROTATION, clock, metrics=RotationMetrics(registry))
+    olivia = Actor("oidc:idp#olivia", "oidc", "security-officer")
+
+    officer.prepare(AuthorityKind.X509, olivia, dry_run=True)
+    prepared = officer.prepare(AuthorityKind.X509, olivia)
+    clock.advance(HINT * 3)  # the prepared authority has been published long enough
+    officer.activate(prepared.changes[0].authority_id, olivia)
+    officer.rotate_now(AuthorityKind.JWT, olivia)
+
+    def steps(step: str, kind: str) -> float | None:
+        return value(registry, "trustmesh_rotation_steps_total", {"step": step, "kind": kind, "trigger": "officer"})
+
+    assert (steps("prepare", "x509"), steps("activate", "x509"), steps("rotate", "jwt")) == (1, 1, 1)
+    assert (
+        value(registry, "trustmesh_rotation_steps_total", {"step": "prepare", "kind": "x509", "trigger": "schedule"})
+        is None
+    )

@@ -1,6 +1,7 @@
 """Retention of issued-certificate records (ca/retention.py, ``IssuedCertificateRepository.delete_expired``)
 on SQLite and PostgreSQL: only records expired longer than the retention go, in bounded batches, and
-nothing a CRL or authority pruning still needs. The same runs prune the records of expired x509pop nonces."""
+nothing a CRL or authority pruning still needs. The same runs prune the records of expired x509pop nonces
+and join tokens expired longer than the retention ago."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from cryptography import x509
 
 from ca.authority import AuthorityState
 from ca.retention import IssuedCertificateRetention, PruneResult
-from ca.store import AuthorityRepository, Database, IssuedCertificate, IssuedCertificateRepository
+from ca.store import (
+    AuthorityRepository,
+    Database,
+    IssuedCertificate,
+    IssuedCertificateRepository,
+    JoinTokenRepository,
+    hash_join_token,
+)
+from ca.store.records import JoinTokenQuery
 from ca.store.repositories import UsedNonceRepository
 from spiffe_core.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
@@ -126,6 +135,24 @@ async def test_the_periodic_task_logs_one_line_per_run_with_the_count(
         "pruned 1 issued-certificate records that expired over 1d ago",
         "pruned 0 issued-certificate records that expired over 1d ago",
     ]
+
+
+def test_a_run_deletes_join_tokens_expired_longer_than_the_retention_only(authorities: Database) -> None:
+    expired_at = {
+        "long-gone": NOW - RETENTION - timedelta(seconds=1),
+        "recent": NOW - RETENTION + timedelta(seconds=1),  # still shown by the inventory
+        "live": NOW + timedelta(hours=1),
+    }
+    with authorities.transaction() as session:
+        for token, expires_at in expired_at.items():
+            JoinTokenRepository(session).add(hash_join_token(token), expires_at, NOW - timedelta(days=3))
+
+    result = IssuedCertificateRetention(authorities, RETENTION, FakeClock(NOW)).prune_once()
+
+    assert result.join_tokens == 1
+    with authorities.transaction() as session:
+        left = JoinTokenRepository(session).page(JoinTokenQuery(), limit=10)
+    assert {token.token_hash for token in left} == {hash_join_token("recent"), hash_join_token("live")}
 
 
 def test_a_run_prunes_the_records_of_expired_x509pop_nonces_only(authorities: Database) -> None:

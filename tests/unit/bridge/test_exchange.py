@@ -34,13 +34,28 @@ def now(enterprise_pki: EnterprisePki) -> datetime:
     return datetime.now(UTC)
 
 
+class Ledger:
+    """The statements spent, as the CA's datastore keeps them: digest -> kept until."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, datetime] = {}
+
+    def spend(self, digest: str, until: datetime) -> bool:
+        return self.spent.setdefault(digest, until) is until
+
+
 @pytest.fixture
-def verifier(enterprise_pki: EnterprisePki) -> ExchangeVerifier:
+def ledger() -> Ledger:
+    return Ledger()
+
+
+@pytest.fixture
+def verifier(enterprise_pki: EnterprisePki, ledger: Ledger) -> ExchangeVerifier:
     trust = LegacyTrust(
         [TrustAnchor("corp", load_certificates(enterprise_pki.root.read_bytes(), "root"))],
         load_crls(enterprise_pki.crl.read_bytes(), "crl"),
     )
-    return ExchangeVerifier(TD, CA, lambda: trust, lambda: RULES)
+    return ExchangeVerifier(TD, CA, lambda: trust, lambda: RULES, ledger.spend)
 
 
 def csr() -> x509.CertificateSigningRequest:
@@ -125,6 +140,27 @@ def test_a_statement_signed_outside_the_clock_window_is_refused(
 ) -> None:
     with pytest.raises(NotAuthorized, match=r"^clock skew: the exchange was signed 301 s away"):
         verifier.verify(request(enterprise_pki.web, now + off), now)
+
+
+def test_a_statement_is_accepted_once_and_kept_until_it_would_be_too_old(
+    verifier: ExchangeVerifier, enterprise_pki: EnterprisePki, now: datetime, ledger: Ledger
+) -> None:
+    signed = request(enterprise_pki.web, now)
+    verifier.verify(signed, now)
+
+    with pytest.raises(NotAuthorized, match=r"^this exchange statement was accepted already"):
+        verifier.verify(signed, now)
+    signed_at = datetime.fromtimestamp(signed.issued_at, UTC)
+    assert list(ledger.spent.values()) == [signed_at + MAX_CLOCK_SKEW + timedelta(seconds=1)]
+
+
+def test_a_refused_statement_is_not_spent(
+    verifier: ExchangeVerifier, enterprise_pki: EnterprisePki, now: datetime, ledger: Ledger
+) -> None:
+    with pytest.raises(NotAuthorized):
+        verifier.verify(request(enterprise_pki.web, now, key=host_key(enterprise_pki.db)), now)
+
+    assert ledger.spent == {}
 
 
 def test_a_request_survives_its_encoding(enterprise_pki: EnterprisePki, now: datetime) -> None:
