@@ -55,6 +55,7 @@ from spiffe_core.errors import (
     X509SvidError,
     transport_status,
 )
+from spiffe_core.keepalive import server_options as keepalive_server_options
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import load_pem_certificates
 from wire import node_pb2, node_pb2_grpc
@@ -407,7 +408,8 @@ def build_node_server(
 ) -> tuple[grpc.aio.Server, NodeApiPorts]:
     """A gRPC server with both listeners bound (not started). Must be called on the serving loop."""
     # grpc sets SO_REUSEPORT by default: a second CA would bind the same ports and take half the agents.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # Keepalive: agents' pings are accepted at their cadence, and a vanished agent's Sync stream ends.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *keepalive_server_options()])
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server)
     attestation = _add_port(
         server,

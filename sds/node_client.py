@@ -47,6 +47,7 @@ from spiffe_core.errors import (
     UpstreamUnavailable,
     X509SvidError,
 )
+from spiffe_core.keepalive import AGENT_KEEPALIVE, Keepalive
 from spiffe_core.keys import PrivateKey
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -279,6 +280,7 @@ class NodeClient:
         attestation_address: str,
         server_name: str,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        keepalive: Keepalive = AGENT_KEEPALIVE,
     ) -> None:
         self._trust_domain = trust_domain
         self._server_address = server_address
@@ -294,6 +296,9 @@ class NodeClient:
             ("grpc.initial_reconnect_backoff_ms", CHANNEL_RECONNECT_BACKOFF_MS[0]),
             ("grpc.min_reconnect_backoff_ms", CHANNEL_RECONNECT_BACKOFF_MS[0]),
             ("grpc.max_reconnect_backoff_ms", CHANNEL_RECONNECT_BACKOFF_MS[1]),
+            # A silent partition ends the Sync stream (and the agent reconnects) instead of leaving it
+            # waiting for changes that cannot come (spiffe_core.keepalive).
+            *keepalive.channel_options(),
         ]
         self._timeout = rpc_timeout
         self._credentials: AgentCredentials | None = None

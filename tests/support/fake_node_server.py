@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -214,9 +214,12 @@ class FakeNodeServer:
     """The servicer on two TLS listeners of 127.0.0.1; :meth:`stop` and :meth:`start` again keep the ports.
     ``identity`` replaces the serving X509-SVID (to play an impostor)."""
 
-    def __init__(self, servicer: FakeNodeServicer, identity: X509Svid | None = None) -> None:
+    def __init__(
+        self, servicer: FakeNodeServicer, identity: X509Svid | None = None, options: Sequence[tuple[str, int]] = ()
+    ) -> None:
         self.servicer = servicer
         self._identity = identity or serving_svid(servicer.ca)
+        self._options = list(options)  # gRPC server arguments (the keepalive tests pass the CA's, scaled)
         self._server: grpc.aio.Server | None = None
         self.attestation_port = 0
         self.node_api_port = 0
@@ -233,7 +236,7 @@ class FakeNodeServer:
         key_pem = self._identity.key_pem()
         chain_pem = self._identity.chain_pem()
         roots = _pem(self.servicer.current_bundle().x509_authorities)
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=self._options)
         node_pb2_grpc.add_NodeServicer_to_server(self.servicer, server)  # type: ignore[arg-type]
         self.attestation_port = server.add_secure_port(
             f"127.0.0.1:{self.attestation_port}", grpc.ssl_server_credentials([(key_pem, chain_pem)])
