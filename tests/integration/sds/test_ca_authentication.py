@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,14 +21,14 @@ import pytest
 
 from sds.agent_svid import AgentIdentity, AgentSvidParams
 from sds.ca_channel import CaNotTrusted
-from sds.cache import CacheSnapshot, WorkloadCache
-from sds.manager import AgentManager, ManagerParams
+from sds.cache import CacheSnapshot
 from sds.node_client import NodeClient, make_csr
 from sds.persistence import AgentStore
 from spiffe_core.backoff import DEFAULT_LOG_INTERVAL_SECONDS
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import SystemClock
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.agent_manager import quick_retrying_manager
 from tests.support.agent_pki import SigningCa
 from tests.support.fake_node_server import SERVER_NAME, FakeNodeServer, FakeNodeServicer, serving_svid
 
@@ -152,16 +151,7 @@ async def test_the_manager_takes_nothing_from_an_impostor_and_says_why(
     misled = client(rogue, real)
     agent._client = misled  # the same identity, now pointed at the impostor
     misled.use_credentials(agent.get_current())
-    cache = WorkloadCache(CacheSnapshot(TD))
-    manager = AgentManager(
-        client=misled,
-        cache=cache,
-        store=AgentStore(tmp_path, TD),
-        identity=agent,
-        params=ManagerParams(backoff_base=0.05, backoff_cap=0.2),
-        clock=SystemClock(),
-        rng=random.Random(7),
-    )
+    manager, cache = quick_retrying_manager(misled, agent, tmp_path, TD)
     expected = r"sync stream with the CA failed \(" + refusal(rogue.node_api_address, WEB) + r"\); reconnecting in .*"
 
     def refused() -> bool:

@@ -5,7 +5,6 @@ renewal, the Sync push, a CA outage and the reconnect after it."""
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ import pytest
 
 from sds.agent_svid import AgentIdentity, AgentSvidParams
 from sds.cache import CacheSnapshot, WorkloadCache
-from sds.manager import AgentManager, ManagerParams
+from sds.manager import AgentManager
 from sds.node_client import NodeClient, make_csr
 from sds.persistence import AgentStore
 from spiffe_core.bundle import Bundle
@@ -25,6 +24,7 @@ from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import verify_x509_svid
+from tests.support.agent_manager import quick_retrying_manager
 from tests.support.agent_pki import SigningCa
 from tests.support.fake_node_server import SERVER_NAME, FakeNodeServer, FakeNodeServicer
 
@@ -85,16 +85,7 @@ async def agent(server: FakeNodeServer, tmp_path: Path) -> AsyncIterator[Agent]:
     client = new_client(server)
     identity = new_identity(server, client, tmp_path)
     await identity.start()
-    cache = WorkloadCache(CacheSnapshot(TD))
-    manager = AgentManager(
-        client=client,
-        cache=cache,
-        store=AgentStore(tmp_path, TD),
-        identity=identity,
-        params=ManagerParams(backoff_base=0.05, backoff_cap=0.2),
-        clock=SystemClock(),
-        rng=random.Random(7),
-    )
+    manager, cache = quick_retrying_manager(client, identity, tmp_path, TD)
     try:
         yield Agent(client, identity, cache, manager)
     finally:

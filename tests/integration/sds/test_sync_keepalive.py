@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,14 +17,15 @@ from pathlib import Path
 import pytest
 
 from sds.agent_svid import AgentIdentity, AgentSvidParams
-from sds.cache import CacheSnapshot, WorkloadCache
-from sds.manager import AgentManager, ManagerParams
+from sds.cache import WorkloadCache
+from sds.manager import AgentManager
 from sds.node_client import NodeClient
 from sds.persistence import AgentStore
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import SystemClock
 from spiffe_core.keepalive import AGENT_KEEPALIVE, CA_MIN_PING_INTERVAL, Keepalive, server_options
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
+from tests.support.agent_manager import quick_retrying_manager
 from tests.support.agent_pki import SigningCa
 from tests.support.fake_node_server import SERVER_NAME, FakeNodeServer, FakeNodeServicer
 
@@ -113,16 +113,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         clock=SystemClock(),
     )
     await identity.start()
-    cache = WorkloadCache(CacheSnapshot(TD))
-    manager = AgentManager(
-        client=client,
-        cache=cache,
-        store=AgentStore(tmp_path, TD),
-        identity=identity,
-        params=ManagerParams(backoff_base=0.05, backoff_cap=0.2),
-        clock=SystemClock(),
-        rng=random.Random(7),
-    )
+    manager, cache = quick_retrying_manager(client, identity, tmp_path, TD)
     try:
         yield Rig(server, hole, manager, cache, client)
     finally:
