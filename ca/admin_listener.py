@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ca.admin_auth import Authenticator, RemoteAuthenticator
 from ca.admin_mtls import MtlsAdmins, PublishedTrust
@@ -28,6 +27,7 @@ from ca.admin_transport import (
     ServingSvidCertificate,
     admin_protocol,
 )
+from ca.capped_listener import HANDSHAKE_TIMEOUT_SECONDS, CappedListener
 from ca.config import AdminApiConfig
 from ca.oidc import OidcParams, OidcVerifier, default_jwks_source
 from ca.server_identity import ServingCredentials
@@ -36,7 +36,9 @@ from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
-# The listener's bounds: request line plus headers, requests in flight, idle keep-alive seconds.
+# The listener's bounds: open connections per source address (counted from accept, TLS handshake
+# included: ca/capped_listener.py), request line plus headers, requests in flight, idle keep-alive seconds.
+MAX_CONNECTIONS_PER_SOURCE = 32
 MAX_HEADER_BYTES = 16 * 1024
 MAX_CONCURRENCY = 256
 KEEP_ALIVE_SECONDS = 5
@@ -107,7 +109,9 @@ def admin_certificate(config: AdminApiConfig, serving: Callable[[], ServingCrede
 
 async def serve_admin_https(app: FastAPI, listener: HttpsListener, ready: Callable[[], Awaitable[None]]) -> None:
     """Serve ``app`` on the listener once ``ready`` returns (the serving SVID exists)."""
-    await serve_https(app, listener.sock, listener.tls, ready, name="admin API", protocol=admin_protocol())
+    await serve_https(
+        app, listener.sock, listener.tls, ready, name="admin API", max_connections_per_source=MAX_CONNECTIONS_PER_SOURCE
+    )
 
 
 async def serve_https(
@@ -117,19 +121,25 @@ async def serve_https(
     ready: Callable[[], Awaitable[None]],
     *,
     name: str,
-    protocol: type[H11Protocol],
+    max_connections_per_source: int,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
 ) -> None:
     """Serve ``app`` over HTTPS on ``sock`` once ``ready`` returns, keeping its TLS context current while
-    it serves, within this module's bounds; ``protocol`` (:func:`ca.admin_transport.admin_protocol`)
-    caps the connections per source. The admin API and the agentless exchange are served this way."""
+    it serves, within this module's bounds: at most ``max_connections_per_source`` connections per
+    source address, each given ``handshake_timeout`` seconds for its TLS handshake
+    (:class:`ca.capped_listener.CappedListener`, which takes ``sock`` over and closes it when done).
+    The admin API and the agentless exchange are served this way."""
     await ready()
     tls.refresh()
     host, port = sock.getsockname()[:2]
+    listening = CappedListener(
+        sock, per_source=max_connections_per_source, name=name, handshake_timeout=handshake_timeout
+    )
     log.info("%s listening over HTTPS on %s:%d", name, host, port)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            http=protocol,
+            http=admin_protocol(listening.connected),
             ssl_context_factory=lambda _config, _default: tls.context,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             limit_concurrency=MAX_CONCURRENCY,
@@ -141,8 +151,9 @@ async def serve_https(
     )
     refresher = asyncio.create_task(tls.run())
     try:
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=[listening])
     finally:
+        listening.close()
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher

@@ -5,7 +5,8 @@ credentials. :func:`admin_protocol` makes an h11 protocol class that reads both 
 once per connection, right after the TLS handshake, and adds them to every request's scope: the chain
 as the ASGI TLS extension (``scope["extensions"]["tls"]["client_cert_chain"]``, PEM, leaf first, as
 the client sent it) and the peer's pid/uid/gid as ``scope["extensions"]["trustmesh.peer_credentials"]``.
-It also caps the connections one TCP source address may hold open at once.
+The TCP listeners' per-source connection caps are counted before that, at accept
+(:mod:`ca.capped_listener`); the protocol tells the listener when a connection's handshake is done.
 
 :class:`AdminTlsContext` is the HTTPS listener's ``ssl.SSLContext``: it serves the CA's own serving
 SVID (following its renewals) or a configured certificate (following changes of its files), and asks
@@ -43,7 +44,6 @@ from spiffe_core.peers import peer_certificate_chain, read_peer_credentials
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS_PER_SOURCE = 32
 TLS_REFRESH_SECONDS = 1.0
 _throttle = LogThrottle()
 
@@ -85,47 +85,17 @@ class _WithExtensions:
         await self._app(scope, receive, send)
 
 
-def admin_protocol(
-    max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE, name: str = "admin API"
-) -> type[H11Protocol]:
-    """An h11 protocol class for one listener (its own per-source connection counts); ``name`` is the
-    listener's in the log (the exchange listener uses it too)."""
-    open_by_source: dict[str, int] = {}
+def admin_protocol(on_connected: Callable[[asyncio.BaseTransport], None] | None = None) -> type[H11Protocol]:
+    """An h11 protocol class adding the connection's extensions to every request; ``on_connected`` is
+    called with each transport as it is handed over, i.e. once its TLS handshake is done
+    (:meth:`ca.capped_listener.CappedListener.connected`)."""
 
     class AdminProtocol(H11Protocol):
-        _source: str | None = None
-
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            peer = transport.get_extra_info("peername")
-            source = peer[0] if isinstance(peer, tuple) and peer else None
-            if source is not None:
-                if open_by_source.get(source, 0) >= max_connections_per_source:
-                    if _throttle.should_log(time.monotonic()):
-                        log.warning(
-                            "refused a %s connection from %s: it holds %d open already%s",
-                            name,
-                            source,
-                            max_connections_per_source,
-                            _throttle.note(),
-                        )
-                    self._source = ""  # refused: connection_lost has nothing to undo
-                    transport.abort()
-                    return
-                open_by_source[source] = open_by_source.get(source, 0) + 1
-                self._source = source
+            if on_connected is not None:
+                on_connected(transport)
             super().connection_made(transport)
             self.app = _WithExtensions(self.app, connection_extensions(transport))
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._source == "":
-                return
-            if self._source is not None:
-                left = open_by_source.get(self._source, 1) - 1
-                if left > 0:
-                    open_by_source[self._source] = left
-                else:
-                    open_by_source.pop(self._source, None)
-            super().connection_lost(exc)
 
     return AdminProtocol
 

@@ -7,7 +7,9 @@ listener can be opened to the hosts' networks alone. It serves the CA's own serv
 host checks by SPIFFE ID (``spiffe://<td>/trustmesh/server``), and asks for no client certificate: the
 host proves its enterprise certificate inside the request (:mod:`bridge.exchange` says why).
 
-Bounds: at most :data:`MAX_CONNECTIONS_PER_SOURCE` connections per source address, a request body of
+Bounds: at most :data:`MAX_CONNECTIONS_PER_SOURCE` connections per source address (counted from
+accept, TLS handshake included, which must end within
+:data:`ca.capped_listener.HANDSHAKE_TIMEOUT_SECONDS`), a request body of
 at most :data:`bridge.exchange.MAX_REQUEST_BYTES`, and the admin listener's limits on headers,
 requests in flight and idle connections (:func:`ca.admin_listener.serve_https`); the per-source
 exchange rate is the use case's.
@@ -27,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from bridge.exchange import EXCHANGE_PATH, MAX_REQUEST_BYTES, ExchangeReply
 from ca.admin_listener import serve_https
-from ca.admin_transport import AdminTlsContext, ServingSvidCertificate, admin_protocol
+from ca.admin_transport import AdminTlsContext, ServingSvidCertificate
 from ca.http_api import error_reply
 from ca.server_identity import ServingCredentials
 from spiffe_core.errors import ResourceExhausted, TrustmeshError
@@ -83,5 +85,11 @@ async def serve_exchange(
     """Serve the exchange on ``sock`` (bound by ``ca.server``) once ``ready`` returns (the CA holds its
     serving SVID), following the serving SVID's renewals."""
     tls = AdminTlsContext(ServingSvidCertificate(serving), None)
-    protocol = admin_protocol(MAX_CONNECTIONS_PER_SOURCE, "agentless exchange")
-    await serve_https(create_exchange_app(ops), sock, tls, ready, name="agentless exchange", protocol=protocol)
+    await serve_https(
+        create_exchange_app(ops),
+        sock,
+        tls,
+        ready,
+        name="agentless exchange",
+        max_connections_per_source=MAX_CONNECTIONS_PER_SOURCE,
+    )

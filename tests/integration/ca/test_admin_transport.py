@@ -1,6 +1,6 @@
 """The admin listeners over real sockets (ca/admin_transport.py): uvicorn with the admin protocol hands
-the app the TLS client's chain and the Unix peer's credentials, caps connections per source, and the
-HTTPS context trusts roots the bundle gains while it runs."""
+the app the TLS client's chain and the Unix peer's credentials, and the HTTPS context trusts roots the
+bundle gains while it runs. The per-source connection cap: test_capped_listener.py."""
 
 from __future__ import annotations
 
@@ -60,10 +60,10 @@ def serving(svid: X509Svid) -> Callable[[], ServingCredentials]:
 
 
 @asynccontextmanager
-async def serve(sock: socket.socket, tls: ssl.SSLContext | None = None, per_source: int = 32) -> AsyncIterator[None]:
+async def serve(sock: socket.socket, tls: ssl.SSLContext | None = None) -> AsyncIterator[None]:
     config = uvicorn.Config(
         echo_scope,
-        http=admin_protocol(per_source),
+        http=admin_protocol(),
         ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
         log_config=None,
         lifespan="off",
@@ -161,22 +161,3 @@ async def test_the_app_sees_the_unix_socket_peers_credentials(tmp_path: Path) ->
         seen = await get("http://ca/", transport=httpx.HTTPTransport(uds=str(path)))
 
     assert seen == repr({"chain": [], "length": 0, "creds": (os.getuid(), os.getpid())})
-
-
-async def test_connections_beyond_the_per_source_cap_are_closed_at_once() -> None:
-    sock = tcp_socket()
-    port = sock.getsockname()[1]
-    async with serve(sock, per_source=2):
-        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
-        await asyncio.sleep(0.1)  # the server has taken both
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: ca\r\n\r\n")
-        async with asyncio.timeout(5):
-            third = await reader.read()
-        for _, held_writer in [*held, (reader, writer)]:
-            held_writer.close()
-
-        fourth = await get(f"http://127.0.0.1:{port}/")  # the held ones are gone: served again
-
-    assert third == b""
-    assert "chain" in fourth

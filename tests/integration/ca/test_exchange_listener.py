@@ -1,7 +1,8 @@
 """The agentless exchange's listener over a real TLS socket (ca/exchange_listener.py, docs/bridge.md
 "Bounds"): a body over the request bound is refused 413 before the exchange sees it, whether it
-announces its length or streams it chunked, and a source holding its 8 connections gets no ninth (it
-is closed once its TLS handshake ends)."""
+announces its length or streams it chunked, and a source holding its 8 connections gets no ninth,
+whether it holds them with TLS sessions or with raw TCP connections that never start a handshake
+(counted from accept: the ninth is closed at once)."""
 
 from __future__ import annotations
 
@@ -102,21 +103,34 @@ async def test_a_chunked_body_without_a_length_is_cut_off_at_the_bound() -> None
     assert ops.bodies == []
 
 
+async def hold_all_then_post(port: int, context: ssl.SSLContext | None) -> tuple[str, int]:
+    """Hold the source's every connection (TLS sessions with ``context``, else raw TCP connections that
+    send nothing), try one more request, let go of them, request again: the extra request's outcome and
+    the later one's status."""
+    held = [await asyncio.open_connection("127.0.0.1", port, ssl=context) for _ in range(MAX_CONNECTIONS_PER_SOURCE)]
+    await asyncio.sleep(0.2)  # the server has taken them all
+    extra = await asyncio.to_thread(post_or_refused, port)
+    for _, held_writer in held:
+        held_writer.close()
+    await asyncio.sleep(0.2)  # the held ones are gone
+    served = await asyncio.to_thread(post, port, b"{}")
+    return extra, served.status_code
+
+
 async def test_a_source_holding_its_connections_gets_no_more() -> None:
-    ops = CountingOps()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    async with listening(ops) as port:
-        held = [
-            await asyncio.open_connection("127.0.0.1", port, ssl=context) for _ in range(MAX_CONNECTIONS_PER_SOURCE)
-        ]
-        await asyncio.sleep(0.2)  # the server has taken them all
-        extra = await asyncio.to_thread(post_or_refused, port)
-        for _, held_writer in held:
-            held_writer.close()
-        await asyncio.sleep(0.2)  # the held ones are gone
-        served = await asyncio.to_thread(post, port, b"{}")
+    async with listening(CountingOps()) as port:
+        extra, served = await hold_all_then_post(port, context)
 
     assert extra == "refused"
-    assert served.status_code == 400
+    assert served == 400
+
+
+async def test_raw_connections_without_a_handshake_count_against_the_cap() -> None:
+    async with listening(CountingOps()) as port:
+        extra, served = await hold_all_then_post(port, None)
+
+    assert extra == "refused"
+    assert served == 400
