@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,24 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Dialect,
+    Engine,
+    PoolProxiedConnection,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ca.store.driver import DriverStatement, DriverTransaction, sqlalchemy_errors
 from spiffe_core.errors import ConfigError, TrustmeshError, UpstreamUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -49,14 +62,21 @@ def advisory_lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"trustmesh:{name}".encode()).digest()[:8], "big", signed=True)
 
 
-def lock_for_writers(connection: Connection | Session, name: str) -> None:
+def lock_for_writers(connection: Connection | Session | DriverTransaction, name: str) -> None:
     """Serialize writers of one resource until the current transaction ends.
 
     PostgreSQL gets a transaction-scoped advisory lock; SQLite needs nothing more, because every unit
     of work there already holds the database's single writer lock (``BEGIN IMMEDIATE``)."""
+    if isinstance(connection, DriverTransaction):
+        if connection.dialect.name == "postgresql":
+            connection.execute(_ADVISORY_LOCK, {"key": advisory_lock_key(name)})
+        return
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if bind.dialect.name == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(advisory_lock_key(name))))
+
+
+_ADVISORY_LOCK = DriverStatement(select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger))))
 
 
 def _normalized_url(url: str) -> URL:
@@ -148,6 +168,18 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+_BEGIN_IMMEDIATE = DriverStatement(text("BEGIN IMMEDIATE"))
+
+
+def _discard(pooled: PoolProxiedConnection, dialect: Dialect) -> None:
+    """Roll back what a failed driver transaction wrote; a connection that cannot even roll back (its
+    server went away) is closed instead of going back to the pool."""
+    try:
+        pooled.rollback()
+    except dialect.loaded_dbapi.Error:
+        pooled.invalidate()
+
+
 def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -192,9 +224,44 @@ class Database:
         A database that cannot be reached, or stays locked past the busy timeout, raises
         :class:`UpstreamUnavailable`; the driver's detail is kept as the cause, not in the message. A
         SQLite file that is damaged or read-only raises it too, naming the file and the fix."""
+        with self._datastore_errors(), self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def driver_transaction(self) -> Iterator[DriverTransaction]:
+        """A unit of work for :class:`~ca.store.driver.DriverStatement` s alone, on a pooled connection
+        without an ORM session or Core connection around it (the per-call issuance record: see
+        :mod:`ca.store.driver`). The same transaction as :meth:`transaction` — ``BEGIN IMMEDIATE`` on
+        SQLite, commit when the block ends, rollback when it raises — raising the same errors; callbacks
+        given to ``after_commit`` run once it committed."""
+        committed: list[Callable[[], None]] = []
+        with self._datastore_errors():
+            with sqlalchemy_errors(self._engine.dialect):
+                pooled = self._engine.raw_connection()
+            try:
+                cursor = pooled.cursor()
+                transaction = DriverTransaction(cursor, self._engine.dialect, committed.append)
+                try:
+                    if self.dialect == "sqlite":
+                        transaction.execute(_BEGIN_IMMEDIATE)
+                    yield transaction
+                    with sqlalchemy_errors(self._engine.dialect, "COMMIT"):
+                        pooled.commit()
+                except BaseException:
+                    _discard(pooled, self._engine.dialect)
+                    raise
+                finally:
+                    cursor.close()
+            finally:
+                pooled.close()  # back to the pool
+        for callback in committed:
+            callback()
+
+    @contextmanager
+    def _datastore_errors(self) -> Iterator[None]:
+        """Turn what the driver raises into the errors :meth:`transaction` promises."""
         try:
-            with self._sessions.begin() as session:
-                yield session
+            yield
         except DatabaseError as err:
             problem = _sqlite_file_problem(err, self._engine.url.database) if self.dialect == "sqlite" else None
             if problem is not None:

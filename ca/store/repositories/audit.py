@@ -27,11 +27,11 @@ from dataclasses import replace
 from datetime import UTC
 
 from sqlalchemy import Select, insert, select
-from sqlalchemy.event import listen as event_listen
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca.store._integrity import Violation, violation_of
+from ca.store.driver import DriverStatement, DriverTransaction
 from ca.store.engine import lock_for_writers
 from ca.store.models import (
     AUDIT_ACTION_LENGTH,
@@ -156,8 +156,51 @@ def _filtered(statement: Select[AuditRow], query: AuditQuery) -> Select[AuditRow
 
 
 _AUDIT = Base.metadata.tables[AuditRow.__tablename__]
-_LAST_HASH = select(_AUDIT.c.hash).order_by(_AUDIT.c.id.desc()).limit(1)
-_APPEND = insert(_AUDIT).returning(_AUDIT.c.id)
+# Every audited call appends once: compiled once per dialect, run on the driver's cursor (ca.store.driver).
+_LAST_HASH = DriverStatement(select(_AUDIT.c.hash).order_by(_AUDIT.c.id.desc()).limit(1))
+_APPEND = DriverStatement(
+    insert(_AUDIT).returning(_AUDIT.c.id), _AUDIT, [c.name for c in _AUDIT.columns if c.name != "id"]
+)
+
+
+def append_audit(transaction: DriverTransaction, event: AuditEvent) -> AuditRecord:
+    """Append ``event`` to the chain within ``transaction``; its log line is written once the
+    transaction commits. Raises FailedPrecondition when the chain's newest record is followed already
+    (a tampered log)."""
+    lock_for_writers(transaction, "audit-log")
+    last = transaction.execute(_LAST_HASH).fetchone()
+    prev_hash = GENESIS_HASH if last is None else last[0]
+    event = _fitted(event)
+    hash_ = chain_hash(prev_hash, event)
+    try:
+        (row_id,) = transaction.execute(
+            _APPEND,
+            {
+                "at": event.at,
+                "actor": event.actor.name,
+                "auth_method": event.actor.method,
+                "role": event.actor.role,
+                "action": event.action,
+                "target": event.target,
+                "outcome": event.outcome,
+                "reason": event.reason,
+                "detail": dict(event.detail),
+                "prev_hash": prev_hash,
+                "hash": hash_,
+            },
+        ).fetchone()
+    except IntegrityError as err:
+        if violation_of(err) is not Violation.UNIQUE:
+            raise
+        # Appends are serialized, so only a tampered log has its newest record followed already.
+        raise FailedPrecondition(
+            "the audit log cannot be appended to: its newest record is already followed by another, so "
+            "records were moved; nothing audited can be done until it is restored. Run `trustmesh-ca audit "
+            "verify` to see where"
+        ) from err
+    record = AuditRecord(id=row_id, event=event, prev_hash=prev_hash, hash=hash_)
+    transaction.after_commit(lambda: log_record(record))
+    return record
 
 
 class AuditLogRepository:
@@ -168,45 +211,8 @@ class AuditLogRepository:
         self._session = session
 
     def append(self, event: AuditEvent) -> AuditRecord:
-        lock_for_writers(self._session, "audit-log")
-        # Core statements on the unit of work's connection (every audited call appends once: the ORM's
-        # bookkeeping of a row object would cost more than the write). Core does not flush the unit of
-        # work first, so what it holds goes in before, as an ORM query would have flushed it.
-        self._session.flush()
-        connection = self._session.connection()
-        last = connection.execute(_LAST_HASH).scalar()
-        prev_hash = GENESIS_HASH if last is None else last
-        event = _fitted(event)
-        hash_ = chain_hash(prev_hash, event)
-        try:
-            row_id = connection.execute(
-                _APPEND,
-                {
-                    "at": event.at,
-                    "actor": event.actor.name,
-                    "auth_method": event.actor.method,
-                    "role": event.actor.role,
-                    "action": event.action,
-                    "target": event.target,
-                    "outcome": event.outcome,
-                    "reason": event.reason,
-                    "detail": dict(event.detail),
-                    "prev_hash": prev_hash,
-                    "hash": hash_,
-                },
-            ).scalar_one()
-        except IntegrityError as err:
-            if violation_of(err) is not Violation.UNIQUE:
-                raise
-            # Appends are serialized, so only a tampered log has its newest record followed already.
-            raise FailedPrecondition(
-                "the audit log cannot be appended to: its newest record is already followed by another, so "
-                "records were moved; nothing audited can be done until it is restored. Run `trustmesh-ca audit "
-                "verify` to see where"
-            ) from err
-        record = AuditRecord(id=row_id, event=event, prev_hash=prev_hash, hash=hash_)
-        event_listen(self._session, "after_commit", lambda _session: log_record(record), once=True)
-        return record
+        """:func:`append_audit` within this unit of work."""
+        return append_audit(DriverTransaction.of(self._session), event)
 
     def list(
         self,

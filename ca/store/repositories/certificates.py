@@ -1,77 +1,70 @@
 """Records of issued X509-SVIDs, the basis of leaf revocation, CRLs (DESIGN §3 "Leaf revocation") and the
 inventory (issue 11).
 
-Issuance is the CA's hot path, so a batch of signed SVIDs is recorded with one SQLAlchemy Core
-``executemany`` (the driver's own), not through the ORM. The inventory reads pages in (notAfter, serial)
+Issuance is the CA's hot path, so a batch of signed SVIDs is recorded with one driver ``executemany`` of
+a statement compiled once (:mod:`ca.store.driver`), not through the ORM, inside an ORM unit of work or a
+bare driver transaction (:func:`record_issued`). The inventory reads pages in (notAfter, serial)
 order with a keyset cursor, so a page costs the same however deep into the list it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
 
 from cryptography import x509
-from sqlalchemy import ColumnElement, Connection, Dialect, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca.store._integrity import Violation, violation_of
+from ca.store.driver import DriverStatement, DriverTransaction
 from ca.store.models import Base, IssuedCertificateRow
 from ca.store.records import CertificateQuery, IssuedCertificate
 from ca.store.repositories._sql import serial_from_text, serial_to_text
 from spiffe_core.errors import AlreadyExists, FailedPrecondition, NotFound
 from spiffe_core.spiffe_id import SpiffeId
 
-_Processor = Callable[[Any], Any]
+# The issuance hot path: compiled once per dialect, run on the driver's cursor (ca.store.driver).
+_TABLE = Base.metadata.tables[IssuedCertificateRow.__tablename__]
+_INSERT = DriverStatement(insert(_TABLE), _TABLE)
 
 
-class _DriverInsert:
-    """An INSERT of every column of ``table``, run as the driver's own ``executemany`` of ready values.
+def record_issued(transaction: DriverTransaction, certificates: Sequence[IssuedCertificate]) -> None:
+    """Record a batch of issued SVIDs in one driver ``executemany`` within ``transaction``.
 
-    SQLAlchemy converts every value through its column's type for every row; a batch of SVIDs holds
-    the same few timestamps (its notBefore, notAfter and issue time) in all of its rows, so each
-    distinct value is converted once here, by the same type, and the statement compiled once per
-    dialect. What reaches the database is exactly what a Core insert would send."""
-
-    def __init__(self, table: Table) -> None:
-        self._table = table
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, _Processor]]] = {}
-
-    def _for(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, _Processor]]:
-        if dialect.name not in self._compiled:
-            compiled = insert(self._table).compile(dialect=dialect)
-            order = tuple(compiled.positiontup or ()) if compiled.positional else None
-            processors: dict[str, _Processor] = {
-                column.name: processor
-                for column in self._table.columns
-                # The dialect's own implementation of the type (SQLite's DATETIME writes its text format).
-                if (processor := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-            }
-            self._compiled[dialect.name] = (compiled.string, order, processors)
-        return self._compiled[dialect.name]
-
-    def execute(self, connection: Connection, rows: Sequence[Mapping[str, object]]) -> None:
-        sql, order, processors = self._for(connection.dialect)
-        converted: dict[tuple[str, object], object] = {}
-
-        def bind(name: str, value: object) -> object:
-            processor = processors.get(name)
-            if processor is None or value is None:
-                return value
-            key = (name, value)
-            if key not in converted:
-                converted[key] = processor(value)
-            return converted[key]
-
-        if order is None:
-            connection.exec_driver_sql(sql, [{name: bind(name, value) for name, value in row.items()} for row in rows])
-        else:
-            connection.exec_driver_sql(sql, [tuple(bind(name, row[name]) for name in order) for row in rows])
-
-
-_INSERT = _DriverInsert(Base.metadata.tables[IssuedCertificateRow.__tablename__])
+    Raises :class:`AlreadyExists` when a serial is recorded already and :class:`NotFound` when a
+    signing authority is not in the datastore; either way nothing of the batch is recorded once the
+    transaction rolls back."""
+    if not certificates:
+        return
+    rows = [
+        {
+            "serial": serial_to_text(c.serial),
+            "spiffe_id": str(c.spiffe_id),
+            "authority_id": c.authority_id,
+            "not_before": c.not_before,
+            "not_after": c.not_after,
+            "issued_at": c.issued_at,
+            "revoked_at": c.revoked_at,
+            "revocation_reason": None if c.revocation_reason is None else c.revocation_reason.value,
+            "agent_id": None if c.agent_id is None else str(c.agent_id),
+        }
+        for c in certificates
+    ]
+    try:
+        transaction.executemany(_INSERT, rows)
+    except IntegrityError as err:
+        if violation_of(err) is Violation.FOREIGN_KEY:
+            authorities = ", ".join(sorted({repr(c.authority_id) for c in certificates}))
+            raise NotFound(
+                f"a signing authority of this batch ({authorities}) is not in the datastore; record "
+                "the authority before the certificates it signs"
+            ) from err
+        raise AlreadyExists(
+            f"a serial number in this batch of {len(certificates)} certificates is recorded already; "
+            "serial numbers must be unique — sign again with fresh random serials"
+        ) from err
 
 
 def _live(now: datetime) -> ColumnElement[bool]:
@@ -119,43 +112,8 @@ class IssuedCertificateRepository:
         self._session = session
 
     def add_many(self, certificates: Sequence[IssuedCertificate]) -> None:
-        """Record a batch of issued SVIDs in one statement.
-
-        Raises :class:`AlreadyExists` when a serial is recorded already and :class:`NotFound` when a
-        signing authority is not in the datastore; either way nothing of the batch is recorded once
-        the unit of work rolls back."""
-        if not certificates:
-            return
-        rows = [
-            {
-                "serial": serial_to_text(c.serial),
-                "spiffe_id": str(c.spiffe_id),
-                "authority_id": c.authority_id,
-                "not_before": c.not_before,
-                "not_after": c.not_after,
-                "issued_at": c.issued_at,
-                "revoked_at": c.revoked_at,
-                "revocation_reason": None if c.revocation_reason is None else c.revocation_reason.value,
-                "agent_id": None if c.agent_id is None else str(c.agent_id),
-            }
-            for c in certificates
-        ]
-        # Core does not flush the unit of work first, so rows it holds (an authority) go in before.
-        self._session.flush()
-        try:
-            # Core, not the ORM's bulk insert: one executemany of plain rows, no per-row ORM bookkeeping.
-            _INSERT.execute(self._session.connection(), rows)
-        except IntegrityError as err:
-            if violation_of(err) is Violation.FOREIGN_KEY:
-                authorities = ", ".join(sorted({repr(c.authority_id) for c in certificates}))
-                raise NotFound(
-                    f"a signing authority of this batch ({authorities}) is not in the datastore; record "
-                    "the authority before the certificates it signs"
-                ) from err
-            raise AlreadyExists(
-                f"a serial number in this batch of {len(certificates)} certificates is recorded already; "
-                "serial numbers must be unique — sign again with fresh random serials"
-            ) from err
+        """:func:`record_issued` within this unit of work."""
+        record_issued(DriverTransaction.of(self._session), certificates)
 
     def get(self, serial: int) -> IssuedCertificate:
         row = self._session.get(IssuedCertificateRow, serial_to_text(serial))
