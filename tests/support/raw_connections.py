@@ -33,6 +33,20 @@ async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
         return False
 
 
+async def one_over_the_cap(
+    port: int, held: int, held_from: str = "127.0.0.1", extra_from: str = "127.0.0.1"
+) -> tuple[bool, list[bool]]:
+    """Open ``held`` raw connections from ``held_from``, then one more from ``extra_from``: whether the
+    server closed the extra one at once, and whether each held one is still open. All are closed after."""
+    kept = [await raw(port, held_from) for _ in range(held)]
+    extra_reader, extra_writer = await raw(port, extra_from)
+    extra_closed = await closed_by_server(extra_reader, CLOSED_WITHIN)
+    kept_open = [not await closed_by_server(reader, 0.2) for reader, _ in kept]
+    for _, writer in [*kept, (extra_reader, extra_writer)]:
+        writer.close()
+    return extra_closed, kept_open
+
+
 async def served_eventually(attempt: Callable[[], Awaitable[T]], within: float = 5.0) -> T:
     """``attempt()`` (an HTTPS request), retried while it fails at the transport until ``within`` seconds
     passed: a closed connection's slot is given back on the server's next loop turn."""

@@ -30,7 +30,7 @@ from spiffe_core.peers import peer_certificate_chain
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import verify_x509_svid
 from tests.support.clock import FakeClock
-from tests.support.raw_connections import CLOSED_WITHIN, closed_by_server, raw, served_eventually
+from tests.support.raw_connections import closed_by_server, one_over_the_cap, raw, served_eventually
 from tests.support.store import OFFICER
 from tests.support.web_pki import write_web_pki
 
@@ -187,13 +187,7 @@ async def test_connections_beyond_a_sources_cap_are_closed_at_once_and_fetches_w
     async for url in _serving(_spiffe_endpoint(parts, max_connections_per_source=2)):
         port = int(url.rsplit(":", 1)[1])
         before, _ = await _get(url, _unverified())
-        held = [await raw(port) for _ in range(2)]
-        third_reader, third_writer = await raw(port)
-
-        third_closed = await closed_by_server(third_reader, CLOSED_WITHIN)
-        held_open = [not await closed_by_server(reader, 0.2) for reader, _ in held]
-        for _, writer in [*held, (third_reader, third_writer)]:
-            writer.close()
+        third_closed, held_open = await one_over_the_cap(port, held=2)
         after, _ = await served_eventually(functools.partial(_get, url, _unverified()))
 
     assert third_closed

@@ -23,7 +23,7 @@ from ca.admin_transport import AdminTlsContext, ServingSvidCertificate
 from ca.server_identity import ServingCredentials
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_pki import SigningCa
-from tests.support.raw_connections import CLOSED_WITHIN, closed_by_server, raw, served_eventually
+from tests.support.raw_connections import closed_by_server, one_over_the_cap, raw, served_eventually
 
 NOW = datetime.now(UTC)
 CA = SigningCa.create(TrustDomain("example.org"), NOW)
@@ -108,13 +108,7 @@ async def get_eventually(port: int, tmp_path: Path, source: str = "127.0.0.1") -
 
 async def test_raw_connections_beyond_the_per_source_cap_are_closed_at_once(tmp_path: Path) -> None:
     async with listening(per_source=2) as port:
-        held = [await raw(port) for _ in range(2)]
-        third_reader, third_writer = await raw(port)
-
-        third_closed = await closed_by_server(third_reader, CLOSED_WITHIN)
-        held_open = [not await closed_by_server(reader, 0.2) for reader, _ in held]
-        for _, writer in [*held, (third_reader, third_writer)]:
-            writer.close()
+        third_closed, held_open = await one_over_the_cap(port, held=2)
         served = await get_eventually(port, tmp_path)
 
     assert third_closed
@@ -126,13 +120,7 @@ async def test_beyond_the_total_a_connection_from_another_source_is_closed_at_on
     tmp_path: Path,
 ) -> None:
     async with listening(per_source=4, total=2) as port:
-        held = [await raw(port, "127.0.0.1") for _ in range(2)]
-        other_reader, other_writer = await raw(port, "127.0.0.2")
-
-        other_closed = await closed_by_server(other_reader, CLOSED_WITHIN)
-        held_open = [not await closed_by_server(reader, 0.2) for reader, _ in held]
-        for _, writer in [*held, (other_reader, other_writer)]:
-            writer.close()
+        other_closed, held_open = await one_over_the_cap(port, held=2, held_from="127.0.0.1", extra_from="127.0.0.2")
         served = await get_eventually(port, tmp_path, source="127.0.0.2")
 
     assert other_closed
