@@ -36,11 +36,12 @@ from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
-# The listener's bounds: open connections per source address (counted from accept, TLS handshake
-# included: ca/capped_listener.py), request line plus headers, requests in flight, idle keep-alive seconds.
+# The listener's bounds: open connections per source address and in all (counted from accept, TLS
+# handshake included: ca/capped_listener.py), request line plus headers, idle keep-alive seconds.
+# HTTP/1.1 runs one request at a time per connection, so MAX_CONNECTIONS bounds requests in flight too.
 MAX_CONNECTIONS_PER_SOURCE = 32
+MAX_CONNECTIONS = 256
 MAX_HEADER_BYTES = 16 * 1024
-MAX_CONCURRENCY = 256
 KEEP_ALIVE_SECONDS = 5
 
 
@@ -110,7 +111,13 @@ def admin_certificate(config: AdminApiConfig, serving: Callable[[], ServingCrede
 async def serve_admin_https(app: FastAPI, listener: HttpsListener, ready: Callable[[], Awaitable[None]]) -> None:
     """Serve ``app`` on the listener once ``ready`` returns (the serving SVID exists)."""
     await serve_https(
-        app, listener.sock, listener.tls, ready, name="admin API", max_connections_per_source=MAX_CONNECTIONS_PER_SOURCE
+        app,
+        listener.sock,
+        listener.tls,
+        ready,
+        name="admin API",
+        max_connections_per_source=MAX_CONNECTIONS_PER_SOURCE,
+        max_connections=MAX_CONNECTIONS,
     )
 
 
@@ -122,18 +129,27 @@ async def serve_https(
     *,
     name: str,
     max_connections_per_source: int,
+    max_connections: int,
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
 ) -> None:
     """Serve ``app`` over HTTPS on ``sock`` once ``ready`` returns, keeping its TLS context current while
     it serves, within this module's bounds: at most ``max_connections_per_source`` connections per
-    source address, each given ``handshake_timeout`` seconds for its TLS handshake
-    (:class:`ca.capped_listener.CappedListener`, which takes ``sock`` over and closes it when done).
-    The admin API and the agentless exchange are served this way."""
+    source address and ``max_connections`` in all, each given ``handshake_timeout`` seconds for its TLS
+    handshake (:class:`ca.capped_listener.CappedListener`, which takes ``sock`` over and closes it when
+    done). The admin API and the agentless exchange are served this way.
+
+    uvicorn's own ``limit_concurrency`` is not set: it counts only connections past their handshake and
+    their requests (one at a time each), never more than the listener's total, so all it could add is
+    503 answers on connections already accepted. The total, refused at accept, is the one bound."""
     await ready()
     tls.refresh()
     host, port = sock.getsockname()[:2]
     listening = CappedListener(
-        sock, per_source=max_connections_per_source, name=name, handshake_timeout=handshake_timeout
+        sock,
+        per_source=max_connections_per_source,
+        total=max_connections,
+        name=name,
+        handshake_timeout=handshake_timeout,
     )
     log.info("%s listening over HTTPS on %s:%d", name, host, port)
     server = uvicorn.Server(
@@ -142,7 +158,6 @@ async def serve_https(
             http=admin_protocol(listening.connected),
             ssl_context_factory=lambda _config, _default: tls.context,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-            limit_concurrency=MAX_CONCURRENCY,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             server_header=False,
             log_config=None,

@@ -7,12 +7,12 @@ listener can be opened to the hosts' networks alone. It serves the CA's own serv
 host checks by SPIFFE ID (``spiffe://<td>/trustmesh/server``), and asks for no client certificate: the
 host proves its enterprise certificate inside the request (:mod:`bridge.exchange` says why).
 
-Bounds: at most :data:`MAX_CONNECTIONS_PER_SOURCE` connections per source address (counted from
-accept, TLS handshake included, which must end within
+Bounds: at most :data:`MAX_CONNECTIONS_PER_SOURCE` connections per source address and
+:data:`MAX_CONNECTIONS` in all (counted from accept, TLS handshake included, which must end within
 :data:`ca.capped_listener.HANDSHAKE_TIMEOUT_SECONDS`), a request body of
-at most :data:`bridge.exchange.MAX_REQUEST_BYTES`, and the admin listener's limits on headers,
-requests in flight and idle connections (:func:`ca.admin_listener.serve_https`); the per-source
-exchange rate is the use case's.
+at most :data:`bridge.exchange.MAX_REQUEST_BYTES`, and the admin listener's limits on headers and
+idle connections (:func:`ca.admin_listener.serve_https`); the per-source exchange rate is the use
+case's.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from ca.server_identity import ServingCredentials
 from spiffe_core.errors import ResourceExhausted, TrustmeshError
 
 MAX_CONNECTIONS_PER_SOURCE = 8
+# Legacy hosts make one short exchange at a time; as many in all as the admin listener takes.
+MAX_CONNECTIONS = 256
 
 
 class ExchangeOps(Protocol):
@@ -92,4 +94,5 @@ async def serve_exchange(
         ready,
         name="agentless exchange",
         max_connections_per_source=MAX_CONNECTIONS_PER_SOURCE,
+        max_connections=MAX_CONNECTIONS,
     )

@@ -12,12 +12,22 @@ when its files change. The TLS context is chosen per connection (``start_tls`` a
 credential is used from the next handshake on without restarting the listener.
 
 Requests are tiny and bounded: the request head may be at most :data:`MAX_REQUEST_HEAD` bytes and the
-whole exchange must finish in :data:`REQUEST_TIMEOUT_SECONDS`; a connection carries one request.
+whole exchange must finish in :data:`REQUEST_TIMEOUT_SECONDS`; a connection carries one request. The
+endpoint is open to anyone who can reach it, so connections are counted from accept, before the TLS
+handshake, by :class:`ca.capped_listener.CappedListener`: at most :data:`MAX_CONNECTIONS_PER_SOURCE`
+per source address and :data:`MAX_CONNECTIONS` in all, further ones closed at once. The listener's
+handshake bound (:data:`ca.capped_listener.HANDSHAKE_TIMEOUT_SECONDS` from accept) and the request
+timeout (from the handler's start, right after accept) both run during the handshake; the handler
+reports the handshake done as soon as ``start_tls`` returns, and from then on the request timeout
+alone bounds the connection. With both at 10 s a stalled handshake ends at 10 s either way; the
+listener's bound is the one every HTTPS listener of the CA shares, and it ends the connection at
+the socket even if the handler were slow to run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -28,6 +38,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from ca.capped_listener import HANDSHAKE_TIMEOUT_SECONDS, CappedListener
 from ca.server_identity import ServerIdentity, ServingCredentials
 from spiffe_core.bundle import USE_X509_SVID, Bundle
 from spiffe_core.clock import Clock
@@ -37,6 +48,11 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_HEAD = 8 * 1024
 REQUEST_TIMEOUT_SECONDS = 10.0
+# Partners fetch once per refresh hint over one short connection; a few share an address behind NAT.
+MAX_CONNECTIONS_PER_SOURCE = 8
+# Below the admin and exchange listeners' 256: a trust domain has few partners, and the three
+# listeners together stay well inside the 1024 descriptors a process is commonly allowed.
+MAX_CONNECTIONS = 128
 _X509_ONLY_QUERY = f"use={USE_X509_SVID}"
 
 
@@ -130,22 +146,48 @@ def bundle_document(bundle: Bundle, query: str) -> bytes:
 
 
 class BundleEndpoint:
-    """Serves ``bundle()`` on a listening socket with the TLS context ``tls()`` returns at each accept."""
+    """Serves ``bundle()`` on a listening socket with the TLS context ``tls()`` returns at each accept,
+    within the module's connection bounds (the handshake bound can be shortened for tests)."""
 
-    def __init__(self, bundle: Callable[[], Bundle], tls: Callable[[], ssl.SSLContext]) -> None:
+    def __init__(
+        self,
+        bundle: Callable[[], Bundle],
+        tls: Callable[[], ssl.SSLContext],
+        *,
+        max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
+        max_connections: int = MAX_CONNECTIONS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
+    ) -> None:
         self._bundle = bundle
         self._tls = tls
+        self._per_source = max_connections_per_source
+        self._total = max_connections
+        self._handshake_timeout = handshake_timeout
 
     async def serve(self, sock: socket.socket) -> None:
-        """Serve until cancelled."""
-        server = await asyncio.start_server(self._handle, sock=sock, limit=MAX_REQUEST_HEAD)
-        async with server:
-            await server.serve_forever()
+        """Serve until cancelled. ``sock`` is taken over (detached) and closed when done."""
+        listening = CappedListener(
+            sock,
+            per_source=self._per_source,
+            total=self._total,
+            name="bundle endpoint",
+            handshake_timeout=self._handshake_timeout,
+        )
+        handle = functools.partial(self._handle, listening)
+        try:
+            server = await asyncio.start_server(handle, sock=listening, limit=MAX_REQUEST_HEAD)
+            async with server:
+                await server.serve_forever()
+        finally:
+            listening.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, listening: CappedListener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
                 await writer.start_tls(self._tls())
+                listening.connected(writer.transport)
                 head = await reader.readuntil(b"\r\n\r\n")
                 status, body = self._answer(head)
                 writer.write(_response(status, body))

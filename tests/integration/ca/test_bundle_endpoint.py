@@ -1,13 +1,16 @@
 """The SPIFFE bundle endpoint (issue 9, deliverable 1): served over real TLS sockets with both profiles,
-answering the published bundle; read back by httpx and by a reader as strict as gRPC's (A87)."""
+answering the published bundle; read back by httpx and by a reader as strict as gRPC's (A87). Its
+connections are bounded as the other HTTPS listeners' are (ca/capped_listener.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,7 @@ from spiffe_core.peers import peer_certificate_chain
 from spiffe_core.spiffe_id import TrustDomain
 from spiffe_core.x509_svid import verify_x509_svid
 from tests.support.clock import FakeClock
+from tests.support.raw_connections import closed_by_server, one_over_the_cap, raw, served_eventually
 from tests.support.store import OFFICER
 from tests.support.web_pki import write_web_pki
 
@@ -61,12 +65,13 @@ async def _serving(endpoint: BundleEndpoint) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def spiffe_url(parts: CaParts) -> AsyncIterator[str]:
-    async for url in _serving(
-        BundleEndpoint(
-            parts.service.get_bundle, SpiffeServingContexts(parts.identity, parts.service.get_bundle, HOLD, parts.clock)
-        )
-    ):
+    async for url in _serving(_spiffe_endpoint(parts)):
         yield url
+
+
+def _spiffe_endpoint(parts: CaParts, **bounds: Any) -> BundleEndpoint:
+    contexts = SpiffeServingContexts(parts.identity, parts.service.get_bundle, HOLD, parts.clock)
+    return BundleEndpoint(parts.service.get_bundle, contexts, **bounds)
 
 
 def _unverified() -> ssl.SSLContext:
@@ -174,6 +179,44 @@ async def test_an_oversized_request_head_is_cut_off_without_an_answer(spiffe_url
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_connections_beyond_a_sources_cap_are_closed_at_once_and_fetches_work_before_and_after(
+    parts: CaParts,
+) -> None:
+    async for url in _serving(_spiffe_endpoint(parts, max_connections_per_source=2)):
+        port = int(url.rsplit(":", 1)[1])
+        before, _ = await _get(url, _unverified())
+        third_closed, held_open = await one_over_the_cap(port, held=2)
+        after, _ = await served_eventually(functools.partial(_get, url, _unverified()))
+
+    assert third_closed
+    assert held_open == [True, True]
+    assert before.status_code == after.status_code == 200
+    assert Bundle.parse_jwks(TD, after.content) == parts.service.get_bundle()
+
+
+async def test_a_stalled_handshake_is_dropped_after_the_handshake_bound(parts: CaParts) -> None:
+    async for url in _serving(_spiffe_endpoint(parts, handshake_timeout=0.5)):
+        reader, writer = await raw(int(url.rsplit(":", 1)[1]))
+        started = time.monotonic()
+        dropped = await closed_by_server(reader, 5.0)  # the request timeout (10 s) would be later
+        after = time.monotonic() - started
+        writer.close()
+
+    assert dropped
+    assert after >= 0.4
+
+
+async def test_a_connection_past_its_handshake_outlives_the_handshake_bound(parts: CaParts) -> None:
+    async for url in _serving(_spiffe_endpoint(parts, handshake_timeout=0.3)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]), ssl=_unverified())
+        await asyncio.sleep(1.0)  # past the handshake bound, within the request timeout
+        writer.write(b"GET / HTTP/1.1\r\nHost: ca\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+
+    assert reply.startswith(b"HTTP/1.1 200")
 
 
 def a87_strict_x509_bundle(doc: bytes) -> list[x509.Certificate] | None:

@@ -1,8 +1,8 @@
 """The HTTPS listeners' connection bounds over real sockets (ca/capped_listener.py, served by
 ca.admin_listener.serve_https as the admin API and the agentless exchange are): raw TCP connections
-count against their source's cap from accept, before any TLS handshake; a handshake that does not end
-within the bound is dropped; slots come back when connections close; client certificates still reach
-the app."""
+count against their source's cap and the listener's total from accept, before any TLS handshake; a
+handshake that does not end within the bound is dropped; slots come back when connections close;
+client certificates still reach the app."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from ca.admin_transport import AdminTlsContext, ServingSvidCertificate
 from ca.server_identity import ServingCredentials
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_pki import SigningCa
+from tests.support.raw_connections import closed_by_server, one_over_the_cap, raw, served_eventually
 
 NOW = datetime.now(UTC)
 CA = SigningCa.create(TrustDomain("example.org"), NOW)
 SERVER = SpiffeId.parse("spiffe://example.org/trustmesh/server")
 ALICE = SpiffeId.parse("spiffe://example.org/admins/alice")
 LONG_BOUND = 30.0  # a handshake bound no test here waits for
-CLOSED_WITHIN = 3.0  # "at once", on a busy 2-core machine
 
 
 def issue(spiffe_id: SpiffeId) -> tuple[bytes, bytes]:
@@ -57,7 +57,7 @@ async def _ready() -> None:
 
 
 @asynccontextmanager
-async def listening(per_source: int, handshake_timeout: float = LONG_BOUND) -> AsyncIterator[int]:
+async def listening(per_source: int, total: int = 64, handshake_timeout: float = LONG_BOUND) -> AsyncIterator[int]:
     """``serve_https`` on a fresh 127.0.0.1 port with the admin listener's TLS context (client
     certificates asked for). The socket listens before serving starts, so connections made at once wait
     in the backlog and are accepted in order."""
@@ -74,6 +74,7 @@ async def listening(per_source: int, handshake_timeout: float = LONG_BOUND) -> A
             _ready,
             name="test",
             max_connections_per_source=per_source,
+            max_connections=total,
             handshake_timeout=handshake_timeout,
         )
     )
@@ -84,23 +85,7 @@ async def listening(per_source: int, handshake_timeout: float = LONG_BOUND) -> A
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection that never sends a ClientHello."""
-    return await asyncio.open_connection("127.0.0.1", port)
-
-
-async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
-    """Whether the server ends the connection within ``within`` seconds (end of stream or a reset)."""
-    try:
-        async with asyncio.timeout(within):
-            return await reader.read(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
-def client(tmp_path: Path, certificate: tuple[bytes, bytes] | None = None) -> httpx.Client:
+def client(tmp_path: Path, certificate: tuple[bytes, bytes] | None = None, source: str = "127.0.0.1") -> httpx.Client:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -108,35 +93,37 @@ def client(tmp_path: Path, certificate: tuple[bytes, bytes] | None = None) -> ht
         path = tmp_path / "client.pem"
         path.write_bytes(certificate[0] + certificate[1])
         context.load_cert_chain(path)
-    return httpx.Client(verify=context, timeout=5)
+    return httpx.Client(transport=httpx.HTTPTransport(verify=context, local_address=source), timeout=5)
 
 
-def get_eventually(port: int, tmp_path: Path, within: float = 5.0) -> httpx.Response:
-    """GET / over HTTPS, retried until served (a closed connection's slot is given back on the server's
-    next loop turn)."""
-    deadline = time.monotonic() + within
-    with client(tmp_path) as http:
-        while True:
-            try:
-                return http.get(f"https://127.0.0.1:{port}/")
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+async def get_eventually(port: int, tmp_path: Path, source: str = "127.0.0.1") -> httpx.Response:
+    """GET / over HTTPS from ``source``, retried until served."""
+
+    def get() -> httpx.Response:
+        with client(tmp_path, source=source) as http:
+            return http.get(f"https://127.0.0.1:{port}/")
+
+    return await served_eventually(lambda: asyncio.to_thread(get))
 
 
 async def test_raw_connections_beyond_the_per_source_cap_are_closed_at_once(tmp_path: Path) -> None:
     async with listening(per_source=2) as port:
-        held = [await raw(port) for _ in range(2)]
-        third_reader, third_writer = await raw(port)
-
-        third_closed = await closed_by_server(third_reader, CLOSED_WITHIN)
-        held_open = [not await closed_by_server(reader, 0.2) for reader, _ in held]
-        for _, writer in [*held, (third_reader, third_writer)]:
-            writer.close()
-        served = await asyncio.to_thread(get_eventually, port, tmp_path)
+        third_closed, held_open = await one_over_the_cap(port, held=2)
+        served = await get_eventually(port, tmp_path)
 
     assert third_closed
+    assert held_open == [True, True]
+    assert served.json() == {"client_certs": 0}
+
+
+async def test_beyond_the_total_a_connection_from_another_source_is_closed_at_once_until_slots_come_back(
+    tmp_path: Path,
+) -> None:
+    async with listening(per_source=4, total=2) as port:
+        other_closed, held_open = await one_over_the_cap(port, held=2, held_from="127.0.0.1", extra_from="127.0.0.2")
+        served = await get_eventually(port, tmp_path, source="127.0.0.2")
+
+    assert other_closed
     assert held_open == [True, True]
     assert served.json() == {"client_certs": 0}
 
@@ -147,7 +134,7 @@ async def test_a_stalled_handshake_is_dropped_after_the_bound_and_its_slot_given
         started = time.monotonic()
         dropped = await closed_by_server(reader, 5.0)
         after = time.monotonic() - started
-        served = await asyncio.to_thread(get_eventually, port, tmp_path)  # the cap is 1: the slot is back
+        served = await get_eventually(port, tmp_path)  # the cap is 1: the slot is back
         writer.close()
 
     assert dropped
