@@ -9,7 +9,10 @@ The rules are checked on the very extension objects the certificate is built fro
 again and spares a parse per certificate on the hot path.
 
 Batch signing takes N requests in one call: all are checked before any is signed, so one bad CSR in a
-batch fails the batch with an error naming it and nothing is recorded.
+batch fails the batch with an error naming it and nothing is recorded (:func:`sign_x509_svids`), or
+only that request gets the error (:func:`sign_x509_svids_each`, the node API's per-item contract).
+Either way the certificates are signed together (:func:`ca.signing.sign_all`): a batch signed by a
+Vault-held authority costs one Vault request, not one per SVID.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from ca.authority import AuthoritySet, X509Authority
-from ca.signing import sign
+from ca.signing import sign_all
 from spiffe_core.errors import InvalidArgument
 from spiffe_core.jwt_svid import check_audience, mint_jwt_svid
 from spiffe_core.keys import PublicKey, key_type_of
@@ -115,22 +118,57 @@ def sign_x509_svids(
     """Sign a batch of X509-SVIDs with the active authority. Raises InvalidArgument (naming the
     request) before signing anything if any request is bad, NoActiveAuthority if none can sign."""
     authority = authorities.active_x509(now)
-    checked: list[tuple[X509SvidRequest, PublicKey, timedelta]] = []
-    for index, request in enumerate(requests):
-        where = None if len(requests) == 1 else index
-        if not request.spiffe_id.is_member_of(authorities.trust_domain):
-            raise InvalidArgument(
-                f"SPIFFE ID {request.spiffe_id} is not in trust domain {authorities.trust_domain}; "
-                "this CA signs only its own trust domain"
-            )
-        ttl = ttl_policy.resolve(request.ttl, "X509-SVID")
-        checked.append((request, load_csr_public_key(request.csr, where), ttl))
-    return [_sign_one(authority, request, key, ttl, now) for request, key, ttl in checked]
+    checked = [
+        _checked(request, None if len(requests) == 1 else index, authorities, ttl_policy)
+        for index, request in enumerate(requests)
+    ]
+    leaves = [_leaf(authority, request, key, ttl, now) for request, key, ttl in checked]
+    return _signed(authority, leaves)
 
 
-def _sign_one(
+def sign_x509_svids_each(
+    requests: Sequence[X509SvidRequest], authorities: AuthoritySet, ttl_policy: TtlPolicy, now: datetime
+) -> list[IssuedX509Svid | InvalidArgument]:
+    """Sign each request on its own terms: one the CA refuses gets its InvalidArgument in its place
+    (as :func:`sign_x509_svids` would raise it for that request alone), the others are signed together.
+    Raises NoActiveAuthority if no authority can sign, and what the authority's key raises (a Vault
+    outage) for the batch as a whole."""
+    authority = authorities.active_x509(now)
+    outcomes: list[_Leaf | InvalidArgument] = []
+    for request in requests:
+        try:
+            outcomes.append(_leaf(authority, *_checked(request, None, authorities, ttl_policy), now))
+        except InvalidArgument as err:
+            outcomes.append(err)
+    signed = iter(_signed(authority, [outcome for outcome in outcomes if isinstance(outcome, _Leaf)]))
+    return [next(signed) if isinstance(outcome, _Leaf) else outcome for outcome in outcomes]
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """A leaf template that passed the X509-SVID rules, ready to be signed."""
+
+    spiffe_id: SpiffeId
+    builder: x509.CertificateBuilder
+    serial: int
+
+
+def _checked(
+    request: X509SvidRequest, index: int | None, authorities: AuthoritySet, ttl_policy: TtlPolicy
+) -> tuple[X509SvidRequest, PublicKey, timedelta]:
+    """The request, the key its CSR proves and its TTL; InvalidArgument for a request the CA refuses."""
+    if not request.spiffe_id.is_member_of(authorities.trust_domain):
+        raise InvalidArgument(
+            f"SPIFFE ID {request.spiffe_id} is not in trust domain {authorities.trust_domain}; "
+            "this CA signs only its own trust domain"
+        )
+    ttl = ttl_policy.resolve(request.ttl, "X509-SVID")
+    return request, load_csr_public_key(request.csr, index), ttl
+
+
+def _leaf(
     authority: X509Authority, request: X509SvidRequest, public_key: PublicKey, ttl: timedelta, now: datetime
-) -> IssuedX509Svid:
+) -> _Leaf:
     serial = new_serial()
     template = x509_svid_template(
         spiffe_id=request.spiffe_id,
@@ -143,8 +181,16 @@ def _sign_one(
         subject_cn=request.subject_cn,
     )
     template.validate()  # the X509-SVID rules, on the objects the leaf is built from, before signing
-    leaf = sign(template.builder, authority.private_key)
-    return IssuedX509Svid(request.spiffe_id, (leaf, *authority.intermediates), authority.id, serial)
+    return _Leaf(request.spiffe_id, template.builder, serial)
+
+
+def _signed(authority: X509Authority, leaves: Sequence[_Leaf]) -> list[IssuedX509Svid]:
+    """All leaves signed by the authority's key at once: one Vault request for a key held in Vault."""
+    certificates = sign_all([leaf.builder for leaf in leaves], authority.private_key)
+    return [
+        IssuedX509Svid(leaf.spiffe_id, (certificate, *authority.intermediates), authority.id, leaf.serial)
+        for leaf, certificate in zip(leaves, certificates, strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

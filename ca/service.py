@@ -23,6 +23,7 @@ from ca.issuance import (
     X509SvidRequest,
     mint_jwt,
     sign_x509_svids,
+    sign_x509_svids_each,
 )
 from ca.metrics import CaMetrics
 from ca.store.engine import Database
@@ -78,20 +79,17 @@ class CaService:
         self, requests: Sequence[X509SvidRequest], issuance: Issuance
     ) -> list[IssuedX509Svid | InvalidArgument]:
         """Sign each request on its own: one the CA refuses (a broken CSR, a TTL over the maximum) gets
-        its InvalidArgument in its place, the others are signed. The signed ones are recorded together,
-        with one audit record (its ``invalid`` says how many were refused); when none could be signed,
-        the refusal is audited instead. Other errors (no active authority, datastore down) fail it all."""
+        its InvalidArgument in its place, the others are signed together (one Vault request for a
+        Vault-held authority) and recorded together, with one audit record (its ``invalid`` says how
+        many were refused); when none could be signed, the refusal is audited instead. Other errors (no
+        active authority, Vault down, datastore down) fail it all."""
         started = time.perf_counter()
         now = self._clock.now()
-        current = self._authorities.get_current()
-        outcomes: list[IssuedX509Svid | InvalidArgument] = []
         try:
-            for request in requests:
-                try:
-                    outcomes += sign_x509_svids([request], current, self._x509_ttl, now)
-                except InvalidArgument as err:
-                    self._metrics.issuance_errors.labels("x509", type(err).__name__).inc()
-                    outcomes.append(err)
+            outcomes = sign_x509_svids_each(requests, self._authorities.get_current(), self._x509_ttl, now)
+            for outcome in outcomes:
+                if isinstance(outcome, InvalidArgument):
+                    self._metrics.issuance_errors.labels("x509", type(outcome).__name__).inc()
             issued = [outcome for outcome in outcomes if isinstance(outcome, IssuedX509Svid)]
             invalid = len(outcomes) - len(issued)
             if issued:

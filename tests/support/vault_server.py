@@ -10,7 +10,10 @@ Vault's documented request and answer shapes:
   ``use_csr_values``, ``uri_sans``, ``not_after``; refuses a notAfter past the root's), ``revoke``,
   ``crl/pem``, ``crl/rotate``
 - transit at ``<transit>/``: ``keys/<name>`` (create, read, delete), ``keys`` (LIST, or GET ?list=true),
-  ``keys/<name>/config``, ``sign/<name>`` (ECDSA asn1 and RSA pkcs1v15, raw or prehashed input)
+  ``keys/<name>/config``, ``sign/<name>`` (ECDSA asn1 and RSA pkcs1v15, raw or prehashed input; one
+  ``input``, or a ``batch_input`` list of ``{"input": <base64>}`` items answered with ``batch_results``
+  in input order, each ``{"signature", "key_version"}`` or ``{"error"}`` — the shape of Vault's
+  documented transit sign API and of its handler, which answers 200 when items fail)
 
 Every call but the unauthenticated ones (health, login, ``ca/pem``, ``crl/pem``) needs an
 ``X-Vault-Token`` whose policies grant the capability (Vault's create/read/update/delete/list, with
@@ -24,6 +27,7 @@ in this object's memory only; tests read them to prove they appear nowhere else.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import ipaddress
 import itertools
@@ -99,7 +103,8 @@ class Issued:
 class FakeVault:
     """The server's state and behaviour; :meth:`running` serves it. Attributes a test may change while
     it runs: ``sealed``, ``crl_expiry``, ``issue_for_key`` (sign-intermediate certifies this public key
-    instead of the CSR's), ``issue_as_ca`` (False: issue with cA=false)."""
+    instead of the CSR's), ``issue_as_ca`` (False: issue with cA=false), ``refuse_batch_items`` (the
+    transit sign ``batch_input`` items, by index, answered with an ``error`` instead of a signature)."""
 
     def __init__(
         self,
@@ -117,6 +122,7 @@ class FakeVault:
         self.crl_expiry = crl_expiry
         self.issue_for_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None = None
         self.issue_as_ca = True
+        self.refuse_batch_items: dict[int, str] = {}  # batch_input index -> the error Vault answers for it
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.transit: dict[str, TransitKey] = {}
         self.issued = Issued()
@@ -396,6 +402,11 @@ class FakeVault:
         raise _no_route(f"{self.transit_mount}/keys/{name}")
 
     def _sign(self, name: str, body: dict[str, Any]) -> Answer:
+        """Vault's ``POST <transit>/sign/<name>``: one ``input``, or a ``batch_input`` list of
+        ``{"input": <base64>}`` items with the other parameters applying to all. A batch is answered
+        200 with ``batch_results`` in input order, each ``{"signature", "key_version"}`` or ``{"error"}``
+        (as Vault's transit sign handler answers an item it cannot sign); a single input that cannot be
+        signed is a 400."""
         key = self.transit.get(name)
         if key is None:
             raise VaultHttpError(400, "signing key not found")
@@ -404,7 +415,6 @@ class FakeVault:
         algorithm = _HASHES.get(str(body.get("hash_algorithm", "sha2-256")))
         if algorithm is None:
             raise VaultHttpError(400, f"unsupported hash algorithm {body.get('hash_algorithm')}")
-        data = base64.b64decode(str(body.get("input", "")))
         chosen: hashes.HashAlgorithm | utils.Prehashed = (
             utils.Prehashed(algorithm) if body.get("prehashed") else algorithm
         )
@@ -412,14 +422,41 @@ class FakeVault:
         if isinstance(private, ec.EllipticCurvePrivateKey):
             if body.get("marshaling_algorithm", "asn1") != "asn1":
                 raise VaultHttpError(400, "this fake marshals ECDSA signatures as asn1 only")
+        elif body.get("signature_algorithm", "pss") != "pkcs1v15":
+            raise VaultHttpError(400, "this fake signs RSA as pkcs1v15 only")
+        batch = body.get("batch_input")
+        if batch is None:
+            return _answer(200, {"data": self._signed(private, chosen, body.get("input"), None)})
+        if not isinstance(batch, list) or not batch:
+            raise VaultHttpError(400, "missing batch input to process")
+        inputs = [item.get("input") if isinstance(item, dict) else None for item in batch]
+        results = [self._signed(private, chosen, encoded, index) for index, encoded in enumerate(inputs)]
+        return _answer(200, {"data": {"batch_results": results}})
+
+    def _signed(
+        self,
+        private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        chosen: hashes.HashAlgorithm | utils.Prehashed,
+        encoded: object,
+        batch_index: int | None,
+    ) -> dict[str, Any]:
+        """One signature result; a batch item Vault cannot sign gets ``{"error"}``, a single input a 400."""
+        error = None if batch_index is None else self.refuse_batch_items.get(batch_index)
+        if batch_index is not None and encoded is None:
+            error = "missing input"
+        try:
+            data = base64.b64decode(str(encoded or ""), validate=True)
+        except binascii.Error as err:
+            error = f"unable to decode input as base64: {err}"
+        if error is not None:
+            if batch_index is None:
+                raise VaultHttpError(400, error)
+            return {"error": error}
+        if isinstance(private, ec.EllipticCurvePrivateKey):
             signature = private.sign(data, ec.ECDSA(chosen))
         else:
-            if body.get("signature_algorithm", "pss") != "pkcs1v15":
-                raise VaultHttpError(400, "this fake signs RSA as pkcs1v15 only")
             signature = private.sign(data, padding.PKCS1v15(), chosen)
-        return _answer(
-            200, {"data": {"signature": "vault:v1:" + base64.b64encode(signature).decode(), "key_version": 1}}
-        )
+        return {"signature": "vault:v1:" + base64.b64encode(signature).decode(), "key_version": 1}
 
 
 _ALL = {"create", "read", "update", "delete", "list", "sudo"}

@@ -24,6 +24,7 @@ from ca.audit import Issuance
 from ca.authority_manager import AuthorityManager, AuthorityParams
 from ca.entries import EntryPolicy, RegistrationEntries
 from ca.issuance import TtlPolicy, X509SvidRequest
+from ca.keys.base import KeyManager
 from ca.keys.memory import MemoryKeyManager
 from ca.legacy_roots import LegacyRootFiles
 from ca.metrics import CaMetrics
@@ -102,17 +103,19 @@ async def running_node_api(
     guard: NodeApiGuard | None = None,
     legacy_roots: Mapping[str, Path] | None = None,
     attestation_address: str = "127.0.0.1:0",
+    key_manager: KeyManager | None = None,
 ) -> AsyncIterator[RunningCa]:
     """A CA service on SQLite in ``tmp_path`` serving the node API on free ports (the attestation
     listener on ``attestation_address``), attesting with join tokens and ``attestors`` (each built over
     the CA's datastore and clock), under ``guard``'s limits (default: the default limits), with the
-    ``[bridge] legacy_roots`` files ``legacy_roots`` (none by default) checked every 50 ms."""
+    ``[bridge] legacy_roots`` files ``legacy_roots`` (none by default) checked every 50 ms, its keys in
+    ``key_manager`` (default: in memory)."""
     database = Database.open(f"sqlite:///{tmp_path / 'ca.db'}")
     database.migrate()
     clock = FakeClock(datetime.now(UTC))
     authorities = AuthorityManager(
         database,
-        MemoryKeyManager(),
+        key_manager or MemoryKeyManager(),
         SelfSignedUpstream(),
         AuthorityParams(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(days=7), timedelta(minutes=5)),
         clock,

@@ -131,7 +131,7 @@ def test_a_template_that_breaks_an_x509_svid_rule_signs_nothing(
     server_only = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
     monkeypatch.setattr(x509_svid, "_LEAF_EKU", x509.Extension(server_only.oid, False, server_only))
     signed: list[object] = []
-    monkeypatch.setattr(issuance, "sign", lambda *args: signed.append(args))
+    monkeypatch.setattr(issuance, "sign_all", lambda *args: signed.append(args))
     with pytest.raises(X509SvidError, match="without clientAuth"):
         sign_x509_svids([X509SvidRequest(csr(), WEB)], active, POLICY, NOW)
     assert signed == []
