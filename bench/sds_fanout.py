@@ -8,7 +8,7 @@ Latency = receive time - publish time (CLOCK_MONOTONIC is system-wide on Linux);
 from the publish until every stream has received the push (all its threads) is the steadier figure on a busy machine.
 
 The baseline, measured in the same run the same way: a bare grpc.aio server (no proxy, no cache) that
-pushes one response of the same size to every stream when told to.
+pushes one response of the size trustmesh's push had to every stream when told to.
 
     python bench/sds_fanout.py [--streams 1000] [--channels 250] [--repeat 5]
 
@@ -133,9 +133,16 @@ class BareSds:
         raise NotImplementedError
 
 
-async def serve_bare(socket_path: Path, payload_size: int) -> None:
+def bare_response(size: int) -> discovery_pb2.DiscoveryResponse:
+    """The baseline's push: one resource, padded so the message is ``size`` bytes, as trustmesh's was."""
     response = discovery_pb2.DiscoveryResponse(version_info="2", nonce="2", type_url=SECRET_TYPE)
-    response.resources.add(type_url=SECRET_TYPE, value=b"x" * payload_size)
+    resource = response.resources.add(type_url=SECRET_TYPE)
+    resource.value = b"x" * max(0, size - response.ByteSize() - 3)  # 3: the value's tag and length
+    return response
+
+
+async def serve_bare(socket_path: Path, size: int) -> None:
+    response = bare_response(size)
     servicer = BareSds(response)
     server = grpc.aio.server()
     sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(servicer, server)
@@ -169,7 +176,9 @@ async def _serve_until_eof(serving: Any, push: Any) -> None:
         await task
 
 
-async def _stream(stub: Any, pushed_at: list[float], connected: asyncio.Event, counter: list[int], total: int) -> int:
+async def _stream(
+    stub: Any, pushed_at: list[float], sizes: list[int], connected: asyncio.Event, counter: list[int], total: int
+) -> int:
     queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
     await queue.put(discovery_pb2.DiscoveryRequest(type_url=SECRET_TYPE, resource_names=["default", "ROOTCA"]))
 
@@ -196,6 +205,7 @@ async def _stream(stub: Any, pushed_at: list[float], connected: asyncio.Event, c
                     connected.set()
             else:
                 pushed_at.append(time.monotonic())
+                sizes.append(response.ByteSize())
                 break
     finally:
         await queue.put(None)
@@ -203,8 +213,11 @@ async def _stream(stub: Any, pushed_at: list[float], connected: asyncio.Event, c
     return responses
 
 
-async def measure(argv: list[str], streams: int, channels: int, socket_path: Path) -> tuple[list[float], float, float]:
-    """Push latencies (ms, sorted), the server's RSS (MB) and the CPU it spent on the push (ms, every thread)."""
+async def measure(
+    argv: list[str], streams: int, channels: int, socket_path: Path
+) -> tuple[list[float], float, float, int]:
+    """Push latencies (ms, sorted), the server's RSS (MB), the CPU it spent on the push (ms, every
+    thread) and the size of the push message (bytes)."""
     child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert child.stdin is not None
     assert child.stdout is not None
@@ -213,10 +226,11 @@ async def measure(argv: list[str], streams: int, channels: int, socket_path: Pat
         opened = [grpc.aio.insecure_channel(f"unix:{socket_path}") for _ in range(channels)]
         stubs = [sds_pb2_grpc.SecretDiscoveryServiceStub(c) for c in opened]
         received: list[float] = []
+        sizes: list[int] = []
         connected = asyncio.Event()
         counter = [0]
         tasks = [
-            asyncio.create_task(_stream(stubs[i % channels], received, connected, counter, streams))
+            asyncio.create_task(_stream(stubs[i % channels], received, sizes, connected, counter, streams))
             for i in range(streams)
         ]
         await asyncio.wait_for(connected.wait(), 60)
@@ -230,8 +244,8 @@ async def measure(argv: list[str], streams: int, channels: int, socket_path: Pat
         for task in tasks:
             task.cancel()
         for channel in opened:
-            await channel.close()
-        return sorted((t - published) * 1000 for t in received), rss, cpu_ms
+            await channel.close(None)
+        return sorted((t - published) * 1000 for t in received), rss, cpu_ms, max(sizes, default=0)
     finally:
         child.stdin.close()
         try:
@@ -254,15 +268,17 @@ async def main_async(streams: int, channels: int, repeat: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             agent_socket, bare_socket = Path(tmp) / "sds.sock", Path(tmp) / "bare.sock"
             me = [sys.executable, __file__]
-            ours, rss, our_cpu = await measure(
+            ours, rss, our_cpu, size = await measure(
                 [*me, "--serve-agent", str(agent_socket)], streams, channels, agent_socket
             )
-            bare, _, bare_cpu = await measure([*me, "--serve-bare", str(bare_socket)], streams, channels, bare_socket)
+            # The baseline pushes a message of the size trustmesh pushed (its certificate, key and roots).
+            bare_server = [*me, "--serve-bare", str(bare_socket), "--bare-size", str(size)]
+            bare, _, bare_cpu, _ = await measure(bare_server, streams, channels, bare_socket)
         cpu_ratios.append(our_cpu / bare_cpu)
         ratios.append(_pct(ours, 0.99) / _pct(bare, 0.99))
         print(
             f"round {round_number}: pushed to {len(ours)}/{streams} (trustmesh), {len(bare)}/{streams} (bare); "
-            f"trustmesh p50 {_pct(ours, 0.5):6.1f} ms p99 {_pct(ours, 0.99):6.1f} ms "
+            f"{size} bytes each; trustmesh p50 {_pct(ours, 0.5):6.1f} ms p99 {_pct(ours, 0.99):6.1f} ms "
             f"(mean {statistics.fmean(ours) if ours else float('nan'):6.1f}, agent RSS {rss:.0f} MB, "
             f"CPU {our_cpu:.0f} ms); bare p50 {_pct(bare, 0.5):6.1f} ms p99 {_pct(bare, 0.99):6.1f} ms "
             f"(CPU {bare_cpu:.0f} ms); p99 ratio {ratios[-1]:.2f}x, CPU ratio {cpu_ratios[-1]:.2f}x",
@@ -285,11 +301,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the ratio's median is reported")
     parser.add_argument("--serve-agent", help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_agent:
         asyncio.run(serve_agent(Path(args.serve_agent)))
     elif args.serve_bare:
-        asyncio.run(serve_bare(Path(args.serve_bare), payload_size=1200))
+        asyncio.run(serve_bare(Path(args.serve_bare), args.bare_size))
     else:
         asyncio.run(main_async(args.streams, args.channels, args.repeat))
 
