@@ -12,17 +12,24 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
 
+from sds.attestor import ExecutableDigests, ProcessAttestor
 from sds.cache import WorkloadCache
 from sds.peer_endpoint import AttestedEndpoint
+from sds.sds_v3 import SecretDiscoveryService
+from sds.secrets import SECRET_TYPE_URL
 from sds.workload_api import WorkloadApiService
 from spiffe_core.clock import SystemClock
 from spiffe_core.errors import ConfigError
+from tests.support.grpc_streams import Stream
 from tests.support.sds_snapshots import TestCa, snapshot
 from tests.support.workload_api import SECURITY_HEADER, FakeJwtMinter, TestJwtKey, socket_directory
 from wire import workload_pb2, workload_pb2_grpc
@@ -326,3 +333,46 @@ async def test_a_request_over_the_message_limit_is_resource_exhausted(directory:
                 workload_pb2.JWTSVIDRequest(audience=["x" * 100_000]), metadata=SECURITY_HEADER, timeout=WAIT
             )
         assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class CountingDigests(ExecutableDigests):
+    """Counts the reads of a caller's executable (one per attestation read of /proc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def digest(self, path: str, file: BufferedReader) -> str:
+        self.reads += 1
+        return super().digest(path, file)
+
+
+async def test_a_change_pushed_to_many_streams_of_one_process_reads_its_proc_once(directory: Path) -> None:
+    # Every stream is attested again before its push; streams of one process asking together share
+    # one read (docs/workload-api.md "One read for many answers").
+    ca = TestCa.create("example.org")
+    cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
+    digests = CountingDigests()
+    endpoint = AttestedEndpoint(directory / "sds.sock", process_attestor=ProcessAttestor(digests))
+    endpoint.add_servicer(
+        lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
+            SecretDiscoveryService(cache, endpoint.attestor), server
+        )
+    )
+    async with endpoint, grpc.aio.insecure_channel(f"unix:{endpoint.public_socket}") as channel:
+        stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+        streams = [Stream(stub.StreamSecrets()) for _ in range(20)]
+        try:
+            for stream in streams:
+                await stream.send(
+                    discovery_pb2.DiscoveryRequest(type_url=SECRET_TYPE_URL, resource_names=["default", "ROOTCA"])
+                )
+                await stream.next()  # the first answer: attested when it opened and before it answered
+            before = digests.reads
+            await cache.publish(snapshot(TestCa.create("example.org"), [ca.svid("/web", [ME])], version=2))
+            pushed = [await stream.next() for stream in streams]
+        finally:
+            for stream in streams:
+                await stream.close()
+    assert {p.version_info.split("-")[0] for p in pushed} == {"2"}
+    assert digests.reads - before == 1
