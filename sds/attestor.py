@@ -90,8 +90,9 @@ class ProcessAttestor:
     def __init__(self, digests: ExecutableDigests | None = None, proc: Path = Path("/proc")) -> None:
         self._digests = digests or ExecutableDigests()
         self._proc = proc
-        # Reads asked for but not begun yet, by the credentials they are about (see attest_process).
-        self._waiting: dict[PeerCredentials, asyncio.Future[frozenset[Selector]]] = {}
+        # Callers of reads asked for but not begun yet, by the credentials they are about (each caller
+        # waits on a future of its own, so one that goes away takes nothing from the others).
+        self._waiting: dict[PeerCredentials, list[asyncio.Future[frozenset[Selector]]]] = {}
 
     async def attest_process(self, creds: PeerCredentials, pidfd: int | None = None) -> frozenset[Selector]:
         """The selectors of the process ``creds`` describe, read after this call began.
@@ -106,30 +107,32 @@ class ProcessAttestor:
         for each caller, after the shared read, so one caller's live process never vouches for
         another's. The caller keeps ``pidfd`` open until this returns. Raises :class:`NotAuthorized`
         when the process is gone."""
+        loop = asyncio.get_running_loop()
+        mine: asyncio.Future[frozenset[Selector]] = loop.create_future()
         waiting = self._waiting.get(creds)
         if waiting is None:
-            loop = asyncio.get_running_loop()
-            waiting = self._waiting[creds] = loop.create_future()
+            waiting = self._waiting[creds] = []
             # Begins once every callback already queued has run: the other streams woken by the same
             # change reach this point in that pass and join.
-            loop.call_soon(self._begin_read, creds, waiting)
-        selectors = await asyncio.shield(waiting)
+            loop.call_soon(self._begin_read, creds)
+        waiting.append(mine)
+        selectors = await mine
         if pidfd is not None and _has_exited(pidfd):
             raise _exited(creds.pid)
         return selectors
 
-    def _begin_read(self, creds: PeerCredentials, result: asyncio.Future[frozenset[Selector]]) -> None:
-        del self._waiting[creds]  # callers from now on wait for a read that begins after them
+    def _begin_read(self, creds: PeerCredentials) -> None:
+        callers = self._waiting.pop(creds)  # callers from now on wait for a read that begins after them
 
         def settle(read: asyncio.Future[frozenset[Selector]]) -> None:
-            if result.cancelled():
-                return
             error = read.exception()
-            if error is None:
-                result.set_result(read.result())
-            else:
-                result.set_exception(error)
-                result.exception()  # retrieved: every waiter may have gone (their connections closed)
+            for caller in callers:
+                if caller.done():  # cancelled: its stream went away
+                    continue
+                if error is None:
+                    caller.set_result(read.result())
+                else:
+                    caller.set_exception(error)
 
         asyncio.ensure_future(asyncio.to_thread(self._read, creds)).add_done_callback(settle)
 

@@ -241,3 +241,16 @@ async def test_a_shared_read_checks_each_callers_own_pidfd(child: subprocess.Pop
     assert str(refused) == exited_message(os.getpid())
     assert isinstance(accepted, frozenset)
     assert Selector("unix", f"uid:{os.getuid()}") in accepted
+
+
+async def test_a_caller_that_goes_away_during_a_shared_read_leaves_the_others_their_answer(fake_proc: Path) -> None:
+    digests = GatedDigests()
+    attestor = ProcessAttestor(digests, proc=fake_proc)
+    leaving = asyncio.create_task(attestor.attest_process(own_credentials()))
+    staying = asyncio.create_task(attestor.attest_process(own_credentials()))
+    assert await asyncio.to_thread(digests.reading.wait, 10)
+    leaving.cancel()
+    digests.gate.set()
+    assert path_selectors(await staying) == {f"path:{fake_proc.parent / 'app-a'}"}
+    assert leaving.cancelled()
+    assert digests.reads == 1
