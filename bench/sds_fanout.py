@@ -99,7 +99,8 @@ async def serve_agent(socket_path: Path) -> None:
             SecretDiscoveryService(cache, endpoint.attestor), server
         )
     )
-    await _serve_until_eof(endpoint.serve(), lambda: _push_bundle(cache))
+    async with endpoint:  # listening before the parent is told "ready"
+        await _serve_until_eof(asyncio.Future(), lambda: _push_bundle(cache))
 
 
 async def _push_bundle(cache: WorkloadCache) -> None:
