@@ -346,20 +346,19 @@ class AttestedEndpoint:
             loop = asyncio.get_running_loop()
             await loop.sock_connect(upstream, str(self._backend))
             await loop.create_unix_connection(lambda: connection.server, sock=upstream)
-        except asyncio.CancelledError:
-            upstream.close()
-            connection.close()
-            raise
         except (ConnectionError, ProcessLookupError) as err:  # the caller or the server went away
             logger.debug("connection %s ended: %s", connection.key, err)
-            upstream.close()
-            connection.close()
         except OSError as err:
             logger.warning("proxying a connection from %s to the gRPC server failed: %s", self._public, err)
-            upstream.close()
-            connection.close()
+        except Exception:  # a bug: the caller gets a closed connection, not one held open unserved
+            logger.exception("proxying a connection from %s to the gRPC server failed", self._public)
         else:
             connection.join()
+            return
+        finally:
+            if not connection.server_connected():  # connecting failed or was cancelled (stop)
+                upstream.close()
+                connection.close()
 
 
 class _Half(asyncio.Protocol):
@@ -421,6 +420,10 @@ class _Connection:
         self.key = f"unix:{path}"
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.connecting: asyncio.Task[None] | None = None
+
+    def server_connected(self) -> bool:
+        """Whether the proxy's connection to the gRPC server was made (its transport owns the socket)."""
+        return self.server.transport is not None
 
     def join(self) -> None:
         """The gRPC side is connected: let the caller's bytes flow to it."""

@@ -376,3 +376,18 @@ async def test_a_change_pushed_to_many_streams_of_one_process_reads_its_proc_onc
                 await stream.close()
     assert {p.version_info.split("-")[0] for p in pushed} == {"2"}
     assert digests.reads - before == 1
+
+
+async def test_a_failure_while_connecting_a_caller_closes_its_connection_instead_of_holding_it(
+    served: Served, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(sock: socket.socket, pid: int) -> int:
+        raise ValueError("a bug while reading the caller's pidfd")
+
+    monkeypatch.setattr("sds.peer_endpoint.open_peer_pidfd", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await fetch_svids(f"unix:{served.directory / 'workload.sock'}")
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    await wait_until(lambda: served.endpoint.connections_of(os.getuid()) == 0, "giving the slot back")
+    assert served.endpoint.attestor.connections == 0
+    assert "proxying a connection from" in caplog.text
