@@ -388,7 +388,7 @@ class _Half(asyncio.Protocol):
         """Pass the half-close on; the connection ends when both sides have sent theirs."""
         self.got_eof = True
         if self.connection is not None:
-            self.connection.on_eof()
+            self.connection.on_eof(self)
         return True  # keep our transport open: the other direction may still be sending
 
     def pause_writing(self) -> None:
@@ -433,11 +433,13 @@ class _Connection:
         else:
             self.client.transport.resume_reading()
 
-    def on_eof(self) -> None:
-        for source, sink in ((self.client, self.server), (self.server, self.client)):
-            if source.got_eof and sink.transport is not None and not sink.transport.is_closing():
-                with contextlib.suppress(OSError):
-                    sink.transport.write_eof()
+    def on_eof(self, source: _Half) -> None:
+        """``source`` read the end of its stream: pass the half-close to its partner, and close both
+        sides once each has sent its own."""
+        sink = source.partner
+        if sink is not None and sink.transport is not None and not sink.transport.is_closing():
+            with contextlib.suppress(OSError):
+                sink.transport.write_eof()
         if self.client.got_eof and self.server.got_eof:
             self.close()
 

@@ -58,6 +58,7 @@ class FakeNodeServicer:
     federated_bundles: dict[str, Bundle] = field(default_factory=dict)  # by trust domain name, for every agent
     agents: set[SpiffeId] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
+    open_syncs: int = 0  # Sync streams the servicer is serving now
     version: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -137,13 +138,17 @@ class FakeNodeServicer:
         self.calls["Sync"] += 1
         agent = await self._agent(context)
         sent = -1
-        while True:
-            async with self._changed:
-                while self.version == sent:
-                    await self._changed.wait()
-                sent = self.version
-                update = self._update(agent)
-            yield update
+        self.open_syncs += 1
+        try:
+            while True:
+                async with self._changed:
+                    while self.version == sent:
+                        await self._changed.wait()
+                    sent = self.version
+                    update = self._update(agent)
+                yield update
+        finally:
+            self.open_syncs -= 1
 
     async def SignX509Svids(
         self, request: node_pb2.SignX509SvidsRequest, context: Context

@@ -5,6 +5,7 @@ messages intact."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import stat
@@ -124,7 +125,9 @@ async def test_forgets_a_connection_when_the_client_disconnects(served: Served) 
     assert [p.name for p in private.iterdir()] == ["grpc.sock"]
 
 
-async def test_callers_that_hang_up_at_once_leave_nothing_behind(served: Served) -> None:
+async def test_callers_that_hang_up_at_once_leave_nothing_behind(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
     # Each caller is gone before, while or just after the proxy connects its upstream socket.
     private = served.directory / ".workload.sock.d"
     loop = asyncio.get_running_loop()
@@ -138,6 +141,7 @@ async def test_callers_that_hang_up_at_once_leave_nothing_behind(served: Served)
     await wait_until(lambda: served.endpoint.attestor.connections == 0, "forgetting every connection")
     await wait_until(lambda: [p.name for p in private.iterdir()] == ["grpc.sock"], "removing every bound socket")
     assert served.endpoint.connections_of(os.getuid()) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # a hang-up is no failure
     response = await fetch_svids(f"unix:{served.directory / 'workload.sock'}")
     assert [s.spiffe_id for s in response.svids] == ["spiffe://example.org/web"]
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from sds.node_client import NodeClient
 from sds.persistence import AgentStore
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import SystemClock
-from spiffe_core.keepalive import AGENT_KEEPALIVE, CA_MIN_PING_INTERVAL, Keepalive, server_options
+from spiffe_core.keepalive import AGENT_KEEPALIVE, CA_KEEPALIVE, CA_MIN_PING_INTERVAL, Keepalive, server_options
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.agent_manager import quick_retrying_manager
 from tests.support.agent_pki import SigningCa
@@ -85,14 +85,14 @@ class Rig:
     manager: AgentManager
     cache: WorkloadCache
     client: NodeClient
-    seen: list[float] = field(default_factory=list)
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, ca: Keepalive, agent: Keepalive) -> AsyncIterator[Rig]:
+    """A CA pinging its agents at ``ca`` and an agent pinging it at ``agent``, through a black hole."""
     servicer = FakeNodeServicer(SigningCa.create(TD, datetime.now(UTC)), join_tokens={TOKEN: "node-1"})
     servicer.add_entry("entry-web", WEB, AGENT_ID)
-    server = FakeNodeServer(servicer, options=server_options(Keepalive(30.0, 10.0), min_ping_interval=CA_ALLOWS))
+    server = FakeNodeServer(servicer, options=server_options(ca, min_ping_interval=CA_ALLOWS))
     await server.start()
     hole = BlackHole(server.node_api_port)
     await hole.start()
@@ -102,7 +102,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         attestation_address=server.attestation_address,
         server_name=SERVER_NAME,
         rpc_timeout=2.0,
-        keepalive=AGENT,
+        keepalive=agent,
     )
     identity = AgentIdentity(
         client=client,
@@ -120,6 +120,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await client.close()
         await hole.stop()
         await server.stop()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with running(tmp_path, ca=CA_KEEPALIVE, agent=AGENT) as started:
+        yield started
 
 
 async def wait_for(condition: object, what: str, within: float) -> float:
@@ -156,3 +162,17 @@ async def test_an_idle_stream_pinging_at_the_agents_cadence_outlives_the_cas_pin
         await asyncio.sleep(AGENT.interval * 6)  # six pings: three strikes would have been a GOAWAY
         assert (status.connected, status.reconnects, status.errors) == (True, reconnects, 0)
         running.cancel()
+
+
+async def test_the_ca_ends_the_sync_stream_of_an_agent_gone_silent_within_its_keepalive_bound(tmp_path: Path) -> None:
+    # The CA's own pings, scaled down; the agent's are the shipped ones, so the CA notices first.
+    ca = Keepalive(CA_KEEPALIVE.interval / SCALE / 2, CA_KEEPALIVE.timeout / 20)
+    async with running(tmp_path, ca=ca, agent=AGENT_KEEPALIVE) as rig, asyncio.TaskGroup() as tasks:
+        servicer = rig.server.servicer
+        agent = tasks.create_task(rig.manager.run())
+        await wait_for(lambda: servicer.open_syncs == 1, "the agent's Sync stream", 5)
+        rig.hole.dropping = True
+        bound = ca.interval + ca.timeout
+        dropped = await wait_for(lambda: servicer.open_syncs == 0, "the CA ending the stream", bound + 2)
+        agent.cancel()
+    assert dropped >= ca.interval / 2  # its pings did it, not something that ends streams at once
