@@ -79,6 +79,11 @@ SHOWN_LENGTH = 128
 CONTACT_INTERVAL = timedelta(minutes=1)
 
 
+# The most X509-SVIDs sign_x509_svids_now signs on the event loop (~0.4 ms each): a larger batch goes
+# to a worker thread, so the loop's other callers never wait long behind one.
+ITEMS_SIGNED_NOW = 4
+
+
 def agent_actor(agent: SpiffeId) -> Actor:
     """The audit log's actor for a call by an authenticated agent."""
     return Actor(str(agent), NODE_API)
@@ -96,6 +101,13 @@ def _found(agents: AgentRepository, agent: SpiffeId) -> Agent | None:
         return None
 
 
+def _svid_request(entry: RegistrationEntry, csr: bytes) -> X509SvidRequest:
+    """The X509-SVID request an agent's CSR makes for ``entry``: identity, DNS names and TTL from the
+    entry, only the key from the CSR."""
+    spec = entry.spec
+    return X509SvidRequest(csr, spec.spiffe_id, spec.dns_names, spec.x509_ttl)
+
+
 def _shown(text: str) -> str:
     return text if len(text) <= SHOWN_LENGTH else text[: SHOWN_LENGTH - 1] + "…"
 
@@ -108,6 +120,9 @@ class Issuer(Protocol):
     def mint_x509_svids_each(
         self, requests: Sequence[X509SvidRequest], issuance: Issuance
     ) -> list[IssuedX509Svid | InvalidArgument]: ...
+    def mint_x509_svids_now(
+        self, requests: Sequence[X509SvidRequest], issuance: Issuance
+    ) -> list[IssuedX509Svid] | None: ...
     def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]: ...
 
 
@@ -460,8 +475,7 @@ class NodeService:
                 outcomes.append(SignedOrRefused(entry_id, error=str(err)))
                 not_parented.append(err)
                 continue
-            spec = entry.spec
-            authorized.append((len(outcomes), X509SvidRequest(csr, spec.spiffe_id, spec.dns_names, spec.x509_ttl)))
+            authorized.append((len(outcomes), _svid_request(entry, csr)))
             outcomes.append(SignedOrRefused(entry_id))
         if not_parented:
             self._metrics.issuance_errors.labels("x509", reason_label(not_parented[0])).inc(len(not_parented))
@@ -489,6 +503,30 @@ class NodeService:
             else:
                 outcomes[index] = SignedOrRefused(entry_id, svid=result)
         return outcomes
+
+    def sign_x509_svids_now(self, agent: SpiffeId, items: Sequence[tuple[str, bytes]]) -> list[SignedOrRefused] | None:
+        """What :meth:`sign_x509_svids` answers when it signs every item, done here only if nothing in
+        it waits, for the node API's event loop: 1 to :data:`ITEMS_SIGNED_NOW` items (the loop's
+        other callers wait while it signs), every one for an entry held in memory as parented to
+        ``agent``, and :meth:`CaService.mint_x509_svids_now` signs and records them at once. None,
+        with nothing done, otherwise: call :meth:`sign_x509_svids` on a worker thread."""
+        if not 0 < len(items) <= ITEMS_SIGNED_NOW or self._entitled is None:
+            return None
+        held = self._entitled.held(agent)
+        if held is None:
+            return None
+        requests = []
+        for entry_id, csr in items:
+            try:
+                entry = authorize(entry_id, held.value, agent)
+            except NotAuthorized:
+                return None  # sign_x509_svids refuses it and audits that
+            requests.append(_svid_request(entry, csr))
+        issuance = Issuance(agent_actor(agent), "x509_svid.issue", agent=agent)
+        signed = self._issuer.mint_x509_svids_now(requests, issuance)
+        if signed is None:
+            return None
+        return [SignedOrRefused(entry_id, svid=svid) for (entry_id, _), svid in zip(items, signed, strict=True)]
 
     def mint_jwt_svid(self, agent: SpiffeId, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for an entry parented to ``agent``, with the entry's TTL. Raises NotAuthorized

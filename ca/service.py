@@ -26,13 +26,21 @@ from ca.issuance import (
     sign_x509_svids_each,
 )
 from ca.metrics import CaMetrics
+from ca.signing import BatchSigningKey
+from ca.store.driver import DriverTransaction
 from ca.store.engine import Database
+from ca.store.immediate import WouldWait
 from ca.store.records import Actor, IssuedCertificate
 from ca.store.repositories.audit import append_audit
 from ca.store.repositories.certificates import record_issued
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
 from spiffe_core.errors import InvalidArgument, NoActiveAuthority, TrustmeshError
+
+
+class _NotPlain(Exception):
+    """Raised inside :meth:`CaService.mint_x509_svids_now`'s transaction to roll it back when a request
+    was refused: the worker path answers and audits that."""
 
 
 class CaService:
@@ -105,6 +113,34 @@ class CaService:
         self._metrics.x509_svids_issued.inc(len(issued))
         return outcomes
 
+    def mint_x509_svids_now(
+        self, requests: Sequence[X509SvidRequest], issuance: Issuance
+    ) -> list[IssuedX509Svid] | None:
+        """What :meth:`mint_x509_svids_each` answers when it signs every request, done here only if
+        nothing in it waits, for a caller on an event loop: the active authority's key is in this
+        process (a Vault transit key answers over the network) and the datastore takes the record at
+        once (:meth:`~ca.store.engine.Database.driver_transaction_now`, begun before anything is
+        signed). None, with nothing recorded or counted, when it would wait or when anything is not
+        plain (a CSR refused, no active authority, a datastore error): the caller then calls
+        :meth:`mint_x509_svids_each` on a worker thread, which answers and audits those cases."""
+        started = time.perf_counter()
+        now = self._clock.now()
+        current = self._authorities.get_current()
+        try:
+            if isinstance(current.active_x509(now).private_key, BatchSigningKey):
+                return None
+            with self._database.driver_transaction_now() as transaction:
+                outcomes = sign_x509_svids_each(requests, current, self._x509_ttl, now)
+                issued = [outcome for outcome in outcomes if isinstance(outcome, IssuedX509Svid)]
+                if len(issued) < len(outcomes):
+                    raise _NotPlain  # rolls the transaction back
+                self._write_record(transaction, issued, issuance, now)
+        except (WouldWait, _NotPlain, TrustmeshError):
+            return None
+        self._metrics.x509_signing_seconds.observe(time.perf_counter() - started)
+        self._metrics.x509_svids_issued.inc(len(issued))
+        return issued
+
     def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]:
         """Mint a JWT-SVID for ``actor``; the token is returned only once its audit record is written."""
         now = self._clock.now()
@@ -134,22 +170,28 @@ class CaService:
         (:mod:`ca.store.driver`), since this runs once per node API call and the ORM's per-transaction
         work cost more than these three statements."""
         with self._database.driver_transaction() as transaction:
-            record_issued(
-                transaction,
-                [
-                    IssuedCertificate(
-                        serial=svid.serial,
-                        spiffe_id=svid.spiffe_id,
-                        authority_id=svid.authority_id,
-                        not_before=svid.not_before,
-                        not_after=svid.not_after,
-                        issued_at=now,
-                        agent_id=issuance.agent,
-                    )
-                    for svid in issued
-                ],
-            )
-            append_audit(transaction, x509_issuance_event(issuance, issued, now))
+            self._write_record(transaction, issued, issuance, now)
+
+    @staticmethod
+    def _write_record(
+        transaction: DriverTransaction, issued: Sequence[IssuedX509Svid], issuance: Issuance, now: datetime
+    ) -> None:
+        record_issued(
+            transaction,
+            [
+                IssuedCertificate(
+                    serial=svid.serial,
+                    spiffe_id=svid.spiffe_id,
+                    authority_id=svid.authority_id,
+                    not_before=svid.not_before,
+                    not_after=svid.not_after,
+                    issued_at=now,
+                    agent_id=issuance.agent,
+                )
+                for svid in issued
+            ],
+        )
+        append_audit(transaction, x509_issuance_event(issuance, issued, now))
 
     def _refused(
         self,

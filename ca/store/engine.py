@@ -44,8 +44,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from ca.store.driver import DriverStatement, DriverTransaction, sqlalchemy_errors
+from ca.store.immediate import ImmediateWriter, WouldWait
 from spiffe_core.errors import ConfigError, TrustmeshError, UpstreamUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -193,8 +195,9 @@ def _on_sqlite_begin(connection: Connection) -> None:
 class Database:
     """The datastore of one CA process: an engine plus units of work. Thread-safe; one per process."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, immediate: ImmediateWriter | None = None) -> None:
         self._engine = engine
+        self._immediate = immediate  # SQLite only: see driver_transaction_now
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
@@ -206,9 +209,10 @@ class Database:
             engine = create_engine(parsed)
             event.listen(engine, "connect", _on_sqlite_connect)
             event.listen(engine, "begin", _on_sqlite_begin)
-        else:
-            engine = create_engine(parsed, pool_pre_ping=True)
-        return cls(engine)
+            unpooled = create_engine(parsed, poolclass=NullPool)
+            event.listen(unpooled, "connect", _on_sqlite_connect)
+            return cls(engine, ImmediateWriter(unpooled))
+        return cls(create_engine(parsed, pool_pre_ping=True))
 
     @property
     def dialect(self) -> str:
@@ -239,23 +243,52 @@ class Database:
             with sqlalchemy_errors(self._engine.dialect):
                 pooled = self._engine.raw_connection()
             try:
-                cursor = pooled.cursor()
-                transaction = DriverTransaction(cursor, self._engine.dialect, committed.append)
-                try:
-                    if self.dialect == "sqlite":
-                        transaction.execute(_BEGIN_IMMEDIATE)
+                with self._driver_unit(pooled, committed, begin=self.dialect == "sqlite") as transaction:
                     yield transaction
-                    with sqlalchemy_errors(self._engine.dialect, "COMMIT"):
-                        pooled.commit()
-                except BaseException:
-                    _discard(pooled, self._engine.dialect)
-                    raise
-                finally:
-                    cursor.close()
             finally:
                 pooled.close()  # back to the pool
         for callback in committed:
             callback()
+
+    @contextmanager
+    def driver_transaction_now(self) -> Iterator[DriverTransaction]:
+        """:meth:`driver_transaction`, for a caller on an event loop: begun only if it needs no wait, on
+        SQLite's immediate connection (:mod:`ca.store.immediate`). Raises :class:`WouldWait`, having
+        done nothing, when it would wait, and always on PostgreSQL, whose commit is a network round
+        trip; once begun, it raises what :meth:`driver_transaction` raises."""
+        if self._immediate is None:
+            raise WouldWait(f"a {self.dialect} commit waits on the network")
+        committed: list[Callable[[], None]] = []
+        with (
+            self._datastore_errors(),
+            self._immediate.begun() as connection,
+            self._driver_unit(connection, committed, begin=False) as transaction,
+        ):
+            yield transaction
+        self._immediate.committed()
+        for callback in committed:
+            callback()
+
+    @contextmanager
+    def _driver_unit(
+        self, connection: PoolProxiedConnection, committed: list[Callable[[], None]], *, begin: bool
+    ) -> Iterator[DriverTransaction]:
+        """A driver transaction on ``connection`` (begun here with ``BEGIN IMMEDIATE`` when ``begin``):
+        commit when the block ends, roll back when it raises; callbacks go to ``committed``."""
+        dialect = self._engine.dialect
+        cursor = connection.cursor()
+        transaction = DriverTransaction(cursor, dialect, committed.append)
+        try:
+            if begin:
+                transaction.execute(_BEGIN_IMMEDIATE)
+            yield transaction
+            with sqlalchemy_errors(dialect, "COMMIT"):
+                connection.commit()
+        except BaseException:
+            _discard(connection, dialect)
+            raise
+        finally:
+            cursor.close()
 
     @contextmanager
     def _datastore_errors(self) -> Iterator[None]:
@@ -329,5 +362,7 @@ class Database:
             return set(MigrationContext.configure(connection).get_current_heads()) == heads
 
     def close(self) -> None:
-        """Close every pooled connection (at shutdown, and in tests before dropping a database)."""
+        """Close every connection (at shutdown, and in tests before dropping a database)."""
+        if self._immediate is not None:
+            self._immediate.close()
         self._engine.dispose()

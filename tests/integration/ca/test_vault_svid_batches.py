@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -17,6 +18,7 @@ from ca.authority import AuthoritySet, AuthorityState, JwtKey, X509Authority, au
 from ca.issuance import IssuedX509Svid, TtlPolicy, X509SvidRequest, sign_x509_svids, sign_x509_svids_each
 from ca.keys import vault_transit
 from ca.keys.vault_transit import VaultTransitKeyManager
+from ca.service import CaService
 from ca.signing import digest_for
 from ca.upstream import CaSubject, SelfSignedUpstream
 from ca.vault import VaultClient
@@ -24,7 +26,15 @@ from spiffe_core.errors import FailedPrecondition, InvalidArgument, UpstreamUnav
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import validate_x509_svid_leaf, verify_x509_svid
-from tests.integration.ca.test_node_api import NODE_1, RPC_TIMEOUT, attested_agent, channel, csr_for, running_node_api
+from tests.integration.ca.test_node_api import (
+    NODE_1,
+    RPC_TIMEOUT,
+    attested_agent,
+    channel,
+    csr_for,
+    running_node_api,
+    sign_for,
+)
 from tests.support.processes import run
 from tests.support.vault_server import FakeVault, token_config
 from wire import node_pb2, node_pb2_grpc
@@ -233,3 +243,23 @@ async def test_the_node_api_signs_a_batch_in_one_vault_request_and_keeps_its_per
         chain = [x509.load_der_x509_certificate(der) for der in item.cert_chain]
         assert (item.entry_id, item.error) == (entry.id, "")
         assert verify_x509_svid(chain, bundle, datetime.now(UTC))[0] == entry.spec.spiffe_id
+
+
+async def test_the_node_api_signs_a_lone_svid_of_a_vault_held_authority_on_a_worker_not_the_event_loop(
+    vault: FakeVault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vault answers over the network, so the event loop never signs with a transit key itself."""
+    answered_now: list[object] = []
+    mint_now = CaService.mint_x509_svids_now
+
+    def spy(service: CaService, *args: Any) -> list[IssuedX509Svid] | None:
+        answered_now.append(mint_now(service, *args))
+        return answered_now[-1]  # type: ignore[return-value]
+
+    monkeypatch.setattr(CaService, "mint_x509_svids_now", spy)
+    async with running_node_api(tmp_path, key_manager=key_manager(vault, tmp_path)) as ca:
+        agent = await attested_agent(ca)
+        entry = ca.entry(SpiffeId.parse("spiffe://example.org/workload"), NODE_1)
+        first, second = [await sign_for(ca, agent, entry.id) for _ in range(2)]
+    assert (first.error, second.error) == ("", "")
+    assert answered_now == [None]  # asked once the agent's entries were held, and it gave way
