@@ -265,7 +265,6 @@ class Database:
             self._driver_unit(connection, committed, begin=False) as transaction,
         ):
             yield transaction
-        self._immediate.committed()
         for callback in committed:
             callback()
 

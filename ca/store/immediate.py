@@ -17,7 +17,10 @@ do that work itself only if nothing in it can wait, which is what this connectio
   That checkpoint is a ``RESTART`` one: it takes the writer lock while it copies (so this
   connection's writers give way meanwhile) and so copies the whole WAL, which lets the next writer
   start the WAL over. A ``PASSIVE`` one would copy only what was there when it began; under
-  steady writes it would never catch up, and the WAL would grow without end.
+  steady writes it would never catch up, and the WAL would grow without end. While a ``RESTART``
+  waits for the writer lock and for readers of the WAL, every other writer waits too, so it waits
+  at most :data:`CHECKPOINT_WAIT_MS` (a long read, an audit export, must not stall issuance) and
+  then copies what it can, as a passive one would; the next one tries again.
 
 With WAL and ``synchronous = NORMAL`` a commit writes to the WAL without an fsync, so what is left on
 the loop is CPU work of a fraction of a millisecond. Whenever the connection cannot begin at once,
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 # Commits between two checkpoints. A lone X509-SVID's record dirties about five pages (the
 # certificate row, the audit record and their indexes), so this is about SQLite's default of 1,000.
 CHECKPOINT_COMMITS = 200
+# How long a checkpoint waits for the writer lock and for readers, blocking other writers meanwhile.
+CHECKPOINT_WAIT_MS = 50
 
 
 class WouldWait(Exception):
@@ -54,9 +59,8 @@ class ImmediateWriter:
     module docstring). ``engine`` opens the database without a pool (``NullPool``), with the pragmas
     of every connection of the CA's. Thread-safe; connects lazily; closed by :meth:`close`."""
 
-    def __init__(self, engine: Engine, checkpoint_commits: int = CHECKPOINT_COMMITS) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._checkpoint_commits = checkpoint_commits
         self._claim = threading.Lock()
         self._connection: PoolProxiedConnection | None = None
         self._commits = 0
@@ -67,8 +71,9 @@ class ImmediateWriter:
     @contextmanager
     def begun(self) -> Iterator[PoolProxiedConnection]:
         """The connection, inside a ``BEGIN IMMEDIATE`` it took without waiting; the caller commits
-        or rolls back. Raises :class:`WouldWait` when another caller has the connection, when
-        another connection holds the writer lock, or when the connection cannot be had at all."""
+        before its block ends, or raises having rolled back. Raises :class:`WouldWait` when another
+        caller has the connection, when another connection holds the writer lock, or when the
+        connection cannot be had at all."""
         if not self._claim.acquire(blocking=False):
             raise WouldWait("the immediate connection is in use")
         try:
@@ -87,14 +92,16 @@ class ImmediateWriter:
             finally:
                 if not connection.is_valid:  # the caller's rollback failed and closed it: open anew next time
                     self._connection = None
+            self._committed()
         finally:
             self._claim.release()
 
-    def committed(self) -> None:
-        """Count a commit made on the connection; every ``checkpoint_commits`` of them, hand a passive
-        checkpoint to the checkpoint thread unless one is still pending there."""
-        self._commits += 1  # only the claim's holder commits, so this needs no lock of its own
-        if self._commits % self._checkpoint_commits or self._checkpoint_pending.is_set():
+    def _committed(self) -> None:
+        """Count a commit (the caller's block ended without raising, so it committed); every
+        :data:`CHECKPOINT_COMMITS` of them, hand a checkpoint to the checkpoint thread unless one is still
+        pending there. Runs under the claim, so :meth:`close` cannot have shut that thread down."""
+        self._commits += 1
+        if self._commits % CHECKPOINT_COMMITS or self._checkpoint_pending.is_set():
             return
         self._checkpoint_pending.set()
         self._checkpoints.submit(self._checkpoint)
@@ -113,13 +120,15 @@ class ImmediateWriter:
         return self._connection
 
     def _checkpoint(self) -> None:
-        """Copy the whole WAL into the database file (``RESTART``: waiting, as long as the busy
-        timeout of the CA's connections, for the writer lock and for readers of the WAL), on a
-        connection of its own, outside any transaction."""
+        """Copy the whole WAL into the database file (``RESTART``, waiting at most
+        :data:`CHECKPOINT_WAIT_MS` for the writer lock and for readers of the WAL), on a connection
+        of its own, outside any transaction."""
         try:
             connection = self._engine.raw_connection()
             try:
-                connection.cursor().execute("PRAGMA wal_checkpoint(RESTART)")
+                cursor = connection.cursor()
+                cursor.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+                cursor.execute("PRAGMA wal_checkpoint(RESTART)")
             finally:
                 connection.close()
         except (DBAPIError, sqlite3.Error) as err:  # the next one tries again; SQLite loses nothing meanwhile
