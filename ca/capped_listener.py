@@ -41,7 +41,7 @@ from spiffe_core.backoff import LogThrottle
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
-_throttle = LogThrottle()
+_throttle = LogThrottle()  # keyed by listener: a flood on one must not silence another's lines
 
 
 class _Budget:
@@ -102,13 +102,13 @@ def _drop_stalled(ref: weakref.ref[_AcceptedSocket], name: str, source: str, tim
     accepted = ref()
     if accepted is None or accepted.fileno() == -1:
         return
-    if _throttle.should_log(time.monotonic(), "stalled"):
+    if _throttle.should_log(time.monotonic(), f"{name} stalled"):
         log.warning(
             "dropped a %s connection from %s: no TLS handshake within %g s%s",
             name,
             source,
             timeout,
-            _throttle.note("stalled"),
+            _throttle.note(f"{name} stalled"),
         )
     with contextlib.suppress(OSError):  # already reset by the peer: the transport sees that on its own
         accepted.shutdown(socket.SHUT_RDWR)
@@ -144,13 +144,13 @@ class CappedListener(socket.socket):
         refusal = self._budget.take(source)
         if refusal is not None:
             conn.close()
-            if _throttle.should_log(time.monotonic(), "refused"):
+            if _throttle.should_log(time.monotonic(), f"{self._name} refused"):
                 log.warning(
                     "refused a %s connection from %s: %s%s",
                     self._name,
                     source,
                     refusal,
-                    _throttle.note("refused"),
+                    _throttle.note(f"{self._name} refused"),
                 )
             raise ConnectionAbortedError(f"refused {source}: {refusal}")
         accepted = _AcceptedSocket(conn, self._budget, source)

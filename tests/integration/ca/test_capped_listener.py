@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 
 from ca.admin_listener import serve_https
@@ -57,7 +58,9 @@ async def _ready() -> None:
 
 
 @asynccontextmanager
-async def listening(per_source: int, total: int = 64, handshake_timeout: float = LONG_BOUND) -> AsyncIterator[int]:
+async def listening(
+    per_source: int, total: int = 64, handshake_timeout: float = LONG_BOUND, name: str = "test"
+) -> AsyncIterator[int]:
     """``serve_https`` on a fresh 127.0.0.1 port with the admin listener's TLS context (client
     certificates asked for). The socket listens before serving starts, so connections made at once wait
     in the backlog and are accepted in order."""
@@ -72,7 +75,7 @@ async def listening(per_source: int, total: int = 64, handshake_timeout: float =
             sock,
             tls,
             _ready,
-            name="test",
+            name=name,
             max_connections_per_source=per_source,
             max_connections=total,
             handshake_timeout=handshake_timeout,
@@ -126,6 +129,29 @@ async def test_beyond_the_total_a_connection_from_another_source_is_closed_at_on
     assert other_closed
     assert held_open == [True, True]
     assert served.json() == {"client_certs": 0}
+
+
+async def test_a_flood_on_one_listener_does_not_silence_anothers_refusals(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refusals are logged at most once a minute, per listener: the federation bundle endpoint under
+    a flood must not hide that the admin listener refuses connections too."""
+    async with (
+        listening(per_source=1, name="flooded bundle endpoint") as flooded,
+        listening(per_source=1, name="quiet admin") as quiet,
+    ):
+        held = [await raw(port) for port in (flooded, quiet)]
+        for port in (flooded, flooded, flooded, quiet):
+            reader, writer = await raw(port)
+            assert await closed_by_server(reader, 5.0)
+            writer.close()
+        for _, writer in held:
+            writer.close()
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused a ")]
+    assert [line.split(" connection")[0] for line in refusals] == [
+        "refused a flooded bundle endpoint",
+        "refused a quiet admin",
+    ]
 
 
 async def test_a_stalled_handshake_is_dropped_after_the_bound_and_its_slot_given_back(tmp_path: Path) -> None:
