@@ -101,8 +101,12 @@ class CaService:
             issued = [outcome for outcome in outcomes if isinstance(outcome, IssuedX509Svid)]
             invalid = len(outcomes) - len(issued)
             if issued:
-                detail = {**issuance.detail, "invalid": invalid} if invalid else issuance.detail
-                self._record(issued, dataclasses.replace(issuance, detail=detail), now)
+                recorded = (
+                    dataclasses.replace(issuance, detail={**issuance.detail, "invalid": invalid})
+                    if invalid
+                    else issuance
+                )
+                self._record(issued, recorded, now)
         except TrustmeshError as err:
             self._refused(issuance, requests, err, now)
             raise

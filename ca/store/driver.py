@@ -18,15 +18,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Dialect, Executable, Table
 from sqlalchemy.event import listen as event_listen
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
 _Processor = Callable[[Any], Any]
-_Compiled = tuple[str, tuple[str, ...] | None, dict[str, _Processor], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A statement as one dialect runs it. ``slots`` pairs each positional parameter, in order, with
+    its column's bind processor (None: the value goes to the driver as it is), so binding a row is one
+    pass with no look-ups; for a dialect with named parameters ``slots`` is None and ``processors``
+    holds the columns that have one. ``own`` are the values the statement itself holds (a LIMIT's)."""
+
+    sql: str
+    slots: tuple[tuple[str, _Processor | None], ...] | None
+    processors: Mapping[str, _Processor]
+    own: Mapping[str, Any]
 
 
 class DriverStatement:
@@ -43,11 +56,9 @@ class DriverStatement:
         self._compiled: dict[str, _Compiled] = {}
 
     def compiled(self, dialect: Dialect) -> _Compiled:
-        """The SQL, the order of positional parameters (None: named), the bind processors and the values
-        the statement itself holds (a LIMIT's)."""
+        """The statement compiled for ``dialect``, with the bind processor of each parameter resolved."""
         if dialect.name not in self._compiled:
             compiled = self._statement.compile(dialect=dialect, column_keys=self._columns)  # type: ignore[attr-defined]
-            order = tuple(compiled.positiontup or ()) if compiled.positional else None
             processors: dict[str, _Processor] = {}
             if self._table is not None:
                 processors = {
@@ -56,7 +67,12 @@ class DriverStatement:
                     # The dialect's own implementation of the type (SQLite's DATETIME writes its text format).
                     if (processor := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
                 }
-            self._compiled[dialect.name] = (compiled.string, order, processors, dict(compiled.params))
+            slots = (
+                tuple((name, processors.get(name)) for name in compiled.positiontup or ())
+                if compiled.positional
+                else None
+            )
+            self._compiled[dialect.name] = _Compiled(compiled.string, slots, processors, dict(compiled.params))
         return self._compiled[dialect.name]
 
 
@@ -86,20 +102,25 @@ class DriverTransaction:
 
     def execute(self, statement: DriverStatement, values: Mapping[str, object] | None = None) -> Any:
         """Run ``statement`` with ``values`` (by column name); returns the cursor to fetch from."""
-        sql, order, processors, own = statement.compiled(self.dialect)
-        params = _params(order, processors, {**own, **values} if values else own, None)
-        return self._run(self._cursor.execute, sql, params)
+        compiled = statement.compiled(self.dialect)
+        own = compiled.own
+        params = _params(compiled, ({**own, **values} if own else values) if values else own, None)
+        return self._run(self._cursor.execute, compiled.sql, params)
 
     def executemany(self, statement: DriverStatement, rows: Sequence[Mapping[str, object]]) -> None:
         """Run ``statement`` once per row, as one driver ``executemany``. A value repeated across rows
         (a batch's shared timestamps) is converted once."""
-        sql, order, processors, _own = statement.compiled(self.dialect)
-        converted: dict[tuple[str, object], object] = {}
-        self._run(self._cursor.executemany, sql, [_params(order, processors, row, converted) for row in rows])
+        compiled = statement.compiled(self.dialect)
+        converted: dict[tuple[str, object], object] | None = {} if len(rows) > 1 else None
+        self._run(self._cursor.executemany, compiled.sql, [_params(compiled, row, converted) for row in rows])
 
     def _run(self, method: Callable[[str, Any], Any], sql: str, params: Any) -> Any:
-        with sqlalchemy_errors(self.dialect, sql, params):
+        # Not `with sqlalchemy_errors(...)`: a generator context manager costs more than the statement's
+        # own Python work here, and this runs for every statement of every issuance record.
+        try:
             method(sql, params)
+        except self.dialect.loaded_dbapi.Error as err:
+            raise _translated(self.dialect, sql, params, err) from err
         return self._cursor
 
 
@@ -109,26 +130,33 @@ def sqlalchemy_errors(dialect: Dialect, sql: str | None = None, params: Any = No
     try:
         yield
     except dialect.loaded_dbapi.Error as err:
-        raise DBAPIError.instance(sql, params, err, dialect.loaded_dbapi.Error, dialect=dialect) from err
+        raise _translated(dialect, sql, params, err) from err
+
+
+def _translated(dialect: Dialect, sql: str | None, params: Any, err: Exception) -> StatementError:
+    return DBAPIError.instance(sql, params, err, dialect.loaded_dbapi.Error, dialect=dialect)
 
 
 def _params(
-    order: tuple[str, ...] | None,
-    processors: Mapping[str, _Processor],
-    values: Mapping[str, object],
-    converted: dict[tuple[str, object], object] | None,
+    compiled: _Compiled, values: Mapping[str, object], converted: dict[tuple[str, object], object] | None
 ) -> Any:
-    def bind(name: str, value: object) -> object:
-        processor = processors.get(name)
+    """The driver's parameters for ``values``: each converted by its column's bind processor (None is
+    never converted); with ``converted``, a value repeated across rows is converted once."""
+    slots = compiled.slots
+    if converted is None:
+        if slots is not None:
+            return tuple([v if (v := values[n]) is None or p is None else p(v) for n, p in slots])
+        processors = compiled.processors
+        return {n: v if v is None or (p := processors.get(n)) is None else p(v) for n, v in values.items()}
+
+    def bind(name: str, processor: _Processor | None, value: object) -> object:
         if processor is None or value is None:
             return value
-        if converted is None:
-            return processor(value)
         key = (name, value)
         if key not in converted:
             converted[key] = processor(value)
         return converted[key]
 
-    if order is None:
-        return {name: bind(name, value) for name, value in values.items()}
-    return tuple(bind(name, values[name]) for name in order)
+    if slots is not None:
+        return tuple([bind(n, p, values[n]) for n, p in slots])
+    return {n: bind(n, compiled.processors.get(n), v) for n, v in values.items()}

@@ -46,6 +46,9 @@ from ca.store.records import Actor, AuditEvent, AuditQuery, AuditRecord, ChainCh
 from spiffe_core.errors import FailedPrecondition, InvalidArgument
 
 GENESIS_HASH = "0" * 64
+# The canonical JSON of chain_hash and of a log line's detail. One encoder, built once: json.dumps with
+# these options builds a new one for every call, which cost as much as the encoding on the issuance path.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 # The most records one page of a listing may hold (`audit list` and the admin API page through more).
 MAX_PAGE = 1000
 VERIFY_BATCH = 500
@@ -67,8 +70,7 @@ def chain_hash(prev_hash: str, event: AuditEvent) -> str:
     }
     optional = {"auth_method": event.actor.method, "role": event.actor.role, "reason": event.reason}
     fields.update((key, value) for key, value in optional.items() if value)
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+    return hashlib.sha256((prev_hash + _CANONICAL_JSON.encode(fields)).encode()).hexdigest()
 
 
 AUDIT_LOGGER = logging.getLogger("trustmesh.audit")
@@ -82,7 +84,7 @@ def audit_line(record: AuditRecord) -> str:
     if audited.reason:
         line += f": {audited.reason}"
     if audited.detail:
-        line += " " + json.dumps(dict(audited.detail), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        line += " " + _CANONICAL_JSON.encode(dict(audited.detail))
     return line
 
 
@@ -110,8 +112,18 @@ def _cut(text: str, length: int) -> str:
 
 def _fitted(event: AuditEvent) -> AuditEvent:
     """``event`` with every text cut to its column, so an overlong reason or a caller's long name is
-    recorded shortened instead of failing the audited action (PostgreSQL enforces the lengths)."""
+    recorded shortened instead of failing the audited action (PostgreSQL enforces the lengths).
+    ``event`` itself when every text fits, as they nearly always do."""
     actor = event.actor
+    if (
+        len(actor.name) <= SPIFFE_ID_LENGTH
+        and len(actor.method) <= AUDIT_METHOD_LENGTH
+        and len(actor.role) <= AUDIT_ROLE_LENGTH
+        and len(event.action) <= AUDIT_ACTION_LENGTH
+        and len(event.target) <= SPIFFE_ID_LENGTH
+        and len(event.reason) <= AUDIT_REASON_LENGTH
+    ):
+        return event
     return replace(
         event,
         actor=Actor(
