@@ -26,7 +26,7 @@ from ca.issuance import (
     sign_x509_svids_each,
 )
 from ca.metrics import CaMetrics
-from ca.signing import BatchSigningKey
+from ca.signing import signs_in_batches
 from ca.store.driver import DriverTransaction
 from ca.store.engine import Database
 from ca.store.immediate import WouldWait
@@ -131,7 +131,7 @@ class CaService:
         now = self._clock.now()
         current = self._authorities.get_current()
         try:
-            if isinstance(current.active_x509(now).private_key, BatchSigningKey):
+            if signs_in_batches(current.active_x509(now).private_key):
                 return None
             with self._database.driver_transaction_now() as transaction:
                 outcomes = sign_x509_svids_each(requests, current, self._x509_ttl, now)

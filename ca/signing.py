@@ -59,7 +59,7 @@ def sign_all(builders: Sequence[x509.CertificateBuilder], key: PrivateKey) -> li
     """The certificates of ``builders``, in order, signed by ``key``: in one batch request when the key
     signs in batches (see the module docstring), else one by one in the process as :func:`sign` signs.
     A batch fails as a whole with the key's error."""
-    if not _signs_in_batches(type(key)):
+    if not signs_in_batches(key):
         return [sign(builder, key) for builder in builders]
     batch_key = cast(BatchSigningKey, key)
     digest = digest_for(key)
@@ -69,11 +69,16 @@ def sign_all(builders: Sequence[x509.CertificateBuilder], key: PrivateKey) -> li
     return [_resigned(draft, signature) for draft, signature in zip(drafts, signatures, strict=True)]
 
 
+def signs_in_batches(key: PrivateKey) -> bool:
+    """Whether ``key`` is a :class:`BatchSigningKey` (one that answers over the network, in batches)."""
+    return _batch_class(type(key))
+
+
 @functools.lru_cache(maxsize=64)
-def _signs_in_batches(key_class: type) -> bool:
-    """Whether keys of ``key_class`` are :class:`BatchSigningKey` s, decided once per class: an
-    ``isinstance`` against a runtime-checkable protocol inspects the protocol's members on every call,
-    which cost about 5% of a one-SVID issuance. The protocol's member is a method, so the class decides."""
+def _batch_class(key_class: type) -> bool:
+    """Decided once per class: an ``isinstance`` against a runtime-checkable protocol inspects the
+    protocol's members on every call, which cost about 5% of a one-SVID issuance. The protocol's member
+    is a method, so the class decides."""
     return issubclass(key_class, BatchSigningKey)
 
 
