@@ -73,11 +73,14 @@ class WorkloadCache:
 
     def __init__(self, initial: CacheSnapshot) -> None:
         self._snapshot = initial
-        # Resolved with the next snapshot by publish, then replaced; made when someone first waits. One
-        # future shared by every waiter, not a lock taken in turn: all subscribers wake in the same loop
-        # iteration, so 1,000 streams neither queue behind one another nor each need a task to wait,
-        # and their callers' attestations can share one read (sds.attestor).
-        self._next: asyncio.Future[CacheSnapshot] | None = None
+        # The future of everyone waiting for the next publish, one each, resolved by publish in one
+        # pass: all subscribers wake in the same loop iteration, so 1,000 streams neither queue behind a
+        # lock taken in turn nor each need a task to wait, and their callers' attestations can share
+        # one read (sds.attestor). One future per waiter rather than one shared by all: a waiter that
+        # stops waiting (an Envoy stream whose ACK arrives first, a stream that ends) then drops its
+        # own in O(1) (forget), where taking its callback off a shared future scans every other
+        # waiter's: O(n²) when n streams ACK a push (27 ms at 1,000 streams, 5.6 s at 20,000).
+        self._waiting: set[asyncio.Future[CacheSnapshot]] = set()
 
     def get_snapshot(self) -> CacheSnapshot:
         return self._snapshot
@@ -86,26 +89,40 @@ class WorkloadCache:
         """Swap in a new snapshot (its version must grow), stamped with the time it was published, and
         wake every subscriber."""
         self._snapshot = replace(snapshot, published_at=time.monotonic())
-        waiting, self._next = self._next, None
-        if waiting is not None:
-            waiting.set_result(self._snapshot)
+        waiting, self._waiting = self._waiting, set()
+        for future in waiting:
+            if not future.done():  # its caller cancelled it without forgetting it
+                future.set_result(self._snapshot)
 
     def next_change(self, seen: int) -> asyncio.Future[CacheSnapshot]:
-        """The first snapshot whose version is not ``seen``: a done future when the current one is
-        already newer, otherwise the future shared by everyone waiting for the next publish, which
-        callers must not cancel (wrap it in :func:`asyncio.shield` to wait cancellably)."""
+        """The first snapshot whose version is not ``seen``: done at once when the current one is
+        already newer, otherwise resolved by the next publish. The future is the caller's own (it may
+        cancel it); a caller that stops waiting before it is resolved hands it to :meth:`forget`, so
+        the cache holds nothing for callers that left."""
+        future: asyncio.Future[CacheSnapshot] = asyncio.get_running_loop().create_future()
         if self._snapshot.version != seen:
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(self._snapshot)
-            return done
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        return self._next
+            future.set_result(self._snapshot)
+        else:
+            self._waiting.add(future)
+        return future
+
+    @property
+    def waiting(self) -> int:
+        """How many callers wait for the next publish (one per open stream at most)."""
+        return len(self._waiting)
+
+    def forget(self, future: asyncio.Future[CacheSnapshot]) -> None:
+        """Stop waiting with ``future`` (from :meth:`next_change`); a no-op once it was resolved."""
+        self._waiting.discard(future)
 
     async def subscribe(self) -> AsyncGenerator[CacheSnapshot, None]:
         """Yield the current snapshot at once, then each newer one; intermediate ones may be skipped."""
         seen = -1
         while True:
-            snapshot = await asyncio.shield(self.next_change(seen))
+            change = self.next_change(seen)
+            try:
+                snapshot = await change
+            finally:
+                self.forget(change)
             seen = snapshot.version
             yield snapshot

@@ -331,8 +331,8 @@ async def _events(requests: AsyncIterator[Any], cache: WorkloadCache) -> AsyncGe
     """Requests and cache snapshots of one stream, as they come; ends when the client half-closes.
 
     Both sources are read concurrently, so a push never waits for the client to speak. Snapshots come
-    from ``cache.next_change`` (newest wins: a slow stream skips intermediate ones); its future is
-    shared by every stream of the agent, so it is waited on, never cancelled."""
+    from ``cache.next_change`` (newest wins: a slow stream skips intermediate ones); the stream's wait
+    for one is forgotten when the stream ends."""
     next_request: asyncio.Future[Any] = asyncio.ensure_future(anext(requests))
     next_snapshot = cache.next_change(seen=-1)
     try:
@@ -350,6 +350,7 @@ async def _events(requests: AsyncIterator[Any], cache: WorkloadCache) -> AsyncGe
                 yield snapshot
                 next_snapshot = cache.next_change(seen=snapshot.version)
     finally:
+        cache.forget(next_snapshot)
         next_request.cancel()
         await asyncio.gather(next_request, return_exceptions=True)
 

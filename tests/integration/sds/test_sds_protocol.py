@@ -370,6 +370,24 @@ async def test_stream_releases_its_tasks_when_the_client_goes_away(agent: Agent)
     assert len(asyncio.all_tasks()) <= baseline
 
 
+async def test_a_stream_waits_for_one_change_at_a_time_and_leaves_no_waiter_when_it_ends(agent: Agent) -> None:
+    """ACKs and new requests do not add waits; a stream that ends takes its wait with it, so the cache
+    holds nothing for streams that left, however many come and go between changes."""
+    s = Stream(agent.stub.StreamSecrets())
+    await s.send(request([DEFAULT]))
+    first = await s.next()
+    for _ in range(5):
+        await s.send(request([DEFAULT], nonce=first.nonce, version=first.version_info))
+    await s.expect_silence()  # the ACKs were handled
+    assert agent.cache.waiting == 1
+    await s.close()
+    for _ in range(50):  # bounded: up to 5 s
+        if agent.cache.waiting == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert agent.cache.waiting == 0
+
+
 async def test_caller_is_attested_again_before_every_response(agent: Agent, stream: Stream) -> None:
     await stream.send(request([DEFAULT]))
     first = await stream.next()

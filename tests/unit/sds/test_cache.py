@@ -1,5 +1,6 @@
-"""The workload cache's publish/subscribe contract: newest wins, every waiter wakes on a publish, and
-one waiter going away never takes the others' wake-up with it."""
+"""The workload cache's publish/subscribe contract: newest wins, every waiter wakes on a publish, one
+waiter going away never takes the others' wake-up with it, and the cache holds nothing for waiters
+that left."""
 
 from __future__ import annotations
 
@@ -55,3 +56,33 @@ async def test_a_cancelled_subscriber_does_not_cancel_the_others_wake_up() -> No
     await cache.publish(version(2))
     assert await asyncio.wait_for(stays, 5) == 2
     assert cache.next_change(seen=2).cancelled() is False
+
+
+async def test_each_waiter_has_a_future_of_its_own_that_it_may_cancel() -> None:
+    cache = WorkloadCache(version(1))
+    leaving, staying = cache.next_change(seen=1), cache.next_change(seen=1)
+    leaving.cancel()
+    await cache.publish(version(2))
+    assert (leaving.cancelled(), staying.result().version) == (True, 2)
+
+
+async def test_a_waiter_that_stops_waiting_is_forgotten_and_not_woken() -> None:
+    cache = WorkloadCache(version(1))
+    gone, waiting = cache.next_change(seen=1), cache.next_change(seen=1)
+    cache.forget(gone)
+    assert cache.waiting == 1
+    await cache.publish(version(2))
+    assert (gone.done(), waiting.done(), cache.waiting) == (False, True, 0)
+
+
+async def test_a_closed_subscription_leaves_no_waiter_behind() -> None:
+    cache = WorkloadCache(version(1))
+    subscription = cache.subscribe()
+    await anext(subscription)
+    pending = asyncio.ensure_future(anext(subscription))
+    await asyncio.sleep(0)
+    assert cache.waiting == 1
+    pending.cancel()
+    await asyncio.gather(pending, return_exceptions=True)
+    await subscription.aclose()
+    assert cache.waiting == 0
