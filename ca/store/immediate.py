@@ -33,12 +33,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, PoolProxiedConnection
 from sqlalchemy.exc import DBAPIError
+
+from spiffe_core.backoff import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class ImmediateWriter:
         self._commits = 0
         self._checkpoint_pending = threading.Event()
         self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
+        self._log_throttle = LogThrottle()  # only the checkpoint thread uses it
         self._closed = False
 
     @contextmanager
@@ -110,12 +114,16 @@ class ImmediateWriter:
         if self._connection is None:
             try:
                 connection = self._engine.raw_connection()
-            except DBAPIError as err:
+            except (DBAPIError, sqlite3.Error) as err:
                 raise WouldWait(f"cannot connect: {err}") from err
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA busy_timeout = 0")
-            cursor.execute("PRAGMA wal_autocheckpoint = 0")
-            cursor.close()
+            try:
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA busy_timeout = 0")
+                cursor.execute("PRAGMA wal_autocheckpoint = 0")
+                cursor.close()
+            except sqlite3.Error as err:
+                connection.close()
+                raise WouldWait(f"cannot set the connection up: {err}") from err
             self._connection = connection
         return self._connection
 
@@ -132,7 +140,8 @@ class ImmediateWriter:
             finally:
                 connection.close()
         except (DBAPIError, sqlite3.Error) as err:  # the next one tries again; SQLite loses nothing meanwhile
-            log.warning("WAL checkpoint failed: %s", err)
+            if self._log_throttle.should_log(time.monotonic()):
+                log.warning("WAL checkpoint failed: %s%s", err, self._log_throttle.note())
         finally:
             self._checkpoint_pending.clear()
 

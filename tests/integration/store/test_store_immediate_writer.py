@@ -4,6 +4,7 @@ checkpoints the WAL itself, and the checkpoints handed to its own thread keep th
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -125,6 +126,19 @@ def test_a_database_closed_meanwhile_is_given_way_to(sqlite_db: Database) -> Non
     sqlite_db.close()
     with pytest.raises(WouldWait, match="closed"), sqlite_db.driver_transaction_now():
         pass
+
+
+def test_a_database_it_cannot_open_is_given_way_to(tmp_path: Path) -> None:
+    """The worker path then reports the datastore's error, as it always did."""
+    (tmp_path / "gone").mkdir()
+    database = Database.open(f"sqlite:///{tmp_path / 'gone' / 'ca.db'}")
+    database.migrate()
+    shutil.rmtree(tmp_path / "gone")
+    try:
+        with pytest.raises(WouldWait, match="cannot connect"), database.driver_transaction_now():
+            pass
+    finally:
+        database.close()
 
 
 def test_postgresql_always_gives_way(postgres_migrated_url: str) -> None:
