@@ -181,6 +181,29 @@ def test_a_tainted_authority_that_did_not_sign_the_svid_changes_nothing() -> Non
     assert reasons(sync, {"e-web": held(web)}) == []
 
 
+def test_an_svid_whose_rotation_is_near_goes_along_with_one_that_must_be_signed() -> None:
+    """Rotations jitter spreads a few minutes apart cost the CA one call, in the CA's order."""
+    db, web = entry("e-db", DB), entry()
+    near = held(db, rotate_at=NOW + timedelta(minutes=5))  # within a tenth of its hour-long life
+    assert reasons(state(db, web), {"e-db": near, "e-web": held(web, rotate_at=NOW)}) == [
+        ("e-db", SignReason.ROTATION_NEAR),
+        ("e-web", SignReason.ROTATION_DUE),
+    ]
+
+
+def test_an_svid_whose_rotation_is_near_waits_for_its_time_when_nothing_else_is_signed() -> None:
+    db = entry("e-db", DB)
+    assert reasons(state(db), {"e-db": held(db, rotate_at=NOW + timedelta(minutes=5))}) == []
+
+
+def test_an_svid_whose_rotation_is_further_than_a_tenth_of_its_life_stays() -> None:
+    db, web = entry("e-db", DB), entry()
+    later = held(db, rotate_at=NOW + timedelta(minutes=7))
+    assert reasons(state(db, web), {"e-db": later, "e-web": held(web, rotate_at=NOW)}) == [
+        ("e-web", SignReason.ROTATION_DUE)
+    ]
+
+
 def test_an_entry_listed_twice_is_signed_once() -> None:
     web = entry()
     assert reasons(state(web, web), {}) == [("e-web", SignReason.NEW)]
