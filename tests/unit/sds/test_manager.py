@@ -240,6 +240,20 @@ async def test_rotates_an_svid_at_its_rotation_time(harness: Harness) -> None:
     assert harness.snapshot().version == 2
 
 
+async def test_svids_whose_rotations_jitter_a_few_minutes_apart_rotate_in_one_call(harness: Harness) -> None:
+    await harness.receive(state(entry("e-web", WEB)))
+    await harness.manager.reconcile()
+    harness.clock.advance(timedelta(minutes=1))
+    await harness.receive(state(entry("e-web", WEB), entry("e-db", DB), version=2))
+    await harness.manager.reconcile()
+    first = min(held.rotate_at for held in harness.manager.held.values())
+    last = max(held.rotate_at for held in harness.manager.held.values())
+    assert timedelta(0) < last - first <= timedelta(minutes=6)  # a tenth of the hour-long life
+    harness.clock.advance(first - harness.clock.now())
+    await harness.manager.reconcile()
+    assert harness.api.batches == [["e-web"], ["e-db"], ["e-web", "e-db"]]
+
+
 async def test_a_refused_item_does_not_hold_up_the_others(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     harness.api.refused["e-db"] = "entry e-db is not parented to the agent"
     await harness.receive(state(entry("e-web", WEB), entry("e-db", DB)))
