@@ -9,8 +9,11 @@ not the CA is disconnected before any gRPC byte passes and reported as :class:`~
 
 The channel is built from :class:`AgentCredentials` (the agent's SVID and bundle). When they change —
 a renewed agent SVID, a rotated bundle — :meth:`NodeClient.use_credentials` swaps in a new channel:
-new calls use it, unary calls in flight on the old one get a grace period, and an open ``Sync`` stream
-on the old one ends cleanly so its consumer reconnects with the new credentials.
+new calls use it, unary calls in flight on the old one keep it until their own deadline, and an open
+``Sync`` stream on the old one ends cleanly so its consumer reconnects with the new credentials. A
+unary call the agent cuts off anyway (closing the client) fails as :class:`UpstreamUnavailable`, never
+as a cancellation of its caller: the agent renews its SVID every few minutes, and a call slower than
+that swap must be a failure its caller retries, not the silent end of the task that made it.
 
 Wire messages become plain values here (:class:`SyncState`, :class:`EntryRecord`); gRPC status codes
 become the error kinds of :mod:`spiffe_core.errors`.
@@ -57,9 +60,10 @@ from wire import node_pb2, node_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_RPC_TIMEOUT = 10.0
-# How long unary calls in flight on a replaced channel may take before it is closed under them.
 _Reply = TypeVar("_Reply")
-_RETIRE_GRACE_SECONDS = 5.0
+# How long past its own deadline a unary call in flight on a replaced channel may take before the
+# channel is closed under it (the deadline normally ends it first, with an error the caller retries).
+_RETIRE_MARGIN_SECONDS = 1.0
 
 _ERROR_KINDS: Mapping[grpc.StatusCode, type[TrustmeshError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -265,6 +269,13 @@ class _Channel:
     retired: bool = False
 
 
+def _cut_off(channel: _Channel) -> bool:
+    """Whether a call on ``channel`` that raised CancelledError was cancelled by the client retiring the
+    channel, not by a cancellation of the task that waits for it."""
+    task = asyncio.current_task()
+    return channel.retired and task is not None and not task.cancelling()
+
+
 # The gRPC channel's reconnect backoff, initial and maximum (milliseconds).
 CHANNEL_RECONNECT_BACKOFF_MS = (250, 2000)
 
@@ -316,7 +327,8 @@ class NodeClient:
         old.retired = True
         for call in tuple(old.streams):
             call.cancel()
-        task = asyncio.get_running_loop().create_task(self._close(old, _RETIRE_GRACE_SECONDS))
+        grace = self._timeout + _RETIRE_MARGIN_SECONDS
+        task = asyncio.get_running_loop().create_task(self._close(old, grace))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -401,14 +413,26 @@ class NodeClient:
         finally:
             await bridge.close()
 
+    async def _unary(self, rpc: str, call: Callable[[node_pb2_grpc.NodeStub], Awaitable[_Reply]]) -> _Reply:
+        """One unary call (named ``rpc`` in errors) of the node API over the current mTLS channel."""
+        channel = self._channel()
+        try:
+            return await call(node_pb2_grpc.NodeStub(channel.channel))
+        except grpc.aio.AioRpcError as err:
+            raise self._error(err, rpc, channel) from err
+        except asyncio.CancelledError:
+            if not _cut_off(channel):
+                raise
+            raise UpstreamUnavailable(
+                f"node API {rpc} at {self._server_address} was cut off: the agent closed its channel"
+            ) from None
+
     async def renew(self, csr: bytes) -> tuple[x509.Certificate, ...]:
         """A new agent X509-SVID chain for the key behind ``csr``, authenticated by the current SVID."""
-        channel = self._channel()
-        stub = node_pb2_grpc.NodeStub(channel.channel)
-        try:
-            response = await stub.RenewAgent(node_pb2.RenewAgentRequest(csr=csr), timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise self._error(err, "RenewAgent", channel) from err
+        request = node_pb2.RenewAgentRequest(csr=csr)
+        response: node_pb2.RenewAgentResponse = await self._unary(
+            "RenewAgent", lambda stub: stub.RenewAgent(request, timeout=self._timeout)
+        )
         return _decode_chain(response.svid_chain, "RenewAgent")
 
     async def sync(self) -> AsyncIterator[SyncState]:
@@ -423,8 +447,7 @@ class NodeClient:
                 try:
                     update = await call.read()
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if channel.retired and task is not None and not task.cancelling():
+                    if _cut_off(channel):
                         return  # cancelled by use_credentials, not by our caller
                     raise
                 except grpc.aio.AioRpcError as err:
@@ -443,12 +466,9 @@ class NodeClient:
         request = node_pb2.SignX509SvidsRequest(
             requests=[node_pb2.X509SvidRequest(entry_id=entry_id, csr=csr) for entry_id, csr in items]
         )
-        channel = self._channel()
-        stub = node_pb2_grpc.NodeStub(channel.channel)
-        try:
-            response = await stub.SignX509Svids(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise self._error(err, "SignX509Svids", channel) from err
+        response: node_pb2.SignX509SvidsResponse = await self._unary(
+            "SignX509Svids", lambda stub: stub.SignX509Svids(request, timeout=self._timeout)
+        )
         if [svid.entry_id for svid in response.svids] != [entry_id for entry_id, _ in items]:
             raise InvalidArgument("the CA answered SignX509Svids with results that do not match the requests")
         return [
@@ -461,24 +481,18 @@ class NodeClient:
     async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for the entry, and when it expires."""
         request = node_pb2.MintJwtSvidRequest(entry_id=entry_id, audience=list(audience))
-        channel = self._channel()
-        stub = node_pb2_grpc.NodeStub(channel.channel)
-        try:
-            response = await stub.MintJwtSvid(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise self._error(err, "MintJwtSvid", channel) from err
+        response: node_pb2.MintJwtSvidResponse = await self._unary(
+            "MintJwtSvid", lambda stub: stub.MintJwtSvid(request, timeout=self._timeout)
+        )
         return response.token, datetime.fromtimestamp(response.expires_at, UTC)
 
     async def refresh_federated_bundle(self, trust_domain: TrustDomain, key_id: str) -> Bundle | None:
         """The CA's bundle of the federated ``trust_domain`` once it tried to get one holding the JWT
         key ``key_id`` (the CA may fetch the partner for it); None when the CA holds none yet."""
         request = node_pb2.RefreshFederatedBundleRequest(trust_domain=trust_domain.name, key_id=key_id)
-        channel = self._channel()
-        stub = node_pb2_grpc.NodeStub(channel.channel)
-        try:
-            response = await stub.RefreshFederatedBundle(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise self._error(err, "RefreshFederatedBundle", channel) from err
+        response: node_pb2.RefreshFederatedBundleResponse = await self._unary(
+            "RefreshFederatedBundle", lambda stub: stub.RefreshFederatedBundle(request, timeout=self._timeout)
+        )
         return Bundle.parse_jwks(trust_domain, response.bundle) if response.bundle else None
 
     async def close(self) -> None:

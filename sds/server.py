@@ -17,6 +17,8 @@ import asyncio
 import logging
 import resource
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 from envoy.service.secret.v3 import sds_pb2_grpc
 
@@ -159,10 +161,11 @@ async def serve_agent(config: AgentConfig) -> None:
                 config.sds_socket,
                 config.workload_api_socket,
             )
-            tasks.create_task(identity.run(), name="agent-svid")
-            tasks.create_task(manager.run(), name="manager")
+            tasks.create_task(until_stopped(identity.run(), "agent SVID"), name="agent-svid")
+            tasks.create_task(until_stopped(manager.run(), "workload SVID"), name="manager")
             if config.cert_files:
-                tasks.create_task(CertFileWriter(cache, config.cert_files).run(), name="cert-files")
+                writer = CertFileWriter(cache, config.cert_files)
+                tasks.create_task(until_stopped(writer.run(), "cert file"), name="cert-files")
     except* _Stopped:
         log.info("agent stopped; sockets removed")
     finally:
@@ -176,6 +179,21 @@ class _Stopped(Exception):
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def until_stopped(part: Coroutine[Any, Any, None], name: str) -> None:
+    """Run a part of the agent that works until the agent stops. A TaskGroup takes a task that ends
+    cancelled for a task it cancelled itself and carries on without it, so a CancelledError raised from
+    below the part (not by the group) would leave the agent serving SVIDs nobody renews any more; and a
+    part that returns would do the same. Either is turned into an error that stops the agent."""
+    try:
+        await part
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise RuntimeError(f"the agent's {name} task was cancelled from within; stopping the agent") from None
+    raise RuntimeError(f"the agent's {name} task ended; stopping the agent")
 
 
 async def _stop_on_signal() -> None:

@@ -59,6 +59,10 @@ class FakeNodeServicer:
     agents: set[SpiffeId] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
     open_syncs: int = 0  # Sync streams the servicer is serving now
+    # While set and not yet released, SignX509Svids waits for it (a CA slow to answer), having set
+    # signing_waits first.
+    signing_gate: asyncio.Event | None = None
+    signing_waits: asyncio.Event = field(default_factory=asyncio.Event)
     version: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -155,6 +159,9 @@ class FakeNodeServicer:
     ) -> node_pb2.SignX509SvidsResponse:
         self.calls["SignX509Svids"] += 1
         agent = await self._agent(context)
+        if self.signing_gate is not None:
+            self.signing_waits.set()
+            await self.signing_gate.wait()
         mine = {e.id: e for e in self.entries if e.parent_id == str(agent)}
         results = []
         for item in request.requests:

@@ -221,6 +221,62 @@ async def test_a_new_bundle_from_sync_replaces_the_channel_and_signing_goes_on(
         running.cancel()
 
 
+async def signing_held(server: FakeNodeServer) -> asyncio.Event:
+    """Hold the fake CA's SignX509Svids answers until the returned event is set."""
+    gate = asyncio.Event()
+    server.servicer.signing_gate = gate
+    return gate
+
+
+async def until_signing_waits(servicer: FakeNodeServicer) -> None:
+    await asyncio.wait_for(servicer.signing_waits.wait(), DEADLINE)
+
+
+async def test_a_signing_call_in_flight_when_the_credentials_change_still_gets_its_answer(
+    server: FakeNodeServer, agent: Agent
+) -> None:
+    server.servicer.add_entry("entry-web", WEB, AGENT_ID)
+    gate = await signing_held(server)
+    call = asyncio.create_task(
+        agent.client.sign_x509_svids([("entry-web", make_csr(generate_private_key(KeyType.EC_P256)))])
+    )
+    await until_signing_waits(server.servicer)
+    agent.client.use_credentials(agent.identity.get_current())  # a renewed SVID or a new bundle
+    await asyncio.sleep(0.5)
+    gate.set()
+    (signed,) = await asyncio.wait_for(call, DEADLINE)
+    assert verify_x509_svid(signed.cert_chain, server.servicer.ca.bundle(), datetime.now(UTC))[0] == WEB
+
+
+async def test_a_signing_call_cut_off_by_closing_the_client_fails_as_upstream_unavailable(
+    server: FakeNodeServer, agent: Agent
+) -> None:
+    server.servicer.add_entry("entry-web", WEB, AGENT_ID)
+    gate = await signing_held(server)
+    call = asyncio.create_task(
+        agent.client.sign_x509_svids([("entry-web", make_csr(generate_private_key(KeyType.EC_P256)))])
+    )
+    await until_signing_waits(server.servicer)
+    await agent.client.close()
+    gate.set()
+    with pytest.raises(UpstreamUnavailable, match=r"SignX509Svids .* was cut off"):
+        await asyncio.wait_for(call, DEADLINE)  # a failure to retry, not a cancellation of the caller
+
+
+async def test_the_svid_task_retries_a_signing_call_that_was_cut_off(server: FakeNodeServer, agent: Agent) -> None:
+    servicer = server.servicer
+    servicer.add_entry("entry-web", WEB, AGENT_ID)
+    gate = await signing_held(server)
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(agent.manager.run())
+        await until_signing_waits(servicer)
+        await agent.client.close()  # cuts the call off; the client opens a new channel for the next
+        gate.set()
+        await snapshot_where(agent.cache, lambda s: ids(s) == [WEB])
+        assert servicer.calls["SignX509Svids"] >= 2
+        running.cancel()
+
+
 async def test_jwt_svids_are_minted_by_the_ca_and_reused(server: FakeNodeServer, agent: Agent) -> None:
     servicer = server.servicer
     servicer.add_entry("entry-web", WEB, AGENT_ID)
