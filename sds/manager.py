@@ -85,6 +85,8 @@ _REFUSALS_NAMED = 10
 class NodeApi(Protocol):
     """What the manager needs from the node API client (:class:`sds.node_client.NodeClient`)."""
 
+    @property
+    def channel_generation(self) -> int: ...
     def sync(self) -> AsyncIterator[SyncState]: ...
     async def sign_x509_svids(self, items: Sequence[tuple[str, bytes]]) -> list[SignedX509Svid]: ...
     async def mint_jwt_svid(self, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]: ...
@@ -211,6 +213,7 @@ class AgentManager:
             if opened:
                 status.reconnects += 1
             opened += 1
+            generation = self._client.channel_generation
             try:
                 last_version = -1
                 async for state in self._client.sync():
@@ -228,8 +231,12 @@ class AgentManager:
                 self._warn("sync", "sync stream with the CA failed (%s); reconnecting in %.1f s", err, delay)
                 await asyncio.sleep(delay)
             else:
-                self._lost_stream("" if received else "the CA closed the sync stream without a state")
-                if not received:  # closed before it said anything: do not spin
+                # Ended by the agent's own new credentials (a renewed SVID, a new bundle): reconnect at
+                # once, whether or not the CA had said anything yet. Swaps come from real changes, so this
+                # cannot spin; with short SVIDs under load, backing off here delayed new bundles.
+                swapped = self._client.channel_generation != generation
+                self._lost_stream("" if received or swapped else "the CA closed the sync stream without a state")
+                if not received and not swapped:  # the CA closed it before it said anything: do not spin
                     failures += 1
                     delay = self._backoff(failures)
                     self._warn("sync", "the CA closed the sync stream without a state; reconnecting in %.1f s", delay)

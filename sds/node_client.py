@@ -313,11 +313,19 @@ class NodeClient:
         ]
         self._timeout = rpc_timeout
         self._credentials: AgentCredentials | None = None
+        self._generation = 0
         self._current: _Channel | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
+    @property
+    def channel_generation(self) -> int:
+        """How many times :meth:`use_credentials` replaced the credentials: a Sync stream that ended while
+        this changed was ended by the client, not by the CA."""
+        return self._generation
+
     def use_credentials(self, credentials: AgentCredentials) -> None:
         """Call the node API with this SVID and bundle from now on (see the module docstring)."""
+        self._generation += 1
         self._credentials = credentials
         old, self._current = self._current, None
         if old is not None:

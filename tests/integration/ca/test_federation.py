@@ -135,8 +135,10 @@ async def test_an_https_spiffe_partner_is_fetched_and_its_status_reported(
     # The refresher commits the status, then sets its gauges: wait for both.
     status = await until(
         refreshing,
-        lambda r: r.last_success_at is not None
-        and metrics("trustmesh_federation_last_fetch_ok", {"trust_domain": "b.test"}) is not None,
+        lambda r: (
+            r.last_success_at is not None
+            and metrics("trustmesh_federation_last_fetch_ok", {"trust_domain": "b.test"}) is not None
+        ),
         "a first fetch and its metrics",
     )
     assert status.last_error == ""

@@ -210,10 +210,12 @@ async def test_a_new_bundle_from_sync_replaces_the_channel_and_signing_goes_on(
     async with asyncio.TaskGroup() as tasks:
         running = tasks.create_task(agent.manager.run())
         await snapshot_where(agent.cache, lambda s: ids(s) == [WEB])
+        generation = agent.client.channel_generation
         servicer.bundle = servicer.ca.bundle(sequence=2)
         await servicer.push()
         rotated = await snapshot_where(agent.cache, lambda s: s.bundle is not None and s.bundle.sequence == 2)
         assert agent.identity.get_current().bundle == rotated.bundle
+        assert agent.client.channel_generation == generation + 1  # the Sync stream's end is the agent's
         servicer.add_entry("entry-db", DB, AGENT_ID)
         await servicer.push()
         await snapshot_where(agent.cache, lambda s: ids(s) == [WEB, DB])

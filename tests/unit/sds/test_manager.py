@@ -62,7 +62,10 @@ class FakeNodeApi:
         self.down = False
         self.ids: dict[str, SpiffeId] = {}
         self.minted = 0
-        self.streams: list[list[SyncState] | Exception] = []
+        # Each Sync stream's script: the states it sends (then it stays open), an error, or "swap" (ended by
+        # the agent's new credentials before any state) or "eof" (closed by the CA before any state).
+        self.streams: list[list[SyncState] | Exception | str] = []
+        self.channel_generation = 0
         self.signer = CA
         self.down_for: set[str] = set()  # a batch naming one of these entries fails as a whole
         self.attempts = 0
@@ -78,6 +81,11 @@ class FakeNodeApi:
         script = self.streams.pop(0) if self.streams else []
         if isinstance(script, Exception):
             raise script
+        if script == "swap":
+            self.channel_generation += 1
+            return
+        if script == "eof":
+            return
         for item in script:
             yield item
         await asyncio.Event().wait()  # an open stream with nothing new
@@ -414,6 +422,38 @@ async def test_the_sync_status_counts_failed_streams_and_reconnects_and_marks_co
         assert (status.connected, status.last_contact_at, status.last_error) == (True, NOW, "")
         running.cancel()
     assert (status.errors, status.reconnects) == (2, 2)
+
+
+async def test_a_stream_ended_by_new_credentials_before_any_state_is_reopened_at_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.api.ids["e-web"] = WEB
+    harness.api.streams = ["swap", "swap", "swap", [state(entry("e-web", WEB))]]
+    with caplog.at_level(logging.WARNING, logger="sds.manager"):
+        await first_svid_published(harness)
+    assert harness.api.streams == []
+    assert caplog.messages == []  # no backoff, nothing to warn about
+    assert (harness.manager.sync_status.errors, harness.manager.sync_status.reconnects) == (0, 3)
+
+
+async def test_a_stream_the_ca_closes_before_any_state_backs_off_and_counts_as_failed(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.api.ids["e-web"] = WEB
+    harness.api.streams = ["eof", "eof", [state(entry("e-web", WEB))]]
+    with caplog.at_level(logging.WARNING, logger="sds.manager"):
+        await first_svid_published(harness)
+    assert [m.split(";")[0] for m in caplog.messages] == ["the CA closed the sync stream without a state"]
+    assert harness.manager.sync_status.errors == 2
+
+
+async def first_svid_published(harness: Harness) -> None:
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(harness.manager.run())
+        async for snapshot in harness.cache.subscribe():
+            if snapshot.svids:
+                break
+        running.cancel()
 
 
 # --- taint: every affected SVID in one round ---------------------------------------------------------
