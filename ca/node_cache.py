@@ -19,8 +19,11 @@ no datastore read before it signs (issue 12, "per-call cost").
   overlap ends exactly when it does.
 
   Changes made by another CA replica reach the hub through PostgreSQL's NOTIFY (as they reach Sync
-  streams); in case that listener is down, nothing is answered from a read older than
-  :data:`TTL_SECONDS` (the bound docs/admin-api.md gives admin entries too).
+  streams). A read is kept as long as the hub hears every change (:meth:`ChangeHub.is_complete`:
+  always with one CA process, and while the change listener is connected with replicas, whose
+  reconnect drops everything held); while it may not, nothing is answered from a read older than
+  :data:`TTL_SECONDS` (the bound docs/admin-api.md gives admin entries too). A TTL alone would read
+  again on nearly every real call: agents call every few minutes, not every second.
 
 Everything is bounded: chains and agents by count (least recently used first), entries by how many are
 held in total. Thread-safe: the node API calls these from worker threads.
@@ -193,7 +196,9 @@ class ContactNotes:
 
 class AgentStateCache(Generic[Value]):
     """Per-agent state read by ``load``, dropped on every change that concerns the agent (see the
-    module docstring). ``weight`` says how much of ``max_weight`` a value takes."""
+    module docstring). ``weight`` says how much of ``max_weight`` a value takes; ``complete`` says
+    whether every change reaches :meth:`invalidate` now (then a read is kept until one does), else a
+    read is kept at most ``ttl`` seconds."""
 
     def __init__(
         self,
@@ -202,10 +207,12 @@ class AgentStateCache(Generic[Value]):
         max_weight: int,
         weight: Callable[[Value], int] = lambda _value: 1,
         ttl: float = TTL_SECONDS,
+        complete: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
         self._ttl = ttl
+        self._complete = complete
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._values: _Lru[SpiffeId, Value] = _Lru(max_weight, weight)
@@ -218,8 +225,8 @@ class AgentStateCache(Generic[Value]):
             return self._fresh(agent)
 
     def get(self, agent: SpiffeId) -> Value:
-        """The agent's state, from a read at most ``ttl`` old that no change has overtaken (read now
-        otherwise). Raises what ``load`` raises."""
+        """The agent's state, from a read that no change has overtaken and that is at most ``ttl`` old
+        unless the change feed is complete (read now otherwise). Raises what ``load`` raises."""
         with self._lock:
             fresh = self._fresh(agent)
             if fresh is not None:
@@ -234,7 +241,7 @@ class AgentStateCache(Generic[Value]):
 
     def _fresh(self, agent: SpiffeId) -> Held[Value] | None:
         found = self._values.get(agent)
-        if found is not None and self._monotonic() - found[1] < self._ttl:
+        if found is not None and (self._complete() or self._monotonic() - found[1] < self._ttl):
             return Held(found[0])
         return None
 

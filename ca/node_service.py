@@ -208,9 +208,15 @@ class NodeService:
         self._records: AgentStateCache[Agent | None] | None = None
         self._entitled: AgentStateCache[Mapping[str, RegistrationEntry]] | None = None
         if hub is not None:
-            self._records = AgentStateCache(self._load_record, max_weight=MAX_AGENTS, monotonic=monotonic)
+            self._records = AgentStateCache(
+                self._load_record, max_weight=MAX_AGENTS, complete=hub.is_complete, monotonic=monotonic
+            )
             self._entitled = AgentStateCache(
-                self._load_entitled, max_weight=MAX_ENTRIES, weight=lambda e: max(1, len(e)), monotonic=monotonic
+                self._load_entitled,
+                max_weight=MAX_ENTRIES,
+                weight=lambda e: max(1, len(e)),
+                complete=hub.is_complete,
+                monotonic=monotonic,
             )
             hub.add_listener(self._records.invalidate)
             hub.add_listener(self._entitled.invalidate)

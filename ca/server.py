@@ -150,7 +150,9 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
         clock,
     )
     authorities.load()
-    hub = ChangeHub()
+    # One CA process makes every change itself; replicas on PostgreSQL hear the others' changes only
+    # while their change listener is connected (it marks the hub complete then).
+    hub = ChangeHub(complete=database.dialect != "postgresql")
     per_minute = config.audit.refusals_per_minute
     audit = AuditTrail(database, RefusalThrottle(per_source=Rate(per_minute / 60, per_minute)))
     changes = AuthorityChanges(database=database, authorities=authorities, hub=hub, clock=clock)

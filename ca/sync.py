@@ -126,11 +126,22 @@ class Subscription:
 class ChangeHub:
     """The process's registry of Sync streams. ``origin`` tells this replica's NOTIFYs from others'."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, complete: bool = True) -> None:
         self.origin = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
         self._listeners: list[Callable[[Change], None]] = []
+        self._complete = complete
+
+    def is_complete(self) -> bool:
+        """Whether every change that can concern this process's agents reaches this hub now: always
+        with one CA process (every change is made in it), and with replicas on PostgreSQL only while
+        :func:`listen_for_changes` is connected (it sets this). Caches of agent state
+        (:mod:`ca.node_cache`) keep what they read for as long as this holds."""
+        return self._complete
+
+    def set_complete(self, complete: bool) -> None:
+        self._complete = complete
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Call ``listener`` with every change, synchronously in :meth:`notify` (so in the thread that
@@ -239,7 +250,8 @@ async def listen_for_changes(
     """Run until cancelled: LISTEN on :data:`CHANNEL` and feed other replicas' changes to ``hub``.
 
     Reconnects with backoff when the connection drops; every (re)connect wakes all streams, since what
-    happened while nobody listened is unknown. ``listening`` is set once the first LISTEN is active.
+    happened while nobody listened is unknown. The hub is complete (:meth:`ChangeHub.is_complete`) from
+    a connect, after that wake-up, until the connection is lost. ``listening`` is set once the first LISTEN is active.
     ``reload_shared`` (blocking) runs before a change for every agent wakes the streams: such a change
     (authorities, revocations) lives in state this replica caches, which must be re-read first."""
     failures = 0
@@ -251,14 +263,18 @@ async def listen_for_changes(
                 if reload_shared is not None:
                     await asyncio.to_thread(reload_shared)
                 hub.notify(Change.everyone())
+                hub.set_complete(True)
                 if listening is not None:
                     listening.set()
-                async for notification in conn.notifies():
-                    origin, change = Change.from_payload(notification.payload)
-                    if origin != hub.origin:
-                        if change.agents is None and reload_shared is not None:
-                            await asyncio.to_thread(reload_shared)
-                        hub.notify(change)
+                try:
+                    async for notification in conn.notifies():
+                        origin, change = Change.from_payload(notification.payload)
+                        if origin != hub.origin:
+                            if change.agents is None and reload_shared is not None:
+                                await asyncio.to_thread(reload_shared)
+                            hub.notify(change)
+                finally:  # other replicas' changes may be missed from here until the next connect
+                    hub.set_complete(False)
         except psycopg.OperationalError as err:
             delay = _RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)]
             failures += 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ca.node_cache import TTL_SECONDS
 from ca.node_service import ITEMS_SIGNED_NOW
 from ca.service import CaService
 from ca.store import AuditLogRepository, IssuedCertificateRepository
@@ -55,6 +56,21 @@ async def test_a_lone_svid_is_signed_and_recorded_at_once(ca: RunningCa, monkeyp
     item = await sign_for(ca, agent, entry.id)
     assert (item.error, len(item.cert_chain)) == ("", 1)
     assert _issued_and_audited(ca) == (2, ["x509_svid.issue ok", "x509_svid.issue ok"])
+
+
+async def test_a_lone_svid_is_signed_at_once_long_after_the_agents_last_call(
+    ca: RunningCa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents call every few minutes: one CA process hears every change to what it read of an agent,
+    so it still holds the agent's entries then (ca.node_cache), instead of reading them again on a
+    worker once a TTL passed (which would send nearly every real call there)."""
+    agent = await attested_agent(ca)
+    entry = ca.entry(WEB, NODE_1)
+    await sign_for(ca, agent, entry.id)
+    await asyncio.sleep(TTL_SECONDS + 0.1)
+    monkeypatch.setattr(CaService, "mint_x509_svids_each", lambda *_: pytest.fail("signed on a worker thread"))
+    item = await sign_for(ca, agent, entry.id)
+    assert (item.error, len(item.cert_chain)) == ("", 1)
 
 
 async def test_a_batch_over_the_bound_is_signed_on_a_worker(ca: RunningCa, monkeypatch: pytest.MonkeyPatch) -> None:

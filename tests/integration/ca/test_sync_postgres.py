@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from ca.authority_changes import AuthorityChanges
@@ -25,6 +26,7 @@ from spiffe_core.keys import KeyType
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.postgres import SUPERUSER, PostgresServer
 from tests.support.store import TESTER
 
 pytestmark = pytest.mark.postgres
@@ -128,3 +130,38 @@ async def test_an_authority_change_on_one_replica_reaches_the_other_replicas_bun
             await task
     assert report.changes[0].authority_id in {a.id for a in replicas[1].get_current().x509}
     assert seen_by_stream == [2]
+
+
+async def became(condition: Callable[[], bool]) -> bool:
+    """Whether ``condition`` holds within WAIT seconds."""
+    for _ in range(int(WAIT / 0.02)):
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+async def test_a_replicas_hub_hears_every_change_only_while_its_listener_is_connected(
+    postgres_server: PostgresServer,
+) -> None:
+    """While it is, the node API keeps agent state it read (ca.node_cache); while it is not, other
+    replicas' changes may be missed and what it read expires after the TTL."""
+    name = postgres_server.create_database()  # of its own: only this listener runs on it
+    hub = ChangeHub(complete=False)
+    listening = asyncio.Event()
+    task = asyncio.create_task(listen_for_changes(postgres_server.url(name), hub, listening=listening))
+    try:
+        await asyncio.wait_for(listening.wait(), WAIT)
+        assert hub.is_complete()
+        host, port = "127.0.0.1", postgres_server.port
+        with psycopg.connect(host=host, port=port, user=SUPERUSER, dbname=name, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        assert await became(lambda: not hub.is_complete())
+        assert await became(hub.is_complete)  # reconnected (after its first backoff, 0.5 s)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -1,7 +1,7 @@
 """ca/node_cache.py: per-agent state is read once and answered from memory until a change concerns the
-agent (or the read is a TTL old), a read a change overtook is never kept, memory stays within its
-bounds; a verified chain is reused only with the same bundle and inside its path's validity; an agent's contact is
-due once an interval or on a new version."""
+agent (or, while changes may be missed, the read is a TTL old), a read a change overtook is never kept,
+memory stays within its bounds; a verified chain is reused only with the same bundle and inside its
+path's validity; an agent's contact is due once an interval or on a new version."""
 
 from __future__ import annotations
 
@@ -53,6 +53,37 @@ def test_a_read_as_old_as_the_ttl_is_read_again() -> None:
     cache = cache_over(store, now)
     cache.get(NODE_1)
     store.values[NODE_1] = "v2"  # another replica changed it, and its notification got lost
+    now[0] = TTL_SECONDS
+    assert cache.get(NODE_1) == "v2"
+
+
+def test_while_every_change_reaches_the_cache_a_read_is_kept_past_the_ttl() -> None:
+    """One CA process (or a replica whose change listener is connected): agents call every few
+    minutes, so a TTL would make nearly every real call read again."""
+    store, now, hub = Store(), [0.0], ChangeHub(complete=True)
+    cache = AgentStateCache(store.load, max_weight=100, complete=hub.is_complete, monotonic=lambda: now[0])
+    cache.get(NODE_1)
+    now[0] = 600.0
+    assert cache.get(NODE_1) == "v1"
+    assert store.reads == [NODE_1]
+
+
+def test_a_change_still_drops_a_read_kept_past_the_ttl() -> None:
+    store, now, hub = Store(), [0.0], ChangeHub(complete=True)
+    cache = AgentStateCache(store.load, max_weight=100, complete=hub.is_complete, monotonic=lambda: now[0])
+    cache.get(NODE_1)
+    now[0] = 600.0
+    store.values[NODE_1] = "v2"
+    cache.invalidate(Change.for_agents(NODE_1))
+    assert cache.get(NODE_1) == "v2"
+
+
+def test_once_changes_may_be_missed_a_read_older_than_the_ttl_is_read_again() -> None:
+    store, now, hub = Store(), [0.0], ChangeHub(complete=True)
+    cache = AgentStateCache(store.load, max_weight=100, complete=hub.is_complete, monotonic=lambda: now[0])
+    cache.get(NODE_1)
+    hub.set_complete(False)  # the change listener lost its connection
+    store.values[NODE_1] = "v2"  # another replica changed it meanwhile
     now[0] = TTL_SECONDS
     assert cache.get(NODE_1) == "v2"
 
