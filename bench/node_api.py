@@ -21,6 +21,7 @@ holds the key of the CSR it answers, and (trustmesh) it is an X509-SVID of the e
     scripts/bench-deps    # once: cfssl
     python bench/node_api.py [--svids 2000] [--seconds 20] [--pool 1000] [--batches 1,10,100] [--channels 1,4]
     python bench/node_api.py --replicas 2 [--replica-connections 4]
+    python bench/node_api.py --sparse 1.3 [--sparse-calls 30]
 
 ``--replicas N`` compares instead the same load on one CA replica and spread over N replicas of one
 PostgreSQL database (a throwaway server from tests/support/postgres.py; ``scripts/ensure-postgres``),
@@ -642,6 +643,40 @@ def report_replicas(phases: list[Phase], args: argparse.Namespace) -> None:
     print("goal: two workers on two cores >= 1.6x one worker")
 
 
+async def bench_sparse(args: argparse.Namespace) -> tuple[float, float]:
+    """CA CPU per call (ms) of ``args.sparse_calls`` calls of two SVIDs sent back to back, then of as many
+    sent ``args.sparse`` seconds apart, as a real agent's rotations come (every few minutes, so nothing
+    it needs may expire from the CA's memory between two calls). Each sparse call's CPU is read from
+    ``/proc`` before it and 50 ms after its answer (the CA's threads finish their share)."""
+    taskset, _ = pinning()
+    calls = args.sparse_calls
+    pool = make_pool(2 * calls + 2)
+    with tempfile.TemporaryDirectory(prefix="tm-sparse-") as tmp:
+        ca = TrustmeshCa(Path(tmp), taskset)
+        agent: AttestedAgent | None = None
+        try:
+            await asyncio.to_thread(ca.wait_ready)
+            agent = await AttestedAgent.attest(ca, args.entries, 1)
+            send = agent.sender(pool)
+            await send(0, [0, 1])  # warm up: connection, TLS, the CA's caches
+            started = cpu_seconds(ca.process.pid)
+            for n in range(calls):
+                await send(0, [2 * n, 2 * n + 1])
+            dense = (cpu_seconds(ca.process.pid) - started) * 1000 / calls
+            sparse = 0.0
+            for n in range(calls):
+                await asyncio.sleep(args.sparse)
+                before = cpu_seconds(ca.process.pid)
+                await send(0, [2 * n, 2 * n + 1])
+                await asyncio.sleep(0.05)
+                sparse += (cpu_seconds(ca.process.pid) - before) * 1000
+            return dense, sparse / calls
+        finally:
+            if agent is not None:
+                await agent.close()
+            ca.stop()
+
+
 def report(ours: list[Phase], theirs: list[Phase], pinned: bool, args: argparse.Namespace) -> None:
     load = os.getloadavg()
     print(
@@ -688,11 +723,27 @@ def main() -> None:
         "--replicas", type=int, default=1, help="N > 1: compare 1 and N CA replicas on one PostgreSQL instead"
     )
     parser.add_argument("--replica-connections", type=int, default=4, help="connections in the replica comparison")
+    parser.add_argument(
+        "--sparse",
+        type=float,
+        default=0.0,
+        help="S > 0: instead, CA CPU per call of 2 SVIDs with calls S seconds apart vs back to back",
+    )
+    parser.add_argument("--sparse-calls", type=int, default=30, help="calls in each part of --sparse")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.replicas > 1:
         report_replicas(asyncio.run(bench_replicas(args)), args)
+        return
+    if args.sparse > 0:
+        dense, sparse = asyncio.run(bench_sparse(args))
+        print(
+            f"CA CPU per SignX509Svids call of 2 SVIDs ({args.entries} entries, {args.sparse_calls} calls each): "
+            f"back to back {dense:.1f} ms, {args.sparse:g} s apart {sparse:.1f} ms: "
+            f"{sparse / dense if dense else float('nan'):.2f}x"
+            " (/proc counts CPU in 10 ms ticks: compare means over many calls)"
+        )
         return
     ours, theirs, pinned = asyncio.run(bench(args))
     report(ours, theirs, pinned, args)

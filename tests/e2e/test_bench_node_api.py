@@ -3,6 +3,7 @@ signed and sampled leaves verified (the figures themselves are not a test; docs/
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -24,3 +25,11 @@ def test_node_api_bench_signs_and_verifies_every_phase_with_tiny_counts() -> Non
     phases = [line.split() for line in result.stdout.splitlines() if line.startswith("trustmesh ")]
     assert [(p[1], p[2], p[3]) for p in phases] == [("1", "1", "3"), ("1", "2", "3"), ("2", "1", "3"), ("2", "2", "3")]
     assert all(int(p[-1]) >= 1 for p in phases)  # leaves verified against the bundle, the entry and the CSR key
+
+
+def test_node_api_bench_compares_sparse_calls_with_calls_back_to_back() -> None:
+    tiny = ["--sparse", "0.2", "--sparse-calls", "3", "--entries", "2"]
+    result = run([sys.executable, str(BENCH), *tiny], env={"PYTHONPATH": str(ROOT)}, timeout=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("CA CPU per SignX509Svids call")]
+    assert re.search(r"back to back \d+\.\d ms, 0\.2 s apart \d+\.\d ms: ", line), line
