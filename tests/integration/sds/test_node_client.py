@@ -15,7 +15,7 @@ import pytest
 from sds.agent_svid import AgentIdentity, AgentSvidParams
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.manager import AgentManager
-from sds.node_client import NodeClient, make_csr
+from sds.node_client import NodeClient, SignedX509Svid, make_csr
 from sds.persistence import AgentStore
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import SystemClock
@@ -234,15 +234,22 @@ async def until_signing_waits(servicer: FakeNodeServicer) -> None:
     await asyncio.wait_for(servicer.signing_waits.wait(), DEADLINE)
 
 
+async def call_held_at_the_ca(
+    server: FakeNodeServer, agent: Agent
+) -> tuple[asyncio.Event, asyncio.Task[list[SignedX509Svid]]]:
+    """A SignX509Svids call for WEB that the fake CA holds until the returned event is set."""
+    server.servicer.add_entry("entry-web", WEB, AGENT_ID)
+    gate = await signing_held(server)
+    csr = make_csr(generate_private_key(KeyType.EC_P256))
+    call = asyncio.create_task(agent.client.sign_x509_svids([("entry-web", csr)]))
+    await until_signing_waits(server.servicer)
+    return gate, call
+
+
 async def test_a_signing_call_in_flight_when_the_credentials_change_still_gets_its_answer(
     server: FakeNodeServer, agent: Agent
 ) -> None:
-    server.servicer.add_entry("entry-web", WEB, AGENT_ID)
-    gate = await signing_held(server)
-    call = asyncio.create_task(
-        agent.client.sign_x509_svids([("entry-web", make_csr(generate_private_key(KeyType.EC_P256)))])
-    )
-    await until_signing_waits(server.servicer)
+    gate, call = await call_held_at_the_ca(server, agent)
     agent.client.use_credentials(agent.identity.get_current())  # a renewed SVID or a new bundle
     await asyncio.sleep(0.5)
     gate.set()
@@ -253,12 +260,7 @@ async def test_a_signing_call_in_flight_when_the_credentials_change_still_gets_i
 async def test_a_signing_call_cut_off_by_closing_the_client_fails_as_upstream_unavailable(
     server: FakeNodeServer, agent: Agent
 ) -> None:
-    server.servicer.add_entry("entry-web", WEB, AGENT_ID)
-    gate = await signing_held(server)
-    call = asyncio.create_task(
-        agent.client.sign_x509_svids([("entry-web", make_csr(generate_private_key(KeyType.EC_P256)))])
-    )
-    await until_signing_waits(server.servicer)
+    gate, call = await call_held_at_the_ca(server, agent)
     await agent.client.close()
     gate.set()
     with pytest.raises(UpstreamUnavailable, match=r"SignX509Svids .* was cut off"):

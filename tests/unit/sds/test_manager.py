@@ -396,15 +396,20 @@ async def test_a_jwt_svid_larger_than_the_whole_budget_is_served_but_not_cached(
     assert harness.api.minted == 2
 
 
-async def test_run_reconnects_after_a_failed_stream_and_publishes(harness: Harness) -> None:
-    harness.api.ids["e-web"] = WEB
-    harness.api.streams = [UpstreamUnavailable("down"), [state(entry("e-web", WEB))]]
+async def first_svid_published(harness: Harness) -> None:
+    """Run the manager until its first SVID is published."""
     async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
         running = tasks.create_task(harness.manager.run())
         async for snapshot in harness.cache.subscribe():
             if snapshot.svids:
                 break
         running.cancel()
+
+
+async def test_run_reconnects_after_a_failed_stream_and_publishes(harness: Harness) -> None:
+    harness.api.ids["e-web"] = WEB
+    harness.api.streams = [UpstreamUnavailable("down"), [state(entry("e-web", WEB))]]
+    await first_svid_published(harness)
     assert [s.spiffe_id for s in harness.snapshot().svids] == [WEB]
     assert harness.api.streams == []
 
@@ -445,15 +450,6 @@ async def test_a_stream_the_ca_closes_before_any_state_backs_off_and_counts_as_f
         await first_svid_published(harness)
     assert [m.split(";")[0] for m in caplog.messages] == ["the CA closed the sync stream without a state"]
     assert harness.manager.sync_status.errors == 2
-
-
-async def first_svid_published(harness: Harness) -> None:
-    async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
-        running = tasks.create_task(harness.manager.run())
-        async for snapshot in harness.cache.subscribe():
-            if snapshot.svids:
-                break
-        running.cancel()
 
 
 # --- taint: every affected SVID in one round ---------------------------------------------------------
@@ -571,12 +567,7 @@ async def test_a_failing_sync_stream_backs_off_and_logs_once(
     harness.api.ids["e-web"] = WEB
     harness.api.streams = [*[UpstreamUnavailable("down")] * 20, [state(entry("e-web", WEB))]]
     with caplog.at_level(logging.WARNING, logger="sds.manager"):
-        async with asyncio.timeout(5), asyncio.TaskGroup() as tasks:
-            running = tasks.create_task(harness.manager.run())
-            async for snapshot in harness.cache.subscribe():
-                if snapshot.svids:
-                    break
-            running.cancel()
+        await first_svid_published(harness)
     assert harness.api.streams == []
     assert caplog.messages == [caplog.messages[0]]
     assert caplog.messages[0].startswith("sync stream with the CA failed (down); reconnecting in ")
