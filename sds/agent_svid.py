@@ -140,6 +140,10 @@ class AgentIdentity:
         self._last_state: SyncState | None = None
         self._renew_now = asyncio.Event()
         self._throttle = LogThrottle()
+        # Held from reading the current credentials to using the replacement built from them: a renewal
+        # and a new bundle from Sync arrive concurrently, and each keeps the other's half only if it
+        # reads it after the other was saved (else a renewed SVID or a new bundle is silently lost).
+        self._replacing = asyncio.Lock()
 
     def get_current(self) -> AgentCredentials:
         """The agent's SVID and bundle now; :meth:`start` must have succeeded."""
@@ -243,30 +247,33 @@ class AgentIdentity:
                 f"{self._params.trust_domain}; check trust_domain and server_address"
             )
         svid = self._checked(result.spiffe_id, result.cert_chain, key, result.bundle)
-        await self._save(AgentCredentials(svid, result.bundle))
+        async with self._replacing:
+            await self._save(AgentCredentials(svid, result.bundle))
         log.info("attested as %s (SVID valid until %s)", svid.spiffe_id, svid.leaf.not_valid_after_utc.isoformat())
         return self.get_current()
 
     async def renew(self) -> AgentCredentials:
         """A new key and X509-SVID for the same agent ID (RenewAgent over mTLS); saved and used."""
-        current = self.get_current()
         key = await asyncio.to_thread(generate_private_key, self._params.key_type)
         chain = await self._client.renew(make_csr(key))
-        svid = self._checked(current.svid.spiffe_id, chain, key, current.bundle)
-        await self._save(AgentCredentials(svid, current.bundle))
+        async with self._replacing:
+            current = self.get_current()  # with any bundle that arrived during the call
+            svid = self._checked(current.svid.spiffe_id, chain, key, current.bundle)
+            await self._save(AgentCredentials(svid, current.bundle))
         log.info("renewed agent SVID %s (valid until %s)", svid.spiffe_id, svid.leaf.not_valid_after_utc.isoformat())
         return self.get_current()
 
     async def update_bundle(self, bundle: Bundle) -> None:
         """Verify the CA with ``bundle`` from now on (the Sync stream delivered a new one); saved."""
-        current = self.get_current()
-        if bundle == current.bundle:
-            return
         if bundle.trust_domain != self._params.trust_domain:
             raise InvalidArgument(
                 f"bundle of {bundle.trust_domain} cannot replace the bundle of {self._params.trust_domain}"
             )
-        await self._save(AgentCredentials(current.svid, bundle))
+        async with self._replacing:
+            current = self.get_current()  # with the SVID of a renewal saved meanwhile
+            if bundle == current.bundle:
+                return
+            await self._save(AgentCredentials(current.svid, bundle))
         log.info("trust bundle of %s updated to sequence %d", bundle.trust_domain, bundle.sequence)
 
     async def follow_sync_state(self, state: SyncState) -> None:

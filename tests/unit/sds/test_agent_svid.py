@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import stat
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -324,6 +325,66 @@ async def test_a_new_bundle_is_saved_and_handed_to_the_client(tmp_path: Path, cl
     await agent.update_bundle(rotated)
     assert [c.bundle for c in api.credentials] == [CA.bundle(), rotated]
     assert AgentStore(tmp_path, TD).load_agent().bundle == rotated  # type: ignore[union-attr]
+
+
+class GatedSaves:
+    """The store's save_agent, each call held (on its worker thread) until its gate opens."""
+
+    def __init__(self, store: AgentStore, calls: int) -> None:
+        self._save = store.save_agent
+        self.gates = [threading.Event() for _ in range(calls)]
+        self.entered = [threading.Event() for _ in range(calls)]
+        self._calls = 0
+
+    def __call__(self, *args: Any) -> None:
+        n, self._calls = self._calls, self._calls + 1
+        self.entered[n].set()
+        self.gates[n].wait(5)
+        self._save(*args)
+
+
+async def test_a_new_bundle_saved_while_a_renewal_is_saved_keeps_the_renewed_svid(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What killed an agent under load in CI: the bundle update read the old SVID while the renewal was
+    being saved, saved after it, and so put the old SVID back; when it expired the agent was lost."""
+    agent, _ = identity(tmp_path, clock)
+    old = await agent.start()
+    saves = GatedSaves(agent._store, 2)
+    monkeypatch.setattr(agent._store, "save_agent", saves)
+    renewal = asyncio.create_task(agent.renew())
+    await asyncio.to_thread(saves.entered[0].wait, 5)  # the renewed SVID is being saved
+    update = asyncio.create_task(agent.update_bundle(BOTH))
+    await asyncio.sleep(0.05)
+    saves.gates[0].set()
+    renewed = await renewal
+    saves.gates[1].set()
+    await update
+    assert renewed.svid.leaf != old.svid.leaf
+    assert (agent.get_current().svid.leaf, agent.get_current().bundle) == (renewed.svid.leaf, BOTH)
+    saved = AgentStore(tmp_path, TD).load_agent()
+    assert saved is not None
+    assert (saved.svid.leaf, saved.bundle) == (renewed.svid.leaf, BOTH)
+
+
+async def test_a_new_bundle_that_arrives_during_a_renewal_call_is_kept(tmp_path: Path, clock: FakeClock) -> None:
+    agent, api = identity(tmp_path, clock)
+    await agent.start()
+    answer = asyncio.Event()
+    signed = api.renew
+
+    async def slow_renew(csr: bytes) -> tuple[x509.Certificate, ...]:
+        await answer.wait()
+        return await signed(csr)
+
+    api.renew = slow_renew  # type: ignore[method-assign]
+    renewal = asyncio.create_task(agent.renew())
+    await asyncio.sleep(0.05)  # the RenewAgent call is in flight
+    await agent.update_bundle(BOTH)
+    answer.set()
+    renewed = await renewal
+    assert renewed.bundle == BOTH
+    assert agent.get_current().bundle == BOTH
 
 
 def test_bootstrap_bundle_is_read_from_pem(tmp_path: Path) -> None:
