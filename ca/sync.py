@@ -141,6 +141,7 @@ class ChangeHub:
         return self._complete
 
     def set_complete(self, complete: bool) -> None:
+        """Say whether every change reaches this hub from now on (:func:`listen_for_changes`)."""
         self._complete = complete
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:

@@ -57,13 +57,13 @@ async def server() -> AsyncIterator[FakeNodeServer]:
         await fake.stop()
 
 
-def new_client(server: FakeNodeServer) -> NodeClient:
+def new_client(server: FakeNodeServer, rpc_timeout: float = 2.0) -> NodeClient:
     return NodeClient(
         trust_domain=TD,
         server_address=server.node_api_address,
         attestation_address=server.attestation_address,
         server_name=SERVER_NAME,
-        rpc_timeout=2.0,
+        rpc_timeout=rpc_timeout,
     )
 
 
@@ -235,13 +235,13 @@ async def until_signing_waits(servicer: FakeNodeServicer) -> None:
 
 
 async def call_held_at_the_ca(
-    server: FakeNodeServer, agent: Agent
+    server: FakeNodeServer, client: NodeClient
 ) -> tuple[asyncio.Event, asyncio.Task[list[SignedX509Svid]]]:
     """A SignX509Svids call for WEB that the fake CA holds until the returned event is set."""
     server.servicer.add_entry("entry-web", WEB, AGENT_ID)
     gate = await signing_held(server)
     csr = make_csr(generate_private_key(KeyType.EC_P256))
-    call = asyncio.create_task(agent.client.sign_x509_svids([("entry-web", csr)]))
+    call = asyncio.create_task(client.sign_x509_svids([("entry-web", csr)]))
     await until_signing_waits(server.servicer)
     return gate, call
 
@@ -249,18 +249,25 @@ async def call_held_at_the_ca(
 async def test_a_signing_call_in_flight_when_the_credentials_change_still_gets_its_answer(
     server: FakeNodeServer, agent: Agent
 ) -> None:
-    gate, call = await call_held_at_the_ca(server, agent)
-    agent.client.use_credentials(agent.identity.get_current())  # a renewed SVID or a new bundle
-    await asyncio.sleep(0.5)
-    gate.set()
-    (signed,) = await asyncio.wait_for(call, DEADLINE)
+    """The old channel stays until the call's own deadline: the CA answers 5.5 s after the swap, within
+    a 6 s deadline (a fixed 5 s grace, as before, cancelled the call and with it the task waiting)."""
+    client = new_client(server, rpc_timeout=6.0)
+    client.use_credentials(agent.identity.get_current())
+    try:
+        gate, call = await call_held_at_the_ca(server, client)
+        client.use_credentials(agent.identity.get_current())  # a renewed SVID or a new bundle
+        await asyncio.sleep(5.5)
+        gate.set()
+        (signed,) = await asyncio.wait_for(call, DEADLINE)
+    finally:
+        await client.close()
     assert verify_x509_svid(signed.cert_chain, server.servicer.ca.bundle(), datetime.now(UTC))[0] == WEB
 
 
 async def test_a_signing_call_cut_off_by_closing_the_client_fails_as_upstream_unavailable(
     server: FakeNodeServer, agent: Agent
 ) -> None:
-    gate, call = await call_held_at_the_ca(server, agent)
+    gate, call = await call_held_at_the_ca(server, agent.client)
     await agent.client.close()
     gate.set()
     with pytest.raises(UpstreamUnavailable, match=r"SignX509Svids .* was cut off"):
