@@ -2,15 +2,17 @@
 
 The agent side runs in a child process exactly as ``trustmesh-agent run`` wires it: a WorkloadCache
 behind the SDS v3 servicer, behind the peer-credential proxy on a Unix socket. The bench process opens
-N StreamSecrets streams (``default`` + ``ROOTCA``, ACKing like Envoy), then tells the child to publish a
-snapshot whose bundle gained a CA certificate, and records when each stream receives the push.
-Latency = receive time - publish time (CLOCK_MONOTONIC is system-wide on Linux); the server's CPU time
-from the publish until every stream has received the push (all its threads) is the steadier figure on a busy machine.
+N StreamSecrets streams (``default`` + ``ROOTCA``, ACKing like Envoy), then tells the child ``--pushes``
+times to publish a snapshot whose bundle gained a CA certificate, and records when each stream receives
+each push. The first push reaches streams that have just opened; the later ones reach established
+streams, as a rotation or a new root reaches a running mesh. Latency = receive time - publish time
+(CLOCK_MONOTONIC is system-wide on Linux); the server's CPU time from the publish until every stream
+has received the push (all its threads) is the steadier figure on a busy machine.
 
 The baseline, measured in the same run the same way: a bare grpc.aio server (no proxy, no cache) that
-pushes one response of the size trustmesh's push had to every stream when told to.
+pushes one response of the size trustmesh's push had to every stream each time it is told to.
 
-    python bench/sds_fanout.py [--streams 1000] [--channels 250] [--repeat 5]
+    python bench/sds_fanout.py [--streams 1000] [--channels 250] [--repeat 5] [--pushes 4]
 
 Not a test; numbers depend on the machine, the ratio to the baseline is what travels.
 """
@@ -26,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,8 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
 from sds.peer_endpoint import AttestedEndpoint
-from sds.sds_v3 import SecretDiscoveryService
+from sds.sds_v3 import SecretDiscoveryService, add_sds_servicer
+from sds.server import collect_cycles_less_often
 from spiffe_core.bundle import Bundle
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -74,6 +78,7 @@ def _rss_mb() -> float:
 
 async def serve_agent(socket_path: Path) -> None:
     """Child: the agent's SDS stack; 'push' on stdin publishes a bundle change."""
+    collect_cycles_less_often()  # as run_agent does
     ca_cert, ca_key = _ca("bench CA 1")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
@@ -94,37 +99,49 @@ async def serve_agent(socket_path: Path) -> None:
     snapshot = CacheSnapshot(TD, Bundle(TD, (ca_cert,), sequence=1), svids=(svid,), version=1)
     cache = WorkloadCache(snapshot)
     endpoint = AttestedEndpoint(socket_path, max_connections=100_000)
-    endpoint.add_servicer(
-        lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-            SecretDiscoveryService(cache, endpoint.attestor), server
-        )
-    )
+    endpoint.add_servicer(lambda server: add_sds_servicer(SecretDiscoveryService(cache, endpoint.attestor), server))
     async with endpoint:  # listening before the parent is told "ready"
-        await _serve_until_eof(asyncio.Future(), lambda: _push_bundle(cache))
+        extras = (_ca("bench CA 2")[0], _ca("bench CA 3")[0])
+        await _serve_until_eof(asyncio.Future(), lambda: _push_bundle(cache, extras))
 
 
-async def _push_bundle(cache: WorkloadCache) -> None:
+async def _push_bundle(cache: WorkloadCache, extras: tuple[x509.Certificate, x509.Certificate]) -> None:
+    """Publish the bundle with the other of two second CA certificates (made before the clock starts):
+    every push is a change of the same size."""
     current = cache.get_snapshot()
-    extra, _ = _ca(f"bench CA {current.version + 1}")
+    extra = extras[current.version % 2]
     assert current.bundle is not None
-    bundle = current.bundle.with_changes(x509_authorities=(*current.bundle.x509_authorities, extra))
+    bundle = current.bundle.with_changes(x509_authorities=(current.bundle.x509_authorities[0], extra))
     await cache.publish(CacheSnapshot(TD, bundle, svids=current.svids, version=current.version + 1))
 
 
 class BareSds:
-    """Baseline servicer: answer once, then push one fixed-size response per stream on the trigger."""
+    """Baseline servicer: answer once, then push one fixed-size response per stream on each trigger,
+    reading the client's requests (ACKs) in a task of the stream's own."""
 
     def __init__(self, response: discovery_pb2.DiscoveryResponse) -> None:
         self.response = response
         self.pushed = asyncio.Event()
 
+    def push(self) -> None:
+        pushed, self.pushed = self.pushed, asyncio.Event()
+        pushed.set()
+
     async def StreamSecrets(self, requests: Any, context: Any) -> Any:
         await requests.__anext__()
         yield discovery_pb2.DiscoveryResponse(version_info="1", nonce="1", type_url=SECRET_TYPE)
-        await self.pushed.wait()
-        yield self.response
-        async for _ in requests:
-            pass
+
+        async def read() -> None:
+            async for _ in requests:
+                pass
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while not reader.done():
+                await self.pushed.wait()
+                yield self.response
+        finally:
+            reader.cancel()
 
     async def DeltaSecrets(self, requests: Any, context: Any) -> Any:
         raise NotImplementedError
@@ -151,7 +168,7 @@ async def serve_bare(socket_path: Path, size: int) -> None:
     await server.start()
 
     async def push() -> None:
-        servicer.pushed.set()
+        servicer.push()
 
     await _serve_until_eof(asyncio.Future(), push)
     await server.stop(0)
@@ -178,8 +195,16 @@ async def _serve_until_eof(serving: Any, push: Any) -> None:
 
 
 async def _stream(
-    stub: Any, pushed_at: list[float], sizes: list[int], connected: asyncio.Event, counter: list[int], total: int
+    stub: Any,
+    received: list[list[float]],
+    complete: list[asyncio.Event],
+    sizes: list[int],
+    connected: asyncio.Event,
+    counter: list[int],
+    total: int,
 ) -> int:
+    """One stream: ACK every response like Envoy; the receive time of push *i* goes to ``received[i]``,
+    and ``complete[i]`` is set once all ``total`` streams have it."""
     queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
     await queue.put(discovery_pb2.DiscoveryRequest(type_url=SECRET_TYPE, resource_names=["default", "ROOTCA"]))
 
@@ -205,20 +230,30 @@ async def _stream(
                 if counter[0] == total:
                     connected.set()
             else:
-                pushed_at.append(time.monotonic())
+                arrived = received[responses - 2]
+                arrived.append(time.monotonic())
+                if len(arrived) == total:
+                    complete[responses - 2].set()
                 sizes.append(response.ByteSize())
-                break
+                if responses - 1 == len(received):
+                    break
     finally:
         await queue.put(None)
         call.cancel()
     return responses
 
 
+@dataclass
+class Push:
+    latencies: list[float]  # ms, sorted
+    cpu_ms: float  # the server's, every thread, from the publish until every stream had it
+
+
 async def measure(
-    argv: list[str], streams: int, channels: int, socket_path: Path
-) -> tuple[list[float], float, float, int]:
-    """Push latencies (ms, sorted), the server's RSS (MB), the CPU it spent on the push (ms, every
-    thread) and the size of the push message (bytes)."""
+    argv: list[str], streams: int, channels: int, socket_path: Path, pushes: int
+) -> tuple[list[Push], float, int]:
+    """Each push's latencies and server CPU, the server's RSS (MB) and the size of the push message
+    (bytes)."""
     child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert child.stdin is not None
     assert child.stdout is not None
@@ -226,27 +261,34 @@ async def measure(
         assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
         opened = [grpc.aio.insecure_channel(f"unix:{socket_path}") for _ in range(channels)]
         stubs = [sds_pb2_grpc.SecretDiscoveryServiceStub(c) for c in opened]
-        received: list[float] = []
+        received: list[list[float]] = [[] for _ in range(pushes)]
+        complete = [asyncio.Event() for _ in range(pushes)]
         sizes: list[int] = []
         connected = asyncio.Event()
         counter = [0]
         tasks = [
-            asyncio.create_task(_stream(stubs[i % channels], received, sizes, connected, counter, streams))
+            asyncio.create_task(_stream(stubs[i % channels], received, complete, sizes, connected, counter, streams))
             for i in range(streams)
         ]
         await asyncio.wait_for(connected.wait(), 60)
         child.stdin.write(b"rss\n")
         rss = float((await child.stdout.readline()).split()[1])
-        child.stdin.write(b"push\n")
-        published, cpu_before = map(float, (await asyncio.wait_for(child.stdout.readline(), 10)).split()[1:])
+        results: list[Push] = []
+        for arrived, everyone in zip(received, complete, strict=True):
+            child.stdin.write(b"push\n")
+            published, cpu_before = map(float, (await asyncio.wait_for(child.stdout.readline(), 10)).split()[1:])
+            with contextlib.suppress(TimeoutError):  # a stream that never got it shows in the count
+                await asyncio.wait_for(everyone.wait(), 10)
+            child.stdin.write(b"cpu\n")
+            cpu_ms = (float((await child.stdout.readline()).split()[1]) - cpu_before) * 1000
+            results.append(Push(sorted((t - published) * 1000 for t in arrived), cpu_ms))
+            await asyncio.sleep(0.05)  # the ACKs settle before the next push
         await asyncio.wait(tasks, timeout=10)
-        child.stdin.write(b"cpu\n")
-        cpu_ms = (float((await child.stdout.readline()).split()[1]) - cpu_before) * 1000
         for task in tasks:
             task.cancel()
         for channel in opened:
             await channel.close(None)
-        return sorted((t - published) * 1000 for t in received), rss, cpu_ms, max(sizes, default=0)
+        return results, rss, max(sizes, default=0)
     finally:
         child.stdin.close()
         try:
@@ -259,40 +301,62 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-async def main_async(streams: int, channels: int, repeat: int) -> None:
+def _p99_of(pushes: list[Push]) -> float:
+    return _pct(sorted(t for p in pushes for t in p.latencies), 0.99)
+
+
+def _cpu_of(pushes: list[Push]) -> float:
+    return statistics.fmean(p.cpu_ms for p in pushes)
+
+
+async def main_async(streams: int, channels: int, repeat: int, pushes: int) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    ratios: list[float] = []
-    cpu_ratios: list[float] = []
-    print(f"streams: {streams} over {channels} channels; {repeat} rounds, each trustmesh then the bare loop")
+    ratios: dict[str, list[float]] = {"first": [], "established": []}
+    cpu_ratios: dict[str, list[float]] = {"first": [], "established": []}
+    print(
+        f"streams: {streams} over {channels} channels; {repeat} rounds, each trustmesh then the bare loop; "
+        f"{pushes} pushes per round: the first to new streams, the rest to established ones"
+    )
     for round_number in range(1, repeat + 1):
         with tempfile.TemporaryDirectory() as tmp:
             agent_socket, bare_socket = Path(tmp) / "sds.sock", Path(tmp) / "bare.sock"
             me = [sys.executable, __file__]
-            ours, rss, our_cpu, size = await measure(
-                [*me, "--serve-agent", str(agent_socket)], streams, channels, agent_socket
+            ours, rss, size = await measure(
+                [*me, "--serve-agent", str(agent_socket)], streams, channels, agent_socket, pushes
             )
             # The baseline pushes a message of the size trustmesh pushed (its certificate, key and roots).
             bare_server = [*me, "--serve-bare", str(bare_socket), "--bare-size", str(size)]
-            bare, _, bare_cpu, _ = await measure(bare_server, streams, channels, bare_socket)
-        cpu_ratios.append(our_cpu / bare_cpu)
-        ratios.append(_pct(ours, 0.99) / _pct(bare, 0.99))
+            bare, _, _ = await measure(bare_server, streams, channels, bare_socket, pushes)
+        parts = {"first": (ours[:1], bare[:1]), "established": (ours[1:], bare[1:])}
+        line = []
+        for name, (mine, theirs) in parts.items():
+            if not mine:
+                continue
+            ratios[name].append(_p99_of(mine) / _p99_of(theirs))
+            cpu_ratios[name].append(_cpu_of(mine) / _cpu_of(theirs))
+            line.append(
+                f"{name}: trustmesh p50 {_pct(sorted(t for p in mine for t in p.latencies), 0.5):6.1f} ms "
+                f"p99 {_p99_of(mine):6.1f} ms CPU {_cpu_of(mine):4.0f} ms; bare p50 "
+                f"{_pct(sorted(t for p in theirs for t in p.latencies), 0.5):6.1f} ms p99 {_p99_of(theirs):6.1f} ms "
+                f"CPU {_cpu_of(theirs):4.0f} ms; p99 ratio {ratios[name][-1]:.2f}x, "
+                f"CPU ratio {cpu_ratios[name][-1]:.2f}x"
+            )
+        delivered = min(len(p.latencies) for p in ours)
+        bare_delivered = min(len(p.latencies) for p in bare)
         print(
-            f"round {round_number}: pushed to {len(ours)}/{streams} (trustmesh), {len(bare)}/{streams} (bare); "
-            f"{size} bytes each; trustmesh p50 {_pct(ours, 0.5):6.1f} ms p99 {_pct(ours, 0.99):6.1f} ms "
-            f"(mean {statistics.fmean(ours) if ours else float('nan'):6.1f}, agent RSS {rss:.0f} MB, "
-            f"CPU {our_cpu:.0f} ms); bare p50 {_pct(bare, 0.5):6.1f} ms p99 {_pct(bare, 0.99):6.1f} ms "
-            f"(CPU {bare_cpu:.0f} ms); p99 ratio {ratios[-1]:.2f}x, CPU ratio {cpu_ratios[-1]:.2f}x",
+            f"round {round_number}: pushed to {delivered}/{streams} (trustmesh), {bare_delivered}/{streams} (bare) "
+            f"every time; {size} bytes each; agent RSS {rss:.0f} MB\n  " + "\n  ".join(line),
             flush=True,
         )
-    print(
-        f"p99 trustmesh / bare, median of {repeat} rounds: {statistics.median(ratios):.2f}x "
-        f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x; goal <= 1.3x, agent RSS < 150 MB)"
-    )
-    print(
-        f"server CPU per push, trustmesh / bare, median of {repeat} rounds: {statistics.median(cpu_ratios):.2f}x "
-        f"(min {min(cpu_ratios):.2f}x, max {max(cpu_ratios):.2f}x)"
-    )
+    for name, p99s in ratios.items():
+        cpus = cpu_ratios[name]
+        if p99s:
+            print(
+                f"{name} push, p99 trustmesh / bare, median of {repeat} rounds: {statistics.median(p99s):.2f}x "
+                f"(min {min(p99s):.2f}x, max {max(p99s):.2f}x; goal <= 1.3x, agent RSS < 150 MB); "
+                f"server CPU per push {statistics.median(cpus):.2f}x (min {min(cpus):.2f}x, max {max(cpus):.2f}x)"
+            )
 
 
 def main() -> None:
@@ -300,6 +364,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--channels", type=int, default=250)
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the ratio's median is reported")
+    parser.add_argument("--pushes", type=int, default=4, help="pushes per round: the first to new streams")
     parser.add_argument("--serve-agent", help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", help=argparse.SUPPRESS)
     parser.add_argument("--bare-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -309,7 +374,7 @@ def main() -> None:
     elif args.serve_bare:
         asyncio.run(serve_bare(Path(args.serve_bare), args.bare_size))
     else:
-        asyncio.run(main_async(args.streams, args.channels, args.repeat))
+        asyncio.run(main_async(args.streams, args.channels, args.repeat, args.pushes))
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ the name and the content version.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -108,34 +108,40 @@ def build_secrets(
     return result
 
 
-# Distinct (selectors, names) subscriptions whose secrets one snapshot keeps for sharing.
+# Distinct (selectors, names) subscriptions whose results one snapshot keeps for sharing.
 MAX_SHARED_SUBSCRIPTIONS = 1024
 
+T = TypeVar("T")
 
-class SharedSecrets:
-    """:func:`build_secrets`, done once per snapshot for every distinct (selectors, names) and handed
-    to every stream that asks the same: when a change reaches 1,000 streams of one workload, its
-    certificate and key are encoded once, not 1,000 times. Only the newest snapshot's results are held
-    (at most :data:`MAX_SHARED_SUBSCRIPTIONS` of them; beyond, results are built and not kept). The
-    results are shared: callers must not change them. One event loop uses it: no lock."""
 
-    def __init__(self, max_subscriptions: int = MAX_SHARED_SUBSCRIPTIONS) -> None:
+class SnapshotMemo(Generic[T]):
+    """``make(snapshot, selectors, names)``, done once per snapshot for every distinct (selectors, names)
+    and handed to every stream that asks the same: when a change reaches 1,000 streams of one workload,
+    its certificate and key are encoded once (``SnapshotMemo(build_secrets)``), and so is the SDS
+    response that carries them. Only the newest snapshot's results are held (at most
+    :data:`MAX_SHARED_SUBSCRIPTIONS` of them; beyond, results are made and not kept). The results are
+    shared: callers must not change them. One event loop uses it: no lock."""
+
+    def __init__(
+        self,
+        make: Callable[[CacheSnapshot, frozenset[Selector], tuple[str, ...]], T],
+        max_subscriptions: int = MAX_SHARED_SUBSCRIPTIONS,
+    ) -> None:
+        self._make = make
         self._max = max_subscriptions
         self._snapshot: CacheSnapshot | None = None
-        self._built: dict[tuple[frozenset[Selector], tuple[str, ...]], dict[str, SdsResource]] = {}
+        self._made: dict[tuple[frozenset[Selector], tuple[str, ...]], T] = {}
 
-    def build(
-        self, snapshot: CacheSnapshot, selectors: frozenset[Selector], names: Iterable[str]
-    ) -> Mapping[str, SdsResource]:
+    def get(self, snapshot: CacheSnapshot, selectors: frozenset[Selector], names: Iterable[str]) -> T:
         if snapshot is not self._snapshot:
-            self._snapshot, self._built = snapshot, {}
+            self._snapshot, self._made = snapshot, {}
         key = (selectors, tuple(names))
-        built = self._built.get(key)
-        if built is None:
-            built = build_secrets(snapshot, selectors, key[1])
-            if len(self._built) < self._max:
-                self._built[key] = built
-        return built
+        if key in self._made:
+            return self._made[key]
+        made = self._make(snapshot, selectors, key[1])
+        if len(self._made) < self._max:
+            self._made[key] = made
+        return made
 
 
 def _named_validation_context(

@@ -22,11 +22,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from envoy.service.secret.v3 import sds_pb2_grpc
 
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.envoy_bootstrap import Inbound, Outbound, envoy_bootstrap
-from sds.sds_v3 import SecretDiscoveryService
+from sds.sds_v3 import SecretDiscoveryService, add_sds_servicer
 from spiffe_core.selectors import Selector
 from tests.support.envoy import Envoy, one_request_per_upstream_connection, running_envoy
 from tests.support.processes import wait_until
@@ -68,9 +67,7 @@ class Agents:
         async def serve() -> WorkloadCache:
             cache = WorkloadCache(initial)
             server = grpc.aio.server()
-            sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-                SecretDiscoveryService(cache, FixedAttestor()), server
-            )
+            add_sds_servicer(SecretDiscoveryService(cache, FixedAttestor()), server)
             server.add_insecure_port(f"unix:{socket}")
             await server.start()
             self._servers.append(server)

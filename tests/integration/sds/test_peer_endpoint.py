@@ -25,7 +25,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from sds.attestor import ExecutableDigests, ProcessAttestor
 from sds.cache import WorkloadCache
 from sds.peer_endpoint import AttestedEndpoint
-from sds.sds_v3 import SecretDiscoveryService
+from sds.sds_v3 import SecretDiscoveryService, add_sds_servicer
 from sds.secrets import SECRET_TYPE_URL
 from sds.workload_api import WorkloadApiService
 from spiffe_core.clock import SystemClock
@@ -358,11 +358,7 @@ async def test_a_change_pushed_to_many_streams_of_one_process_reads_its_proc_onc
     cache = WorkloadCache(snapshot(ca, [ca.svid("/web", [ME])]))
     digests = CountingDigests()
     endpoint = AttestedEndpoint(directory / "sds.sock", process_attestor=ProcessAttestor(digests))
-    endpoint.add_servicer(
-        lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-            SecretDiscoveryService(cache, endpoint.attestor), server
-        )
-    )
+    endpoint.add_servicer(lambda server: add_sds_servicer(SecretDiscoveryService(cache, endpoint.attestor), server))
     async with endpoint, grpc.aio.insecure_channel(f"unix:{endpoint.public_socket}") as channel:
         stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
         streams = [Stream(stub.StreamSecrets()) for _ in range(20)]

@@ -21,7 +21,13 @@ from google.rpc import status_pb2
 
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
 from sds.metrics import AgentMetrics
-from sds.sds_v3 import MAX_RESOURCE_NAME_BYTES, MAX_RESOURCE_NAMES, SecretDiscoveryService
+from sds.sds_v3 import (
+    MAX_RESOURCE_NAME_BYTES,
+    MAX_RESOURCE_NAMES,
+    SecretDiscoveryService,
+    SotwAnswer,
+    add_sds_servicer,
+)
 from sds.secrets import DEFAULT, ROOTCA, SECRET_TYPE_URL
 from spiffe_core.errors import NotAuthorized
 from spiffe_core.selectors import Selector
@@ -78,9 +84,7 @@ async def agent(socket_dir: Path) -> AsyncIterator[Agent]:
     attestor = FakeAttestor()
     metrics = AgentMetrics()
     server = grpc.aio.server()
-    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-        SecretDiscoveryService(cache, attestor, metrics=metrics), server
-    )
+    add_sds_servicer(SecretDiscoveryService(cache, attestor, metrics=metrics), server)
     address = f"unix:{socket_dir / 'sds.sock'}"
     server.add_insecure_port(address)
     await server.start()
@@ -743,3 +747,37 @@ async def test_a_huge_subscription_is_refused_without_stalling_another_stream(ag
         assert (await huge.error()).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await huge.close()
+
+
+# --- shared encoding ----------------------------------------------------------------------------
+
+
+async def test_a_change_reaching_many_streams_of_one_subscription_is_encoded_once(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[int] = []
+    encode = SotwAnswer.of
+
+    def counted(snap: CacheSnapshot, resources: Any) -> SotwAnswer:
+        encoded.append(snap.version)
+        return encode(snap, resources)
+
+    monkeypatch.setattr(SotwAnswer, "of", counted)
+    streams = [Stream(agent.stub.StreamSecrets()) for _ in range(5)]
+    try:
+        firsts = []
+        for s in streams:
+            await s.send(request([DEFAULT, ROOTCA]))
+            firsts.append(await s.next())
+        for s, first in zip(streams, firsts, strict=True):
+            await s.send(request([DEFAULT, ROOTCA], nonce=first.nonce, version=first.version_info))
+
+        await agent.publish([agent.ca.svid("/web")])
+        pushes = [await s.next() for s in streams]
+    finally:
+        for s in streams:
+            await s.close()
+
+    assert encoded == [1, 2]
+    assert len({p.nonce for p in pushes}) == len(pushes)
+    assert all(p.version_info.startswith("2-") and p.resources == pushes[0].resources for p in pushes)

@@ -17,7 +17,7 @@ from sds.secrets import (
     SECRET_TYPE_URL,
     SPIFFE_VALIDATOR,
     SdsResource,
-    SharedSecrets,
+    SnapshotMemo,
     build_secrets,
 )
 from spiffe_core.selectors import Selector
@@ -254,29 +254,29 @@ def test_repr_shows_no_key_material(ca: TestCa) -> None:
 
 
 def test_streams_asking_the_same_of_one_snapshot_share_one_build(ca: TestCa) -> None:
-    shared, snap = SharedSecrets(), snapshot(ca, [ca.svid("/web")])
-    first = shared.build(snap, CALLER, [DEFAULT, ROOTCA])
-    assert shared.build(snap, CALLER, (DEFAULT, ROOTCA)) is first
+    shared, snap = SnapshotMemo(build_secrets), snapshot(ca, [ca.svid("/web")])
+    first = shared.get(snap, CALLER, [DEFAULT, ROOTCA])
+    assert shared.get(snap, CALLER, (DEFAULT, ROOTCA)) is first
     assert first == build_secrets(snap, CALLER, [DEFAULT, ROOTCA])
 
 
 def test_other_selectors_or_names_are_built_for_themselves(ca: TestCa) -> None:
-    shared, snap = SharedSecrets(), snapshot(ca, [ca.svid("/web"), ca.svid("/db", ["unix:uid:0"])])
+    shared, snap = SnapshotMemo(build_secrets), snapshot(ca, [ca.svid("/web"), ca.svid("/db", ["unix:uid:0"])])
     root = frozenset({Selector("unix", "uid:0")})
-    mine, theirs = shared.build(snap, CALLER, [DEFAULT]), shared.build(snap, root, [DEFAULT])
+    mine, theirs = shared.get(snap, CALLER, [DEFAULT]), shared.get(snap, root, [DEFAULT])
     assert mine[DEFAULT].version != theirs[DEFAULT].version
-    assert list(shared.build(snap, CALLER, [ROOTCA])) == [ROOTCA]
+    assert list(shared.get(snap, CALLER, [ROOTCA])) == [ROOTCA]
 
 
 def test_a_new_snapshot_is_built_again(ca: TestCa) -> None:
-    shared, web = SharedSecrets(), ca.svid("/web")
-    before = shared.build(snapshot(ca, [web], version=1), CALLER, [DEFAULT])
-    after = shared.build(snapshot(ca, [web, ca.svid("/api")], version=2), CALLER, [DEFAULT])
+    shared, web = SnapshotMemo(build_secrets), ca.svid("/web")
+    before = shared.get(snapshot(ca, [web], version=1), CALLER, [DEFAULT])
+    after = shared.get(snapshot(ca, [web, ca.svid("/api")], version=2), CALLER, [DEFAULT])
     assert after is not before
 
 
 def test_subscriptions_beyond_the_bound_are_built_but_not_kept(ca: TestCa) -> None:
-    shared, snap = SharedSecrets(max_subscriptions=1), snapshot(ca, [ca.svid("/web")])
-    kept = shared.build(snap, CALLER, [DEFAULT])
-    assert shared.build(snap, CALLER, [ROOTCA]) is not shared.build(snap, CALLER, [ROOTCA])
-    assert shared.build(snap, CALLER, [DEFAULT]) is kept
+    shared, snap = SnapshotMemo(build_secrets, max_subscriptions=1), snapshot(ca, [ca.svid("/web")])
+    kept = shared.get(snap, CALLER, [DEFAULT])
+    assert shared.get(snap, CALLER, [ROOTCA]) is not shared.get(snap, CALLER, [ROOTCA])
+    assert shared.get(snap, CALLER, [DEFAULT]) is kept
