@@ -165,7 +165,7 @@ class SecretDiscoveryService:
 
     async def FetchSecrets(self, request: Any, context: Context) -> Any:
         selectors = await self._attest(context)
-        await _check_type_url(request.type_url, context)
+        await _refuse(context, _type_url_problem(request.type_url))
         await _refuse(context, _names_problem(request.resource_names, self._max_names))
         names = _unique(request.resource_names)
         if not names:
@@ -196,15 +196,23 @@ class SecretDiscoveryService:
     ) -> AsyncGenerator[Any, None]:
         """Feed a stream's requests and the cache's snapshots to its protocol state; yield its responses.
         A response to a new snapshot (not to a request) is a push: its latency is measured."""
+
+        def judge(request: Any) -> _Outcome | None:
+            refusal = _type_url_problem(request.type_url) or stream.names_problem(request)
+            if refusal is not None:
+                return _Refused(refusal)
+            answer = stream.on_request(request, self._cache.get_snapshot())
+            return None if answer is None else _Answer(answer)
+
         with self._metrics.stream(SDS):
-            async with aclosing(_events(requests, self._cache)) as events:
+            async with aclosing(_events(requests, judge, self._cache)) as events:
                 async for event in events:
                     if isinstance(event, CacheSnapshot):
                         response = stream.on_snapshot(event)
+                    elif isinstance(event, _Refused):
+                        await _abort(context, *event.refusal)
                     else:
-                        await _check_type_url(event.type_url, context)
-                        await _refuse(context, stream.names_problem(event))
-                        response = stream.on_request(event, self._cache.get_snapshot())
+                        response = event.response
                     if response is not None:
                         await self._recheck(selectors, context)
                         if isinstance(event, CacheSnapshot):
@@ -379,22 +387,45 @@ class _DeltaStream:
         )
 
 
-async def _events(requests: AsyncIterator[Any], cache: WorkloadCache) -> AsyncGenerator[Any | CacheSnapshot, None]:
-    """Requests and cache snapshots of one stream, as they come; ends when the client half-closes.
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A request's answer, to be sent by the stream."""
 
-    Both sources are read concurrently, so a push never waits for the client to speak: one reader task
-    per stream takes the client's requests, each only after the stream took the one before (so a client
-    cannot make the stream hold more than one), and snapshots come from ``cache.next_change`` (newest
-    wins: a slow stream skips intermediate ones). Either source wakes the stream through a future of its
-    own, which costs a push to 1,000 streams less than an ``asyncio.wait`` and a task per request
-    (docs/performance.md). The stream's wait for a snapshot is forgotten when the stream ends."""
+    response: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A request that ends the stream with this status."""
+
+    refusal: _Refusal
+
+
+_Outcome = _Answer | _Refused
+
+
+async def _events(
+    requests: AsyncIterator[Any], judge: Callable[[Any], _Outcome | None], cache: WorkloadCache
+) -> AsyncGenerator[_Outcome | CacheSnapshot, None]:
+    """What a stream must act on, as it comes: the outcome of each request that has one, and cache
+    snapshots; ends when the client half-closes.
+
+    Both sources are read concurrently, so a push never waits for the client to speak. One reader task
+    per stream takes the client's requests and passes each to ``judge`` as it arrives (the protocol state is
+    the stream's, on the same event loop); a request with nothing to send — every ACK — ends there.
+    An outcome is handed to the stream before the next request is read, so a client cannot make the
+    stream hold more than one. Snapshots come from ``cache.next_change`` (newest wins: a slow stream
+    skips intermediate ones). Either source wakes the stream through a future of its own: a push to
+    1,000 streams and their ACKs cost less than with an ``asyncio.wait`` and a task per request, and an
+    ACK does not wake the stream at all (docs/performance.md). The stream's wait for a snapshot is
+    forgotten when the stream ends."""
     inbox = _Inbox(cache)
-    reader = asyncio.ensure_future(inbox.read(requests))
+    reader = asyncio.ensure_future(inbox.read(requests, judge))
     reader.add_done_callback(inbox.wake)
     try:
         while True:
-            if inbox.request is not None:
-                yield inbox.take_request()
+            if inbox.outcome is not None:
+                yield inbox.take_outcome()
             elif inbox.snapshot.done():
                 yield inbox.take_snapshot()
             elif reader.done():
@@ -409,30 +440,34 @@ async def _events(requests: AsyncIterator[Any], cache: WorkloadCache) -> AsyncGe
 
 
 class _Inbox:
-    """What :func:`_events` has to hand its stream: at most one request and the next snapshot."""
+    """What :func:`_events` has to hand its stream: at most one request's outcome and the next snapshot."""
 
     def __init__(self, cache: WorkloadCache) -> None:
         self._cache = cache
         self._loop = asyncio.get_running_loop()
         self._woken: asyncio.Future[None] | None = None  # the stream is waiting on it
         self._taken: asyncio.Future[None] | None = None  # the reader is waiting on it
-        self.request: Any | None = None
+        self.outcome: _Outcome | None = None
         self.snapshot = cache.next_change(seen=-1)
         self.snapshot.add_done_callback(self.wake)
 
-    async def read(self, requests: AsyncIterator[Any]) -> None:
-        """The reader task: hand over each request and wait until the stream took it."""
+    async def read(self, requests: AsyncIterator[Any], judge: Callable[[Any], _Outcome | None]) -> None:
+        """The reader task: judge each request; hand over an outcome and wait until the stream took it."""
         async for request in requests:
-            self.request = request
+            outcome = judge(request)
+            if outcome is None:
+                continue
+            self.outcome = outcome
             self._taken = self._loop.create_future()
             self.wake()
             await self._taken
 
-    def take_request(self) -> Any:
-        request, self.request = self.request, None
+    def take_outcome(self) -> _Outcome:
+        outcome, self.outcome = self.outcome, None
+        assert outcome is not None
         if self._taken is not None and not self._taken.done():
             self._taken.set_result(None)
-        return request
+        return outcome
 
     def take_snapshot(self) -> CacheSnapshot:
         snapshot = self.snapshot.result()
@@ -452,12 +487,13 @@ class _Inbox:
         self._cache.forget(self.snapshot)
 
 
-async def _check_type_url(type_url: str, context: Context) -> None:
+def _type_url_problem(type_url: str) -> _Refusal | None:
     if type_url and type_url != SECRET_TYPE_URL:
-        await context.abort(
+        return (
             grpc.StatusCode.INVALID_ARGUMENT,
             f"type_url {type_url!r} is not served here; the SDS endpoint serves only {SECRET_TYPE_URL!r}",
         )
+    return None
 
 
 async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
