@@ -44,6 +44,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
 from sds.peer_endpoint import AttestedEndpoint
 from sds.sds_v3 import SecretDiscoveryService, add_sds_servicer
+from sds.server import collect_cycles_less_often
 from spiffe_core.bundle import Bundle
 from spiffe_core.selectors import Selector
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
@@ -77,6 +78,7 @@ def _rss_mb() -> float:
 
 async def serve_agent(socket_path: Path) -> None:
     """Child: the agent's SDS stack; 'push' on stdin publishes a bundle change."""
+    collect_cycles_less_often()  # as run_agent does
     ca_cert, ca_key = _ca("bench CA 1")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)

@@ -32,7 +32,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
@@ -50,6 +50,7 @@ from spiffe_core.clock import Clock
 from spiffe_core.errors import (
     ConfigError,
     FailedPrecondition,
+    NotAuthenticated,
     ResourceExhausted,
     TrustmeshError,
     X509SvidError,
@@ -77,28 +78,34 @@ Reply = TypeVar("Reply")
 Handler = Callable[["NodeServicer", Request, Context], Awaitable[Reply]]
 
 
-async def _abort(context: Context, err: Exception) -> NoReturn:
+def _end_with_status(context: Context, err: Exception) -> None:
+    """Set the call's status for an error: its kind's code from the one table, or INTERNAL (logged).
+
+    The handler then returns instead of calling ``context.abort``: abort's exception would keep the
+    handler's frame, and the request with it, in a reference cycle until the garbage collector ran
+    (docs/performance.md), so a caller's refused batch of CSRs would outlive its call."""
     status = transport_status(err)
     if status is None:
         log.error("node API call failed", exc_info=err)
-        await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(_INTERNAL)
+        return
     if isinstance(err, ResourceExhausted):
-        hint = ((RETRY_AFTER_KEY, str(max(1, round(err.retry_after * 1000)))),)
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), trailing_metadata=hint)
-    await context.abort(grpc.StatusCode[status[1]], str(err))
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(max(1, round(err.retry_after * 1000)))),))
+    context.set_code(grpc.StatusCode[status[1]])
+    context.set_details(str(err))
 
 
-def _edge(handler: Handler[Request, Reply]) -> Handler[Request, Reply]:
+def _edge(handler: Handler[Request, Reply]) -> Handler[Request, Reply | None]:
     """Turn an error a handler raises into the RPC's status (the one table at the edge)."""
 
     @functools.wraps(handler)
-    async def answer(servicer: NodeServicer, request: Request, context: Context) -> Reply:
+    async def answer(servicer: NodeServicer, request: Request, context: Context) -> Reply | None:
         try:
             return await handler(servicer, request, context)
-        except grpc.aio.AbortError:
-            raise  # the handler chose its status already
         except Exception as err:  # every error becomes a status; unknown ones INTERNAL
-            await _abort(context, err)
+            _end_with_status(context, err)
+            return None
 
     return answer
 
@@ -310,11 +317,10 @@ class NodeServicer:
                         if delivery.changed_at is not None:
                             self._metrics.sync_push_seconds.observe(time.monotonic() - delivery.changed_at)
             except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
+                raise NotAuthenticated(
                     f"the X509-SVID this stream was opened with expired at {agent.not_after.isoformat()}; "
                     "reconnect with the renewed SVID",
-                )
+                ) from None
 
     @_edge
     async def SignX509Svids(

@@ -47,7 +47,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -56,13 +56,13 @@ from envoy.service.secret.v3 import sds_pb2
 from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.metrics import SDS, AgentMetrics
+from sds.refusal import Context, Refused, refusing_stream, refusing_unary
 from sds.secrets import SECRET_TYPE_URL, SdsResource, SnapshotMemo, build_secrets
 from spiffe_core.errors import NotAuthorized, transport_status
 from spiffe_core.selectors import Selector
 
 logger = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # What a stream asks for its resources: build_secrets, or a SnapshotMemo's get.
 Build = Callable[[CacheSnapshot, frozenset[Selector], Iterable[str]], Mapping[str, SdsResource]]
 SERVICE = sds_pb2.DESCRIPTOR.services_by_name["SecretDiscoveryService"].full_name
@@ -151,25 +151,30 @@ class SecretDiscoveryService:
     def _answer(self, snapshot: CacheSnapshot, selectors: frozenset[Selector], names: Iterable[str]) -> SotwAnswer:
         return SotwAnswer.of(snapshot, self._secrets.get(snapshot, selectors, names))
 
-    async def StreamSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
+    @refusing_stream
+    async def StreamSecrets(
+        self, request_iterator: AsyncIterator[Any], context: Context
+    ) -> AsyncGenerator[bytes, None]:
         selectors = await self._attest(context)
         stream = _SotwStream(selectors, context.peer(), self._max_names, self._answers.get)
         async for response in self._serve(stream, selectors, request_iterator, context):
             yield response
 
-    async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+    @refusing_stream
+    async def DeltaSecrets(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncGenerator[Any, None]:
         selectors = await self._attest(context)
         stream = _DeltaStream(selectors, context.peer(), self._max_names, self._secrets.get)
         async for response in self._serve(stream, selectors, request_iterator, context):
             yield response
 
+    @refusing_unary
     async def FetchSecrets(self, request: Any, context: Context) -> Any:
         selectors = await self._attest(context)
-        await _refuse(context, _type_url_problem(request.type_url))
-        await _refuse(context, _names_problem(request.resource_names, self._max_names))
+        _refuse(_type_url_problem(request.type_url))
+        _refuse(_names_problem(request.resource_names, self._max_names))
         names = _unique(request.resource_names)
         if not names:
-            await context.abort(
+            raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "FetchSecrets needs resource_names; SDS has no wildcard — name the secrets "
                 "('default', 'ROOTCA', 'ALL', a SPIFFE ID, 'spiffe://<trust domain>' or 'legacy/<name>')",
@@ -178,7 +183,7 @@ class SecretDiscoveryService:
         resources = build_secrets(snapshot, selectors, names)
         missing = [n for n in names if n not in resources]
         if missing:
-            await context.abort(
+            raise Refused(
                 grpc.StatusCode.NOT_FOUND,
                 f"secrets {missing} are not available to this caller: unknown names, not entitled by its "
                 "selectors, or not issued yet — retry later or use StreamSecrets to wait for them",
@@ -210,7 +215,7 @@ class SecretDiscoveryService:
                     if isinstance(event, CacheSnapshot):
                         response = stream.on_snapshot(event)
                     elif isinstance(event, _Refused):
-                        await _abort(context, *event.refusal)
+                        raise Refused(*event.refusal)
                     else:
                         response = event.response
                     if response is not None:
@@ -226,19 +231,19 @@ class SecretDiscoveryService:
         try:
             check_still_attested(admitted, now)
         except NotAuthorized as err:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"SDS caller is not authorized: {err}")
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"SDS caller is not authorized: {err}") from err
 
     async def _attest(self, context: Context) -> frozenset[Selector]:
         try:
             return await self._attestor.attest(context)
         except NotAuthorized as err:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"SDS caller is not authorized: {err}")
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"SDS caller is not authorized: {err}") from err
         except Exception as err:
             status = transport_status(err)
             if status is None:
                 logger.exception("attesting the SDS caller %s failed", context.peer())
-                await _abort(context, grpc.StatusCode.INTERNAL, "internal error while attesting the SDS caller")
-            await _abort(context, grpc.StatusCode[status[1]], str(err))
+                raise Refused(grpc.StatusCode.INTERNAL, "internal error while attesting the SDS caller") from err
+            raise Refused(grpc.StatusCode[status[1]], str(err)) from err
 
 
 class _StreamState(Protocol):
@@ -496,16 +501,12 @@ def _type_url_problem(type_url: str) -> _Refusal | None:
     return None
 
 
-async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
-    await context.abort(code, details)
-
-
 _Refusal = tuple[grpc.StatusCode, str]
 
 
-async def _refuse(context: Context, refusal: _Refusal | None) -> None:
+def _refuse(refusal: _Refusal | None) -> None:
     if refusal is not None:
-        await _abort(context, *refusal)
+        raise Refused(*refusal)
 
 
 def _names_problem(names: Collection[str], max_names: int, what: str = "the request") -> _Refusal | None:

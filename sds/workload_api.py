@@ -35,10 +35,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -47,6 +47,7 @@ from google.protobuf import struct_pb2
 from sds.attestor import check_still_attested
 from sds.cache import CacheSnapshot, WorkloadCache, WorkloadSvid
 from sds.metrics import WORKLOAD_API, AgentMetrics
+from sds.refusal import Context, Refused, refusing_stream, refusing_unary
 from spiffe_core.backoff import LogThrottle
 from spiffe_core.bundle import Bundle
 from spiffe_core.clock import Clock
@@ -58,7 +59,6 @@ from wire import workload_pb2
 
 logger = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
 
 SECURITY_HEADER = "workload.spiffe.io"
 SECURITY_HEADER_VALUE = "true"
@@ -128,53 +128,56 @@ class WorkloadApiService:
         self._throttle = LogThrottle()
         self._metrics = metrics or AgentMetrics()
 
-    async def FetchX509SVID(self, request: Any, context: Context) -> AsyncIterator[Any]:
+    @refusing_stream
+    async def FetchX509SVID(self, request: Any, context: Context) -> AsyncGenerator[Any, None]:
         selectors = await self._admit(context)
         async for response in self._stream(selectors, _x509_svid_response, context):
             yield response
 
-    async def FetchX509Bundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
+    @refusing_stream
+    async def FetchX509Bundles(self, request: Any, context: Context) -> AsyncGenerator[Any, None]:
         selectors = await self._admit(context)
         async for response in self._stream(selectors, _x509_bundles_response, context):
             yield response
 
-    async def FetchJWTBundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
+    @refusing_stream
+    async def FetchJWTBundles(self, request: Any, context: Context) -> AsyncGenerator[Any, None]:
         selectors = await self._admit(context)
         async for response in self._stream(selectors, _jwt_bundles_response, context):
             yield response
 
+    @refusing_unary
     async def FetchJWTSVID(self, request: Any, context: Context) -> Any:
         selectors = await self._admit(context)
         try:
             audience = check_audience(request.audience)
         except InvalidArgument as err:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"FetchJWTSVID audience refused: {err}")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"FetchJWTSVID audience refused: {err}") from err
         svids = _one_per_spiffe_id(self._cache.get_snapshot().svids_for(selectors))
         if request.spiffe_id:
-            wanted = await _parse_spiffe_id(request.spiffe_id, context)
+            wanted = _parse_spiffe_id(request.spiffe_id)
             svids = tuple(s for s in svids if s.spiffe_id == wanted)
             if not svids:
-                await _abort(
-                    context,
+                raise Refused(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"the caller is not entitled to {wanted}: no registration entry for it matches the "
                     "caller's selectors; ask for one of its own identities or leave spiffe_id empty",
                 )
         elif not svids:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
         minted = []
         for svid in _unique_hints(svids):
-            token = await self._mint(svid.spiffe_id, audience, context)
+            token = await self._mint(svid.spiffe_id, audience)
             minted.append(workload_pb2.JWTSVID(spiffe_id=str(svid.spiffe_id), svid=token, hint=svid.hint))
         await self._recheck(selectors, context)
         return workload_pb2.JWTSVIDResponse(svids=minted)
 
+    @refusing_unary
     async def ValidateJWTSVID(self, request: Any, context: Context) -> Any:
         selectors = await self._admit(context)
         for field, what in (("audience", "the audience this relying party answers to"), ("svid", "the token")):
             if not getattr(request, field):
-                await _abort(
-                    context,
+                raise Refused(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{field} is required: ValidateJWTSVID needs {what} (SPIFFE_Workload_API.md §6.2.3)",
                 )
@@ -183,7 +186,7 @@ class WorkloadApiService:
         try:
             svid = await self._validate(request.svid, request.audience, bundles, snapshot.trust_domain)
         except InvalidArgument as err:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"JWT-SVID is not valid: {err}")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"JWT-SVID is not valid: {err}") from err
         claims = struct_pb2.Struct()
         claims.update(dict(svid.claims))
         return workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(svid.spiffe_id), claims=claims)
@@ -231,8 +234,7 @@ class WorkloadApiService:
         the caller's selectors."""
         metadata = context.invocation_metadata() or ()
         if not any(key == SECURITY_HEADER and value == SECURITY_HEADER_VALUE for key, value in metadata):
-            await _abort(
-                context,
+            raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"security header missing from request: every Workload API call must carry the gRPC "
                 f"metadata '{SECURITY_HEADER}: {SECURITY_HEADER_VALUE}' (SPIFFE_Workload_Endpoint.md §3)",
@@ -240,9 +242,9 @@ class WorkloadApiService:
         try:
             return await self._attestor.attest(context)
         except NotAuthorized as err:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"the caller could not be attested: {err}")
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"the caller could not be attested: {err}") from err
         except Exception as err:
-            await _abort_for(err, "attesting the caller", context)
+            raise _refusal_for(err, "attesting the caller") from err
 
     async def _recheck(self, admitted: frozenset[Selector], context: Context) -> None:
         """Attest the caller again right before something is sent: a process that executed another
@@ -250,15 +252,15 @@ class WorkloadApiService:
         try:
             check_still_attested(admitted, await self._attestor.attest(context))
         except NotAuthorized as err:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"the caller is no longer attested: {err}")
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"the caller is no longer attested: {err}") from err
         except Exception as err:
-            await _abort_for(err, "attesting the caller again", context)
+            raise _refusal_for(err, "attesting the caller again") from err
 
-    async def _mint(self, spiffe_id: SpiffeId, audience: Sequence[str], context: Context) -> str:
+    async def _mint(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> str:
         try:
             return await self._minter.fetch_jwt_svid(spiffe_id, audience)
         except Exception as err:
-            await _abort_for(err, f"minting a JWT-SVID for {spiffe_id}", context)
+            raise _refusal_for(err, f"minting a JWT-SVID for {spiffe_id}") from err
 
     async def _stream(self, selectors: frozenset[Selector], build: _Builder, context: Context) -> AsyncIterator[Any]:
         """One response per snapshot that changes what this caller receives; the first at once, the
@@ -269,12 +271,11 @@ class WorkloadApiService:
                 async for snapshot in snapshots:
                     svids = snapshot.svids_for(selectors)
                     if not svids:
-                        await _abort(context, grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
+                        raise Refused(grpc.StatusCode.PERMISSION_DENIED, _no_identity(selectors))
                     bundles = snapshot.bundles_for(svids)
                     own = bundles.get(snapshot.trust_domain)
                     if own is None or not own.x509_authorities:
-                        await _abort(
-                            context,
+                        raise Refused(
                             grpc.StatusCode.UNAVAILABLE,
                             f"the agent holds no bundle for its trust domain {snapshot.trust_domain} yet; retry "
                             "with backoff (it arrives with the agent's first update from the CA)",
@@ -378,22 +379,18 @@ def _no_identity(selectors: frozenset[Selector]) -> str:
     )
 
 
-async def _parse_spiffe_id(text: str, context: Context) -> SpiffeId:
+def _parse_spiffe_id(text: str) -> SpiffeId:
     try:
         return SpiffeId.parse(text)
     except InvalidArgument as err:
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"spiffe_id is not a SPIFFE ID: {err}")
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"spiffe_id is not a SPIFFE ID: {err}") from err
 
 
-async def _abort_for(err: Exception, doing: str, context: Context) -> NoReturn:
-    """Answer with the status the error table gives its kind; anything else is logged and answered
+def _refusal_for(err: Exception, doing: str) -> Refused:
+    """The status the error table gives the error's kind; anything else is logged and answered
     INTERNAL without detail."""
     status = transport_status(err)
     if status is None:
         logger.error("internal error while %s", doing, exc_info=err)
-        await _abort(context, grpc.StatusCode.INTERNAL, f"internal error while {doing}")
-    await _abort(context, grpc.StatusCode[status[1]], str(err))
-
-
-async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
-    await context.abort(code, details)
+        return Refused(grpc.StatusCode.INTERNAL, f"internal error while {doing}")
+    return Refused(grpc.StatusCode[status[1]], str(err))

@@ -5,8 +5,10 @@ it is attested from its own peer credentials, so entries select it by ``unix:uid
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
+import types
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -586,3 +588,28 @@ async def test_validate_jwt_svid_rejects_expired_token(agent: Agent) -> None:
 async def test_validate_jwt_svid_requires_field(agent: Agent, request_message: Any, details: str) -> None:
     error = await rpc_error(agent.stub.ValidateJWTSVID(request_message, metadata=SECURITY_HEADER))
     assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+async def test_a_refused_request_is_freed_when_its_call_ends_not_by_the_garbage_collector(agent: Agent) -> None:
+    """The agent's memory bound must not wait for the cyclic garbage collector: a refused call leaves no
+    cycle that holds its request (sds.refusal). Checked with the collector off, then asked what it
+    would have had to free."""
+    huge = workload_pb2.JWTSVIDRequest(audience=["x" * 1_000_000])
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            error = await rpc_error(agent.stub.FetchJWTSVID(huge, metadata=SECURITY_HEADER))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        held = [
+            o
+            for o in gc.garbage
+            if isinstance(o, types.FrameType) and isinstance(o.f_locals.get("request"), workload_pb2.JWTSVIDRequest)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert held == []

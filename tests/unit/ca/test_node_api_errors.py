@@ -24,16 +24,14 @@ from spiffe_core.errors import (
 from wire import node_pb2
 
 
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()) -> None:
-        super().__init__(code, details)
-        self.code = code
-        self.details = details
-        self.trailing_metadata = tuple(trailing_metadata)
-
-
 class FakeContext:
-    """Just what the edge uses: the peer's address, metadata and auth context (no certificate), and abort."""
+    """Just what the edge uses: the peer's address, metadata and auth context (no certificate), and the
+    status it sets."""
+
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        self.trailing_metadata: tuple[tuple[str, str], ...] = ()
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:5000"
@@ -44,8 +42,14 @@ class FakeContext:
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
 
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
-        raise Aborted(code, details, trailing_metadata)
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing_metadata = tuple(metadata)
 
 
 class RaisingNode:
@@ -56,11 +60,13 @@ class RaisingNode:
         raise self._error
 
 
-async def attest_refused(error: Exception) -> Aborted:
+async def attest_refused(error: Exception) -> FakeContext:
+    """The status the edge sets for ``error``; the call ends without an answer."""
     servicer = NodeServicer(RaisingNode(error), None, None, None)  # type: ignore[arg-type]
-    with pytest.raises(Aborted) as caught:
-        await servicer.Attest(node_pb2.AttestRequest(method="join_token"), FakeContext())  # type: ignore[arg-type]
-    return caught.value
+    context = FakeContext()
+    answer = await servicer.Attest(node_pb2.AttestRequest(method="join_token"), context)  # type: ignore[arg-type]
+    assert answer is None
+    return context
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,11 @@ ended cancelled, and the agent would serve SVIDs that nobody renews."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
-from sds.server import until_stopped
+from sds.server import GC_YOUNG_THRESHOLD, collect_cycles_less_often, until_stopped
 
 
 async def test_a_part_cancelled_from_within_stops_the_agent() -> None:
@@ -65,3 +66,12 @@ async def test_a_taskgroup_keeps_running_without_a_part_cancelled_from_within() 
         other = tasks.create_task(survivor())
     assert vanished.cancelled()
     assert other.result() == "still running"
+
+
+def test_the_agent_lets_the_youngest_garbage_generation_grow_and_keeps_the_older_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        collect_cycles_less_often()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
