@@ -233,7 +233,9 @@ def collect_cycles_less_often() -> None:
     done; they are alive together only while the push is under way. At CPython's 700 that peak made the
     collector run ~18 young and ~2 older passes per push, about a sixth of the agent's CPU for it; at
     10,000 it ran about one pass per ten pushes (docs/performance.md). Cyclic garbage waits a little
-    longer; what the agent holds stays bounded by its limits."""
+    longer, which is safe only because what a caller sends never ends up in it: a refused request is
+    freed when its call ends (:mod:`sds.refusal`), so the agent's memory bounds do not depend on when
+    the collector runs."""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
