@@ -44,7 +44,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,7 +58,7 @@ from sds.cache import CacheSnapshot, WorkloadCache
 from sds.metrics import SDS, AgentMetrics
 from sds.refusal import Context, Refused, refusing_stream, refusing_unary
 from sds.secrets import SECRET_TYPE_URL, SdsResource, SnapshotMemo, build_secrets
-from spiffe_core.errors import NotAuthorized, transport_status
+from spiffe_core.errors import NotAuthorized, shown, transport_status
 from spiffe_core.selectors import Selector
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class SecretDiscoveryService:
         if missing:
             raise Refused(
                 grpc.StatusCode.NOT_FOUND,
-                f"secrets {missing} are not available to this caller: unknown names, not entitled by its "
+                f"secrets {_names_shown(missing)} are not available to this caller: unknown names, not entitled by its "
                 "selectors, or not issued yet — retry later or use StreamSecrets to wait for them",
             )
         await self._recheck(selectors, context)
@@ -492,11 +492,24 @@ class _Inbox:
         self._cache.forget(self.snapshot)
 
 
+# How much of what a client sent a refusal repeats: status details travel as an HTTP/2 header, which
+# gRPC caps at 16 KiB, and a request may hold megabytes (a type URL, 1,024 names of 2 KiB).
+_SHOWN_CHARACTERS = 100
+_SHOWN_NAMES = 5
+
+
+def _names_shown(names: Sequence[str]) -> str:
+    listed = ", ".join(shown(name, _SHOWN_CHARACTERS) for name in names[:_SHOWN_NAMES])
+    more = len(names) - _SHOWN_NAMES
+    return f"[{listed}{f', and {more} more' if more > 0 else ''}]"
+
+
 def _type_url_problem(type_url: str) -> _Refusal | None:
     if type_url and type_url != SECRET_TYPE_URL:
         return (
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"type_url {type_url!r} is not served here; the SDS endpoint serves only {SECRET_TYPE_URL!r}",
+            f"type_url {shown(type_url, _SHOWN_CHARACTERS)} is not served here; the SDS endpoint serves only "
+            f"{SECRET_TYPE_URL!r}",
         )
     return None
 

@@ -110,3 +110,14 @@ def transport_status(err: BaseException) -> tuple[int, str] | None:
         if isinstance(err, kind):
             return http_status, grpc_code
     return None
+
+
+def shown(value: object, limit: int = 32) -> str:
+    """A value a caller sent, quoted for an error message or a log line: a string's first ``limit``
+    characters, anything else's repr cut at ``limit``, marked with "…" when cut. Requests and tokens can
+    be megabytes long; a refusal repeating one whole would not fit the gRPC status it travels in (16 KiB
+    of headers) and does not belong in a log."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"

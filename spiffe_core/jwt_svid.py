@@ -33,7 +33,7 @@ from typing import Any, Final
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from spiffe_core.errors import InvalidArgument, JwtSvidError, SpiffeIdError, UnknownJwtKey
+from spiffe_core.errors import InvalidArgument, JwtSvidError, SpiffeIdError, UnknownJwtKey, shown
 from spiffe_core.keys import PrivateKey, PublicKey, jwt_algorithm_for
 from spiffe_core.sources import BundleSource
 from spiffe_core.spiffe_id import SpiffeId
@@ -129,8 +129,7 @@ def check_audience(audience: Sequence[str]) -> tuple[str, ...]:
     and a short prefix, never the whole value)."""
     if isinstance(audience, str):
         raise InvalidArgument(
-            f"audience {_preview(audience)} is a single string; pass a sequence of audiences, e.g. "
-            f"[{_preview(audience)}]"
+            f"audience {shown(audience)} is a single string; pass a sequence of audiences, e.g. [{shown(audience)}]"
         )
     values = tuple(audience)
     if not values:
@@ -148,21 +147,16 @@ def check_audience(audience: Sequence[str]) -> tuple[str, ...]:
         size = len(value.encode("utf-8", "surrogatepass"))
         if size > MAX_AUDIENCE_BYTES:
             raise InvalidArgument(
-                f"audience #{index} {_preview(value)} is {size} bytes long; an audience may be at most "
+                f"audience #{index} {shown(value)} is {size} bytes long; an audience may be at most "
                 f"{MAX_AUDIENCE_BYTES} bytes (UTF-8) — name the relying party with a shorter string"
             )
         if not value.isprintable():
             bad = next(c for c in value if not c.isprintable())
             raise InvalidArgument(
-                f"audience #{index} {_preview(value)} holds the non-printable character U+{ord(bad):04X}; "
+                f"audience #{index} {shown(value)} holds the non-printable character U+{ord(bad):04X}; "
                 "audiences are printable text — remove control characters and line breaks"
             )
     return values
-
-
-def _preview(value: str, limit: int = 32) -> str:
-    """``value`` quoted for a message: its first ``limit`` characters, marked when cut."""
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
 
 
 def parse_jwt_svid_insecure(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -218,7 +212,7 @@ def validate_jwt_svid(
     authority = bundle.find_jwt_authority(kid)
     if authority is None:
         raise UnknownJwtKey(
-            f"JWT-SVID key {kid!r} is not a JWT authority in the bundle of {trust_domain}; "
+            f"JWT-SVID key {shown(kid)} is not a JWT authority in the bundle of {trust_domain}; "
             "the key is unknown, removed, or the bundle is stale",
             trust_domain,
             kid,
@@ -228,11 +222,11 @@ def validate_jwt_svid(
         jwt.PyJWS().decode_complete(token, authority.public_key, algorithms=[alg])
     except jwt.InvalidSignatureError as err:
         raise JwtSvidError(
-            f"JWT-SVID signature does not verify with key {kid!r} of {trust_domain}; "
+            f"JWT-SVID signature does not verify with key {shown(kid)} of {trust_domain}; "
             "the token was altered or signed by another key"
         ) from err
     except jwt.PyJWTError as err:
-        raise JwtSvidError(f"JWT-SVID could not be verified with key {kid!r} of {trust_domain}: {err}") from err
+        raise JwtSvidError(f"JWT-SVID could not be verified with key {shown(kid)} of {trust_domain}: {err}") from err
     return JwtSvid(spiffe_id, token_audience, expiry, MappingProxyType(claims), token)
 
 
@@ -249,7 +243,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"member {key!r} appears twice")
+            raise ValueError(f"member {shown(key)} appears twice")
         result[key] = value
     return result
 
@@ -273,7 +267,8 @@ def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
     alg = header["alg"]
     if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
         raise JwtSvidError(
-            f"JWT-SVID alg {alg!r} is not allowed; JWT-SVID.md §2.1 allows only {', '.join(sorted(ALLOWED_ALGORITHMS))}"
+            f"JWT-SVID alg {shown(alg)} is not allowed; JWT-SVID.md §2.1 allows only "
+            f"{', '.join(sorted(ALLOWED_ALGORITHMS))}"
         )
     extra = set(header) - ALLOWED_HEADERS
     if extra:
@@ -282,7 +277,7 @@ def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
         )
     typ = header.get("typ", "JWT")
     if not isinstance(typ, str) or typ not in ALLOWED_TYPES:
-        raise JwtSvidError(f"JWT-SVID typ {typ!r} is not allowed; JWT-SVID.md §2.3 allows 'JWT' or 'JOSE'")
+        raise JwtSvidError(f"JWT-SVID typ {shown(typ)} is not allowed; JWT-SVID.md §2.3 allows 'JWT' or 'JOSE'")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise JwtSvidError(
@@ -325,12 +320,14 @@ def _check_audience(claims: Mapping[str, Any], expected: frozenset[str]) -> tupl
     raw = claims["aud"]
     values = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else None
     if values is None or not all(isinstance(v, str) for v in values):
-        raise JwtSvidError(f"JWT-SVID 'aud' is {raw!r}; it must be a string or an array of strings (RFC 7519 §4.1.3)")
+        raise JwtSvidError(
+            f"JWT-SVID 'aud' is {shown(raw)}; it must be a string or an array of strings (RFC 7519 §4.1.3)"
+        )
     if not any(values):
         raise JwtSvidError("JWT-SVID 'aud' is empty; JWT-SVID.md §3.2 requires at least one audience")
     if not expected.intersection(values):
         raise JwtSvidError(
-            f"JWT-SVID audience {list(values)} does not include {sorted(expected)}; the token was minted for "
+            f"JWT-SVID audience {shown(list(values))} does not include {sorted(expected)}; the token was minted for "
             "another relying party"
         )
     return values
@@ -339,7 +336,7 @@ def _check_audience(claims: Mapping[str, Any], expected: frozenset[str]) -> tupl
 def _numeric_date(claims: Mapping[str, Any], name: str) -> datetime:
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise JwtSvidError(f"JWT-SVID {name!r} is {value!r}; it must be a NumericDate (seconds since the epoch)")
+        raise JwtSvidError(f"JWT-SVID {name!r} is {shown(value)}; it must be a NumericDate (seconds since the epoch)")
     try:
         return datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError) as err:
@@ -368,18 +365,18 @@ def _check_key_fits(alg: str, key: PublicKey, kid: str, trust_domain: str) -> No
     if curve is not None:
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curve):
             raise JwtSvidError(
-                f"JWT-SVID alg {alg} needs an EC {curve.name} key, but key {kid!r} of {trust_domain} is "
+                f"JWT-SVID alg {alg} needs an EC {curve.name} key, but key {shown(kid)} of {trust_domain} is "
                 f"{_describe(key)}; the token's alg does not fit its key"
             )
         return
     if not isinstance(key, rsa.RSAPublicKey):
         raise JwtSvidError(
-            f"JWT-SVID alg {alg} needs an RSA key, but key {kid!r} of {trust_domain} is {_describe(key)}; "
+            f"JWT-SVID alg {alg} needs an RSA key, but key {shown(kid)} of {trust_domain} is {_describe(key)}; "
             "the token's alg does not fit its key"
         )
     if key.key_size < MIN_RSA_KEY_BITS:
         raise JwtSvidError(
-            f"key {kid!r} of {trust_domain} is RSA {key.key_size}; JWT-SVIDs are verified only with RSA keys "
+            f"key {shown(kid)} of {trust_domain} is RSA {key.key_size}; JWT-SVIDs are verified only with RSA keys "
             f"of at least {MIN_RSA_KEY_BITS} bits"
         )
 

@@ -31,6 +31,7 @@ from sds.sds_v3 import (
 from sds.secrets import DEFAULT, ROOTCA, SECRET_TYPE_URL
 from spiffe_core.errors import NotAuthorized
 from spiffe_core.selectors import Selector
+from tests.support.garbage import cyclic_garbage, frames_holding
 from tests.support.grpc_streams import QUIET, WAIT, Stream
 from tests.support.sds_snapshots import TestCa, snapshot
 
@@ -358,6 +359,34 @@ async def test_stream_rejects_another_resource_type(stream: Stream) -> None:
     )
 
 
+async def test_a_refused_stream_request_is_freed_when_the_stream_ends_not_by_the_garbage_collector(
+    agent: Agent,
+) -> None:
+    """As for the Workload API: the agent's memory bound must not wait for the cyclic collector."""
+    with cyclic_garbage() as garbage:
+        for _ in range(3):
+            stream = Stream(agent.stub.StreamSecrets())
+            await stream.send(discovery_pb2.DiscoveryRequest(type_url="x" * 1_000_000))
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await stream.next()
+            assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            await stream.close()
+    assert frames_holding(garbage, discovery_pb2.DiscoveryRequest) == []
+
+
+async def test_a_refusal_repeats_only_the_start_of_a_huge_type_url(stream: Stream) -> None:
+    """Status details travel as a header of at most 16 KiB; repeating 1 MB would lose the refusal."""
+    await stream.send(discovery_pb2.DiscoveryRequest(type_url="x" * 1_000_000))
+
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stream.next()
+
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.value.details() == (
+        f"type_url {'x' * 100!r}… is not served here; the SDS endpoint serves only {SECRET_TYPE_URL!r}"
+    )
+
+
 async def test_stream_releases_its_tasks_when_the_client_goes_away(agent: Agent) -> None:
     baseline = len(asyncio.all_tasks())
     s = Stream(agent.stub.StreamSecrets())
@@ -474,6 +503,16 @@ async def test_fetch_of_a_name_not_available_is_not_found(agent: Agent) -> None:
         f"secrets [{API_ID!r}] are not available to this caller: unknown names, not entitled by its selectors, "
         "or not issued yet — retry later or use StreamSecrets to wait for them"
     )
+
+
+async def test_fetch_of_many_long_names_not_available_names_only_the_first_few(agent: Agent) -> None:
+    names = [f"spiffe://example.org/{n:04d}/" + "x" * 1_900 for n in range(MAX_RESOURCE_NAMES)]
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await agent.stub.FetchSecrets(discovery_pb2.DiscoveryRequest(resource_names=names, type_url=SECRET_TYPE_URL))
+
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    shown = ", ".join(repr(name[:100]) + "…" for name in names[:5])
+    assert failure.value.details().startswith(f"secrets [{shown}, and 1019 more] are not available to this caller")
 
 
 async def test_fetch_without_names_is_invalid(agent: Agent) -> None:

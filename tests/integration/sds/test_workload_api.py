@@ -5,10 +5,8 @@ it is attested from its own peer credentials, so entries select it by ``unix:uid
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
-import types
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -25,6 +23,7 @@ from spiffe_core.errors import JwtSvidError, UpstreamUnavailable
 from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from tests.support.clock import FakeClock
+from tests.support.garbage import cyclic_garbage, frames_holding
 from tests.support.grpc_streams import WAIT, Stream
 from tests.support.processes import wait_until
 from tests.support.sds_snapshots import TestCa, snapshot
@@ -592,24 +591,10 @@ async def test_validate_jwt_svid_requires_field(agent: Agent, request_message: A
 
 async def test_a_refused_request_is_freed_when_its_call_ends_not_by_the_garbage_collector(agent: Agent) -> None:
     """The agent's memory bound must not wait for the cyclic garbage collector: a refused call leaves no
-    cycle that holds its request (sds.refusal). Checked with the collector off, then asked what it
-    would have had to free."""
+    cycle that holds its request (sds.refusal)."""
     huge = workload_pb2.JWTSVIDRequest(audience=["x" * 1_000_000])
-    gc.collect()
-    gc.disable()
-    try:
+    with cyclic_garbage() as garbage:
         for _ in range(3):
             error = await rpc_error(agent.stub.FetchJWTSVID(huge, metadata=SECURITY_HEADER))
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        held = [
-            o
-            for o in gc.garbage
-            if isinstance(o, types.FrameType) and isinstance(o.f_locals.get("request"), workload_pb2.JWTSVIDRequest)
-        ]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert held == []
+    assert frames_holding(garbage, workload_pb2.JWTSVIDRequest) == []

@@ -881,3 +881,25 @@ def test_pyspiffe_parse_insecure_reads_the_same_spiffe_id(keys: Keys, tmp_path: 
     (tmp_path / "token").write_text(token)
     answer = ask_pyspiffe("jwt-svid-insecure", str(tmp_path / "token"), "payments")
     assert answer["spiffe_id"] == "spiffe://example.org/ns/prod/sa/web"
+
+
+@pytest.mark.parametrize(
+    ("header_fields", "claim_fields"),
+    [
+        pytest.param({"kid": "k" * 1_000_000}, {}, id="kid"),
+        pytest.param({"alg": "A" * 1_000_000}, {}, id="alg"),
+        pytest.param({"typ": "T" * 1_000_000}, {}, id="typ"),
+        pytest.param({}, {"aud": ["x" * 1_000_000]}, id="aud"),
+        pytest.param({}, {"aud": [1] * 200_000}, id="aud-not-strings"),
+        pytest.param({}, {"exp": "9" * 1_000_000}, id="exp"),
+    ],
+)
+def test_a_refusal_repeats_only_the_start_of_a_huge_token_value(
+    keys: Keys, bundle: Bundle, header_fields: dict[str, Any], claim_fields: dict[str, Any]
+) -> None:
+    """Refusals travel as gRPC status details (16 KiB of headers at most) and go to logs."""
+    token = craft({**header(), **header_fields}, {**claims(), **claim_fields}, keys.p256)
+    with pytest.raises(JwtSvidError) as refused:
+        validate(token, bundle)
+    assert len(str(refused.value)) < 400
+    assert "…" in str(refused.value)
