@@ -122,7 +122,7 @@ class Issuer(Protocol):
     ) -> list[IssuedX509Svid | InvalidArgument]: ...
     def mint_x509_svids_now(
         self, requests: Sequence[X509SvidRequest], issuance: Issuance
-    ) -> list[IssuedX509Svid] | None: ...
+    ) -> list[IssuedX509Svid | InvalidArgument] | None: ...
     def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]: ...
 
 
@@ -170,6 +170,12 @@ class SignedOrRefused:
     entry_id: str
     svid: IssuedX509Svid | None = None
     error: str = ""
+
+
+def _signed_or_refused(entry_id: str, result: IssuedX509Svid | InvalidArgument) -> SignedOrRefused:
+    if isinstance(result, InvalidArgument):
+        return SignedOrRefused(entry_id, error=str(result))
+    return SignedOrRefused(entry_id, svid=result)
 
 
 class NodeService:
@@ -503,19 +509,16 @@ class NodeService:
             [request for _, request in authorized], Issuance(actor, "x509_svid.issue", detail=detail, agent=agent)
         )
         for (index, _), result in zip(authorized, signed, strict=True):
-            entry_id = outcomes[index].entry_id
-            if isinstance(result, InvalidArgument):
-                outcomes[index] = SignedOrRefused(entry_id, error=str(result))
-            else:
-                outcomes[index] = SignedOrRefused(entry_id, svid=result)
+            outcomes[index] = _signed_or_refused(outcomes[index].entry_id, result)
         return outcomes
 
     def sign_x509_svids_now(self, agent: SpiffeId, items: Sequence[tuple[str, bytes]]) -> list[SignedOrRefused] | None:
-        """What :meth:`sign_x509_svids` answers when it signs every item, done here only if nothing in
-        it waits, for the node API's event loop: 1 to :data:`ITEMS_SIGNED_NOW` items (the loop's
-        other callers wait while it signs), every one for an entry held in memory as parented to
-        ``agent``, and :meth:`CaService.mint_x509_svids_now` signs and records them at once. None,
-        with nothing done, otherwise: call :meth:`sign_x509_svids` on a worker thread."""
+        """What :meth:`sign_x509_svids` answers, done here only if nothing in it waits, for the node
+        API's event loop: 1 to :data:`ITEMS_SIGNED_NOW` items (the loop's other callers wait while it
+        signs), every one for an entry held in memory as parented to ``agent``, and
+        :meth:`CaService.mint_x509_svids_now` signs and records them at once (a broken CSR among them
+        is refused in its place). None, with nothing done, otherwise: call :meth:`sign_x509_svids` on
+        a worker thread."""
         if not 0 < len(items) <= ITEMS_SIGNED_NOW or self._entitled is None:
             return None
         held = self._entitled.held(agent)
@@ -532,7 +535,7 @@ class NodeService:
         signed = self._issuer.mint_x509_svids_now(requests, issuance)
         if signed is None:
             return None
-        return [SignedOrRefused(entry_id, svid=svid) for (entry_id, _), svid in zip(items, signed, strict=True)]
+        return [_signed_or_refused(entry_id, result) for (entry_id, _), result in zip(items, signed, strict=True)]
 
     def mint_jwt_svid(self, agent: SpiffeId, entry_id: str, audience: Sequence[str]) -> tuple[str, datetime]:
         """A JWT-SVID for an entry parented to ``agent``, with the entry's TTL. Raises NotAuthorized

@@ -39,8 +39,8 @@ from spiffe_core.errors import InvalidArgument, NoActiveAuthority, TrustmeshErro
 
 
 class _NotPlain(Exception):
-    """Raised inside :meth:`CaService.mint_x509_svids_now`'s transaction to roll it back when a request
-    was refused: the worker path answers and audits that."""
+    """Raised inside :meth:`CaService.mint_x509_svids_now`'s transaction to roll it back when no request
+    could be signed: the worker path answers and audits that refusal."""
 
 
 class CaService:
@@ -95,17 +95,9 @@ class CaService:
         now = self._clock.now()
         try:
             outcomes = sign_x509_svids_each(requests, self._authorities.get_current(), self._x509_ttl, now)
-            for outcome in outcomes:
-                if isinstance(outcome, InvalidArgument):
-                    self._metrics.issuance_errors.labels("x509", type(outcome).__name__).inc()
-            issued = [outcome for outcome in outcomes if isinstance(outcome, IssuedX509Svid)]
-            invalid = len(outcomes) - len(issued)
+            self._count_refused(outcomes)
+            issued, recorded = _issued_among(outcomes, issuance)
             if issued:
-                recorded = (
-                    dataclasses.replace(issuance, detail={**issuance.detail, "invalid": invalid})
-                    if invalid
-                    else issuance
-                )
                 self._record(issued, recorded, now)
         except TrustmeshError as err:
             self._refused(issuance, requests, err, now)
@@ -119,13 +111,15 @@ class CaService:
 
     def mint_x509_svids_now(
         self, requests: Sequence[X509SvidRequest], issuance: Issuance
-    ) -> list[IssuedX509Svid] | None:
-        """What :meth:`mint_x509_svids_each` answers when it signs every request, done here only if
-        nothing in it waits, for a caller on an event loop: the active authority's key is in this
-        process (a Vault transit key answers over the network) and the datastore takes the record at
-        once (:meth:`~ca.store.engine.Database.driver_transaction_now`, begun before anything is
-        signed). None, with nothing recorded or counted, when it would wait or when anything is not
-        plain (a CSR refused, no active authority, a datastore error): the caller then calls
+    ) -> list[IssuedX509Svid | InvalidArgument] | None:
+        """What :meth:`mint_x509_svids_each` answers, done here only if nothing in it waits, for a
+        caller on an event loop: the active authority's key is in this process (a Vault transit key
+        answers over the network) and the datastore takes the record at once
+        (:meth:`~ca.store.engine.Database.driver_transaction_now`, begun before anything is signed).
+        A refused request (a broken CSR) gets its InvalidArgument in its place and the others are
+        recorded as :meth:`mint_x509_svids_each` records them, so nothing is signed twice. None, with
+        nothing recorded or counted, when it would wait or when it is not plain (no request could be
+        signed, no active authority, a datastore error): the caller then calls
         :meth:`mint_x509_svids_each` on a worker thread, which answers and audits those cases."""
         started = time.perf_counter()
         now = self._clock.now()
@@ -135,15 +129,21 @@ class CaService:
                 return None
             with self._database.driver_transaction_now() as transaction:
                 outcomes = sign_x509_svids_each(requests, current, self._x509_ttl, now)
-                issued = [outcome for outcome in outcomes if isinstance(outcome, IssuedX509Svid)]
-                if len(issued) < len(outcomes):
+                issued, recorded = _issued_among(outcomes, issuance)
+                if not issued:
                     raise _NotPlain  # rolls the transaction back
-                self._write_record(transaction, issued, issuance, now)
+                self._write_record(transaction, issued, recorded, now)
         except (WouldWait, _NotPlain, TrustmeshError):
             return None
+        self._count_refused(outcomes)
         self._metrics.x509_signing_seconds.observe(time.perf_counter() - started)
         self._metrics.x509_svids_issued.inc(len(issued))
-        return issued
+        return outcomes
+
+    def _count_refused(self, outcomes: Sequence[IssuedX509Svid | InvalidArgument]) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, InvalidArgument):
+                self._metrics.issuance_errors.labels("x509", type(outcome).__name__).inc()
 
     def mint_jwt_svid(self, request: JwtSvidRequest, actor: Actor) -> tuple[str, datetime]:
         """Mint a JWT-SVID for ``actor``; the token is returned only once its audit record is written."""
@@ -228,3 +228,15 @@ class CaService:
             if failure is None:
                 raise
             raise NoActiveAuthority(f"{err}; the last attempt to activate a new one failed: {failure}") from err
+
+
+def _issued_among(
+    outcomes: Sequence[IssuedX509Svid | InvalidArgument], issuance: Issuance
+) -> tuple[list[IssuedX509Svid], Issuance]:
+    """The signed SVIDs among a batch's outcomes, and the issuance to audit them under: its detail
+    says how many of the batch were refused (``invalid``)."""
+    issued = [outcome for outcome in outcomes if isinstance(outcome, IssuedX509Svid)]
+    invalid = len(outcomes) - len(issued)
+    if not invalid:
+        return issued, issuance
+    return issued, dataclasses.replace(issuance, detail={**issuance.detail, "invalid": invalid})

@@ -103,6 +103,28 @@ async def test_a_refused_item_is_answered_and_audited_once_by_the_worker(ca: Run
     assert _issued_and_audited(ca) == (1, ["x509_svid.issue ok", "x509_svid.issue failed"])
 
 
+async def test_a_broken_csr_among_lone_svids_is_refused_in_its_place_and_the_others_signed_once_at_once(
+    ca: RunningCa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until 2026-11-28 such a call was signed on the loop, rolled back and signed again on a worker."""
+    agent = await attested_agent(ca)
+    entry = ca.entry(WEB, NODE_1)
+    await sign_for(ca, agent, entry.id)
+    monkeypatch.setattr(CaService, "mint_x509_svids_each", lambda *_: pytest.fail("signed on a worker thread"))
+    csrs = [csr_for(generate_private_key(KeyType.EC_P256)), b"broken", csr_for(generate_private_key(KeyType.EC_P256))]
+    request = node_pb2.SignX509SvidsRequest(
+        requests=[node_pb2.X509SvidRequest(entry_id=entry.id, csr=csr) for csr in csrs]
+    )
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        response = await node_pb2_grpc.NodeStub(ch).SignX509Svids(request, timeout=RPC_TIMEOUT)
+    assert [bool(item.error) for item in response.svids] == [False, True, False]
+    assert response.svids[1].error.startswith("CSR is not a PKCS#10 certificate request")
+    assert _issued_and_audited(ca) == (3, ["x509_svid.issue ok", "x509_svid.issue ok"])
+    with ca.database.transaction() as session:
+        last = AuditLogRepository(session).list()[-1].event
+    assert (last.detail["count"], last.detail["invalid"]) == (2, 1)
+
+
 async def test_while_another_writer_holds_the_datastore_a_lone_svid_waits_on_a_worker_not_the_loop(
     ca: RunningCa, tmp_path: Path
 ) -> None:
