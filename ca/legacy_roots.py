@@ -14,6 +14,11 @@ must be given the same files, as they are given the same configuration.
 A file that cannot be read or holds no usable CA certificate stops the CA at start-up (ConfigError
 naming the key). While the CA runs, such a file is logged once per change of it and the set it held
 keeps being served: a half-written or mistaken file never leaves proxies without roots.
+
+A set may hold CRLs of the CAs that issue the legacy servers' certificates (:mod:`bridge.legacy_roots`).
+One past its next update makes Envoy refuse every server its CA issued, so each check also looks at the
+CRLs served and logs a warning, once per set and CRL, for each that is stale: the operator's cue to
+put a fresh one in the file.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from bridge.legacy_chain import read_pki_file
-from bridge.legacy_roots import legacy_roots_pem
+from bridge.legacy_roots import legacy_roots_pem, stale_crls
 from ca.sync import Change, ChangeHub
+from spiffe_core.clock import Clock, SystemClock
 from spiffe_core.errors import ConfigError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -38,13 +44,17 @@ _Stamp = tuple[int, int, int]  # st_ino, st_size, st_mtime_ns
 class LegacyRootFiles:
     """The configured sets (name -> PEM file) and the canonical PEM of each as last read successfully."""
 
-    def __init__(self, files: Mapping[str, Path], hub: ChangeHub, check_interval: float) -> None:
+    def __init__(
+        self, files: Mapping[str, Path], hub: ChangeHub, check_interval: float, clock: Clock | None = None
+    ) -> None:
         self._files = dict(files)
         self._hub = hub
         self._interval = check_interval
+        self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._stamps: dict[str, _Stamp | None] = {}
         self._roots: Mapping[str, bytes] = MappingProxyType({})
+        self._warned: set[tuple[str, bytes, str]] = set()  # (name, set, CRL issuer) warned of as stale
 
     def load(self) -> None:
         """Read every file now (at start-up). ConfigError naming the key of a file that is unusable."""
@@ -56,6 +66,7 @@ class LegacyRootFiles:
             except InvalidArgument as err:
                 raise ConfigError(f"bridge.legacy_roots.{name}: {err}; fix the file or the path") from err
         self._roots = MappingProxyType(roots)
+        self._warn_of_stale_crls()
 
     def get_roots(self) -> Mapping[str, bytes]:
         """The current sets, name -> canonical PEM (an immutable snapshot: readers need no lock)."""
@@ -85,7 +96,23 @@ class LegacyRootFiles:
             if changed:
                 self._roots = MappingProxyType(roots)
                 log.info("legacy roots changed (%s); pushing them to the agents", ", ".join(sorted(roots)))
+            self._warn_of_stale_crls()
             return changed
+
+    def _warn_of_stale_crls(self) -> None:
+        now = self._clock.now()
+        for name, pem in sorted(self._roots.items()):
+            for issuer in stale_crls(pem, now):
+                if (name, pem, issuer) not in self._warned:
+                    self._warned.add((name, pem, issuer))
+                    log.warning(
+                        "bridge.legacy_roots.%s: the CRL of %s is past its next update; Envoy refuses every "
+                        "server that CA issued until %s holds a fresh one",
+                        name,
+                        issuer,
+                        self._files[name],
+                    )
+        self._warned = {key for key in self._warned if self._roots.get(key[0]) == key[1]}
 
     async def run(self) -> None:
         """Until cancelled: every check interval, :meth:`refresh` and, on a change, wake every Sync stream."""

@@ -186,7 +186,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     join_tokens = JoinTokens(database, config.trust_domain, clock)
     mappings = IdentityMappings(database, config.trust_domain, clock)
     bridge = config.bridge
-    legacy_roots = LegacyRootFiles(bridge.legacy_roots, hub, bridge.legacy_roots_check_interval.total_seconds())
+    legacy_roots = LegacyRootFiles(bridge.legacy_roots, hub, bridge.legacy_roots_check_interval.total_seconds(), clock)
     legacy_roots.load()
     node = NodeService(
         database=database,

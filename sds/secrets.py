@@ -45,6 +45,7 @@ from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_spiffe_validator_config_pb2
 from google.protobuf import any_pb2
 
+from bridge.legacy_roots import holds_crls
 from sds.cache import CacheSnapshot, WorkloadSvid
 from spiffe_core.bundle import Bundle
 from spiffe_core.errors import SpiffeIdError
@@ -166,13 +167,16 @@ def _named_validation_context(
 
 def _legacy_validation_context(name: str, roots_pem: bytes | None) -> Any | None:
     """Envoy's default validator over the enterprise roots: chain to one of them; which server (DNS
-    name) is the proxy's config's business. None for a name the CA serves no roots under."""
+    name) is the proxy's config's business. CRLs in the set go with the roots in ``trusted_ca``, where
+    Envoy reads them; it then checks the server's own certificate against its issuer's CRL (and needs
+    one: :mod:`bridge.legacy_roots`). None for a name the CA serves no roots under."""
     if roots_pem is None:
         return None
     return secret_pb2.Secret(
         name=name,
         validation_context=common_pb2.CertificateValidationContext(
-            trusted_ca=base_pb2.DataSource(inline_bytes=roots_pem)
+            trusted_ca=base_pb2.DataSource(inline_bytes=roots_pem),
+            only_verify_leaf_cert_crl=holds_crls(roots_pem),
         ),
     )
 

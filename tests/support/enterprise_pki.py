@@ -158,14 +158,17 @@ def issue_host(
     return builder.sign(issuer.key, hashes.SHA256()), key
 
 
-def enterprise_crl(issuer: Issuer, revoked_serials: tuple[int, ...]) -> x509.CertificateRevocationList:
-    """The CRL ``issuer`` publishes, listing ``revoked_serials``; fresh for a week."""
+def enterprise_crl(
+    issuer: Issuer, revoked_serials: tuple[int, ...], next_update: timedelta = timedelta(days=7)
+) -> x509.CertificateRevocationList:
+    """The CRL ``issuer`` publishes, listing ``revoked_serials``; fresh until ``next_update`` from now
+    (a negative one makes a CRL past its next update)."""
     now = datetime.now(UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer.cert.subject)
-        .last_update(now - timedelta(minutes=5))
-        .next_update(now + timedelta(days=7))
+        .last_update(min(now, now + next_update) - timedelta(minutes=5))
+        .next_update(now + next_update)
         .add_extension(x509.CRLNumber(1), critical=False)
     )
     for serial in revoked_serials:

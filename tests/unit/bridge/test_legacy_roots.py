@@ -12,6 +12,7 @@ from bridge.legacy_roots import (
     MAX_LEGACY_ROOTS_BYTES,
     check_legacy_roots,
     check_legacy_roots_name,
+    holds_crls,
     legacy_roots_pem,
 )
 from spiffe_core.errors import InvalidArgument
@@ -26,6 +27,24 @@ def test_roots_become_canonical_pem_each_once_in_a_stable_order(enterprise_pki: 
 
     assert one_way == other_way
     assert len(x509.load_pem_x509_certificates(one_way)) == 2
+
+
+def test_crls_in_a_set_follow_its_certificates_each_once_in_a_stable_order(enterprise_pki: EnterprisePki) -> None:
+    root, crl = enterprise_pki.root.read_bytes(), enterprise_pki.crl.read_bytes()
+
+    one_way = legacy_roots_pem(crl + root + crl, "corp.pem")
+    other_way = legacy_roots_pem(root + b"\n" + crl, "corp.pem")
+
+    assert one_way == other_way == legacy_roots_pem(root, "corp.pem") + crl
+    assert holds_crls(one_way)
+    assert not holds_crls(legacy_roots_pem(root, "corp.pem"))
+
+
+def test_a_crl_that_does_not_parse_is_refused(enterprise_pki: EnterprisePki) -> None:
+    broken = b"-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n"
+
+    with pytest.raises(InvalidArgument, match=r"^corp\.pem: not a PEM or DER CRL"):
+        legacy_roots_pem(enterprise_pki.root.read_bytes() + broken, "corp.pem")
 
 
 def test_a_der_root_is_accepted_as_pem(enterprise_pki: EnterprisePki) -> None:
@@ -63,7 +82,7 @@ def test_more_than_the_size_bound_is_refused(enterprise_pki: EnterprisePki) -> N
     root = enterprise_pki.root.read_bytes()
     many = root * (MAX_LEGACY_ROOTS_BYTES // len(root) + 1)
 
-    with pytest.raises(InvalidArgument, match="bytes of certificates, more than"):
+    with pytest.raises(InvalidArgument, match="bytes of certificates and CRLs, more than"):
         legacy_roots_pem(many, "system-bundle.pem")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from ca.legacy_roots import LegacyRootFiles
 from ca.sync import ChangeHub
 from spiffe_core.errors import ConfigError
 from spiffe_core.spiffe_id import SpiffeId
+from tests.support.clock import FakeClock
 from tests.support.enterprise_pki import EnterprisePki
 from tests.support.files import replace_file
 
@@ -127,3 +129,24 @@ async def test_run_wakes_every_sync_stream_when_the_roots_change(
         finally:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
+
+
+def test_a_stale_crl_in_a_set_is_warned_of_once_until_the_set_changes(
+    roots_file: Path, enterprise_pki: EnterprisePki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CRL is fresh for a week (tests/support/enterprise_pki.py); the clock goes past that."""
+    roots_file.write_bytes(enterprise_pki.root.read_bytes() + enterprise_pki.crl.read_bytes())
+    clock = FakeClock(datetime.now(UTC))
+    files = LegacyRootFiles({"corp": roots_file}, ChangeHub(), check_interval=1, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="ca.legacy_roots"):
+        files.load()
+        files.refresh()
+        assert caplog.messages == []
+
+        clock.advance(timedelta(days=8))
+        files.refresh()
+        files.refresh()
+    assert caplog.messages == [
+        "bridge.legacy_roots.corp: the CRL of CN=Example Corp Issuing CA 1 is past its next update; Envoy refuses "
+        f"every server that CA issued until {roots_file} holds a fresh one"
+    ]

@@ -3,11 +3,12 @@ domain, CRLs in the own trust domain's bundle, enterprise roots as ``legacy/<nam
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_spiffe_validator_config_pb2
 
 from sds.secrets import (
@@ -187,6 +188,24 @@ def test_legacy_name_gives_those_enterprise_roots_as_trusted_ca_for_the_default_
     assert result["legacy/corp"].secret.name == "legacy/corp"
     assert context.trusted_ca.inline_bytes == roots
     assert not context.HasField("custom_validator_config")  # no SPIFFE validator: these servers have no SVID
+
+
+def test_a_legacy_set_with_crls_has_envoy_check_each_servers_certificate_against_its_issuers_crl(ca: TestCa) -> None:
+    corp = TestCa.create("corp.example")
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(corp.cert.subject)
+        .last_update(datetime.now(UTC))
+        .next_update(datetime.now(UTC) + timedelta(days=1))
+        .sign(corp.key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with_crl, without = _pem(corp.cert) + crl, _pem(corp.cert)
+    result = build_secrets(snapshot(ca, legacy_roots={"a": with_crl, "b": without}), CALLER, ["legacy/a", "legacy/b"])
+
+    checked, unchecked = (result[n].secret.validation_context for n in ("legacy/a", "legacy/b"))
+    assert (checked.trusted_ca.inline_bytes, checked.only_verify_leaf_cert_crl) == (with_crl, True)
+    assert (unchecked.trusted_ca.inline_bytes, unchecked.only_verify_leaf_cert_crl) == (without, False)
 
 
 def test_legacy_roots_are_given_to_a_caller_entitled_to_no_svid(ca: TestCa) -> None:
