@@ -81,17 +81,20 @@ def holds_crls(roots_pem: bytes) -> bool:
     return b"-----BEGIN X509 CRL-----" in roots_pem
 
 
+def legacy_crls(roots_pem: bytes) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRLs of a canonical set (:func:`legacy_roots_pem`)."""
+    blocks = b"".join(_CRL_BLOCK.findall(roots_pem))
+    return load_crls(blocks, "legacy roots") if blocks else ()
+
+
 def stale_crls(roots_pem: bytes, now: datetime) -> list[str]:
     """The issuers (RFC 4514) of the CRLs in a canonical set that are past their next update at ``now``
     (or name none): Envoy refuses every server those CAs issued until a fresh CRL is served."""
-    if not holds_crls(roots_pem):
-        return []
-    stale = []
-    for crl in load_crls(b"".join(_CRL_BLOCK.findall(roots_pem)), "legacy roots"):
-        due = crl.next_update_utc
-        if due is None or due <= now:
-            stale.append(crl.issuer.rfc4514_string())
-    return stale
+    return [
+        crl.issuer.rfc4514_string()
+        for crl in legacy_crls(roots_pem)
+        if crl.next_update_utc is None or crl.next_update_utc <= now
+    ]
 
 
 def check_legacy_roots(roots: Mapping[str, bytes]) -> dict[str, bytes]:

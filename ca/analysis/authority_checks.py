@@ -291,7 +291,8 @@ def check_crl_missing(context: Context) -> Iterator[Finding]:
             )
 
 
-def _share_used(crl: x509.CertificateRevocationList, now: datetime) -> float | None:
+def share_used(crl: x509.CertificateRevocationList, now: datetime) -> float | None:
+    """How much of a CRL's validity (lastUpdate to nextUpdate) has passed at ``now``; None without a nextUpdate."""
     next_update = crl.next_update_utc
     if next_update is None:
         return None
@@ -306,7 +307,7 @@ def check_crl_stale(context: Context) -> Iterator[Finding]:
     if context.state is None or context.state.crls.crls is None:
         return
     for crl in context.state.crls.crls:
-        share = _share_used(crl, context.now)
+        share = share_used(crl, context.now)
         next_update = crl.next_update_utc
         if share is None or next_update is None or share <= CRL_LATE_SHARE:
             continue

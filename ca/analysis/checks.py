@@ -28,6 +28,11 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(configuration.TTL_ARITHMETIC, configuration.check_ttl_arithmetic, "TTLs that break rotation"),
     CheckSpec(configuration.CRL_TTL_SHORT, configuration.check_crl_ttl, "CRLs that expire before the SVIDs they guard"),
     CheckSpec(configuration.KEY_CUSTODY, configuration.check_key_custody, "where the authorities' keys live"),
+    CheckSpec(
+        configuration.LEGACY_CRL_STALE,
+        configuration.check_legacy_crl_stale,
+        "CRLs in legacy_roots files past or near nextUpdate",
+    ),
     CheckSpec(authorities.NO_ACTIVE, authorities.check_no_active, "no active X.509 authority or JWT key"),
     CheckSpec(authorities.EXPIRING, authorities.check_expiring, "active authorities expiring without rotation"),
     CheckSpec(

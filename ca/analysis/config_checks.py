@@ -1,17 +1,23 @@
 """Checks of the configuration alone (docs/analyze.md "Configuration"): the TTL arithmetic the CA refuses
-to start with, CRL lifetimes that turn a CA outage into an outage of every Envoy, and key custody."""
+to start with, CRL lifetimes that turn a CA outage into an outage of every Envoy, key custody, and the
+freshness of the CRLs in the ``[bridge] legacy_roots`` files."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from bridge.legacy_chain import read_pki_file
+from bridge.legacy_roots import legacy_crls, legacy_roots_pem
+from ca.analysis.authority_checks import CRL_CRITICAL_SHARE, CRL_LATE_SHARE, share_used
 from ca.analysis.findings import Context, Finding, Severity, split_fix
 from ca.config import ttl_problems
 from spiffe_core.durations import format_duration
+from spiffe_core.errors import InvalidArgument
 
 TTL_ARITHMETIC = "config.ttl_arithmetic"
 CRL_TTL_SHORT = "config.crl_ttl_short"
 KEY_CUSTODY = "config.key_custody"
+LEGACY_CRL_STALE = "config.legacy_crl_stale"
 
 
 def check_ttl_arithmetic(context: Context) -> Iterator[Finding]:
@@ -66,3 +72,34 @@ def check_key_custody(context: Context) -> Iterator[Finding]:
             "the authorities' keys are encrypted files on this host, readable by whoever holds the key-encryption key",
             "nothing to fix; 'vault-transit' keeps the keys non-exportable in Vault (docs/vault.md)",
         )
+
+
+def check_legacy_crl_stale(context: Context) -> Iterator[Finding]:
+    """Each CRL in a ``[bridge] legacy_roots`` file, by how much of its validity has passed: past its
+    nextUpdate or 95 % an error (Envoy refuses every legacy server that CA issued once it expires), past
+    60 % a warning (the job that copies the enterprise CA's CRL into the file is behind). A file the CA
+    could not read is left to the CA, which refuses to start with it."""
+    for name, path in sorted(context.config.bridge.legacy_roots.items()):
+        try:
+            crls = legacy_crls(legacy_roots_pem(read_pki_file(path, "legacy roots file"), str(path)))
+        except InvalidArgument:
+            continue
+        for crl in crls:
+            share = share_used(crl, context.now)
+            next_update = crl.next_update_utc
+            if share is None or next_update is None or share <= CRL_LATE_SHARE:
+                continue
+            issuer = crl.issuer.rfc4514_string()
+            state = (
+                f"expired at {next_update.isoformat()}: Envoy refuses every legacy server that CA issued"
+                if next_update <= context.now
+                else f"has used {share:.0%} of its validity (nextUpdate {next_update.isoformat()})"
+            )
+            yield Finding(
+                LEGACY_CRL_STALE,
+                Severity.ERROR if share >= CRL_CRITICAL_SHARE else Severity.WARNING,
+                f"bridge.legacy_roots.{name}",
+                f"the CRL of {issuer} in {path} {state}",
+                f"put the enterprise CA's current CRL in {path} (the CA pushes it to every Envoy within "
+                "bridge.legacy_roots_check_interval)",
+            )

@@ -3,12 +3,16 @@ stays silent on the defaults."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from ca.analysis.config_checks import check_crl_ttl, check_key_custody, check_ttl_arithmetic
+import pytest
+
+from ca.analysis.config_checks import check_crl_ttl, check_key_custody, check_legacy_crl_stale, check_ttl_arithmetic
 from ca.analysis.findings import Finding, Severity
 from ca.config import CaConfig
 from tests.support.analysis import healthy
+from tests.support.enterprise_pki import EnterprisePki
 
 
 def with_config(**sections: object) -> CaConfig:
@@ -58,3 +62,33 @@ def test_keys_in_vault_transit_are_silent_and_on_disk_only_informative() -> None
     vault = with_config(ca={"key_manager": CaConfig().ca.key_manager.model_copy(update={"kind": "vault-transit"})})
     assert list(check_key_custody(healthy(config=vault))) == []
     assert [f.severity for f in check_key_custody(healthy())] == [Severity.INFO]
+
+
+@pytest.fixture
+def legacy_crl_config(tmp_path: Path, enterprise_pki: EnterprisePki) -> CaConfig:
+    """A legacy_roots set holding the enterprise root and its issuing CA's CRL (fresh for a week from now)."""
+    roots = tmp_path / "corp.pem"
+    roots.write_bytes(enterprise_pki.root.read_bytes() + enterprise_pki.crl.read_bytes())
+    return with_config(bridge={"legacy_roots": {"corp": roots}})
+
+
+@pytest.mark.parametrize(
+    ("days_later", "severity", "state"),
+    [
+        pytest.param(5, Severity.WARNING, "has used 7", id="past-60-percent"),
+        pytest.param(8, Severity.ERROR, "expired at ", id="past-next-update"),
+    ],
+)
+def test_a_legacy_roots_crl_near_or_past_its_next_update_is_reported(
+    legacy_crl_config: CaConfig, days_later: int, severity: Severity, state: str
+) -> None:
+    later = datetime.now(UTC) + timedelta(days=days_later)
+    [finding] = check_legacy_crl_stale(healthy(config=legacy_crl_config, now=later))
+    path = legacy_crl_config.bridge.legacy_roots["corp"]
+    assert (finding.severity, finding.subject) == (severity, "bridge.legacy_roots.corp")
+    assert finding.message.startswith(f"the CRL of CN=Example Corp Issuing CA 1 in {path} {state}")
+
+
+def test_a_fresh_legacy_roots_crl_and_no_legacy_roots_are_silent(legacy_crl_config: CaConfig) -> None:
+    assert list(check_legacy_crl_stale(healthy(config=legacy_crl_config, now=datetime.now(UTC)))) == []
+    assert list(check_legacy_crl_stale(healthy())) == []
