@@ -60,3 +60,11 @@ def test_an_rsa_key_over_the_limit_is_refused_before_any_signature_is_checked(en
     cert, _ = issue_host(Issuer(root, key), "big.corp.example.com", ("big.corp.example.com",), key=big)
     with pytest.raises(NotAuthorized, match=r"key too large: .* 3072-bit RSA key; at most 2048 bits"):
         trust(enterprise_pki, max_rsa_bits=2048).verify([cert], datetime.now(UTC))
+
+
+def test_reading_certificates_skips_crl_blocks(enterprise_pki: EnterprisePki) -> None:
+    """What agents of releases before legacy CRLs do with a set that holds them (docs/bridge.md,
+    "Revocation"): serve the roots without the CRLs, rather than refuse the CA's update."""
+    certs = load_certificates(enterprise_pki.root.read_bytes() + enterprise_pki.crl.read_bytes(), "corp.pem")
+
+    assert [cert.subject.rfc4514_string() for cert in certs] == ["CN=Example Corp Root CA"]
