@@ -458,6 +458,21 @@ async def test_sync_stays_quiet_when_another_agents_entries_change(ca: RunningCa
     assert [e.id for e in pushed.entries] == [mine.id]
 
 
+async def test_sync_ends_unauthenticated_when_the_svid_it_was_opened_with_expires(ca: RunningCa) -> None:
+    """The agent reconnects with its renewed SVID; a stream must not outlive the credential it was
+    opened with."""
+    agent = await attested_agent(ca)
+    ca.clock.advance(AGENT_TTL - timedelta(seconds=1))
+    async with channel(ca, ca.node_api_port, agent) as ch:
+        stream = node_pb2_grpc.NodeStub(ch).Sync(node_pb2.SyncRequest())
+        await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(stream.read(), PUSH_DEADLINE)
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ended.value.details().startswith("the X509-SVID this stream was opened with expired at ")
+    assert ended.value.details().endswith("; reconnect with the renewed SVID")
+
+
 # --- SignX509Svids and MintJwtSvid --------------------------------------------------------------------
 
 
