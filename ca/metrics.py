@@ -13,7 +13,7 @@ rotation steps. No label ever names an SVID, an agent or a caller.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge.legacy_roots import legacy_crls
 from ca.authority import AuthoritySet, AuthorityState
 
 # How long a change takes to reach the Sync streams: milliseconds normally, seconds when the
@@ -166,6 +167,27 @@ class AuthorityCollector(Collector):
 
 def _certificate_labels(cert: x509.Certificate) -> list[str]:
     return [cert.subject.rfc4514_string(), format(cert.serial_number, "x")]
+
+
+class LegacyCrlCollector(Collector):
+    """When each CRL in the ``[bridge] legacy_roots`` sets the CA serves is due for its next update, read
+    from the sets at scrape time: past it, Envoy refuses every legacy server that CA issued."""
+
+    def __init__(self, roots: Callable[[], Mapping[str, bytes]]) -> None:
+        self._roots = roots
+
+    def collect(self) -> Iterator[Metric]:
+        due = GaugeMetricFamily(
+            "trustmesh_legacy_crl_next_update_timestamp_seconds",
+            "When each CRL in a [bridge] legacy_roots set is due for its next update, unix seconds; after it "
+            "Envoy refuses every legacy server the CRL's issuer issued",
+            labels=["set", "issuer"],
+        )
+        for name, pem in sorted(self._roots().items()):
+            for crl in legacy_crls(pem):
+                if crl.next_update_utc is not None:
+                    due.add_metric([name, crl.issuer.rfc4514_string()], crl.next_update_utc.timestamp())
+        yield due
 
 
 class StreamCollector(Collector):

@@ -53,7 +53,7 @@ from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
 from ca.legacy_roots import LegacyRootFiles
 from ca.mappings import IdentityMappings
-from ca.metrics import AuthorityCollector, CaMetrics, StreamCollector
+from ca.metrics import AuthorityCollector, CaMetrics, LegacyCrlCollector, StreamCollector
 from ca.node_api import NodeServicer, build_node_server, run_node_server
 from ca.node_service import NodeService
 from ca.ratelimit import NodeApiGuard, NodeApiLimits, Rate
@@ -188,6 +188,7 @@ def build_service(config: CaConfig, *, new_root: bool = False) -> CaParts:
     bridge = config.bridge
     legacy_roots = LegacyRootFiles(bridge.legacy_roots, hub, bridge.legacy_roots_check_interval.total_seconds(), clock)
     legacy_roots.load()
+    metrics.add_collector(LegacyCrlCollector(legacy_roots.get_roots))
     node = NodeService(
         database=database,
         issuer=service,

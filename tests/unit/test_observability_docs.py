@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from ca.authority import AuthoritySet
 from ca.federation.refresher import FederationMetrics
-from ca.metrics import AuthorityCollector, CaMetrics, StreamCollector
+from ca.metrics import AuthorityCollector, CaMetrics, LegacyCrlCollector, StreamCollector
 from sds.cache import CacheSnapshot, WorkloadCache
 from sds.health import AgentHealth
 from sds.manager import SyncStatus
@@ -54,6 +54,7 @@ def ca_registry() -> CollectorRegistry:
     metrics = CaMetrics()
     metrics.add_collector(AuthorityCollector(lambda: AuthoritySet(TD, (), (), Bundle(TD))))
     metrics.add_collector(StreamCollector(lambda: 0, lambda: 0))
+    metrics.add_collector(LegacyCrlCollector(dict))
     FederationMetrics(metrics.registry)
     return metrics.registry
 

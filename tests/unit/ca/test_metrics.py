@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from bridge.legacy_roots import legacy_roots_pem
 from ca.authority import AuthoritySet, AuthorityState, JwtKey, X509Authority
-from ca.metrics import OTHER_METHOD, AuthorityCollector, StreamCollector, method_label
+from ca.metrics import OTHER_METHOD, AuthorityCollector, LegacyCrlCollector, StreamCollector, method_label
 from spiffe_core.bundle import Bundle
 from spiffe_core.keys import KeyType, generate_private_key
 from spiffe_core.spiffe_id import TrustDomain
 from tests.support.agent_pki import SigningCa
+from tests.support.enterprise_pki import EnterprisePki
 
 TD = TrustDomain("example.org")
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -90,3 +93,15 @@ def test_streams_and_agents_are_read_at_scrape_time() -> None:
 def test_an_attestation_method_the_ca_has_not_enabled_is_labelled_other() -> None:
     assert method_label("join_token", {"join_token", "x509pop"}) == "join_token"
     assert method_label("x" * 500, {"join_token"}) == OTHER_METHOD
+
+
+def test_each_legacy_crl_shows_when_it_is_due_by_set_and_issuer(enterprise_pki: EnterprisePki) -> None:
+    corp = legacy_roots_pem(enterprise_pki.root.read_bytes() + enterprise_pki.crl.read_bytes(), "corp.pem")
+    crl = x509.load_pem_x509_crl(enterprise_pki.crl.read_bytes())
+    assert crl.next_update_utc is not None
+    registry = CollectorRegistry()
+    plain = legacy_roots_pem(enterprise_pki.root.read_bytes(), "plain.pem")
+    registry.register(LegacyCrlCollector(lambda: {"corp": corp, "plain": plain}))
+    assert expiry(registry, "trustmesh_legacy_crl_next_update_timestamp_seconds") == {
+        ("corp", "CN=Example Corp Issuing CA 1"): crl.next_update_utc.timestamp()
+    }
