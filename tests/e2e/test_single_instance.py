@@ -246,3 +246,19 @@ def test_an_empty_datastore_beside_keys_is_refused_until_a_new_root_is_asked_for
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_the_tests_mesh_starts_its_ca_on_new_ports_when_one_was_taken_before_it_bound(tmp_path: Path) -> None:
+    """The harness, not the product: free_port's port can be taken by another process of the test run
+    before the CA binds it. The CA exits naming the port (above); the mesh then starts it on new ports
+    instead of mistaking that other process's /ready for its own CA."""
+    mesh = Mesh(tmp_path)
+    mesh.write_ca_config("# a test's own configuration, kept on the new ports\n")
+    taken = mesh.http_port
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", taken))
+        thief.listen()
+        with mesh.running_ca():
+            assert mesh.http_port != taken
+            assert mesh.ca("healthcheck").strip() == "ready"
+            assert mesh.ca_config.read_text().startswith(f'trust_domain = "{TRUST_DOMAIN}"\n# a test\'s own')

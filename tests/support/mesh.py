@@ -17,6 +17,8 @@ from sds.config import default_socket_dir
 from tests.support.processes import background, command, free_port, run, wait_until
 
 TRUST_DOMAIN = "example.org"
+# How often a CA's first start is tried on fresh ports when one was taken meanwhile.
+_CA_PORT_ATTEMPTS = 3
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Mesh:
     # private proxy sockets are too long for a Unix socket under pytest's tmp_path (use a short root).
     socket_dir_name: str | None = "run"
     trust_domain: str = TRUST_DOMAIN
+    _ca_extra: str = field(default="", repr=False)  # what write_ca_config was given, for new ports
+    _ca_started: bool = field(default=False, repr=False)
 
     @property
     def ca_config(self) -> Path:
@@ -54,6 +58,7 @@ class Mesh:
         return self.socket_dir / "workload.sock"
 
     def write_ca_config(self, extra: str = "") -> None:
+        self._ca_extra = extra
         self.ca_config.write_text(
             f'trust_domain = "{self.trust_domain}"\n{extra}\n[server]\ndata_dir = "{self.root / "ca"}"\n'
             f'http_address = "127.0.0.1:{self.http_port}"\nnode_api_address = "127.0.0.1:{self.node_port}"\n'
@@ -73,13 +78,37 @@ class Mesh:
 
     @contextlib.contextmanager
     def running_ca(self, log_name: str = "ca.log") -> Iterator[subprocess.Popen[bytes]]:
+        """The CA, once it answers ``/ready`` and holds its admin socket. Its ports come from
+        :func:`free_port`, which another process of the test run may take before the CA binds them: at
+        its first start, a CA that exits for a port in use is started again on new ports."""
         if not self.ca_config.exists():
             self.write_ca_config()
-        argv = [command("trustmesh-ca"), "--config", str(self.ca_config), "run"]
-        with background(argv, self.root / log_name) as proc:
-            self.processes["ca"] = proc
-            wait_until(lambda: self._alive("ca") and self.ca_ready(), 60, "the CA to become ready")
-            yield proc
+        for attempt in range(1, _CA_PORT_ATTEMPTS + 1):
+            argv = [command("trustmesh-ca"), "--config", str(self.ca_config), "run"]
+            with background(argv, self.root / log_name) as proc:
+                self.processes["ca"] = proc
+                retry = not self._ca_started and attempt < _CA_PORT_ATTEMPTS
+                if self._ca_became_ready(proc, log_name, retry):
+                    self._ca_started = True
+                    yield proc
+                    return
+            self.http_port, self.node_port, self.attestation_port = free_port(), free_port(), free_port()
+            self.write_ca_config(self._ca_extra)
+
+    def _ca_became_ready(self, proc: subprocess.Popen[bytes], log_name: str, retry_ports: bool) -> bool:
+        """True once the CA is ready; False when it exited because one of its ports was in use and
+        ``retry_ports``. Any other exit fails the test with the CA's log."""
+
+        def settled() -> bool:
+            return proc.poll() is not None or (self.ca_ready() and (self.root / "ca" / "admin.sock").exists())
+
+        wait_until(settled, 60, "the CA to become ready")
+        if proc.poll() is None:
+            return True
+        log = self.log(log_name)
+        if retry_ports and " is in use; " in log:
+            return False
+        raise AssertionError(f"ca exited with {proc.returncode}:\n{log}")
 
     def join_token(self, node_name: str = "e2e") -> tuple[str, str]:
         reply = json.loads(self.ca("token", "generate", "--node-name", node_name, "--ttl", "10m", "--json"))
