@@ -31,7 +31,6 @@ from sds.sds_v3 import (
 from sds.secrets import DEFAULT, ROOTCA, SECRET_TYPE_URL
 from spiffe_core.errors import NotAuthorized
 from spiffe_core.selectors import Selector
-from tests.support.garbage import cyclic_garbage, frames_holding
 from tests.support.grpc_streams import QUIET, WAIT, Stream
 from tests.support.sds_snapshots import TestCa, snapshot
 
@@ -357,21 +356,6 @@ async def test_stream_rejects_another_resource_type(stream: Stream) -> None:
         "type_url 'type.googleapis.com/envoy.config.cluster.v3.Cluster' is not served here; "
         f"the SDS endpoint serves only {SECRET_TYPE_URL!r}"
     )
-
-
-async def test_a_refused_stream_request_is_freed_when_the_stream_ends_not_by_the_garbage_collector(
-    agent: Agent,
-) -> None:
-    """As for the Workload API: the agent's memory bound must not wait for the cyclic collector."""
-    with cyclic_garbage() as garbage:
-        for _ in range(3):
-            stream = Stream(agent.stub.StreamSecrets())
-            await stream.send(discovery_pb2.DiscoveryRequest(type_url="x" * 1_000_000))
-            with pytest.raises(grpc.aio.AioRpcError) as failure:
-                await stream.next()
-            assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            await stream.close()
-    assert frames_holding(garbage, discovery_pb2.DiscoveryRequest) == []
 
 
 async def test_a_refusal_repeats_only_the_start_of_a_huge_type_url(stream: Stream) -> None:
