@@ -27,6 +27,11 @@ holds the key of the CSR it answers, and (trustmesh) it is an X509-SVID of the e
 PostgreSQL database (a throwaway server from tests/support/postgres.py; ``scripts/ensure-postgres``),
 sharing one key directory and KEK, replica i pinned to core i (docs/architecture.md: why replicas).
 
+Before the CA, the same batch-1 load goes to a bare ``grpc.aio`` server process (TLS, the node API's
+``SignX509Svids`` method, no handler code: it answers every call with one stored reply of the real
+size): gRPC's own CPU per call, the floor under any call a Python CA answers with grpcio, printed
+beside what a batch-1 call costs the CA (``--no-floor`` skips it).
+
 Printed: SVIDs/s, server CPU ms per 1,000 SVIDs, the share of the CA's CPU spent on its event loop
 thread, and the client's CPU share per phase, then per
 (batch, connections) the ratios to cfssl at the same number of connections — the figures that travel
@@ -55,6 +60,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -66,6 +72,7 @@ from spiffe_core.bundle import Bundle
 from spiffe_core.spiffe_id import SpiffeId, TrustDomain
 from spiffe_core.x509_svid import X509Svid, load_pem_certificates, verify_x509_svid
 from tests.support.postgres import PostgresServer  # the tests' throwaway server (scripts/ensure-postgres)
+from wire import node_pb2
 
 TRUST_DOMAIN = TrustDomain("bench.example")
 REPO = Path(__file__).resolve().parents[1]  # the CA measured is this checkout's (PYTHONPATH for the child)
@@ -354,32 +361,41 @@ class AttestedAgent:
             await client.close()
 
 
+def _self_signed(root: Path, name: str, common_name: str, *, ca: bool) -> x509.Certificate:
+    """A one-day self-signed P-256 certificate written to ``root/<name>.pem`` and its key to
+    ``root/<name>-key.pem`` (0600): cfssl's CA, or the gRPC floor's server certificate (``ca=False``,
+    with ``common_name`` as its DNS name)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    (root / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file = root / f"{name}-key.pem"
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert
+
+
 class Cfssl:
     """``cfssl serve`` with a P-256 CA of its own, as a child process in ``root``."""
 
     def __init__(self, root: Path, taskset: list[str]) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench cfssl CA")])
-        now = datetime.now(UTC)
-        self.ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=1))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        (root / "cfssl-ca.pem").write_bytes(self.ca_cert.public_bytes(serialization.Encoding.PEM))
-        (root / "cfssl-ca-key.pem").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        (root / "cfssl-ca-key.pem").chmod(0o600)
+        self.ca_cert = _self_signed(root, "cfssl-ca", "bench cfssl CA", ca=True)
         # The same leaf shape as an X509-SVID: one hour, digitalSignature + keyAgreement, both EKUs.
         profile = {"expiry": "1h", "usages": ["digital signature", "key agreement", "server auth", "client auth"]}
         (root / "cfssl.json").write_text(json.dumps({"signing": {"default": profile}}))
@@ -492,17 +508,144 @@ class KeepAlive:
             await self._writer.wait_closed()
 
 
+# The node API's method as gRPC names it on the wire (package trustmesh.node.v1, service Node).
+SIGN_METHOD = "/" + node_pb2.DESCRIPTOR.services_by_name["Node"].full_name + "/SignX509Svids"
+FLOOR_NAME = "bench-floor"
+
+
+class GrpcFloor:
+    """gRPC's own cost of a call, the floor under any node API call a Python CA answers with grpcio: a
+    bare ``grpc.aio`` server process, TLS, serving the node API's ``SignX509Svids`` with a handler that
+    returns one stored reply (a real batch-1 answer, so the bytes on the wire are the CA's) without
+    parsing the request. Nothing of trustmesh runs in it."""
+
+    def __init__(self, root: Path, taskset: list[str], reply: node_pb2.SignX509SvidsResponse) -> None:
+        self.root = root / "floor"
+        self.root.mkdir()
+        self.server_cert = _self_signed(self.root, "server", FLOOR_NAME, ca=False)
+        (self.root / "reply.bin").write_bytes(reply.SerializeToString())
+        self.reply = reply
+        self.port = free_port()
+        self.log = (self.root / "server.log").open("wb")
+        self.process = subprocess.Popen(
+            [*taskset, sys.executable, __file__, "--serve-floor", str(self.root), "--floor-port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the gRPC floor server exited {self.process.returncode}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"the gRPC floor server did not listen within {READY_TIMEOUT:.0f} s")
+
+    def connect(self, count: int) -> list[grpc.aio.Channel]:
+        credentials = grpc.ssl_channel_credentials(self.server_cert.public_bytes(serialization.Encoding.PEM))
+        options = [("grpc.ssl_target_name_override", FLOOR_NAME)]
+        return [grpc.aio.secure_channel(f"127.0.0.1:{self.port}", credentials, options) for _ in range(count)]
+
+    def sender(self, channels: list[grpc.aio.Channel], pool: Sequence[PooledCsr], entry_id: str) -> Sender:
+        """The requests the CA is sent at batch 1 (entry ID and CSR), each channel its own connection."""
+        calls = [channel.unary_unary(SIGN_METHOD, None, None) for channel in channels]  # bytes in, bytes out
+
+        async def send(connection: int, indices: Sequence[int]) -> list[bytes]:
+            request = node_pb2.SignX509SvidsRequest(
+                requests=[node_pb2.X509SvidRequest(entry_id=entry_id, csr=pool[i % len(pool)].der) for i in indices]
+            )
+            answer = node_pb2.SignX509SvidsResponse.FromString(
+                await calls[connection](request.SerializeToString(), timeout=CALL_TIMEOUT)
+            )
+            return [svid.cert_chain[0] for svid in answer.svids]  # the stored reply: one SVID
+
+        return send
+
+    def verifier(self) -> Callable[[bytes, PooledCsr, int], None]:
+        stored = self.reply.svids[0].cert_chain[0]
+
+        def verify(leaf_der: bytes, _csr: PooledCsr, _index: int) -> None:
+            if leaf_der != stored:
+                raise AssertionError("the gRPC floor server's reply is not the stored one")
+
+        return verify
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.log.close()
+
+
+def serve_floor(root: Path, port: int) -> None:
+    """The floor server's process (``--serve-floor``): see :class:`GrpcFloor`."""
+    reply = (root / "reply.bin").read_bytes()
+
+    async def answer(_request: bytes, _context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return reply
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        service, method = SIGN_METHOD.rsplit("/", 1)
+        handler = grpc.unary_unary_rpc_method_handler(answer)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service[1:], {method: handler})])
+        key_pair = ((root / "server-key.pem").read_bytes(), (root / "server.pem").read_bytes())
+        server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([key_pair]))
+        await server.start()
+        await server.wait_for_termination()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    asyncio.run(serve())
+
+
 def _grid(batches: Sequence[int], channels: Sequence[int]) -> list[tuple[int, int]]:
     return [(b, c) for b in batches for c in channels]
 
 
-async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], bool]:
+async def measure_floor(
+    root: Path, taskset: list[str], agent: AttestedAgent, pool: Sequence[PooledCsr], args: argparse.Namespace
+) -> list[Phase]:
+    """Batch 1 over each number of connections against :class:`GrpcFloor`, its stored reply a real
+    answer of the CA to the same request."""
+    entry_id = agent.entries[0][0]
+    (signed,) = await agent.clients[0].sign_x509_svids([(entry_id, pool[0].der)])
+    chain = [cert.public_bytes(serialization.Encoding.DER) for cert in signed.cert_chain]
+    reply = node_pb2.SignX509SvidsResponse(svids=[node_pb2.SignedX509Svid(entry_id=entry_id, cert_chain=chain)])
+    floor = GrpcFloor(root, taskset, reply)
+    channels: list[grpc.aio.Channel] = []
+    try:
+        await floor.wait_ready()
+        channels = floor.connect(max(int(c) for c in args.channels.split(",")))
+        send = floor.sender(channels, pool, entry_id)
+        await send(0, [0])
+        return [
+            await run_phase(
+                Phase("grpc-floor", 1, connections),
+                [floor.process.pid],
+                send,
+                pool,
+                args.svids,
+                args.seconds,
+                floor.verifier(),
+            )
+            for connections in (int(c) for c in args.channels.split(","))
+        ]
+    finally:
+        for channel in channels:
+            await channel.close(None)
+        floor.stop()
+
+
+async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], list[Phase], bool]:
     taskset, pinned = pinning()
     batches = [int(b) for b in args.batches.split(",")]
     channels = [int(c) for c in args.channels.split(",")]
     pool = make_pool(args.pool)
     ours: list[Phase] = []
     theirs: list[Phase] = []
+    floor: list[Phase] = []
     with tempfile.TemporaryDirectory(prefix="tm-nodeapi-") as tmp:
         root = Path(tmp)
         ca = TrustmeshCa(root, taskset)
@@ -513,6 +656,8 @@ async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], boo
             agent = await AttestedAgent.attest(ca, args.entries, max(channels))
             send = agent.sender(pool)
             await send(0, [0])  # warm up: connection, TLS, the CA's caches
+            if 1 in batches and not args.no_floor:
+                floor = await measure_floor(root, taskset, agent, pool, args)
             for batch, connections in _grid(batches, channels):
                 ours.append(
                     await run_phase(
@@ -552,7 +697,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], boo
             ca.stop()
             if cfssl is not None:
                 cfssl.stop()
-    return ours, theirs, pinned
+    return ours, theirs, floor, pinned
 
 
 async def bench_replicas(args: argparse.Namespace) -> list[Phase]:
@@ -677,7 +822,7 @@ async def bench_sparse(args: argparse.Namespace) -> tuple[float, float]:
             ca.stop()
 
 
-def report(ours: list[Phase], theirs: list[Phase], pinned: bool, args: argparse.Namespace) -> None:
+def report(ours: list[Phase], theirs: list[Phase], floor: list[Phase], pinned: bool, args: argparse.Namespace) -> None:
     load = os.getloadavg()
     print(
         f"node API issuance: pool of {args.pool} CSRs (distinct P-256 keys), up to {args.svids} SVIDs or "
@@ -688,7 +833,7 @@ def report(ours: list[Phase], theirs: list[Phase], pinned: bool, args: argparse.
         f"{'server':<10} {'batch':>5} {'conns':>5} {'SVIDs':>6} {'SVIDs/s':>9} {'CPU ms/1000':>12} "
         f"{'on loop':>8} {'client CPU':>10}  verified"
     )
-    for phase in [*ours, *theirs]:
+    for phase in [*floor, *ours, *theirs]:
         share = phase.client_cpu / phase.seconds if phase.seconds else float("nan")
         # The share of the CA's CPU spent on its event loop thread; cfssl's Go threads have no such thread.
         loop = f"{phase.main_thread_cpu / phase.server_cpu:.0%}" if phase in ours and phase.server_cpu else "-"
@@ -696,6 +841,7 @@ def report(ours: list[Phase], theirs: list[Phase], pinned: bool, args: argparse.
             f"{phase.server:<10} {phase.batch:>5} {phase.connections:>5} {phase.svids:>6} {phase.rate:>9.0f} "
             f"{phase.cpu_ms_per_1000:>12.0f} {loop:>8} {share:>9.0%}  {phase.verified}"
         )
+    report_floor(ours, theirs, floor)
     if not theirs:
         print("cfssl not measured (not on PATH: run scripts/bench-deps, or --no-cfssl was given)")
         return
@@ -710,6 +856,23 @@ def report(ours: list[Phase], theirs: list[Phase], pinned: bool, args: argparse.
     print("goals: batch 100 >= 1.0x cfssl SVIDs/s and <= 1.0x its CPU per cert; batch 1 >= 0.4x cfssl SVIDs/s")
 
 
+def report_floor(ours: list[Phase], theirs: list[Phase], floor: list[Phase]) -> None:
+    """Per batch-1 call: the CA's CPU, gRPC's floor under it and what is above the floor (and cfssl's
+    CPU per certificate, when measured)."""
+    ca = {p.connections: p for p in ours if p.batch == 1}
+    cfssl = {p.connections: p for p in theirs}
+    for bare in floor:
+        if bare.connections not in ca:
+            continue
+        call, under = ca[bare.connections].cpu_ms_per_1000 / 1000, bare.cpu_ms_per_1000 / 1000
+        cert = cfssl.get(bare.connections)
+        theirs_ms = f"; cfssl {cert.cpu_ms_per_1000 / 1000:.2f} ms per certificate" if cert else ""
+        print(
+            f"batch 1 over {bare.connections} connection(s), CPU per call: trustmesh {call:.2f} ms, gRPC floor "
+            f"{under:.2f} ms, above the floor {call - under:.2f} ms{theirs_ms}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--svids", type=int, default=2000, help="SVIDs per phase at most")
@@ -719,6 +882,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,10,100", help="SVIDs per SignX509Svids call")
     parser.add_argument("--channels", default="1,4", help="connections, one call in flight on each")
     parser.add_argument("--no-cfssl", action="store_true", help="measure trustmesh only")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare gRPC server's batch-1 floor")
+    parser.add_argument("--serve-floor", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--replicas", type=int, default=1, help="N > 1: compare 1 and N CA replicas on one PostgreSQL instead"
     )
@@ -731,6 +897,9 @@ def main() -> None:
     )
     parser.add_argument("--sparse-calls", type=int, default=30, help="calls in each part of --sparse")
     args = parser.parse_args()
+    if args.serve_floor is not None:
+        serve_floor(args.serve_floor, args.floor_port)
+        return
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.replicas > 1:
@@ -745,8 +914,8 @@ def main() -> None:
             " (/proc counts CPU in 10 ms ticks: compare means over many calls)"
         )
         return
-    ours, theirs, pinned = asyncio.run(bench(args))
-    report(ours, theirs, pinned, args)
+    ours, theirs, floor, pinned = asyncio.run(bench(args))
+    report(ours, theirs, floor, pinned, args)
 
 
 if __name__ == "__main__":
