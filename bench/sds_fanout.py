@@ -2,7 +2,9 @@
 
 The agent side runs in a child process exactly as ``trustmesh-agent run`` wires it: a WorkloadCache
 behind the SDS v3 servicer, behind the peer-credential proxy on a Unix socket. The bench process opens
-N StreamSecrets streams (``default`` + ``ROOTCA``, ACKing like Envoy), then tells the child ``--pushes``
+N StreamSecrets streams (``default`` + ``ROOTCA``, ACKing like Envoy) over ``--channels`` connections
+of their own (as that many Envoys would; until 2026-11-28 gRPC's shared subchannel pool carried every
+stream on one connection), then tells the child ``--pushes``
 times to publish a snapshot whose bundle gained a CA certificate, and records when each stream receives
 each push. The first push reaches streams that have just opened; the later ones reach established
 streams, as a rotation or a new root reaches a running mesh. Latency = receive time - publish time
@@ -259,7 +261,10 @@ async def measure(
     assert child.stdout is not None
     try:
         assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
-        opened = [grpc.aio.insecure_channel(f"unix:{socket_path}") for _ in range(channels)]
+        # Each channel its own connection, as each Envoy has: gRPC would otherwise share one
+        # connection among all channels to the same target, and carry every stream on it.
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]
+        opened = [grpc.aio.insecure_channel(f"unix:{socket_path}", options=own_connection) for _ in range(channels)]
         stubs = [sds_pb2_grpc.SecretDiscoveryServiceStub(c) for c in opened]
         received: list[list[float]] = [[] for _ in range(pushes)]
         complete = [asyncio.Event() for _ in range(pushes)]
