@@ -547,7 +547,8 @@ class GrpcFloor:
 
     def connect(self, count: int) -> list[grpc.aio.Channel]:
         credentials = grpc.ssl_channel_credentials(self.server_cert.public_bytes(serialization.Encoding.PEM))
-        options = [("grpc.ssl_target_name_override", FLOOR_NAME)]
+        # Each channel its own connection (gRPC would share one among channels to the same target).
+        options = [("grpc.ssl_target_name_override", FLOOR_NAME), ("grpc.use_local_subchannel_pool", 1)]
         return [grpc.aio.secure_channel(f"127.0.0.1:{self.port}", credentials, options) for _ in range(count)]
 
     def sender(self, channels: list[grpc.aio.Channel], pool: Sequence[PooledCsr], entry_id: str) -> Sender:
