@@ -219,7 +219,37 @@ async def run_phase(
     return phase
 
 
-class TrustmeshCa:
+class ChildServer:
+    """A server under test as a child process of this one, its output in ``log``."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log
+        self.log = log.open("wb")
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    async def wait_listening(self, port: int, what: str) -> None:
+        """Return once the server accepts connections on ``port``; raise, with the end of its log, when
+        it exits first or takes longer than :data:`READY_TIMEOUT`."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{what} exited {self.process.returncode}: {self.tail()}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{what} did not listen within {READY_TIMEOUT:.0f} s: {self.tail()}")
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.log.close()
+
+
+class TrustmeshCa(ChildServer):
     """A ``trustmesh-ca run`` child process with its data in ``root/name``; ``extra`` is more of its
     configuration (TOML sections)."""
 
@@ -236,13 +266,8 @@ class TrustmeshCa:
             f'attestation_address = "127.0.0.1:{self.attestation_port}"\n{extra}'
         )
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.log = (root / f"{name}.log").open("wb")
-        self.process = subprocess.Popen(
-            [*taskset, str(BIN_DIR / "trustmesh-ca"), "--config", str(self.config), "run"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
+        argv = [*taskset, str(BIN_DIR / "trustmesh-ca"), "--config", str(self.config), "run"]
+        super().__init__(argv, root / f"{name}.log", self.env)
 
     def admin(self) -> httpx.Client:
         """The admin API on the CA's local socket (what ``trustmesh-ca`` commands call)."""
@@ -273,13 +298,6 @@ class TrustmeshCa:
             pem = admin.get("/v1/bundle", params={"format": "pem"})
             pem.raise_for_status()
         return str(token["token"]), entries, Bundle(TRUST_DOMAIN, x509_authorities=load_pem_certificates(pem.content))
-
-    def tail(self) -> str:
-        return (self.root / f"{self.name}.log").read_text(errors="replace")[-2000:]
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.log.close()
 
 
 def _ok(reply: httpx.Response, status: int) -> dict[str, Any]:
@@ -391,7 +409,7 @@ def _self_signed(root: Path, name: str, common_name: str, *, ca: bool) -> x509.C
     return cert
 
 
-class Cfssl:
+class Cfssl(ChildServer):
     """``cfssl serve`` with a P-256 CA of its own, as a child process in ``root``."""
 
     def __init__(self, root: Path, taskset: list[str]) -> None:
@@ -400,9 +418,7 @@ class Cfssl:
         profile = {"expiry": "1h", "usages": ["digital signature", "key agreement", "server auth", "client auth"]}
         (root / "cfssl.json").write_text(json.dumps({"signing": {"default": profile}}))
         self.port = free_port()
-        self.log = (root / "cfssl.log").open("wb")
-        self.root = root
-        self.process = subprocess.Popen(
+        super().__init__(
             [
                 *taskset,
                 "cfssl",
@@ -418,24 +434,11 @@ class Cfssl:
                 "-config",
                 str(root / "cfssl.json"),
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            root / "cfssl.log",
         )
 
     async def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cfssl serve exited {self.process.returncode}: {self.tail()}")
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"cfssl serve did not listen within {READY_TIMEOUT:.0f} s: {self.tail()}")
-
-    def tail(self) -> str:
-        return (self.root / "cfssl.log").read_text(errors="replace")[-2000:]
+        await self.wait_listening(self.port, "cfssl serve")
 
     async def connect(self, count: int) -> list[KeepAlive]:
         return [await KeepAlive.open("127.0.0.1", self.port) for _ in range(count)]
@@ -469,10 +472,6 @@ class Cfssl:
                 raise AssertionError(f"cfssl leaf {leaf.serial_number:x} does not hold its CSR's key")
 
         return verify
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.log.close()
 
 
 class KeepAlive:
@@ -513,7 +512,7 @@ SIGN_METHOD = "/" + node_pb2.DESCRIPTOR.services_by_name["Node"].full_name + "/S
 FLOOR_NAME = "bench-floor"
 
 
-class GrpcFloor:
+class GrpcFloor(ChildServer):
     """gRPC's own cost of a call, the floor under any node API call a Python CA answers with grpcio: a
     bare ``grpc.aio`` server process, TLS, serving the node API's ``SignX509Svids`` with a handler that
     returns one stored reply (a real batch-1 answer, so the bytes on the wire are the CA's) without
@@ -526,24 +525,11 @@ class GrpcFloor:
         (self.root / "reply.bin").write_bytes(reply.SerializeToString())
         self.reply = reply
         self.port = free_port()
-        self.log = (self.root / "server.log").open("wb")
-        self.process = subprocess.Popen(
-            [*taskset, sys.executable, __file__, "--serve-floor", str(self.root), "--floor-port", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        argv = [*taskset, sys.executable, __file__, "--serve-floor", str(self.root), "--floor-port", str(self.port)]
+        super().__init__(argv, self.root / "server.log")
 
     async def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the gRPC floor server exited {self.process.returncode}")
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"the gRPC floor server did not listen within {READY_TIMEOUT:.0f} s")
+        await self.wait_listening(self.port, "the gRPC floor server")
 
     def connect(self, count: int) -> list[grpc.aio.Channel]:
         credentials = grpc.ssl_channel_credentials(self.server_cert.public_bytes(serialization.Encoding.PEM))
@@ -575,10 +561,6 @@ class GrpcFloor:
 
         return verify
 
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.log.close()
-
 
 def serve_floor(root: Path, port: int) -> None:
     """The floor server's process (``--serve-floor``): see :class:`GrpcFloor`."""
@@ -605,8 +587,29 @@ def _grid(batches: Sequence[int], channels: Sequence[int]) -> list[tuple[int, in
     return [(b, c) for b in batches for c in channels]
 
 
+async def batch_one_phases(
+    name: str,
+    server: ChildServer,
+    send: Sender,
+    verify: Callable[[bytes, PooledCsr, int], None],
+    pool: Sequence[PooledCsr],
+    channel_counts: Sequence[int],
+    args: argparse.Namespace,
+) -> list[Phase]:
+    """One certificate per call over each number of connections (cfssl, the gRPC floor)."""
+    return [
+        await run_phase(Phase(name, 1, count), [server.process.pid], send, pool, args.svids, args.seconds, verify)
+        for count in channel_counts
+    ]
+
+
 async def measure_floor(
-    root: Path, taskset: list[str], agent: AttestedAgent, pool: Sequence[PooledCsr], args: argparse.Namespace
+    root: Path,
+    taskset: list[str],
+    agent: AttestedAgent,
+    pool: Sequence[PooledCsr],
+    channel_counts: Sequence[int],
+    args: argparse.Namespace,
 ) -> list[Phase]:
     """Batch 1 over each number of connections against :class:`GrpcFloor`, its stored reply a real
     answer of the CA to the same request."""
@@ -618,21 +621,10 @@ async def measure_floor(
     channels: list[grpc.aio.Channel] = []
     try:
         await floor.wait_ready()
-        channels = floor.connect(max(int(c) for c in args.channels.split(",")))
+        channels = floor.connect(max(channel_counts))
         send = floor.sender(channels, pool, entry_id)
         await send(0, [0])
-        return [
-            await run_phase(
-                Phase("grpc-floor", 1, connections),
-                [floor.process.pid],
-                send,
-                pool,
-                args.svids,
-                args.seconds,
-                floor.verifier(),
-            )
-            for connections in (int(c) for c in args.channels.split(","))
-        ]
+        return await batch_one_phases("grpc-floor", floor, send, floor.verifier(), pool, channel_counts, args)
     finally:
         for channel in channels:
             await channel.close(None)
@@ -658,7 +650,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], lis
             send = agent.sender(pool)
             await send(0, [0])  # warm up: connection, TLS, the CA's caches
             if 1 in batches and not args.no_floor:
-                floor = await measure_floor(root, taskset, agent, pool, args)
+                floor = await measure_floor(root, taskset, agent, pool, channels, args)
             for batch, connections in _grid(batches, channels):
                 ours.append(
                     await run_phase(
@@ -677,18 +669,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Phase], list[Phase], lis
                 try:
                     cfssl_send = cfssl.sender(sockets, pool)
                     await cfssl_send(0, [0])
-                    for connections in channels:
-                        theirs.append(
-                            await run_phase(
-                                Phase("cfssl", 1, connections),
-                                [cfssl.process.pid],
-                                cfssl_send,
-                                pool,
-                                args.svids,
-                                args.seconds,
-                                cfssl.verifier(),
-                            )
-                        )
+                    theirs = await batch_one_phases("cfssl", cfssl, cfssl_send, cfssl.verifier(), pool, channels, args)
                 finally:
                     for each in sockets:
                         await each.close()
