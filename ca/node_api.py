@@ -39,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.federation.unknown_keys import UnknownKeyRefresh
+from ca.listening import why_unbindable
 from ca.metrics import CaMetrics, reason_label
 from ca.node_service import AuthenticatedAgent, NodeService, SyncState
 from ca.ratelimit import NodeApiGuard
@@ -439,10 +440,10 @@ def _add_port(
 ) -> int:
     try:
         port = server.add_secure_port(address, tls.server_credentials())
-    except RuntimeError as err:  # grpc says only "failed to bind"; the usual reason is another listener
-        raise ConfigError(f"{key} {address} is in use or cannot be bound; set {key} to a free port") from err
+    except RuntimeError as err:  # grpc says only "failed to bind"
+        raise ConfigError(why_unbindable(address, key)) from err
     if port == 0:
-        raise ConfigError(f"{key} {address} is in use or cannot be bound; set {key} to a free port")
+        raise ConfigError(why_unbindable(address, key))
     return port
 
 

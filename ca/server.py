@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
 import os
@@ -52,6 +51,7 @@ from ca.inventory import Inventory
 from ca.issuance import TtlPolicy
 from ca.keys import open_key_manager
 from ca.legacy_roots import LegacyRootFiles
+from ca.listening import bind_tcp
 from ca.mappings import IdentityMappings
 from ca.metrics import AuthorityCollector, CaMetrics, LegacyCrlCollector, StreamCollector
 from ca.node_api import NodeServicer, build_node_server, run_node_server
@@ -337,39 +337,6 @@ def _refuse_admin_socket_in_use(path: Path) -> None:
         raise ConfigError(f"server.admin_socket {path} exists and is not a socket; remove it or choose another path")
 
 
-def _bind_tcp(address: str, key: str, *, keep: bool) -> socket.socket | None:
-    """Bind ``address`` (host:port) without SO_REUSEPORT, so a port another process listens on is refused
-    here as one line naming ``key`` (instead of two CAs sharing it); closed again unless ``keep``."""
-    host, _, port = address.rpartition(":")
-    if int(port) == 0:
-        return None
-    try:
-        family, kind, proto, _, sockaddr = socket.getaddrinfo(
-            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as err:
-        raise ConfigError(f"{key} {address}: cannot resolve {host!r} ({err.strerror}); use an IP address") from err
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not REUSEPORT: sharing stays refused
-        sock.bind(sockaddr)
-    except OSError as err:
-        sock.close()
-        raise ConfigError(_address_problem(key, address, err)) from err
-    if not keep:
-        sock.close()
-        return None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def _address_problem(key: str, address: str, err: OSError) -> str:
-    if err.errno == errno.EADDRINUSE:
-        return f"{key} {address} is in use; stop what listens there or set {key} to a free port"
-    return f"{key} {address} cannot be bound ({err.strerror}); set {key} to an address of this host"
-
-
 def _first_domain_error(group: BaseExceptionGroup[BaseException]) -> TrustmeshError | None:
     for exc in group.exceptions:
         if isinstance(exc, TrustmeshError):
@@ -459,18 +426,18 @@ async def serve(config: CaConfig, *, new_root: bool = False) -> None:
 async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     _refuse_admin_socket_in_use(config.server.admin_socket)
     for key in ("node_api_address", "attestation_address"):
-        _bind_tcp(getattr(config.server, key), f"server.{key}", keep=False)
+        bind_tcp(getattr(config.server, key), f"server.{key}", keep=False)
     http_socket = (
-        _bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
+        bind_tcp(config.server.http_address, "server.http_address", keep=True) if config.server.http_address else None
     )
     endpoint_address = config.federation.bundle_endpoint_address
     endpoint_socket = (
-        _bind_tcp(endpoint_address, "federation.bundle_endpoint_address", keep=True) if endpoint_address else None
+        bind_tcp(endpoint_address, "federation.bundle_endpoint_address", keep=True) if endpoint_address else None
     )
     admin_api = config.admin_api
-    admin_tcp = _bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
+    admin_tcp = bind_tcp(admin_api.address, "admin_api.address", keep=True) if admin_api.address else None
     exchange_address = config.bridge.exchange_address
-    exchange_socket = _bind_tcp(exchange_address, "bridge.exchange_address", keep=True) if exchange_address else None
+    exchange_socket = bind_tcp(exchange_address, "bridge.exchange_address", keep=True) if exchange_address else None
     parts = await asyncio.to_thread(functools.partial(build_service, config, new_root=new_root))
     service, metrics, database = parts.service, parts.metrics, parts.database
     https = (
