@@ -46,9 +46,10 @@ ENTRIES = 4
 BATCHES = (1, 8)
 CSR_POOL = 16
 # The CA is killed once this many calls (drawn from the range) were answered: half of them are lone
-# rotations, each one commit of the immediate connection, so every start runs past at least one of
-# its checkpoints (every 200 such commits) and the kills fall anywhere in that cycle.
-KILL_AFTER_CALLS = (400, 800)
+# rotations, nearly all one commit of the immediate connection (a few go to a worker while a checkpoint
+# holds the writer lock), so every start runs past at least one checkpoint (every 200 such commits) and
+# the kills fall anywhere in that cycle.
+KILL_AFTER_CALLS = (500, 900)
 # How long a client retries before its first answer, and the longest a round waits for its kill.
 LOAD_LIMIT_S = 20.0
 
