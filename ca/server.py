@@ -16,8 +16,10 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -76,6 +78,8 @@ log = logging.getLogger(__name__)
 
 # How often the node API checks whether the serving SVID exists yet (only while it does not).
 NODE_API_WAIT_SECONDS = 0.5
+# How long a failing CA lets its admin socket and health port finish the requests they hold.
+HTTP_DRAIN_SECONDS = 5.0
 
 
 def _upstream(config: CaConfig) -> UpstreamAuthority:
@@ -407,6 +411,40 @@ async def _serve_bundle_endpoint(config: CaConfig, parts: CaParts, sock: socket.
     await endpoint.serve(sock)
 
 
+def _background_work(config: CaConfig, parts: CaParts) -> list[Coroutine[Any, Any, None]]:
+    """What the CA runs beside its admin socket and health port: the node API and its own tasks."""
+    database = parts.database
+    work = [
+        _serve_node_api(config, parts),
+        parts.identity.run(),
+        parts.rotator.run(),
+        parts.refresher.run(),
+        IssuedCertificateRetention(database, config.datastore.issued_certificate_retention, parts.clock).run(),
+        AuditKeeper(database, parts.authorities, parts.audit, parts.clock, config.audit.checkpoint_interval).run(),
+    ]
+    if config.bridge.legacy_roots:
+        work.append(parts.legacy_roots.run())
+    if database.dialect == "postgresql":
+        work.append(listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly))
+    return work
+
+
+async def draining_http_if_it_fails(
+    work: Coroutine[Any, Any, None], servers: Sequence[uvicorn.Server], serving: Sequence[asyncio.Task[None]]
+) -> None:
+    """Run ``work``. When it fails (a port gRPC could not bind, a datastore gone), first let the admin
+    socket's and the health port's servers answer the requests they hold and stop, for at most
+    :data:`HTTP_DRAIN_SECONDS`: the failure ends the CA, and a request still running then (a readiness
+    probe) would be cancelled, which uvicorn logs as a traceback after the CA's one error line."""
+    try:
+        await work
+    except Exception:
+        for server in servers:
+            server.should_exit = True
+        await asyncio.wait(serving, timeout=HTTP_DRAIN_SECONDS)
+        raise
+
+
 async def serve(config: CaConfig, *, new_root: bool = False) -> None:
     """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
     address before touching anything in it, so a second CA on the same data directory or ports stops
@@ -497,28 +535,20 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     ready = functools.partial(_wait_for_serving_svid, parts.identity)
     try:
         async with asyncio.TaskGroup() as group:
-            for server, sockets in servers:
-                group.create_task(server.serve(sockets=sockets))
-            group.create_task(_serve_node_api(config, parts))
+            http = [group.create_task(server.serve(sockets=sockets)) for server, sockets in servers]
+
+            def spawn(work: Coroutine[Any, Any, None]) -> None:
+                group.create_task(draining_http_if_it_fails(work, [server for server, _ in servers], http))
+
+            work = _background_work(config, parts)
             if https is not None:
-                group.create_task(serve_admin_https(admin_app(https.authenticator), https, ready))
+                work.append(serve_admin_https(admin_app(https.authenticator), https, ready))
             if exchange_socket is not None and parts.exchange is not None:
-                group.create_task(serve_exchange(parts.exchange, exchange_socket, parts.identity.get_current, ready))
-            group.create_task(parts.identity.run())
-            group.create_task(parts.rotator.run())
-            group.create_task(parts.refresher.run())
-            if config.bridge.legacy_roots:
-                group.create_task(parts.legacy_roots.run())
+                work.append(serve_exchange(parts.exchange, exchange_socket, parts.identity.get_current, ready))
             if endpoint_socket is not None:
-                group.create_task(_serve_bundle_endpoint(config, parts, endpoint_socket))
-            retention = config.datastore.issued_certificate_retention
-            group.create_task(IssuedCertificateRetention(database, retention, parts.clock).run())
-            interval = config.audit.checkpoint_interval
-            group.create_task(AuditKeeper(database, parts.authorities, parts.audit, parts.clock, interval).run())
-            if database.dialect == "postgresql":
-                group.create_task(
-                    listen_for_changes(config.datastore.url, parts.hub, reload_shared=parts.rotator.reload_quietly)
-                )
+                work.append(_serve_bundle_endpoint(config, parts, endpoint_socket))
+            for each in work:
+                spawn(each)
     finally:
         config.server.admin_socket.unlink(missing_ok=True)
         database.close()
