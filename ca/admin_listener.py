@@ -43,6 +43,8 @@ MAX_CONNECTIONS_PER_SOURCE = 32
 MAX_CONNECTIONS = 256
 MAX_HEADER_BYTES = 16 * 1024
 KEEP_ALIVE_SECONDS = 5
+# How long a cancelled HTTP server may take to answer the requests it holds before it is cut off.
+DRAIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +168,25 @@ async def serve_https(
     )
     refresher = asyncio.create_task(tls.run())
     try:
-        await server.serve(sockets=[listening])
+        await serve_draining(server, [listening])
     finally:
         listening.close()
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+
+
+async def serve_draining(server: uvicorn.Server, sockets: list[socket.socket] | None) -> None:
+    """``server.serve(sockets)``, but when cancelled (another task of the CA failed: a port gRPC could
+    not bind, a datastore gone) it first answers the requests it holds and stops, for at most
+    :data:`DRAIN_SECONDS`. A request still running when the CA's event loop closes is cancelled there,
+    and uvicorn logs that as a traceback ("Exception in ASGI application") after the CA's one error
+    line."""
+    serving = asyncio.ensure_future(server.serve(sockets=sockets))
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await asyncio.wait([serving], timeout=DRAIN_SECONDS)
+        serving.cancel()
+        raise

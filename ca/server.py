@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from fastapi import FastAPI
 
 from bridge.x509pop import X509PopAttestor
 from ca.admin_auth import Authenticator, BreakGlassAuthenticator
-from ca.admin_listener import prepare_https, serve_admin_https
+from ca.admin_listener import prepare_https, serve_admin_https, serve_draining
 from ca.admin_transport import admin_protocol
 from ca.agents import AgentAdmin
 from ca.attestation import JoinTokens, NodeAttestors
@@ -78,8 +78,6 @@ log = logging.getLogger(__name__)
 
 # How often the node API checks whether the serving SVID exists yet (only while it does not).
 NODE_API_WAIT_SECONDS = 0.5
-# How long a failing CA lets its admin socket and health port finish the requests they hold.
-HTTP_DRAIN_SECONDS = 5.0
 
 
 def _upstream(config: CaConfig) -> UpstreamAuthority:
@@ -429,22 +427,6 @@ def _background_work(config: CaConfig, parts: CaParts) -> list[Coroutine[Any, An
     return work
 
 
-async def draining_http_if_it_fails(
-    work: Coroutine[Any, Any, None], servers: Sequence[uvicorn.Server], serving: Sequence[asyncio.Task[None]]
-) -> None:
-    """Run ``work``. When it fails (a port gRPC could not bind, a datastore gone), first let the admin
-    socket's and the health port's servers answer the requests they hold and stop, for at most
-    :data:`HTTP_DRAIN_SECONDS`: the failure ends the CA, and a request still running then (a readiness
-    probe) would be cancelled, which uvicorn logs as a traceback after the CA's one error line."""
-    try:
-        await work
-    except Exception:
-        for server in servers:
-            server.should_exit = True
-        await asyncio.wait(serving, timeout=HTTP_DRAIN_SECONDS)
-        raise
-
-
 async def serve(config: CaConfig, *, new_root: bool = False) -> None:
     """Serve until cancelled. Holds the data directory's lock throughout and checks every listening
     address before touching anything in it, so a second CA on the same data directory or ports stops
@@ -535,11 +517,8 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
     ready = functools.partial(_wait_for_serving_svid, parts.identity)
     try:
         async with asyncio.TaskGroup() as group:
-            http = [group.create_task(server.serve(sockets=sockets)) for server, sockets in servers]
-
-            def spawn(work: Coroutine[Any, Any, None]) -> None:
-                group.create_task(draining_http_if_it_fails(work, [server for server, _ in servers], http))
-
+            for server, sockets in servers:
+                group.create_task(serve_draining(server, sockets))
             work = _background_work(config, parts)
             if https is not None:
                 work.append(serve_admin_https(admin_app(https.authenticator), https, ready))
@@ -548,7 +527,7 @@ async def _serve_locked(config: CaConfig, new_root: bool) -> None:
             if endpoint_socket is not None:
                 work.append(_serve_bundle_endpoint(config, parts, endpoint_socket))
             for each in work:
-                spawn(each)
+                group.create_task(each)
     finally:
         config.server.admin_socket.unlink(missing_ok=True)
         database.close()

@@ -1,7 +1,7 @@
-"""A CA whose work fails (a port gRPC could not bind, a datastore gone) ends with one error line: its
-admin socket and health port first answer the requests they hold. A request still running when the
-CA's event loop ends is cancelled, and uvicorn logs that as a traceback ("Exception in ASGI
-application") after the CA's one line."""
+"""A CA whose work fails (a port gRPC could not bind, a datastore gone) ends with one error line: the
+failure cancels its HTTP servers, and each first answers the requests it holds. A request still
+running when the CA's event loop ends is cancelled there, and uvicorn logs that as a traceback
+("Exception in ASGI application") after the CA's one line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from ca.server import draining_http_if_it_fails
+from ca.admin_listener import serve_draining
 from spiffe_core.errors import ConfigError
 
 
@@ -33,13 +33,12 @@ class SlowReady:
         return {"status": "ready"}
 
 
-async def test_a_failing_task_lets_the_http_servers_answer_what_they_hold_before_the_ca_fails() -> None:
+async def test_an_http_server_cancelled_by_a_failing_task_answers_what_it_holds_before_the_ca_fails() -> None:
     probe = SlowReady()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()
     server = uvicorn.Server(uvicorn.Config(probe.app, log_config=None, lifespan="off"))
-    serving: list[asyncio.Task[None]] = []
 
     async def failing() -> None:
         await probe.started.wait()  # a request is in flight
@@ -47,14 +46,14 @@ async def test_a_failing_task_lets_the_http_servers_answer_what_they_hold_before
 
     async def ca() -> None:
         async with asyncio.TaskGroup() as group:
-            serving.append(group.create_task(server.serve(sockets=[sock])))
-            group.create_task(draining_http_if_it_fails(failing(), [server], serving))
+            group.create_task(serve_draining(server, [sock]))
+            group.create_task(failing())
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
         answer = asyncio.create_task(client.get("/ready"))
         with pytest.raises(ExceptionGroup) as failed:
             await ca()
         assert probe.answered  # before the CA's work ended, not cut off when its loop closes
-        assert not serving[0].cancelled()  # the server stopped on its own
         assert (await answer).status_code == 200
     assert failed.group_contains(ConfigError)
+    assert server.should_exit
