@@ -38,7 +38,7 @@ from ca.store import AgentRepository, AuditLogRepository, Database, EntrySpec, R
 from ca.sync import ChangeHub, UpdateVersions
 from ca.upstream import SelfSignedUpstream
 from spiffe_core.bundle import Bundle
-from spiffe_core.errors import AlreadyExists
+from spiffe_core.errors import AlreadyExists, ConfigError
 from spiffe_core.jwt_svid import validate_jwt_svid
 from spiffe_core.keys import KeyType, PrivateKey, generate_private_key
 from spiffe_core.selectors import Selector
@@ -307,6 +307,18 @@ def served_certificate(ca: RunningCa, port: int) -> x509.Certificate:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
+
+
+async def test_a_port_grpc_cannot_bind_is_refused_as_in_use_naming_the_key(tmp_path: Path) -> None:
+    key = "server.attestation_address"
+    with socket.socket() as holder:  # another listener, without SO_REUSEPORT
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        with pytest.raises(ConfigError) as refused:
+            async with running_node_api(tmp_path, attestation_address=address):
+                pass
+    assert str(refused.value) == f"{key} {address} is in use; stop what listens there or set {key} to a free port"
 
 
 async def test_listeners_serve_the_cas_own_svid_with_the_server_name(ca: RunningCa) -> None:
